@@ -1,0 +1,506 @@
+"""Host driver for the phasegrad controller board over pyserial (docs/protocol.md).
+
+``--device serial:///dev/ttyACM0`` (a real port or a pty), ``serial://HOST:PORT`` (pyserial
+``socket://`` semantics), or any pyserial URL after ``serial://`` (``serial://rfc2217://…``);
+options as a query string, e.g. ``serial://127.0.0.1:7000?timeout_s=0.5&retries=5``.
+
+The board sends its chip descriptor (topology, roles, limits; the full device model JSON),
+so no model file is needed. Robustness:
+
+* every request carries a sequence number; replies with any other number (stale replies of a
+  request that timed out) are discarded, never taken for a later request;
+* per-exchange timeout ``timeout_s`` (reset by each valid reply), then resynchronisation
+  (input flushed) and a retry of the whole exchange with fresh sequence numbers — every
+  command is an idempotent setpoint or a read, so resending is safe;
+* damaged lines (bad CRC), untrusted-sequence error replies and retryable error codes are
+  retried the same way; a refusal (``ERR 6``) is raised at once as :class:`LimitError`;
+* a dropped link (pty hang-up, TCP reset) is reopened; a board reboot (boot banner, or a
+  boot id in a phase reading that differs from the one seen at connect — a DTR reset whose
+  banner was lost) makes the driver re-send the last confirmed state before retrying, and
+  no reading taken across a reboot is ever returned;
+* past the retry budget: :class:`DeviceTimeoutError` (nothing answered) or
+  :class:`ProtocolError` (only damaged answers), after a best-effort ``SAFE``.
+
+Blocking pyserial I/O runs in a worker thread (``asyncio.to_thread``), one exchange per
+public call; several request lines of an exchange go out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import logging
+import re
+import select
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+from phasegrad_hw.firmware_models.protocol import (
+    RETRYABLE,
+    SEQ_MOD,
+    UNTRUSTED,
+    ErrorCode,
+    FrameError,
+    Reply,
+    Request,
+    fmt_float,
+    parse_reply,
+)
+from pydantic import Field, ValidationError
+
+from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel, format_validation_error
+from phasegrad_hw.physics import Array
+from phasegrad_hw.substrate import (
+    Capability,
+    DeviceError,
+    DeviceTimeoutError,
+    LimitError,
+    OscillatorSubstrate,
+    PhaseReading,
+    ProtocolError,
+)
+
+log = logging.getLogger(__name__)
+
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+_WIRE_CAPS = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}
+
+
+class SerialOptions(StrictModel):
+    """Transport options (query string of a ``serial://`` URI)."""
+
+    timeout_s: float = Field(
+        default=1.0, gt=0.0, le=120.0, description="per exchange, reset by each valid reply"
+    )
+    retries: int = Field(default=3, ge=0, le=50, description="extra attempts after the first")
+    baudrate: int = Field(default=115200, ge=300, le=12_000_000)
+    reconnect_s: float = Field(
+        default=3.0, ge=0.0, le=120.0, description="how long to try reopening a lost link"
+    )
+    pipeline: bool = Field(
+        default=True, description="send setpoints together with the next exchange"
+    )
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way another attempt may fix."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+def pyserial_url(spec: str) -> str:
+    """``serial://…`` (or a bare path / host:port) → the URL for ``serial.serial_for_url``."""
+    rest = spec.removeprefix("serial://")
+    if "://" in rest:
+        return rest
+    if _HOSTPORT.match(rest) and not rest.startswith("/"):
+        return f"socket://{rest}"
+    if not rest:
+        raise ConfigError(
+            f"--device: {spec!r} names no port; use serial:///dev/ttyACM0 or serial://HOST:PORT"
+        )
+    return rest
+
+
+def open_uri(uri: str, seed: int | None = None) -> SerialSubstrate:
+    """Entry of ``devices.URI_SCHEMES``: ``serial://PATH`` or ``serial://HOST:PORT[?opts]``."""
+    base, _, query = uri.partition("?")
+    try:
+        options = SerialOptions.model_validate(dict(parse_qsl(query, strict_parsing=bool(query))))
+    except ValueError as exc:
+        if isinstance(exc, ValidationError):
+            raise ConfigError(format_validation_error(exc, f"{uri}: ")) from None
+        raise ConfigError(f"{uri}: query {query!r} is not key=value&…") from None
+    return SerialSubstrate(pyserial_url(base), options=options, seed=seed)
+
+
+class SerialSubstrate(OscillatorSubstrate):
+    """A chip behind a phasegrad controller board on a serial line or TCP socket.
+
+    Construction opens the port and reads the chip descriptor (so ``model`` is known at
+    once); ``async with`` (re)connects and leaves the chip safe on exit. ``seed`` is unused
+    (the board's chip has its own); the training loop reseeds via :meth:`reseed`.
+    """
+
+    def __init__(
+        self, url: str, *, options: SerialOptions | None = None, seed: int | None = None
+    ) -> None:
+        self.url = url
+        self.options = options or SerialOptions()
+        self._port: Any = None
+        self._seq = itertools.count(int(time.time() * 1000) % SEQ_MOD)
+        self._rx = bytearray()
+        self._lock = asyncio.Lock()
+        self._boot_id: int | None = None
+        self._need_restore = False
+        self._state: dict[str, tuple[str, tuple[str, ...]]] = {}  # last confirmed setpoints
+        self._pending: dict[str, tuple[tuple[str, tuple[str, ...]], str]] = {}  # deferred setpoints
+        self._flusher: asyncio.Task[None] | None = None
+        self._deferred_error: Exception | None = None
+        self.stats = {
+            "exchanges": 0,
+            "retries": 0,
+            "stale": 0,
+            "damaged": 0,
+            "reconnects": 0,
+            "reboots": 0,
+        }
+        self.descriptor: dict[str, Any] = {}
+        self._open_port()
+        self._fetch_descriptor()
+        super().__init__(self._host_model())
+        self.capabilities = frozenset(
+            Capability(c) for c in self.descriptor["capabilities"] if c in _WIRE_CAPS
+        )
+        lim = [self.model.limits.bias.channel(i) for i in range(self.model.n)]
+        self.dac_max = (1 << int(self.descriptor["dac_bits"])) - 1
+        self._bias_min = np.array([c.min for c in lim])
+        self._bias_lsb = np.array([(c.max - c.min) / self.dac_max for c in lim])
+
+    # -- descriptor ------------------------------------------------------------------
+    def _fetch_descriptor(self) -> None:
+        first = self._transact([("DESC?", ("0",))], restore=False)[0]
+        n = int(first.fields[1])
+        chunks = [first.fields[2]]
+        if n > 1:
+            chunks += [
+                r.fields[2]
+                for r in self._transact([("DESC?", (str(k),)) for k in range(1, n)], restore=False)
+            ]
+        try:
+            self.descriptor = json.loads(base64.b64decode("".join(chunks)))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(
+                f"board at {self.url}: chip descriptor is not valid JSON ({exc})"
+            ) from None
+        ident = self._transact([("ID?", ())], restore=False)[0]
+        self._boot_id = self._boot_of(ident)
+        log.info(
+            "board %s: %s, %d oscillators",
+            self.url,
+            " ".join(ident.fields),
+            self.descriptor["model"]["n_oscillators"],
+        )
+
+    def _host_model(self) -> DeviceModel:
+        data = {k: v for k, v in self.descriptor["model"].items() if k in DeviceModel.model_fields}
+        try:
+            return DeviceModel.model_validate(data)
+        except ValidationError as exc:
+            detail = format_validation_error(exc)
+            raise ProtocolError(
+                f"board at {self.url}: chip descriptor does not validate:\n{detail}"
+            ) from None
+
+    @staticmethod
+    def _boot_of(reply: Reply) -> int:
+        for f in reply.fields:
+            if f.startswith("boot="):
+                return int(f[5:])
+        raise ProtocolError(f"reply {' '.join(reply.fields)!r} carries no boot id")
+
+    # -- transport (blocking; called in a worker thread) -------------------------------
+    def _open_port(self) -> None:
+        import serial  # pyserial; imported lazily
+
+        deadline = time.monotonic() + self.options.reconnect_s
+        while True:
+            try:
+                port = serial.serial_for_url(
+                    self.url,
+                    baudrate=self.options.baudrate,
+                    timeout=0,
+                    write_timeout=self.options.timeout_s,
+                )
+                break
+            except (serial.SerialException, OSError, ValueError) as exc:
+                if time.monotonic() >= deadline:
+                    raise DeviceTimeoutError(
+                        f"board at {self.url}: cannot open the port ({exc})"
+                    ) from None
+                time.sleep(0.05)
+        self._port = port
+        self._rx.clear()
+
+    def _close_port(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except Exception:  # a dead link may fail to close cleanly
+                log.debug("closing %s failed", self.url, exc_info=True)
+
+    def _resync(self) -> None:
+        """Discard everything received so far (replies that will still come are stale)."""
+        self._rx.clear()
+        if self._port is not None:
+            try:
+                self._port.reset_input_buffer()
+            except Exception:
+                self._close_port()
+
+    def _readline(self, deadline: float) -> bytes:
+        while True:
+            nl = self._rx.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._rx[:nl])
+                del self._rx[: nl + 1]
+                return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Retry("no reply within the timeout", timeout=True)
+            ready, _, _ = select.select([self._port.fileno()], [], [], left)
+            if ready:
+                data = self._port.read(65536)
+                if not data:
+                    raise OSError("link closed by the board")
+                self._rx += data
+
+    def _exchange(self, cmds: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+        reqs = [Request(next(self._seq) % SEQ_MOD, c, a) for c, a in cmds]
+        want = {r.seq: i for i, r in enumerate(reqs)}
+        out: list[Reply | None] = [None] * len(reqs)
+        self._port.write(b"".join(r.encode() for r in reqs))
+        deadline = time.monotonic() + self.options.timeout_s
+        remaining = len(reqs)
+        while remaining:
+            line = self._readline(deadline)
+            if not line.strip(b"\r"):
+                continue
+            try:
+                rep = parse_reply(line)
+            except FrameError as exc:
+                self.stats["damaged"] += 1
+                raise _Retry(f"damaged reply ({exc})") from None
+            if rep.banner:
+                self.stats["reboots"] += 1
+                self._need_restore = True
+                raise _Retry(f"board rebooted ({' '.join(rep.fields)})")
+            if rep.seq == UNTRUSTED:
+                self.stats["damaged"] += 1
+                raise _Retry(f"board could not read a request: ERR {rep.text}")
+            idx = want.get(rep.seq) if isinstance(rep.seq, int) else None
+            if idx is None or out[idx] is not None:
+                self.stats["stale"] += 1
+                log.debug("discarding stale reply seq=%s", rep.seq)
+                continue
+            if not rep.ok and rep.code in RETRYABLE:
+                raise _Retry(f"board rejected a damaged request: ERR {rep.text}")
+            if rep.ok and reqs[idx].cmd == "R":
+                boot = self._boot_of(rep)
+                if boot != self._boot_id:
+                    self.stats["reboots"] += 1
+                    self._need_restore = True
+                    raise _Retry(
+                        f"reading from boot {boot}, expected boot {self._boot_id} (board reset)"
+                    )
+            out[idx] = rep
+            remaining -= 1
+            deadline = time.monotonic() + self.options.timeout_s
+        for req, rep in zip(reqs, out, strict=True):
+            assert rep is not None
+            if not rep.ok:
+                text = f"board at {self.url} refused {req.cmd}: ERR {rep.text}"
+                if rep.code == ErrorCode.OUT_OF_RANGE:
+                    raise LimitError(text)
+                raise DeviceError(text)
+        return [r for r in out if r is not None]
+
+    def _restore(self) -> None:
+        """After a reboot or reconnect: learn the new boot id, re-send confirmed setpoints."""
+        cmds = [("ID?", ()), *self._state.values()]
+        replies = self._exchange(cmds)
+        self._boot_id = self._boot_of(replies[0])
+        self._need_restore = False
+        log.info(
+            "board %s: state restored after reboot/reconnect (boot %d)", self.url, self._boot_id
+        )
+
+    def _transact(
+        self, cmds: list[tuple[str, tuple[str, ...]]], *, restore: bool = True
+    ) -> list[Reply]:
+        """One exchange with retries, resync, reconnect and state restore (blocking)."""
+        import serial
+
+        self.stats["exchanges"] += 1
+        problem = ""
+        timeouts_only = True
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                log.debug("board %s: retry %d (%s)", self.url, attempt, problem)
+            try:
+                if self._port is None:
+                    self.stats["reconnects"] += 1
+                    self._open_port()
+                    self._need_restore = True
+                if restore and self._need_restore:
+                    self._restore()
+                return self._exchange(cmds)
+            except _Retry as exc:
+                problem = str(exc)
+                timeouts_only &= exc.timeout
+                self._resync()
+            except (serial.SerialException, OSError) as exc:
+                problem = f"link lost ({exc})"
+                self._close_port()
+                self._need_restore = True
+                time.sleep(0.02)
+        what = " ".join(c for c, _ in cmds[:4])
+        msg = (
+            f"board at {self.url}: {what}: no valid reply after "
+            f"{self.options.retries + 1} attempts "
+            f"(timeout {self.options.timeout_s} s each); last problem: {problem}"
+        )
+        if timeouts_only:
+            raise DeviceTimeoutError(msg)
+        raise ProtocolError(msg)
+
+    def _safe_sync(self) -> None:
+        """Best effort: one short attempt to put the chip safe (after a failure)."""
+        try:
+            if self._port is None:
+                self._open_port()
+            self._resync()
+            self._exchange([("SAFE", ())])
+        except Exception as exc:
+            log.error("board at %s: could not confirm SAFE after a failure (%s)", self.url, exc)
+        self._state.pop("clamp", None)
+        self._state.pop("bias", None)
+
+    async def _run(
+        self, cmds: list[tuple[str, tuple[str, ...]]], state_key: str | None = None
+    ) -> list[Reply]:
+        """Send any deferred setpoints plus ``cmds`` in one exchange; returns ``cmds``' replies."""
+        async with self._lock:
+            if self._deferred_error is not None:
+                err, self._deferred_error = self._deferred_error, None
+                raise err
+            pending, self._pending = self._pending, {}
+            batch = [c for c, _ in pending.values()] + cmds
+            try:
+                replies = await asyncio.to_thread(self._transact, batch)
+            except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
+                if not isinstance(exc, LimitError):
+                    await asyncio.to_thread(self._safe_sync)
+                    self.clamped = False
+                raise
+            for c, key in pending.values():
+                if not key.startswith("!"):  # one-shot commands are not state to restore
+                    self._state[key] = c
+            if state_key is not None:
+                self._state[state_key] = cmds[-1]
+            return replies[len(pending) :]
+
+    async def _set(self, key: str, cmd: tuple[str, tuple[str, ...]]) -> None:
+        """A setpoint: sent now, or (``pipeline``) with the next exchange — at the latest on
+        the next turn of the event loop (:meth:`flush` waits for it)."""
+        if not self.options.pipeline:
+            await self._run([cmd], key)
+            return
+        self._pending.pop(key, None)  # registers are independent: the last value wins
+        self._pending[key] = (cmd, key)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
+        if not self._pending:
+            return
+        try:
+            await self._run([])
+        except Exception as exc:  # reported by the next call
+            if self._deferred_error is None:
+                self._deferred_error = exc
+
+    async def flush(self) -> None:
+        """Send deferred setpoints now and wait for the board's confirmation."""
+        await self._run([])
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def connect(self) -> None:
+        if self._port is None:
+            async with self._lock:
+                await asyncio.to_thread(self._open_port)
+                self._need_restore = True
+
+    async def _disconnect(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._close_port)
+
+    async def make_safe(self) -> None:
+        """One ``SAFE`` line: injection off, every bias at its safe value (deferred
+        setpoints are dropped)."""
+        self._pending.clear()
+        self._deferred_error = None
+        await self._run([("SAFE", ())])
+        self._state.pop("clamp", None)
+        self._state.pop("bias", None)
+        self.clamped = False
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the chip emulator's noise (ignored by boards whose chip has none)."""
+        if not self.descriptor.get("reseed"):
+            return
+        cmd = ("SEED", (str(int(seed)),))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: nothing else can be using the port
+            self._transact([cmd])
+            return
+        # inside a loop an exchange may be running in a worker thread: send with the next one
+        self._pending.pop("!seed", None)
+        self._pending["!seed"] = (cmd, "!seed")
+
+    # -- hooks -----------------------------------------------------------------------------
+    async def _apply_frequencies(self, omega: Array) -> None:
+        await self._set("bias", ("W", tuple(map(fmt_float, omega))))
+
+    def bias_codes(self, values: Array) -> np.ndarray:
+        """Bias (device unit) → DAC codes, code = round((v − min)/LSB), LSB = span/(2^bits − 1)."""
+        return np.rint((values - self._bias_min) / self._bias_lsb).astype(np.int64)
+
+    async def _apply_biases(self, values: Array) -> None:
+        codes = np.clip(self.bias_codes(values), 0, self.dac_max)
+        await self._set("bias", ("B", tuple(str(int(c)) for c in codes)))
+
+    async def _apply_couplings(self, values: Array) -> None:
+        await self._set("K", ("K", tuple(map(fmt_float, values))))
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        await self._set("clamp", ("C", (fmt_float(beta), str(direction), *map(fmt_float, target))))
+
+    async def _apply_release(self) -> None:
+        await self._set("clamp", ("REL", ()))
+
+    async def _read(self, averages: int) -> PhaseReading:
+        rep = (await self._run([("R", (str(averages),))]))[0]
+        n = self.model.n
+        f = rep.fields
+        if len(f) != 4 + 2 * n:
+            raise ProtocolError(
+                f"board at {self.url}: phase reading has {len(f)} fields, expected {4 + 2 * n}"
+            )
+        try:
+            vals = np.array([float(x) for x in f[4:]])
+            return PhaseReading(
+                vals[:n], vals[n:], f[1] == "1", time.time(), int(f[2]), float(f[3])
+            )
+        except ValueError as exc:
+            raise ProtocolError(f"board at {self.url}: unreadable phase reading ({exc})") from None
+
+    async def _read_frequencies(self) -> Array:
+        rep = (await self._run([("F?", ())]))[0]
+        if len(rep.fields) != self.model.n:
+            raise ProtocolError(
+                f"board at {self.url}: frequency reading has {len(rep.fields)} fields"
+            )
+        return np.array([float(x) for x in rep.fields])
+
+    def __repr__(self) -> str:
+        return f"SerialSubstrate({self.url!r})"
