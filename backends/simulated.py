@@ -3,11 +3,16 @@
 Every read solves the (possibly nudged) locked state by warm-started Newton, then adds the
 optional seeded Gaussian readout noise (``readout_noise_rad`` per single read) and readout
 quantisation (``quantisation_rad``), wrapping at ±π like a phase detector.
+
+:class:`SimulatedBatch` holds many independent virtual chips (:class:`SimulatedChip`, each a
+full substrate with its own settings and noise RNG); reads that the chips await concurrently
+(e.g. under ``asyncio.gather``) are solved together in one vectorised Newton call.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +25,9 @@ from phasegrad_hw.substrate import Capability, OscillatorSubstrate, PhaseReading
 class SimulatedSubstrate(OscillatorSubstrate):
     """Ideal oscillator network. Biases are frequencies (model units)."""
 
-    capabilities = frozenset({Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.EXACT_GRADIENT})
+    capabilities = frozenset(
+        {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.EXACT_GRADIENT}
+    )
     model: SimulatedDeviceModel
 
     def __init__(self, model: SimulatedDeviceModel, seed: int | None = None) -> None:
@@ -41,7 +48,9 @@ class SimulatedSubstrate(OscillatorSubstrate):
 
     async def _apply_couplings(self, values: Array) -> None:
         e = self.model.edge_index
-        ratio = np.array([1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k for s in self.model.edges])
+        ratio = np.array(
+            [1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k for s in self.model.edges]
+        )
         self.K[e[:, 0], e[:, 1]] = values
         self.K[e[:, 1], e[:, 0]] = values * ratio
 
@@ -57,7 +66,15 @@ class SimulatedSubstrate(OscillatorSubstrate):
 
     async def _read(self, averages: int) -> PhaseReading:
         theta, locked = self.solve()
-        samples = theta[None, :] + self.model.readout_noise_rad * self.rng.standard_normal((averages, self.model.n))
+        return await self._reading(theta, locked, averages)
+
+    async def _reading(self, theta: Array, locked: bool, averages: int) -> PhaseReading:
+        """Noisy, quantised, wrapped reading of the noise-free state ``theta`` (rad)."""
+        sigma = self.model.readout_noise_rad
+        if sigma > 0:
+            samples = theta[None, :] + sigma * self.rng.standard_normal((averages, self.model.n))
+        else:
+            samples = np.repeat(theta[None, :], averages, axis=0)
         q = self.model.quantisation_rad
         if q > 0:
             samples = np.round(samples / q) * q
@@ -70,21 +87,41 @@ class SimulatedSubstrate(OscillatorSubstrate):
     async def _read_frequencies(self) -> Array:
         return self.omega.copy()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the readout-noise RNG from ``seed`` and forget the warm start, so every read
+        from here on depends only on ``seed`` and the settings (exactly resumable runs)."""
+        self.rng = np.random.default_rng(seed)
+        self.theta = np.zeros(self.model.n)
+
     # -- physics ------------------------------------------------------------------
+    def _nudge_kwargs(self) -> dict[str, Any]:
+        if self._clamp is None:
+            return {}
+        b, t, d = self._clamp
+        return {"beta": b, "target": t, "direction": d}
+
     def solve(self) -> tuple[Array, bool]:
         """Noise-free locked state under the present settings (warm-started)."""
-        kw = {}
-        if self._clamp is not None:
-            b, t, d = self._clamp
-            kw = {"beta": b, "target": t, "direction": d}
+        kw = self._nudge_kwargs()
         eq = solve_equilibrium(
-            centred(self.omega), self.K, self.H, theta0=self.theta, ref=self.model.roles.reference,
-            nudge=self.model.nudge, **kw,  # type: ignore[arg-type]
+            centred(self.omega),
+            self.K,
+            self.H,
+            theta0=self.theta,
+            ref=self.model.roles.reference,
+            nudge=self.model.nudge,
+            **kw,
         )
         if not eq.ok:
             # a cold start can find the stable state a warm start jumped past
-            eq2 = solve_equilibrium(centred(self.omega), self.K, self.H, ref=self.model.roles.reference,
-                                    nudge=self.model.nudge, **kw)  # type: ignore[arg-type]
+            eq2 = solve_equilibrium(
+                centred(self.omega),
+                self.K,
+                self.H,
+                ref=self.model.roles.reference,
+                nudge=self.model.nudge,
+                **kw,
+            )
             if eq2.ok:
                 eq = eq2
         if eq.ok:
@@ -101,3 +138,115 @@ class SimulatedSubstrate(OscillatorSubstrate):
             self._clamp = saved
         e = loss_grad_theta(theta, self.model.outputs, target, self.model.nudge)
         return implicit_gradient(theta, self.K, e, self.H, ref=self.model.roles.reference)
+
+
+class SimulatedChip(SimulatedSubstrate):
+    """One virtual chip of a :class:`SimulatedBatch`; behaves like a :class:`SimulatedSubstrate`
+    (same noise stream for the same seed) but its reads are solved together with those of the
+    other chips that are waiting at the same moment."""
+
+    capabilities = SimulatedSubstrate.capabilities | {Capability.BATCH}
+
+    def __init__(self, model: SimulatedDeviceModel, batch: SimulatedBatch, seed: int) -> None:
+        super().__init__(model, seed)
+        self.batch = batch
+
+    async def _read(self, averages: int) -> PhaseReading:
+        theta, locked = await self.batch._solve(self)
+        return await self._reading(theta, locked, averages)
+
+
+class SimulatedBatch:
+    """``size`` independent virtual chips of one device model, solved in batched calls.
+
+    ``chips[k]`` is an ordinary substrate (settings, clamp, noise RNG seeded with
+    ``SeedSequence([seed, k])`` unless reseeded). Reads issued while other chips' reads are
+    pending are collected until the event loop has run every ready task once, then solved in
+    one :func:`solve_equilibrium` call per nudge direction — the same states, to rounding,
+    as solving chip by chip.
+    """
+
+    capabilities = frozenset({Capability.BATCH})
+
+    def __init__(self, model: SimulatedDeviceModel, size: int, seed: int | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"size: {size} chips; need at least 1")
+        base = model.seed if seed is None else seed
+        self.model = model
+        self.chips = [
+            SimulatedChip(model, self, int(np.random.SeedSequence([base, k]).generate_state(1)[0]))
+            for k in range(size)
+        ]
+        self._pending: list[tuple[SimulatedChip, asyncio.Future[tuple[Array, bool]]]] = []
+        self._scheduled = False
+        self.solves = 0  # batched solve calls made (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    async def _solve(self, chip: SimulatedChip) -> tuple[Array, bool]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Array, bool]] = loop.create_future()
+        self._pending.append((chip, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending = [(c, f) for c, f in self._pending if not f.done()]
+        self._pending = []
+        groups: dict[int, list[tuple[SimulatedChip, asyncio.Future[tuple[Array, bool]]]]] = {}
+        for c, f in pending:
+            groups.setdefault(0 if c._clamp is None else c._clamp[2], []).append((c, f))
+        for direction, members in groups.items():
+            try:
+                results = self.solve_chips([c for c, _ in members], direction)
+            except Exception as exc:  # deliver the failure to every waiting read
+                for _, f in members:
+                    f.set_exception(exc)
+                continue
+            for (_, f), r in zip(members, results, strict=True):
+                f.set_result(r)
+
+    def solve_chips(
+        self, chips: list[SimulatedChip], direction: int = 0
+    ) -> list[tuple[Array, bool]]:
+        """Noise-free states of ``chips`` (all free if ``direction`` is 0, else all clamped
+        with that direction), warm-started per chip, with a cold retry for failures."""
+        self.solves += 1
+        W = np.stack([centred(c.omega) for c in chips])
+        K = np.stack([c.K for c in chips])
+        th0 = np.stack([c.theta for c in chips])
+        H, ref, nudge = self.model.coupling(), self.model.roles.reference, self.model.nudge
+        kw: dict[str, Any] = {}
+        if direction:
+            kw = {
+                "beta": np.stack([c._clamp[0] for c in chips]),  # type: ignore[index]
+                "target": np.stack([c._clamp[1] for c in chips]),  # type: ignore[index]
+                "direction": direction,
+            }
+        eq = solve_equilibrium(W, K, H, theta0=th0, ref=ref, nudge=nudge, **kw)
+        theta, ok = eq.theta, np.asarray(eq.ok, dtype=bool).copy()
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            kw2 = dict(kw)
+            if direction:
+                kw2["beta"] = kw["beta"][bad]
+                kw2["target"] = kw["target"][bad]
+            eq2 = solve_equilibrium(W[bad], K[bad], H, ref=ref, nudge=nudge, **kw2)
+            fixed = np.asarray(eq2.ok, dtype=bool)
+            theta[bad[fixed]] = eq2.theta[fixed]
+            ok[bad[fixed]] = True
+        out: list[tuple[Array, bool]] = []
+        for k, c in enumerate(chips):
+            if ok[k]:
+                c.theta = theta[k].copy()
+            out.append((theta[k].copy(), bool(ok[k])))
+        return out
+
+    def reseed(self, seed: int) -> None:
+        """Reseed every chip: chip k gets ``SeedSequence([seed, k])``."""
+        for k, c in enumerate(self.chips):
+            c.reseed(int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))

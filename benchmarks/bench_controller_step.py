@@ -1,0 +1,84 @@
+"""Per-step cost of the EP controller on the 2+5+2 simulated device (µs per step).
+
+Writes ``benchmarks/results/controller_step.json``: controller overhead alone (a substrate
+that answers instantly), full steps on :class:`SimulatedSubstrate` (one-sided and centred),
+and per-sample cost with 8 parallel chips of a :class:`SimulatedBatch`.
+
+    python benchmarks/bench_controller_step.py [--steps 1000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate  # noqa: E402
+
+from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
+from phasegrad_hw.substrate import OscillatorSubstrate, PhaseReading  # noqa: E402
+from tests.doubles import model_2_5_2  # noqa: E402
+
+
+class InstantSubstrate(OscillatorSubstrate):
+    """Answers every read at once with a fixed locked reading (controller overhead only)."""
+
+    def __init__(self, model: object) -> None:
+        super().__init__(model)  # type: ignore[arg-type]
+        self._r = PhaseReading(np.zeros(self.model.n), np.zeros(self.model.n), True)
+
+    async def _apply_frequencies(self, omega: np.ndarray) -> None: ...
+    async def _apply_biases(self, values: np.ndarray) -> None: ...
+    async def _apply_clamp(self, target: np.ndarray, beta: float, direction: int) -> None: ...
+    async def _apply_release(self) -> None: ...
+
+    async def _read(self, averages: int) -> PhaseReading:
+        return self._r
+
+
+async def _time_steps(subs: list[OscillatorSubstrate], mode: str, steps: int) -> float:
+    m = subs[0].model
+    ctl = EPController(subs, EPConfig(mode=mode), Parameters(np.zeros(m.n), m.coupling_values()))  # type: ignore[arg-type]
+    xs = np.random.default_rng(0).uniform(-1.5, 1.5, (steps * len(subs), 2))
+    tgt = np.array([-0.2, 0.2])
+    t0 = time.perf_counter()
+    for s in range(steps):
+        await ctl.step([Sample(xs[s * len(subs) + k], tgt) for k in range(len(subs))])
+    return (time.perf_counter() - t0) / steps * 1e6
+
+
+async def main(steps: int) -> dict[str, float]:
+    m = model_2_5_2(0)
+    out: dict[str, float] = {}
+    for mode in ("one_sided", "centred"):
+        out[f"overhead_{mode}_us_per_step"] = await _time_steps([InstantSubstrate(m)], mode, steps)
+        out[f"simulated_{mode}_us_per_step"] = await _time_steps(
+            [SimulatedSubstrate(m)], mode, steps
+        )
+    batch = SimulatedBatch(m, 8)
+    per = await _time_steps(list(batch.chips), "one_sided", max(1, steps // 8))
+    out["batch8_one_sided_us_per_step"] = per
+    out["batch8_one_sided_us_per_sample"] = per / 8
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    a = ap.parse_args()
+    res = asyncio.run(main(a.steps))
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / "controller_step.json"
+    path.write_text(json.dumps({"steps": a.steps, "device": "simulated 2+5+2", **res}, indent=2))
+    for k, v in res.items():
+        print(f"{k:40s} {v:9.1f}")
+    print(f"wrote {path}")
