@@ -19,8 +19,12 @@ from phasegrad_hw.substrate import OscillatorSubstrate
 
 FILE_BACKENDS: dict[str, str] = {
     "simulated": "phasegrad_hw.backends.simulated:SimulatedSubstrate",
+    "visa": "phasegrad_hw.backends.visa:open_bench",
 }
-URI_SCHEMES: dict[str, str] = {}
+URI_SCHEMES: dict[str, str] = {
+    "mqtt": "phasegrad_hw.backends.mqtt:open_uri",
+    "serial": "phasegrad_hw.backends.serial:open_uri",
+}
 
 
 def _resolve(ref: str) -> Any:

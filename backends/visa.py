@@ -1,0 +1,621 @@
+"""SCPI bench instruments through pyvisa (pyvisa-py, ``@py``): an SMU for the biases, a phase
+meter behind a multiplexer for the phases, an injection source for the nudge (DESIGN.md §6).
+
+The bench config (:class:`VisaBenchModel`, ``backend = "visa"``) holds the chip's topology,
+roles and limits, one :class:`InstrumentConfig` per instrument (VISA resource string,
+explicit read/write termination, timeout, channel map) and, optionally, the device model of
+the chip behind the bench (``chip``), whose backend provides the nominal ω → bias map
+(``frequencies_to_biases(model, omega)``; without it the bias *is* ω, unit ``model``).
+
+One EP phase costs few round trips: every setting is one ``;``-chained message that ends in
+``:SYST:ERR?`` (so the write is confirmed and any refusal is seen at once); a phase read is
+one message ``:SAMP:COUN k;:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?`` over a scan list of
+all channels, followed by one SMU message that checks every output is still on and no
+channel tripped its current compliance during the read.
+
+Failure handling: per-operation timeouts (settings, measurements scaled with the sample
+count, resynchronisation); after a timeout or a malformed reply the session is cleared
+(``clear()``) and resynchronised with a unique ``*ESE n;*ESE?`` marker, so a late reply is
+never taken for the answer to a later query; a lost connection is reopened; all commands are
+absolute settings, so a retry is idempotent. Past the retry budget the driver raises a clear
+error naming the instrument, the resource and the last failure, after trying to leave the
+device safe. A reading is only returned when its reply is complete, well-formed, fresh and
+the SMU confirms the biases were applied throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import math
+import re
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel, register_model
+from phasegrad_hw.physics import Array, wrap
+from phasegrad_hw.substrate import (
+    DeviceError,
+    DeviceTimeoutError,
+    OscillatorSubstrate,
+    PhaseReading,
+    ProtocolError,
+    SubstrateError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INSTRUMENTS = ("smu", "phase_meter", "injection")
+#: QUEStionable bit the phase meter sets when the oscillators slipped during a read.
+QUES_PHASE_UNLOCKED = 64
+_NO_ERROR = re.compile(r'\+?0,\s*"No error.*"')
+_ERROR_REPLY = re.compile(r'([+-]?\d+),\s*"(.*)"')
+
+
+# --------------------------------------------------------------------------- config
+class InstrumentConfig(StrictModel):
+    """One instrument: VISA resource, termination characters, timeout, channel map.
+
+    ``channels`` lists the instrument channel (1-based) of each role member: for the SMU and
+    the phase meter one per oscillator (index = oscillator), for the injection source one per
+    output oscillator (in ``roles.outputs`` order). ``timeout_s`` bounds every setting or
+    query (s); measurements get their own timeout (:class:`VisaBenchModel`).
+    """
+
+    resource: str = Field(min_length=1)
+    read_termination: str = Field(default="\n", min_length=1, max_length=2)
+    write_termination: str = Field(default="\n", min_length=1, max_length=2)
+    timeout_s: float = Field(default=2.0, gt=0.0, le=600.0)
+    channels: list[int]
+
+
+@register_model("visa")
+class VisaBenchModel(DeviceModel):
+    """A bench of SCPI instruments around one chip (the chip's topology/roles/limits on top).
+
+    Timeouts in s; ``current_protection_a`` the SMU compliance per channel (A);
+    ``injection_v_per_beta`` the injection amplitude (V) per unit nudge strength β.
+    """
+
+    backend: Literal["visa"] = "visa"
+    smu: InstrumentConfig
+    phase_meter: InstrumentConfig
+    injection: InstrumentConfig
+    chip: dict[str, Any] | None = None
+    visa_library: str = "@py"
+    measure_timeout_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    measure_timeout_per_sample_s: float = Field(default=1e-3, ge=0.0, le=10.0)
+    resync_timeout_s: float = Field(default=2.0, gt=0.0, le=600.0)
+    retries: int = Field(default=3, ge=0, le=20)
+    reconnect_backoff_s: float = Field(default=0.05, ge=0.0, le=10.0)
+    current_protection_a: float = Field(default=0.01, gt=0.0, le=1.0)
+    injection_v_per_beta: float = Field(default=1.0, gt=0.0, le=100.0)
+    settle_s: float = Field(default=0.0, ge=0.0, le=60.0)
+
+    @model_validator(mode="after")
+    def _channel_maps(self) -> VisaBenchModel:
+        need = {
+            "smu": self.n_oscillators,
+            "phase_meter": self.n_oscillators,
+            "injection": len(self.roles.outputs),
+        }
+        problems = []
+        for name, length in need.items():
+            ch = getattr(self, name).channels
+            if len(ch) != length:
+                problems.append(
+                    f"{name}.channels: {len(ch)} entries — need {length} "
+                    f"({'one per oscillator' if name != 'injection' else 'one per output'})"
+                )
+            if any(c < 1 for c in ch):
+                problems.append(f"{name}.channels: {ch} — channels are numbered from 1")
+            if len(set(ch)) != len(ch):
+                problems.append(f"{name}.channels: {ch} — a channel is used twice")
+        if self.chip is not None:
+            n = self.chip.get("n_oscillators")
+            if n != self.n_oscillators:
+                problems.append(
+                    f"chip.n_oscillators: {n!r} — must equal n_oscillators ({self.n_oscillators})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- chip behind the bench -------------------------------------------------------
+    def chip_model(self) -> DeviceModel | None:
+        """The chip's own device model (its backend imported so its model class registers)."""
+        if self.chip is None:
+            return None
+        from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+
+        backend = self.chip.get("backend")
+        if backend not in FILE_BACKENDS or backend == "visa":
+            raise ConfigError(
+                f"chip.backend: {backend!r} — allowed: "
+                f"{', '.join(sorted(b for b in FILE_BACKENDS if b != 'visa'))}"
+            )
+        _resolve(FILE_BACKENDS[backend])
+        return DeviceModel.from_dict(self.chip, source="chip.")
+
+    def bias_map(self) -> Callable[[Array], Array]:
+        """Nominal ω (model units) → bias (``limits.bias.unit``) of the chip behind the bench."""
+        chip = self.chip_model()
+        if chip is not None:
+            from phasegrad_hw.devices import FILE_BACKENDS
+
+            module = importlib.import_module(FILE_BACKENDS[chip.backend].partition(":")[0])
+            f = getattr(module, "frequencies_to_biases", None)
+            if f is not None:
+                return lambda omega: np.asarray(f(chip, omega), dtype=np.float64)
+        return lambda omega: np.asarray(omega, dtype=np.float64).copy()
+
+
+def bench_for_chip(
+    chip: DeviceModel, resources: dict[str, str], **overrides: Any
+) -> VisaBenchModel:
+    """A bench config for ``chip`` wired one-to-one (channel = oscillator/output index + 1)."""
+    base = chip.model_dump(
+        mode="json",
+        include={
+            "name",
+            "n_oscillators",
+            "edges",
+            "roles",
+            "limits",
+            "coupling_function",
+            "nudge",
+            "seed",
+        },
+    )
+    n, n_out = chip.n, len(chip.roles.outputs)
+    data: dict[str, Any] = {
+        **base,
+        "backend": "visa",
+        "name": f"{chip.name}-bench",
+        "smu": {"resource": resources["smu"], "channels": list(range(1, n + 1))},
+        "phase_meter": {"resource": resources["phase_meter"], "channels": list(range(1, n + 1))},
+        "injection": {"resource": resources["injection"], "channels": list(range(1, n_out + 1))},
+        "chip": chip.model_dump(mode="json", exclude_none=True),
+    }
+    data.update(overrides)
+    return VisaBenchModel.model_validate(data)
+
+
+# --------------------------------------------------------------------------- errors
+class InstrumentReportedError(ProtocolError):
+    """The instrument queued an error for the message just sent (setting not applied)."""
+
+
+def _socket_of(resource: Any) -> socket.socket | None:
+    """The TCP socket under a pyvisa-py SOCKET session (None for other sessions)."""
+    try:
+        sock = resource.visalib.sessions[resource.session].interface
+    except Exception:
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _peer_closed(resource: Any) -> bool:
+    """True when the peer closed the TCP connection (EOF pending) or the socket is broken."""
+    sock = _socket_of(resource)
+    if sock is None:
+        return False
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return data == b""
+
+
+# --------------------------------------------------------------------------- driver
+class VisaBench(OscillatorSubstrate):
+    """The bench as a substrate. pyvisa is synchronous: all I/O runs in one worker thread."""
+
+    model: VisaBenchModel
+
+    def __init__(self, model: VisaBenchModel, seed: int | None = None) -> None:
+        super().__init__(model)
+        self._bias_map = model.bias_map()
+        self._rm: Any = None
+        self._res: dict[str, Any] = {}
+        self._idn: dict[str, str] = {}
+        self._marker = int(time.time() * 1000) % 200
+        self._executor: ThreadPoolExecutor | None = None
+        self._failed: SubstrateError | None = None
+        self._in_safe = False
+        self.retries_used = 0  # recoveries performed (timeouts, bad replies, reconnects)
+        self.round_trips = 0
+        self.seed = model.seed if seed is None else seed
+        n = model.n
+        self._smu_ch = model.smu.channels
+        self._meter_ch = model.phase_meter.channels
+        self._inj_ch = model.injection.channels
+        self._trip_query = ";".join(
+            [f":SENS{c}:CURR:PROT:TRIP?" for c in self._smu_ch]
+            + [f":OUTP{c}?" for c in self._smu_ch]
+        )
+        self._n = n
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="visa-bench")
+        await self._run(self._connect_sync)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except SubstrateError as exc:
+            if self._failed is None:
+                raise
+            log.error(
+                "bench: could not make the device safe while closing after %s: %s",
+                type(self._failed).__name__,
+                exc,
+            )
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    async def _disconnect(self) -> None:
+        if self._executor is not None:
+            await self._run(self._disconnect_sync)
+
+    async def make_safe(self) -> None:
+        self._in_safe = True
+        try:
+            await super().make_safe()
+        finally:
+            self._in_safe = False
+
+    async def reseed(self, seed: int) -> None:
+        """Reseed an *emulated* chip's noise (vendor command sent only to the emulator)."""
+        self.seed = int(seed)
+        if self._idn.get("phase_meter", "").upper().startswith("PHASEGRAD-HW"):
+            await self._run(
+                lambda: self._write_checked("phase_meter", f":SYST:EMUL:SEED {int(seed)}")
+            )
+
+    # -- hooks ---------------------------------------------------------------------------
+    async def _apply_frequencies(self, omega: Array) -> None:
+        biases = self.model.check_biases(self._bias_map(omega))
+        await self._apply_biases(biases)
+
+    async def _apply_biases(self, values: Array) -> None:
+        msg = ";".join(
+            f":SOUR{c}:VOLT {float(v):.17g}" for c, v in zip(self._smu_ch, values, strict=True)
+        )
+        await self._run(lambda: self._write_checked("smu", msg))
+        if self.model.settle_s:
+            await asyncio.sleep(self.model.settle_s)
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        amp = beta * self.model.injection_v_per_beta
+        pol = "NORM" if direction > 0 else "INV"
+        parts = []
+        for c, t in zip(self._inj_ch, target, strict=True):
+            deg = math.degrees(float(wrap(t)))
+            parts.append(
+                f":SOUR{c}:VOLT {amp:.17g};:SOUR{c}:PHAS {deg:.17g};:OUTP{c}:POL {pol};:OUTP{c} ON"
+            )
+        msg = ";".join(parts)
+        await self._run(lambda: self._write_checked("injection", msg))
+
+    async def _apply_release(self) -> None:
+        msg = ";".join(f":OUTP{c} OFF" for c in self._inj_ch)
+        await self._run(lambda: self._write_checked("injection", msg))
+
+    async def _read(self, averages: int) -> PhaseReading:
+        reading = await self._run(lambda: self._read_sync(averages))
+        return reading
+
+    # -- thread plumbing ------------------------------------------------------------------
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise DeviceError("bench: not connected (use `async with` or connect())")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except SubstrateError as exc:
+            if not isinstance(exc, _Fatal):
+                raise
+            self._failed = exc.cause
+            if not self._in_safe:
+                try:
+                    await self.make_safe()
+                except SubstrateError as safe_exc:
+                    log.error(
+                        "bench: making the device safe after a fatal error failed: %s", safe_exc
+                    )
+            raise exc.cause from exc.cause.__cause__
+
+    # -- synchronous I/O (worker thread) ---------------------------------------------------
+    def _open(self, name: str) -> Any:
+        import pyvisa
+
+        cfg: InstrumentConfig = getattr(self.model, name)
+        if self._rm is None:
+            try:
+                self._rm = pyvisa.ResourceManager(self.model.visa_library)
+            except Exception as exc:  # missing backend library
+                raise DeviceError(
+                    f"bench: cannot load VISA library {self.model.visa_library!r}: {exc}"
+                ) from exc
+        res = self._rm.open_resource(cfg.resource, open_timeout=int(cfg.timeout_s * 1000))
+        res.read_termination = cfg.read_termination
+        res.write_termination = cfg.write_termination
+        res.timeout = int(cfg.timeout_s * 1000)
+        res.encoding = "latin-1"  # non-ASCII bytes are checked (and refused) by the driver
+        sock = _socket_of(res)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._res[name] = res
+        return res
+
+    def _reconnect(self, name: str) -> Any:
+        old = self._res.pop(name, None)
+        if old is not None:
+            try:
+                old.close()
+            except Exception as exc:  # already broken
+                log.debug("bench: closing %s: %s", name, exc)
+        cfg: InstrumentConfig = getattr(self.model, name)
+        log.warning("bench: reconnecting %s (%s)", name, cfg.resource)
+        return self._open(name)
+
+    def _connect_sync(self) -> None:
+        for name in INSTRUMENTS:
+            cfg: InstrumentConfig = getattr(self.model, name)
+            last: Exception | None = None
+            for attempt in range(self.model.retries + 1):
+                try:
+                    self._open(name)
+                    break
+                except DeviceError:
+                    raise
+                except Exception as exc:
+                    last = exc
+                    time.sleep(self.model.reconnect_backoff_s * 2**attempt)
+            else:
+                raise DeviceTimeoutError(f"bench: cannot open {name} at {cfg.resource}: {last}")
+            self._resync(name)
+            self._idn[name] = self._query(name, "*IDN?", lambda r: r)
+            log.info("bench: %s is %s", name, self._idn[name])
+        prot = self.model.current_protection_a
+        smu = ";".join(f":SENS{c}:CURR:PROT {prot:.17g}" for c in self._smu_ch)
+        safe = ";".join(
+            f":SOUR{c}:VOLT {v:.17g}"
+            for c, v in zip(self._smu_ch, self.model.safe_biases(), strict=True)
+        )
+        on = ";".join(f":OUTP{c} ON" for c in self._smu_ch)
+        self._write_checked("injection", "*RST;*CLS")
+        self._write_checked("smu", f"*RST;*CLS;{smu};{safe};{on}")
+        scan = ",".join(str(c) for c in self._meter_ch)
+        self._write_checked(
+            "phase_meter", f"*RST;*CLS;:CONF:PHAS;:FORM:PHAS CENT;:ROUT:CLOS (@{scan})"
+        )
+        if self._idn["phase_meter"].upper().startswith("PHASEGRAD-HW"):
+            self._write_checked("phase_meter", f":SYST:EMUL:SEED {self.seed}")
+
+    def _disconnect_sync(self) -> None:
+        for name in list(self._res):
+            try:
+                self._res.pop(name).close()
+            except Exception as exc:
+                log.debug("bench: closing %s: %s", name, exc)
+        if self._rm is not None:
+            try:
+                self._rm.close()
+            except Exception as exc:
+                log.debug("bench: closing resource manager: %s", exc)
+            self._rm = None
+
+    def _raw_query(self, name: str, message: str, timeout_s: float) -> str:
+        res = self._res.get(name)
+        if res is None:
+            res = self._reconnect(name)
+        res.timeout = max(1, int(timeout_s * 1000))
+        self.round_trips += 1
+        reply: str = res.query(message)
+        if not reply.isascii() or any(not (" " <= ch <= "~") for ch in reply):
+            raise ProtocolError(f"non-ASCII/control bytes in reply {reply[:40]!r}")
+        return reply
+
+    def _resync(self, name: str) -> None:
+        """Discard anything in flight and wait for a fresh marker reply (``*ESE n;*ESE?``)."""
+        res = self._res[name]
+        if _peer_closed(res):
+            res = self._reconnect(name)
+        else:
+            res.clear()
+        self._marker = self._marker % 250 + 1
+        marker = str(self._marker)
+        deadline = time.monotonic() + self.model.resync_timeout_s
+        res.timeout = max(1, int(self.model.resync_timeout_s * 1000))
+        res.write(f"*ESE {marker};*ESE?")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeviceTimeoutError(f"no marker reply within {self.model.resync_timeout_s} s")
+            res.timeout = max(1, int(remaining * 1000))
+            try:
+                line = res.read()
+            except UnicodeDecodeError:
+                continue
+            if line.strip() == marker:
+                return
+            log.debug("bench: %s: discarded stale reply %r", name, line[:60])
+
+    def _drain_errors(self, name: str) -> list[str]:
+        errors = []
+        for _ in range(32):
+            reply = self._raw_query(name, ":SYST:ERR?", getattr(self.model, name).timeout_s).strip()
+            if _NO_ERROR.fullmatch(reply):
+                break
+            errors.append(reply)
+        return errors
+
+    def _transact(self, name: str, message: str, parse: Callable[[str], T], timeout_s: float) -> T:
+        """Send ``message``, parse its reply; recover and retry up to ``model.retries`` times."""
+        import pyvisa
+
+        cfg: InstrumentConfig = getattr(self.model, name)
+        last: Exception | None = None
+        for attempt in range(self.model.retries + 1):
+            if attempt:
+                self.retries_used += 1
+                try:
+                    if isinstance(last, ConnectionError):
+                        time.sleep(self.model.reconnect_backoff_s * 2 ** (attempt - 1))
+                        self._reconnect(name)
+                    self._resync(name)
+                    if isinstance(last, InstrumentReportedError | ProtocolError):
+                        errs = self._drain_errors(name)
+                        if errs:
+                            log.warning("bench: %s reported %s", name, "; ".join(errs))
+                except Exception as exc:  # recovery itself failed: count it, try again
+                    log.warning("bench: %s: recovery failed: %s", name, exc)
+                    last = exc if isinstance(exc, SubstrateError) else ConnectionError(str(exc))
+                    continue
+            try:
+                reply = self._raw_query(name, message, timeout_s)
+                return parse(reply)
+            except pyvisa.errors.VisaIOError as exc:
+                if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                    res = self._res.get(name)
+                    last = (
+                        ConnectionError(f"connection lost ({exc.description})")
+                        if res is not None and _peer_closed(res)
+                        else DeviceTimeoutError(f"timeout after {timeout_s:g} s")
+                    )
+                else:
+                    last = ConnectionError(f"I/O error: {exc}")
+            except UnicodeDecodeError as exc:
+                last = ProtocolError(f"undecodable reply ({exc.reason})")
+            except SubstrateError as exc:
+                last = exc
+            except (OSError, ConnectionError) as exc:
+                last = ConnectionError(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # pyvisa-py raises bare Exception when a connect fails
+                last = ConnectionError(f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "bench: %s: %s (attempt %d/%d) on %r",
+                name,
+                last,
+                attempt + 1,
+                self.model.retries + 1,
+                message[:60],
+            )
+        kind: type[SubstrateError]
+        if isinstance(last, DeviceTimeoutError | ConnectionError):
+            kind = DeviceTimeoutError
+        elif isinstance(last, InstrumentReportedError):
+            kind = DeviceError
+        else:
+            kind = ProtocolError
+        err = kind(
+            f"bench: {name} ({cfg.resource}) gave no valid reply to {message[:60]!r} after "
+            f"{self.model.retries + 1} attempts; last failure: {last}"
+        )
+        raise _Fatal(err)
+
+    def _query(self, name: str, message: str, parse: Callable[[str], T]) -> T:
+        return self._transact(name, message, parse, getattr(self.model, name).timeout_s)
+
+    def _write_checked(self, name: str, message: str) -> None:
+        """Send settings chained with ``:SYST:ERR?``; the instrument must report no error."""
+
+        def ok(reply: str) -> None:
+            r = reply.strip()
+            if _NO_ERROR.fullmatch(r):
+                return
+            if _ERROR_REPLY.fullmatch(r):
+                raise InstrumentReportedError(f"{name} refused {message[:60]!r}: {r}")
+            raise ProtocolError(f"unexpected reply {r[:60]!r} to a confirmed write")
+
+        self._query(name, f"{message};:SYST:ERR?", ok)
+
+    def _read_sync(self, averages: int) -> PhaseReading:
+        n = len(self._meter_ch)
+        timeout = self.model.measure_timeout_s + averages * self.model.measure_timeout_per_sample_s
+
+        def parse(reply: str) -> tuple[Array, Array, int]:
+            parts = reply.strip().split(";")
+            if len(parts) != 3:
+                raise ProtocolError(
+                    f"phase reply has {len(parts)} parts, expected 3: {reply[:60]!r}"
+                )
+            try:
+                mean = np.array([float(x) for x in parts[0].split(",")])
+                sdev = np.array([float(x) for x in parts[1].split(",")])
+                ques = int(parts[2])
+            except ValueError as exc:
+                raise ProtocolError(f"malformed phase reply {reply[:60]!r}") from exc
+            if mean.shape != (n,) or sdev.shape != (n,):
+                raise ProtocolError(f"phase reply has {mean.size}/{sdev.size} values, expected {n}")
+            if not (np.all(np.abs(mean) <= 180.0) and np.all((sdev >= 0) & (sdev < 1e6))):
+                raise ProtocolError(f"phase reply out of range: {reply[:60]!r}")
+            return mean, sdev, ques
+
+        mean, sdev, ques = self._transact(
+            "phase_meter",
+            f":SAMP:COUN {averages};:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?",
+            parse,
+            timeout,
+        )
+        m = len(self._smu_ch)
+
+        def parse_smu(reply: str) -> tuple[list[int], list[int]]:
+            parts = reply.strip().split(";")
+            if len(parts) != 2 * m or any(p not in ("0", "1") for p in parts):
+                raise ProtocolError(f"SMU status reply malformed: {reply[:60]!r}")
+            return [int(p) for p in parts[:m]], [int(p) for p in parts[m:]]
+
+        tripped, on = self._query("smu", self._trip_query, parse_smu)
+        if any(tripped) or not all(on):
+            bad = [i for i in range(m) if tripped[i] or not on[i]]
+            i = bad[0]
+            why = (
+                f"tripped its current compliance ({self.model.current_protection_a:g} A)"
+                if tripped[i]
+                else "has its output off"
+            )
+            raise _Fatal(
+                DeviceError(
+                    f"bench: SMU channel {self._smu_ch[i]} (oscillator {i}) {why}; "
+                    "the phase reading taken with it is discarded and the bench is being made safe"
+                )
+            )
+        phases = wrap(np.radians(mean))
+        phases[self.model.roles.reference] = 0.0
+        return PhaseReading(
+            phases,
+            np.radians(sdev),
+            locked=not (ques & QUES_PHASE_UNLOCKED),
+            averages=averages,
+            settle_s=self.model.settle_s,
+        )
+
+
+class _Fatal(SubstrateError):
+    """Internal wrapper: ``cause`` ends the operation; the bench is made safe first."""
+
+    def __init__(self, cause: SubstrateError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def open_bench(model: VisaBenchModel, seed: int | None = None) -> VisaBench:
+    """``FILE_BACKENDS`` factory: a (not yet connected) bench substrate."""
+    return VisaBench(model, seed)
