@@ -1,0 +1,382 @@
+"""A substrate on another machine, reached through an MQTT broker and a ``phasegrad-hw agent``.
+
+``--device mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?timeout=S&retry=S&prefix=P&tls=1&ca=…]``
+(credentials also from ``PHASEGRAD_HW_MQTT_USERNAME`` / ``PHASEGRAD_HW_MQTT_PASSWORD``).
+
+Every call is a request with a unique id (``{client}-{n}``) published with QoS 1 on the
+agent's request topic; the reply comes back on this client's own reply topic. A request is
+re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers
+repeats from its cache, so nothing is applied twice); if no reply arrives within ``timeout`` s
+the call raises :class:`DeviceTimeoutError`, and a reply that arrives later is dropped — it
+can never be taken for a later request, whose id differs. Limits are checked here (from the
+device model the agent reports) *and* again by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from phasegrad_hw.models import DEVICE_MODELS, ConfigError, DeviceModel, StrictModel
+from phasegrad_hw.mqtt_protocol import (
+    BrokerConfig,
+    EmptyResult,
+    HelloResult,
+    PhaseResult,
+    Reply,
+    ReseedResult,
+    Topics,
+    VectorResult,
+    check_segment,
+    parse_name,
+)
+from phasegrad_hw.physics import Array
+from phasegrad_hw.substrate import (
+    Capability,
+    DeviceError,
+    DeviceTimeoutError,
+    LimitError,
+    LockLostError,
+    OscillatorSubstrate,
+    PhaseReading,
+    ProtocolError,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[Exception]] = {
+    "limit": LimitError, "invalid": LimitError, "lock_lost": LockLostError,
+    "timeout": DeviceTimeoutError, "protocol": ProtocolError, "device": DeviceError,
+    "session": DeviceError, "internal": DeviceError,
+}
+
+
+@dataclass
+class _Pending:
+    """A request waiting for its reply; ``session`` = connection it was last sent on."""
+
+    fut: asyncio.Future[Reply]
+    payload: bytes
+    session: int = 0
+
+
+class RemoteOptions(StrictModel):
+    """Query options of an ``mqtt://`` device URI (s)."""
+
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+    retry: float = Field(default=2.0, gt=0, le=600)
+    prefix: str = "phasegrad"
+
+
+def model_from_agent(data: dict[str, Any]) -> DeviceModel:
+    """The agent's device model: its registered class if known here, else the base fields."""
+    cls = DEVICE_MODELS.get(str(data.get("backend")))
+    try:
+        if cls is not None:
+            return cls.model_validate(data)
+        base = {k: v for k, v in data.items() if k in DeviceModel.model_fields}
+        return DeviceModel.model_validate(base)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise ProtocolError(f"agent sent an invalid device model: {msg}") from None
+
+
+class MqttSubstrate(OscillatorSubstrate):
+    """Remote substrate (see module docstring). ``model`` is fetched from the agent."""
+
+    def __init__(
+        self, broker: BrokerConfig, name: str, *, model: DeviceModel | None = None,
+        prefix: str = "phasegrad", timeout_s: float = 30.0, retry_s: float = 2.0,
+        seed: int | None = None, client_id: str | None = None,
+    ) -> None:
+        bench, device = parse_name(name, "--device")
+        self.topics = Topics(bench, device, check_segment("prefix", prefix))
+        self.broker = broker
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.seed = seed
+        self.client_id = check_segment("client id", client_id or f"pg-{uuid.uuid4().hex[:16]}")
+        self._ids = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+        self._sessions = 0
+        self._remote_reseed = False
+        self._pending_seed: int | None = None
+        self._fatal: Exception | None = None
+        self.late_replies = 0
+        self.resends = 0
+        self.capabilities = frozenset()
+        if model is None:
+            model = fetch_model(broker, self.topics, timeout_s=min(timeout_s, 10.0))
+        super().__init__(model)
+
+    # -- connection -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Start the connection task, say hello, and (if a seed was given) reseed the device."""
+        if self._task is None or self._task.done():
+            self._connected = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
+        hello = HelloResult.model_validate(await self._call("hello", {}))
+        remote = model_from_agent(hello.model)
+        if remote.model_dump() != self.model.model_dump():
+            raise ProtocolError(f"{self.topics.base}: the agent's device model changed since open")
+        self.capabilities = frozenset(Capability(c) for c in hello.capabilities
+                                      if c in Capability.__members__.values())
+        self._remote_reseed = hello.reseed
+        if self.seed is not None:
+            self.reseed(self.seed)
+
+    async def _disconnect(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for p in self._pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(DeviceError(f"{self.topics.base}: connection closed"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        import aiomqtt
+
+        delay = 0.05
+        while True:
+            self._sessions += 1
+            will = aiomqtt.Will(self.topics.request, json.dumps({
+                "op": "make_safe", "id": f"will-{self.client_id}-{self._sessions}",
+                "reply_to": self.client_id}).encode(), qos=1)
+            try:
+                async with self.broker.client(f"{self.client_id}-{self._sessions}", will=will) as c:
+                    granted = await c.subscribe(self.topics.reply(self.client_id), qos=1)
+                    if any(_code(g) >= 0x80 for g in granted):
+                        self._fail(DeviceError(
+                            f"{self.broker.uri()}: not authorized to read "
+                            f"{self.topics.reply(self.client_id)} (check the broker ACL)"))
+                        return
+                    self._client = c
+                    self._connected.set()
+                    delay = 0.05
+                    for p in list(self._pending.values()):  # resend after a reconnect
+                        if p.session != self._sessions and not p.fut.done():
+                            p.session = self._sessions
+                            self.resends += 1
+                            await c.publish(self.topics.request, p.payload, qos=1)
+                    async for msg in c.messages:
+                        self._on_reply(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
+            except aiomqtt.MqttCodeError as exc:
+                if _auth_failure(exc):
+                    self._fail(DeviceError(f"{self.broker.uri()}: the broker refused the login "
+                                           f"({exc}); check username/password"))
+                    return
+                log.warning("%s: broker connection lost (%s); retrying in %.2f s",
+                            self.topics.base, exc, delay)
+            except aiomqtt.MqttError as exc:
+                log.warning("%s: broker connection lost (%s); retrying in %.2f s",
+                            self.topics.base, exc, delay)
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, 2.0)
+
+    def _fail(self, exc: Exception) -> None:
+        """A permanent failure (refused login, ACL): every waiting and later call raises it."""
+        log.error("%s", exc)
+        self._fatal = exc
+        for p in self._pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(exc)
+
+    def _on_reply(self, raw: bytes) -> None:
+        try:
+            rep = Reply.model_validate_json(raw)
+        except ValidationError as exc:
+            log.warning("%s: malformed reply dropped: %s", self.topics.base, exc.errors()[0]["msg"])
+            return
+        entry = self._pending.get(rep.id)
+        if entry is None or entry.fut.done():
+            self.late_replies += 1
+            log.info("%s: reply %s has no waiting request (late or repeated); dropped",
+                     self.topics.base, rep.id)
+            return
+        entry.fut.set_result(rep)
+
+    async def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One request/reply round trip (see module docstring); raises the mapped error."""
+        if self._task is None:
+            raise DeviceError(f"{self.topics.base}: not connected (use `async with substrate`)")
+        if self._fatal is not None:
+            raise self._fatal
+        if self._pending_seed is not None and op not in ("hello", "reseed"):
+            seed, self._pending_seed = self._pending_seed, None
+            if self._remote_reseed:
+                self._result(ReseedResult, await self._call("reseed", {"seed": seed}), "reseed")
+        rid = f"{self.client_id}-{next(self._ids)}"
+        payload = json.dumps({"op": op, "id": rid, "reply_to": self.client_id, **fields}).encode()
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        pending = self._pending[rid] = _Pending(fut, payload)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while not fut.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeviceTimeoutError(
+                        f"{self.topics.base}: {op} (request {rid}) not answered within "
+                        f"{self.timeout_s:g} s")
+                if not self._connected.is_set():
+                    waiter: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
+                    try:
+                        await asyncio.wait([waiter, fut], timeout=left,
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    continue
+                client = self._client
+                if client is not None and pending.session != self._sessions:
+                    pending.session = self._sessions
+                    try:
+                        await client.publish(self.topics.request, payload, qos=1,
+                                             timeout=max(0.05, min(left, self.retry_s)))
+                    except Exception as exc:  # broker went away mid-publish: wait and resend
+                        log.debug("%s: publish of %s failed (%s)", self.topics.base, rid, exc)
+                        pending.session = -1
+                        await asyncio.sleep(0.02)
+                        continue
+                left = deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(left, self.retry_s)))
+                except TimeoutError:
+                    if not fut.done():  # no reply yet: send the same id again
+                        pending.session = -1
+                        self.resends += 1
+            rep = fut.result()
+        finally:
+            self._pending.pop(rid, None)
+        if not rep.ok:
+            err = rep.error
+            kind = err.kind if err else "internal"
+            text = err.message if err else "?"
+            raise _ERRORS.get(kind, DeviceError)(
+                f"{self.topics.base}: {op} refused by the agent ({kind}): {text}")
+        return rep.result or {}
+
+    @staticmethod
+    def _result(cls: type[BaseModel], data: dict[str, Any], op: str) -> Any:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ProtocolError(f"agent reply to {op}: {exc.errors()[0]['msg']}") from None
+
+    # -- hooks --------------------------------------------------------------------------
+    async def _apply_frequencies(self, omega: Array) -> None:
+        self._result(EmptyResult, await self._call("set_frequencies", {"omega": omega.tolist()}),
+                     "set_frequencies")
+
+    async def _apply_biases(self, values: Array) -> None:
+        self._result(EmptyResult, await self._call("set_biases", {"values": values.tolist()}),
+                     "set_biases")
+
+    async def _apply_couplings(self, values: Array) -> None:
+        self._result(EmptyResult, await self._call("set_couplings", {"values": values.tolist()}),
+                     "set_couplings")
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        self._result(EmptyResult, await self._call(
+            "clamp", {"target": target.tolist(), "beta": beta, "direction": direction}), "clamp")
+
+    async def _apply_release(self) -> None:
+        self._result(EmptyResult, await self._call("release", {}), "release")
+
+    async def _read(self, averages: int) -> PhaseReading:
+        r: PhaseResult = self._result(PhaseResult, await self._call(
+            "read_phases", {"averages": averages}), "read_phases")
+        n = self.model.n
+        if len(r.phases) != n or len(r.spread) != n:
+            raise ProtocolError(f"agent reply to read_phases: {len(r.phases)} phases, expected {n}")
+        return PhaseReading(np.asarray(r.phases), np.asarray(r.spread), r.locked, r.timestamp,
+                            r.averages, r.settle_s)
+
+    async def _read_frequencies(self) -> Array:
+        r: VectorResult = self._result(VectorResult, await self._call("read_frequencies", {}),
+                                       "read_frequencies")
+        return np.asarray(r.values, dtype=np.float64)
+
+    async def make_safe(self) -> None:
+        """Release and set safe biases on the remote device (skipped if never connected)."""
+        if self._task is None:
+            return
+        await super().make_safe()
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the remote device's noise generator (if it has one), as the training loop
+        does at every epoch start. Synchronous by contract: the reseed request is sent,
+        in order, before the next device request."""
+        self._pending_seed = int(seed)
+
+
+def _auth_failure(exc: Exception) -> bool:
+    """CONNACK codes: v3 4/5 (bad credentials / not authorised), v5 0x86/0x87."""
+    rc = getattr(exc, "rc", None)
+    return rc is not None and _code(rc) in (4, 5, 0x86, 0x87)
+
+
+def _code(rc: Any) -> int:
+    """An MQTT return/reason code as an int (paho gives ints or ReasonCode objects)."""
+    return int(rc.value) if hasattr(rc, "value") else int(rc)
+
+
+def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0) -> DeviceModel:
+    """Ask the agent for its device model (synchronously; runs its own event loop in a thread,
+    so it works inside and outside a running loop)."""
+
+    async def ask() -> DeviceModel:
+        sub = MqttSubstrate(broker, f"{topics.bench}/{topics.device}", prefix=topics.prefix,
+                            timeout_s=timeout_s, model=_PLACEHOLDER)
+        sub._task = asyncio.create_task(sub._run())
+        try:
+            hello = HelloResult.model_validate(await sub._call("hello", {}))
+        finally:
+            await sub._disconnect()
+        return model_from_agent(hello.model)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(asyncio.run, ask()).result()
+        except DeviceTimeoutError:
+            raise DeviceTimeoutError(
+                f"{broker.uri()}/{topics.bench}/{topics.device}: no agent answered within "
+                f"{timeout_s:g} s (is `phasegrad-hw agent --name {topics.bench}/{topics.device}` "
+                "running, and may this user use its topics?)") from None
+
+
+_PLACEHOLDER = DeviceModel.model_validate({
+    "backend": "placeholder", "n_oscillators": 2, "edges": [{"i": 0, "j": 1, "k": 1.0}],
+    "roles": {"outputs": [1]}})
+
+
+def open_uri(uri: str, seed: int | None = None) -> MqttSubstrate:
+    """``devices.URI_SCHEMES['mqtt']``: parse the URI, fetch the model from the agent."""
+    broker, path, query = BrokerConfig.parse(uri, field="--device")
+    try:
+        opts = RemoteOptions.model_validate(query)
+    except ValidationError as exc:
+        from phasegrad_hw.models import format_validation_error
+
+        raise ConfigError(format_validation_error(exc, "--device ?")) from None
+    return MqttSubstrate(broker, path, prefix=opts.prefix, timeout_s=opts.timeout,
+                         retry_s=opts.retry, seed=seed)

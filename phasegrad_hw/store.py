@@ -1,0 +1,370 @@
+"""SQLite run store: runs with their full config, per-epoch metrics, optional per-step
+diagnostics, parameter checkpoints and calibration reports.
+
+One file (default ``phasegrad-hw-runs.sqlite`` in the working directory), WAL journal,
+``synchronous=FULL``. Every write is one transaction: a checkpoint (the whole
+:class:`~phasegrad_hw.loop.LoopState`: parameters, epoch, history, skip count) and the epoch
+metrics it carries are committed together or not at all, so a crash (even SIGKILL) leaves the
+previous checkpoint intact. Each checkpoint also stores a SHA-256 of its text, verified on
+load. Step diagnostics are buffered in memory and written in the checkpoint's transaction, so
+a run resumed after a crash never holds steps of the epoch it replays twice.
+
+States are stored as JSON; float64 values round-trip exactly (shortest repr), so a resumed
+run continues from bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import importlib
+import io
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from phasegrad_hw.loop import LoopState
+
+log = logging.getLogger(__name__)
+DEFAULT_PATH = "phasegrad-hw-runs.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created_s REAL NOT NULL, updated_s REAL NOT NULL,
+    device TEXT NOT NULL, status TEXT NOT NULL, config TEXT NOT NULL, summary TEXT);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    created_s REAL NOT NULL, state TEXT NOT NULL, sha256 TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch));
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    train_accuracy REAL, test_accuracy REAL, skipped INTEGER, seconds REAL, data TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch));
+CREATE TABLE IF NOT EXISTS steps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    created_s REAL NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS steps_run ON steps (run_id, epoch);
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT REFERENCES runs(id) ON DELETE SET NULL,
+    device TEXT NOT NULL, kind TEXT NOT NULL, created_s REAL NOT NULL, report TEXT NOT NULL);
+"""
+
+
+class StoreError(ValueError):
+    """A run or checkpoint that does not exist, is ambiguous or is corrupt."""
+
+
+# --------------------------------------------------------------------------- encoding
+def encode(obj: Any) -> Any:
+    """JSON-ready form of states: dataclasses (tagged with their class), arrays (dtype,
+    shape), numpy scalars, paths; floats stay floats (exact round trip)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+                **{f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.ravel().tolist(), "dtype": str(obj.dtype),
+                "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {str(k): encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [encode(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "model_dump"):  # pydantic models (configs)
+        return encode(obj.model_dump(mode="json"))
+    raise TypeError(f"cannot store a value of type {type(obj).__name__}")
+
+
+def decode(obj: Any) -> Any:
+    """Inverse of :func:`encode`; dataclasses are rebuilt only from ``phasegrad_hw`` modules."""
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__ndarray__" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+    if "__dataclass__" in obj:
+        module, _, name = str(obj["__dataclass__"]).partition(":")
+        if not module.startswith("phasegrad_hw."):
+            raise StoreError(f"checkpoint names class {module!r} outside phasegrad_hw")
+        try:
+            cls: Any = importlib.import_module(module)
+            for part in name.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError) as exc:
+            raise StoreError(f"checkpoint class {module}:{name} is unknown: {exc}") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: decode(v) for k, v in obj.items() if k in names}
+        return cls(**kwargs)
+    return {k: decode(v) for k, v in obj.items()}
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(encode(obj), separators=(",", ":"), allow_nan=True)
+
+
+def new_run_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxxxx`` (UTC time + 24 random bits)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+# --------------------------------------------------------------------------- store
+class RunStore:
+    """The run store (see module docstring). Thread-safe; one connection per store object."""
+
+    def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"--store: directory {self.path.parent} does not exist")
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._steps: dict[str, list[tuple[int, float, str]]] = {}
+        for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            self._db.execute(stmt)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed on success, rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- contract -------------------------------------------------------------------
+    def create_run(self, config: dict[str, Any], device: str) -> str:
+        """Record a new run with its full config; returns its id."""
+        text = _dumps(config)
+        rid = new_run_id()
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, NULL)",
+                       (rid, now, now, str(device), text))
+        log.info("run %s created (%s)", rid, device)
+        return rid
+
+    def save_checkpoint(self, run_id: str, state: LoopState) -> None:
+        """Parameters + epoch metrics + buffered step diagnostics, in one transaction."""
+        rid = self.resolve(run_id)
+        text = _dumps(state)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        epoch = int(state.epoch)
+        rows = [_epoch_row(rid, rec) for rec in state.history]
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                       (rid, epoch, now, text, digest))
+            db.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            steps = self._steps.get(rid, [])
+            if steps:
+                db.executemany("INSERT INTO steps (run_id, epoch, created_s, data) "
+                               "VALUES (?, ?, ?, ?)", [(rid, *s) for s in steps])
+            db.execute("UPDATE runs SET updated_s = ? WHERE id = ?", (now, rid))
+        self._steps.pop(rid, None)
+
+    def load_checkpoint(self, run_id: str) -> tuple[dict[str, Any], LoopState]:
+        """The run's config and its latest checkpointed state."""
+        rid = self.resolve(run_id)
+        with self._lock:
+            run = self._db.execute("SELECT config FROM runs WHERE id = ?", (rid,)).fetchone()
+            row = self._db.execute(
+                "SELECT epoch, state, sha256 FROM checkpoints WHERE run_id = ? "
+                "ORDER BY epoch DESC LIMIT 1", (rid,)).fetchone()
+        if row is None:
+            raise StoreError(f"run {rid}: no checkpoint yet (it stopped before its first epoch "
+                             "ended); start it again instead of resuming")
+        if hashlib.sha256(row["state"].encode()).hexdigest() != row["sha256"]:
+            raise StoreError(f"run {rid}: checkpoint of epoch {row['epoch']} is corrupt "
+                             "(checksum mismatch)")
+        state = decode(json.loads(row["state"]))
+        self._steps.pop(rid, None)  # steps buffered after the checkpoint are replayed
+        return json.loads(run["config"]), state
+
+    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Mark the run finished with a summary (final accuracy, seconds, …)."""
+        rid = self.resolve(run_id)
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = 'finished', summary = ?, updated_s = ? "
+                       "WHERE id = ?", (_dumps(summary), time.time(), rid))
+
+    # -- more ---------------------------------------------------------------------------
+    def set_status(self, run_id: str, status: Literal["running", "failed", "interrupted",
+                                                        "finished"]) -> None:
+        rid = self.resolve(run_id)
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = ?, updated_s = ? WHERE id = ?",
+                       (status, time.time(), rid))
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """The config a run was created with."""
+        row = self._one("SELECT config FROM runs WHERE id = ?", self.resolve(run_id))
+        return json.loads(row["config"])  # type: ignore[no-any-return,unused-ignore]
+
+    def record_step(self, run_id: str, epoch: int, data: Mapping[str, Any]) -> None:
+        """Buffer one step's diagnostics; written with the next checkpoint."""
+        self._steps.setdefault(run_id, []).append((int(epoch), time.time(), _dumps(data)))
+
+    def save_calibration(self, device: str, kind: str, report: Mapping[str, Any] | Any,
+                         run_id: str | None = None) -> int:
+        """Store a calibration report (dict, dataclass or Pydantic model); returns its id."""
+        rid = self.resolve(run_id) if run_id else None
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO calibrations (run_id, device, kind, created_s, report) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (rid, device, kind, time.time(), _dumps(report)))
+            return int(cur.lastrowid or 0)
+
+    def calibrations(self, device: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM calibrations", ()  # type: tuple[str, tuple[str, ...]]
+        if device is not None:
+            q, args = q + " WHERE device = ?", (device,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
+
+    def resolve(self, run_id: str) -> str:
+        """A full run id from an id or a unique prefix of one."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? LIMIT 3",
+                                    (run_id, run_id.replace("%", "") + "%")).fetchall()
+        ids = sorted({r["id"] for r in rows})
+        if run_id in ids:
+            return run_id
+        if not ids:
+            raise StoreError(f"run {run_id!r}: not in {self.path}")
+        if len(ids) > 1:
+            raise StoreError(f"run {run_id!r}: ambiguous prefix ({', '.join(ids)}, …)")
+        return ids[0]
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """All runs, newest first, with their last checkpointed epoch."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.id, r.created_s, r.updated_s, r.device, r.status, r.summary, "
+                "(SELECT MAX(epoch) FROM checkpoints c WHERE c.run_id = r.id) AS epoch "
+                "FROM runs r ORDER BY r.created_s DESC, r.id DESC").fetchall()
+        return [{**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else None}
+                for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run: metadata, config, summary, epoch metrics, checkpoint epochs, step count."""
+        rid = self.resolve(run_id)
+        r = self._one("SELECT * FROM runs WHERE id = ?", rid)
+        with self._lock:
+            ck = [int(x[0]) for x in self._db.execute(
+                "SELECT epoch FROM checkpoints WHERE run_id = ? ORDER BY epoch", (rid,))]
+            n_steps = int(self._db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ?",
+                                           (rid,)).fetchone()[0])
+        return {"id": rid, "created_s": r["created_s"], "updated_s": r["updated_s"],
+                "device": r["device"], "status": r["status"], "config": json.loads(r["config"]),
+                "summary": json.loads(r["summary"]) if r["summary"] else None,
+                "epochs": self.epochs(rid), "checkpoint_epochs": ck, "steps": n_steps}
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-epoch metrics (one dict per epoch record, all its fields)."""
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM epochs WHERE run_id = ? ORDER BY epoch",
+                                    (self.resolve(run_id),)).fetchall()
+        return [json.loads(r["data"]) for r in rows]
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, epoch, created_s, data FROM steps "
+                                    "WHERE run_id = ? ORDER BY seq",
+                                    (self.resolve(run_id),)).fetchall()
+        return [{"seq": r["seq"], "epoch": r["epoch"], "created_s": r["created_s"],
+                 **json.loads(r["data"])} for r in rows]
+
+    def export(self, run_id: str, fmt: Literal["json", "csv"] = "json") -> str:
+        """JSON: everything about the run incl. the latest parameters. CSV: epoch metrics."""
+        info = self.run(run_id)
+        if fmt == "csv":
+            recs = info["epochs"]
+            cols: list[str] = []
+            for rec in recs:
+                cols += [k for k in rec if k not in cols and k != "__dataclass__"]
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=cols or ["epoch"], extrasaction="ignore",
+                               lineterminator="\n")
+            w.writeheader()
+            w.writerows(recs)
+            return buf.getvalue()
+        if fmt != "json":
+            raise StoreError(f"--format: {fmt!r} — allowed: json, csv")
+        with self._lock:
+            row = self._db.execute("SELECT state FROM checkpoints WHERE run_id = ? ORDER BY "
+                                   "epoch DESC LIMIT 1", (info["id"],)).fetchone()
+        info["latest_state"] = _plain(json.loads(row["state"])) if row else None
+        info["step_diagnostics"] = self.steps(info["id"])
+        info["calibrations"] = [c for c in self.calibrations() if c["run_id"] == info["id"]]
+        return json.dumps(info, indent=2)
+
+    def _one(self, query: str, *args: Any) -> sqlite3.Row:
+        with self._lock:
+            row = self._db.execute(query, args).fetchone()
+        if row is None:
+            raise StoreError(f"not found: {args}")
+        return row
+
+
+def _epoch_row(rid: str, rec: Any) -> tuple[Any, ...]:
+    data = {k: v for k, v in encode(rec).items() if k != "__dataclass__"} \
+        if dataclasses.is_dataclass(rec) else dict(rec)
+
+    def num(key: str) -> Any:
+        v = data.get(key)
+        return v if isinstance(v, (int, float)) else None
+
+    return (rid, int(data["epoch"]), num("train_accuracy"), num("test_accuracy"),
+            num("skipped"), num("seconds"), json.dumps(data))
+
+
+def _plain(obj: Any) -> Any:
+    """Encoded state without tags: arrays as nested lists (for people and other tools)."""
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"]).reshape(obj["shape"]).tolist()
+        return {k: _plain(v) for k, v in obj.items() if k != "__dataclass__"}
+    return obj

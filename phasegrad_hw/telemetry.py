@@ -1,0 +1,210 @@
+"""MQTT telemetry per bench/device: status, per-epoch metrics, step diagnostics, calibrations.
+
+Topics (``{prefix}/{bench}/{device}/…``): ``status`` (retained ``online`` / ``offline``; the
+broker publishes the last will ``offline`` if the process dies), ``metrics`` (one JSON per
+epoch), ``steps`` (step diagnostics, at most one per ``step_interval_s``), ``calibration``.
+All QoS 1.
+
+Off the control path: ``publish_*`` only put a message in a bounded queue (``put_nowait``;
+when full, the oldest message is dropped and counted) and return at once — the training loop
+never waits for the broker. A background task drains the queue, reconnecting with exponential
+backoff; the message being sent when the connection drops is kept and sent again after the
+reconnect (at-least-once, as QoS 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phasegrad_hw.mqtt_protocol import BrokerConfig, Topics, check_segment, parse_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TelemetryStats:
+    """``queued`` accepted messages, ``sent`` acknowledged by the broker (QoS 1),
+    ``dropped`` lost to a full queue, ``rate_limited`` step messages not sent, ``connects``."""
+
+    queued: int = 0
+    sent: int = 0
+    dropped: int = 0
+    rate_limited: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, Pydantic models, numpy arrays/scalars → JSON values (NaN → null)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "model_dump"):
+        return to_jsonable(obj.model_dump(mode="json"))
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+class Telemetry:
+    """Publisher for one bench/device (see module docstring).
+
+    ``async with Telemetry(broker, "bench/device") as tm:`` starts the sender and publishes
+    ``online``; leaving flushes the queue (up to ``flush_s`` s) and publishes ``offline``.
+    ``tm.on_epoch_end`` / ``tm.on_step`` plug into :func:`phasegrad_hw.loop.train_on_substrates`.
+    """
+
+    def __init__(
+        self, broker: BrokerConfig, name: str, *, prefix: str = "phasegrad",
+        queue_size: int = 1000, step_interval_s: float = 0.5, client_id: str | None = None,
+        backoff_s: tuple[float, float] = (0.05, 5.0), flush_s: float = 2.0,
+    ) -> None:
+        bench, device = parse_name(name)
+        self.topics = Topics(bench, device, check_segment("--prefix", prefix))
+        self.broker = broker
+        self.queue: deque[tuple[str, bytes, bool]] = deque(maxlen=max(1, queue_size))
+        self.step_interval_s = step_interval_s
+        self.backoff_s = backoff_s
+        self.flush_s = flush_s
+        self.client_id = client_id or f"telemetry-{bench}-{device}-{id(self) & 0xFFFFFF:06x}"
+        self.stats = TelemetryStats()
+        self.connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_step = -math.inf
+        self._closing = False
+
+    # -- producer side (never blocks) ---------------------------------------------------
+    def _put(self, topic: str, payload: Any, retain: bool = False) -> None:
+        data = json.dumps(to_jsonable(payload), separators=(",", ":")).encode()
+        if len(self.queue) == self.queue.maxlen:
+            self.stats.dropped += 1
+        self.queue.append((topic, data, retain))
+        self.stats.queued += 1
+        self._wake.set()
+
+    def publish_status(self, status: str, **extra: Any) -> None:
+        self._put(self.topics.status, {"status": status, "time": time.time(), **extra}, True)
+
+    def publish_metrics(self, metrics: Mapping[str, Any] | Any) -> None:
+        """One epoch's metrics (an ``EpochRecord`` or a dict)."""
+        self._put(self.topics.metrics, {"time": time.time(), **to_jsonable(metrics)})
+
+    def publish_step(self, diagnostics: Mapping[str, Any] | Any) -> bool:
+        """Step diagnostics, rate-limited to one per ``step_interval_s``; True if queued."""
+        now = time.monotonic()
+        if now - self._last_step < self.step_interval_s:
+            self.stats.rate_limited += 1
+            return False
+        self._last_step = now
+        self._put(self.topics.steps, {"time": time.time(), **to_jsonable(diagnostics)})
+        return True
+
+    def publish_calibration(self, kind: str, report: Mapping[str, Any] | Any) -> None:
+        self._put(self.topics.calibration, {"time": time.time(), "kind": kind,
+                                            "report": to_jsonable(report)})
+
+    # hooks for train_on_substrates
+    def on_epoch_end(self, state: Any) -> None:
+        """``on_epoch_end`` hook: publishes the newest epoch record of a ``LoopState``."""
+        history = getattr(state, "history", None)
+        if history:
+            rec = to_jsonable(history[-1])
+            rec["skipped_samples"] = getattr(state, "skipped_samples", None)
+            self.publish_metrics(rec)
+
+    def on_step(self, report: Any) -> None:
+        """``on_step`` hook: publishes a ``StepReport`` (rate-limited)."""
+        if time.monotonic() - self._last_step < self.step_interval_s:
+            self.stats.rate_limited += 1  # skip the conversion work too
+            return
+        self.publish_step(report)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self.publish_status("online")
+            self._task = asyncio.create_task(self._run(), name=f"telemetry-{self.client_id}")
+
+    async def stop(self) -> None:
+        """Flush (bounded by ``flush_s``), publish ``offline``, disconnect."""
+        if self._task is None:
+            return
+        self.publish_status("offline")
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.flush_s)
+        except TimeoutError:
+            log.warning("telemetry: %d message(s) not flushed within %.1f s",
+                        len(self.queue), self.flush_s)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._task = None
+
+    async def __aenter__(self) -> Telemetry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        import aiomqtt
+
+        delay = self.backoff_s[0]
+        will = aiomqtt.Will(self.topics.status, json.dumps({"status": "offline"}).encode(),
+                            qos=1, retain=True)
+        while True:
+            try:
+                async with self.broker.client(self.client_id, will=will) as client:
+                    self.stats.connects += 1
+                    self.connected.set()
+                    delay = self.backoff_s[0]
+                    if self.stats.connects > 1:  # status is retained: re-assert after a restart
+                        self.publish_status("online", reconnected=True)
+                    while True:
+                        if not self.queue:
+                            if self._closing:
+                                return
+                            self._wake.clear()
+                            await self._wake.wait()
+                            continue
+                        topic, data, retain = self.queue[0]
+                        await client.publish(topic, data, qos=1, retain=retain)
+                        if self.queue and self.queue[0][1] is data:
+                            self.queue.popleft()
+                        self.stats.sent += 1
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self.stats.disconnects += 1
+                log.warning("telemetry %s: broker unavailable (%s); retrying in %.2f s",
+                            self.topics.base, exc, delay)
+                if self._closing:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, self.backoff_s[1])

@@ -1,0 +1,159 @@
+"""A real mosquitto broker for tests: free loopback port, password file, ACL; stop, kill, restart.
+
+Users (password = ``<name>-pw``):
+
+* ``agent``      — reads device requests, writes replies and its status;
+* ``controller`` — writes device requests, reads its replies, publishes telemetry;
+* ``watcher``    — reads telemetry and agent status only;
+* ``outsider``   — may use ``outside/#`` only (authenticated, but outside the device ACL).
+
+Anonymous clients are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+USERS = ("agent", "controller", "watcher", "outsider")
+ACL = """\
+user agent
+topic read phasegrad/+/+/rpc/req
+topic write phasegrad/+/+/rpc/rep/#
+topic readwrite phasegrad/+/+/agent
+
+user controller
+topic write phasegrad/+/+/rpc/req
+topic read phasegrad/+/+/rpc/rep/#
+topic read phasegrad/+/+/agent
+topic readwrite phasegrad/+/+/status
+topic readwrite phasegrad/+/+/metrics
+topic readwrite phasegrad/+/+/steps
+topic readwrite phasegrad/+/+/calibration
+
+user watcher
+topic read phasegrad/+/+/status
+topic read phasegrad/+/+/metrics
+topic read phasegrad/+/+/steps
+topic read phasegrad/+/+/calibration
+topic read phasegrad/+/+/agent
+
+user outsider
+topic readwrite outside/#
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def password(user: str) -> str:
+    return f"{user}-pw"
+
+
+class Mosquitto:
+    """One broker process with a generated config in ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        exe = shutil.which("mosquitto")
+        passwd = shutil.which("mosquitto_passwd")
+        require(exe is not None and passwd is not None,
+                "mosquitto and mosquitto_passwd (apt-get install -y mosquitto)")
+        assert exe is not None and passwd is not None
+        self.exe = exe
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        pw_file = self.dir / "passwd"
+        for k, user in enumerate(USERS):
+            args = [passwd, "-b", str(pw_file), user, password(user)]
+            if k == 0:
+                args.insert(1, "-c")
+            subprocess.run(args, check=True, capture_output=True)
+        (self.dir / "acl").write_text(ACL)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous false",
+            f"password_file {pw_file}",
+            f"acl_file {self.dir / 'acl'}",
+            "persistence false",
+            "set_tcp_nodelay true",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if os.getuid() == 0:  # mosquitto drops root privileges to "mosquitto" unless told
+            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = self.dir / "mosquitto.log"
+
+    def uri(self, user: str | None = "controller", path: str = "") -> str:
+        cred = f"{user}:{password(user)}@" if user else ""
+        return f"mqtt://{cred}127.0.0.1:{self.port}{'/' + path if path else ''}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start and wait until the port accepts connections."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}): "
+                                   f"{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate gracefully."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL (no clean disconnects, no wills sent, nothing persisted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Kill, stay down ``down_s`` s, start again on the same port."""
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running broker, stopped after the test."""
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
