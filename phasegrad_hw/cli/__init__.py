@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import typer
 
-COMMAND_MODULES: list[str] = ["verify"]
+COMMAND_MODULES: list[str] = ["verify", "runs", "agent"]
 
 
 @dataclass
