@@ -234,3 +234,25 @@ def blobs(n_train: int = 40, n_test: int = 20, seed: int = 0, sep: float = 0.6) 
         xs[n_train:],
         y[n_train:].astype(np.int64),
     )
+
+
+def model_tiny(**overrides: Any) -> SimulatedDeviceModel:
+    """A 5-oscillator device that learns the :func:`blobs` task in a few epochs: inputs 0
+    (reference) and 1, hidden 2, outputs 3 and 4; output 3 follows input 0 and output 4
+    follows input 1 through strong edges, so ω on the outputs sets the decision threshold."""
+    data: dict[str, Any] = {
+        "backend": "simulated",
+        "name": "test-tiny",
+        "n_oscillators": 5,
+        "edges": [
+            {"i": 0, "j": 2, "k": 1.0},
+            {"i": 1, "j": 2, "k": 1.0},
+            {"i": 2, "j": 3, "k": 1.0},
+            {"i": 2, "j": 4, "k": 1.0},
+            {"i": 1, "j": 4, "k": 2.0},
+            {"i": 0, "j": 3, "k": 2.0},
+        ],
+        "roles": {"inputs": [0, 1], "hidden": [2], "outputs": [3, 4], "reference": 0},
+    }
+    data.update(overrides)
+    return SimulatedDeviceModel.model_validate(data)

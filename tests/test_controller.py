@@ -4,6 +4,7 @@ implicit reference, readout-noise statistics, parallel substrates, limits and pr
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -66,8 +67,8 @@ def _exact(model, params: Parameters, x: np.ndarray, target: np.ndarray):  # typ
     ],
 )
 async def test_failure_between_free_and_nudged_read_leaves_params_and_device_safe(
-    mode, script, error
-):  # type: ignore[no-untyped-def]
+    mode: Literal["one_sided", "centred"], script: dict[str, Any], error: type[Exception]
+) -> None:
     m = model_2_5_2(0)
     inner = SimulatedSubstrate(m)
     sub = ScriptedSubstrate(inner, **script)
@@ -183,6 +184,7 @@ async def test_parallel_step_averages_only_valid_samples() -> None:
     singles = []
     for s in (xs[0], xs[2]):
         r = await EPController([SimulatedSubstrate(m)], cfg, _params(m)).step([s])
+        assert r.grad_omega is not None
         singles.append(r.grad_omega)
     assert rep.grad_omega is not None
     assert np.allclose(rep.grad_omega, np.mean(singles, axis=0), rtol=0, atol=1e-12)
@@ -190,7 +192,9 @@ async def test_parallel_step_averages_only_valid_samples() -> None:
 
 # --------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("mode", ["one_sided", "centred"])
-async def test_step_gradient_matches_implicit_reference(mode: str) -> None:
+async def test_step_gradient_matches_implicit_reference(
+    mode: Literal["one_sided", "centred"],
+) -> None:
     m = model_2_5_2(3)
     p = _params(m, 4)
     x = np.array([0.6, -0.9])
@@ -275,6 +279,7 @@ async def test_readout_noise_degrades_cosine_as_predicted_and_centred_recovers(
     s_pred = np.sqrt(2) * sigma / (beta * np.sqrt(averages))
     ctl0 = EPController([SimulatedSubstrate(clean)], EPConfig(beta=beta), p)
     g_beta = (await ctl0.step([Sample(x, t)])).grad_omega  # noise-free estimate at this β
+    assert g_beta is not None
     resid = (G - g_beta)[:, mask]
     s_meas = resid.std(ddof=1)
     # χ² spread of a std from n_df values (4 σ) + 2 % for the circular mean of few reads
@@ -288,6 +293,7 @@ async def test_readout_noise_degrades_cosine_as_predicted_and_centred_recovers(
     Gc, _ = await _noisy_cosines(m, p, x, t, beta_c, "centred", averages, trials)
     ctl1 = EPController([SimulatedSubstrate(clean)], EPConfig(beta=beta_c, mode="centred"), p)
     gc_beta = (await ctl1.step([Sample(x, t)])).grad_omega
+    assert gc_beta is not None
     s_c = sigma / (np.sqrt(2) * beta_c * np.sqrt(averages))
     cos_c = cosine(Gc, g)
     pred_c = _predicted_cosine(gc_beta, g, s_c, mask, rng)
@@ -308,6 +314,7 @@ async def test_parallel_substrates_average_single_device_gradients() -> None:
     singles_w, singles_k = [], []
     for k, s in enumerate(xs):
         r = await EPController([SimulatedSubstrate(m, seed=100 + k)], cfg, p0).step([s])
+        assert r.grad_omega is not None and r.grad_coupling is not None
         singles_w.append(r.grad_omega)
         singles_k.append(r.grad_coupling)
     gw, gk = np.mean(singles_w, axis=0), np.mean(singles_k, axis=0)
