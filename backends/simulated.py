@@ -15,11 +15,137 @@ import asyncio
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from phasegrad_hw.gradients import implicit_gradient, loss_grad_theta
 from phasegrad_hw.models import SimulatedDeviceModel
-from phasegrad_hw.physics import Array, centred, solve_equilibrium, wrap
+from phasegrad_hw.physics import Array, CouplingFunction, centred, solve_equilibrium, wrap
 from phasegrad_hw.substrate import Capability, OscillatorSubstrate, PhaseReading
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+class _EdgeNewton:
+    """Fast locked-state solver for symmetric K and H = a·sin φ on a small network.
+
+    Undamped Newton on the edge list (D = θ S, F = ω^c − S (aK sin D) + nudge,
+    J = −S diag(aK cos D) Sᵀ + diag(nudge′)) with a 1 rad trust region, batched over rows.
+    A converged state is stable when every edge has cos Δθ > 0 and the nudge does not
+    push away (−J̃ is then a reduced weighted Laplacian plus a non-negative diagonal on a
+    connected graph, so positive definite); otherwise stability is checked by eigenvalues.
+    Rows that do not converge within ``max_iter`` report ``ok`` False; the caller falls
+    back to :func:`solve_equilibrium` (damped Newton with line search) for those.
+    """
+
+    def __init__(self, model: SimulatedDeviceModel, max_iter: int = 25) -> None:
+        e = model.edge_index
+        n, m = model.n, len(e)
+        S = np.zeros((n, m))
+        S[e[:, 0], np.arange(m)] = -1.0
+        S[e[:, 1], np.arange(m)] = 1.0
+        self.S = S
+        self.ref = model.roles.reference
+        self.keep = np.flatnonzero(np.arange(n) != self.ref)
+        self.Sk = S[self.keep]
+        self.n = n
+        self.max_iter = max_iter
+        self.linear = model.nudge == "linear"
+
+    def solve(
+        self, W: Array, k: Array, theta0: Array, beta: Array | None, target: Array | None
+    ) -> tuple[Array, NDArray[np.bool_]]:
+        """θ (B, N) and ok (B,) for centred ω (B, N), edge weights a·K (B, E) > 0, warm
+        start (B, N), signed per-oscillator β (B, N) or None, targets (B, N)."""
+        S, Sk, keep = self.S, self.Sk, self.keep
+        th = theta0 - theta0[:, self.ref : self.ref + 1]
+        scale = 1.0 + np.abs(W).max(axis=1) + 2.0 * k.sum(axis=1)
+        tol = np.maximum(1e-12, 64.0 * _EPS * scale * np.sqrt(self.n))
+        done = np.zeros(len(W), dtype=bool)
+        nd: Array | None = None
+        for _ in range(self.max_iter):
+            D = th @ S
+            F = W - (k * np.sin(D)) @ S.T
+            if beta is not None and target is not None:
+                d = target - th
+                if self.linear:
+                    F = F + beta * d
+                    nd = -beta
+                else:
+                    F = F + beta * np.sin(d)
+                    nd = -beta * np.cos(d)
+            Fk = F[:, keep]
+            done = np.abs(Fk).max(axis=1) <= tol
+            if done.all():
+                break
+            J = -np.einsum("ne,me,be->bnm", Sk, Sk, k * np.cos(D), optimize=False)
+            if nd is not None:
+                idx = np.arange(len(keep))
+                J[:, idx, idx] += nd[:, keep]
+            try:
+                step = np.linalg.solve(J, -Fk[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                return th, np.zeros(len(W), dtype=bool)
+            big = np.abs(step).max(axis=1, keepdims=True)
+            step *= np.minimum(1.0, 1.0 / np.maximum(big, 1e-300))
+            step[done] = 0.0
+            th[:, keep] += step
+        if not np.all(np.isfinite(th)):
+            return th, np.zeros(len(W), dtype=bool)
+        D = th @ S
+        c = np.cos(D)
+        push = nd is not None and bool(np.any(nd > 0))
+        stable = np.all(c > 0.0, axis=1) & (not push)
+        check = np.flatnonzero(done & ~stable)
+        if check.size:  # eigenvalues of −J̃ for the rows the sufficient test cannot clear
+            J = -np.einsum("ne,me,be->bnm", Sk, Sk, k[check] * c[check], optimize=False)
+            if nd is not None:
+                idx = np.arange(len(keep))
+                J[:, idx, idx] += nd[check][:, keep]
+            lam = np.linalg.eigvalsh(-0.5 * (J + np.swapaxes(J, 1, 2)))[:, 0]
+            stable[check] = lam > 1e-10 * (np.abs(J).max(axis=(1, 2)) + 1e-300)
+        th[:, keep] = wrap(th[:, keep])
+        return th, done & stable
+
+
+def _solve_rows(
+    fast: _EdgeNewton | None,
+    model: SimulatedDeviceModel,
+    H: CouplingFunction,
+    W: Array,
+    K: Array,
+    ke: Array | None,
+    th0: Array,
+    beta: Array | None,
+    target: Array | None,
+    direction: int,
+) -> tuple[Array, NDArray[np.bool_]]:
+    """Locked states of B independent settings: centred ω (B, N), K (B, N, N), edge weights
+    (B, E) for the fast path (None: skip it), warm starts (B, N), β ≥ 0 and targets (B, N)
+    or None. Fast edge Newton → damped Newton from the warm start → damped Newton cold."""
+    theta = th0.copy()
+    ok = np.zeros(len(W), dtype=bool)
+    if fast is not None and ke is not None:
+        sb = None if beta is None else beta * float(direction)
+        th, ok = fast.solve(W, ke, th0, sb, target)
+        theta[ok] = th[ok]
+    rest = np.flatnonzero(~ok)
+    if rest.size:
+        ref, nudge = model.roles.reference, model.nudge
+        kw: dict[str, Any] = {}
+        if beta is not None:
+            kw = {"beta": beta[rest], "target": target[rest], "direction": direction}  # type: ignore[index]
+        eq = solve_equilibrium(W[rest], K[rest], H, theta0=th0[rest], ref=ref, nudge=nudge, **kw)
+        theta[rest] = eq.theta
+        ok[rest] = eq.ok
+        bad = rest[~np.asarray(eq.ok, dtype=bool)]
+        if bad.size:  # a cold start can find the stable state a warm start jumped past
+            if beta is not None:
+                kw = {"beta": beta[bad], "target": target[bad], "direction": direction}  # type: ignore[index]
+            eq2 = solve_equilibrium(W[bad], K[bad], H, ref=ref, nudge=nudge, **kw)
+            good = np.asarray(eq2.ok, dtype=bool)
+            theta[bad[good]] = eq2.theta[good]
+            ok[bad[good]] = True
+    return theta, ok
 
 
 class SimulatedSubstrate(OscillatorSubstrate):
@@ -38,6 +164,17 @@ class SimulatedSubstrate(OscillatorSubstrate):
         self.H = model.coupling()
         self.theta = np.zeros(model.n)
         self._clamp: tuple[Array, Array, int] | None = None
+        pure_sine = len(self.H.harmonics) == 1 and self.H.is_odd and self.H.harmonics[0] > 0
+        self._fast = _EdgeNewton(model) if pure_sine else None
+        self._ke: Array | None = None
+        self._refresh_edges()
+
+    def _refresh_edges(self) -> None:
+        """Edge weights a·K_e for the fast solver, or None if K is asymmetric / has a zero."""
+        e = self.model.edge_index
+        k = self.K[e[:, 0], e[:, 1]]
+        usable = np.array_equal(k, self.K[e[:, 1], e[:, 0]]) and bool(np.all(k > 0))
+        self._ke = self.H.harmonics[0] * k if (self._fast is not None and usable) else None
 
     # -- hooks --------------------------------------------------------------------
     async def _apply_frequencies(self, omega: Array) -> None:
@@ -53,6 +190,7 @@ class SimulatedSubstrate(OscillatorSubstrate):
         )
         self.K[e[:, 0], e[:, 1]] = values
         self.K[e[:, 1], e[:, 0]] = values * ratio
+        self._refresh_edges()
 
     async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
         b = np.zeros(self.model.n)
@@ -101,32 +239,24 @@ class SimulatedSubstrate(OscillatorSubstrate):
         return {"beta": b, "target": t, "direction": d}
 
     def solve(self) -> tuple[Array, bool]:
-        """Noise-free locked state under the present settings (warm-started)."""
-        kw = self._nudge_kwargs()
-        eq = solve_equilibrium(
-            centred(self.omega),
-            self.K,
+        """Noise-free locked state under the present settings (warm-started; fast edge
+        Newton first, then damped Newton, then a cold start)."""
+        c = self._clamp
+        theta, ok = _solve_rows(
+            self._fast,
+            self.model,
             self.H,
-            theta0=self.theta,
-            ref=self.model.roles.reference,
-            nudge=self.model.nudge,
-            **kw,
+            centred(self.omega)[None, :],
+            self.K[None],
+            None if self._ke is None else self._ke[None],
+            self.theta[None, :],
+            None if c is None else c[0][None, :],
+            None if c is None else c[1][None, :],
+            1 if c is None else c[2],
         )
-        if not eq.ok:
-            # a cold start can find the stable state a warm start jumped past
-            eq2 = solve_equilibrium(
-                centred(self.omega),
-                self.K,
-                self.H,
-                ref=self.model.roles.reference,
-                nudge=self.model.nudge,
-                **kw,
-            )
-            if eq2.ok:
-                eq = eq2
-        if eq.ok:
-            self.theta = eq.theta
-        return eq.theta, bool(eq.ok)
+        if ok[0]:
+            self.theta = theta[0]
+        return theta[0], bool(ok[0])
 
     def exact_gradient(self, target: Array) -> Array:
         """∂L/∂ω^c by implicit differentiation at the free state (for testing estimates)."""
@@ -214,31 +344,22 @@ class SimulatedBatch:
         self, chips: list[SimulatedChip], direction: int = 0
     ) -> list[tuple[Array, bool]]:
         """Noise-free states of ``chips`` (all free if ``direction`` is 0, else all clamped
-        with that direction), warm-started per chip, with a cold retry for failures."""
+        with that direction) in one batched solve, warm-started per chip."""
         self.solves += 1
         W = np.stack([centred(c.omega) for c in chips])
         K = np.stack([c.K for c in chips])
         th0 = np.stack([c.theta for c in chips])
-        H, ref, nudge = self.model.coupling(), self.model.roles.reference, self.model.nudge
-        kw: dict[str, Any] = {}
+        ke = None
+        if all(c._ke is not None for c in chips):
+            ke = np.stack([c._ke for c in chips])  # type: ignore[misc]
+        beta = target = None
         if direction:
-            kw = {
-                "beta": np.stack([c._clamp[0] for c in chips]),  # type: ignore[index]
-                "target": np.stack([c._clamp[1] for c in chips]),  # type: ignore[index]
-                "direction": direction,
-            }
-        eq = solve_equilibrium(W, K, H, theta0=th0, ref=ref, nudge=nudge, **kw)
-        theta, ok = eq.theta, np.asarray(eq.ok, dtype=bool).copy()
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            kw2 = dict(kw)
-            if direction:
-                kw2["beta"] = kw["beta"][bad]
-                kw2["target"] = kw["target"][bad]
-            eq2 = solve_equilibrium(W[bad], K[bad], H, ref=ref, nudge=nudge, **kw2)
-            fixed = np.asarray(eq2.ok, dtype=bool)
-            theta[bad[fixed]] = eq2.theta[fixed]
-            ok[bad[fixed]] = True
+            beta = np.stack([c._clamp[0] for c in chips])  # type: ignore[index]
+            target = np.stack([c._clamp[1] for c in chips])  # type: ignore[index]
+        fast = chips[0]._fast
+        theta, ok = _solve_rows(
+            fast, self.model, chips[0].H, W, K, ke, th0, beta, target, direction or 1
+        )
         out: list[tuple[Array, bool]] = []
         for k, c in enumerate(chips):
             if ok[k]:

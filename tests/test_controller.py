@@ -495,3 +495,64 @@ async def test_infer_reads_free_phases_under_current_params() -> None:
     assert r.locked and np.allclose(r.phases, eq.theta, rtol=0, atol=1e-10)
     phases, locked = await ctl.infer_many(np.array([[0.3, -0.6], [0.0, 0.0]]))
     assert locked.all() and np.allclose(phases[0], r.phases, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- simulated device
+@pytest.mark.parametrize("nudge", ["linear", "injection"])
+async def test_simulated_fast_solver_matches_damped_newton(nudge: str) -> None:
+    """The fast edge-Newton path of the simulated device lands on the state the core damped
+    Newton solver finds, free and nudged both ways, and reports lock the same way."""
+    m = model_2_5_2(4, nudge=nudge)
+    sub = SimulatedSubstrate(m)
+    assert sub._fast is not None and sub._ke is not None
+    rng = np.random.default_rng(8)
+    K = m.coupling_matrix()
+    for trial in range(20):
+        w = rng.uniform(-1.5, 1.5, m.n)
+        await sub.set_frequencies(w)
+        t = rng.uniform(-1, 1, 2)
+        for direction in (0, 1, -1):
+            if direction:
+                await sub.clamp(t, 0.3, direction=direction)
+            else:
+                await sub.release()
+            theta, ok = sub.solve()
+            kw = (
+                {}
+                if not direction
+                else {
+                    "beta": np.r_[np.zeros(7), 0.3, 0.3],
+                    "target": np.r_[np.zeros(7), t],
+                    "direction": direction,
+                }
+            )
+            eq = solve_equilibrium(centred(w), K, ref=0, nudge=m.nudge, **kw)  # type: ignore[arg-type]
+            assert ok == bool(eq.ok), (trial, direction)
+            if ok:
+                assert np.allclose(theta, eq.theta, rtol=0, atol=1e-10)
+
+
+async def test_simulated_fast_solver_is_bypassed_when_its_assumptions_fail() -> None:
+    m = model_2_5_2(0)
+    edges = [dict(e.model_dump(exclude_none=True)) for e in m.edges]
+    edges[0]["k_ji"] = edges[0]["k"] * 1.2  # asymmetric coupling
+    asym = SimulatedSubstrate(model_2_5_2(0, edges=edges))
+    assert asym._ke is None
+    harm = SimulatedSubstrate(model_2_5_2(0, coupling_function={"harmonics": [1.0, 0.2]}))
+    assert harm._fast is None
+    sym = SimulatedSubstrate(m)
+    await sym.set_couplings(np.r_[0.0 + m.limits.coupling.min, m.coupling_values()[1:]])
+    assert sym._ke is not None  # still symmetric and positive
+    w = np.r_[0.0, 0.4, np.zeros(7)]
+    for s in (asym, harm):
+        await s.set_frequencies(w)
+        theta, ok = s.solve()
+        eq = solve_equilibrium(centred(w), s.K, s.H, ref=0)
+        assert ok and np.allclose(theta, eq.theta, rtol=0, atol=1e-10)
+    # far beyond the locking range: no lock, as the core solver says
+    unlocked = SimulatedSubstrate(m)
+    await unlocked.set_couplings(np.full(len(m.edges), m.limits.coupling.min))
+    w = np.r_[3.0, -3.0, 3.0, -3.0, 3.0, -3.0, 3.0, -3.0, 3.0]
+    await unlocked.set_frequencies(w)
+    r = await unlocked.read_phases()
+    assert not r.locked and not solve_equilibrium(centred(w), unlocked.K, ref=0).ok
