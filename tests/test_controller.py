@@ -526,7 +526,7 @@ async def test_simulated_fast_solver_matches_damped_newton(nudge: str) -> None:
                     "direction": direction,
                 }
             )
-            eq = solve_equilibrium(centred(w), K, ref=0, nudge=m.nudge, **kw)  # type: ignore[arg-type]
+            eq = solve_equilibrium(centred(w), K, ref=0, nudge=m.nudge, **kw)
             assert ok == bool(eq.ok), (trial, direction)
             if ok:
                 assert np.allclose(theta, eq.theta, rtol=0, atol=1e-10)
