@@ -139,6 +139,7 @@ class SerialSubstrate(OscillatorSubstrate):
         self._lock = asyncio.Lock()
         self._boot_id: int | None = None
         self._need_restore = False
+        self._last_link_error = ""
         self._state: dict[str, tuple[str, tuple[str, ...]]] = {}  # last confirmed setpoints
         self._pending: dict[str, tuple[tuple[str, tuple[str, ...]], str]] = {}  # deferred setpoints
         self._flusher: asyncio.Task[None] | None = None
@@ -262,96 +263,188 @@ class SerialSubstrate(OscillatorSubstrate):
                     raise OSError("link closed by the board")
                 self._rx += data
 
-    def _exchange(self, cmds: list[tuple[str, tuple[str, ...]]]) -> list[Reply]:
+    def _exchange(self, cmds: list[tuple[str, tuple[str, ...]]]) -> list[Reply | None]:
+        """Send ``cmds`` in one write; collect their replies by sequence number.
+
+        Returns one entry per command, ``None`` where no usable reply came (lost, damaged,
+        or a retryable error). Stops waiting once every request is accounted for (answered
+        or matched by a damaged line), or when ``timeout_s`` passes without a valid reply.
+        Raises :class:`_Retry` when the board rebooted (nothing of this exchange counts).
+        """
         reqs = [Request(next(self._seq) % SEQ_MOD, c, a) for c, a in cmds]
         want = {r.seq: i for i, r in enumerate(reqs)}
         out: list[Reply | None] = [None] * len(reqs)
-        self._port.write(b"".join(r.encode() for r in reqs))
         deadline = time.monotonic() + self.options.timeout_s
-        remaining = len(reqs)
-        while remaining:
-            line = self._readline(deadline)
+        pending, lost = len(reqs), 0
+        try:
+            self._port.write(b"".join(r.encode() for r in reqs))
+        except (OSError, ValueError) as exc:  # SerialException is an OSError
+            self._link_lost(exc)
+            return out
+        while pending > lost:
+            try:
+                line = self._readline(deadline)
+            except _Retry:
+                break
+            except (OSError, ValueError) as exc:
+                self._link_lost(exc)
+                break
             if not line.strip(b"\r"):
                 continue
             try:
                 rep = parse_reply(line)
             except FrameError as exc:
                 self.stats["damaged"] += 1
-                raise _Retry(f"damaged reply ({exc})") from None
+                lost += 1
+                log.debug("damaged reply line (%s)", exc)
+                continue
             if rep.banner:
                 self.stats["reboots"] += 1
                 self._need_restore = True
                 raise _Retry(f"board rebooted ({' '.join(rep.fields)})")
-            if rep.seq == UNTRUSTED:
+            if rep.seq == UNTRUSTED:  # the board could not read one of our lines
                 self.stats["damaged"] += 1
-                raise _Retry(f"board could not read a request: ERR {rep.text}")
+                lost += 1
+                continue
             idx = want.get(rep.seq) if isinstance(rep.seq, int) else None
             if idx is None or out[idx] is not None:
                 self.stats["stale"] += 1
                 log.debug("discarding stale reply seq=%s", rep.seq)
                 continue
+            pending -= 1
+            deadline = time.monotonic() + self.options.timeout_s
             if not rep.ok and rep.code in RETRYABLE:
-                raise _Retry(f"board rejected a damaged request: ERR {rep.text}")
+                continue  # our request arrived damaged: resend it
             if rep.ok and reqs[idx].cmd == "R":
                 boot = self._boot_of(rep)
                 if boot != self._boot_id:
                     self.stats["reboots"] += 1
                     self._need_restore = True
-                    raise _Retry(
-                        f"reading from boot {boot}, expected boot {self._boot_id} (board reset)"
-                    )
+                    raise _Retry(f"reading from boot {boot}, not {self._boot_id} (board reset)")
             out[idx] = rep
-            remaining -= 1
+        return out
+
+    def _link_lost(self, exc: BaseException) -> None:
+        log.info("board %s: link lost (%s)", self.url, exc)
+        self._last_link_error = str(exc)
+        self._close_port()
+
+    def _refused(self, cmd: str, rep: Reply) -> Exception:
+        text = f"board at {self.url} refused {cmd}: {rep.error}"
+        return LimitError(text) if rep.code == ErrorCode.OUT_OF_RANGE else DeviceError(text)
+
+    def _sync(self) -> None:
+        """Barrier after a failed attempt: a ``PING`` with a fresh sequence number, reading
+        (and discarding) everything up to its reply. The board works through its input in
+        order, so afterwards nothing of earlier attempts is still queued on either side —
+        retries cannot pile up behind a slow board. The deadline is extended while stale
+        replies keep arriving (the board is busy, not gone)."""
+        self._resync()
+        token = next(self._seq) % SEQ_MOD
+        self._port.write(Request(token, "PING", ()).encode())
+        deadline = time.monotonic() + self.options.timeout_s
+        while True:
+            line = self._readline(deadline)
+            try:
+                rep = parse_reply(line)
+            except FrameError:
+                continue
+            if rep.banner:
+                self.stats["reboots"] += 1
+                self._need_restore = True
+            elif rep.seq == token:
+                return
+            self.stats["stale"] += 1
             deadline = time.monotonic() + self.options.timeout_s
-        for req, rep in zip(reqs, out, strict=True):
-            assert rep is not None
-            if not rep.ok:
-                text = f"board at {self.url} refused {req.cmd}: ERR {rep.text}"
-                if rep.code == ErrorCode.OUT_OF_RANGE:
-                    raise LimitError(text)
-                raise DeviceError(text)
-        return [r for r in out if r is not None]
+
+    def _check_boot(self) -> None:
+        """``ID?`` on a fresh link: a changed boot id means the board rebooted meanwhile."""
+        rep = self._exchange([("ID?", ())])[0]
+        if rep is None or not rep.ok:
+            raise _Retry("no identification on the new link", timeout=rep is None)
+        boot = self._boot_of(rep)
+        if self._boot_id is not None and boot != self._boot_id:
+            self.stats["reboots"] += 1
+            self._need_restore = True
+        self._boot_id = boot
 
     def _restore(self) -> None:
         """After a reboot or reconnect: learn the new boot id, re-send confirmed setpoints."""
         cmds = [("ID?", ()), *self._state.values()]
         replies = self._exchange(cmds)
+        for (cmd, _), rep in zip(cmds, replies, strict=True):
+            if rep is None:
+                raise _Retry("incomplete replies while restoring state")
+            if not rep.ok:
+                raise self._refused(cmd, rep)
+        assert replies[0] is not None
         self._boot_id = self._boot_of(replies[0])
         self._need_restore = False
-        log.info(
-            "board %s: state restored after reboot/reconnect (boot %d)", self.url, self._boot_id
-        )
+        log.info("board %s: state restored (boot %d)", self.url, self._boot_id)
 
     def _transact(
         self, cmds: list[tuple[str, tuple[str, ...]]], *, restore: bool = True
     ) -> list[Reply]:
-        """One exchange with retries, resync, reconnect and state restore (blocking)."""
-        import serial
+        """One exchange with retries, resync, reconnect and state restore (blocking).
+
+        Replies are confirmed in order: after a partial exchange, the commands up to the
+        first missing reply stand (the board executes in order) and the rest is resent.
+        A refusal anywhere in the confirmed part ends the exchange with its error, so no
+        reading taken after a refused setpoint is ever returned.
+        """
 
         self.stats["exchanges"] += 1
         problem = ""
         timeouts_only = True
+        done: list[Reply] = []
+        todo = cmds
         for attempt in range(self.options.retries + 1):
             if attempt:
                 self.stats["retries"] += 1
                 log.debug("board %s: retry %d (%s)", self.url, attempt, problem)
+            damaged = self.stats["damaged"]
             try:
                 if self._port is None:
                     self.stats["reconnects"] += 1
                     self._open_port()
-                    self._need_restore = True
-                if restore and self._need_restore:
-                    self._restore()
-                return self._exchange(cmds)
+                    self._check_boot()  # a new link: did the board keep its state?
+                elif attempt:
+                    self._sync()
+                if self._need_restore:
+                    done, todo = [], cmds  # nothing confirmed before a reboot counts
+                    if restore:
+                        self._restore()
+                    else:
+                        self._need_restore = False
+                out = self._exchange(todo)
             except _Retry as exc:
                 problem = str(exc)
-                timeouts_only &= exc.timeout
+                timeouts_only &= exc.timeout and self.stats["damaged"] == damaged
+                if self._need_restore:
+                    done, todo = [], cmds
                 self._resync()
-            except (serial.SerialException, OSError) as exc:
-                problem = f"link lost ({exc})"
+                continue
+            except (OSError, ValueError) as exc:  # reopening failed, or the link died again
+                problem = f"link lost ({exc})"  # unreachable: counts as not answering
                 self._close_port()
-                self._need_restore = True
                 time.sleep(0.02)
+                continue
+            k = next((i for i, r in enumerate(out) if r is None), len(out))
+            for (cmd, _), rep in zip(todo[:k], out[:k], strict=True):
+                assert rep is not None
+                if not rep.ok:
+                    raise self._refused(cmd, rep)
+            done += [r for r in out[:k] if r is not None]
+            todo = todo[k:]
+            if not todo:
+                return done
+            if self._port is None:
+                problem = f"link lost ({self._last_link_error})"
+            elif self.stats["damaged"] > damaged:
+                timeouts_only = False
+                problem = f"damaged reply to {todo[0][0]}"
+            else:
+                problem = f"no reply to {todo[0][0]} within {self.options.timeout_s} s"
         what = " ".join(c for c, _ in cmds[:4])
         msg = (
             f"board at {self.url}: {what}: no valid reply after "
@@ -368,7 +461,9 @@ class SerialSubstrate(OscillatorSubstrate):
             if self._port is None:
                 self._open_port()
             self._resync()
-            self._exchange([("SAFE", ())])
+            rep = self._exchange([("SAFE", ())])[0]
+            if rep is None or not rep.ok:
+                raise _Retry("no confirmation")
         except Exception as exc:
             log.error("board at %s: could not confirm SAFE after a failure (%s)", self.url, exc)
         self._state.pop("clamp", None)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = "1.0"
 PROTOCOL_VERSION = 1
-DESC_CHUNK = 192  # raw bytes of descriptor JSON per DESC? line (256 base64 characters)
+DESC_CHUNK = 576  # raw bytes of descriptor JSON per DESC? line (768 base64 characters)
 
 
 class BoardFirmware:

@@ -138,6 +138,11 @@ class Reply:
             return ErrorCode.INTERNAL
 
     @property
+    def error(self) -> str:
+        """``ERR <code> <text>`` as received (for messages)."""
+        return "ERR " + " ".join(self.fields)
+
+    @property
     def text(self) -> str:
         return " ".join(self.fields[1:]) if not self.ok else " ".join(self.fields)
 

@@ -145,6 +145,11 @@ class LineServer:
         h, _, p = self.address.rpartition(":")
         return h, int(p)
 
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Switch the injected faults while serving (their RNG restarts from ``faults.seed``)."""
+        self._rng = np.random.default_rng(faults.seed)
+        self.faults = faults
+
     def stop(self) -> None:
         """Stop serving and leave the chip safe."""
         if self._loop is not None and self._stop is not None:
@@ -223,9 +228,9 @@ class LineServer:
 
     async def _worker(self) -> None:
         assert self._queue is not None
-        f = self.faults
         while True:
             conn, line = await self._queue.get()
+            f = self.faults  # may be switched while serving
             if conn != self._conn or self._muted:
                 continue
             reply = await self.service.handle_line(line)
