@@ -168,15 +168,19 @@ class MqttSubstrate(OscillatorSubstrate):
                             f"{self.broker.uri()}: not authorized to read "
                             f"{self.topics.reply(self.client_id)} (check the broker ACL)"))
                         return
+                    await c.subscribe(self.topics.agent_status, qos=1)
                     self._client = c
                     self._connected.set()
                     delay = 0.05
-                    for p in list(self._pending.values()):  # resend after a reconnect
-                        if p.session != self._sessions and not p.fut.done():
-                            p.session = self._sessions
-                            self.resends += 1
-                            await c.publish(self.topics.request, p.payload, qos=1)
+                    await self._resend(c, only_unsent=True)  # after a reconnect
                     async for msg in c.messages:
+                        if msg.topic.matches(self.topics.agent_status):
+                            # the agent (re)connected, e.g. after a broker restart: requests
+                            # sent while it was away were lost; send them again (same ids).
+                            # (A retained copy only says it was already online.)
+                            if not msg.retain and msg.payload == b"online":
+                                await self._resend(c, only_unsent=False)
+                            continue
                         self._on_reply(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
             except aiomqtt.MqttCodeError as exc:
                 if _auth_failure(exc):
@@ -193,6 +197,14 @@ class MqttSubstrate(OscillatorSubstrate):
                 self._client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2.0, 2.0)
+
+    async def _resend(self, client: Any, *, only_unsent: bool) -> None:
+        for p in list(self._pending.values()):
+            if p.fut.done() or (only_unsent and p.session == self._sessions):
+                continue
+            p.session = self._sessions
+            self.resends += 1
+            await client.publish(self.topics.request, p.payload, qos=1)
 
     def _fail(self, exc: Exception) -> None:
         """A permanent failure (refused login, ACL): every waiting and later call raises it."""

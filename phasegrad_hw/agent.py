@@ -107,6 +107,7 @@ class Agent:
         self.stats = AgentStats()
         self.client_id = client_id or f"agent-{bench}-{device}"
         self.ready = asyncio.Event()
+        self.ack_timeout_s = 2.0  # s; no PUBACK within this = connection lost
 
     # -- request handling (transport-free; unit-testable) -------------------------
     async def handle(self, raw: bytes) -> tuple[str, bytes] | None:
@@ -219,7 +220,8 @@ class Agent:
                     async for msg in client.messages:
                         out = await self.handle(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
                         if out is not None:
-                            await client.publish(self.topics.reply(out[0]), out[1], qos=1)
+                            await client.publish(self.topics.reply(out[0]), out[1], qos=1,
+                                                 timeout=self.ack_timeout_s)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
                 log.warning("agent %s: broker connection lost (%s); retrying in %.1f s",

@@ -72,12 +72,15 @@ class Telemetry:
     ``async with Telemetry(broker, "bench/device") as tm:`` starts the sender and publishes
     ``online``; leaving flushes the queue (up to ``flush_s`` s) and publishes ``offline``.
     ``tm.on_epoch_end`` / ``tm.on_step`` plug into :func:`phasegrad_hw.loop.train_on_substrates`.
+    ``step_interval_s`` s between step messages; ``ack_timeout_s`` s to wait for a PUBACK
+    before the connection is considered lost; ``backoff_s`` (first, max) reconnect delays.
     """
 
     def __init__(
         self, broker: BrokerConfig, name: str, *, prefix: str = "phasegrad",
         queue_size: int = 1000, step_interval_s: float = 0.5, client_id: str | None = None,
         backoff_s: tuple[float, float] = (0.05, 5.0), flush_s: float = 2.0,
+        ack_timeout_s: float = 2.0,
     ) -> None:
         bench, device = parse_name(name)
         self.topics = Topics(bench, device, check_segment("--prefix", prefix))
@@ -86,6 +89,7 @@ class Telemetry:
         self.step_interval_s = step_interval_s
         self.backoff_s = backoff_s
         self.flush_s = flush_s
+        self.ack_timeout_s = ack_timeout_s
         self.client_id = client_id or f"telemetry-{bench}-{device}-{id(self) & 0xFFFFFF:06x}"
         self.stats = TelemetryStats()
         self.connected = asyncio.Event()
@@ -173,6 +177,30 @@ class Telemetry:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def _send(self, client: Any, lost: asyncio.Task[None]) -> None:
+        """Drain the queue until closing; raises MqttError when the connection drops."""
+        while True:
+            if lost.done():
+                lost.result()
+                raise _mqtt_error("connection lost")
+            if not self.queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait([wake, lost], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake.cancel()
+                continue
+            topic, data, retain = self.queue[0]
+            # a PUBACK that does not come within ack_timeout_s means the broker is gone
+            # (MqttError): reconnect and send this message again
+            await client.publish(topic, data, qos=1, retain=retain, timeout=self.ack_timeout_s)
+            if self.queue and self.queue[0][1] is data:
+                self.queue.popleft()
+            self.stats.sent += 1
+
     async def _run(self) -> None:
         import aiomqtt
 
@@ -187,18 +215,13 @@ class Telemetry:
                     delay = self.backoff_s[0]
                     if self.stats.connects > 1:  # status is retained: re-assert after a restart
                         self.publish_status("online", reconnected=True)
-                    while True:
-                        if not self.queue:
-                            if self._closing:
-                                return
-                            self._wake.clear()
-                            await self._wake.wait()
-                            continue
-                        topic, data, retain = self.queue[0]
-                        await client.publish(topic, data, qos=1, retain=retain)
-                        if self.queue and self.queue[0][1] is data:
-                            self.queue.popleft()
-                        self.stats.sent += 1
+                    # the message iterator raises as soon as the connection drops
+                    lost = asyncio.create_task(_until_disconnected(client))
+                    try:
+                        await self._send(client, lost)
+                        return
+                    finally:
+                        lost.cancel()
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 self.stats.disconnects += 1
@@ -208,3 +231,15 @@ class Telemetry:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, self.backoff_s[1])
+
+
+async def _until_disconnected(client: Any) -> None:
+    """Returns (or raises MqttError) when ``client``'s connection is gone."""
+    async for _ in client.messages:  # no subscriptions: only wakes up on disconnect
+        pass
+
+
+def _mqtt_error(text: str) -> Exception:
+    import aiomqtt
+
+    return aiomqtt.MqttError(text)

@@ -41,6 +41,8 @@ class AgentOptions(StrictModel):
 def run_agent(opts: AgentOptions) -> None:
     """Open the device, serve it until SIGINT/SIGTERM, leave it safe."""
     import asyncio
+    import dataclasses
+    import json
     import signal
     import time
 
@@ -79,6 +81,7 @@ def run_agent(opts: AgentOptions) -> None:
                 runner.cancel()
                 announcer.cancel()
                 log.info("agent served %.1f s: %s", time.time() - started, agent.stats)
+                typer.echo("agent stats " + json.dumps(dataclasses.asdict(agent.stats)))
                 await agent.stop_status()
 
     try:

@@ -1,0 +1,413 @@
+"""Remote devices over a real mosquitto: exact training parity, broker restart, ACL, payload
+validation, timeouts/late replies, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from phasegrad_hw.backends.mqtt import MqttSubstrate, open_uri
+from phasegrad_hw.backends.simulated import SimulatedSubstrate
+
+from phasegrad_hw.agent import Agent
+from phasegrad_hw.controller import EPConfig, Parameters
+from phasegrad_hw.devices import open_substrate
+from phasegrad_hw.loop import train_on_substrates
+from phasegrad_hw.models import SimulatedDeviceModel
+from phasegrad_hw.mqtt_protocol import BrokerConfig
+from phasegrad_hw.physics import Array
+from phasegrad_hw.substrate import DeviceError, DeviceTimeoutError, LimitError, PhaseReading
+from phasegrad_hw.tasks import Encoding, synthetic_vowels
+from phasegrad_hw.telemetry import Telemetry
+from tests.conftest import REPO
+from tests.mosquitto import Mosquitto, broker  # noqa: F401  (fixture)
+
+NAME = "lab/chip"
+
+
+def vowel_model(noise_rad: float = 0.01) -> SimulatedDeviceModel:
+    """The 2+5+2 vowel topology (contracts.md) with published K draws and readout noise."""
+    rng = np.random.default_rng(0)
+    edges = [{"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1)
+             for h in range(2, 7)]
+    edges += [{"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7)
+              for o in (7, 8)]
+    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
+    return SimulatedDeviceModel.model_validate({
+        "name": "vowel-2-5-2", "n_oscillators": 9, "edges": edges,
+        "roles": {"inputs": [0, 1], "hidden": [2, 3, 4, 5, 6], "outputs": [7, 8], "reference": 0},
+        "readout_noise_rad": noise_rad})
+
+
+@pytest.fixture
+def device_file(tmp_path: Path) -> Path:
+    p = tmp_path / "vowel.toml"
+    vowel_model().save(p)
+    return p
+
+
+class SpySubstrate(SimulatedSubstrate):
+    """Counts every backend hook call (what actually reaches the device)."""
+
+    def __init__(self, model: SimulatedDeviceModel, read_delay_s: float = 0.0) -> None:
+        super().__init__(model)
+        self.calls: list[str] = []
+        self.read_delay_s = read_delay_s
+
+    async def _apply_frequencies(self, omega: Array) -> None:
+        self.calls.append("frequencies")
+        await super()._apply_frequencies(omega)
+
+    async def _apply_biases(self, values: Array) -> None:
+        self.calls.append("biases")
+        await super()._apply_biases(values)
+
+    async def _apply_couplings(self, values: Array) -> None:
+        self.calls.append("couplings")
+        await super()._apply_couplings(values)
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        self.calls.append("clamp")
+        await super()._apply_clamp(target, beta, direction)
+
+    async def _read(self, averages: int) -> PhaseReading:
+        self.calls.append("read")
+        if self.read_delay_s:
+            await asyncio.sleep(self.read_delay_s)
+        return await super()._read(averages)
+
+
+@asynccontextmanager
+async def local_agent(b: Mosquitto, sub: SimulatedSubstrate) -> AsyncIterator[Agent]:
+    cfg, _, _ = BrokerConfig.parse(b.uri("agent"))
+    agent = Agent(sub, cfg, NAME)
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+@contextmanager
+def agent_process(b: Mosquitto, device: Path) -> Iterator[subprocess.Popen[str]]:
+    """``phasegrad-hw agent`` in its own process; waits for its ``ready`` line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phasegrad_hw.cli", "agent", "--device", str(device),
+         "--broker", b.uri("agent"), "--name", NAME],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != f"agent {NAME} ready":
+        proc.kill()
+        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=5)
+        for line in out.splitlines():
+            if line.startswith("agent stats "):
+                AGENT_STATS.append(json.loads(line.removeprefix("agent stats ")))
+
+
+AGENT_STATS: list[dict[str, Any]] = []
+DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)
+
+
+async def train(sub: Any, epochs: int, on_step: Any = None, on_epoch_end: Any = None) -> Parameters:
+    res = await train_on_substrates([sub], DATA, Encoding(), EPConfig(), epochs=epochs, seed=0,
+                                    on_step=on_step, on_epoch_end=on_epoch_end)
+    assert len(res.state.history) == epochs
+    return res.state.params
+
+
+def in_process(device: Path, epochs: int) -> Parameters:
+    async def go() -> Parameters:
+        async with open_substrate(device) as s:
+            return await train(s, epochs)
+
+    return asyncio.run(go())
+
+
+def assert_same(a: Parameters, b: Parameters) -> None:
+    assert np.array_equal(a.omega, b.omega), np.max(np.abs(a.omega - b.omega))
+    assert np.array_equal(a.coupling, b.coupling)
+
+
+def test_training_over_mqtt_matches_in_process(broker: Mosquitto, device_file: Path) -> None:  # noqa: F811
+    reference = in_process(device_file, 2)
+    with agent_process(broker, device_file):
+        sub = open_substrate(broker.uri("controller", NAME))
+        assert isinstance(sub, MqttSubstrate)
+        assert sub.model.n == 9 and sub.model.roles.outputs == [7, 8]
+
+        async def go() -> Parameters:
+            async with sub:
+                return await train(sub, 2)
+
+        remote = asyncio.run(go())
+    assert_same(remote, reference)
+    from phasegrad_hw.seeding import initial_parameters
+
+    init = initial_parameters(sub.model, np.random.default_rng(0), "random")
+    assert np.max(np.abs(remote.omega - init.omega)) > 1e-4  # it did train
+    assert sub.late_replies == 0
+
+
+def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> None:  # noqa: F811
+    epochs = 3
+    reference = in_process(device_file, epochs)
+    seen: list[dict[str, Any]] = []
+    outage = threading.Event()
+
+    def bounce() -> None:
+        broker.restart(down_s=0.4)
+        outage.set()
+
+    async def watch(stop: asyncio.Event) -> None:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("watcher"))
+        import aiomqtt
+
+        while not stop.is_set():
+            try:
+                async with cfg.client(f"watch-{time.monotonic_ns()}") as c:
+                    await c.subscribe("phasegrad/lab/chip/metrics", qos=1)
+                    await c.subscribe("phasegrad/lab/chip/status", qos=1)
+                    async for m in c.messages:
+                        seen.append({"topic": str(m.topic), **json.loads(bytes(m.payload))})  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    with agent_process(broker, device_file):
+        sub = open_substrate(broker.uri("controller", NAME) + "?retry=0.5")
+        assert isinstance(sub, MqttSubstrate)
+        steps = 0
+
+        def on_step(_: Any) -> None:
+            nonlocal steps
+            steps += 1
+            tm.on_step(_)
+            if steps == 5:
+                threading.Thread(target=bounce, daemon=True).start()
+
+        async def go() -> Parameters:
+            nonlocal tm
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(watch(stop))
+            async with sub, Telemetry(BrokerConfig.parse(broker.uri("controller"))[0], NAME,
+                                      step_interval_s=0.0) as tm:
+                t0 = time.perf_counter()
+                params = await train(sub, epochs, on_step=on_step, on_epoch_end=tm.on_epoch_end)
+                wall = time.perf_counter() - t0
+            await asyncio.sleep(0.3)
+            stop.set()
+            watcher.cancel()
+            assert wall > 0.4  # the outage paused training
+            walls.append(wall)
+            return params
+
+        tm: Telemetry = None  # type: ignore[assignment]
+        walls: list[float] = []
+        remote = asyncio.run(go())
+    assert outage.is_set()
+    assert_same(remote, reference)  # no update lost, none applied twice
+    stats = AGENT_STATS[-1]  # the agent process stopped cleanly and reported
+    assert stats["connections"] >= 2 and stats["errors"] == 0
+    print(f"broker restart: wall {walls[0]:.2f} s, client resends {sub.resends}, agent {stats}")
+    assert sub._sessions >= 2  # the controller reconnected
+    assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
+    metrics = [m for m in seen if m["topic"].endswith("/metrics")]
+    assert metrics and metrics[-1]["epoch"] == epochs  # telemetry resumed after the restart
+    assert any(m.get("reconnected") for m in seen if m["topic"].endswith("/status"))
+
+
+async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  # noqa: F811
+    import aiomqtt
+
+    spy = SpySubstrate(vowel_model(0.0))
+    async with local_agent(broker, spy) as agent:
+        for uri in (broker.uri(None, NAME), broker.uri("controller", NAME).replace(
+                "controller-pw", "wrong")):
+            with pytest.raises(DeviceError, match="refused the login"):
+                await asyncio.to_thread(open_uri, uri + "?timeout=5")
+        with pytest.raises(DeviceTimeoutError, match="no agent answered"):
+            await asyncio.to_thread(open_uri, broker.uri("outsider", NAME) + "?timeout=1")
+        out_cfg, _, _ = BrokerConfig.parse(broker.uri("outsider"))
+        async with out_cfg.client("snoop") as snoop:
+            await snoop.subscribe("#", qos=1)
+            await snoop.subscribe("phasegrad/lab/chip/rpc/rep/#", qos=1)
+            req = {"op": "set_frequencies", "id": "x-1", "reply_to": "snoop",
+                   "omega": [0.1] * 9}
+            await snoop.publish("phasegrad/lab/chip/rpc/req", json.dumps(req), qos=1)
+            # a legitimate controller drives the device meanwhile: the snoop sees nothing
+            sub = await asyncio.to_thread(open_uri, broker.uri("controller", NAME))
+            async with sub:
+                await sub.set_frequencies(np.linspace(-0.5, 0.5, 9))
+                await sub.read_phases()
+            got: list[Any] = []
+            try:
+                async with asyncio.timeout(0.5):
+                    async for m in snoop.messages:
+                        got.append(m.topic)
+            except TimeoutError:
+                pass
+            assert got == []
+        # only the controller's requests arrived (hello at open and connect; close = make_safe)
+        assert agent.stats.ops == {"hello": 2, "set_frequencies": 1, "read_phases": 1,
+                                   "release": 1, "set_biases": 1}
+    assert spy.calls.count("frequencies") == 1  # only the controller's
+    with pytest.raises(aiomqtt.MqttError):
+        async with BrokerConfig.parse(broker.uri(None))[0].client("anon"):
+            pass
+
+
+async def test_malformed_and_out_of_limit_payloads_are_refused(broker: Mosquitto) -> None:  # noqa: F811
+    spy = SpySubstrate(vowel_model(0.0))
+    omega0 = spy.omega.copy()
+    bad = {
+        "b1": b"not json at all {",
+        "b2": {"op": "explode", "id": "b2", "reply_to": "ctl"},
+        "b3": {"op": "set_frequencies", "id": "b3", "reply_to": "ctl", "omega": [0.1] * 8},
+        "b4": {"op": "set_frequencies", "id": "b4", "reply_to": "ctl", "omega": [9.0] * 9},
+        "b5": {"op": "set_frequencies", "id": "b5", "reply_to": "ctl", "omega": ["x"] * 9},
+        "b6": {"op": "clamp", "id": "b6", "reply_to": "ctl", "target": [0.1, 0.1], "beta": 5.0},
+        "b7": {"op": "read_phases", "id": "b7", "reply_to": "ctl", "averages": 0},
+        "b8": {"op": "set_couplings", "id": "b8", "reply_to": "ctl", "values": [99.0] * 24},
+        "b9": {"op": "set_biases", "id": "b9", "reply_to": "ctl", "omega": [0.0] * 9},
+        "b10": {"op": "set_frequencies", "id": "b10", "reply_to": "ctl", "omega": [0.1] * 9,
+                "extra": 1},
+        "b11": {"op": "read_phases", "id": "b11", "reply_to": "../../x", "averages": 1},
+    }
+    expect = {"b2": "invalid", "b3": "limit", "b4": "limit", "b5": "invalid", "b6": "limit",
+              "b7": "invalid", "b8": "limit", "b9": "invalid", "b10": "invalid"}
+    async with local_agent(broker, spy) as agent:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        replies: dict[str, Any] = {}
+        async with cfg.client("ctl-raw") as c:
+            await c.subscribe("phasegrad/lab/chip/rpc/rep/ctl", qos=1)
+            for payload in bad.values():
+                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                await c.publish("phasegrad/lab/chip/rpc/req", raw, qos=1)
+            try:
+                async with asyncio.timeout(3):
+                    async for m in c.messages:
+                        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                        replies[rep["id"]] = rep
+                        if len(replies) == len(expect):
+                            break
+            except TimeoutError:
+                pass
+        assert agent.stats.received == len(bad)
+        assert agent.stats.rejected == len(bad)
+    assert {k: r["error"]["kind"] for k, r in replies.items()} == expect
+    assert all(not r["ok"] for r in replies.values())
+    assert "omega[0]: 9 is outside the device limit [-3.0, 3.0]" in replies["b4"]["error"][
+        "message"]
+    assert "beta" in replies["b6"]["error"]["message"]
+    assert spy.calls == []  # nothing reached the device
+    assert np.array_equal(spy.omega, omega0)
+
+
+async def test_timeout_and_late_reply_never_taken_for_a_later_request(broker: Mosquitto) -> None:  # noqa: F811
+    model = vowel_model(0.0)
+    spy = SpySubstrate(model)
+    async with local_agent(broker, spy):
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=model, timeout_s=0.2, retry_s=30.0)
+        async with sub:
+            w1 = np.linspace(-0.4, 0.4, 9)
+            w2 = -w1
+            await sub.set_frequencies(w1)
+            spy.read_delay_s = 0.5
+            with pytest.raises(DeviceTimeoutError, match=r"read_phases \(request .*\) not answ"):
+                await sub.read_phases()
+            spy.read_delay_s = 0.0
+            sub.timeout_s = 5.0
+            await sub.set_frequencies(w2)
+            r2 = await sub.read_phases()
+            assert sub.late_replies == 1  # the first read's reply came, and was dropped
+    ref = SimulatedSubstrate(model)
+    async with ref:
+        await ref.set_frequencies(w1)
+        r1_ref = await ref.read_phases()
+        await ref.set_frequencies(w2)
+        r2_ref = await ref.read_phases()
+    assert np.allclose(r2.phases, r2_ref.phases, atol=1e-9)
+    assert not np.allclose(r2.phases, r1_ref.phases, atol=1e-3)
+
+
+async def test_repeated_request_id_is_answered_from_cache() -> None:
+    spy = SpySubstrate(vowel_model(0.0))
+    agent = Agent(spy, BrokerConfig(host="unused"), NAME)
+    req = json.dumps({"op": "set_frequencies", "id": "c-1", "reply_to": "ctl",
+                      "omega": [0.2] * 9}).encode()
+    read = json.dumps({"op": "read_phases", "id": "c-2", "reply_to": "ctl"}).encode()
+    first = await agent.handle(req)
+    again = await agent.handle(req)
+    r1 = await agent.handle(read)
+    r2 = await agent.handle(read)
+    assert first == again and r1 == r2 and first is not None and r1 is not None
+    assert spy.calls == ["frequencies", "read"]
+    assert agent.stats.executed == 2 and agent.stats.cached == 2
+    other = await agent.handle(read.replace(b'"ctl"', b'"ctl2"'))  # same id, other client
+    assert other is not None and other[0] == "ctl2" and spy.calls.count("read") == 2
+
+
+async def test_limits_checked_locally_before_sending(broker: Mosquitto) -> None:  # noqa: F811
+    spy = SpySubstrate(vowel_model(0.0))
+    async with local_agent(broker, spy) as agent:
+        sub = await asyncio.to_thread(open_uri, broker.uri("controller", NAME))
+        async with sub:
+            n = agent.stats.received
+            with pytest.raises(LimitError, match=r"omega\[3\]: 4 is outside"):
+                await sub.set_frequencies([0, 0, 0, 4.0, 0, 0, 0, 0, 0])
+            assert agent.stats.received == n
+    assert "frequencies" not in spy.calls
+
+
+async def test_reply_lost_in_a_broker_restart_is_served_from_cache(broker: Mosquitto) -> None:  # noqa: F811
+    model = vowel_model(0.0)
+    spy = SpySubstrate(model)
+    w = np.linspace(-0.3, 0.5, 9)
+    async with local_agent(broker, spy) as agent:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=model, timeout_s=20.0, retry_s=5.0)
+        async with sub:
+            await sub.set_frequencies(w)
+            spy.read_delay_s = 0.6
+            read = asyncio.create_task(sub.read_phases())
+            await asyncio.sleep(0.2)  # the agent is executing the read ...
+            await asyncio.to_thread(broker.restart, 0.2)  # ... when the broker dies
+            r = await read
+            spy.read_delay_s = 0.0
+        assert agent.stats.connections >= 2
+        assert agent.stats.cached >= 1  # the retried id was answered from the cache ...
+    assert spy.calls.count("read") == 1  # ... and the read was not repeated on the device
+    ref = SimulatedSubstrate(model)
+    async with ref:
+        await ref.set_frequencies(w)
+        assert np.allclose(r.phases, (await ref.read_phases()).phases, atol=1e-12)
