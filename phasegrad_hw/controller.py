@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import Field
 
-from phasegrad_hw.gradients import coupling_gradient_two_phase, loss, two_phase_gradient
+from phasegrad_hw.gradients import coupling_gradient_two_phase, loss
 from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel
 from phasegrad_hw.physics import CouplingFunction, wrap
 from phasegrad_hw.substrate import Capability, LimitError, OscillatorSubstrate, PhaseReading
@@ -210,7 +210,9 @@ class EPController:
             mask = mask.copy()
         mask[self._ref] = False  # the reference's frequency is not a free parameter
         self.learnable_omega = mask
+        self._w_mask = mask.astype(np.float64)
         self._edge_mask = self._edge_subset(config.edges, n_edges)
+        self._k_mask = self._edge_mask.astype(np.float64)
         if config.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
@@ -260,7 +262,10 @@ class EPController:
             )
         w = self.params.omega.copy()
         w[self._inputs] = x
-        return sub.model.check_frequencies(w)
+        lim = sub.model.limits.omega
+        if not (lim.min <= w.min() and w.max() <= lim.max):  # NaN fails too
+            sub.model.check_frequencies(w)  # raises LimitError naming the channel
+        return w
 
     def _prepare(self, batch: Sequence[Sample]) -> list[_Prepared]:
         if len(batch) == 0:
@@ -414,57 +419,71 @@ class EPController:
     # -- gradient and update --------------------------------------------------------
     def _update(self, readings: list[_Readings]) -> StepReport:
         cfg = self.config
+        beta = cfg.beta
         n = len(readings)
-        free = np.stack([r.free.phases for r in readings])
+        if n == 1:
+            free = readings[0].free.phases[None, :]
+        else:
+            free = np.stack([r.free.phases for r in readings])
         free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         valid = np.zeros(n, dtype=bool)
         n_unlocked = n_jump = 0
+        learn_w = cfg.params in ("omega", "both")
+        learn_k = cfg.params in ("K", "both")
+        g_w_sum: Array | None = None
+        g_k_sum: Array | None = None
+        loss_sum = 0.0
         for i, r in enumerate(readings):
+            plus, minus = r.plus, r.minus
             if not (
                 r.free.locked
-                and r.plus is not None
-                and r.plus.locked
-                and (r.minus is None or r.minus.locked)
+                and plus is not None
+                and plus.locked
+                and (minus is None or minus.locked)
             ):
                 n_unlocked += 1
                 continue
-            jump = float(np.abs(wrap(r.plus.phases - r.free.phases)).max())
-            if r.minus is not None:
-                jump = max(jump, float(np.abs(wrap(r.minus.phases - r.free.phases)).max()))
+            th0 = r.free.phases
+            d = wrap(plus.phases - th0)  # wrapped displacement θ^β − θ* (rad)
+            jump = float(np.abs(d).max())
+            if minus is not None:
+                jump = max(jump, float(np.abs(wrap(minus.phases - th0)).max()))
             if jump > cfg.basin_jump_rad:
                 n_jump += 1
                 log.debug("sample %d skipped: basin jump, max |displacement| %.3f rad", i, jump)
                 continue
             valid[i] = True
+            loss_sum += float(loss(th0, self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
+            m_ph = None if minus is None else minus.phases
+            if learn_w:
+                # two-phase estimate (gradients.two_phase_gradient), reusing the displacement
+                g = -d / beta if m_ph is None else -wrap(plus.phases - m_ph) / (2.0 * beta)
+                g_w_sum = g if g_w_sum is None else g_w_sum + g
+            if learn_k:
+                gk = coupling_gradient_two_phase(
+                    th0, plus.phases, self._edge_index, beta, m_ph, self._H
+                )
+                g_k_sum = gk if g_k_sum is None else g_k_sum + gk
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
-        if not valid.any():
+        n_valid = int(valid.sum())
+        if n_valid == 0:
             return StepReport(
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
             )
-        idx = np.flatnonzero(valid)
-        th0 = free[idx]
-        plus = np.stack([readings[i].plus.phases for i in idx])  # type: ignore[union-attr]
-        minus = np.stack([readings[i].minus.phases for i in idx]) if cfg.mode == "centred" else None  # type: ignore[union-attr]
-        tg = np.stack([readings[i].targets for i in idx])  # type: ignore[misc]
-        lval = float(loss(th0, self._outputs, tg, self.model.nudge).mean())
         new_omega, new_k = self.params.omega, self.params.coupling
         g_w: Array | None = None
         g_k: Array | None = None
-        if cfg.params in ("omega", "both"):
-            g_w = two_phase_gradient(th0, plus, cfg.beta, minus, ref=self._ref).mean(axis=0)
-            g_w[~self.learnable_omega] = 0.0
+        if g_w_sum is not None:
+            g_w = g_w_sum * self._w_mask / n_valid  # zero off the learnable oscillators
             lim = self.model.limits.omega
             new_omega = np.clip(
                 self.params.omega - cfg.lr_omega * np.clip(g_w, -cfg.clip, cfg.clip),
                 lim.min,
                 lim.max,
             )
-        if cfg.params in ("K", "both"):
-            g_k = coupling_gradient_two_phase(
-                th0, plus, self._edge_index, cfg.beta, minus, self._H
-            ).mean(axis=0)
-            g_k[~self._edge_mask] = 0.0
+        if g_k_sum is not None:
+            g_k = g_k_sum * self._k_mask / n_valid
             lim_k = self.model.limits.coupling
             new_k = np.clip(
                 self.params.coupling - cfg.lr_k * np.clip(g_k, -cfg.clip, cfg.clip),
@@ -473,7 +492,9 @@ class EPController:
             )
         self.params = Parameters(new_omega, new_k)
         self.stats.updates += 1
-        return StepReport(free, free_locked, valid, n_unlocked, n_jump, True, g_w, g_k, lval)
+        return StepReport(
+            free, free_locked, valid, n_unlocked, n_jump, True, g_w, g_k, loss_sum / n_valid
+        )
 
 
 async def _shielded(coro: Awaitable[None]) -> None:
