@@ -9,8 +9,8 @@ the chip behind the bench (``chip``), whose backend provides the nominal ω → 
 
 One EP phase costs few round trips: every setting is one ``;``-chained message that ends in
 ``:SYST:ERR?`` (so the write is confirmed and any refusal is seen at once); a phase read is
-one message ``:SAMP:COUN k;:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?`` over a scan list of
-all channels, followed by one SMU message that checks every output is still on and no
+one message ``:SAMP:COUN k;:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?`` over a scan
+list of all channels, followed by one SMU message that checks every output is still on and no
 channel tripped its current compliance during the read.
 
 Failure handling: per-operation timeouts (settings, measurements scaled with the sample
@@ -33,7 +33,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -232,6 +232,8 @@ class VisaBench(OscillatorSubstrate):
         self._marker = int(time.time() * 1000) % 200
         self._executor: ThreadPoolExecutor | None = None
         self._failed: SubstrateError | None = None
+        self._pending: list[Future[None]] = []
+        self._safe_failed = False
         self._in_safe = False
         self.retries_used = 0  # recoveries performed (timeouts, bad replies, reconnects)
         self.round_trips = 0
@@ -254,6 +256,17 @@ class VisaBench(OscillatorSubstrate):
 
     async def close(self) -> None:
         try:
+            if self._failed is not None and self._safe_failed:
+                # the error path already tried (and failed) to make the device safe; do not
+                # spend another retry budget on an instrument that is gone
+                log.error(
+                    "bench: closing without making the device safe (it did not answer "
+                    "after %s: %s); check the bench by hand",
+                    type(self._failed).__name__,
+                    self._failed,
+                )
+                await self._disconnect()
+                return
             await super().close()
         except SubstrateError as exc:
             if self._failed is None:
@@ -279,13 +292,21 @@ class VisaBench(OscillatorSubstrate):
         finally:
             self._in_safe = False
 
-    async def reseed(self, seed: int) -> None:
-        """Reseed an *emulated* chip's noise (vendor command sent only to the emulator)."""
+    def reseed(self, seed: int) -> None:
+        """Reseed an *emulated* chip's noise (the loop calls this synchronously per epoch).
+
+        Sent as the emulator-only ``:SYST:EMUL:SEED`` to the phase meter, queued on the I/O
+        thread so it reaches the chip before any later operation; a real instrument (any
+        other ``*IDN?``) gets nothing.
+        """
         self.seed = int(seed)
-        if self._idn.get("phase_meter", "").upper().startswith("PHASEGRAD-HW"):
-            await self._run(
-                lambda: self._write_checked("phase_meter", f":SYST:EMUL:SEED {int(seed)}")
-            )
+        if self._executor is None or not self._is_emulator():
+            return
+        msg = f":SYST:EMUL:SEED {self.seed}"
+        self._pending.append(self._executor.submit(self._write_checked, "phase_meter", msg))
+
+    def _is_emulator(self) -> bool:
+        return self._idn.get("phase_meter", "").upper().startswith("PHASEGRAD-HW")
 
     # -- hooks ---------------------------------------------------------------------------
     async def _apply_frequencies(self, omega: Array) -> None:
@@ -326,6 +347,9 @@ class VisaBench(OscillatorSubstrate):
             raise DeviceError("bench: not connected (use `async with` or connect())")
         loop = asyncio.get_running_loop()
         try:
+            while self._pending:  # queued fire-and-forget operations (reseed): surface errors
+                fut = self._pending.pop(0)
+                await asyncio.wrap_future(fut)
             return await loop.run_in_executor(self._executor, fn)
         except SubstrateError as exc:
             if not isinstance(exc, _Fatal):
@@ -334,7 +358,9 @@ class VisaBench(OscillatorSubstrate):
             if not self._in_safe:
                 try:
                     await self.make_safe()
+                    self._safe_failed = False
                 except SubstrateError as safe_exc:
+                    self._safe_failed = True
                     log.error(
                         "bench: making the device safe after a fatal error failed: %s", safe_exc
                     )
@@ -380,17 +406,20 @@ class VisaBench(OscillatorSubstrate):
             last: Exception | None = None
             for attempt in range(self.model.retries + 1):
                 try:
-                    self._open(name)
+                    self._reconnect(name) if name in self._res else self._open(name)
+                    self._resync(name)
+                    self._idn[name] = self._raw_query(name, "*IDN?", cfg.timeout_s).strip()
                     break
                 except DeviceError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # refused, timed out, reset: try again
                     last = exc
                     time.sleep(self.model.reconnect_backoff_s * 2**attempt)
             else:
-                raise DeviceTimeoutError(f"bench: cannot open {name} at {cfg.resource}: {last}")
-            self._resync(name)
-            self._idn[name] = self._query(name, "*IDN?", lambda r: r)
+                raise DeviceTimeoutError(
+                    f"bench: cannot open {name} at {cfg.resource} after "
+                    f"{self.model.retries + 1} attempts: {type(last).__name__}: {last}"
+                )
             log.info("bench: %s is %s", name, self._idn[name])
         prot = self.model.current_protection_a
         smu = ";".join(f":SENS{c}:CURR:PROT {prot:.17g}" for c in self._smu_ch)
@@ -405,7 +434,7 @@ class VisaBench(OscillatorSubstrate):
         self._write_checked(
             "phase_meter", f"*RST;*CLS;:CONF:PHAS;:FORM:PHAS CENT;:ROUT:CLOS (@{scan})"
         )
-        if self._idn["phase_meter"].upper().startswith("PHASEGRAD-HW"):
+        if self._is_emulator():
             self._write_checked("phase_meter", f":SYST:EMUL:SEED {self.seed}")
 
     def _disconnect_sync(self) -> None:
@@ -551,10 +580,13 @@ class VisaBench(OscillatorSubstrate):
         timeout = self.model.measure_timeout_s + averages * self.model.measure_timeout_per_sample_s
 
         def parse(reply: str) -> tuple[Array, Array, int]:
-            parts = reply.strip().split(";")
-            if len(parts) != 3:
+            parts = reply.strip().split(";", 3)  # the error string may contain ';'
+            if len(parts) == 4 and not _NO_ERROR.fullmatch(parts[3]):
+                if _ERROR_REPLY.fullmatch(parts[3]):
+                    raise InstrumentReportedError(f"phase_meter reported {parts[3]}")
+            if len(parts) != 4 or not _NO_ERROR.fullmatch(parts[3]):
                 raise ProtocolError(
-                    f"phase reply has {len(parts)} parts, expected 3: {reply[:60]!r}"
+                    f"phase reply has {len(parts)} parts, expected 4: {reply[:60]!r}"
                 )
             try:
                 mean = np.array([float(x) for x in parts[0].split(",")])
@@ -570,7 +602,7 @@ class VisaBench(OscillatorSubstrate):
 
         mean, sdev, ques = self._transact(
             "phase_meter",
-            f":SAMP:COUN {averages};:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?",
+            f":SAMP:COUN {averages};:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?",
             parse,
             timeout,
         )

@@ -204,10 +204,13 @@ class BenchChip:
             await self._sync()
             return await self.sub._read(averages)
 
-    def reseed(self, seed: int) -> None:
-        f = getattr(self.sub, "reseed", None)
-        if callable(f):
-            f(seed)
+    async def reseed(self, seed: int) -> None:
+        """Apply pending settings, then reseed the chip's noise (if it has any)."""
+        async with self.lock:
+            await self._sync()
+            f = getattr(self.sub, "reseed", None)
+            if callable(f):
+                f(seed)
 
     async def make_safe(self) -> None:
         """Release the nudge and put every bias at its safe value (instruments reset)."""
@@ -382,14 +385,14 @@ class PhaseMeter(ScpiInstrument):
     def _form(self, c: Call) -> None:
         self.form = choice(c.one_param(), "FORM:PHAS", {"POS": "POSITIVE", "CENT": "CENTERED"})
 
-    def _seed(self, c: Call) -> None:
-        self.chip.reseed(integer(c.one_param(), "SYST:EMUL:SEED", 0, 2**63 - 1))
+    async def _seed(self, c: Call) -> None:
+        await self.chip.reseed(integer(c.one_param(), "SYST:EMUL:SEED", 0, 2**63 - 1))
 
     def _degrees(self, phases: Array) -> Array:
         d = np.degrees(phases)
-        if self.form == "CENT":
-            return (d + 180.0) % 360.0 - 180.0
-        return d % 360.0
+        if self.form == "CENT":  # values already in range keep every bit
+            return np.where((d >= -180.0) & (d < 180.0), d, (d + 180.0) % 360.0 - 180.0)
+        return np.where((d >= 0.0) & (d < 360.0), d, d % 360.0)
 
     async def _acquire(self) -> None:
         reading = await self.chip.measure(self.count)
@@ -574,6 +577,8 @@ class BenchEmulator:
         self.requested_ports = dict(zip(self.instruments, ports, strict=True))
         self.ports: dict[str, int] = {}
         self.faults = FaultInjector()
+        #: (instrument, bytes received, bytes sent or None) per message when recording
+        self.transcript: list[tuple[str, bytes, bytes | None]] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -652,6 +657,8 @@ class BenchEmulator:
                     break
         except (ConnectionError, OSError) as exc:
             log.debug("%s: connection error %s", name, exc)
+        except Exception:  # never let a bug take the instrument down silently
+            log.exception("%s: internal error; connection closed", name)
         finally:
             self._writers.discard(writer)
             writer.close()
@@ -674,8 +681,10 @@ class BenchEmulator:
                     line = _refuse_first_unit(inst, line)
         reply = await inst.execute(line)
         if reply is None:
+            if self.transcript is not None:
+                self.transcript.append((name, raw, None))
             return True
-        data = (reply + "\n").encode("latin-1")
+        data = (reply + "\n").encode("ascii", "replace")
         for f in self.faults.fire(name, "post"):
             if f.kind == "delay":
                 await asyncio.sleep(f.delay_s)
@@ -687,6 +696,8 @@ class BenchEmulator:
                 i = int(self.faults.rng.integers(0, max(1, len(b) - 1)))
                 b[i] ^= 0x80
                 data = bytes(b)
+        if self.transcript is not None:
+            self.transcript.append((name, raw, data))
         writer.write(data)
         await writer.drain()
         return True

@@ -150,7 +150,7 @@ def channel_list(text: str, name: str, lo: int, hi: int) -> list[int]:
         step = 1 if last >= first else -1
         for c in range(first, last + step, step):
             if not lo <= c <= hi:
-                raise ScpiError(-222, f"{name} channel {c} outside {lo}…{hi}")
+                raise ScpiError(-222, f"{name} channel {c} outside {lo}..{hi}")
             out.append(c)
             if len(out) > 4096:
                 raise ScpiError(-224, f"{name} lists more than 4096 channels")
@@ -313,7 +313,7 @@ def format_error(code: int, info: str = "") -> str:
     """``-222,"Data out of range;VOLT 9 outside [0, 1]"`` (quotes in info become ')."""
     text = ERROR_MESSAGES.get(code, "Error")
     if info:
-        text += ";" + info.replace('"', "'")
+        text += ";" + info.replace('"', "'").encode("ascii", "replace").decode("ascii")
     return f'{code},"{text}"'
 
 
@@ -336,6 +336,7 @@ class ScpiInstrument:
         self.ques_event = 0
         self._table: dict[tuple[str, ...], _Entry] = {}
         self._vocabulary: dict[str, str] = {}
+        self._cache: dict[tuple[str, ...], tuple[_Entry, tuple[int, ...]] | None] = {}
         self.add("SYSTem:ERRor[:NEXT]", query=self._q_error)
         self.add("SYSTem:ERRor:COUNt", query=lambda c: str(len(self.errors)))
         self.add("SYSTem:VERSion", query=lambda c: "1999.0")
@@ -356,6 +357,7 @@ class ScpiInstrument:
         ``suffix_max`` bounds every numeric suffix in the pattern (1…suffix_max, else -114).
         """
         nodes = _parse_pattern(pattern)
+        self._cache.clear()
         entry = _Entry(nodes, set, query, suffix_max)
         optional = [i for i, n in enumerate(nodes) if n.optional]
         for keep in itertools.product((True, False), repeat=len(optional)):
@@ -442,6 +444,15 @@ class ScpiInstrument:
         raise ScpiError(-113, name + ("?" if p.query else ""))
 
     def _lookup(self, tokens: list[str]) -> tuple[_Entry, tuple[int, ...]] | None:
+        key = tuple(tokens)
+        if key in self._cache:
+            return self._cache[key]
+        found = self._lookup_uncached(tokens)
+        if len(self._cache) < 4096:
+            self._cache[key] = found
+        return found
+
+    def _lookup_uncached(self, tokens: list[str]) -> tuple[_Entry, tuple[int, ...]] | None:
         names: list[str] = []
         suffixes: list[str] = []
         for tok in tokens:
@@ -462,7 +473,7 @@ class ScpiInstrument:
             if n.suffix:
                 v = int(digits[:7]) if digits else 1
                 if not 1 <= v <= entry.suffix_max:
-                    raise ScpiError(-114, f"{n.short}{digits} (allowed 1…{entry.suffix_max})")
+                    raise ScpiError(-114, f"{n.short}{digits} (allowed 1..{entry.suffix_max})")
                 values.append(v)
         return entry, tuple(values)
 
