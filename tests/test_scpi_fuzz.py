@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from phasegrad_hw.backends.visa import bench_for_chip
 from phasegrad_hw.firmware_models.instruments import BenchEmulator
 from phasegrad_hw.firmware_models.scpi import ERROR_MESSAGES
+
 from phasegrad_hw.topology import layered
 
 RES = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in ("smu", "phase_meter", "injection")}
