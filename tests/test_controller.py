@@ -556,3 +556,14 @@ async def test_simulated_fast_solver_is_bypassed_when_its_assumptions_fail() -> 
     await unlocked.set_frequencies(w)
     r = await unlocked.read_phases()
     assert not r.locked and not solve_equilibrium(centred(w), unlocked.K, ref=0).ok
+
+
+async def test_bad_callable_target_refused_after_free_read_and_device_made_safe() -> None:
+    m = model_2_5_2(0)
+    sub = ScriptedSubstrate(SimulatedSubstrate(m))
+    p0 = _params(m)
+    ctl = EPController([sub], EPConfig(lr_omega=0.1), p0)
+    with pytest.raises(LimitError, match=r"target\[1\]: nan is not finite"):
+        await ctl.step([Sample(np.array([0.3, 0.1]), lambda out: np.array([0.0, np.nan]))])
+    assert "clamp" not in sub.names() and sub.is_safe
+    assert np.array_equal(ctl.params.omega, p0.omega) and ctl.stats.errors == 1
