@@ -141,7 +141,9 @@ class SerialSubstrate(OscillatorSubstrate):
         self._need_restore = False
         self._last_link_error = ""
         self._state: dict[str, tuple[str, tuple[str, ...]]] = {}  # last confirmed setpoints
-        self._pending: dict[str, tuple[tuple[str, tuple[str, ...]], str]] = {}  # deferred setpoints
+        # deferred setpoints, in call order (not merged: an emulated chip may care about the
+        # path, e.g. thermal transients of every bias step)
+        self._pending: list[tuple[tuple[str, tuple[str, ...]], str]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._deferred_error: Exception | None = None
         self.stats = {
@@ -477,8 +479,8 @@ class SerialSubstrate(OscillatorSubstrate):
             if self._deferred_error is not None:
                 err, self._deferred_error = self._deferred_error, None
                 raise err
-            pending, self._pending = self._pending, {}
-            batch = [c for c, _ in pending.values()] + cmds
+            pending, self._pending = self._pending, []
+            batch = [c for c, _ in pending] + cmds
             try:
                 replies = await asyncio.to_thread(self._transact, batch)
             except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
@@ -486,7 +488,7 @@ class SerialSubstrate(OscillatorSubstrate):
                     await asyncio.to_thread(self._safe_sync)
                     self.clamped = False
                 raise
-            for c, key in pending.values():
+            for c, key in pending:
                 if not key.startswith("!"):  # one-shot commands are not state to restore
                     self._state[key] = c
             if state_key is not None:
@@ -499,8 +501,10 @@ class SerialSubstrate(OscillatorSubstrate):
         if not self.options.pipeline:
             await self._run([cmd], key)
             return
-        self._pending.pop(key, None)  # registers are independent: the last value wins
-        self._pending[key] = (cmd, key)
+        self._pending.append((cmd, key))
+        if len(self._pending) >= 32:  # a caller that never yields: do not let lines pile up
+            await self._run([])
+            return
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._background_flush())
 
@@ -549,8 +553,7 @@ class SerialSubstrate(OscillatorSubstrate):
             self._transact([cmd])
             return
         # inside a loop an exchange may be running in a worker thread: send with the next one
-        self._pending.pop("!seed", None)
-        self._pending["!seed"] = (cmd, "!seed")
+        self._pending.append((cmd, "!seed"))
 
     # -- hooks -----------------------------------------------------------------------------
     async def _apply_frequencies(self, omega: Array) -> None:
