@@ -303,3 +303,51 @@ def test_training_through_the_bench_matches_in_process() -> None:
     start = initial_parameters(chip, np.random.default_rng(5), "random")
     assert np.abs(ref.state.params.omega - start.omega).max() > 1e-4  # training moved them
     assert got.final_test_accuracy == ref.final_test_accuracy
+
+
+# --------------------------------------------------------------------------- CLI
+CLI = (
+    "import typer\n"
+    "from phasegrad_hw.cli import Groups\n"
+    "from phasegrad_hw.cli import emulate_bench\n"
+    "app = typer.Typer()\n"
+    "g = Groups(app, typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer())\n"
+    "emulate_bench.register(g)\n"
+    "app.add_typer(g.emulate, name='emulate')\n"
+    "app()\n"
+)
+
+
+def test_cli_emulate_bench_serves_until_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    device = tmp_path / "chip.toml"
+    chip_model().save(device)
+    out = tmp_path / "bench.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "emulate", "bench", "--device", str(device), "--tcp", "0",
+         "--out", str(out), "--fault", "drop:phase_meter:after=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip() for _ in range(4)]
+        names = [ln.split()[0] for ln in lines]
+        assert names == ["smu", "phase_meter", "injection", "bench"], lines
+        for ln in lines[:3]:
+            assert ln.split()[1].startswith("TCPIP::127.0.0.1::") and ln.endswith("::SOCKET")
+        assert lines[3] == f"bench {out}"
+        model = load_device_model(out)
+        assert isinstance(model, VisaBenchModel)
+        data = model.model_dump(mode="json")
+        data.update(FAST)
+        sub = VisaBench(VisaBenchModel.model_validate(data))
+        got = asyncio.run(_run(sub))  # the injected drop is recovered
+        assert sub.retries_used == 1
+        ref = asyncio.run(_run(SimulatedSubstrate(chip_model())))
+        assert np.abs(got - ref).max() <= 1e-9
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import typer
 
-COMMAND_MODULES: list[str] = ["verify", "runs", "agent"]
+COMMAND_MODULES: list[str] = ["verify", "emulate_board", "runs", "agent", "noise", "emulate_bench"]
 
 
 @dataclass
