@@ -1,0 +1,75 @@
+"""Drive an emulated CMOS chip through its controller board over a pseudo-terminal.
+
+The board firmware runs in a background thread on a pty (what ``phasegrad-hw emulate board
+--device FILE --pty`` does in its own process); the host opens it with pyserial exactly as
+it would open ``/dev/ttyACM0``. The host needs no model file: the board sends its chip
+descriptor. A few EP steps through the board give the same parameters as the same chip
+in-process, to the last bit.
+
+    python examples/06_board_over_pty.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from phasegrad_hw.backends.serial import SerialSubstrate
+from phasegrad_hw.firmware_models.board import BoardFirmware
+from phasegrad_hw.firmware_models.server import LineServer
+
+from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.devices import open_substrate
+from phasegrad_hw.substrate import OscillatorSubstrate
+
+DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
+
+
+async def train(sub: OscillatorSubstrate, steps: int = 30) -> tuple[Parameters, float]:
+    m = sub.model
+    start = Parameters(np.random.default_rng(0).uniform(-0.3, 0.3, m.n), m.coupling_values())
+    ctl = EPController([sub], EPConfig(mode="centred", averages=4, params="both"), start)
+    xs = np.random.default_rng(1).uniform(-1.0, 1.0, (steps, 2))
+    t0 = time.perf_counter()
+    for x in xs:
+        await ctl.step([Sample(x, np.array([-0.2, 0.2]))])
+    return ctl.params, steps / (time.perf_counter() - t0)
+
+
+async def main() -> None:
+    chip = open_substrate(DEVICE, seed=7)
+    server = LineServer(BoardFirmware(chip))
+    path = server.start_pty()
+    print(f"board on {path}")
+    try:
+        board = open_substrate(f"serial://{path}")
+        assert isinstance(board, SerialSubstrate)
+        print(
+            f"chip descriptor: {board.model.name}, {board.model.n} oscillators, "
+            f"outputs {board.model.roles.outputs}, bias {board.model.limits.bias.min}–"
+            f"{board.model.limits.bias.max} {board.model.limits.bias.unit}"
+        )
+        async with board:
+            p_board, rate_board = await train(board)
+            print(f"round trips per EP step: {board.stats['exchanges'] / 30:.2f}")
+    finally:
+        server.stop()
+    async with open_substrate(DEVICE, seed=7) as local:
+        p_local, rate_local = await train(local)
+    diff = max(
+        np.abs(p_board.omega - p_local.omega).max(),
+        np.abs(p_board.coupling - p_local.coupling).max(),
+    )
+    print(
+        f"EP steps/s: in-process {rate_local:.0f}, board over pty {rate_board:.0f} "
+        f"({rate_board / rate_local:.0%})"
+    )
+    print(f"max |parameter difference| board vs in-process: {diff:.1e}")
+    assert diff <= 1e-9, diff
+    assert np.abs(p_local.coupling - chip.model.coupling_values()).max() > 1e-4  # it learned
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
