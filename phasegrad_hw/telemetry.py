@@ -233,6 +233,27 @@ class Telemetry:
                 delay = min(delay * 2.0, self.backoff_s[1])
 
 
+def open_telemetry(uri: str, *, name: str | None = None, **kwargs: Any) -> Telemetry:
+    """A :class:`Telemetry` for ``mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S&prefix=P]``
+    (credentials also from the environment, TLS options as for every broker URI). ``name``
+    overrides the BENCH/DEVICE path. Use as ``async with open_telemetry(uri) as tm:`` and pass
+    ``tm.on_epoch_end`` / ``tm.on_step`` to the training loop."""
+    from phasegrad_hw.models import ConfigError
+
+    broker, path, query = BrokerConfig.parse(uri, field="--telemetry")
+    if "step_s" in query:
+        try:
+            kwargs.setdefault("step_interval_s", float(query.pop("step_s")))
+        except ValueError:
+            raise ConfigError("--telemetry ?step_s: must be a number of seconds") from None
+    if "prefix" in query:
+        kwargs.setdefault("prefix", query.pop("prefix"))
+    if query:
+        raise ConfigError(f"--telemetry: unknown option(s) {sorted(query)} — allowed: step_s, "
+                          "prefix, tls, ca, cert, key, insecure, keepalive")
+    return Telemetry(broker, name or path, **kwargs)
+
+
 async def _until_disconnected(client: Any) -> None:
     """Returns (or raises MqttError) when ``client``'s connection is gone."""
     async for _ in client.messages:  # no subscriptions: only wakes up on disconnect

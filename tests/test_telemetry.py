@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from phasegrad_hw.controller import Parameters
 from phasegrad_hw.loop import EpochRecord, LoopState
+from phasegrad_hw.models import ConfigError
 from phasegrad_hw.mqtt_protocol import BrokerConfig
-from phasegrad_hw.telemetry import Telemetry
+from phasegrad_hw.telemetry import Telemetry, open_telemetry
 from tests.conftest import REPO
 from tests.mosquitto import Mosquitto, broker, free_port  # noqa: F401  (fixture)
 
@@ -153,3 +155,23 @@ async def test_telemetry_resumes_after_a_broker_restart(broker: Mosquitto) -> No
     assert ("metrics", 2) in [(t, p.get("epoch")) for t, p, _ in got]
     assert any(t == "status" and p.get("reconnected") for t, p, _ in got)
     assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
+
+
+def test_open_telemetry_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_USERNAME", "env-user")
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_PASSWORD", "env-pw")
+    tm = open_telemetry("mqtt://broker.lab:1884/bench2/dev7?step_s=0.25")
+    assert (tm.broker.host, tm.broker.port) == ("broker.lab", 1884)
+    assert (tm.broker.username, tm.broker.password) == ("env-user", "env-pw")
+    assert tm.topics.metrics == "phasegrad/bench2/dev7/metrics" and tm.step_interval_s == 0.25
+    tm2 = open_telemetry("mqtt://me:s%40cret@h/b/d?prefix=lab2")
+    assert (tm2.broker.username, tm2.broker.password) == ("me", "s@cret")  # URI beats env
+    assert tm2.topics.status == "lab2/b/d/status"
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['bogus'\]"):
+        open_telemetry("mqtt://h/b/d?bogus=1")
+    with pytest.raises(ConfigError, match="BENCH/DEVICE"):
+        open_telemetry("mqtt://h:1883/onlyone")
+    with pytest.raises(ConfigError, match="step_s"):
+        open_telemetry("mqtt://h/b/d?step_s=fast")
+    with pytest.raises(ConfigError, match="port"):
+        open_telemetry("mqtt://h:99999/b/d")
