@@ -235,7 +235,9 @@ class BoardFirmware:
         self._nargs(req, n)
         omega = self._floats(req, n, "omega")
         await self.chip.set_frequencies(omega)  # limit-checked by the chip's model
-        bias = getattr(self.chip, "bias", None)
+        bias = getattr(self.chip, "bias", None)  # what the calibration table produced
+        if self.model.limits.bias.unit == "model":
+            bias = omega  # biases are the frequencies themselves
         if isinstance(bias, np.ndarray) and bias.shape == (n,):
             self.dac_codes = self._codes_for(bias)
         return []
