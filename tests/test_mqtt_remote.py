@@ -411,3 +411,51 @@ async def test_reply_lost_in_a_broker_restart_is_served_from_cache(broker: Mosqu
     async with ref:
         await ref.set_frequencies(w)
         assert np.allclose(r.phases, (await ref.read_phases()).phases, atol=1e-12)
+
+
+CONTROLLER = """
+import asyncio, sys
+from phasegrad_hw.backends.mqtt import open_uri
+async def main():
+    sub = open_uri(sys.argv[1])
+    async with sub:
+        await sub.set_frequencies([0.1] * 9)
+        await sub.clamp([0.2, -0.2], 0.5)
+        print(sub.client_id, flush=True)
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquitto) -> None:  # noqa: F811
+    spy = SpySubstrate(vowel_model(0.0))
+    async with local_agent(broker, spy) as agent:
+        proc = subprocess.Popen([sys.executable, "-c", CONTROLLER, broker.uri("controller", NAME)],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            assert proc.stdout is not None
+            client = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+            assert spy.clamped and np.all(spy.omega == 0.1)
+            proc.send_signal(signal.SIGKILL)  # no clean disconnect: the broker sends the will
+            await asyncio.to_thread(proc.wait, 10)
+            for _ in range(100):
+                if not spy.clamped:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert not spy.clamped and np.array_equal(spy.omega, spy.model.safe_biases())
+        assert client in agent.fenced
+        # the vanished client's session is fenced: a late request of it is refused
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        async with cfg.client("late-ctl") as c:
+            await c.subscribe(f"phasegrad/lab/chip/rpc/rep/{client}", qos=1)
+            await c.publish("phasegrad/lab/chip/rpc/req", json.dumps(
+                {"op": "read_phases", "id": "late-1", "reply_to": client}), qos=1)
+            async with asyncio.timeout(5):
+                m = await anext(aiter(c.messages))
+        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+        assert rep["id"] == "late-1" and rep["error"]["kind"] == "session"
+    assert spy.calls.count("read") == 0
