@@ -19,6 +19,7 @@ import concurrent.futures
 import itertools
 import json
 import logging
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -190,6 +191,11 @@ class MqttSubstrate(OscillatorSubstrate):
                 log.warning("%s: broker connection lost (%s); retrying in %.2f s",
                             self.topics.base, exc, delay)
             except aiomqtt.MqttError as exc:
+                if isinstance(exc.__context__ or exc.__cause__, ssl.SSLError):
+                    self._fail(DeviceError(
+                        f"{self.broker.uri()}: TLS failed ({exc}); check ?ca= / "
+                        "PHASEGRAD_HW_MQTT_CA and the broker's certificate"))
+                    return
                 log.warning("%s: broker connection lost (%s); retrying in %.2f s",
                             self.topics.base, exc, delay)
             finally:

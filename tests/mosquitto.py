@@ -66,7 +66,7 @@ def password(user: str) -> str:
 class Mosquitto:
     """One broker process with a generated config in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: bool = False) -> None:
         exe = shutil.which("mosquitto")
         passwd = shutil.which("mosquitto_passwd")
         require(exe is not None and passwd is not None,
@@ -97,9 +97,41 @@ class Mosquitto:
         ]
         if os.getuid() == 0:  # mosquitto drops root privileges to "mosquitto" unless told
             lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        self.tls_port: int | None = None
+        self.ca: Path | None = None
+        if tls:  # a second listener with a server certificate signed by a throw-away CA
+            self.ca = self._make_certs()
+            self.tls_port = free_port()
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.ca}",
+                      f"certfile {self.dir / 'server.crt'}", f"keyfile {self.dir / 'server.key'}"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.log = self.dir / "mosquitto.log"
+
+    def _make_certs(self) -> Path:
+        openssl = shutil.which("openssl")
+        require(openssl is not None, "openssl (for the TLS broker test)")
+        assert openssl is not None
+        d = self.dir
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=phasegrad test CA", "-keyout", "ca.key", "-out", "ca.crt")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+        return d / "ca.crt"
+
+    def tls_uri(self, user: str | None = "controller", path: str = "", ca: bool = True) -> str:
+        """``mqtts://`` URI of the TLS listener (with ``?ca=`` the test CA)."""
+        assert self.tls_port is not None, "started without tls=True"
+        cred = f"{user}:{password(user)}@" if user else ""
+        query = f"?ca={self.ca}" if ca else ""
+        return f"mqtts://{cred}127.0.0.1:{self.tls_port}{'/' + path if path else ''}{query}"
 
     def uri(self, user: str | None = "controller", path: str = "") -> str:
         cred = f"{user}:{password(user)}@" if user else ""

@@ -459,3 +459,33 @@ async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquit
         rep = json.loads(bytes(m.payload))  # type: ignore[arg-type]
         assert rep["id"] == "late-1" and rep["error"]["kind"] == "session"
     assert spy.calls.count("read") == 0
+
+
+async def test_tls_listener(tmp_path: Path) -> None:
+    b = Mosquitto(tmp_path / "tls-broker", tls=True)
+    b.start()
+    try:
+        spy = SpySubstrate(vowel_model(0.0))
+        cfg, _, _ = BrokerConfig.parse(b.tls_uri("agent"))
+        assert cfg.tls and cfg.ca == b.ca and cfg.port == b.tls_port
+        agent = Agent(spy, cfg, NAME)
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        try:
+            sub = await asyncio.to_thread(open_uri, b.tls_uri("controller", NAME))
+            async with sub:
+                await sub.set_frequencies(np.full(9, 0.05))
+                r = await sub.read_phases()
+            assert r.locked and spy.calls.count("read") == 1
+            # without the test CA the server certificate is not trusted: a clear, fast error
+            with pytest.raises(DeviceError, match="TLS failed"):
+                await asyncio.to_thread(open_uri, b.tls_uri("controller", NAME, ca=False)
+                                        + "?timeout=5")
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    finally:
+        b.stop()
