@@ -136,7 +136,7 @@ class SerialSubstrate(OscillatorSubstrate):
         self._port: Any = None
         self._seq = itertools.count(int(time.time() * 1000) % SEQ_MOD)
         self._rx = bytearray()
-        self._lock = asyncio.Lock()
+        self._locks: dict[int, asyncio.Lock] = {}  # per event loop (a Lock binds to one)
         self._boot_id: int | None = None
         self._need_restore = False
         self._last_link_error = ""
@@ -475,7 +475,7 @@ class SerialSubstrate(OscillatorSubstrate):
         self, cmds: list[tuple[str, tuple[str, ...]]], state_key: str | None = None
     ) -> list[Reply]:
         """Send any deferred setpoints plus ``cmds`` in one exchange; returns ``cmds``' replies."""
-        async with self._lock:
+        async with self._lock():
             if self._deferred_error is not None:
                 err, self._deferred_error = self._deferred_error, None
                 raise err
@@ -505,8 +505,10 @@ class SerialSubstrate(OscillatorSubstrate):
         if len(self._pending) >= 32:  # a caller that never yields: do not let lines pile up
             await self._run([])
             return
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._background_flush())
+        loop = asyncio.get_running_loop()
+        f = self._flusher
+        if f is None or f.done() or f.get_loop() is not loop:
+            self._flusher = loop.create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
         if not self._pending:
@@ -521,15 +523,23 @@ class SerialSubstrate(OscillatorSubstrate):
         """Send deferred setpoints now and wait for the board's confirmation."""
         await self._run([])
 
+    def _lock(self) -> asyncio.Lock:
+        """One exchange at a time on the port (per event loop: asyncio locks bind to one)."""
+        loop_id = id(asyncio.get_running_loop())
+        lock = self._locks.get(loop_id)
+        if lock is None:
+            self._locks = {loop_id: (lock := asyncio.Lock())}
+        return lock
+
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
         if self._port is None:
-            async with self._lock:
+            async with self._lock():
                 await asyncio.to_thread(self._open_port)
                 self._need_restore = True
 
     async def _disconnect(self) -> None:
-        async with self._lock:
+        async with self._lock():
             await asyncio.to_thread(self._close_port)
 
     async def make_safe(self) -> None:

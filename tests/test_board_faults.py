@@ -186,3 +186,55 @@ async def test_board_gone_for_good() -> None:
     assert time.monotonic() - t0 < 5
     with pytest.raises(DeviceTimeoutError):
         await sub.close()
+
+
+async def test_dtr_reset_on_reconnect_restores_state() -> None:
+    """An Arduino-style board reboots whenever the port is opened (DTR). Reopening the link
+    without a clean close: the driver sees the new boot id, re-sends its confirmed state,
+    and the reading equals the never-interrupted in-process chip."""
+    chip, twin = SimulatedSubstrate(board_model()), SimulatedSubstrate(board_model())
+    server = LineServer(BoardFirmware(chip), reset_on_connect=True)
+    url = _start(server, "tcp")
+    try:
+        sub = SerialSubstrate(url, options=SerialOptions(timeout_s=0.5))
+        async with sub:
+            w = np.linspace(-0.4, 0.8, 9)
+            k = twin.model.coupling_values() * 0.9
+            for s in (sub, twin):
+                await s.set_couplings(k)
+                await s.set_frequencies(w)
+                await s.clamp([0.2, -0.1], 0.3)
+            await sub.read_phases(1)
+            sub._close_port()  # the link drops without SAFE; reopening resets the board
+            boots = sub.stats["reboots"]
+            got = await sub.read_phases(1)
+            assert sub.stats["reconnects"] == 1 and sub.stats["reboots"] == boots + 1
+            assert np.abs(got.phases - (await twin.read_phases(1)).phases).max() <= TOL
+            np.testing.assert_array_equal(chip.omega, w)
+            assert chip._clamp is not None
+        assert _is_safe(chip)
+    finally:
+        server.stop()
+
+
+def test_driver_survives_event_loop_changes() -> None:
+    """One substrate object used from two successive ``asyncio.run`` calls (a CLI that opens
+    the device, then runs the training loop)."""
+    chip = SimulatedSubstrate(board_model())
+    server = LineServer(BoardFirmware(chip))
+    url = _start(server, "tcp")
+    try:
+        sub = SerialSubstrate(url)
+
+        async def use(w: float) -> float:
+            async with sub:
+                await sub.set_frequencies(np.full(9, w))
+                await asyncio.sleep(0.05)  # the deferred setpoint is flushed in the background
+                assert np.array_equal(chip.omega, np.full(9, w))
+                return float((await sub.read_phases(1)).phases[3])
+
+        assert asyncio.run(use(0.1)) == asyncio.run(use(0.1))
+        asyncio.run(use(0.2))
+        assert _is_safe(chip)
+    finally:
+        server.stop()
