@@ -20,6 +20,7 @@ from phasegrad_hw.substrate import OscillatorSubstrate
 FILE_BACKENDS: dict[str, str] = {
     "simulated": "phasegrad_hw.backends.simulated:SimulatedSubstrate",
     "visa": "phasegrad_hw.backends.visa:open_bench",
+    "daqmx": "phasegrad_hw.backends.daqmx:open_daqmx",
 }
 URI_SCHEMES: dict[str, str] = {
     "mqtt": "phasegrad_hw.backends.mqtt:open_uri",

@@ -1,0 +1,364 @@
+"""NI-DAQmx bench (nidaqmx): analog outputs for the biases and the injection, counter
+two-edge-separation measurements for the phases (DESIGN.md §6).
+
+NOT RUN AGAINST A REAL NI DEVICE: the logic is tested against a stand-in for the part of the
+nidaqmx API used here (``tests/test_daqmx.py``), wired to the chip emulators.
+
+Wiring assumed (:class:`DaqmxBenchModel`, ``backend = "daqmx"``):
+
+* one AO voltage channel per oscillator bias (``bias_channels``, e.g. ``Dev1/ao0``), limits
+  from ``limits.bias`` (V), written as one on-demand sample per channel;
+* the nudge through one I/Q vector modulator per output oscillator, driven by two AO
+  channels (``injection_i_channels``, ``injection_q_channels``): I = a·cos φ, Q = a·sin φ
+  with a = β·``injection_v_per_beta`` (V) and φ the target phase. The −β nudge of a centred
+  estimate is φ + π (exact for injection nudging, −β sin(φ − θ) = β sin(φ + π − θ)); a
+  device with a ``linear`` nudge cannot be given −β this way and is refused;
+* one counter per non-reference oscillator measuring the two-edge separation (s) from an
+  edge of the reference signal (``first_terminal``) to the next edge of the oscillator
+  (``second_terminal``), both brought to ``measured_frequency_hz`` by a common down-converter
+  (mixing with one LO keeps phase differences). An oscillator leading the reference by θ
+  arrives Δt = T·((−θ/2π) mod 1) later, so θ = −2π Δt/T (wrapped); the mean is circular.
+  Averaging = ``averages`` finite samples per counter (implicit timing). A read whose
+  circular spread exceeds ``lock_spread_rad`` is reported unlocked (phases slipping).
+
+``nidaqmx`` is imported lazily in :meth:`DaqmxBench.connect`; without the package or without
+the NI-DAQmx runtime (the C library) the error says which is missing and how to install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from phasegrad_hw.models import DeviceModel, StrictModel, register_model
+from phasegrad_hw.physics import Array, wrap
+from phasegrad_hw.substrate import (
+    DeviceError,
+    DeviceTimeoutError,
+    OscillatorSubstrate,
+    PhaseReading,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class CounterSpec(StrictModel):
+    """One counter: physical channel and the two terminals (reference, oscillator)."""
+
+    counter: str = Field(min_length=1)
+    first_terminal: str = Field(min_length=1)
+    second_terminal: str = Field(min_length=1)
+
+
+@register_model("daqmx")
+class DaqmxBenchModel(DeviceModel):
+    """An NI-DAQmx bench around one chip. Voltages in V, times in s, frequencies in Hz."""
+
+    backend: Literal["daqmx"] = "daqmx"
+    bias_channels: list[str]
+    injection_i_channels: list[str]
+    injection_q_channels: list[str]
+    counters: dict[int, CounterSpec]
+    measured_frequency_hz: float = Field(default=1e5, gt=0.0, le=1e8)
+    injection_v_per_beta: float = Field(default=1.0, gt=0.0, le=10.0)
+    injection_range_v: float = Field(default=10.0, gt=0.0, le=10.0)
+    timeout_s: float = Field(default=2.0, gt=0.0, le=600.0)
+    lock_spread_rad: float = Field(default=0.5, gt=0.0, le=math.pi)
+    settle_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    chip: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _wiring(self) -> DaqmxBenchModel:
+        problems = []
+        n, n_out = self.n_oscillators, len(self.roles.outputs)
+        for name, length in (
+            ("bias_channels", n),
+            ("injection_i_channels", n_out),
+            ("injection_q_channels", n_out),
+        ):
+            ch = getattr(self, name)
+            if len(ch) != length:
+                problems.append(f"{name}: {len(ch)} entries — need {length}")
+        ao = self.bias_channels + self.injection_i_channels + self.injection_q_channels
+        dup = sorted({c for c in ao if ao.count(c) > 1})
+        if dup:
+            problems.append(f"AO channels {dup} are used twice")
+        need = set(range(n)) - {self.roles.reference}
+        if set(self.counters) != need:
+            problems.append(
+                f"counters: oscillators {sorted(self.counters)} — need exactly "
+                f"{sorted(need)} (every oscillator but the reference)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def bias_map(self) -> Callable[[Array], Array]:
+        """Nominal ω → bias (V) of the chip (its backend's ``frequencies_to_biases``)."""
+        if self.chip is not None:
+            from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+
+            backend = self.chip.get("backend", "")
+            if backend in FILE_BACKENDS:
+                _resolve(FILE_BACKENDS[backend])
+                chip = DeviceModel.from_dict(self.chip, source="chip.")
+                module = importlib.import_module(FILE_BACKENDS[backend].partition(":")[0])
+                f = getattr(module, "frequencies_to_biases", None)
+                if f is not None:
+                    return lambda omega: np.asarray(f(chip, omega), dtype=np.float64)
+        return lambda omega: np.asarray(omega, dtype=np.float64).copy()
+
+
+def import_nidaqmx() -> ModuleType:
+    """``nidaqmx``, or a :class:`DeviceError` that says what is missing."""
+    try:
+        return importlib.import_module("nidaqmx")
+    except ImportError as exc:
+        raise DeviceError(
+            "daqmx: the Python package 'nidaqmx' is not installed "
+            f"({exc}); install it with: pip install 'phasegrad-hw[daq]'"
+        ) from None
+
+
+class DaqmxBench(OscillatorSubstrate):
+    """The DAQ bench as a substrate; nidaqmx calls run in one worker thread."""
+
+    model: DaqmxBenchModel
+
+    def __init__(
+        self,
+        model: DaqmxBenchModel,
+        seed: int | None = None,
+        *,
+        daqmx: ModuleType | Any | None = None,
+    ) -> None:
+        super().__init__(model)
+        self._daqmx = daqmx
+        self._bias_map = model.bias_map()
+        self._executor: ThreadPoolExecutor | None = None
+        self._ao_bias: Any = None
+        self._ao_inj: Any = None
+        self._ci: dict[int, Any] = {}
+        self._samples: dict[int, int] = {}
+        lim = model.limits.bias
+        self._ao_range = (
+            min(lim.channel(i).min for i in range(model.n)),
+            max(lim.channel(i).max for i in range(model.n)),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def connect(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="daqmx")
+        try:
+            await self._run(self._connect_sync)
+        except BaseException:
+            await self._run(self._disconnect_sync)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    async def _disconnect(self) -> None:
+        if self._executor is not None:
+            await self._run(self._disconnect_sync)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise DeviceError("daqmx: not connected (use `async with` or connect())")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _new_task(self, dm: Any, what: str) -> Any:
+        try:
+            return dm.Task()
+        except Exception as exc:
+            if type(exc).__name__ == "DaqNotFoundError":
+                raise DeviceError(
+                    "daqmx: the NI-DAQmx runtime (driver library) is not installed on this "
+                    "machine — the Python package 'nidaqmx' is, but it needs NI-DAQmx from "
+                    "ni.com (on Linux: `python -m nidaqmx installdriver`); "
+                    f"creating the {what} task failed: {exc}"
+                ) from None
+            raise DeviceError(f"daqmx: creating the {what} task failed: {exc}") from exc
+
+    def _connect_sync(self) -> None:
+        dm = self._daqmx if self._daqmx is not None else import_nidaqmx()
+        self._daqmx = dm
+        m = self.model
+        c = dm.constants
+        try:
+            self._ao_bias = self._new_task(dm, "bias AO")
+            lo, hi = self._ao_range
+            for ch in m.bias_channels:
+                self._ao_bias.ao_channels.add_ao_voltage_chan(ch, min_val=lo, max_val=hi)
+            self._ao_inj = self._new_task(dm, "injection AO")
+            r = m.injection_range_v
+            for ch in m.injection_i_channels + m.injection_q_channels:
+                self._ao_inj.ao_channels.add_ao_voltage_chan(ch, min_val=-r, max_val=r)
+            period = 1.0 / m.measured_frequency_hz
+            for osc, spec in sorted(m.counters.items()):
+                task = self._new_task(dm, f"counter {spec.counter}")
+                chan = task.ci_channels.add_ci_two_edge_sep_chan(
+                    spec.counter,
+                    min_val=period * 1e-4,
+                    max_val=period * 1.5,
+                    units=c.TimeUnits.SECONDS,
+                    first_edge=c.Edge.RISING,
+                    second_edge=c.Edge.RISING,
+                )
+                chan.ci_two_edge_sep_first_term = spec.first_terminal
+                chan.ci_two_edge_sep_second_term = spec.second_terminal
+                self._ci[osc] = task
+            self._write_bias_sync(m.safe_biases())
+            self._write_injection_sync(
+                np.zeros(len(m.roles.outputs)), np.zeros(len(m.roles.outputs))
+            )
+        except DeviceError:
+            raise
+        except Exception as exc:
+            raise DeviceError(f"daqmx: configuring the tasks failed: {exc}") from exc
+
+    def _disconnect_sync(self) -> None:
+        for task in [self._ao_bias, self._ao_inj, *self._ci.values()]:
+            if task is not None:
+                try:
+                    task.close()
+                except Exception as exc:
+                    log.debug("daqmx: closing a task: %s", exc)
+        self._ao_bias = self._ao_inj = None
+        self._ci.clear()
+        self._samples.clear()
+
+    # -- writes ---------------------------------------------------------------------------
+    def _write_bias_sync(self, values: Array) -> None:
+        self._ao_bias.write(
+            [float(v) for v in values], auto_start=True, timeout=self.model.timeout_s
+        )
+
+    def _write_injection_sync(self, i_v: Array, q_v: Array) -> None:
+        data = [float(v) for v in np.concatenate([i_v, q_v])]
+        self._ao_inj.write(data, auto_start=True, timeout=self.model.timeout_s)
+
+    async def _apply_frequencies(self, omega: Array) -> None:
+        await self._apply_biases(self.model.check_biases(self._bias_map(omega)))
+
+    async def _apply_biases(self, values: Array) -> None:
+        await self._run(lambda: self._write_bias_sync(values))
+        if self.model.settle_s:
+            await asyncio.sleep(self.model.settle_s)
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        if direction < 0 and self.model.nudge == "linear":
+            raise DeviceError(
+                "daqmx: an I/Q injection cannot produce the −β nudge of a device "
+                "with a linear nudge; use one-sided EP or nudge = 'injection'"
+            )
+        a = beta * self.model.injection_v_per_beta
+        phi = target + (math.pi if direction < 0 else 0.0)
+        i_v, q_v = a * np.cos(phi), a * np.sin(phi)
+        if a > self.model.injection_range_v:
+            raise DeviceError(
+                f"daqmx: injection amplitude {a:g} V exceeds injection_range_v "
+                f"{self.model.injection_range_v:g} V"
+            )
+        await self._run(lambda: self._write_injection_sync(i_v, q_v))
+
+    async def _apply_release(self) -> None:
+        z = np.zeros(len(self.model.roles.outputs))
+        await self._run(lambda: self._write_injection_sync(z, z))
+
+    # -- reads ----------------------------------------------------------------------------
+    def _read_sync(self, averages: int) -> PhaseReading:
+        m = self.model
+        c = self._daqmx.constants  # type: ignore[union-attr]
+        period = 1.0 / m.measured_frequency_hz
+        samples = np.zeros((averages, m.n))
+        for osc, task in self._ci.items():
+            if self._samples.get(osc) != averages:
+                task.timing.cfg_implicit_timing(
+                    sample_mode=c.AcquisitionType.FINITE, samps_per_chan=averages
+                )
+                self._samples[osc] = averages
+            try:
+                data = task.read(number_of_samples_per_channel=averages, timeout=m.timeout_s)
+            except Exception as exc:
+                if "timeout" in str(exc).lower() or "-200284" in str(exc):
+                    raise DeviceTimeoutError(
+                        f"daqmx: counter {m.counters[osc].counter} "
+                        f"(oscillator {osc}) timed out: {exc}"
+                    ) from exc
+                raise DeviceError(
+                    f"daqmx: reading counter {m.counters[osc].counter}: {exc}"
+                ) from exc
+            dt = np.atleast_1d(np.asarray(data, dtype=np.float64))
+            if dt.shape != (averages,) or not np.all(np.isfinite(dt)) or np.any(dt < 0):
+                raise DeviceError(
+                    f"daqmx: counter {m.counters[osc].counter} returned "
+                    f"{dt.size} samples {dt[:4]}, expected {averages} finite >= 0"
+                )
+            samples[:, osc] = wrap(-2.0 * math.pi * dt / period)
+        reading = PhaseReading.from_samples(samples, settle_s=m.settle_s)
+        locked = bool(np.all(reading.spread <= m.lock_spread_rad))
+        return PhaseReading(
+            reading.phases, reading.spread, locked, reading.timestamp, averages, m.settle_s
+        )
+
+    async def _read(self, averages: int) -> PhaseReading:
+        return await self._run(lambda: self._read_sync(averages))
+
+
+def open_daqmx(model: DaqmxBenchModel, seed: int | None = None) -> DaqmxBench:
+    """``FILE_BACKENDS`` factory."""
+    return DaqmxBench(model, seed)
+
+
+def daqmx_bench_for_chip(
+    chip: DeviceModel, device: str = "Dev1", **overrides: Any
+) -> DaqmxBenchModel:
+    """A DAQ bench for ``chip``: ``ao0…`` biases, then I then Q per output; counter k on the
+    oscillators but the reference, reference on ``PFI<ref>``, oscillator i on ``PFI<i>``."""
+    n, outs, ref = chip.n, chip.roles.outputs, chip.roles.reference
+    base = chip.model_dump(
+        mode="json",
+        include={
+            "name",
+            "n_oscillators",
+            "edges",
+            "roles",
+            "limits",
+            "coupling_function",
+            "nudge",
+            "seed",
+        },
+    )
+    others = [i for i in range(n) if i != ref]
+    data: dict[str, Any] = {
+        **base,
+        "backend": "daqmx",
+        "name": f"{chip.name}-daq",
+        "bias_channels": [f"{device}/ao{i}" for i in range(n)],
+        "injection_i_channels": [f"{device}/ao{n + k}" for k in range(len(outs))],
+        "injection_q_channels": [f"{device}/ao{n + len(outs) + k}" for k in range(len(outs))],
+        "counters": {
+            i: {
+                "counter": f"{device}/ctr{k}",
+                "first_terminal": f"/{device}/PFI{ref}",
+                "second_terminal": f"/{device}/PFI{i}",
+            }
+            for k, i in enumerate(others)
+        },
+        "chip": chip.model_dump(mode="json", exclude_none=True),
+    }
+    data.update(overrides)
+    return DaqmxBenchModel.model_validate(data)
