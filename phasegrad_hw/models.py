@@ -126,6 +126,31 @@ class CouplingSpec(StrictModel):
         return CouplingFunction(tuple(self.harmonics), self.phase_lag_rad, self.offset, self.cos_offset)
 
 
+class CalibrationThresholds(StrictModel):
+    """Pass/fail thresholds of the calibration suite (:mod:`phasegrad_hw.calibration`).
+
+    ``max_asymmetry`` on ‖R − Rᵀ‖/‖R‖ of the phase response matrix; ``max_edge_asymmetry`` on
+    |k_ij − k_ji|/mean per edge (20 % random asymmetry costs ≈ 0.4 % gradient cosine, N = 15,
+    DESIGN.md §2); ``nonodd_z`` significance (in standard errors) and ``max_phase_lag_rad`` /
+    ``max_even_fraction`` effect sizes above which H is flagged non-odd;
+    ``min_phase_margin_rad`` on π/2 − |Δθ| per edge; ``min_eigenvalue`` on the reduced
+    Laplacian (model frequency units); ``max_drift_rad_per_read`` phase drift between reads;
+    ``max_transfer_error`` fit error relative to each channel's frequency span;
+    ``target_cosine`` the gradient cosine the noise calibration must reach.
+    """
+
+    max_asymmetry: float = Field(default=0.06, gt=0.0, le=2.0)
+    max_edge_asymmetry: float = Field(default=0.10, gt=0.0, le=2.0)
+    nonodd_z: float = Field(default=4.0, gt=0.0)
+    max_phase_lag_rad: float = Field(default=0.05, gt=0.0, le=3.2)
+    max_even_fraction: float = Field(default=0.05, gt=0.0, le=10.0)
+    min_phase_margin_rad: float = Field(default=0.2, ge=0.0, le=1.6)
+    min_eigenvalue: float = Field(default=0.01, ge=0.0)
+    max_drift_rad_per_read: float = Field(default=0.05, gt=0.0)
+    max_transfer_error: float = Field(default=0.005, gt=0.0, le=1.0)
+    target_cosine: float = Field(default=0.99, gt=0.0, lt=1.0)
+
+
 M = TypeVar("M", bound="DeviceModel")
 DEVICE_MODELS: dict[str, type[DeviceModel]] = {}
 
@@ -154,6 +179,7 @@ class DeviceModel(StrictModel):
     coupling_function: CouplingSpec = Field(default_factory=CouplingSpec)
     nudge: Literal["linear", "injection"] = "linear"
     seed: int = 0
+    calibration: CalibrationThresholds | None = None  # thresholds of the calibration suite
 
     @model_validator(mode="after")
     def _topology(self) -> DeviceModel:

@@ -1,0 +1,280 @@
+"""Bias → frequency transfer calibration: per-channel sweep, monotone fit and its inverse,
+installed into the substrate so ``set_frequencies`` uses it, saved with the device.
+
+Each channel's bias is swept over its limits with the other channels at their safe values,
+and the free-running frequency read with the frequency counter (``counter_reads`` reads
+averaged). A ring oscillator's f ∝ (V − V_th)^α/V (Sakurai & Newton 1990) and a heated
+resonator's f(P = V²/R) are monotone, so the fit is monotone: pool-adjacent-violators
+isotonic regression (removes counter noise that would break monotonicity), then a
+shape-preserving piecewise-cubic Hermite interpolant (PCHIP, Fritsch & Carlson, SIAM J.
+Numer. Anal. 17(2), 1980) through it; the inverse is the PCHIP of the swapped points.
+Accuracy is checked on bias points midway between the sweep points (held out of the fit).
+
+Without a frequency counter the routine refuses (:class:`DeviceError`); deriving the curve
+from the phase response is not implemented yet.
+
+Hook: :func:`install_transfer` calls the substrate's own ``install_transfer(forward,
+inverse)`` (the emulated chips have one) or, for any other substrate, replaces its
+frequency→bias mapping by ``set_biases(map.bias(ω))``; it sets ``substrate.transfer_map``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from phasegrad_hw.calibration.common import Progress, atomic_write_text, no_progress, thresholds
+from pydantic import Field, PrivateAttr
+from scipy.interpolate import PchipInterpolator
+
+from phasegrad_hw.models import ConfigError, StrictModel
+from phasegrad_hw.physics import Array
+from phasegrad_hw.substrate import Capability, DeviceError, LimitError, OscillatorSubstrate
+
+log = logging.getLogger(__name__)
+
+
+def isotonic(y: Array, increasing: bool = True) -> Array:
+    """Least-squares monotone fit of ``y`` (equal weights) by pool-adjacent-violators."""
+    z = np.asarray(y, dtype=np.float64) * (1.0 if increasing else -1.0)
+    vals: list[float] = []
+    wts: list[int] = []
+    for v in z:
+        vals.append(float(v))
+        wts.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            w = wts[-2] + wts[-1]
+            m = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
+            vals[-2:] = [m]
+            wts[-2:] = [w]
+    out = np.repeat(vals, wts)
+    return out * (1.0 if increasing else -1.0)
+
+
+class ChannelCurve(StrictModel):
+    """Channel k swept with the others at their safe biases: ``bias`` (device unit) and the
+    fitted own frequency ``omega`` (model units, strictly monotone); ``crosstalk`` (points,
+    N) the change of every channel's frequency against the safe point (own column 0; None
+    when below the counter noise); ``error`` max held-out error relative to the span."""
+
+    bias: list[float] = Field(min_length=2)
+    omega: list[float] = Field(min_length=2)
+    increasing: bool = True
+    crosstalk: list[list[float]] | None = None
+    error: float | None = None
+
+    def forward(self) -> PchipInterpolator:
+        return PchipInterpolator(np.asarray(self.bias), np.asarray(self.omega), extrapolate=False)
+
+    def inverse(self) -> PchipInterpolator:
+        b, w = np.asarray(self.bias), np.asarray(self.omega)
+        order = np.argsort(w)
+        return PchipInterpolator(w[order], b[order], extrapolate=False)
+
+
+class TransferMap(StrictModel):
+    """Calibrated bias ↔ ω map (the ``transfer`` part of a report and the
+    ``<device>.transfer.json`` file saved next to a device file).
+
+    Separable model: ω_i(b) = f_i(b_i) + Σ_{j≠i} c_ij(b_j), f_i the channel's own curve
+    (others at safe biases) and c_ij the crosstalk of channel j onto i measured in j's
+    sweep (heater crosstalk; zero for a CMOS array). The inverse solves
+    b_i = f_i⁻¹(ω_i − Σ_{j≠i} c_ij(b_j)) by fixed-point iteration (converges for crosstalk
+    below 1, i.e. diagonally dominant)."""
+
+    device: str
+    unit: str
+    channels: list[ChannelCurve]
+    source: str = "frequency_counter"
+    _cache: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def _interp(self) -> tuple[list[Any], list[Any], list[Any | None]]:
+        if "f" not in self._cache:
+            self._cache["f"] = [c.forward() for c in self.channels]
+            self._cache["inv"] = [c.inverse() for c in self.channels]
+            self._cache["x"] = [
+                None if c.crosstalk is None else PchipInterpolator(
+                    np.asarray(c.bias), np.asarray(c.crosstalk), axis=0, extrapolate=False)
+                for c in self.channels]
+        return self._cache["f"], self._cache["inv"], self._cache["x"]
+
+    def _range_error(self, name: str, values: Array, k: int, lo: float, hi: float) -> LimitError:
+        unit = f" {self.unit}" if name == "bias" else ""
+        return LimitError(f"{name}[{k}]: {values[k]:.6g}{unit} is outside the calibrated range "
+                          f"[{lo:.6g}, {hi:.6g}]{unit} of channel {k}")
+
+    def _crosstalk(self, b: Array) -> Array:
+        _, _, xs = self._interp()
+        out = np.zeros(len(self.channels))
+        for x, v in zip(xs, b, strict=True):
+            if x is not None:
+                out += x(v)
+        return out
+
+    def frequency(self, bias: Any) -> Array:
+        """ω (N,) model units for biases (N,) in the device unit."""
+        b = np.asarray(bias, dtype=np.float64)
+        fs, _, _ = self._interp()
+        own = np.array([float(f(x)) for f, x in zip(fs, b, strict=True)])
+        bad = np.flatnonzero(~np.isfinite(own))
+        if bad.size:
+            c = self.channels[int(bad[0])]
+            raise self._range_error("bias", b, int(bad[0]), min(c.bias), max(c.bias))
+        return own + self._crosstalk(b)
+
+    def bias(self, omega: Any) -> Array:
+        """Biases (N,) in the device unit that give ω (N,) model units."""
+        w = np.asarray(omega, dtype=np.float64)
+        n = len(self.channels)
+        if w.shape != (n,):
+            raise LimitError(f"omega: shape {w.shape} does not match the map ({n},)")
+        _, inv, xs = self._interp()
+        b = np.zeros(n)
+        target = w.copy()
+        for _ in range(100):
+            new = np.array([float(f(x)) for f, x in zip(inv, target, strict=True)])
+            bad = np.flatnonzero(~np.isfinite(new))
+            if bad.size:
+                k = int(bad[0])
+                c = self.channels[k]
+                raise self._range_error("omega", target, k, min(c.omega), max(c.omega))
+            done = float(np.abs(new - b).max()) < 1e-13
+            b = new
+            if done or all(x is None for x in xs):
+                break
+            target = w - self._crosstalk(b)
+        return b
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TransferMap:
+        p = Path(path)
+        try:
+            return cls.model_validate_json(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+        except ValueError as exc:
+            raise ConfigError(f"{p}: not a transfer map ({str(exc).splitlines()[0]})") from None
+
+
+def transfer_path(device_file: str | Path) -> Path:
+    """Where a device file's transfer map lives: ``<stem>.transfer.json`` next to it."""
+    p = Path(device_file)
+    return p.with_name(p.stem + ".transfer.json")
+
+
+def install_transfer(sub: OscillatorSubstrate, tmap: TransferMap) -> None:
+    """Make ``sub.set_frequencies`` map ω → bias through ``tmap`` (see module docstring)."""
+    if len(tmap.channels) != sub.model.n:
+        raise ConfigError(f"transfer map: {len(tmap.channels)} channels, device has {sub.model.n}")
+    hook = getattr(sub, "install_transfer", None)
+    if callable(hook):
+        hook(tmap.bias, tmap.frequency)
+    else:
+        async def _apply_frequencies(omega: Array) -> None:
+            await sub.set_biases(tmap.bias(omega))
+
+        sub._apply_frequencies = _apply_frequencies  # type: ignore[method-assign]
+    sub.transfer_map = tmap  # type: ignore[attr-defined]
+    log.info("transfer map installed on %s", sub.model.name)
+
+
+class TransferConfig(StrictModel):
+    """``points`` sweep points per channel over its bias limits (plus ``points − 1``
+    held-out midpoints when ``validate``), ``counter_reads`` counter reads averaged per
+    point, ``install`` the fitted map into the substrate afterwards."""
+
+    points: int = Field(default=25, ge=4, le=10_000)
+    counter_reads: int = Field(default=4, ge=1, le=1000)
+    validate_fit: bool = True
+    install: bool = True
+
+
+class TransferResult(StrictModel):
+    """The map, per-channel held-out errors (relative to each span), pass/fail."""
+
+    map: TransferMap
+    max_error: float | None
+    passed: bool
+    duration_s: float
+
+
+async def _sweep(sub: OscillatorSubstrate, k: int, grid: Array, reads: int) -> Array:
+    """(points, N) counter frequencies with channel k at each grid bias, others safe."""
+    safe = sub.model.safe_biases()
+    out = np.zeros((len(grid), sub.model.n))
+    for g, v in enumerate(grid):
+        b = safe.copy()
+        b[k] = v
+        await sub.set_biases(b)
+        for _ in range(reads):
+            out[g] += np.asarray(await sub.read_frequencies())
+    return out / reads
+
+
+def fit_channel(bias: Array, omega: Array) -> ChannelCurve:
+    """Monotone fit of one channel's own sweep (direction from the end points)."""
+    inc = bool(omega[-1] >= omega[0])
+    y = isotonic(omega, inc)
+    # strict monotonicity for the inverse: break ties by a ramp far below counter resolution
+    span = float(abs(y[-1] - y[0])) or 1.0
+    y = y + (1.0 if inc else -1.0) * 1e-9 * span * np.arange(len(y))
+    return ChannelCurve(bias=bias.tolist(), omega=y.tolist(), increasing=inc)
+
+
+async def calibrate_transfer(
+    sub: OscillatorSubstrate,
+    cfg: TransferConfig | None = None,
+    progress: Progress = no_progress,
+) -> TransferResult:
+    """Sweep, fit, validate and (optionally) install every channel's transfer curve."""
+    cfg = cfg or TransferConfig()
+    if Capability.FREQUENCY_COUNTER not in sub.capabilities:
+        raise DeviceError(
+            f"{sub.model.name}: transfer calibration needs a frequency counter "
+            "(capability 'frequency_counter'); this device has none")
+    t0 = time.perf_counter()
+    model = sub.model
+    lim = model.limits.bias
+    channels: list[ChannelCurve] = []
+    try:
+        await sub.set_biases(model.safe_biases())
+        rep = np.stack([np.asarray(await sub.read_frequencies()) for _ in range(8)])
+        at_safe = rep.mean(axis=0)
+        noise = float(rep.std(axis=0).max()) / np.sqrt(cfg.counter_reads)
+        for k in range(model.n):
+            progress(f"bias sweep channel {k + 1}/{model.n}", k / model.n)
+            c = lim.channel(k)
+            grid = np.linspace(c.min, c.max, cfg.points)
+            sweep = await _sweep(sub, k, grid, cfg.counter_reads)
+            curve = fit_channel(grid, sweep[:, k])
+            cross = sweep - at_safe[None, :]
+            cross[:, k] = 0.0
+            # keep crosstalk only where it clearly exceeds counter noise and slow drift
+            if float(np.abs(cross).max()) > 10.0 * max(noise, 1e-12) + 1e-3 * np.ptp(sweep[:, k]):
+                curve.crosstalk = cross.tolist()
+            if cfg.validate_fit:
+                mid = 0.5 * (grid[1:] + grid[:-1])
+                meas = (await _sweep(sub, k, mid, cfg.counter_reads))[:, k]
+                pred = curve.forward()(mid)
+                span = abs(curve.omega[-1] - curve.omega[0]) or 1.0
+                curve.error = float(np.abs(pred - meas).max() / span)
+            channels.append(curve)
+    finally:
+        await sub.set_biases(model.safe_biases())
+    tmap = TransferMap(device=model.name, unit=lim.unit, channels=channels)
+    errs = [c.error for c in channels if c.error is not None]
+    max_err = max(errs) if errs else None
+    if cfg.install:
+        install_transfer(sub, tmap)
+    progress("transfer done", 1.0)
+    return TransferResult(
+        map=tmap, max_error=max_err,
+        passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
+        duration_s=time.perf_counter() - t0,
+    )
