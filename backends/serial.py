@@ -7,22 +7,28 @@ options as a query string, e.g. ``serial://127.0.0.1:7000?timeout_s=0.5&retries=
 The board sends its chip descriptor (topology, roles, limits; the full device model JSON),
 so no model file is needed. Robustness:
 
-* every request carries a sequence number; replies with any other number (stale replies of a
-  request that timed out) are discarded, never taken for a later request;
-* per-exchange timeout ``timeout_s`` (reset by each valid reply), then resynchronisation
-  (input flushed) and a retry of the whole exchange with fresh sequence numbers — every
-  command is an idempotent setpoint or a read, so resending is safe;
-* damaged lines (bad CRC), untrusted-sequence error replies and retryable error codes are
-  retried the same way; a refusal (``ERR 6``) is raised at once as :class:`LimitError`;
-* a dropped link (pty hang-up, TCP reset) is reopened; a board reboot (boot banner, or a
-  boot id in a phase reading that differs from the one seen at connect — a DTR reset whose
-  banner was lost) makes the driver re-send the last confirmed state before retrying, and
-  no reading taken across a reboot is ever returned;
-* past the retry budget: :class:`DeviceTimeoutError` (nothing answered) or
-  :class:`ProtocolError` (only damaged answers), after a best-effort ``SAFE``.
+* every request carries a fresh sequence number; replies with any other number (stale
+  replies of an attempt that timed out) are discarded, never taken for a later request;
+* replies are confirmed in order: the commands up to the first missing reply stand (the
+  board executes in order), the rest is resent; a refusal in the confirmed part (``ERR 6``
+  → :class:`LimitError`, others → :class:`DeviceError`) ends the exchange, so no reading
+  taken after a refused setpoint is returned;
+* per-exchange timeout ``timeout_s`` (restarted by each valid reply); after a timeout, a
+  damaged line (bad CRC), an untrusted-sequence reply or a retryable error code: the input
+  is flushed and a ``PING`` barrier drains whatever the board still had queued, then the
+  unconfirmed commands are resent — every command is an idempotent setpoint or a read;
+* a dropped link (pty hang-up, TCP reset) is reopened; a board reboot (boot banner, a new
+  boot id on the reopened link, or a boot id in a phase reading that differs from the
+  expected one — a DTR reset whose banner was lost) makes the driver re-send the last
+  confirmed state first; no reading taken across a reboot is ever returned;
+* past the retry budget: :class:`DeviceTimeoutError` (nothing answered, board unreachable)
+  or :class:`ProtocolError` (only damaged answers), after a best-effort ``SAFE``.
 
-Blocking pyserial I/O runs in a worker thread (``asyncio.to_thread``), one exchange per
-public call; several request lines of an exchange go out in one write.
+Round trips: setpoints are deferred and go out with the next read in one write, so an EP
+step costs one exchange per phase read (3 for a centred step). They are sent at the latest
+on the next turn of the event loop; :meth:`SerialSubstrate.flush` waits for confirmation.
+Blocking pyserial I/O runs in a worker thread (``asyncio.to_thread``), one per exchange.
+Construction opens the port and reads the descriptor synchronously (a few ms).
 """
 
 from __future__ import annotations
@@ -156,8 +162,14 @@ class SerialSubstrate(OscillatorSubstrate):
         }
         self.descriptor: dict[str, Any] = {}
         self._open_port()
-        self._fetch_descriptor()
-        super().__init__(self._host_model())
+        try:
+            self._fetch_descriptor()
+            model = self._host_model()
+        except BaseException:
+            self._close_port()
+            raise
+        super().__init__(model)
+        self.chip_model = self._typed_chip_model()
         self.capabilities = frozenset(
             Capability(c) for c in self.descriptor["capabilities"] if c in _WIRE_CAPS
         )
@@ -168,20 +180,23 @@ class SerialSubstrate(OscillatorSubstrate):
 
     # -- descriptor ------------------------------------------------------------------
     def _fetch_descriptor(self) -> None:
-        first = self._transact([("DESC?", ("0",))], restore=False)[0]
-        n = int(first.fields[1])
-        chunks = [first.fields[2]]
-        if n > 1:
-            chunks += [
-                r.fields[2]
-                for r in self._transact([("DESC?", (str(k),)) for k in range(1, n)], restore=False)
-            ]
         try:
-            self.descriptor = json.loads(base64.b64decode("".join(chunks)))
-        except (ValueError, UnicodeDecodeError) as exc:
+            first = self._transact([("DESC?", ("0",))], restore=False)[0]
+            n = int(first.fields[1])
+            chunks = [first.fields[2]]
+            if n > 1:
+                more: list[tuple[str, tuple[str, ...]]] = [
+                    ("DESC?", (str(k),)) for k in range(1, n)
+                ]
+                chunks += [r.fields[2] for r in self._transact(more, restore=False)]
+            desc = json.loads(base64.b64decode("".join(chunks)))
+            for key in ("model", "capabilities", "dac_bits"):
+                desc[key]
+        except (ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError) as exc:
             raise ProtocolError(
-                f"board at {self.url}: chip descriptor is not valid JSON ({exc})"
+                f"board at {self.url}: unreadable chip descriptor ({type(exc).__name__}: {exc})"
             ) from None
+        self.descriptor = desc
         ident = self._transact([("ID?", ())], restore=False)[0]
         self._boot_id = self._boot_of(ident)
         log.info(
@@ -200,6 +215,21 @@ class SerialSubstrate(OscillatorSubstrate):
             raise ProtocolError(
                 f"board at {self.url}: chip descriptor does not validate:\n{detail}"
             ) from None
+
+    def _typed_chip_model(self) -> DeviceModel:
+        """The descriptor as its emulator's own model class (e.g. with the CMOS transfer-curve
+        parameters) when that backend is installed here; else the generic model."""
+        from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+
+        data = self.descriptor["model"]
+        backend = data.get("backend")
+        if backend in FILE_BACKENDS:
+            try:
+                _resolve(FILE_BACKENDS[backend])  # registers the backend's model class
+                return DeviceModel.from_dict(data)
+            except Exception as exc:  # optional detail: the generic model is enough to drive it
+                log.debug("board %s: descriptor as %r model failed: %s", self.url, backend, exc)
+        return self.model
 
     @staticmethod
     def _boot_of(reply: Reply) -> int:

@@ -61,6 +61,7 @@ async def test_board_equals_in_process(board: tuple[SimulatedSubstrate, str]) ->
     assert isinstance(sub, SerialSubstrate)
     assert sub.capabilities == {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}
     assert sub.model.limits == twin.model.limits and sub.model.nudge == twin.model.nudge
+    assert sub.chip_model == chip.model  # the full emulator model, noise parameters included
     rng = np.random.default_rng(5)
     worst = 0.0
     async with sub:
