@@ -131,7 +131,7 @@ class MqttSubstrate(OscillatorSubstrate):
             self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
         hello = HelloResult.model_validate(await self._call("hello", {}))
         remote = model_from_agent(hello.model)
-        if remote.model_dump() != self.model.model_dump():
+        if _base_fields(remote) != _base_fields(self.model):
             raise ProtocolError(f"{self.topics.base}: the agent's device model changed since open")
         self.capabilities = frozenset(Capability(c) for c in hello.capabilities
                                       if c in Capability.__members__.values())
@@ -345,6 +345,11 @@ class MqttSubstrate(OscillatorSubstrate):
         does at every epoch start. Synchronous by contract: the reseed request is sent,
         in order, before the next device request."""
         self._pending_seed = int(seed)
+
+
+def _base_fields(model: DeviceModel) -> dict[str, Any]:
+    """The fields every device model has (topology, roles, limits, coupling, nudge)."""
+    return model.model_dump(include=set(DeviceModel.model_fields))
 
 
 def _auth_failure(exc: Exception) -> bool:

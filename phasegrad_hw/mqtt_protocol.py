@@ -37,6 +37,15 @@ ENV_KEY = "PHASEGRAD_HW_MQTT_KEY"
 DEFAULT_PREFIX = "phasegrad"
 SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 PROTOCOL_VERSION = 1
+REDACTED = "***"
+_URI_PASSWORD = re.compile(r"(?P<pre>\b[a-z][a-z0-9+.\-]*://[^/@\s:]*:)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``mqtt://user:secret@host`` → ``mqtt://user:***@host`` (for logs and the run store;
+    :meth:`BrokerConfig.parse` reads ``***`` as "no password here", so the environment
+    variable supplies it)."""
+    return _URI_PASSWORD.sub(lambda m: f"{m.group('pre')}{REDACTED}@", text)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -102,13 +111,15 @@ class BrokerConfig(StrictModel):
         if not parts.hostname:
             raise ConfigError(f"{field}: {uri!r} — no host (expected mqtt://HOST:PORT)")
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        uri_password = unquote(parts.password) if parts.password else None
+        if uri_password == REDACTED:  # a URI read back from the run store: use the env
+            uri_password = None
         data: dict[str, Any] = {
             "host": parts.hostname,
             "port": port or (8883 if parts.scheme == "mqtts" else 1883),
             "username": username or (unquote(parts.username) if parts.username else None)
             or env.get(ENV_USERNAME) or None,
-            "password": password or (unquote(parts.password) if parts.password else None)
-            or env.get(ENV_PASSWORD) or None,
+            "password": password or uri_password or env.get(ENV_PASSWORD) or None,
             "tls": parts.scheme == "mqtts",
         }
         for key, var in (("ca", ENV_CA), ("cert", ENV_CERT), ("key", ENV_KEY)):

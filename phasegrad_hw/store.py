@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from phasegrad_hw.mqtt_protocol import redact
+
 if TYPE_CHECKING:
     from phasegrad_hw.loop import LoopState
 
@@ -173,8 +175,11 @@ class RunStore:
 
     # -- contract -------------------------------------------------------------------
     def create_run(self, config: dict[str, Any], device: str) -> str:
-        """Record a new run with its full config; returns its id."""
-        text = _dumps(config)
+        """Record a new run with its full config; returns its id. Passwords inside URIs
+        (``mqtt://user:secret@…``) are stored as ``***`` (resume then takes the password
+        from ``PHASEGRAD_HW_MQTT_PASSWORD``)."""
+        text = redact(_dumps(config))
+        device = redact(str(device))
         rid = new_run_id()
         now = time.time()
         with self._tx() as db:

@@ -202,3 +202,17 @@ def test_runs_cli_list_show_export(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "allowed: json, csv" in out.output
     out = r.invoke(app, ["runs", "show", "zzz", "--store", str(db)])
     assert out.exit_code == 2 and "'zzz': not in" in out.output
+
+
+def test_passwords_in_uris_are_not_stored(tmp_path: Path) -> None:
+    from phasegrad_hw.mqtt_protocol import BrokerConfig
+
+    uri = "mqtt://controller:s3cret@broker.lab:1883/bench/chip?timeout=5"
+    with RunStore(tmp_path / "runs.sqlite") as st:
+        rid = st.create_run({"options": {"device": uri}, "telemetry": uri}, uri)
+        info = st.run(rid)
+    assert "s3cret" not in (tmp_path / "runs.sqlite").read_bytes().decode("latin-1")
+    assert info["device"] == "mqtt://controller:***@broker.lab:1883/bench/chip?timeout=5"
+    assert info["config"]["options"]["device"] == info["device"]
+    cfg, path, _ = BrokerConfig.parse(info["device"], env={"PHASEGRAD_HW_MQTT_PASSWORD": "pw"})
+    assert (cfg.username, cfg.password, path) == ("controller", "pw", "bench/chip")

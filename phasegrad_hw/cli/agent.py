@@ -16,6 +16,7 @@ import typer
 from pydantic import Field, ValidationError
 
 from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.substrate import SubstrateError
 
 log = logging.getLogger(__name__)
 ENV_USER = "PHASEGRAD_HW_MQTT_USERNAME"
@@ -120,3 +121,6 @@ def register(groups: object) -> None:
         except ConfigError as exc:
             typer.echo(f"agent: {exc}", err=True)
             raise typer.Exit(2) from None
+        except SubstrateError as exc:  # the device could not be opened or failed
+            typer.echo(f"agent: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(1) from None
