@@ -242,10 +242,8 @@ class VisaBench(OscillatorSubstrate):
         self._smu_ch = model.smu.channels
         self._meter_ch = model.phase_meter.channels
         self._inj_ch = model.injection.channels
-        self._trip_query = ";".join(
-            [f":SENS{c}:CURR:PROT:TRIP?" for c in self._smu_ch]
-            + [f":OUTP{c}?" for c in self._smu_ch]
-        )
+        scan = ",".join(str(c) for c in self._smu_ch)
+        self._trip_query = f":SENS:CURR:PROT:TRIP? (@{scan});:OUTP? (@{scan})"
         self._n = n
 
     # -- lifecycle -------------------------------------------------------------------
@@ -609,10 +607,12 @@ class VisaBench(OscillatorSubstrate):
         m = len(self._smu_ch)
 
         def parse_smu(reply: str) -> tuple[list[int], list[int]]:
-            parts = reply.strip().split(";")
-            if len(parts) != 2 * m or any(p not in ("0", "1") for p in parts):
+            parts = [p.split(",") for p in reply.strip().split(";")]
+            if len(parts) != 2 or any(
+                len(p) != m or any(x not in ("0", "1") for x in p) for p in parts
+            ):
                 raise ProtocolError(f"SMU status reply malformed: {reply[:60]!r}")
-            return [int(p) for p in parts[:m]], [int(p) for p in parts[m:]]
+            return [int(x) for x in parts[0]], [int(x) for x in parts[1]]
 
         tripped, on = self._query("smu", self._trip_query, parse_smu)
         if any(tripped) or not all(on):

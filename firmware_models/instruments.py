@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from phasegrad_hw.backends.visa import QUES_PHASE_UNLOCKED, VisaBenchModel
 from phasegrad_hw.firmware_models.scpi import (
     Call,
@@ -260,13 +261,13 @@ class Smu(ScpiInstrument):
         )
         self.add(
             ":SENSe#:CURRent[:DC]:PROTection:TRIPped",
-            query=lambda c: str(int(self.tripped[c.suffix()])),
+            query=lambda c: self._per_channel(c, self.tripped),
             suffix_max=n,
         )
         self.add(
             ":OUTPut#[:STATe]",
             set=self._set_output,
-            query=lambda c: str(int(self.on[c.suffix()])),
+            query=lambda c: self._per_channel(c, self.on),
             suffix_max=n,
         )
         self.add(":MEASure:CURRent[:DC]", query=self._measure_current)
@@ -316,6 +317,13 @@ class Smu(ScpiInstrument):
         if self.on[ch]:
             self.tripped[ch] = False
             self._check_trip(ch)
+
+    def _per_channel(self, c: Call, flags: NDArray[np.bool_]) -> str:
+        """``<hdr><n>?`` → 0|1; ``<hdr>? (@list)`` → one 0|1 per listed channel (N6700-style)."""
+        if not c.params:
+            return str(int(flags[c.suffix()]))
+        chans = channel_list(c.one_param(), c.header, 1, self.n)
+        return ",".join(str(int(flags[ch])) for ch in chans)
 
     def _measure_current(self, c: Call) -> str:
         chans = [1] if not c.params else channel_list(c.one_param(), "MEAS:CURR", 1, self.n)

@@ -229,6 +229,8 @@ class _Parsed:
 
 def _split_top(text: str, sep: str) -> list[str]:
     """Split at ``sep`` outside quotes and parentheses."""
+    if not any(ch in text for ch in "\"'()"):
+        return text.split(sep)  # fast path: nothing to protect
     parts: list[str] = []
     depth = 0
     quote = ""

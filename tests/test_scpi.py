@@ -231,6 +231,7 @@ async def test_transcript_smu_outputs_current_and_trip(emu: BenchEmulator, smu: 
     # lower the compliance below the load current: the channel trips, output off
     await smu.silent(b":SENS1:CURR:PROT 0.001\n")
     assert await smu.ask(b":SENS1:CURR:PROT:TRIP?;:OUTP1?;:STAT:QUES:COND?\n") == b"1;0;2\n"
+    assert await smu.ask(b":SENS:CURR:PROT:TRIP? (@1:3);:OUTP? (@2,1)\n") == b"1,0,0;0,0\n"
     assert emu.chip.effective_biases()[0] == emu.chip.safe[0]
     await smu.silent(b":SENS1:CURR:PROT 0.01;:OUTP1 ON\n")
     assert await smu.ask(b":SENS1:CURR:PROT:TRIP?;:OUTP1?\n") == b"0;1\n"

@@ -141,10 +141,9 @@ def test_limits_refused_before_anything_is_sent(emu: BenchEmulator) -> None:
             await bench.read_phases(4)
             assert [t[1] for t in emu.transcript] == [
                 b":SAMP:COUN 4;:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?\n",
-                (";".join([f":SENS{c}:CURR:PROT:TRIP?" for c in range(1, 10)]
-                          + [f":OUTP{c}?" for c in range(1, 10)]) + "\n").encode(),
+                b":SENS:CURR:PROT:TRIP? (@1,2,3,4,5,6,7,8,9);:OUTP? (@1,2,3,4,5,6,7,8,9)\n",
             ]
-            assert emu.transcript[1][2] == b"0;" * 9 + b"1;" * 8 + b"1\n"
+            assert emu.transcript[1][2] == b"0,0,0,0,0,0,0,0,0;1,1,1,1,1,1,1,1,1\n"
             emu.transcript = None
 
     asyncio.run(run())

@@ -1,0 +1,135 @@
+"""EP steps per second: in-process chip emulator vs the same chip behind the emulated SCPI
+bench over TCP (pyvisa-py, three instruments, one shared chip).
+
+The bench emulator runs in a separate process (``emulate bench``), like LAN instruments; with
+``--emulator thread`` it shares this process instead. Each timing is the best of
+``--repeats`` runs of ``--steps`` controller steps (the machine may be shared). Writes
+``benchmarks/results/transports_visa.json``.
+
+    python benchmarks/bench_transports_visa.py [--steps 200] [--mode one_sided|centred]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip  # noqa: E402
+from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
+from phasegrad_hw.devices import load_device_model, open_substrate  # noqa: E402
+from phasegrad_hw.firmware_models.instruments import BenchEmulator  # noqa: E402
+from phasegrad_hw.substrate import OscillatorSubstrate  # noqa: E402
+
+CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
+CLI = (
+    "import typer\n"
+    "from phasegrad_hw.cli import Groups\n"
+    "from phasegrad_hw.cli import emulate_bench\n"
+    "app = typer.Typer()\n"
+    "g = Groups(app, typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer())\n"
+    "emulate_bench.register(g)\n"
+    "app.add_typer(g.emulate, name='emulate')\n"
+    "app()\n"
+)
+
+
+def chip_file(tmp: Path) -> Path:
+    if CMOS_FILE.exists():
+        return CMOS_FILE
+    from phasegrad_hw.topology import layered
+
+    path = tmp / "simulated-2-5-2.toml"
+    layered(2, 5, 2, np.random.default_rng(0)).save(path)
+    return path
+
+
+async def time_steps(sub: OscillatorSubstrate, mode: str, steps: int, repeats: int) -> float:
+    """Best seconds per EP step over ``repeats`` runs."""
+    m = sub.model
+    best = float("inf")
+    async with sub:
+        for _ in range(repeats):
+            ctl = EPController([sub], EPConfig(mode=mode),  # type: ignore[arg-type]
+                               Parameters(np.zeros(m.n), m.coupling_values()))
+            xs = np.random.default_rng(0).uniform(-1.0, 1.0, (steps, 2))
+            tgt = np.array([-0.2, 0.2])
+            t0 = time.perf_counter()
+            for s in range(steps):
+                await ctl.step([Sample(xs[s], tgt)])
+            best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def main() -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mode", choices=["one_sided", "centred"], default="one_sided")
+    ap.add_argument("--emulator", choices=["process", "thread"], default="process")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        path = chip_file(tmp)
+        chip = load_device_model(path)
+        in_process = asyncio.run(time_steps(open_substrate(path, seed=0), args.mode, args.steps,
+                                            args.repeats))
+        if args.emulator == "thread":
+            res = dict.fromkeys(("smu", "phase_meter", "injection"), "TCPIP::127.0.0.1::1::SOCKET")
+            emu = BenchEmulator(bench_for_chip(chip, res), seed=0)
+            with emu.running():
+                bench = VisaBench(emu.bench_config())
+                tcp = asyncio.run(time_steps(bench, args.mode, args.steps, args.repeats))
+        else:
+            out = tmp / "bench.toml"
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CLI, "emulate", "bench", "--device", str(path), "--tcp", "0",
+                 "--out", str(out), "--seed", "0"], stdout=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                for _ in range(4):
+                    proc.stdout.readline()
+                model = load_device_model(out)
+                assert isinstance(model, VisaBenchModel)
+                bench = VisaBench(model)
+                tcp = asyncio.run(time_steps(bench, args.mode, args.steps, args.repeats))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+    rt = bench.round_trips / max(1, args.steps * args.repeats)
+    result = {
+        "benchmark": "transports_visa",
+        "chip": chip.name,
+        "backend_behind_bench": chip.backend,
+        "mode": args.mode,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "emulator": args.emulator,
+        "in_process_steps_per_s": 1.0 / in_process,
+        "tcp_bench_steps_per_s": 1.0 / tcp,
+        "tcp_fraction_of_in_process": in_process / tcp,
+        "round_trips_per_step": rt,
+        "retries_used": bench.retries_used,
+        "target_fraction": 0.25,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "transports_visa.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
