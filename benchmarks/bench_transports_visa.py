@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip  # noqa: E402
+from phasegrad_hw.firmware_models.instruments import BenchEmulator  # noqa: E402
+
 from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
 from phasegrad_hw.devices import load_device_model, open_substrate  # noqa: E402
-from phasegrad_hw.firmware_models.instruments import BenchEmulator  # noqa: E402
 from phasegrad_hw.substrate import OscillatorSubstrate  # noqa: E402
 
 CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
