@@ -53,6 +53,15 @@ topic readwrite outside/#
 """
 
 
+def child_env() -> dict[str, str]:
+    """Environment for a child Python process that imports this checkout (repo first on
+    PYTHONPATH, the rest kept)."""
+    from tests.conftest import REPO
+
+    parts = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

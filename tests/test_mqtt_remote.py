@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import select
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from phasegrad_hw.substrate import DeviceError, DeviceTimeoutError, LimitError, 
 from phasegrad_hw.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.telemetry import Telemetry
 from tests.conftest import REPO
-from tests.mosquitto import Mosquitto, broker  # noqa: F401  (fixture)
+from tests.mosquitto import Mosquitto, broker, child_env  # noqa: F401  (fixture)
 
 NAME = "lab/chip"
 
@@ -113,7 +112,7 @@ def agent_process(b: Mosquitto, device: Path) -> Iterator[subprocess.Popen[str]]
         [sys.executable, "-m", "phasegrad_hw.cli", "agent", "--device", str(device),
          "--broker", b.uri("agent"), "--name", NAME],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        env=child_env())
     assert proc.stdout is not None and proc.stderr is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     line = proc.stdout.readline() if ready else ""
@@ -432,7 +431,7 @@ async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquit
     async with local_agent(broker, spy) as agent:
         proc = subprocess.Popen([sys.executable, "-c", CONTROLLER, broker.uri("controller", NAME)],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env=child_env())
         try:
             assert proc.stdout is not None
             client = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()

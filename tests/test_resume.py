@@ -4,7 +4,6 @@ store, ends with exactly the parameters of an uninterrupted run (noisy simulated
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from phasegrad_hw.models import SimulatedDeviceModel
 from phasegrad_hw.store import RunStore
 from tests.conftest import REPO
+from tests.mosquitto import child_env
 
 EPOCHS = 3
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
@@ -46,7 +46,7 @@ def train_args(dev: Path, store: Path, out: Path) -> list[str]:
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -69,7 +69,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
     store, out = tmp_path / "killed.sqlite", tmp_path / "killed.json"
     proc = subprocess.Popen(train_args(dev, store, out), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=child_env())
     # wait for the first checkpoint, then kill inside epoch 2
     deadline = time.monotonic() + 120
     epoch_s = 0.0

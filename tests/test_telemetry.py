@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from phasegrad_hw.models import ConfigError
 from phasegrad_hw.mqtt_protocol import BrokerConfig
 from phasegrad_hw.telemetry import Telemetry, open_telemetry
 from tests.conftest import REPO
-from tests.mosquitto import Mosquitto, broker, free_port  # noqa: F401  (fixture)
+from tests.mosquitto import Mosquitto, broker, child_env, free_port  # noqa: F401  (fixture)
 
 NAME = "lab/chip"
 BASE = "phasegrad/lab/chip"
@@ -115,7 +114,7 @@ WILL_SCRIPT = textwrap.dedent("""
 async def test_last_will_marks_a_dead_process_offline(broker: Mosquitto) -> None:  # noqa: F811
     proc = subprocess.Popen([sys.executable, "-c", WILL_SCRIPT, broker.uri("controller")],
                             stdout=subprocess.PIPE, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=child_env())
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
