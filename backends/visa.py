@@ -403,6 +403,7 @@ class VisaBench(OscillatorSubstrate):
             cfg: InstrumentConfig = getattr(self.model, name)
             last: Exception | None = None
             for attempt in range(self.model.retries + 1):
+                self.retries_used += attempt > 0
                 try:
                     self._reconnect(name) if name in self._res else self._open(name)
                     self._resync(name)
