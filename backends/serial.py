@@ -258,6 +258,11 @@ class SerialSubstrate(OscillatorSubstrate):
                         f"board at {self.url}: cannot open the port ({exc})"
                     ) from None
                 time.sleep(0.05)
+        try:
+            self._fd: int | None = int(port.fileno())
+        except (AttributeError, OSError, ValueError):  # Windows ports, loop://: poll instead
+            self._fd = None
+            port.timeout = 0.002
         self._port = port
         self._rx.clear()
 
@@ -288,7 +293,10 @@ class SerialSubstrate(OscillatorSubstrate):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Retry("no reply within the timeout", timeout=True)
-            ready, _, _ = select.select([self._port.fileno()], [], [], left)
+            if self._fd is None:
+                self._rx += self._port.read(max(1, self._port.in_waiting))
+                continue
+            ready, _, _ = select.select([self._fd], [], [], left)
             if ready:
                 data = self._port.read(65536)
                 if not data:

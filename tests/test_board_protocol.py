@@ -295,3 +295,17 @@ def test_fault_spec_parsing() -> None:
         FaultConfig.parse("drop=1.5")
     with pytest.raises(ConfigError, match="expected key=value"):
         FaultConfig.parse("drop")
+
+
+async def test_driver_poll_mode_without_fileno(recorded: tuple[Recorder, str]) -> None:
+    """Ports without a selectable file descriptor (Windows COM ports) are polled."""
+    rec, url = recorded
+    twin = SimulatedSubstrate(board_model())
+    async with SerialSubstrate(url) as sub:
+        sub._fd = None
+        sub._port.timeout = 0.002
+        w = np.linspace(-1, 1, 9)
+        for s in (sub, twin):
+            await s.set_frequencies(w)
+        assert np.array_equal((await sub.read_phases(2)).phases, (await twin.read_phases(2)).phases)
+        assert sub.stats["retries"] == 0
