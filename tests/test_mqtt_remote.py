@@ -488,3 +488,31 @@ async def test_tls_listener(tmp_path: Path) -> None:
                 pass
     finally:
         b.stop()
+
+
+CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
+
+
+@pytest.mark.slow
+def test_train_cli_over_mqtt_matches_the_device_file(broker: Mosquitto, device_file: Path,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    from phasegrad_hw.store import RunStore
+
+    def train_cli(dev: str, name: str) -> tuple[Parameters, dict[str, Any]]:
+        store, out = tmp_path / f"{name}.sqlite", tmp_path / f"{name}.json"
+        proc = subprocess.run(
+            [*CLI, "train", "--device", dev, "--task", "vowels:a,i", "--params", "both",
+             "--epochs", "1", "--seed", "4", "--store", str(store), "--json", str(out)],
+            capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with RunStore(store) as st:
+            (run,) = st.list_runs()
+            _, state = st.load_checkpoint(run["id"])
+            assert "controller-pw" not in run["device"]  # credentials are not stored
+        return state.params, json.loads(out.read_text())
+
+    with agent_process(broker, device_file):
+        remote, remote_json = train_cli(broker.uri("controller", NAME), "remote")
+    local, local_json = train_cli(str(device_file), "local")
+    assert_same(remote, local)
+    assert remote_json["final_test_accuracy"] == local_json["final_test_accuracy"]
