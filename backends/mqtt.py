@@ -129,10 +129,15 @@ class MqttSubstrate(OscillatorSubstrate):
         if self._task is None or self._task.done():
             self._connected = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
-        hello = HelloResult.model_validate(await self._call("hello", {}))
-        remote = model_from_agent(hello.model)
-        if _base_fields(remote) != _base_fields(self.model):
-            raise ProtocolError(f"{self.topics.base}: the agent's device model changed since open")
+        try:
+            hello = self._result(HelloResult, await self._call("hello", {}), "hello")
+            remote = model_from_agent(hello.model)
+            if _base_fields(remote) != _base_fields(self.model):
+                raise ProtocolError(
+                    f"{self.topics.base}: the agent's device model differs from this one")
+        except BaseException:
+            await self._disconnect()  # no connection task left behind
+            raise
         self.capabilities = frozenset(Capability(c) for c in hello.capabilities
                                       if c in Capability.__members__.values())
         self._remote_reseed = hello.reseed

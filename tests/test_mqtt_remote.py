@@ -516,3 +516,18 @@ def test_train_cli_over_mqtt_matches_the_device_file(broker: Mosquitto, device_f
     local, local_json = train_cli(str(device_file), "local")
     assert_same(remote, local)
     assert remote_json["final_test_accuracy"] == local_json["final_test_accuracy"]
+
+
+async def test_model_mismatch_is_refused_without_leftovers(broker: Mosquitto) -> None:  # noqa: F811
+    from phasegrad_hw.substrate import ProtocolError
+
+    spy = SpySubstrate(vowel_model(0.0))
+    other = vowel_model(0.0).model_copy(update={"nudge": "injection"})
+    async with local_agent(broker, spy):
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=other, timeout_s=5.0)
+        with pytest.raises(ProtocolError, match="device model differs"):
+            async with sub:
+                pass
+        assert sub._task is None and sub._pending == {}
+    assert spy.calls == []
