@@ -230,42 +230,46 @@ class LineServer:
         assert self._queue is not None
         while True:
             conn, line = await self._queue.get()
-            f = self.faults  # may be switched while serving
-            if conn != self._conn or self._muted:
-                continue
-            reply = await self.service.handle_line(line)
-            if reply is None:
-                continue
-            self.lines += 1
-            if f.disconnect_after and self.lines % f.disconnect_after == 0:
-                self.injected["disconnect"] += 1
-                await self._disconnect()
-                continue
-            if f.drop and self._rng.random() < f.drop:
-                self.injected["drop"] += 1
-                reply = b""
-            elif f.corrupt and self._rng.random() < f.corrupt:
-                self.injected["corrupt"] += 1
-                buf = bytearray(reply)
-                i = int(self._rng.integers(0, len(buf) - 1))  # never the final newline
-                buf[i] ^= int(self._rng.integers(1, 128))
-                reply = bytes(buf)
-            if f.garbage and self._rng.random() < f.garbage:
-                self.injected["garbage"] += 1
-                reply = (
-                    bytes(
-                        self._rng.integers(0, 256, int(self._rng.integers(1, 40)), dtype=np.uint8)
-                    )
-                    + reply
-                )
-            if f.delay and self._rng.random() < f.delay_p:
-                self.injected["delay"] += 1
-                await asyncio.sleep(f.delay)
-            if reply and conn == self._conn:
-                self._send(reply)
-            if f.reset_after and self.lines % f.reset_after == 0:
-                self.injected["reset"] += 1
-                self._send(await self.service.reboot())
+            try:
+                await self._serve_line(conn, line)
+            except Exception:  # a served model must never take the line down with it
+                log.exception("line server: failure while serving a line")
+
+    async def _serve_line(self, conn: int, line: bytes | None) -> None:
+        f = self.faults  # may be switched while serving
+        if conn != self._conn or self._muted:
+            return
+        reply = await self.service.handle_line(line)
+        if reply is None:
+            return
+        self.lines += 1
+        if f.disconnect_after and self.lines % f.disconnect_after == 0:
+            self.injected["disconnect"] += 1
+            await self._disconnect()
+            return
+        if f.drop and self._rng.random() < f.drop:
+            self.injected["drop"] += 1
+            reply = b""
+        elif f.corrupt and self._rng.random() < f.corrupt:
+            self.injected["corrupt"] += 1
+            buf = bytearray(reply)
+            i = int(self._rng.integers(0, len(buf) - 1))  # never the final newline
+            buf[i] ^= int(self._rng.integers(1, 128))
+            reply = bytes(buf)
+        if f.garbage and self._rng.random() < f.garbage:
+            self.injected["garbage"] += 1
+            reply = (
+                bytes(self._rng.integers(0, 256, int(self._rng.integers(1, 40)), dtype=np.uint8))
+                + reply
+            )
+        if f.delay and self._rng.random() < f.delay_p:
+            self.injected["delay"] += 1
+            await asyncio.sleep(f.delay)
+        if reply and conn == self._conn:
+            self._send(reply)
+        if f.reset_after and self.lines % f.reset_after == 0:
+            self.injected["reset"] += 1
+            self._send(await self.service.reboot())
 
     async def _disconnect(self) -> None:
         self._drop_link()
