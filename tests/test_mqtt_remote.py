@@ -197,7 +197,7 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
                     await c.subscribe("phasegrad/lab/chip/metrics", qos=1)
                     await c.subscribe("phasegrad/lab/chip/status", qos=1)
                     async for m in c.messages:
-                        seen.append({"topic": str(m.topic), **json.loads(bytes(m.payload))})  # type: ignore[arg-type]
+                        seen.append({"topic": str(m.topic), **json.loads(bytes(m.payload))})  # type: ignore[arg-type,unused-ignore]
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.05)
 
@@ -205,6 +205,8 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
         sub = open_substrate(broker.uri("controller", NAME) + "?retry=0.5")
         assert isinstance(sub, MqttSubstrate)
         steps = 0
+        tm = Telemetry(BrokerConfig.parse(broker.uri("controller"))[0], NAME, step_interval_s=0.0)
+        walls: list[float] = []
 
         def on_step(_: Any) -> None:
             nonlocal steps
@@ -214,11 +216,9 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
                 threading.Thread(target=bounce, daemon=True).start()
 
         async def go() -> Parameters:
-            nonlocal tm
             stop = asyncio.Event()
             watcher = asyncio.create_task(watch(stop))
-            async with sub, Telemetry(BrokerConfig.parse(broker.uri("controller"))[0], NAME,
-                                      step_interval_s=0.0) as tm:
+            async with sub, tm:
                 t0 = time.perf_counter()
                 params = await train(sub, epochs, on_step=on_step, on_epoch_end=tm.on_epoch_end)
                 wall = time.perf_counter() - t0
@@ -229,8 +229,6 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
             walls.append(wall)
             return params
 
-        tm: Telemetry = None  # type: ignore[assignment]
-        walls: list[float] = []
         remote = asyncio.run(go())
     assert outage.is_set()
     assert_same(remote, reference)  # no update lost, none applied twice
@@ -314,7 +312,7 @@ async def test_malformed_and_out_of_limit_payloads_are_refused(broker: Mosquitto
             try:
                 async with asyncio.timeout(3):
                     async for m in c.messages:
-                        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
                         replies[rep["id"]] = rep
                         if len(replies) == len(expect):
                             break
@@ -455,7 +453,7 @@ async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquit
                 {"op": "read_phases", "id": "late-1", "reply_to": client}), qos=1)
             async with asyncio.timeout(5):
                 m = await anext(aiter(c.messages))
-        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
         assert rep["id"] == "late-1" and rep["error"]["kind"] == "session"
     assert spy.calls.count("read") == 0
 

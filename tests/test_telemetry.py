@@ -39,7 +39,7 @@ async def collect(b: Mosquitto, seconds: float, n: int | None = None,
         try:
             async with asyncio.timeout(seconds):
                 async for m in c.messages:
-                    raw = bytes(m.payload)  # type: ignore[arg-type]
+                    raw = bytes(m.payload)  # type: ignore[arg-type,unused-ignore]
                     out.append((str(m.topic).rsplit("/", 1)[1], json.loads(raw), m.retain))
                     if n is not None and len(out) >= n:
                         break
