@@ -19,6 +19,8 @@ from phasegrad_hw.substrate import OscillatorSubstrate
 
 FILE_BACKENDS: dict[str, str] = {
     "simulated": "phasegrad_hw.backends.simulated:SimulatedSubstrate",
+    "cmos": "phasegrad_hw.backends.cmos:CMOSSubstrate",
+    "optical": "phasegrad_hw.backends.optical:OpticalSubstrate",
     "visa": "phasegrad_hw.backends.visa:open_bench",
     "daqmx": "phasegrad_hw.backends.daqmx:open_daqmx",
 }

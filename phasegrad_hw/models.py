@@ -36,6 +36,10 @@ def format_validation_error(exc: ValidationError, source: str = "") -> str:
         path = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = str(err["msg"]).removeprefix("Value error, ")
         val = err.get("input")
+        if not err["loc"] and isinstance(val, dict):
+            # whole-model checks (topology, consistency) name their own field path and value
+            lines.append(f"{source}{msg}")
+            continue
         shown = repr(val) if not isinstance(val, dict) or len(repr(val)) < 60 else "{…}"
         lines.append(f"{source}{path}: {shown} — {msg}")
     return "\n".join(lines)
@@ -403,3 +407,309 @@ class SimulatedDeviceModel(DeviceModel):
     readout_noise_rad: float = Field(default=0.0, ge=0.0, le=3.2)
     quantisation_rad: float = Field(default=0.0, ge=0.0, le=3.2)
     settle_s: float = Field(default=0.0, ge=0.0)
+
+
+# --------------------------------------------------------------------------- emulated chips
+# Physical parameters of the CMOS and optical emulators (phasegrad_hw.backends.cmos/optical).
+# Literature ranges are quoted per field (DESIGN.md §5); bounds outside them are still
+# allowed where a user may want to explore what a chip must achieve, but never unphysical.
+
+
+class FailureSpec(StrictModel):
+    """Switchable failure modes (all off by default).
+
+    ``lock_loss_probability`` per read: the chip drops out of lock for that read (a supply
+    glitch or an injection transient) and the phases ramp at ``slip_rate`` (model frequency
+    units) — reported ``locked = False``. ``basin_jump_probability`` per read: one random
+    non-reference oscillator locks half a cycle away (the inverted output of a differential
+    ring, or the neighbouring longitudinal mode of a resonator) for that read.
+    ``drift_units_per_sqrt_s``/``drift_tau_s``: an extra per-oscillator frequency drift
+    (model units, Ornstein–Uhlenbeck, random walk below ``drift_tau_s``), strong enough to
+    detune the array out of lock or into another basin. ``stuck_channel`` (with
+    ``stuck_probability`` per read): that readout channel stops seeing edges; the readout
+    repeats its last code and the lock detector reports ``locked = False``.
+    """
+
+    lock_loss_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    slip_rate: float = Field(default=0.5, gt=0.0, le=100.0)
+    basin_jump_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    drift_units_per_sqrt_s: float = Field(default=0.0, ge=0.0, le=1e6)
+    drift_tau_s: float = Field(default=1e-3, gt=0.0)
+    stuck_channel: int | None = Field(default=None, ge=0)
+    stuck_probability: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class SettlingSpec(StrictModel):
+    """Settling after a step: ``lock_cycles`` oscillation periods at least (5–50 cycles for
+    injection-/coupling-locked ring oscillators), longer near the locking edge where the
+    stability margin λ → 0: settle = max(lock_cycles/f, ln(1/tolerance)/λ). ``sleep`` really
+    waits that long (off for CI and benchmarks; the time is reported either way)."""
+
+    lock_cycles: float = Field(default=20.0, ge=1.0, le=10_000.0)
+    tolerance: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    max_settle_s: float = Field(default=1e-3, gt=0.0)
+    sleep: bool = False
+
+
+class _ChipModel(DeviceModel):
+    """Common part of the emulated chips: failures, settling, drift."""
+
+    failures: FailureSpec = Field(default_factory=FailureSpec)
+    settling: SettlingSpec = Field(default_factory=SettlingSpec)
+
+    @model_validator(mode="after")
+    def _chip_consistency(self) -> _ChipModel:
+        sc = self.failures.stuck_channel
+        if sc is not None and sc >= self.n_oscillators:
+            raise ValueError(
+                f"failures.stuck_channel: {sc} is not an oscillator "
+                f"(allowed 0…{self.n_oscillators - 1})"
+            )
+        return self
+
+
+class AlphaPowerSpec(StrictModel):
+    """Ring-oscillator bias → frequency, alpha-power law (Sakurai & Newton, IEEE JSSC 25(2),
+    1990): f(V) ∝ (V − V_th)^α / V, α ≈ 1.3 in short-channel CMOS. ``f_center_hz`` is the
+    frequency at ``bias_ref_v`` (ω = 0); ω (model units) = (f − f_center)/``freq_unit_hz``,
+    so the model time unit is 1/(2π·freq_unit_hz) s. ``vth_mismatch_v`` rms per-oscillator
+    threshold mismatch (Pelgrom; a few mV gives the 1–3 % frequency spread of DESIGN.md §5)."""
+
+    f_center_hz: float = Field(default=1.0e9, gt=1e6, le=100e9)
+    freq_unit_hz: float = Field(default=20e6, gt=0.0, le=10e9)
+    alpha: float = Field(default=1.3, ge=1.0, le=2.0)
+    vth_v: float = Field(default=0.45, gt=0.0, lt=2.0)
+    vth_mismatch_v: float = Field(default=0.003, ge=0.0, le=0.1)
+    bias_ref_v: float = Field(default=1.0, gt=0.0, le=5.0)
+
+
+class DACSpec(StrictModel):
+    """A bias DAC: ``bits`` (5–16 in published oscillator arrays) over ``range_v`` (V)."""
+
+    bits: int = Field(default=16, ge=5, le=24)
+    range_v: Range = Range(min=0.8, max=1.2)
+
+
+class CapacitorSpec(StrictModel):
+    """Capacitive coupling: K_ij = ``k_per_ff``·C_ij (model units per fF). ``mismatch`` rms
+    relative capacitor mismatch (a few % for fF-scale MOM caps), ``direction_mismatch``
+    independent rms errors of K_ij and K_ji (asymmetric loading of the two ring taps);
+    ``lsb_ff`` the step of a programmable capacitor bank (0 = continuous)."""
+
+    k_per_ff: float = Field(default=0.2, gt=0.0)
+    mismatch: float = Field(default=0.03, ge=0.0, le=0.5)
+    direction_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    lsb_ff: float = Field(default=0.05, ge=0.0)
+
+
+class PhaseNoiseSpec(StrictModel):
+    """Free-running phase noise L(Δf) (dBc/Hz) at offset ``offset_hz`` (white FM region;
+    −85…−105 dBc/Hz at 1 MHz for GHz ring oscillators, Hajimiri & Lee, IEEE JSSC 34(6), 1999).
+    Phase diffusion constant D = 4π²·Δf²·10^(L/10) rad²/s."""
+
+    dbc_hz: float = Field(default=-95.0, ge=-250.0, le=-40.0)  # below ≈ −150: noise off
+    offset_hz: float = Field(default=1e6, gt=0.0)
+
+
+class TDCSpec(StrictModel):
+    """Time-to-digital converter against the reference oscillator: ``lsb_s`` (1–20 ps),
+    rms ``jitter_s`` per conversion, per-channel fixed offsets of rms ``offset_sigma_s``,
+    ``skew_s`` sampling skew between consecutive channels (channels read one after another),
+    ``read_interval_s`` between successive conversions of the same channel."""
+
+    lsb_s: float = Field(default=2e-12, gt=0.0, le=1e-9)
+    jitter_s: float = Field(default=1e-12, ge=0.0, le=1e-9)
+    offset_sigma_s: float = Field(default=1e-12, ge=0.0, le=1e-9)
+    skew_s: float = Field(default=0.0, ge=0.0, le=1e-6)
+    read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
+
+
+class ThermalSpec(StrictModel):
+    """Chip temperature: Ornstein–Uhlenbeck with rms ``sigma_c`` (°C) and correlation time
+    ``tau_s`` (a slow random walk on shorter times). Frequency coefficient
+    ``tempco_ppm_per_c`` (−1000…−3000 ppm/°C for ring oscillators) with per-oscillator relative
+    spread ``tempco_mismatch``; the common part cancels in the rotating frame."""
+
+    tempco_ppm_per_c: float = Field(default=-2000.0, ge=-10_000.0, le=0.0)
+    tempco_mismatch: float = Field(default=0.02, ge=0.0, le=1.0)
+    sigma_c: float = Field(default=0.05, ge=0.0, le=50.0)
+    tau_s: float = Field(default=10.0, gt=0.0)
+
+
+class InjectionSpec(StrictModel):
+    """Clamp by injecting the reference: amplitude DAC of ``amplitude_bits`` over
+    [0, limits.beta_max] (β), phase DAC of ``phase_bits`` over 2π (target); per-output
+    injection gain error of rms ``gain_mismatch``."""
+
+    amplitude_bits: int = Field(default=10, ge=2, le=24)
+    phase_bits: int = Field(default=10, ge=2, le=24)
+    gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
+
+
+@register_model("cmos")
+class CMOSChipModel(_ChipModel):
+    """A CMOS ring-oscillator array with capacitive coupling (DESIGN.md §5).
+
+    Biases are supply/bias voltages (V, one per oscillator). See the section classes for the
+    physics and literature ranges; the emulator is :mod:`phasegrad_hw.backends.cmos`.
+    """
+
+    backend: Literal["cmos"] = "cmos"
+    nudge: Literal["linear", "injection"] = "injection"
+    limits: Limits = Field(default_factory=lambda: Limits(
+        bias=BiasLimits(min=0.8, max=1.2, safe=0.9, unit="V"), beta_max=1.0))
+    coupling_function: CouplingSpec = Field(default_factory=lambda: CouplingSpec(
+        harmonics=[1.0, 0.1], offset=0.01, cos_offset=0.02))
+    oscillator: AlphaPowerSpec = Field(default_factory=AlphaPowerSpec)
+    bias_dac: DACSpec = Field(default_factory=DACSpec)
+    capacitors: CapacitorSpec = Field(default_factory=CapacitorSpec)
+    phase_noise: PhaseNoiseSpec = Field(default_factory=PhaseNoiseSpec)
+    tdc: TDCSpec = Field(default_factory=TDCSpec)
+    thermal: ThermalSpec = Field(default_factory=ThermalSpec)
+    injection: InjectionSpec = Field(default_factory=InjectionSpec)
+    counter_gate_s: float = Field(default=1e-3, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _cmos_consistency(self) -> CMOSChipModel:
+        o, b = self.oscillator, self.limits.bias
+        if b.unit != "V":
+            raise ValueError(f"limits.bias.unit: {b.unit!r} — a CMOS chip is biased in 'V'")
+        rng = self.bias_dac.range_v
+        for i in range(self.n_oscillators):
+            c = b.channel(i)
+            if not (rng.min <= c.min and c.max <= rng.max):
+                where = f"limits.bias.per_channel.{i}" if i in b.per_channel else "limits.bias"
+                raise ValueError(
+                    f"{where}: [{c.min}, {c.max}] V — must lie within bias_dac.range_v "
+                    f"[{rng.min}, {rng.max}] V"
+                )
+            if c.min <= o.vth_v + 4.0 * o.vth_mismatch_v:
+                raise ValueError(
+                    f"limits.bias.min: {c.min} V — must exceed oscillator.vth_v + 4σ mismatch "
+                    f"({o.vth_v + 4.0 * o.vth_mismatch_v:.4g} V) so every ring oscillates"
+                )
+        if not b.min < o.bias_ref_v < b.max:
+            raise ValueError(
+                f"oscillator.bias_ref_v: {o.bias_ref_v} V — must lie inside limits.bias "
+                f"({b.min}, {b.max}) V"
+            )
+        return self
+
+
+class HeaterSpec(StrictModel):
+    """Micro-heaters: P = V²/R (``resistance_ohm``, rms relative ``resistance_mismatch``);
+    temperature rise ΔT = r_th·X·P with thermal resistance ``r_th_k_per_mw`` and the crosstalk
+    matrix X (1 on the diagonal, ``crosstalk`` to index neighbours i±1, 5–20 % typical, each
+    entry off by rms ``crosstalk_mismatch`` relative); first-order thermal response with
+    time constant ``tau_s`` (1–50 µs); ``power_ref_mw`` the heater power at ω = 0; a
+    ``dac_bits`` voltage DAC over the bias limits."""
+
+    resistance_ohm: float = Field(default=1000.0, gt=0.0)
+    resistance_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    r_th_k_per_mw: float = Field(default=2.5, gt=0.0)
+    power_ref_mw: float = Field(default=0.5, gt=0.0)
+    crosstalk: float = Field(default=0.1, ge=0.0, lt=0.5)
+    crosstalk_mismatch: float = Field(default=0.1, ge=0.0, le=1.0)
+    tau_s: float = Field(default=10e-6, gt=0.0, le=1.0)
+    dac_bits: int = Field(default=16, ge=5, le=24)
+
+
+class ResonatorSpec(StrictModel):
+    """Thermo-optic tuning ``tuning_hz_per_k`` (≈ −10 GHz/K for silicon rings, red shift);
+    ω (model units) = Δf/``freq_unit_hz``; ``offset_sigma_hz`` rms resonance offset left after
+    trimming (a fixed property of the chip)."""
+
+    tuning_hz_per_k: float = Field(default=-10e9, ge=-1e12, le=1e12)
+    freq_unit_hz: float = Field(default=1e9, gt=0.0)
+    offset_sigma_hz: float = Field(default=0.2e9, ge=0.0)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> ResonatorSpec:
+        if self.tuning_hz_per_k == 0.0:
+            raise ValueError("tuning_hz_per_k: 0.0 — must be non-zero (heaters must tune)")
+        return self
+
+
+class CouplerSpec(StrictModel):
+    """Evanescent couplers: reciprocal in magnitude, each edge off by rms relative
+    ``magnitude_mismatch``; optional non-reciprocity (rms relative K_ij/K_ji error)
+    ``nonreciprocity``; ``lsb`` step of a tunable coupler (model units, 0 = continuous).
+    The phase lag ψ is ``coupling_function.phase_lag_rad`` (Kuramoto–Sakaguchi)."""
+
+    magnitude_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    nonreciprocity: float = Field(default=0.0, ge=0.0, le=0.5)
+    lsb: float = Field(default=0.001, ge=0.0)
+
+
+class LaserSpec(StrictModel):
+    """Laser phase noise from the Lorentzian linewidth Δν (1 kHz–2 MHz): D = 2π·Δν rad²/s."""
+
+    linewidth_hz: float = Field(default=100e3, ge=0.0, le=100e6)
+
+
+class HomodyneSpec(StrictModel):
+    """Homodyne I/Q against the reference laser: I = cos φ + n, Q = sin φ + n with rms
+    ``iq_noise`` (relative to the field amplitude; shot noise is small), per-channel fixed
+    phase offsets of rms ``offset_sigma_rad``, ``read_interval_s`` between conversions."""
+
+    iq_noise: float = Field(default=0.01, ge=0.0, le=1.0)
+    offset_sigma_rad: float = Field(default=0.01, ge=0.0, le=3.2)
+    read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
+
+
+class AmbientSpec(StrictModel):
+    """Ambient temperature (K): Ornstein–Uhlenbeck, rms ``sigma_k``, time ``tau_s``; each
+    resonator sees it with a fixed relative spread ``gradient_fraction`` (the differential
+    part that does not cancel in the rotating frame)."""
+
+    sigma_k: float = Field(default=0.01, ge=0.0, le=10.0)
+    tau_s: float = Field(default=10.0, gt=0.0)
+    gradient_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class OpticalInjectionSpec(StrictModel):
+    """Clamp by injecting attenuated master-laser light: attenuator in ``attenuator_step_db``
+    steps up to ``max_attenuation_db`` (β = β_max·10^(−A/20), β ∝ injected field), phase
+    shifter of ``phase_bits``; per-output injection gain error ``gain_mismatch`` (rms)."""
+
+    attenuator_step_db: float = Field(default=0.05, ge=0.0, le=10.0)
+    max_attenuation_db: float = Field(default=80.0, gt=0.0)
+    phase_bits: int = Field(default=12, ge=2, le=24)
+    gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
+
+
+@register_model("optical")
+class OpticalChipModel(_ChipModel):
+    """Coupled optical micro-resonators / injection-locked lasers (DESIGN.md §5).
+
+    Biases are heater voltages (V). The emulator is :mod:`phasegrad_hw.backends.optical`.
+    """
+
+    backend: Literal["optical"] = "optical"
+    nudge: Literal["linear", "injection"] = "injection"
+    limits: Limits = Field(default_factory=lambda: Limits(
+        bias=BiasLimits(min=0.0, max=1.2, safe=0.0, unit="V"), beta_max=1.0))
+    heaters: HeaterSpec = Field(default_factory=HeaterSpec)
+    resonators: ResonatorSpec = Field(default_factory=ResonatorSpec)
+    couplers: CouplerSpec = Field(default_factory=CouplerSpec)
+    laser: LaserSpec = Field(default_factory=LaserSpec)
+    homodyne: HomodyneSpec = Field(default_factory=HomodyneSpec)
+    ambient: AmbientSpec = Field(default_factory=AmbientSpec)
+    injection: OpticalInjectionSpec = Field(default_factory=OpticalInjectionSpec)
+    counter_gate_s: float = Field(default=1e-3, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _optical_consistency(self) -> OpticalChipModel:
+        b = self.limits.bias
+        if b.unit != "V":
+            raise ValueError(f"limits.bias.unit: {b.unit!r} — heaters are driven in 'V'")
+        if b.min < 0.0:
+            raise ValueError(f"limits.bias.min: {b.min} V — heater voltages must be >= 0")
+        h = self.heaters
+        v_ref = (h.power_ref_mw * 1e-3 * h.resistance_ohm) ** 0.5
+        if not b.min < v_ref < b.max:
+            raise ValueError(
+                f"heaters.power_ref_mw: {h.power_ref_mw} mW (V = {v_ref:.4g} V) — must be "
+                f"reachable inside limits.bias ({b.min}, {b.max}) V"
+            )
+        return self

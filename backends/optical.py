@@ -1,0 +1,224 @@
+"""Emulated optical micro-resonator / coupled-laser chip (DESIGN.md §5).
+
+Physics around the core locked state (:mod:`phasegrad_hw.backends._chip`):
+
+* **Heaters**: P_i = V_i²/R_i (W), R_i with fabrication mismatch; temperature rise
+  ΔT = r_th · X · P through a thermal network with crosstalk matrix X (1 on the diagonal,
+  5–20 % to neighbours; e.g. Jacobsen et al., Opt. Express 2017; Milanizadeh et al., JLT 37(4),
+  2019) and a first-order time constant τ (1–50 µs, Harris et al., Opt. Express 22(9), 2014).
+  Heater voltages go through a ``heaters.dac_bits`` DAC over the bias limits.
+* **Tuning**: Δf = tuning_hz_per_k · ΔT (≈ −10 GHz/K thermo-optic red shift of silicon rings;
+  0.1–2 nm/mW overall efficiency) plus a fixed per-resonator offset left after trimming;
+  ω (model units) = Δf/``freq_unit_hz``.
+* **Coupling**: evanescent, reciprocal in magnitude (per-edge fabrication mismatch,
+  optional non-reciprocity), with a phase lag ψ — Kuramoto–Sakaguchi H(φ) = sin(φ − ψ)
+  (Sakaguchi & Kuramoto, Prog. Theor. Phys. 76(3), 1986; coupled semiconductor lasers:
+  Kozyreff, Vladimirov & Mandel, PRL 85, 2000), from ``coupling_function.phase_lag_rad``.
+  ψ ≠ 0 makes the Jacobian non-symmetric and biases the two-phase estimate.
+* **Laser phase noise**: Lorentzian linewidth Δν (1 kHz–2 MHz) → phase diffusion
+  D = 2πΔν rad²/s, an OU process around the locked state.
+* **Homodyne I/Q readout** against the reference laser: I = cos(φ + δ) + n_I,
+  Q = sin(φ + δ) + n_Q, φ̂ = atan2(Q, I) (fixed per-channel offset δ; n small, shot noise).
+* **Ambient drift**: OU (random walk on short times) ambient temperature; each resonator
+  sees it with a fixed relative spread (the differential part survives the rotating frame).
+* **Clamp**: attenuated master-laser light (attenuator steps set β ∝ injected field) through
+  a phase shifter (target); −β is the same power with the phase shifted by π.
+
+The nominal ω ↔ heater-voltage curve (design crosstalk, no mismatch, no DAC) is the pure,
+vectorised pair :func:`frequencies_to_biases` / :func:`biases_to_frequencies`; a calibration
+replaces it on a substrate with :meth:`OpticalSubstrate.install_transfer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from phasegrad_hw.backends._chip import EmulatedChip, ou_step, quantise
+
+from phasegrad_hw.models import OpticalChipModel
+from phasegrad_hw.physics import Array
+
+__all__ = [
+    "OpticalSubstrate",
+    "biases_to_frequencies",
+    "crosstalk_matrix",
+    "frequencies_to_biases",
+]
+
+
+def crosstalk_matrix(n: int, fraction: float) -> Array:
+    """Nominal thermal crosstalk X (N, N): 1 on the diagonal, ``fraction`` to i ± 1."""
+    X = np.eye(n)
+    i = np.arange(n - 1)
+    X[i, i + 1] = fraction
+    X[i + 1, i] = fraction
+    return X
+
+
+def _omega_per_mw(model: OpticalChipModel) -> float:
+    h, r = model.heaters, model.resonators
+    return h.r_th_k_per_mw * r.tuning_hz_per_k / r.freq_unit_hz
+
+
+def biases_to_frequencies(model: OpticalChipModel, bias_v: ArrayLike) -> Array:
+    """Nominal curve: heater voltages (..., N) V → ω (..., N) model units.
+
+    ω = (tuning · r_th / f_unit) · X (P − P_ref), P = V²/R in mW.
+    """
+    h = model.heaters
+    v = np.asarray(bias_v, dtype=np.float64)
+    p_mw = v * v / h.resistance_ohm * 1e3
+    X = crosstalk_matrix(v.shape[-1], h.crosstalk)
+    return _omega_per_mw(model) * ((p_mw - h.power_ref_mw) @ X.T)
+
+
+def frequencies_to_biases(model: OpticalChipModel, omega: ArrayLike) -> Array:
+    """Inverse of :func:`biases_to_frequencies`: ω (..., N) → heater voltages (..., N) V.
+
+    Solves the crosstalk system for the heater powers; a power below zero (ω out of reach of
+    a heater) gives a negative voltage, which the device limits then refuse.
+    """
+    h = model.heaters
+    w = np.asarray(omega, dtype=np.float64)
+    X = crosstalk_matrix(w.shape[-1], h.crosstalk)
+    dp = np.linalg.solve(X, (w / _omega_per_mw(model))[..., None])[..., 0]
+    p_w = (h.power_ref_mw + dp) * 1e-3
+    return np.sign(p_w) * np.sqrt(np.abs(p_w) * h.resistance_ohm)
+
+
+class OpticalSubstrate(EmulatedChip):
+    """Emulated optical micro-resonator chip (see the module docstring)."""
+
+    model: OpticalChipModel
+
+    def __init__(self, model: OpticalChipModel, seed: int | None = None) -> None:
+        r = model.resonators
+        self._time_unit_s = 1.0 / (2.0 * np.pi * r.freq_unit_hz)
+        self._ref_freq_hz = r.freq_unit_hz
+        super().__init__(model, seed)
+
+    def _draw_mismatch(self, rng: np.random.Generator) -> None:
+        m = self.model
+        n, e = m.n, len(m.edges)
+        h = m.heaters
+        self.resistance = h.resistance_ohm * (1.0 + h.resistance_mismatch * rng.standard_normal(n))
+        X = crosstalk_matrix(n, h.crosstalk)
+        off = X * (1.0 - np.eye(n))
+        err = h.crosstalk_mismatch * rng.standard_normal((n, n))
+        self.crosstalk = np.eye(n) + off * (1.0 + err)
+        self.offset_units = m.resonators.offset_sigma_hz / m.resonators.freq_unit_hz * \
+            rng.standard_normal(n)
+        self.mag_err = m.couplers.magnitude_mismatch * rng.standard_normal(e)
+        self.nonrecip = m.couplers.nonreciprocity * rng.standard_normal((e, 2))
+        self.iq_offset = m.homodyne.offset_sigma_rad * rng.standard_normal(n)
+        self.amb_weight = 1.0 + m.ambient.gradient_fraction * rng.standard_normal(n)
+        self.inj_gain = 1.0 + m.injection.gain_mismatch * rng.standard_normal(len(m.roles.outputs))
+        self._k_ratio = np.array([1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k
+                                  for s in m.edges])
+        self._p_ref_mw = np.full(n, h.power_ref_mw)
+
+    def _reset_slow(self) -> None:
+        self.ambient_k = 0.0
+        self._dT_start: Array | None = None
+        self._t_change = 0.0
+
+    def _advance_slow(self, dt_s: float) -> None:
+        a = self.model.ambient
+        self.ambient_k = float(ou_step(a.tau_s, a.sigma_k, dt_s, self.rng, self.ambient_k))
+
+    def _freq_unit_hz(self) -> float:
+        return self.model.resonators.freq_unit_hz
+
+    def _read_interval_s(self) -> float:
+        return self.model.homodyne.read_interval_s
+
+    # -- maps ----------------------------------------------------------------------
+    def _nominal_forward(self, omega: Array) -> Array:
+        return frequencies_to_biases(self.model, omega)
+
+    def _nominal_inverse(self, bias: Array) -> Array:
+        return biases_to_frequencies(self.model, bias)
+
+    def _quantise_bias(self, bias: Array) -> Array:
+        b = self.model.limits.bias
+        return quantise(bias, b.min, b.max, self.model.heaters.dac_bits)
+
+    def _steady_dT(self, bias: Array) -> Array:
+        """Steady-state heater temperature rise (K) relative to the reference power."""
+        h = self.model.heaters
+        p_mw = bias * bias / self.resistance * 1e3
+        return h.r_th_k_per_mw * (self.crosstalk @ (p_mw - self._p_ref_mw))
+
+    def _on_bias_change(self, new_bias: Array) -> None:
+        # first-order thermal response: remember where the transient starts
+        self._dT_start = self._current_dT()
+        self._t_change = self.time_s
+
+    def _current_dT(self) -> Array:
+        ss = self._steady_dT(self.bias)
+        if self._dT_start is None:
+            return ss
+        decay = np.exp(-(self.time_s - self._t_change) / self.model.heaters.tau_s)
+        return ss + (self._dT_start - ss) * decay
+
+    def _settle_extra_s(self) -> float:
+        """Thermal settling: ln(1/tol) thermal time constants after a heater step."""
+        s = self.model.settling
+        return float(np.log(1.0 / s.tolerance) * self.model.heaters.tau_s)
+
+    def _true_frequencies(self) -> Array:
+        r = self.model.resonators
+        per_k = r.tuning_hz_per_k / r.freq_unit_hz
+        dT = self._current_dT() + self.ambient_k * self.amb_weight
+        return per_k * dT + self.offset_units + self._drift
+
+    def _true_coupling(self, k: Array) -> Array:
+        c = self.model.couplers
+        kk = np.asarray(k, dtype=np.float64)
+        if c.lsb > 0:
+            kk = np.round(kk / c.lsb) * c.lsb
+        base = kk * (1.0 + self.mag_err)
+        e = self.model.edge_index
+        K = np.zeros((self.n, self.n))
+        K[e[:, 0], e[:, 1]] = base * (1.0 + self.nonrecip[:, 0])
+        K[e[:, 1], e[:, 0]] = base * self._k_ratio * (1.0 + self.nonrecip[:, 1])
+        return np.clip(K, 0.0, None)
+
+    def _clamp_physics(
+        self, target: Array, beta: float, direction: int
+    ) -> tuple[Array, Array, int]:
+        m = self.model
+        inj = m.injection
+        bmax = m.limits.beta_max
+        if beta <= 0.0:
+            b_q = 0.0
+        else:
+            att = -20.0 * np.log10(beta / bmax)
+            if inj.attenuator_step_db > 0:
+                att = np.round(att / inj.attenuator_step_db) * inj.attenuator_step_db
+            b_q = 0.0 if att > inj.max_attenuation_db else float(bmax * 10.0 ** (-att / 20.0))
+        phase = target + (np.pi if (direction < 0 and m.nudge == "injection") else 0.0)
+        step = 2.0 * np.pi / (1 << inj.phase_bits)
+        b = np.zeros(self.n)
+        t = np.zeros(self.n)
+        b[m.outputs] = b_q * self.inj_gain
+        t[m.outputs] = np.round(phase / step) * step
+        d = direction if m.nudge == "linear" else 1
+        return np.clip(b, 0.0, None), t, d
+
+    def _diffusion(self) -> Array:
+        d = 2.0 * np.pi * self.model.laser.linewidth_hz * self._time_unit_s
+        out = np.full(self.n, d)
+        out[self.ref] = 0.0  # the reference laser is the homodyne local oscillator's source
+        return out
+
+    def _readout(self, phases: Array) -> Array:
+        """Homodyne: φ̂ = atan2(Q, I) with I/Q noise and fixed channel offsets."""
+        hd = self.model.homodyne
+        ph = phases + self.iq_offset[None, :]
+        i = np.cos(ph)
+        q = np.sin(ph)
+        if hd.iq_noise > 0:
+            i = i + hd.iq_noise * self.rng.standard_normal(ph.shape)
+            q = q + hd.iq_noise * self.rng.standard_normal(ph.shape)
+        return np.arctan2(q, i)
