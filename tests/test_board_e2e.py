@@ -4,6 +4,7 @@ the ``phasegrad-hw emulate board`` command."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,14 +21,13 @@ from phasegrad_hw.firmware_models.server import LineServer
 
 from phasegrad_hw.controller import EPConfig
 from phasegrad_hw.devices import open_substrate
-from phasegrad_hw.loop import train_on_substrates
+from phasegrad_hw.loop import LoopState, train_on_substrates
 from phasegrad_hw.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.tasks import Encoding, load_vowels
 from tests.conftest import REPO, require
 from tests.test_board_protocol import board_model
 
 TOL = 1e-9
-CLI = os.environ.get("BOARD_CLI", "-m phasegrad_hw.cli").split()
 
 
 def _serve(chip: OscillatorSubstrate, kind: str) -> tuple[LineServer, str]:
@@ -153,10 +153,10 @@ async def test_training_through_pty_equals_in_process(vowels_csv: Path) -> None:
     assert np.abs(chip.bias - chip.model.safe_biases()).max() <= 0.4 / 65535  # type: ignore[attr-defined]
 
 
-def _cli(*args: str) -> subprocess.Popen[str]:
+def _cli(*args: str, command: tuple[str, ...] = ("emulate", "board")) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, *CLI, "emulate", "board", *args],
+        [sys.executable, "-m", "phasegrad_hw.cli", *command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -208,3 +208,47 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
     proc = _cli("--device", str(dev), "--pty", "--fault", "drop=2")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "--fault: drop: '2'" in err
+
+
+async def test_cli_train_through_board_needs_no_model_file(
+    tmp_path: Path, vowels_csv: Path
+) -> None:
+    """``phasegrad-hw train --device serial://<pty>``: the board's descriptor replaces the
+    device file, and the run ends at the parameters of the same chip trained in-process."""
+    require(CMOS_DEVICE.exists(), f"CMOS device file {CMOS_DEVICE}")
+    from phasegrad_hw.store import RunStore
+
+    server, uri = _serve(open_substrate(CMOS_DEVICE, seed=2), "pty")
+    states: list[LoopState] = []
+    try:
+        for device in (uri, str(CMOS_DEVICE)):
+            out = tmp_path / f"run{len(states)}.json"
+            store = tmp_path / "runs.sqlite"
+            proc = _cli(
+                "--device",
+                device,
+                "--task",
+                "vowels:a,i",
+                "--data",
+                str(vowels_csv),
+                "--epochs",
+                "1",
+                "--seed",
+                "2",
+                "--json",
+                str(out),
+                "--store",
+                str(store),
+                command=("train",),
+            )
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            result = json.loads(out.read_text())
+            assert result["device"] == device and result["epochs"] == 1
+            states.append(RunStore(store).load_checkpoint(result["run_id"])[1])
+    finally:
+        server.stop()
+    a, b = states
+    assert np.abs(a.params.omega - b.params.omega).max() <= TOL
+    assert np.abs(a.params.coupling - b.params.coupling).max() <= TOL
+    assert a.history[-1].test_accuracy == b.history[-1].test_accuracy
