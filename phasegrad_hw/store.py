@@ -373,3 +373,54 @@ def _plain(obj: Any) -> Any:
             return np.asarray(obj["__ndarray__"]).reshape(obj["shape"]).tolist()
         return {k: _plain(v) for k, v in obj.items() if k != "__dataclass__"}
     return obj
+
+
+def step_summary(report: Any) -> dict[str, Any]:
+    """Compact diagnostics of a controller ``StepReport``: loss (rad²), valid and skipped
+    sample counts, whether parameters were updated, gradient norms (model units)."""
+    out: dict[str, Any] = {}
+    for key in ("loss", "updated", "skipped_unlocked", "skipped_basin_jump"):
+        v = getattr(report, key, None)
+        if v is not None:
+            out[key] = v.item() if isinstance(v, np.generic) else v
+    valid = getattr(report, "valid", None)
+    if valid is not None:
+        out["n_valid"] = int(np.sum(valid))
+    for key in ("grad_omega", "grad_coupling"):
+        g = getattr(report, key, None)
+        out[f"{key}_norm"] = None if g is None else float(np.linalg.norm(g))
+    return out
+
+
+class RunRecorder:
+    """Hooks for :func:`phasegrad_hw.loop.train_on_substrates` that record a run.
+
+    ``on_epoch_end`` checkpoints the state (one transaction, with the buffered step records);
+    ``on_step`` buffers :func:`step_summary` of every ``step_every``-th step (0 = none).
+    ``telemetry`` (anything with ``on_step`` / ``on_epoch_end``, e.g.
+    :class:`phasegrad_hw.telemetry.Telemetry`) receives the same events.
+    """
+
+    def __init__(self, store: RunStore | None, run_id: str | None, *, start_epoch: int = 0,
+                 step_every: int = 0, telemetry: Any = None) -> None:
+        self.store, self.run_id = store, run_id
+        self.epoch = start_epoch
+        self.steps = 0
+        self.step_every = max(0, int(step_every))
+        self.telemetry = telemetry
+
+    def on_step(self, report: Any) -> None:
+        self.steps += 1
+        if self.telemetry is not None:
+            self.telemetry.on_step(report)
+        if (self.store is not None and self.run_id is not None and self.step_every
+                and self.steps % self.step_every == 0):
+            self.store.record_step(self.run_id, self.epoch + 1,
+                                   {"step": self.steps, **step_summary(report)})
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        if self.store is not None and self.run_id is not None:
+            self.store.save_checkpoint(self.run_id, state)
+        self.epoch = int(state.epoch)
+        if self.telemetry is not None:
+            self.telemetry.on_epoch_end(state)

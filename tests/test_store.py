@@ -216,3 +216,43 @@ def test_passwords_in_uris_are_not_stored(tmp_path: Path) -> None:
     assert info["config"]["options"]["device"] == info["device"]
     cfg, path, _ = BrokerConfig.parse(info["device"], env={"PHASEGRAD_HW_MQTT_PASSWORD": "pw"})
     assert (cfg.username, cfg.password, path) == ("controller", "pw", "bench/chip")
+
+
+async def test_run_recorder_hooks_record_a_training_run(tmp_path: Path) -> None:
+    from phasegrad_hw.backends.simulated import SimulatedSubstrate
+
+    from phasegrad_hw.controller import EPConfig
+    from phasegrad_hw.loop import train_on_substrates
+    from phasegrad_hw.models import SimulatedDeviceModel
+    from phasegrad_hw.store import RunRecorder
+    from phasegrad_hw.tasks import Encoding, synthetic_vowels
+
+    model = SimulatedDeviceModel.model_validate({
+        "n_oscillators": 5, "edges": [{"i": 0, "j": 2, "k": 2.0}, {"i": 1, "j": 2, "k": 1.5},
+                                      {"i": 2, "j": 3, "k": 2.5}, {"i": 2, "j": 4, "k": 1.0}],
+        "roles": {"inputs": [0, 1], "hidden": [2], "outputs": [3, 4], "reference": 0}})
+    data = synthetic_vowels(("a", "i"), n_per_class=5, seed=0)
+    events: list[str] = []
+
+    class Probe:
+        def on_step(self, report: object) -> None:
+            events.append("step")
+
+        def on_epoch_end(self, state: LoopState) -> None:
+            events.append(f"epoch{state.epoch}")
+
+    with RunStore(tmp_path / "runs.sqlite") as st:
+        rid = st.create_run({"task": "tiny"}, "sim")
+        rec = RunRecorder(st, rid, step_every=3, telemetry=Probe())
+        async with SimulatedSubstrate(model) as chip:
+            res = await train_on_substrates([chip], data, Encoding(), EPConfig(), epochs=2,
+                                            seed=0, on_step=rec.on_step,
+                                            on_epoch_end=rec.on_epoch_end)
+        _, back = st.load_checkpoint(rid)
+        steps = st.steps(rid)
+    assert_same_state(back, res.state)
+    n = len(data.x_train)
+    assert events == ["step"] * n + ["epoch1"] + ["step"] * n + ["epoch2"]
+    assert [s["step"] for s in steps] == list(range(3, 2 * n + 1, 3))
+    assert [s["epoch"] for s in steps] == [1 if s["step"] <= n else 2 for s in steps]
+    assert all(np.isfinite(s["loss"]) and s["n_valid"] == 1 for s in steps)
