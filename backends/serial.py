@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 from phasegrad_hw.firmware_models.protocol import (
+    MAX_LINE,
     RETRYABLE,
     SEQ_MOD,
     UNTRUSTED,
@@ -290,6 +291,9 @@ class SerialSubstrate(OscillatorSubstrate):
                 line = bytes(self._rx[:nl])
                 del self._rx[: nl + 1]
                 return line
+            if len(self._rx) > 4 * MAX_LINE:  # no newline in sight: noise, not a reply
+                self._rx.clear()
+                self.stats["damaged"] += 1
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Retry("no reply within the timeout", timeout=True)
