@@ -73,16 +73,17 @@ class SymmetryConfig(StrictModel):
     ``delta`` ± frequency perturbation of the pilot pass (model units);
     ``probe_phase_rad`` δθ of the phase-localised main probes (0 = plain probes only);
     ``pilot_averages``/``averages`` reads per state in the pilot/main pass (>= 2, so the
-    spread is measured); ``repeats`` ± pairs per oscillator;
+    spread is measured; capped at the device's ``max_averages``, the
+    rest made up by repeats); ``repeats`` ± pairs per oscillator;
     ``omega`` an explicit operating point, else a seeded one of ``amplitude``;
     ``mc_draws`` Monte-Carlo draws for the uncertainties.
     """
 
     delta: float = Field(default=0.1, gt=0.0, le=1.0)
-    probe_phase_rad: float = Field(default=0.05, ge=0.0, le=0.5)
+    probe_phase_rad: float = Field(default=0.25, ge=0.0, le=0.5)
     pilot_averages: int = Field(default=64, ge=2)
-    averages: int = Field(default=256, ge=2)
-    repeats: int = Field(default=1, ge=1, le=100)
+    averages: int = Field(default=4096, ge=2)
+    repeats: int = Field(default=2, ge=1, le=100)
     omega: list[float] | None = None
     amplitude: float | None = Field(default=None, gt=0.0)
     seed: int = 0
@@ -202,6 +203,21 @@ def full_jacobian(R: Array, keep: NDArray[np.int64], n: int) -> Array:
     idx = np.arange(n)
     J[..., idx, idx] = np.nan
     return J
+
+
+def reduced_jacobian(dtheta: Array, domega: Array) -> Array:
+    """J̃ = −ΔΩ ΔΘ⁻¹ with the finite-probe correction (batched over leading axes).
+
+    Probe j moves θ_j by ±δ_j (others ≈ fixed); for H = sin the centred difference then
+    measures K_ij cos Δ · sin δ_j/δ_j in column j (2K cos Δ sin δ over 2δ), so column j is
+    scaled by δ_j/sin δ_j, δ_j = ΔΘ_jj/2. Exact for phase-localised probes, ≈ 1 for the
+    small plain pilot probes.
+    """
+    J = -domega @ np.linalg.inv(dtheta)
+    half = 0.5 * np.diagonal(dtheta, axis1=-2, axis2=-1)
+    small = np.abs(half) < 1e-9
+    fac = np.where(small, 1.0, half / np.where(small, 1.0, np.sin(half)))
+    return np.asarray(J * fac[..., None, :])
 
 
 def _lag_fit(rho: Array, d: Array) -> tuple[float, float]:
@@ -327,6 +343,13 @@ async def calibrate_symmetry(
     cfg = cfg or SymmetryConfig()
     t0 = time.perf_counter()
     model = sub.model
+    cap = model.limits.max_averages
+    if cfg.averages > cap or cfg.pilot_averages > cap:
+        # the device reads at most ``cap`` per call: more repeats make up the difference
+        extra = -(-cfg.averages // cap)
+        cfg = cfg.model_copy(update={"averages": max(2, min(cfg.averages, cap)),
+                                     "pilot_averages": max(2, min(cfg.pilot_averages, cap)),
+                                     "repeats": cfg.repeats * extra})
     th = thresholds(model)
     keep = non_reference(model)
     ref = model.roles.reference
@@ -393,14 +416,15 @@ def analyse(
     dT = np.asarray(probes.dtheta)
     sT = np.asarray(probes.sigma)
     dW = np.asarray(probes.domega)
-    Winv = np.linalg.inv(dW)
-    R = dT @ Winv
-    sigma = np.sqrt((sT**2) @ (Winv**2))
     noise = sT[None] * rng.standard_normal((cfg.mc_draws, *dT.shape))
-    draws = (dT[None] + noise) @ Winv
+    Jt = reduced_jacobian(dT, dW)
+    Jd = reduced_jacobian(dT[None] + noise, dW[None])
+    R: Array = np.asarray(-np.linalg.inv(Jt), dtype=np.float64)
+    draws: Array = np.asarray(-np.linalg.inv(Jd), dtype=np.float64)
+    sigma = np.std(draws, axis=0)
     # floor: what a perfectly symmetric device would show at this noise
     Rs = 0.5 * (R + R.T)
-    floor_draws = Rs[None] + (noise @ Winv)[::-1]
+    floor_draws = Rs[None] + (draws - R[None])[::-1]
     a = float(asymmetry(R))
     a_sd = float(np.std(asymmetry(draws)))
     floor = float(np.mean(asymmetry(floor_draws)))

@@ -65,6 +65,8 @@ class ChannelCurve(StrictModel):
     increasing: bool = True
     crosstalk: list[list[float]] | None = None
     error: float | None = None
+    holdout_bias: list[float] | None = None  # held-out bias points (device unit)
+    holdout_residual: list[float] | None = None  # fit − measurement there (model units)
 
     def forward(self) -> PchipInterpolator:
         return PchipInterpolator(np.asarray(self.bias), np.asarray(self.omega), extrapolate=False)
@@ -264,6 +266,8 @@ async def calibrate_transfer(
                 pred = curve.forward()(mid)
                 span = abs(curve.omega[-1] - curve.omega[0]) or 1.0
                 curve.error = float(np.abs(pred - meas).max() / span)
+                curve.holdout_bias = mid.tolist()
+                curve.holdout_residual = (pred - meas).tolist()
             channels.append(curve)
     finally:
         await sub.set_biases(model.safe_biases())

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import typer
 
-COMMAND_MODULES: list[str] = ["verify", "emulate_board", "runs", "agent", "noise", "emulate_bench"]
+COMMAND_MODULES: list[str] = ["verify", "emulate_board", "runs", "agent", "noise", "emulate_bench",
+                              "calibrate"]
 
 
 @dataclass
