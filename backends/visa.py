@@ -99,6 +99,7 @@ class VisaBenchModel(DeviceModel):
     current_protection_a: float = Field(default=0.01, gt=0.0, le=1.0)
     injection_v_per_beta: float = Field(default=1.0, gt=0.0, le=100.0)
     settle_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    io_thread: bool = True
 
     @model_validator(mode="after")
     def _channel_maps(self) -> VisaBenchModel:
@@ -348,6 +349,8 @@ class VisaBench(OscillatorSubstrate):
             while self._pending:  # queued fire-and-forget operations (reseed): surface errors
                 fut = self._pending.pop(0)
                 await asyncio.wrap_future(fut)
+            if not self.model.io_thread:
+                return fn()  # blocking, in the event loop's thread
             return await loop.run_in_executor(self._executor, fn)
         except SubstrateError as exc:
             if not isinstance(exc, _Fatal):

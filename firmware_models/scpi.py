@@ -24,6 +24,7 @@ queries in one message are joined by ``;`` and terminated by a newline.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -81,6 +82,8 @@ class ScpiError(Exception):
 
 
 # --------------------------------------------------------------------------- parameters
+_BAD_CHAR = re.compile(r"[^\x20-\x7e\t\r]")
+_SPLIT_OUTSIDE_PARENS = {sep: re.compile(re.escape(sep) + r"(?![^()]*\))") for sep in ";,"}
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CHANNEL_LIST = re.compile(r"\(\s*@([^()]*)\)")
 
@@ -136,6 +139,11 @@ def choice(text: str, name: str, options: dict[str, str]) -> str:
 
 def channel_list(text: str, name: str, lo: int, hi: int) -> list[int]:
     """A channel list ``(@1,3,5:8)`` (ranges inclusive, either order) → channel numbers."""
+    return list(_channel_list(text, name, lo, hi))
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_list(text: str, name: str, lo: int, hi: int) -> tuple[int, ...]:
     m = _CHANNEL_LIST.fullmatch(text.strip())
     if not m:
         raise ScpiError(
@@ -154,7 +162,7 @@ def channel_list(text: str, name: str, lo: int, hi: int) -> list[int]:
             out.append(c)
             if len(out) > 4096:
                 raise ScpiError(-224, f"{name} lists more than 4096 channels")
-    return out
+    return tuple(out)
 
 
 def format_float(x: float) -> str:
@@ -229,8 +237,10 @@ class _Parsed:
 
 def _split_top(text: str, sep: str) -> list[str]:
     """Split at ``sep`` outside quotes and parentheses."""
-    if not any(ch in text for ch in "\"'()"):
-        return text.split(sep)  # fast path: nothing to protect
+    if '"' not in text and "'" not in text:
+        if "(" not in text:
+            return text.split(sep)  # fast path: nothing to protect
+        return _SPLIT_OUTSIDE_PARENS[sep].split(text)
     parts: list[str] = []
     depth = 0
     quote = ""
@@ -484,9 +494,9 @@ class ScpiInstrument:
         if len(line) > MAX_LINE_BYTES:
             self.push_error(-363, f"message longer than {MAX_LINE_BYTES} bytes")
             return None
-        bad = next((ch for ch in line if not (" " <= ch <= "~" or ch in "\t\r")), None)
+        bad = _BAD_CHAR.search(line)
         if bad is not None:
-            self.push_error(-101, f"byte 0x{ord(bad):02X}")
+            self.push_error(-101, f"byte 0x{ord(bad.group()):02X}")
             return None
         if not line.strip(" \t\r"):
             return None
