@@ -27,7 +27,7 @@ from phasegrad_hw.substrate import (
     SubstrateError,
 )
 from phasegrad_hw.topology import layered
-from tests.conftest import REPO, require
+from tests.conftest import REPO, VOWELS_CSV, require
 
 RES = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in ("smu", "phase_meter", "injection")}
 CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
@@ -276,10 +276,11 @@ def test_training_through_the_bench_matches_in_process() -> None:
     """Acceptance: /a/ vs /i/ through the SCPI bench over TCP gives the final parameters of
     the in-process CMOS emulator with the same seed (≤ 1e-9)."""
     require(CMOS_FILE.exists(), f"CMOS device file {CMOS_FILE}")
+    require(VOWELS_CSV.exists(), f"vowel data at {VOWELS_CSV}")
     from phasegrad_hw.loop import train_on_substrates
-    from phasegrad_hw.tasks import Encoding, synthetic_vowels
+    from phasegrad_hw.tasks import Encoding, load_vowels
 
-    data = synthetic_vowels(("a", "i"), n_per_class=20, seed=0)
+    data = load_vowels(VOWELS_CSV, ("a", "i"), seed=0)
     enc = Encoding()
     cfg = EPConfig(beta=0.1, lr_omega=0.01, averages=2)
     chip = load_device_model(CMOS_FILE)
