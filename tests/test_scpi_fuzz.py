@@ -235,7 +235,7 @@ class Client:
             pass
 
     def errors(self) -> list[int]:
-        codes = []
+        codes: list[int] = []
         while True:
             code = int(self.ask(b"SYST:ERR?").split(b",")[0])
             if code == 0:
