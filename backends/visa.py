@@ -251,7 +251,14 @@ class VisaBench(OscillatorSubstrate):
     async def connect(self) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="visa-bench")
-        await self._run(self._connect_sync)
+        try:
+            await self._run(self._connect_sync)
+        except BaseException:
+            # connect only resets the instruments and sets safe biases; release the sessions
+            executor, self._executor = self._executor, None
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect_sync)
+            executor.shutdown(wait=True)
+            raise
 
     async def close(self) -> None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -160,6 +161,8 @@ def main() -> dict[str, Any]:
         "round_trips_per_step": rt,
         "retries_used": bench.retries_used,
         "target_fraction": 0.25,
+        "load_average_1min": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "transports_visa.json").write_text(json.dumps(result, indent=2))
