@@ -6,18 +6,17 @@
   an unlocked reading, or add a phase jump to the outputs (a basin jump).
 * :class:`FaultySubstrate` / :class:`HangingSubstrate`: the two common scripts.
 * :func:`model_2_5_2`: the published 2+5+2 vowel topology as a simulated device model.
-* ``Dataset``/``Encoding`` (``phasegrad_hw.tasks`` when present, else small stand-ins with
-  the contract's API) and :func:`blobs` a tiny two-class task.
+* :func:`blobs` a tiny two-class task (a ``phasegrad_hw.tasks.Dataset``) and
+  :func:`model_tiny` a 5-oscillator device that learns it in a few epochs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 from phasegrad_hw.models import SimulatedDeviceModel
 from phasegrad_hw.physics import wrap
@@ -26,6 +25,7 @@ from phasegrad_hw.substrate import (
     OscillatorSubstrate,
     PhaseReading,
 )
+from phasegrad_hw.tasks import Dataset
 
 Array = NDArray[np.float64]
 
@@ -178,43 +178,6 @@ def model_2_5_2(seed: int = 0, **overrides: Any) -> SimulatedDeviceModel:
 
 
 # --------------------------------------------------------------------------- tasks
-try:
-    from phasegrad_hw.tasks import Dataset, Encoding
-except ImportError:  # stand-ins with the contract's API until phasegrad_hw.tasks lands
-
-    @dataclass(frozen=True)
-    class Dataset:  # type: ignore[no-redef]
-        name: str
-        classes: tuple[str, ...]
-        x_train: Array
-        y_train: NDArray[np.int64]
-        x_test: Array
-        y_test: NDArray[np.int64]
-
-    @dataclass
-    class Encoding:  # type: ignore[no-redef]
-        input_scale: float = 1.5
-        margin: float = 0.2
-
-        def input_frequencies(self, x: ArrayLike) -> Array:
-            return self.input_scale * np.asarray(x, dtype=np.float64)
-
-        def _templates(self, n_out: int) -> Array:
-            t = np.full((n_out, n_out), self.margin)
-            np.fill_diagonal(t, -self.margin)
-            return t
-
-        def clamp_targets(self, y: int | NDArray[np.int64], free_out: ArrayLike) -> Array:
-            o = np.asarray(free_out, dtype=np.float64)
-            yy = np.broadcast_to(np.asarray(y, dtype=np.int64), o.shape[:-1])
-            return self._templates(o.shape[-1])[yy].copy()
-
-        def predict(self, out_phases: ArrayLike) -> NDArray[np.int64]:
-            o = np.asarray(out_phases, dtype=np.float64)
-            d = (wrap(o[..., None, :] - self._templates(o.shape[-1])) ** 2).sum(axis=-1)
-            return np.argmin(d, axis=-1).astype(np.int64)
-
-
 def blobs(n_train: int = 40, n_test: int = 20, seed: int = 0, sep: float = 0.6) -> Dataset:
     """Two Gaussian classes in 2-D, min–max scaled to [−1, 1] on the train split."""
     rng = np.random.default_rng([seed, 0xB10B])

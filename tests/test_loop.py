@@ -13,7 +13,8 @@ from phasegrad_hw.controller import EPConfig, Parameters
 from phasegrad_hw.loop import LoopState, seed_for, train_on_substrates
 from phasegrad_hw.models import ConfigError
 from phasegrad_hw.substrate import OscillatorSubstrate
-from tests.doubles import Encoding, ScriptedSubstrate, blobs, model_tiny
+from phasegrad_hw.tasks import Encoding
+from tests.doubles import ScriptedSubstrate, blobs, model_tiny
 
 DATA = blobs(40, 20, seed=0)
 
