@@ -2,7 +2,8 @@
 
 Writes ``benchmarks/results/controller_step.json``: controller overhead alone (a substrate
 that answers instantly), full steps on :class:`SimulatedSubstrate` (one-sided and centred),
-and per-sample cost with 8 parallel chips of a :class:`SimulatedBatch`.
+per-sample cost with 8 parallel chips of a :class:`SimulatedBatch`, and the training loop's
+time per epoch on synthetic /a/ vs /i/ (one device, online SGD).
 
     python benchmarks/bench_controller_step.py [--steps 1000] [--out DIR]
 """
@@ -25,7 +26,9 @@ sys.path.insert(0, str(REPO))
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate  # noqa: E402
 
 from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
+from phasegrad_hw.loop import train_on_substrates  # noqa: E402
 from phasegrad_hw.substrate import OscillatorSubstrate, PhaseReading  # noqa: E402
+from phasegrad_hw.tasks import Encoding, synthetic_vowels  # noqa: E402
 from tests.doubles import model_2_5_2  # noqa: E402
 
 
@@ -72,6 +75,24 @@ async def main(steps: int, repeats: int = 5) -> dict[str, float]:
     per = await best(lambda: list(SimulatedBatch(m, 8).chips), "one_sided", max(1, steps // 8))
     out["batch8_one_sided_us_per_step"] = per
     out["batch8_one_sided_us_per_sample"] = per / 8
+    # the training loop: one epoch of synthetic /a/ vs /i/ (≈218 train, 54 test samples)
+    data = synthetic_vowels(("a", "i"))
+    for te in ("online", "epoch_end"):
+        times = []
+        for _ in range(max(1, repeats // 2)):
+            t0 = time.perf_counter()
+            await train_on_substrates(
+                [SimulatedSubstrate(m)],
+                data,
+                Encoding(),
+                EPConfig(),
+                epochs=2,
+                seed=0,
+                train_eval=te,
+            )
+            times.append((time.perf_counter() - t0) / 2)
+        out[f"loop_{te}_ms_per_epoch"] = 1e3 * min(times)
+    out["loop_train_samples"] = float(len(data.x_train))
     return out
 
 

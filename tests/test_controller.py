@@ -567,3 +567,19 @@ async def test_bad_callable_target_refused_after_free_read_and_device_made_safe(
         await ctl.step([Sample(np.array([0.3, 0.1]), lambda out: np.array([0.0, np.nan]))])
     assert "clamp" not in sub.names() and sub.is_safe
     assert np.array_equal(ctl.params.omega, p0.omega) and ctl.stats.errors == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "counts"), [({"unlocked_reads": {3}}, (1, 0)), ({"jump_reads": {3: 1.5}}, (0, 1))]
+)
+async def test_centred_minus_reading_is_checked_too(
+    script: dict[str, Any], counts: tuple[int, int]
+) -> None:
+    m = model_2_5_2(0)
+    sub = ScriptedSubstrate(SimulatedSubstrate(m), **script)  # read 3 = the −β read
+    p0 = _params(m)
+    ctl = EPController([sub], EPConfig(mode="centred", lr_omega=0.1), p0)
+    rep = await ctl.step([_sample()])
+    assert not rep.updated and (rep.skipped_unlocked, rep.skipped_basin_jump) == counts
+    assert np.array_equal(ctl.params.omega, p0.omega)
+    assert [c[1][2] for c in sub.calls if c[0] == "clamp"] == [1, -1] and not sub.clamp_active
