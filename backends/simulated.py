@@ -50,12 +50,22 @@ class _EdgeNewton:
         self.n = n
         self.max_iter = max_iter
         self.linear = model.nudge == "linear"
+        self._diag = np.arange(n - 1)
 
     def solve(
         self, W: Array, k: Array, theta0: Array, beta: Array | None, target: Array | None
     ) -> tuple[Array, NDArray[np.bool_]]:
         """θ (B, N) and ok (B,) for centred ω (B, N), edge weights a·K (B, E) > 0, warm
         start (B, N), signed per-oscillator β (B, N) or None, targets (B, N)."""
+        if len(W) == 1:
+            th1, ok1 = self._solve_one(
+                W[0],
+                k[0],
+                theta0[0],
+                None if beta is None else beta[0],
+                None if target is None else target[0],
+            )
+            return th1[None, :], np.array([ok1])
         S, Sk, keep = self.S, self.Sk, self.keep
         th = theta0 - theta0[:, self.ref : self.ref + 1]
         scale = 1.0 + np.abs(W).max(axis=1) + 2.0 * k.sum(axis=1)
@@ -105,6 +115,58 @@ class _EdgeNewton:
             stable[check] = lam > 1e-10 * (np.abs(J).max(axis=(1, 2)) + 1e-300)
         th[:, keep] = wrap(th[:, keep])
         return th, done & stable
+
+    def _solve_one(
+        self, w: Array, k: Array, theta0: Array, beta: Array | None, target: Array | None
+    ) -> tuple[Array, bool]:
+        """The same iteration for one network (2-D linear algebra, no batch overhead)."""
+        S, Sk, keep = self.S, self.Sk, self.keep
+        th = theta0 - theta0[self.ref]
+        tol = max(
+            1e-12,
+            64.0 * _EPS * (1.0 + float(np.abs(w).max()) + 2.0 * float(k.sum())) * np.sqrt(self.n),
+        )
+        nudged = beta is not None and target is not None
+        nd: Array | None = None
+        done = False
+        for _ in range(self.max_iter):
+            D = th @ S
+            F = w - S @ (k * np.sin(D))
+            if nudged:
+                d = target - th
+                if self.linear:
+                    F = F + beta * d
+                    nd = -beta  # type: ignore[operator]
+                else:
+                    F = F + beta * np.sin(d)
+                    nd = -beta * np.cos(d)  # type: ignore[operator]
+            Fk = F[keep]
+            if float(np.abs(Fk).max()) <= tol:
+                done = True
+                break
+            J = (Sk * (k * np.cos(D))) @ Sk.T  # −J̃ without the nudge
+            if nd is not None:
+                J[self._diag, self._diag] -= nd[keep]
+            try:
+                step = np.linalg.solve(J, Fk)  # J̃ s = −F̃  ⇔  (−J̃) s = F̃
+            except np.linalg.LinAlgError:
+                return th, False
+            big = float(np.abs(step).max())
+            if big > 1.0:
+                step = step / big
+            th[keep] += step
+        if not done or not np.all(np.isfinite(th)):
+            return th, False
+        c = np.cos(th @ S)
+        stable = bool(np.all(c > 0.0)) and (nd is None or not bool(np.any(nd > 0)))
+        if not stable:
+            A = (Sk * (k * c)) @ Sk.T
+            if nd is not None:
+                A[self._diag, self._diag] -= nd[keep]
+            lam = float(np.linalg.eigvalsh(0.5 * (A + A.T))[0])
+            stable = lam > 1e-10 * (float(np.abs(A).max()) + 1e-300)
+        th[keep] = wrap(th[keep])
+        return th, stable
 
 
 def _solve_rows(
