@@ -11,10 +11,16 @@ for the locked state) wrapped in the hardware effects a real chip adds around it
   (A the reduced Jacobian at the locked state, Q = diag(D_i) the free-running phase diffusion
   constants), propagated exactly between conversions: over a short dt the increment has rms
   √(D·dt) (√dt scaling); after many correlation times 1/λ it forgets (stationary
-  covariance Σ from A Σ + Σ Aᵀ + Q = 0). The reference oscillator is locked to the chip's
-  reference clock (the clock of the TDC / homodyne and of the injection source), so its
-  phase is pinned at 0 and the array locks in the frame rotating at mean(ω) — the gauge of
-  the core physics;
+  covariance Σ from A Σ + Σ Aᵀ + Q = 0);
+* the frame: the free array locks at its collective frequency Ω (every oscillator, the
+  reference included, turning at the same rate: f_k(θ) = f_ref(θ), f the core :func:`rhs`).
+  The chip's reference clock — the TDC start / homodyne LO and the injection source — is
+  phase-locked to the reference oscillator of the free array (a slow PLL), so during a read
+  the reference is pinned at phase 0 and the others lock to Ω: the core's reduced system
+  (:func:`~phasegrad_hw.physics.solve_equilibrium`) at frequencies ω − Ω. With an odd H and
+  symmetric K, Ω = mean(ω) and this is exactly the core's centred gauge; a phase lag ψ or
+  offsets b0, b1 shift every coupled oscillator (by ≈ −K sin ψ, K b0, …), and Ω with them.
+  The clock holds Ω while the outputs are nudged;
 * loss of lock when no stable locked state exists (phases ramp and wrap between reads,
   ``locked = False``; never an exception from the physics);
 * switchable failure modes (:class:`phasegrad_hw.models.FailureSpec`).
@@ -35,8 +41,14 @@ from numpy.typing import NDArray
 
 from phasegrad_hw.gradients import implicit_gradient, loss_grad_theta
 from phasegrad_hw.models import _ChipModel
-from phasegrad_hw.physics import Array, centred, jacobian, rhs, solve_equilibrium, wrap
-from phasegrad_hw.substrate import Capability, LimitError, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.physics import Array, jacobian, rhs, solve_equilibrium, wrap
+from phasegrad_hw.substrate import (
+    Capability,
+    LimitError,
+    LockLostError,
+    OscillatorSubstrate,
+    PhaseReading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +77,14 @@ class _Linearised:
     """
 
     def __init__(self, A: Array, q: Array) -> None:
+        """``A`` (n, n) drift matrix; ``q`` (n,) diagonal or (n, n) noise covariance rate."""
         self.A = A
         lam, V = np.linalg.eig(A)
         self.lam = lam
         self.V = V
         self.Vinv = np.linalg.inv(V)
-        Qt = (self.Vinv * q[None, :]) @ self.Vinv.conj().T
+        Q = np.diag(q) if np.ndim(q) == 1 else np.asarray(q)
+        Qt = self.Vinv @ Q @ self.Vinv.conj().T
         S = -Qt / (lam[:, None] + lam.conj()[None, :])
         sigma = (V @ S @ V.conj().T).real
         self.sigma = 0.5 * (sigma + sigma.T)
@@ -138,16 +152,20 @@ class EmulatedChip(OscillatorSubstrate):
         self._free: tuple[Array, Array] | None = None
         self._plus_theta: Array | None = None
         self.K = self._true_coupling(model.coupling_values())
-        self.bias = self._quantise_bias(model.safe_biases())
         self.seed = model.seed if seed is None else int(seed)
         self.reseed(self.seed)
 
     # -- randomness ------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
-        """Reset the noise stream and the chip's fluctuating state (phase deviation,
-        temperature, drift, virtual clock, warm start) under ``seed``. Mismatch is a fixed
-        property of the chip (drawn from ``model.seed``) and does not change."""
+        """Return the chip to its power-on state under noise seed ``seed``: noise stream,
+        fluctuating state (phase deviation, temperature, drift, thermal transients), virtual
+        clock, warm start, clamp off and biases at their safe values — so a run resumed on a
+        fresh chip continues exactly like an uninterrupted one. Mismatch is a fixed property
+        of the chip (drawn from ``model.seed``) and does not change."""
         self.rng = np.random.default_rng([int(seed), 0xD1FF])
+        self.bias = self._quantise_bias(self.model.safe_biases())
+        self._clamp = None
+        self.clamped = False
         self.time_s = 0.0
         self.theta = np.zeros(self.n)
         self._x = np.zeros(self.n - 1)
@@ -156,6 +174,7 @@ class EmulatedChip(OscillatorSubstrate):
         self._dirty = True
         self._free = None
         self._plus_theta = None
+        self._frame_omega: float | None = None
         self._stuck_code = 0.0
         self._unlocked_since: float | None = None
         self._reset_slow()
@@ -296,60 +315,138 @@ class EmulatedChip(OscillatorSubstrate):
         b, t, d = self._clamp
         return {"beta": b, "target": t, "direction": d}
 
-    def solve(self, omega: Array | None = None, clamp: bool = True,
-              tol: float = _TOL) -> tuple[Any, bool]:
-        """Noise-free locked state (Equilibrium, ok) under the present true settings, by the
-        core damped Newton :func:`~phasegrad_hw.physics.solve_equilibrium` (warm-started)."""
-        w = centred(self._true_frequencies() if omega is None else omega)
-        kw = self._nudge_kwargs() if clamp else {}
-        theta0 = self._predict() if clamp else self.theta
-        eq = solve_equilibrium(w, self.K, self.H, theta0=theta0, ref=self.ref,
-                               nudge=self.model.nudge, tol=tol, max_iter=_MAX_ITER, **kw)
-        if not eq.ok:  # a cold start finds the stable state a warm start jumped past
-            eq2 = solve_equilibrium(w, self.K, self.H, ref=self.ref, nudge=self.model.nudge,
-                                    tol=tol, max_iter=_MAX_ITER, **kw)
-            if eq2.ok:
-                eq = eq2
-        return eq, bool(eq.ok)
+    # -- locked states -------------------------------------------------------------
+    def _system(self, th: Array, w: Array, rkw: dict[str, Any],
+                free_ref: bool) -> tuple[Array, Array]:
+        """Residual and Jacobian on the non-reference phases. ``free_ref``: the free array's
+        co-rotation R_k = f_k − f_ref; else the reference-pinned system F_k = f_k (w already
+        in the clock frame)."""
+        keep, r = self.keep, self.ref
+        f = rhs(th, w, self.K, self.H, **rkw)
+        J = jacobian(th, self.K, self.H, **rkw)
+        if free_ref:
+            return f[keep] - f[r], J[keep][:, keep] - J[r, keep][None, :]
+        return f[keep], J[keep][:, keep]
 
-    def _locked_state(self) -> tuple[Array, _Linearised | None]:
-        """Locked state for a read and its linearisation (None: no stable locked state).
-
-        Fast path: plain Newton on the core :func:`~phasegrad_hw.physics.rhs` /
-        :func:`~phasegrad_hw.physics.jacobian` from the predicted warm start, accepted only if
-        it converges with small steps and the state is stable (eigenvalues of the reduced
-        Jacobian, which the noise model needs anyway); otherwise the core damped
-        :meth:`solve` decides.
-        """
-        w = centred(self._true_frequencies())
-        kw = self._nudge_kwargs()
-        rkw: dict[str, Any] = {}
-        if kw:
-            rkw = {"beta": kw["beta"] * kw["direction"], "target": kw["target"],
-                   "nudge": self.model.nudge}
-        th = self._predict().copy()
+    def _newton(self, th0: Array, w: Array, rkw: dict[str, Any], tol: float,
+                free_ref: bool, max_iter: int = 12) -> Array | None:
+        """Plain Newton from ``th0`` with small steps; None if it does not converge."""
+        th = np.asarray(th0, dtype=np.float64).copy()
         th -= th[self.ref]
         keep = self.keep
-        for _ in range(8):
-            F = rhs(th, w, self.K, self.H, **rkw)[keep]
-            if float(np.abs(F).max()) <= _TOL:
-                lin = self._linearise(th)
-                if lin.margin > 1e-9:
-                    th[keep] = wrap(th[keep])
-                    return th, lin
-                break
-            J = jacobian(th, self.K, self.H, **rkw)[keep][:, keep]
+        for _ in range(max_iter):
+            R, A = self._system(th, w, rkw, free_ref)
+            if float(np.abs(R).max()) <= tol:
+                th[keep] = wrap(th[keep])
+                return th
             try:
-                step = np.linalg.solve(J, -F)
+                step = np.linalg.solve(A, -R)
             except np.linalg.LinAlgError:
-                break
+                return None
             if not np.all(np.isfinite(step)) or float(np.abs(step).max()) > 0.5:
-                break
+                return None
             th[keep] += step
-        eq, ok = self.solve()
-        if not ok:
-            return np.asarray(eq.theta), None
-        return np.asarray(eq.theta), self._linearise(np.asarray(eq.theta))
+        return None
+
+    def _rkw(self, clamp: bool = True) -> dict[str, Any]:
+        kw = self._nudge_kwargs() if clamp else {}
+        if not kw:
+            return {}
+        return {"beta": kw["beta"] * kw["direction"], "target": kw["target"],
+                "nudge": self.model.nudge}
+
+    def _core(self, w: Array, rkw: dict[str, Any], start: Array | None,
+              tol: float) -> Array | None:
+        """The core damped Newton on the pinned system (warm, then cold start)."""
+        kw = self._nudge_kwargs() if rkw else {}
+        for th0 in (start, None):
+            eq = solve_equilibrium(w, self.K, self.H, theta0=th0, ref=self.ref,
+                                   nudge=self.model.nudge, tol=tol, max_iter=_MAX_ITER, **kw)
+            if eq.converged:
+                return np.asarray(eq.theta)
+        return None
+
+    def _free_frame(self, w: Array, start: Array, tol: float) -> tuple[Array, float] | None:
+        """Free locked state and collective frequency Ω (model units), or None."""
+        th = self._newton(start, w, {}, tol, free_ref=True)
+        if th is None:
+            # core solve at a trial Ω, then a secant on Ω until the reference's own
+            # equation holds as well; polished by Newton on the co-rotation residual
+            n, r = self.n, self.ref
+
+            def g(om: float, th0: Array | None) -> tuple[float, Array] | None:
+                t = self._core(w - om, {}, th0, tol)
+                if t is None:
+                    return None
+                return float(rhs(t, w - om, self.K, self.H)[r]), t
+
+            om0 = float(np.mean(rhs(start - start[r], w, self.K, self.H)))
+            got = g(om0, start)
+            if got is None:
+                return None
+            g0, th_c = got
+            om1 = om0 + g0 / n
+            for _ in range(12):
+                got = g(om1, th_c)
+                if got is None:
+                    return None
+                g1, th_c = got
+                if abs(g1) <= tol:
+                    break
+                slope = (g1 - g0) / (om1 - om0) if om1 != om0 else -float(n)
+                if not np.isfinite(slope) or slope >= 0:
+                    slope = -float(n)
+                om0, g0, om1 = om1, g1, om1 - g1 / slope
+            th = self._newton(th_c, w, {}, tol, free_ref=True)
+            if th is None:
+                return None
+        return th, float(rhs(th, w, self.K, self.H)[self.ref])
+
+    def solve_state(self, omega: Array | None = None, clamp: bool = True, tol: float = _TOL,
+                    theta0: Array | None = None) -> tuple[Array, _Linearised | None]:
+        """Locked state θ (rad, θ_ref = 0) under the present settings and its linearisation
+        (None: no stable locked state — the phases slip).
+
+        Free state: Newton on the co-rotation residual (fast path from the warm start; the
+        core damped Newton plus a secant on Ω otherwise); it sets the clock frame Ω. Nudged
+        state: the pinned system at ω − Ω (fast Newton from the predicted state, else the
+        core solver). Locked = converged and every eigenvalue of the pinned Jacobian has a
+        negative real part.
+        """
+        w = np.asarray(self._true_frequencies() if omega is None else omega, dtype=np.float64)
+        rkw = self._rkw(clamp)
+        start = (self._predict() if clamp else self.theta) if theta0 is None else theta0
+        if not rkw or self._frame_omega is None:
+            free = self._free_frame(w, self.theta if rkw else start, tol)
+            if free is None:
+                return self.theta.copy(), None
+            th, self._frame_omega = free
+        if rkw:
+            wf = w - self._frame_omega
+            th_n = self._newton(start, wf, rkw, tol, free_ref=False)
+            if th_n is None:
+                th_n = self._core(wf, rkw, start, tol)
+            if th_n is None:
+                return self.theta.copy(), None
+            th = th_n
+        lin = self._linearise(th, clamp)
+        if lin.margin <= 1e-9:
+            return th, None
+        return th, lin
+
+    @property
+    def frame_frequency(self) -> float | None:
+        """Ω (model units): collective frequency of the free array the clock is locked to."""
+        return self._frame_omega
+
+    def solve(self, omega: Array | None = None, clamp: bool = True,
+              tol: float = _TOL) -> tuple[Array, bool]:
+        """(θ, locked) under the present true settings (see :meth:`solve_state`)."""
+        th, lin = self.solve_state(omega, clamp, tol)
+        return th, lin is not None
+
+    def _locked_state(self) -> tuple[Array, _Linearised | None]:
+        return self.solve_state()
 
     def _predict(self) -> Array:
         """Warm start for the next solve: the nudged state to first order from the free one
@@ -372,14 +469,11 @@ class EmulatedChip(OscillatorSubstrate):
             return self.theta
         return out
 
-    def _linearise(self, theta: Array) -> _Linearised:
-        kw = self._nudge_kwargs()
-        if kw:
-            b, t, d = kw["beta"], kw["target"], kw["direction"]
-            J = jacobian(theta, self.K, self.H, beta=b * d, target=t, nudge=self.model.nudge)
-        else:
-            J = jacobian(theta, self.K, self.H)
-        A = J[self.keep][:, self.keep]
+    def _linearise(self, theta: Array, clamp: bool = True) -> _Linearised:
+        """Linearised dynamics around the locked state: A the pinned reduced Jacobian, noise
+        rate diag(D_k) on the non-reference oscillators (the reference follows the clock;
+        clock jitter belongs to the readout)."""
+        _, A = self._system(theta, self._true_frequencies(), self._rkw(clamp), free_ref=False)
         return _Linearised(A, self._diffusion()[self.keep])
 
     def _lock_settle_s(self, margin: float) -> float:
@@ -494,17 +588,22 @@ class EmulatedChip(OscillatorSubstrate):
     # -- ground truth ---------------------------------------------------------------
     def true_state(self) -> tuple[Array, bool]:
         """The noise-free free-running locked state (rad) and whether it is locked."""
-        eq, ok = self.solve(clamp=False, tol=_TOL_EXACT)
-        return np.asarray(eq.theta), ok
+        th, lin = self.solve_state(clamp=False, tol=_TOL_EXACT)
+        return th, lin is not None
 
     def exact_gradient(self, target: Array) -> Array:
         """∂L/∂ω^c (reference entry 0) by implicit differentiation at the chip's true free
-        state, with its true (possibly asymmetric, non-odd) Jacobian. ``target`` (n_outputs,)
-        rad; the loss pairs with ``model.nudge`` (injection: Σ(1 − cos(θ_o − t)))."""
-        theta, _ = self.true_state()
-        e = loss_grad_theta(theta, self.model.outputs, np.asarray(target, dtype=np.float64),
+        state, with its true (possibly asymmetric, non-odd) Jacobian in the clock frame:
+        −J̃⁻ᵀe (:func:`~phasegrad_hw.gradients.implicit_gradient`), e = ∂L/∂θ. The two-phase
+        estimate −Δθ/β approaches −J̃⁻¹e, so they agree iff J̃ is symmetric. ``target``
+        (n_outputs,) rad; the loss pairs with ``model.nudge`` (injection: Σ(1 − cos(θ_o − t))).
+        """
+        th, lin = self.solve_state(clamp=False, tol=_TOL_EXACT)
+        if lin is None:
+            raise LockLostError("exact_gradient: the chip has no locked free state")
+        e = loss_grad_theta(th, self.model.outputs, np.asarray(target, dtype=np.float64),
                             self.model.nudge)
-        return implicit_gradient(theta, self.K, e, self.H, ref=self.ref)
+        return np.asarray(implicit_gradient(th, self.K, e, self.H, ref=self.ref))
 
     def true_frequencies(self) -> Array:
         """The chip's real natural frequencies now (model units, not centred)."""

@@ -182,7 +182,6 @@ class CMOSSubstrate(EmulatedChip):
     def _diffusion(self) -> Array:
         d = diffusion_rad2_per_s(self.model) * self._time_unit_s
         out = np.full(self.n, d)
-        out[self.ref] = 0.0  # clock-locked reference
         return out
 
     def _readout(self, phases: Array) -> Array:

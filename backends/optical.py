@@ -209,7 +209,6 @@ class OpticalSubstrate(EmulatedChip):
     def _diffusion(self) -> Array:
         d = 2.0 * np.pi * self.model.laser.linewidth_hz * self._time_unit_s
         out = np.full(self.n, d)
-        out[self.ref] = 0.0  # the reference laser is the homodyne local oscillator's source
         return out
 
     def _readout(self, phases: Array) -> Array:

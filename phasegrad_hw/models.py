@@ -446,7 +446,7 @@ class SettlingSpec(StrictModel):
     waits that long (off for CI and benchmarks; the time is reported either way)."""
 
     lock_cycles: float = Field(default=20.0, ge=1.0, le=10_000.0)
-    tolerance: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    tolerance: float = Field(default=1e-4, gt=0.0, lt=1.0)
     max_settle_s: float = Field(default=1e-3, gt=0.0)
     sleep: bool = False
 
