@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from phasegrad_hw.backends.optical import (
     OpticalSubstrate,
     biases_to_frequencies,
     crosstalk_matrix,
     frequencies_to_biases,
 )
+
 from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample
 from phasegrad_hw.devices import load_device_model
 from phasegrad_hw.gradients import cosine, finite_difference_gradient, two_phase_gradient
@@ -72,7 +72,8 @@ def test_nominal_heater_curve_with_crosstalk_inverts() -> None:
     w = np.random.default_rng(1).uniform(-3, 3, (5, 9))
     assert np.allclose(biases_to_frequencies(BASE, frequencies_to_biases(BASE, w)), w, atol=1e-9)
     X = crosstalk_matrix(4, 0.2)
-    assert np.array_equal(X, np.array([[1, .2, 0, 0], [.2, 1, .2, 0], [0, .2, 1, .2], [0, 0, .2, 1]]))
+    expected = [[1, .2, 0, 0], [.2, 1, .2, 0], [0, .2, 1, .2], [0, 0, .2, 1]]
+    assert np.array_equal(X, np.array(expected))
 
 
 async def test_thermal_time_constant_and_settling() -> None:
