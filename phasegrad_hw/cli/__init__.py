@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import typer
 
 COMMAND_MODULES: list[str] = ["verify", "emulate_board", "runs", "agent", "noise", "emulate_bench",
-                              "calibrate", "train"]
+                              "calibrate", "train", "reproduce"]
 
 
 @dataclass
