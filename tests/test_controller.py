@@ -583,3 +583,23 @@ async def test_centred_minus_reading_is_checked_too(
     assert not rep.updated and (rep.skipped_unlocked, rep.skipped_basin_jump) == counts
     assert np.array_equal(ctl.params.omega, p0.omega)
     assert [c[1][2] for c in sub.calls if c[0] == "clamp"] == [1, -1] and not sub.clamp_active
+
+
+async def test_cancellation_while_batched_reads_wait_leaves_all_chips_safe() -> None:
+    m = model_2_5_2(0)
+    batch = SimulatedBatch(m, 3)
+    p0 = _params(m)
+    ctl = EPController(batch.chips, EPConfig(lr_omega=0.1), p0)
+    task = asyncio.create_task(ctl.step([_sample(0.1 * k) for k in range(3)]))
+    # wait until the free reads are solved and the chips are nudged, then cancel
+    while not all(c._clamp is not None for c in batch.chips):
+        await asyncio.sleep(0)
+    assert batch.solves == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert np.array_equal(ctl.params.omega, p0.omega)
+    assert all(c._clamp is None and np.array_equal(c.omega, m.safe_biases()) for c in batch.chips)
+    # the batch still works afterwards
+    rep = await EPController(batch.chips, EPConfig(lr_omega=0.1), p0).step([_sample(0.2)] * 3)
+    assert rep.updated and rep.n_valid == 3
