@@ -116,7 +116,8 @@ class StepReport:
     lock flag; ``valid`` mask of samples that contributed; ``grad_omega``
     (N,) and ``grad_coupling`` (E,) the valid samples' mean gradient (masked to the learnable
     subset, before clipping; None when nothing was valid or that set does not learn);
-    ``loss`` mean output loss at the free state of the valid samples (rad², NaN if none).
+    ``loss`` mean over the valid samples of the nudge's loss toward the clamp targets at the
+    free state (½Σ(θ_o − t)² linear, Σ(1 − cos(θ_o − t)) injection; rad²; NaN if none).
     """
 
     free_phases: Array
