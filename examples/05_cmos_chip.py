@@ -11,15 +11,15 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+from phasegrad_hw.backends.cmos import CMOSSubstrate
 
-from phasegrad_hw.devices import open_substrate
 from phasegrad_hw.gradients import cosine, two_phase_gradient
-from phasegrad_hw.substrate import OscillatorSubstrate
+from phasegrad_hw.models import CMOSChipModel
 
 DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
 
 
-async def estimate(chip: OscillatorSubstrate, target: np.ndarray, beta: float,
+async def estimate(chip: CMOSSubstrate, target: np.ndarray, beta: float,
                    averages: int) -> np.ndarray:
     await chip.clamp(target, beta)
     plus = await chip.read_phases(averages)
@@ -30,7 +30,7 @@ async def estimate(chip: OscillatorSubstrate, target: np.ndarray, beta: float,
 
 
 async def main() -> None:
-    chip = open_substrate(DEVICE, seed=0)
+    chip = CMOSSubstrate(CMOSChipModel.load(DEVICE), seed=0)
     async with chip:
         omega = np.array([0.6, -0.9, 0.2, -0.1, 0.3, -0.2, 0.1, 0.15, -0.25])
         await chip.set_frequencies(omega)
