@@ -496,11 +496,19 @@ def test_train_cli_over_mqtt_matches_the_device_file(broker: Mosquitto, device_f
                                                      tmp_path: Path) -> None:
     from phasegrad_hw.store import RunStore
 
-    def train_cli(dev: str, name: str) -> tuple[Parameters, dict[str, Any]]:
+    # a small formant file (CI-sized run): 15 /a/ and 15 /i/ around the Hillenbrand means
+    rng = np.random.default_rng(9)
+    rows = [f"{v},{f1:.1f},{f2:.1f}" for v, m1, m2 in (("a", 887.3, 1506.8), ("i", 411.6, 2725.4))
+            for f1, f2 in zip(rng.normal(m1, 60, 15), rng.normal(m2, 150, 15), strict=True)]
+    csv = tmp_path / "formants.csv"
+    csv.write_text("vowel,F1,F2\n" + "\n".join(rows) + "\n")
+
+    def train_cli(dev: str, name: str, *extra: str) -> tuple[Parameters, dict[str, Any]]:
         store, out = tmp_path / f"{name}.sqlite", tmp_path / f"{name}.json"
         proc = subprocess.run(
-            [*CLI, "train", "--device", dev, "--task", "vowels:a,i", "--params", "both",
-             "--epochs", "1", "--seed", "4", "--store", str(store), "--json", str(out)],
+            [*CLI, "train", "--device", dev, "--task", "vowels:a,i", "--data", str(csv),
+             "--params", "both", "--epochs", "2", "--seed", "4", "--store", str(store),
+             "--json", str(out), *extra],
             capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         with RunStore(store) as st:
@@ -509,11 +517,45 @@ def test_train_cli_over_mqtt_matches_the_device_file(broker: Mosquitto, device_f
             assert "controller-pw" not in run["device"]  # credentials are not stored
         return state.params, json.loads(out.read_text())
 
+    seen: list[tuple[str, dict[str, Any]]] = []
+    subscribed, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:  # the telemetry of the training process, as a read-only user sees it
+        async def go() -> None:
+            cfg, _, _ = BrokerConfig.parse(broker.uri("watcher"))
+            async with cfg.client("cli-watcher") as c:
+                await c.subscribe("phasegrad/lab/telemetry/+", qos=1)
+                subscribed.set()
+                while not stop.is_set():
+                    try:
+                        async with asyncio.timeout(0.2):
+                            m = await anext(aiter(c.messages))
+                    except TimeoutError:
+                        continue
+                    seen.append((str(m.topic).rsplit("/", 1)[1],
+                                 json.loads(bytes(m.payload))))  # type: ignore[arg-type,unused-ignore]
+
+        asyncio.run(go())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert subscribed.wait(10)
     with agent_process(broker, device_file):
-        remote, remote_json = train_cli(broker.uri("controller", NAME), "remote")
+        remote, remote_json = train_cli(
+            broker.uri("controller", NAME), "remote",
+            "--telemetry", broker.uri("controller", "lab/telemetry") + "?step_s=0.05")
+    stop.set()
+    watcher.join(5)
     local, local_json = train_cli(str(device_file), "local")
     assert_same(remote, local)
     assert remote_json["final_test_accuracy"] == local_json["final_test_accuracy"]
+    topics = [t for t, _ in seen]
+    assert topics[0] == "status" and seen[0][1]["status"] == "online"
+    assert seen[-1] == ("status", {"status": "offline", "time": seen[-1][1]["time"]})  # clean
+    metrics = [p for t, p in seen if t == "metrics"]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1]["test_accuracy"] == remote_json["final_test_accuracy"]
+    assert "steps" in topics
 
 
 async def test_model_mismatch_is_refused_without_leftovers(broker: Mosquitto) -> None:  # noqa: F811

@@ -241,6 +241,9 @@ def register(groups: Groups) -> None:
         beta: float = typer.Option(0.1, help="Nudge strength β."),
         mode: str = typer.Option("one_sided", help="one_sided or centred."),
         averages: int = typer.Option(1, help="Reads averaged per state."),
+        telemetry: str | None = typer.Option(
+            None, help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
+            "epoch metrics and step diagnostics over MQTT."),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
@@ -276,7 +279,16 @@ def register(groups: Groups) -> None:
             if data is not None
             else (Path(saved["data"]) if resume and saved.get("data") else None)
         )
-        res = asyncio.run(_train(o, data_path, store, resume, con))
+        if telemetry is not None:  # a bad URI fails now, not after the device is open
+            from phasegrad_hw.models import ConfigError
+            from phasegrad_hw.telemetry import open_telemetry
+
+            try:
+                open_telemetry(telemetry)
+            except ConfigError as exc:
+                typer.echo(str(exc), err=True)
+                raise typer.Exit(2) from None
+        res = asyncio.run(_train(o, data_path, store, resume, con, telemetry))
         _write_json(json_path, res)
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
@@ -289,7 +301,8 @@ def register(groups: Groups) -> None:
 
 
 async def _train(
-    o: TrainOptions, data: Path | None, store: Path | None, resume: str | None, con: Any
+    o: TrainOptions, data: Path | None, store: Path | None, resume: str | None, con: Any,
+    telemetry: str | None = None,
 ) -> dict[str, Any]:
     from phasegrad_hw.controller import EPConfig
     from phasegrad_hw.devices import open_substrate
@@ -316,6 +329,12 @@ async def _train(
             run_id = rs.create_run(
                 {"options": o.model_dump(), "data": str(data) if data else None}, o.device
             )
+    tm: Any = None
+    if telemetry is not None:
+        from phasegrad_hw.telemetry import open_telemetry
+
+        tm = open_telemetry(telemetry)
+        await tm.start()  # never blocks training: a bounded queue, sent in the background
     try:
         sub = open_substrate(o.device, seed=o.seed)
         async with sub:
@@ -323,6 +342,8 @@ async def _train(
             async def save(state: LoopState) -> None:
                 if rs is not None and run_id is not None:
                     rs.save_checkpoint(run_id, state)
+                if tm is not None:
+                    tm.on_epoch_end(state)
 
             res = await train_on_substrates(
                 [sub],
@@ -334,6 +355,7 @@ async def _train(
                 init=o.init,
                 start=start,
                 on_epoch_end=save,
+                on_step=tm.on_step if tm is not None else None,
                 progress=True,
             )
         out: dict[str, Any] = {
@@ -348,5 +370,7 @@ async def _train(
             out["run_id"] = run_id
         return out
     finally:
+        if tm is not None:
+            await tm.stop()
         if rs is not None:
             rs.close()
