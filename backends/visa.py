@@ -32,7 +32,7 @@ import math
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
@@ -99,7 +99,7 @@ class VisaBenchModel(DeviceModel):
     current_protection_a: float = Field(default=0.01, gt=0.0, le=1.0)
     injection_v_per_beta: float = Field(default=1.0, gt=0.0, le=100.0)
     settle_s: float = Field(default=0.0, ge=0.0, le=60.0)
-    io_thread: bool = True
+    io_mode: Literal["async", "thread", "inline"] = "async"
 
     @model_validator(mode="after")
     def _channel_maps(self) -> VisaBenchModel:
@@ -235,6 +235,7 @@ class VisaBench(OscillatorSubstrate):
         self._failed: SubstrateError | None = None
         self._pending: list[Future[None]] = []
         self._safe_failed = False
+        self._interrupted: set[str] = set()  # instruments whose reply may still be in flight
         self._in_safe = False
         self.retries_used = 0  # recoveries performed (timeouts, bad replies, reconnects)
         self.round_trips = 0
@@ -323,7 +324,7 @@ class VisaBench(OscillatorSubstrate):
         msg = ";".join(
             f":SOUR{c}:VOLT {float(v):.17g}" for c, v in zip(self._smu_ch, values, strict=True)
         )
-        await self._run(lambda: self._write_checked("smu", msg))
+        await self._guarded(lambda: self._awrite_checked("smu", msg))
         if self.model.settle_s:
             await asyncio.sleep(self.model.settle_s)
 
@@ -337,31 +338,34 @@ class VisaBench(OscillatorSubstrate):
                 f":SOUR{c}:VOLT {amp:.17g};:SOUR{c}:PHAS {deg:.17g};:OUTP{c}:POL {pol};:OUTP{c} ON"
             )
         msg = ";".join(parts)
-        await self._run(lambda: self._write_checked("injection", msg))
+        await self._guarded(lambda: self._awrite_checked("injection", msg))
 
     async def _apply_release(self) -> None:
         msg = ";".join(f":OUTP{c} OFF" for c in self._inj_ch)
-        await self._run(lambda: self._write_checked("injection", msg))
+        await self._guarded(lambda: self._awrite_checked("injection", msg))
 
     async def _read(self, averages: int) -> PhaseReading:
-        reading = await self._run(lambda: self._read_sync(averages))
-        return reading
+        return await self._guarded(lambda: self._aread(averages))
 
-    # -- thread plumbing ------------------------------------------------------------------
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _aread(self, averages: int) -> PhaseReading:
+        timeout = self.model.measure_timeout_s + averages * self.model.measure_timeout_per_sample_s
+        msg = f":SAMP:COUN {averages};:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?"
+        phase = await self._aquery("phase_meter", msg, self._parse_phase, timeout)
+        status = await self._aquery(
+            "smu", self._trip_query, self._parse_smu, self.model.smu.timeout_s
+        )
+        return self._reading(averages, phase, status)
+
+    # -- I/O plumbing ------------------------------------------------------------------------
+    async def _guarded(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one operation; on a fatal failure make the bench safe, then raise its cause."""
         if self._executor is None:
             raise DeviceError("bench: not connected (use `async with` or connect())")
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:  # queued fire-and-forget operations (reseed): surface errors
-                fut = self._pending.pop(0)
-                await asyncio.wrap_future(fut)
-            if not self.model.io_thread:
-                return fn()  # blocking, in the event loop's thread
-            return await loop.run_in_executor(self._executor, fn)
-        except SubstrateError as exc:
-            if not isinstance(exc, _Fatal):
-                raise
+                await asyncio.wrap_future(self._pending.pop(0))
+            return await op()
+        except _Fatal as exc:
             self._failed = exc.cause
             if not self._in_safe:
                 try:
@@ -373,6 +377,98 @@ class VisaBench(OscillatorSubstrate):
                         "bench: making the device safe after a fatal error failed: %s", safe_exc
                     )
             raise exc.cause from exc.cause.__cause__
+
+    async def _io(self, fn: Callable[[], T]) -> T:
+        """Run synchronous pyvisa work: in the worker thread, or inline (``io_mode``)."""
+        if self._executor is None:
+            raise DeviceError("bench: not connected (use `async with` or connect())")
+        if self.model.io_mode == "inline":
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Synchronous work (connect, reseed, thread-mode queries) under :meth:`_guarded`."""
+
+        async def op() -> T:
+            return await self._io(fn)
+
+        return await self._guarded(op)
+
+    async def _awrite_checked(self, name: str, message: str) -> None:
+        await self._aquery(
+            name,
+            f"{message};:SYST:ERR?",
+            self._write_ok(name, message),
+            getattr(self.model, name).timeout_s,
+        )
+
+    async def _aquery(
+        self, name: str, message: str, parse: Callable[[str], T], timeout_s: float
+    ) -> T:
+        """One query. ``async`` mode: send, wait for the reply on the event loop (no thread
+        hop), read; any failure is recovered in the worker thread (clear, resync, retry)."""
+        if self.model.io_mode != "async" or name in self._interrupted:
+            first: Exception | None = None
+            if name in self._interrupted:
+                self._interrupted.discard(name)
+                first = ProtocolError("a query was interrupted; its reply may still arrive")
+            return await self._io(lambda: self._transact(name, message, parse, timeout_s, first))
+        res = self._res.get(name)
+        sock = _socket_of(res) if res is not None else None
+        if sock is None:
+            return await self._io(lambda: self._transact(name, message, parse, timeout_s))
+        self._interrupted.add(name)  # until the reply is in
+        try:
+            reply = await self._fast_query(res, sock, message, timeout_s)
+            result = parse(reply)
+        except Exception as exc:
+            self._interrupted.discard(name)
+            first = self._classify(exc, name, timeout_s)
+            log.warning(
+                "bench: %s: %s (attempt 1/%d) on %r",
+                name,
+                first,
+                self.model.retries + 1,
+                message[:60],
+            )
+            return await self._io(lambda: self._transact(name, message, parse, timeout_s, first))
+        self._interrupted.discard(name)
+        return result
+
+    async def _fast_query(
+        self, res: Any, sock: socket.socket, message: str, timeout_s: float
+    ) -> str:
+        session = res.visalib.sessions[res.session]
+        if getattr(session, "_pending_buffer", b""):
+            raise ProtocolError("unexpected bytes pending before a query")
+        term = res.read_termination.encode("latin-1")[-1:] or b"\n"
+        self.round_trips += 1
+        res.write(message)  # a short message: the send does not block
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        fd = sock.fileno()
+        while True:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _set_ready, ready)
+            try:
+                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise DeviceTimeoutError(f"timeout after {timeout_s:g} s") from None
+            finally:
+                loop.remove_reader(fd)
+            try:
+                peek = sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not peek:
+                raise ConnectionError("connection closed by the instrument")
+            if term in peek:
+                break  # a whole reply is waiting: pyvisa reads it without blocking
+        res.timeout = max(1, int(timeout_s * 1000))
+        reply: str = res.read()
+        if not reply.isascii() or any(not (" " <= ch <= "~") for ch in reply):
+            raise ProtocolError(f"non-ASCII/control bytes in reply {reply[:40]!r}")
+        return reply
 
     # -- synchronous I/O (worker thread) ---------------------------------------------------
     def _open(self, name: str) -> Any:
@@ -504,13 +600,44 @@ class VisaBench(OscillatorSubstrate):
             errors.append(reply)
         return errors
 
-    def _transact(self, name: str, message: str, parse: Callable[[str], T], timeout_s: float) -> T:
-        """Send ``message``, parse its reply; recover and retry up to ``model.retries`` times."""
+    def _classify(self, exc: BaseException, name: str, timeout_s: float) -> Exception:
+        """Map a failed attempt to: DeviceTimeoutError, ConnectionError or a SubstrateError."""
         import pyvisa
 
+        if isinstance(exc, pyvisa.errors.VisaIOError):
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                res = self._res.get(name)
+                if res is not None and _peer_closed(res):
+                    return ConnectionError(f"connection lost ({exc.description})")
+                return DeviceTimeoutError(f"timeout after {timeout_s:g} s")
+            return ConnectionError(f"I/O error: {exc}")
+        if isinstance(exc, DeviceTimeoutError):
+            res = self._res.get(name)
+            if res is not None and _peer_closed(res):
+                return ConnectionError("connection lost (closed by the instrument)")
+            return exc
+        if isinstance(exc, UnicodeDecodeError):
+            return ProtocolError(f"undecodable reply ({exc.reason})")
+        if isinstance(exc, SubstrateError | ConnectionError):
+            return exc
+        # OSError, and the bare Exception pyvisa-py raises when a connect fails
+        return ConnectionError(f"{type(exc).__name__}: {exc}")
+
+    def _transact(
+        self,
+        name: str,
+        message: str,
+        parse: Callable[[str], T],
+        timeout_s: float,
+        first_failure: Exception | None = None,
+    ) -> T:
+        """Send ``message``, parse its reply; recover and retry up to ``model.retries`` times.
+
+        ``first_failure``: the first attempt already failed this way (recover before sending).
+        """
         cfg: InstrumentConfig = getattr(self.model, name)
-        last: Exception | None = None
-        for attempt in range(self.model.retries + 1):
+        last: Exception | None = first_failure
+        for attempt in range(1 if first_failure is not None else 0, self.model.retries + 1):
             if attempt:
                 self.retries_used += 1
                 try:
@@ -529,24 +656,8 @@ class VisaBench(OscillatorSubstrate):
             try:
                 reply = self._raw_query(name, message, timeout_s)
                 return parse(reply)
-            except pyvisa.errors.VisaIOError as exc:
-                if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                    res = self._res.get(name)
-                    last = (
-                        ConnectionError(f"connection lost ({exc.description})")
-                        if res is not None and _peer_closed(res)
-                        else DeviceTimeoutError(f"timeout after {timeout_s:g} s")
-                    )
-                else:
-                    last = ConnectionError(f"I/O error: {exc}")
-            except UnicodeDecodeError as exc:
-                last = ProtocolError(f"undecodable reply ({exc.reason})")
-            except SubstrateError as exc:
-                last = exc
-            except (OSError, ConnectionError) as exc:
-                last = ConnectionError(f"{type(exc).__name__}: {exc}")
-            except Exception as exc:  # pyvisa-py raises bare Exception when a connect fails
-                last = ConnectionError(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                last = self._classify(exc, name, timeout_s)
             log.warning(
                 "bench: %s: %s (attempt %d/%d) on %r",
                 name,
@@ -571,8 +682,8 @@ class VisaBench(OscillatorSubstrate):
     def _query(self, name: str, message: str, parse: Callable[[str], T]) -> T:
         return self._transact(name, message, parse, getattr(self.model, name).timeout_s)
 
-    def _write_checked(self, name: str, message: str) -> None:
-        """Send settings chained with ``:SYST:ERR?``; the instrument must report no error."""
+    def _write_ok(self, name: str, message: str) -> Callable[[str], None]:
+        """Parser of the ``:SYST:ERR?`` that confirms a chained write."""
 
         def ok(reply: str) -> None:
             r = reply.strip()
@@ -582,52 +693,52 @@ class VisaBench(OscillatorSubstrate):
                 raise InstrumentReportedError(f"{name} refused {message[:60]!r}: {r}")
             raise ProtocolError(f"unexpected reply {r[:60]!r} to a confirmed write")
 
-        self._query(name, f"{message};:SYST:ERR?", ok)
+        return ok
 
-    def _read_sync(self, averages: int) -> PhaseReading:
+    def _write_checked(self, name: str, message: str) -> None:
+        """Send settings chained with ``:SYST:ERR?``; the instrument must report no error."""
+        self._query(name, f"{message};:SYST:ERR?", self._write_ok(name, message))
+
+    def _parse_phase(self, reply: str) -> tuple[Array, Array, int]:
         n = len(self._meter_ch)
-        timeout = self.model.measure_timeout_s + averages * self.model.measure_timeout_per_sample_s
+        parts = reply.strip().split(";", 3)  # the error string may contain ';'
+        if len(parts) == 4 and not _NO_ERROR.fullmatch(parts[3]):
+            if _ERROR_REPLY.fullmatch(parts[3]):
+                raise InstrumentReportedError(f"phase_meter reported {parts[3]}")
+        if len(parts) != 4 or not _NO_ERROR.fullmatch(parts[3]):
+            raise ProtocolError(f"phase reply has {len(parts)} parts, expected 4: {reply[:60]!r}")
+        try:
+            mean = np.array([float(x) for x in parts[0].split(",")])
+            sdev = np.array([float(x) for x in parts[1].split(",")])
+            ques = int(parts[2])
+        except ValueError as exc:
+            raise ProtocolError(f"malformed phase reply {reply[:60]!r}") from exc
+        if mean.shape != (n,) or sdev.shape != (n,):
+            raise ProtocolError(f"phase reply has {mean.size}/{sdev.size} values, expected {n}")
+        if not (np.all(np.abs(mean) <= 180.0) and np.all((sdev >= 0) & (sdev < 1e6))):
+            raise ProtocolError(f"phase reply out of range: {reply[:60]!r}")
+        return mean, sdev, ques
 
-        def parse(reply: str) -> tuple[Array, Array, int]:
-            parts = reply.strip().split(";", 3)  # the error string may contain ';'
-            if len(parts) == 4 and not _NO_ERROR.fullmatch(parts[3]):
-                if _ERROR_REPLY.fullmatch(parts[3]):
-                    raise InstrumentReportedError(f"phase_meter reported {parts[3]}")
-            if len(parts) != 4 or not _NO_ERROR.fullmatch(parts[3]):
-                raise ProtocolError(
-                    f"phase reply has {len(parts)} parts, expected 4: {reply[:60]!r}"
-                )
-            try:
-                mean = np.array([float(x) for x in parts[0].split(",")])
-                sdev = np.array([float(x) for x in parts[1].split(",")])
-                ques = int(parts[2])
-            except ValueError as exc:
-                raise ProtocolError(f"malformed phase reply {reply[:60]!r}") from exc
-            if mean.shape != (n,) or sdev.shape != (n,):
-                raise ProtocolError(f"phase reply has {mean.size}/{sdev.size} values, expected {n}")
-            if not (np.all(np.abs(mean) <= 180.0) and np.all((sdev >= 0) & (sdev < 1e6))):
-                raise ProtocolError(f"phase reply out of range: {reply[:60]!r}")
-            return mean, sdev, ques
-
-        mean, sdev, ques = self._transact(
-            "phase_meter",
-            f":SAMP:COUN {averages};:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?",
-            parse,
-            timeout,
-        )
+    def _parse_smu(self, reply: str) -> tuple[list[int], list[int]]:
         m = len(self._smu_ch)
+        parts = [p.split(",") for p in reply.strip().split(";")]
+        if len(parts) != 2 or any(
+            len(p) != m or any(x not in ("0", "1") for x in p) for p in parts
+        ):
+            raise ProtocolError(f"SMU status reply malformed: {reply[:60]!r}")
+        return [int(x) for x in parts[0]], [int(x) for x in parts[1]]
 
-        def parse_smu(reply: str) -> tuple[list[int], list[int]]:
-            parts = [p.split(",") for p in reply.strip().split(";")]
-            if len(parts) != 2 or any(
-                len(p) != m or any(x not in ("0", "1") for x in p) for p in parts
-            ):
-                raise ProtocolError(f"SMU status reply malformed: {reply[:60]!r}")
-            return [int(x) for x in parts[0]], [int(x) for x in parts[1]]
-
-        tripped, on = self._query("smu", self._trip_query, parse_smu)
-        if any(tripped) or not all(on):
-            bad = [i for i in range(m) if tripped[i] or not on[i]]
+    def _reading(
+        self,
+        averages: int,
+        phase: tuple[Array, Array, int],
+        status: tuple[list[int], list[int]],
+    ) -> PhaseReading:
+        """The reading, only if the SMU confirms every output stayed on and none tripped."""
+        mean, sdev, ques = phase
+        tripped, on = status
+        bad = [i for i in range(len(self._smu_ch)) if tripped[i] or not on[i]]
+        if bad:
             i = bad[0]
             why = (
                 f"tripped its current compliance ({self.model.current_protection_a:g} A)"
@@ -649,6 +760,11 @@ class VisaBench(OscillatorSubstrate):
             averages=averages,
             settle_s=self.model.settle_s,
         )
+
+
+def _set_ready(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Fatal(SubstrateError):

@@ -92,9 +92,10 @@ def main() -> dict[str, Any]:
     ap.add_argument("--mode", choices=["one_sided", "centred"], default="one_sided")
     ap.add_argument("--emulator", choices=["process", "thread"], default="process")
     ap.add_argument(
-        "--io-inline",
-        action="store_true",
-        help="pyvisa I/O in the event loop's thread instead of a worker thread",
+        "--io-mode",
+        choices=["async", "thread", "inline"],
+        default="async",
+        help="driver I/O: wait on the event loop (default), in a worker thread, or blocking",
     )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
@@ -107,7 +108,7 @@ def main() -> dict[str, Any]:
             res = dict.fromkeys(("smu", "phase_meter", "injection"), "TCPIP::127.0.0.1::1::SOCKET")
             emu = BenchEmulator(bench_for_chip(chip, res), seed=0)
             with emu.running():
-                bench = VisaBench(emu.bench_config(io_thread=not args.io_inline))
+                bench = VisaBench(emu.bench_config(io_mode=args.io_mode))
                 in_process, tcp = asyncio.run(
                     time_both(local, bench, args.mode, args.steps, args.repeats)
                 )
@@ -138,7 +139,7 @@ def main() -> dict[str, Any]:
                     proc.stdout.readline()
                 model = load_device_model(out)
                 assert isinstance(model, VisaBenchModel)
-                bench = VisaBench(model.model_copy(update={"io_thread": not args.io_inline}))
+                bench = VisaBench(model.model_copy(update={"io_mode": args.io_mode}))
                 in_process, tcp = asyncio.run(
                     time_both(local, bench, args.mode, args.steps, args.repeats)
                 )
@@ -154,7 +155,7 @@ def main() -> dict[str, Any]:
         "steps": args.steps,
         "repeats": args.repeats,
         "emulator": args.emulator,
-        "io_thread": not args.io_inline,
+        "io_mode": args.io_mode,
         "in_process_steps_per_s": 1.0 / in_process,
         "tcp_bench_steps_per_s": 1.0 / tcp,
         "tcp_fraction_of_in_process": in_process / tcp,

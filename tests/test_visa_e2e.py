@@ -174,6 +174,47 @@ def test_fault_matrix_recovers_transparently(kind: str, inst: str, caplog: Any) 
     assert np.abs(got - ref).max() <= 1e-9
 
 
+@pytest.mark.parametrize(("kind", "inst"), [("drop", "phase_meter"), ("corrupt", "smu"),
+                                          ("disconnect", "injection"), ("delay", "phase_meter")])
+def test_fault_recovery_with_io_in_a_worker_thread(kind: str, inst: str) -> None:
+    """The same recovery with ``io_mode = "thread"`` (every query in the worker thread)."""
+    e = BenchEmulator(bench_for_chip(chip_model(), RES))
+    with e.running():
+        e.inject(Fault(kind=kind, instrument=inst, after=3, count=1, delay_s=0.6))  # type: ignore[arg-type]
+        bench = VisaBench(fast_config(e, io_mode="thread"))
+        got = asyncio.run(_train(bench))
+        assert bench.retries_used >= 1
+        assert_safe(e)
+    ref = asyncio.run(_train(SimulatedSubstrate(chip_model())))
+    assert np.abs(got - ref).max() <= 1e-9
+
+
+def test_cancelled_read_does_not_leave_a_stale_reply(emu: BenchEmulator) -> None:
+    """A read cancelled while its reply is in flight: the late reply is discarded and the
+    next read returns fresh phases."""
+
+    async def run() -> tuple[np.ndarray, np.ndarray, int]:
+        async with VisaBench(fast_config(emu)) as bench:
+            await bench.set_frequencies(np.full(9, 0.05))
+            emu.inject(Fault(kind="delay", instrument="phase_meter", delay_s=0.3))
+            task = asyncio.ensure_future(bench.read_phases())
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            w = np.linspace(-0.5, 0.5, 9)
+            await bench.set_frequencies(w)
+            fresh = (await bench.read_phases()).phases
+            retries = bench.retries_used
+        ref = SimulatedSubstrate(chip_model())
+        await ref.set_frequencies(w)
+        return fresh, (await ref.read_phases()).phases, retries
+
+    fresh, expected, retries = asyncio.run(run())
+    assert np.abs(fresh - expected).max() <= 1e-9
+    assert retries == 1  # one resynchronisation discarded the late reply
+
+
 async def _train(sub: OscillatorSubstrate, steps: int = 4) -> np.ndarray:
     model = sub.model
     params = Parameters(np.zeros(model.n), model.coupling_values())
