@@ -180,7 +180,7 @@ def test_fault_recovery_with_io_in_a_worker_thread(kind: str, inst: str) -> None
     """The same recovery with ``io_mode = "thread"`` (every query in the worker thread)."""
     e = BenchEmulator(bench_for_chip(chip_model(), RES))
     with e.running():
-        e.inject(Fault(kind=kind, instrument=inst, after=3, count=1, delay_s=0.6))  # type: ignore[arg-type]
+        e.inject(Fault(kind=kind, instrument=inst, after=3, count=1, delay_s=0.6))
         bench = VisaBench(fast_config(e, io_mode="thread"))
         got = asyncio.run(_train(bench))
         assert bench.retries_used >= 1
