@@ -401,3 +401,42 @@ async def test_no_failures_means_no_skips() -> None:
     for _ in range(20):
         await ctl.step([Sample(rng.uniform(-1.0, 1.0, 2), TARGET)])
     assert ctl.stats.skipped == 0 and ctl.stats.updates == 20
+
+
+# --------------------------------------------------------------------------- training (CI size)
+def tiny_chip_model() -> CMOSChipModel:
+    """The loop tests' 5-oscillator network as a CMOS chip with the realistic defaults."""
+    from tests.doubles import model_tiny
+
+    t = model_tiny()
+    return CMOSChipModel.model_validate({
+        "backend": "cmos", "name": "cmos-tiny", "n_oscillators": 5,
+        "edges": [e.model_dump(exclude_none=True) for e in t.edges],
+        "roles": t.roles.model_dump(), "seed": 2})
+
+
+async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None:
+    from phasegrad_hw.loop import train_on_substrates
+    from phasegrad_hw.tasks import Encoding
+    from tests.doubles import blobs
+
+    m = tiny_chip_model()
+    data = blobs(40, 20, seed=0)
+    cfg = EPConfig(beta=0.2, mode="centred", averages=16, lr_omega=0.05)
+    p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
+    enc = Encoding()
+    async with CMOSSubstrate(m, seed=1) as chip:
+        before = await train_on_substrates([chip], data, enc, cfg, epochs=0, seed=3, params=p0)
+        full = await train_on_substrates([chip], data, enc, cfg, epochs=4, seed=3, params=p0)
+    assert before.final_test_accuracy <= 0.7
+    # a weakly coupled chip with mismatch occasionally fails to lock: skipped, counted
+    assert full.final_test_accuracy >= 0.9 and full.state.skipped_samples <= 16
+    # resume on a fresh chip (same device file) from the epoch-2 state: identical run
+    async with CMOSSubstrate(m, seed=99) as chip:
+        half = await train_on_substrates([chip], data, enc, cfg, epochs=2, seed=3, params=p0)
+    async with CMOSSubstrate(m, seed=7) as chip:
+        resumed = await train_on_substrates([chip], data, enc, cfg, epochs=4, seed=3,
+                                            start=half.state)
+    assert np.array_equal(resumed.state.params.omega, full.state.params.omega)
+    assert [h.test_accuracy for h in resumed.state.history] == [
+        h.test_accuracy for h in full.state.history]
