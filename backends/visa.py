@@ -13,13 +13,14 @@ one message ``:SAMP:COUN k;:READ?;:CALC:AVER:SDEV?;:STAT:QUES:COND?;:SYST:ERR?``
 list of all channels, followed by one SMU message that checks every output is still on and no
 channel tripped its current compliance during the read.
 
-Failure handling: per-operation timeouts (settings, measurements scaled with the sample
-count, resynchronisation); after a timeout or a malformed reply the session is cleared
-(``clear()``) and resynchronised with a unique ``*ESE n;*ESE?`` marker, so a late reply is
-never taken for the answer to a later query; a lost connection is reopened; all commands are
-absolute settings, so a retry is idempotent. Past the retry budget the driver raises a clear
-error naming the instrument, the resource and the last failure, after trying to leave the
-device safe. A reading is only returned when its reply is complete, well-formed, fresh and
+I/O: see :class:`VisaBench` (``io_mode``). Failure handling: per-operation timeouts
+(settings, measurements scaled with the sample count, resynchronisation); after a timeout
+or a malformed reply the session is cleared (``clear()``) and resynchronised with a unique
+``*ESE n;*ESE?`` marker, so a late reply is never taken for the answer to a later query; a
+lost connection is reopened; all commands are absolute settings, so a retry is idempotent.
+Past the retry budget the driver raises a clear error naming the instrument, the resource
+and the last failure, after trying to leave the device safe. A reading is only returned
+when its reply is complete, well-formed, fresh and
 the SMU confirms the biases were applied throughout.
 """
 
@@ -220,7 +221,14 @@ def _peer_closed(resource: Any) -> bool:
 
 # --------------------------------------------------------------------------- driver
 class VisaBench(OscillatorSubstrate):
-    """The bench as a substrate. pyvisa is synchronous: all I/O runs in one worker thread."""
+    """The bench as a substrate.
+
+    pyvisa is synchronous. ``io_mode = "async"`` (default) sends a query, waits for the reply
+    on the event loop (the loop is never blocked while an instrument works) and reads it
+    with pyvisa once a whole line is there; recovery and connection handling run in one
+    worker thread. ``"thread"`` runs every query in that thread; ``"inline"`` blocks the
+    loop (lowest latency, for single-device scripts).
+    """
 
     model: VisaBenchModel
 
