@@ -117,6 +117,7 @@ class MqttSubstrate(OscillatorSubstrate):
         self._pending_seed: int | None = None
         self._fatal: Exception | None = None
         self.late_replies = 0
+        self.last_error: str | None = None  # the last broker connection error, for messages
         self.resends = 0
         self.capabilities = frozenset()
         if model is None:
@@ -193,6 +194,7 @@ class MqttSubstrate(OscillatorSubstrate):
                     self._fail(DeviceError(f"{self.broker.uri()}: the broker refused the login "
                                            f"({exc}); check username/password"))
                     return
+                self.last_error = str(exc)
                 log.warning("%s: broker connection lost (%s); retrying in %.2f s",
                             self.topics.base, exc, delay)
             except aiomqtt.MqttError as exc:
@@ -201,6 +203,7 @@ class MqttSubstrate(OscillatorSubstrate):
                         f"{self.broker.uri()}: TLS failed ({exc}); check ?ca= / "
                         "PHASEGRAD_HW_MQTT_CA and the broker's certificate"))
                     return
+                self.last_error = str(exc)
                 log.warning("%s: broker connection lost (%s); retrying in %.2f s",
                             self.topics.base, exc, delay)
             finally:
@@ -260,7 +263,9 @@ class MqttSubstrate(OscillatorSubstrate):
                 if left <= 0:
                     raise DeviceTimeoutError(
                         f"{self.topics.base}: {op} (request {rid}) not answered within "
-                        f"{self.timeout_s:g} s")
+                        f"{self.timeout_s:g} s" + (
+                            "" if self._connected.is_set() or self.last_error is None
+                            else f"; broker unreachable: {self.last_error}"))
                 if not self._connected.is_set():
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
                     try:
@@ -378,18 +383,20 @@ def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0
         sub._task = asyncio.create_task(sub._run())
         try:
             hello = HelloResult.model_validate(await sub._call("hello", {}))
+        except DeviceTimeoutError:
+            why = (f"the broker is unreachable ({sub.last_error})" if sub.last_error
+                   and not sub._connected.is_set() else
+                   f"is `phasegrad-hw agent --name {topics.bench}/{topics.device}` running, "
+                   "and may this user use its topics?")
+            raise DeviceTimeoutError(
+                f"{broker.uri()}/{topics.bench}/{topics.device}: no agent answered within "
+                f"{timeout_s:g} s ({why})") from None
         finally:
             await sub._disconnect()
         return model_from_agent(hello.model)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            return pool.submit(asyncio.run, ask()).result()
-        except DeviceTimeoutError:
-            raise DeviceTimeoutError(
-                f"{broker.uri()}/{topics.bench}/{topics.device}: no agent answered within "
-                f"{timeout_s:g} s (is `phasegrad-hw agent --name {topics.bench}/{topics.device}` "
-                "running, and may this user use its topics?)") from None
+        return pool.submit(asyncio.run, ask()).result()
 
 
 _PLACEHOLDER = DeviceModel.model_validate({

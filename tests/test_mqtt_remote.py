@@ -571,3 +571,19 @@ async def test_model_mismatch_is_refused_without_leftovers(broker: Mosquitto) ->
                 pass
         assert sub._task is None and sub._pending == {}
     assert spy.calls == []
+
+
+def test_unreachable_broker_and_bad_uris_give_clear_errors() -> None:
+    from phasegrad_hw.models import ConfigError
+    from tests.mosquitto import free_port
+
+    with pytest.raises(DeviceTimeoutError, match="broker is unreachable"):
+        open_uri(f"mqtt://u:p@127.0.0.1:{free_port()}/lab/chip?timeout=0.5")
+    with pytest.raises(ConfigError, match="BENCH/DEVICE"):
+        open_uri("mqtt://127.0.0.1:1883/only-bench")
+    with pytest.raises(ConfigError, match=r"timeout: 'soon'"):
+        open_uri("mqtt://127.0.0.1:1883/lab/chip?timeout=soon")
+    with pytest.raises(ConfigError, match="bench"):
+        open_uri("mqtt://127.0.0.1:1883/la b/chip")
+    with pytest.raises(ConfigError, match="scheme"):
+        open_substrate("mqtx://127.0.0.1/lab/chip")
