@@ -251,8 +251,9 @@ async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  
                 "controller-pw", "wrong")):
             with pytest.raises(DeviceError, match="refused the login"):
                 await asyncio.to_thread(open_uri, uri + "?timeout=5")
-        with pytest.raises(DeviceTimeoutError, match="no agent answered"):
-            await asyncio.to_thread(open_uri, broker.uri("outsider", NAME) + "?timeout=1")
+        for user in ("outsider", "watcher"):  # valid logins, but not allowed to drive devices
+            with pytest.raises(DeviceTimeoutError, match="no agent answered"):
+                await asyncio.to_thread(open_uri, broker.uri(user, NAME) + "?timeout=1")
         out_cfg, _, _ = BrokerConfig.parse(broker.uri("outsider"))
         async with out_cfg.client("snoop") as snoop:
             await snoop.subscribe("#", qos=1)
