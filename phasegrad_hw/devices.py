@@ -26,7 +26,6 @@ FILE_BACKENDS: dict[str, str] = {
 }
 URI_SCHEMES: dict[str, str] = {
     "mqtt": "phasegrad_hw.backends.mqtt:open_uri",
-    "mqtt": "phasegrad_hw.backends.mqtt:open_uri",
     "serial": "phasegrad_hw.backends.serial:open_uri",
 }
 
