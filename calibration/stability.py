@@ -1,8 +1,10 @@
 """Stability calibration: lock check, per-edge phase margins, the smallest eigenvalue of the
 identified reduced Laplacian, and the lock range per edge by a detuning sweep.
 
-Physics (DESIGN.md §2): a locked state is stable iff the reduced Laplacian −J̃ (reference
-removed, J_ij = K_ij H'(θ_j − θ_i)) has eigenvalues with positive real part; for H = sin a
+Physics (DESIGN.md §2): a locked state is stable iff the reduced Laplacian −Ã of the phases
+relative to the reference (J_ij = K_ij H'(θ_j − θ_i), Ã_ij = J_ij − J_ref,j, see
+:func:`phasegrad_hw.calibration.symmetry.relative_matrix`) has eigenvalues with positive
+real part (for symmetric K they are the non-zero eigenvalues of the graph Laplacian); for H = sin a
 sufficient condition on a connected graph is |Δθ_ij| < π/2 on every edge, so π/2 − |Δθ_ij|
 is each edge's phase margin. The smallest eigenvalue λ_min is the relaxation rate of the
 slowest mode (settling ∝ 1/λ_min) and shrinks to 0 at the locking edge (a saddle-node).
@@ -54,6 +56,7 @@ class StabilityConfig(StrictModel):
     averages: int = Field(default=64, ge=1)
     slip_rad: float = Field(default=0.5, gt=0.0, le=3.2)
     sweep: bool = True
+    sweep_nodes: list[int] | None = None  # detune only these oscillators (default: all ends)
     detune_step: float = Field(default=0.25, gt=0.0)
     bisect_steps: int = Field(default=5, ge=0, le=30)
     jump_rad: float = Field(default=1.0, gt=0.0, le=3.2)
@@ -217,13 +220,16 @@ async def calibrate_stability(
         probes: ProbeData = await measure_probes(
             sub, omega0, cfg.delta * np.eye(len(keep)), cfg.probe_averages,
             progress=lambda m, f: progress("Laplacian " + m, 0.2 + 0.2 * f))
-        laplacian = np.asarray(probes.domega) @ np.linalg.inv(np.asarray(probes.dtheta))
+        lap_c = np.asarray(probes.domega) @ np.linalg.inv(np.asarray(probes.dtheta))
+        laplacian = lap_c + lap_c.sum(axis=0, keepdims=True)  # −Ã = (I + 11ᵀ)(ΔΩ ΔΘ⁻¹)
     eig = np.sort(np.linalg.eigvals(laplacian).real)
     # -- lock ranges
     edge_out = [EdgeStability(i=int(i), j=int(j), dtheta_rad=float(x), margin_rad=float(m))
                 for (i, j), x, m in zip(edges, d, margins, strict=True)]
     if cfg.sweep:
         nodes = sorted({int(j) if j != ref else int(i) for i, j in edges})
+        if cfg.sweep_nodes is not None:
+            nodes = [k for k in nodes if k in set(cfg.sweep_nodes)]
         ranges: dict[int, tuple[float, float, bool, bool]] = {}
         for c, k in enumerate(nodes):
             progress(f"detuning sweep oscillator {k}", 0.4 + 0.55 * c / len(nodes))
@@ -232,6 +238,8 @@ async def calibrate_stability(
             ranges[k] = (-lo, hi, lo_lim, hi_lim)
         for e in edge_out:
             k = e.j if e.j != ref else e.i
+            if k not in ranges:
+                continue
             lo_v, hi_v, lo_l, hi_l = ranges[k]
             e.detuned, e.detune_lo, e.detune_hi = k, lo_v, hi_v
             e.lo_at_limit, e.hi_at_limit = lo_l, hi_l

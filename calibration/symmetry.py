@@ -15,9 +15,11 @@ centred-difference estimate (O(δ²) error). The per-read spread of each read gi
 standard error of every entry of R̃; a Monte-Carlo propagation of it gives the uncertainty
 of every derived number (asymmetry, couplings, test statistics).
 
-Identification. J̃ = −R̃⁻¹ gives J_ij for i, j ≠ ref, and J_{i,ref} = −Σ_j J̃_ij (rows of J
-sum to zero). The reference's own equation never enters a phase measurement relative to the
-reference, so K_{ref,j} is not identifiable; edges at the reference are reported one-sided.
+Identification. The array locks at a common frequency Ω (ω_i + Σ_j K_ij H(θ_j − θ_i) = Ω
+for all i, the reference included), so the phases relative to the reference obey
+dθ̃/dt = Ã dθ̃ + (dω − dω_ref)[keep] with Ã = (I + 11ᵀ)(−R̃⁻¹), Ã_ij = J_ij − J_ref,j. The
+topology fixes the unknown J_ref,j of each column (J_ij = 0 for non-neighbours i of j), so
+every J_ij — the reference's row included — is identified (:func:`full_jacobian`).
 Effective couplings K_ij = J_ij / H_o'(θ_j − θ_i), H_o the odd part the identity assumes
 (H_o = sin → cos Δθ); per-edge asymmetry |k_ij − k_ji| / mean(k_ij, k_ji).
 
@@ -29,13 +31,14 @@ Non-odd test (two statistics, either flags):
    uncorrelated with tan Δ. ψ̂ is the Gauss–Newton least-squares fit of ρ_e over the
    identified edges; its standard error s_ψ is from the residual scatter (mismatch + noise).
    Flag if |ψ̂| > ``max_phase_lag_rad`` and |ψ̂|/s_ψ > ``nonodd_z``.
-2. *Sum rule per oscillator.* With the measured centred frequencies (frequency counter or a
-   calibrated transfer map), the equilibrium equations read
-   r_i = ω^c_i + Σ_j K̂_ij H_o(Δ_ij) = 0 when H is odd. An even part c = H(0) (−sin ψ for a
-   lag, b0 + b1 for offsets) leaves r_i ≈ −c Σ_j K̂_ij a_1/H_o'(Δ_ij) = −c s_i, the same sign on
-   every oscillator. ĉ = −Σ r_i s_i / Σ s_i²; flag if |ĉ|/a_1 > ``max_even_fraction`` and
-   |ĉ|/s_c > ``nonodd_z``. Summed over all oscillators this is the global sum rule
-   Σ_i ω^c_i + Σ_ij K_ij H(θ_j − θ_i) = 0 that holds for odd H and symmetric K.
+2. *Sum rule per oscillator.* With the measured frequencies (frequency counter or a
+   calibrated transfer map), r_i = ω_i + Σ_j K̂_ij H_o(Δ_ij) equals the common Ω on every
+   oscillator when H is odd. An even part c = H(0) (−sin ψ for a lag, b0 + b1 for offsets)
+   leaves r_i ≈ Ω − c Σ_j K̂_ij a_1/H_o'(Δ_ij) = Ω − c s_i. ĉ is the least-squares slope
+   (with intercept Ω); flag if |ĉ|/a_1 > ``max_even_fraction`` and |ĉ|/s_c > ``nonodd_z``.
+   With odd H and symmetric K the terms cancel pairwise and Σ_i (ω_i − Ω) = 0 — the global
+   sum rule Σ_i ω^c_i + Σ_ij K_ij H(θ_j − θ_i) = 0; the per-oscillator form also works for
+   asymmetric K.
 
 A device *passes* the symmetry check when ‖R̃ − R̃ᵀ‖_F/‖R̃‖_F ≤ ``max_asymmetry``
 (device-file thresholds, :class:`phasegrad_hw.models.CalibrationThresholds`); ``non_odd`` is
@@ -84,6 +87,7 @@ class SymmetryConfig(StrictModel):
     pilot_averages: int = Field(default=64, ge=2)
     averages: int = Field(default=4096, ge=2)
     repeats: int = Field(default=2, ge=1, le=100)
+    dither: float = Field(default=0.0, ge=0.0, le=1.0)
     omega: list[float] | None = None
     amplitude: float | None = Field(default=None, gt=0.0)
     seed: int = 0
@@ -180,8 +184,10 @@ class SymmetryResult(StrictModel):
         return K, S
 
     def identified_laplacian(self) -> Array:
-        """−J̃ = R̃⁻¹ (the identified reduced Laplacian, model frequency units)."""
-        return np.asarray(np.linalg.inv(np.asarray(self.response)))
+        """−Ã (model frequency units): the reduced Laplacian of the dynamics of the phases
+        relative to the reference (its eigenvalues are the relaxation rates; see
+        :func:`relative_matrix`)."""
+        return -relative_matrix(np.asarray(self.response))
 
 
 # --------------------------------------------------------------------------- analysis
@@ -191,17 +197,65 @@ def asymmetry(R: Array) -> Array:
     return np.asarray(np.linalg.norm(A, axis=(-2, -1)) / np.linalg.norm(R, axis=(-2, -1)))
 
 
-def full_jacobian(R: Array, keep: NDArray[np.int64], n: int) -> Array:
-    """J (…, N, N) from R̃ (…, n, n): J̃ = −R̃⁻¹ off the diagonal, J_{i,ref} = −Σ_j J̃_ij;
-    the reference row (not identifiable) and the diagonal are NaN."""
-    Jt = -np.linalg.inv(R)
-    lead = R.shape[:-2]
-    J = np.full((*lead, n, n), np.nan)
+def relative_matrix(R: Array) -> Array:
+    """Ã = (I + 11ᵀ)(−R̃⁻¹): the linearised dynamics of the phases relative to the
+    reference, dθ̃/dt = Ã dθ̃ + (dω − dω_ref)[keep] (batched over leading axes).
+
+    With R̃ the response to *centred* frequencies, (ω^c)[keep] = (I − 11ᵀ/N)(ω − ω_ref)[keep]
+    and (I − 11ᵀ/N)⁻¹ = I + 11ᵀ (n = N − 1)."""
+    n = R.shape[-1]
+    Jc = -np.linalg.inv(R)
+    return np.asarray(Jc + Jc.sum(axis=-2, keepdims=True) * np.ones((n, 1)))
+
+
+def full_jacobian(R: Array, keep: NDArray[np.int64], n: int,
+                  edges: NDArray[np.int64] | None = None) -> Array:
+    """J (…, N, N), J_ij = K_ij H'(θ_j − θ_i), identified from R̃ (…, n, n).
+
+    The array locks at a common frequency Ω: ω_i + Σ_j K_ij H(θ_j − θ_i) = Ω for every i,
+    so relative to the reference Ã_ij = J_ij − J_ref,j (i ≠ j) and Ã_jj = J_jj − J_ref,j,
+    J_jj = −Σ_m J_jm (:func:`relative_matrix`). Each column is known up to J_ref,j; the
+    topology fixes it: J_ij = 0 for every non-neighbour i of j, so J_ref,j = −mean Ã_ij over
+    them (least squares), or J_ref,j = 0 when j is not a neighbour of the reference; then
+    J_ij = Ã_ij + J_ref,j and J_j,ref from the diagonal. Columns
+    without a non-neighbour stay NaN; the diagonal is NaN. Without ``edges`` every pair is
+    taken as a possible edge (nothing identifiable beyond Ã)."""
+    A = relative_matrix(R)
+    lead = A.shape[:-2]
+    m = len(keep)
+    adj = np.zeros((n, n), dtype=bool)
+    if edges is not None:
+        adj[edges[:, 0], edges[:, 1]] = True
+        adj[edges[:, 1], edges[:, 0]] = True
+    else:
+        adj[:] = True
     ref = int(np.setdiff1d(np.arange(n), keep)[0])
-    J[..., keep[:, None], keep[None, :]] = Jt
-    J[..., keep, ref] = -Jt.sum(axis=-1)
+    sub = adj[np.ix_(keep, keep)]  # neighbour structure within the reduced set
+    J = np.full((*lead, n, n), np.nan)
+    for c in range(m):
+        if not adj[ref, keep[c]]:
+            jref = np.zeros(lead)  # not a neighbour of the reference: J_ref,j = 0 exactly
+        else:
+            zero_rows = np.flatnonzero(~sub[:, c] & (np.arange(m) != c))
+            if zero_rows.size == 0:
+                continue
+            jref = -A[..., zero_rows, c].mean(axis=-1)
+        col = A[..., :, c] + jref[..., None]
+        J[..., keep, keep[c]] = col
+        J[..., ref, keep[c]] = jref
     idx = np.arange(n)
+    # J_j,ref = −J_jj − Σ_{m≠j,ref} J_jm with J_jj = Ã_jj + J_ref,j (the diagonal of col)
+    for r_ in range(m):
+        j = keep[r_]
+        row = J[..., j, :].copy()
+        diag = row[..., j]
+        others = np.delete(row, [j, ref], axis=-1)
+        J[..., j, ref] = -diag - np.sum(np.where(adj[j][np.delete(idx, [j, ref])], others, 0.0),
+                                         axis=-1)
     J[..., idx, idx] = np.nan
+    # known zeros stay zero (non-edges): noise there is not a coupling
+    J[..., ~adj & ~np.eye(n, dtype=bool)] = np.where(
+        np.isnan(J[..., ~adj & ~np.eye(n, dtype=bool)]), np.nan, 0.0)
     return J
 
 
@@ -242,11 +296,13 @@ def _lag_fit(rho: Array, d: Array) -> tuple[float, float]:
 
 
 def _even_fit(r: Array, s: Array) -> tuple[Array, Array]:
-    """ĉ = −Σ r s / Σ s² (batched over leading axes) and its residual standard error."""
-    c = -(r * s).sum(-1) / (s * s).sum(-1)
-    res = r + c[..., None] * s
-    dof = max(r.shape[-1] - 1, 1)
-    se = np.sqrt((res * res).sum(-1) / dof / (s * s).sum(-1))
+    """Fit r_i = Ω − c s_i (batched over leading axes): ĉ and its residual standard error."""
+    rc = r - r.mean(-1, keepdims=True)
+    sc = s - s.mean(-1, keepdims=True)
+    c = -(rc * sc).sum(-1) / (sc * sc).sum(-1)
+    res = rc + c[..., None] * sc
+    dof = max(r.shape[-1] - 2, 1)
+    se = np.sqrt((res * res).sum(-1) / dof / (sc * sc).sum(-1))
     return c, se
 
 
@@ -270,6 +326,8 @@ async def measure_probes(
     repeats: int = 1,
     use_counter: bool = True,
     progress: Progress = no_progress,
+    dither: float = 0.0,
+    seed: int = 0,
 ) -> ProbeData:
     """Centred differences for frequency probes (columns of ``probes``: centred changes of
     the non-reference frequencies, model units): states ω₀ ± u_k with u_k[keep] = p_k and
@@ -283,6 +341,8 @@ async def measure_probes(
     var = np.zeros((n, n))
     dOmega = np.zeros((n, n))
     reads = 0
+    lim = model.limits.omega
+    rng = np.random.default_rng([seed, 0xD17])
     try:
         for col in range(n):
             progress(f"probe {col + 1}/{n}", col / n)
@@ -292,10 +352,13 @@ async def measure_probes(
             th_sum = np.zeros(n)
             w_sum = np.zeros(model.n)
             v_sum = np.zeros(n)
-            for _ in range(repeats):
+            for rep in range(repeats):
+                # dither: each repeat around a slightly different point (zero mean), so
+                # readout quantisation (TDC LSB) is averaged instead of adding a fixed bias
+                shift = dither * rng.standard_normal(model.n) if rep or repeats > 1 else 0.0
                 states = []
                 for sign in (1.0, -1.0):
-                    w = omega0 + sign * u
+                    w = np.clip(omega0 + shift + sign * u, lim.min, lim.max)
                     await sub.set_frequencies(w)
                     f = await sub.read_frequencies() if counter else w
                     rd = await read_locked(sub, averages)
@@ -373,7 +436,8 @@ async def calibrate_symmetry(
         probes *= _probe_scale(omega0, probes, keep, ref, lim.min, lim.max)
         main = await measure_probes(sub, omega0, probes, cfg.averages, cfg.repeats,
                                     cfg.use_counter,
-                                    lambda m, f: progress("main " + m, 0.3 + 0.65 * f))
+                                    lambda m, f: progress("main " + m, 0.3 + 0.65 * f),
+                                    dither=cfg.dither, seed=cfg.seed)
         reads += main.reads
     else:
         main = pilot
@@ -432,8 +496,8 @@ def analyse(
     D = theta[None, :] - theta[:, None]  # D[i, j] = θ_j − θ_i
     D = wrap(D)
     Hp = Ho.derivative(D)
-    J = full_jacobian(R, keep, n)
-    Jd = full_jacobian(draws, keep, n)
+    J = full_jacobian(R, keep, n, model_edges)
+    Jd = full_jacobian(draws, keep, n, model_edges)
     K = J / Hp
     Kd = Jd / Hp[None]
 
@@ -477,14 +541,18 @@ def analyse(
     # --- non-odd statistic 2: per-oscillator sum rule with measured frequencies
     c = c_se = c_z = None
     flagged_even = False
-    if omega_c is not None:
-        Kz = np.where(np.isfinite(K), K, 0.0)
-        Kdz = np.where(np.isfinite(Kd), Kd, 0.0)
+    adj = np.zeros((n, n), dtype=bool)
+    adj[model_edges[:, 0], model_edges[:, 1]] = True
+    adj[model_edges[:, 1], model_edges[:, 0]] = True
+    rows = np.flatnonzero([np.all(np.isfinite(K[i, adj[i]])) for i in range(n)])
+    if omega_c is not None and len(rows) >= 3:
+        Kz = np.where(np.isfinite(K) & adj, K, 0.0)
+        Kdz = np.where(np.isfinite(Kd) & adj[None], Kd, 0.0)
         Hv = Ho.value(D)
-        r = omega_c[keep] + (Kz * Hv).sum(-1)[keep]
-        s = (Kz * a1 / Hp).sum(-1)[keep]
-        rd = omega_c[keep][None] + (Kdz * Hv[None]).sum(-1)[:, keep]
-        sd = (Kdz * a1 / Hp[None]).sum(-1)[:, keep]
+        r = omega_c[rows] + (Kz * Hv).sum(-1)[rows]
+        s = (Kz * a1 / Hp).sum(-1)[rows]
+        rd = omega_c[rows][None] + (Kdz * Hv[None]).sum(-1)[:, rows]
+        sd = (Kdz * a1 / Hp[None]).sum(-1)[:, rows]
         c0, se_res = _even_fit(r, s)
         cd, _ = _even_fit(rd, sd)
         c = float(c0) / a1

@@ -116,6 +116,25 @@ class TransferMap(StrictModel):
                 out += x(v)
         return out
 
+    @staticmethod
+    def _invert(f: Any, g: Any, y: float) -> float:
+        """x with f(x) = y: the swapped PCHIP g as a start, then Newton on f itself (the two
+        interpolants differ between knots; this makes bias() the exact inverse)."""
+        x = float(g(y))
+        if not np.isfinite(x):
+            return x
+        lo, hi = float(f.x[0]), float(f.x[-1])
+        d = f.derivative()
+        for _ in range(8):
+            slope = float(d(x))
+            if slope == 0 or not np.isfinite(slope):
+                break
+            step = (float(f(x)) - y) / slope
+            x = min(max(x - step, lo), hi)
+            if abs(step) < 1e-15 * max(1.0, abs(x)):
+                break
+        return x
+
     def frequency(self, bias: Any) -> Array:
         """ω (N,) model units for biases (N,) in the device unit."""
         b = np.asarray(bias, dtype=np.float64)
@@ -136,8 +155,9 @@ class TransferMap(StrictModel):
         _, inv, xs = self._interp()
         b = np.zeros(n)
         target = w.copy()
+        fs, _, _ = self._interp()
         for _ in range(100):
-            new = np.array([float(f(x)) for f, x in zip(inv, target, strict=True)])
+            new = np.array([self._invert(f, g, x) for f, g, x in zip(fs, inv, target, strict=True)])
             bad = np.flatnonzero(~np.isfinite(new))
             if bad.size:
                 k = int(bad[0])

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.backends.optical import OpticalSubstrate
-from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.calibration.symmetry import (
     SymmetryConfig,
     SymmetrySummary,
@@ -42,9 +41,8 @@ async def test_cmos_injected_asymmetry_recovered(asym: float) -> None:
         res = await calibrate_symmetry(chip)
         truth = true_edge_asymmetry(chip.K, model.edge_index)
     s = res.summary
-    # edges at the reference are one-sided (K_ref,j never enters a phase measurement)
-    ref = model.roles.reference
-    assert {(e.i, e.j) for e in s.edges} == {k for k in truth if ref not in k}
+    # every edge, those at the reference included, is identified in both directions
+    assert {(e.i, e.j) for e in s.edges} == set(truth)
     rms = _edge_rms(s, truth)
     assert rms <= 0.01, f"per-edge asymmetry RMS error {rms:.4f} > 1 pp"
     assert s.uncertainty > 0 and res.asymmetry_floor < 0.01
@@ -59,8 +57,8 @@ async def test_cmos_injected_asymmetry_recovered(asym: float) -> None:
 
 @pytest.mark.parametrize("psi", [0.0, 0.3])
 async def test_optical_phase_lag_flags_non_odd(psi: float) -> None:
-    async with OpticalSubstrate(optical_model(psi), 2) as chip:
-        res = await calibrate_symmetry(chip, SymmetryConfig(averages=1024))
+    async with OpticalSubstrate(optical_model(psi, scale=1.0), 2) as chip:
+        res = await calibrate_symmetry(chip)
     n = res.nonodd
     assert n.phase_lag_rad is not None and n.even_fraction is not None
     assert abs(n.phase_lag_rad - psi) < 0.03  # the lag itself is measured
@@ -71,26 +69,32 @@ async def test_optical_phase_lag_flags_non_odd(psi: float) -> None:
         assert not res.summary.non_odd and res.summary.passed
 
 
-async def test_ideal_device_identifies_couplings_exactly() -> None:
-    rng = np.random.default_rng(4)
-    base = simulated_model()
-    edges = [dict(e.model_dump(exclude_none=True), k_ji=e.k * float(rng.uniform(0.85, 1.15)))
-             for e in base.edges]
-    model = simulated_model(edges=edges)
-    async with SimulatedSubstrate(model) as chip:  # noise-free: identification is exact
-        res = await calibrate_symmetry(chip, SymmetryConfig(averages=2, pilot_averages=2))
-        theta, _ = chip.solve()
+async def test_quiet_chip_identifies_couplings_exactly() -> None:
+    """A CMOS chip with the noise switched off and asymmetric couplings: K̂ (both directions,
+    reference row included) and R̃ match the physics of the Ω-locked array."""
+    model = cmos_model(
+        0.15, coupling_function={"harmonics": [1.0]},
+        tdc={"lsb_s": 1e-16, "jitter_s": 0.0, "offset_sigma_s": 0.0},
+        phase_noise={"dbc_hz": -160.0}, thermal__sigma_c=0.0, counter_gate_s=10.0,
+        capacitors__lsb_ff=0.0)
+    async with CMOSSubstrate(model, 1) as chip:
+        res = await calibrate_symmetry(chip, SymmetryConfig(averages=4, pilot_averages=4,
+                                                            repeats=1))
+        theta, _ = chip.true_state()
         K = chip.K
     Khat, _ = res.couplings()
-    known = np.isfinite(Khat)
-    assert np.allclose(Khat[known], K[known], rtol=2e-3, atol=1e-6)
-    # R̃ = −J̃⁻¹ from the physics at the operating point (independent reference)
+    e = model.edge_index
+    for a, b in ((e[:, 0], e[:, 1]), (e[:, 1], e[:, 0])):
+        assert np.allclose(Khat[a, b], K[a, b], rtol=3e-3)
+    # independent reference: linearise ω_i + Σ_j K_ij sin(θ_j − θ_i) = Ω about the state
     keep = np.asarray(res.indices)
-    J = jacobian(theta, K, chip.H)[np.ix_(keep, keep)]
-    assert np.allclose(np.asarray(res.response), -np.linalg.inv(J), rtol=2e-3, atol=1e-5)
-    Rt = -np.linalg.inv(J)
-    expect = np.linalg.norm(Rt - Rt.T) / np.linalg.norm(Rt)
-    assert res.summary.asymmetry == pytest.approx(expect, rel=0.02)
+    ref = model.roles.reference
+    J = jacobian(theta, K, chip.H)
+    A = J[np.ix_(keep, keep)] - J[ref, keep][None, :]
+    R = -np.linalg.inv(A) @ (np.eye(len(keep)) + np.ones((len(keep), len(keep))))
+    assert np.allclose(np.asarray(res.response), R, rtol=5e-3, atol=2e-4)
+    expect = np.linalg.norm(R - R.T) / np.linalg.norm(R)
+    assert res.summary.asymmetry == pytest.approx(expect, rel=0.03)
 
 
 def test_lag_statistic_on_synthetic_jacobians() -> None:
@@ -112,9 +116,12 @@ def test_lag_statistic_on_synthetic_jacobians() -> None:
         K = model.coupling_matrix()
         K = K * (1 + mismatch * rng.standard_normal(K.shape))
         J = jacobian(theta, K, CouplingFunction((1.0,), psi))
-        Jt = J[np.ix_(keep, keep)]
-        dW = 1e-4 * np.eye(len(keep))  # linear regime: the finite-probe factor is 1
-        probes = ProbeData(dtheta=(-np.linalg.inv(Jt) @ dW).tolist(),
+        # Ω-locked array, phases relative to the reference (see relative_matrix)
+        A = J[np.ix_(keep, keep)] - J[0, keep][None, :]
+        m = len(keep)
+        dW = 1e-4 * np.eye(m)  # centred frequency probes; linear regime (factor 1)
+        dT = -np.linalg.inv(A) @ (np.eye(m) + np.ones((m, m))) @ dW
+        probes = ProbeData(dtheta=dT.tolist(),
                            sigma=np.full_like(dW, 1e-12).tolist(), domega=dW.tolist(), reads=0)
         res = analyse(model_edges=model.edge_index, n=model.n, keep=keep, probes=probes,
                       theta=theta, omega_c=None, harmonics=(1.0,), cfg=SymmetryConfig(),
@@ -131,8 +138,9 @@ async def test_symmetry_over_pty_board() -> None:
     with pty_board(chip) as uri:
         sub = open_substrate(uri)
         async with sub:
-            res = await calibrate_symmetry(sub, SymmetryConfig(averages=1024, repeats=1))
+            res = await calibrate_symmetry(sub)
     truth = true_edge_asymmetry(chip.K, chip.model.edge_index)
+    # the board path adds its own DAC/readout codes: 1.5 pp measured (0.7 pp in process)
     assert _edge_rms(res.summary, truth) <= 0.02
     assert not res.summary.passed and not res.summary.non_odd
     assert chip._clamp is None

@@ -1,0 +1,119 @@
+"""Transfer calibration: per-channel bias → frequency curves against the emulators' true
+physics (CMOS with 3 % threshold mismatch, optical with heater crosstalk), the installed
+map, save/load, limits, and the same routine over the pty board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from phasegrad_hw.backends.cmos import CMOSSubstrate
+from phasegrad_hw.backends.optical import OpticalSubstrate
+from phasegrad_hw.backends.simulated import SimulatedSubstrate
+from phasegrad_hw.calibration.transfer import (
+    TransferConfig,
+    TransferMap,
+    calibrate_transfer,
+    install_transfer,
+)
+
+from phasegrad_hw.devices import open_substrate
+from phasegrad_hw.physics import centred
+from phasegrad_hw.substrate import DeviceError, LimitError, PhaseReading
+from tests.test_calibration_common import cmos_model, is_safe, optical_model, pty_board
+
+VTH_3PCT = 0.03 * 0.45  # 3 % threshold-voltage mismatch (rms, V)
+
+
+async def _true_curve_error(chip: CMOSSubstrate | OpticalSubstrate, tmap: TransferMap) -> float:
+    """Max over channels of max |fit − true| / true span on a fine grid (others safe)."""
+    worst = 0.0
+    for k in range(chip.model.n):
+        c = chip.model.limits.bias.channel(k)
+        vs = np.linspace(c.min, c.max, 97)
+        true = np.empty_like(vs)
+        for g, v in enumerate(vs):
+            b = chip.model.safe_biases()
+            b[k] = v
+            await chip.set_biases(b)
+            await chip.read_frequencies()  # let thermal transients settle (optical)
+            true[g] = chip.true_frequencies()[k]
+        fit = tmap.channels[k].forward()(vs)
+        worst = max(worst, float(np.abs(fit - true).max() / np.ptp(true)))
+    return worst
+
+
+async def _centred_error(chip: CMOSSubstrate | OpticalSubstrate, omega: np.ndarray) -> float:
+    await chip.set_frequencies(omega)
+    await chip.read_frequencies()
+    return float(np.abs(centred(chip.true_frequencies()) - centred(omega)).max())
+
+
+@pytest.mark.parametrize("kind", ["cmos", "optical"])
+async def test_transfer_recovers_true_curves(kind: str) -> None:
+    if kind == "cmos":
+        chip: CMOSSubstrate | OpticalSubstrate = CMOSSubstrate(
+            cmos_model(oscillator__vth_mismatch_v=VTH_3PCT), 3)
+    else:
+        chip = OpticalSubstrate(optical_model(0.0, scale=1.0), 3)
+    omega = np.random.default_rng(1).uniform(-1.0, 1.0, chip.model.n)
+    async with chip:
+        nominal = await _centred_error(chip, omega)
+        res = await calibrate_transfer(chip)
+        assert is_safe(chip)  # biases back at safe after the sweep
+        err = await _true_curve_error(chip, res.map)
+        calibrated = await _centred_error(chip, omega)  # installed: set_frequencies uses it
+    assert err <= 0.005, f"{kind}: curve error {100 * err:.3f} % of span"
+    assert res.passed and res.max_error is not None and res.max_error <= 0.005
+    assert calibrated < 0.1 * nominal, (calibrated, nominal)
+
+
+async def test_map_roundtrip_save_load_and_limits(tmp_path: Path) -> None:
+    async with CMOSSubstrate(cmos_model(), 2) as chip:
+        res = await calibrate_transfer(chip, TransferConfig(points=9, install=False))
+    p = tmp_path / "chip.transfer.json"
+    res.map.save(p)
+    back = TransferMap.load(p)
+    w = np.linspace(-2.0, 2.0, chip.model.n)
+    b = back.bias(w)
+    assert np.allclose(back.frequency(b), w, atol=1e-9)
+    assert np.allclose(b, res.map.bias(w))
+    with pytest.raises(LimitError, match=r"omega\[3\]: 99 is outside the calibrated range"):
+        back.bias(np.where(np.arange(chip.model.n) == 3, 99.0, 0.0))
+
+
+async def test_no_counter_is_refused_and_generic_install() -> None:
+    from phasegrad_hw.substrate import Capability
+
+    class NoCounter(SimulatedSubstrate):
+        capabilities = frozenset({Capability.COUPLINGS})
+
+    from tests.test_calibration_common import simulated_model
+
+    sim = NoCounter(simulated_model())
+    with pytest.raises(DeviceError, match="frequency counter"):
+        await calibrate_transfer(sim)
+    # a substrate without its own hook: the map goes through set_biases
+    n = sim.model.n
+    tmap = TransferMap(device="x", unit="model", channels=[
+        {"bias": [-3.0, 3.0], "omega": [-1.5, 1.5]} for _ in range(n)])
+    install_transfer(sim, tmap)
+    await sim.set_frequencies(np.full(n, 1.0))
+    assert np.allclose(sim.omega, 2.0)
+    assert isinstance(await sim.read_phases(), PhaseReading)
+
+
+async def test_transfer_over_pty_board() -> None:
+    chip = CMOSSubstrate(cmos_model(oscillator__vth_mismatch_v=VTH_3PCT), 8)
+    with pty_board(chip) as uri:
+        sub = open_substrate(uri)
+        async with sub:
+            res = await calibrate_transfer(sub, TransferConfig(points=13, counter_reads=1))
+            omega = np.random.default_rng(2).uniform(-1.0, 1.0, chip.model.n)
+            await sub.set_frequencies(omega)  # through the installed map → board biases
+            await sub.read_frequencies()
+            got = centred(chip.true_frequencies())
+    err = await _true_curve_error(chip, res.map)
+    assert err <= 0.005
+    assert np.abs(got - centred(omega)).max() < 0.02
