@@ -51,7 +51,16 @@ def to_jsonable(obj: Any) -> Any:
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if hasattr(obj, "model_dump"):
         return to_jsonable(obj.model_dump(mode="json"))
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, np.ndarray):  # vectorised: no per-element recursion
+        if obj.dtype.kind in "biu":
+            return obj.tolist()
+        if obj.dtype.kind == "f":
+            finite = np.isfinite(obj)
+            if finite.all():
+                return obj.tolist()
+            out = obj.astype(object)
+            out[~finite] = None
+            return out.tolist()
         return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return to_jsonable(obj.item())
@@ -99,8 +108,9 @@ class Telemetry:
         self._closing = False
 
     # -- producer side (never blocks) ---------------------------------------------------
-    def _put(self, topic: str, payload: Any, retain: bool = False) -> None:
-        data = json.dumps(to_jsonable(payload), separators=(",", ":")).encode()
+    def _put(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+        """Queue ``payload`` (already JSON-ready: see :func:`to_jsonable`)."""
+        data = json.dumps(payload, separators=(",", ":")).encode()
         if len(self.queue) == self.queue.maxlen:
             self.stats.dropped += 1
         self.queue.append((topic, data, retain))
@@ -108,7 +118,8 @@ class Telemetry:
         self._wake.set()
 
     def publish_status(self, status: str, **extra: Any) -> None:
-        self._put(self.topics.status, {"status": status, "time": time.time(), **extra}, True)
+        self._put(self.topics.status,
+                  {"status": status, "time": time.time(), **to_jsonable(extra)}, True)
 
     def publish_metrics(self, metrics: Mapping[str, Any] | Any) -> None:
         """One epoch's metrics (an ``EpochRecord`` or a dict)."""
