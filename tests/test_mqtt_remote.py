@@ -375,10 +375,14 @@ async def test_repeated_request_id_is_answered_from_cache() -> None:
     assert other is not None and other[0] == "ctl2" and spy.calls.count("read") == 2
 
 
-async def test_limits_checked_locally_before_sending(broker: Mosquitto) -> None:  # noqa: F811
+async def test_limits_checked_locally_before_sending(broker: Mosquitto,  # noqa: F811
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     spy = SpySubstrate(vowel_model(0.0))
+    # credentials from the environment (no USER:PASS@ in the URI)
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_USERNAME", "controller")
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_PASSWORD", "controller-pw")
     async with local_agent(broker, spy) as agent:
-        sub = await asyncio.to_thread(open_uri, broker.uri("controller", NAME))
+        sub = await asyncio.to_thread(open_uri, broker.uri(None, NAME))
         async with sub:
             n = agent.stats.received
             with pytest.raises(LimitError, match=r"omega\[3\]: 4 is outside"):
