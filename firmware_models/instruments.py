@@ -678,7 +678,8 @@ class BenchEmulator:
     ) -> bool:
         """Run one message; False when the connection must close (injected disconnect)."""
         line = raw.rstrip(b"\n").rstrip(b"\r").decode("latin-1")
-        if line.strip():
+        armed = bool(self.faults.armed)
+        if armed and line.strip():
             for f in self.faults.fire(name, "pre"):
                 if f.kind == "disconnect":
                     log.info("%s: injected disconnect", name)
@@ -693,7 +694,7 @@ class BenchEmulator:
                 self.transcript.append((name, raw, None))
             return True
         data = (reply + "\n").encode("ascii", "replace")
-        for f in self.faults.fire(name, "post"):
+        for f in self.faults.fire(name, "post") if armed else ():
             if f.kind == "delay":
                 await asyncio.sleep(f.delay_s)
             elif f.kind == "drop":

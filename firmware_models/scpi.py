@@ -550,6 +550,6 @@ class ScpiInstrument:
             )
         call = Call(":".join(tokens), suffixes, p.params, p.query)
         result = handler(call)
-        if inspect.isawaitable(result):
+        if result is not None and not isinstance(result, str) and inspect.isawaitable(result):
             result = await result
         return result, tokens[:-1]
