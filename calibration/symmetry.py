@@ -86,7 +86,7 @@ class SymmetryConfig(StrictModel):
     probe_phase_rad: float = Field(default=0.25, ge=0.0, le=0.5)
     pilot_averages: int = Field(default=64, ge=2)
     averages: int = Field(default=4096, ge=2)
-    repeats: int = Field(default=2, ge=1, le=100)
+    repeats: int = Field(default=16, ge=1, le=1000)
     dither: float = Field(default=0.0, ge=0.0, le=1.0)
     omega: list[float] | None = None
     amplitude: float | None = Field(default=None, gt=0.0)

@@ -140,7 +140,6 @@ async def test_symmetry_over_pty_board() -> None:
         async with sub:
             res = await calibrate_symmetry(sub)
     truth = true_edge_asymmetry(chip.K, chip.model.edge_index)
-    # the board path adds its own DAC/readout codes: 1.5 pp measured (0.7 pp in process)
-    assert _edge_rms(res.summary, truth) <= 0.02
+    assert _edge_rms(res.summary, truth) <= 0.01
     assert not res.summary.passed and not res.summary.non_odd
     assert chip._clamp is None
