@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -173,6 +173,15 @@ def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) 
     return np.asarray(right.mean(axis=-1), dtype=np.float64)
 
 
+def _load_kernels() -> Any:
+    """The numba kernels module, or None when numba is not installed."""
+    try:
+        from phasegrad_hw import _training_numba
+    except ImportError:
+        return None
+    return _training_numba
+
+
 class Ensemble:
     """Lockstep trainer for members sharing one topology (``template``)."""
 
@@ -185,6 +194,8 @@ class Ensemble:
         dataset: Dataset,
         encoding: Encoding,
         config: TrainConfig,
+        *,
+        compiled: bool | None = None,
     ) -> None:
         if not members:
             raise ValueError("members: at least one member is required")
@@ -221,6 +232,9 @@ class Ensemble:
         self.seeds = [m.seed for m in members]
         B = len(members)
         self.theta_prev = np.zeros((B, self.n))
+        # compiled path: warm start from the member's free state for the same sample in the
+        # previous epoch (parameters move little per epoch), else from the last free state
+        self._cache = np.full((B, len(dataset.y_train), self.n), np.nan)
         S = np.zeros((self.n, len(self.edges)))
         S[self.edges[:, 0], np.arange(len(self.edges))] = -1.0
         S[self.edges[:, 1], np.arange(len(self.edges))] = 1.0
@@ -234,6 +248,19 @@ class Ensemble:
         lim = template.limits
         self.w_lo, self.w_hi = lim.omega.min, lim.omega.max
         self.k_lo, self.k_hi = lim.coupling.min, lim.coupling.max
+        # compiled kernels (numba, optional) for the plain-sine, one-sided online case
+        self._kernels = None
+        self._tmode = (
+            {"quadratic": 1, "hinge": 2}[encoding.difference_loss]
+            if encoding.readout == "difference"
+            else 0
+        )
+        self._table = encoding.templates(len(r.outputs))
+        eligible = self.H.harmonics == (1.0,) and self.H.is_odd and config.mode == "one_sided"
+        if eligible and compiled is not False:
+            self._kernels = _load_kernels()
+            if compiled and self._kernels is None:
+                raise ValueError("compiled: True needs numba (pip install 'phasegrad-hw[fast]')")
 
     # -- physics helpers ------------------------------------------------------------
     def K_matrix(self, coupling: Array) -> Array:
@@ -337,9 +364,10 @@ class Ensemble:
             ok[bad] = eq.ok
         return th, ok
 
-    def _frequencies(self, x: Array) -> Array:
+    def _frequencies(self, x: Array, omega: Array | None = None) -> Array:
         """(B, m, N) frequencies for inputs x (B, m, d)."""
-        W = np.repeat(self.omega[:, None, :], x.shape[1], axis=1)
+        om = self.omega if omega is None else omega
+        W = np.repeat(om[:, None, :], x.shape[1], axis=1)
         W[..., self.inputs] = self.enc.input_frequencies(x)
         return W
 
@@ -349,7 +377,15 @@ class Ensemble:
         W = self._frequencies(x).reshape(B * m, self.n)
         k = np.repeat(self.coupling, m, axis=0)
         th0 = np.zeros((B * m, self.n)) if theta0 is None else np.repeat(theta0, m, axis=0)
-        th, ok = self.solve(W, k, th0)
+        if self._kernels is not None:
+            th, ok = self._kernels.solve_many(
+                W, k, th0, self.edges[:, 0], self.edges[:, 1], self.ref
+            )
+            bad = np.flatnonzero(~ok)
+            if bad.size:
+                th[bad], ok[bad] = self.solve(W[bad], k[bad], th0[bad])
+        else:
+            th, ok = self.solve(W, k, th0)
         out = th[:, self.outputs].copy()
         out[~ok] = np.nan
         return out.reshape(B, m, -1)
@@ -360,13 +396,74 @@ class Ensemble:
 
         Returns the free output phases (B, m, n_out) and the validity mask (B, m).
         """
+        self.steps += 1
+        B, m = idx.shape
+        if self._kernels is None or m != 1:
+            return self._step_rows(idx, np.arange(B))
+        K = self._kernels
+        x = self.enc.input_frequencies(self.data.x_train[idx[:, 0]])
+        y = self.data.y_train[idx[:, 0]]
+        free_out = np.full((B, len(self.outputs)), np.nan)
+        status = np.zeros(B, dtype=np.int64)
+        cfg = self.cfg
+        members = np.arange(B)
+        warm = self._cache[members, idx[:, 0]]
+        miss = np.isnan(warm[:, 0])
+        warm[miss] = self.theta_prev[miss]
+        K.train_step(
+            self.omega,
+            self.coupling,
+            warm,
+            self.learn_w,
+            self.learn_k,
+            x,
+            y,
+            self.edges[:, 0],
+            self.edges[:, 1],
+            self.ref,
+            self.inputs,
+            self.outputs,
+            cfg.beta,
+            cfg.lr_omega,
+            cfg.lr_k,
+            cfg.clip,
+            cfg.basin_jump_rad,
+            self.w_lo,
+            self.w_hi,
+            self.k_lo,
+            self.k_hi,
+            self._tmode,
+            self._table,
+            self.enc.margin,
+            free_out,
+            status,
+        )
+        self.jumps += status == 2
+        seen = status != 3
+        self.theta_prev[seen] = warm[seen]
+        self._cache[members[seen], idx[seen, 0]] = warm[seen]
+        valid = status == 0
+        redo = np.flatnonzero(status == 3)
+        fo = free_out[:, None, :]
+        vmask = valid[:, None].copy()
+        if redo.size:
+            f2, v2 = self._step_rows(idx[redo], redo)
+            fo[redo] = f2
+            vmask[redo] = v2
+        return fo, vmask
+
+    def _step_rows(
+        self, idx: NDArray[np.int64], rows: NDArray[np.int64]
+    ) -> tuple[Array, NDArray[np.bool_]]:
+        """The numpy/physics step for members ``rows`` with samples ``idx`` (len(rows), m)."""
         cfg = self.cfg
         B, m = idx.shape
+        omega, coupling = self.omega[rows], self.coupling[rows]
         x = self.data.x_train[idx]
         y = self.data.y_train[idx]
-        W = self._frequencies(x).reshape(B * m, self.n)
-        k = np.repeat(self.coupling, m, axis=0)
-        th0 = np.repeat(self.theta_prev, m, axis=0)
+        W = self._frequencies(x, omega).reshape(B * m, self.n)
+        k = np.repeat(coupling, m, axis=0)
+        th0 = np.repeat(self.theta_prev[rows], m, axis=0)
         f_th, f_ok = self.solve(W, k, th0)
         out = f_th[:, self.outputs]
         tgt = np.zeros((B * m, self.n))
@@ -401,22 +498,23 @@ class Ensemble:
         gk = (g_k.reshape(B, m, -1) * vmask[..., None]).sum(axis=1) / den
         gw = np.clip(gw, -cfg.clip, cfg.clip)
         gk = np.clip(gk, -cfg.clip, cfg.clip)
-        lw = self.learn_w & upd[:, None]
-        lk = self.learn_k & upd[:, None]
-        self.omega = np.where(
-            lw, np.clip(self.omega - cfg.lr_omega * gw, self.w_lo, self.w_hi), self.omega
+        lw = self.learn_w[rows] & upd[:, None]
+        lk = self.learn_k[rows] & upd[:, None]
+        self.omega[rows] = np.where(
+            lw, np.clip(omega - cfg.lr_omega * gw, self.w_lo, self.w_hi), omega
         )
-        self.coupling = np.where(
-            lk, np.clip(self.coupling - cfg.lr_k * gk, self.k_lo, self.k_hi), self.coupling
+        self.coupling[rows] = np.where(
+            lk, np.clip(coupling - cfg.lr_k * gk, self.k_lo, self.k_hi), coupling
         )
         # warm start: the member's last locked free state of this step
         fth = f_th.reshape(B, m, -1)
         fok = f_ok.reshape(B, m)
+        tp = self.theta_prev[rows]
         for a in range(m):
-            self.theta_prev = np.where(fok[:, a, None], fth[:, a], self.theta_prev)
-        self.unlocked += unl.reshape(B, m).sum(axis=1)
-        self.jumps += jump.reshape(B, m).sum(axis=1)
-        self.steps += 1
+            tp = np.where(fok[:, a, None], fth[:, a], tp)
+        self.theta_prev[rows] = tp
+        self.unlocked[rows] += unl.reshape(B, m).sum(axis=1)
+        self.jumps[rows] += jump.reshape(B, m).sum(axis=1)
         fo = out.copy()
         fo[~f_ok] = np.nan
         return fo.reshape(B, m, -1), vmask
@@ -487,9 +585,13 @@ def train_ensemble(
     encoding: Encoding,
     config: TrainConfig,
     on_epoch: Callable[[EpochSummary], None] | None = None,
+    compiled: bool | None = None,
 ) -> EnsembleResult:
-    """Train ``members`` in lockstep (see the module docstring for the update rule)."""
-    return Ensemble(template, members, dataset, encoding, config).run(on_epoch)
+    """Train ``members`` in lockstep (see the module docstring for the update rule).
+
+    ``compiled``: None uses the numba kernels when installed, False forces numpy.
+    """
+    return Ensemble(template, members, dataset, encoding, config, compiled=compiled).run(on_epoch)
 
 
 def train_seeds(
@@ -499,7 +601,8 @@ def train_seeds(
     encoding: Encoding,
     config: TrainConfig,
     on_epoch: Callable[[EpochSummary], None] | None = None,
+    compiled: bool | None = None,
 ) -> EnsembleResult:
     """One member per seed with couplings drawn by ``builder`` (the reproduction set-up)."""
     template, members = members_from_builder(builder, seeds, config)
-    return train_ensemble(template, members, dataset, encoding, config, on_epoch)
+    return train_ensemble(template, members, dataset, encoding, config, on_epoch, compiled)

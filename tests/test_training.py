@@ -4,6 +4,7 @@ seeding, skipping, and a CI-sized reproduction of the published vowel ablation."
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,28 @@ from phasegrad_hw.training import (
 SMALL = synthetic_vowels(("a", "i"), n_per_class=20, seed=2)
 
 
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+
 @pytest.mark.parametrize(
-    ("params", "readout", "batch"),
-    [("omega", "argmax_cos", 1), ("both", "difference", 1), ("K7", "template", 3)],
+    ("params", "readout", "batch", "compiled"),
+    [
+        ("omega", "argmax_cos", 1, None),
+        ("both", "difference", 1, None),
+        ("K7", "template", 3, None),
+        ("both", "mean_phase", 1, False),
+    ],
 )
-def test_ensemble_equals_per_seed_runs(params: str, readout: str, batch: int) -> None:
+def test_ensemble_equals_per_seed_runs(
+    params: str, readout: str, batch: int, compiled: bool | None
+) -> None:
     cfg = TrainConfig(epochs=2, params=params, batch_size=batch, lr_omega=0.01, lr_k=0.01)  # type: ignore[arg-type]
     enc = Encoding(readout=readout)  # type: ignore[arg-type]
     seeds = [0, 1, 2, 3]
-    ens = train_seeds(vowel_2_5_2, seeds, SMALL, enc, cfg)
+    ens = train_seeds(vowel_2_5_2, seeds, SMALL, enc, cfg, compiled=compiled)
     moved = False
     for b, s in enumerate(seeds):
-        one = train_seeds(vowel_2_5_2, [s], SMALL, enc, cfg)
+        one = train_seeds(vowel_2_5_2, [s], SMALL, enc, cfg, compiled=compiled)
         np.testing.assert_allclose(ens.omega[b], one.omega[0], rtol=0, atol=1e-12)
         np.testing.assert_allclose(ens.coupling[b], one.coupling[0], rtol=0, atol=1e-12)
         assert ens.test_accuracy[b] == one.test_accuracy[0]
@@ -46,6 +57,20 @@ def test_ensemble_equals_per_seed_runs(params: str, readout: str, batch: int) ->
             members[0].coupling, one.coupling[0]
         )
     assert moved  # training changed the parameters (the comparison is not vacuous)
+
+
+@pytest.mark.parametrize("readout", ["difference", "argmax_cos"])
+def test_compiled_kernels_match_the_numpy_path(readout: str) -> None:
+    from tests.conftest import require
+
+    require(HAVE_NUMBA, "numba (the compiled training kernels, extra 'fast')")
+    cfg = TrainConfig(epochs=3, params="both", lr_omega=0.02, lr_k=0.02)
+    enc = Encoding(readout=readout)  # type: ignore[arg-type]
+    a = train_seeds(vowel_2_5_2, [0, 1, 2], SMALL, enc, cfg, compiled=True)
+    b = train_seeds(vowel_2_5_2, [0, 1, 2], SMALL, enc, cfg, compiled=False)
+    np.testing.assert_allclose(a.omega, b.omega, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.coupling, b.coupling, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
 
 
 @pytest.mark.parametrize(("params", "readout"), [("omega", "template"), ("both", "difference")])

@@ -1,0 +1,266 @@
+# mypy: disallow-untyped-defs=False
+"""Optional compiled kernels for :mod:`phasegrad_hw.training` (used when numba is installed).
+
+They implement exactly the engine's fast path — undamped Newton on the edge list from a warm
+start (at most 12 iterations, 1 rad trust region, tolerance max(1e-12, rounding floor)),
+stability accepted when every edge has cos Δθ > 0 — and the engine's one-sided online update
+(H = sin, linear nudge). A member whose fast solve fails is reported (status 3) and left
+untouched, so the engine redoes its step on the robust numpy/physics path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+TWO_PI = 2.0 * math.pi
+FAST_ITERS = 12
+
+
+@njit(cache=True)
+def _wrap(x: float) -> float:
+    return ((x + math.pi) % TWO_PI) - math.pi
+
+
+@njit(cache=True)
+def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
+    """In place on th (N,), reference pinned; returns True if converged and stable."""
+    n = wc.shape[0]
+    m = n - 1
+    E = kk.shape[0]
+    red = np.empty(n, dtype=np.int64)
+    a = 0
+    for i in range(n):
+        if i == ref:
+            red[i] = -1
+        else:
+            red[i] = a
+            a += 1
+    th0 = th[ref]
+    for i in range(n):
+        th[i] -= th0
+    ksum = 0.0
+    wmax = 0.0
+    for e in range(E):
+        ksum += kk[e]
+    for i in range(n):
+        wmax = max(wmax, abs(wc[i]))
+    floor = 64.0 * 2.220446049250313e-16 * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
+    tol = max(1e-12, floor)
+    F = np.empty(n)
+    J = np.empty((m, m))
+    rhs = np.empty(m)
+    done = False
+    for _it in range(FAST_ITERS):
+        for i in range(n):
+            F[i] = wc[i]
+        for e in range(E):
+            s = kk[e] * math.sin(th[ej[e]] - th[ei[e]])
+            F[ei[e]] += s
+            F[ej[e]] -= s
+        if nudged:
+            for i in range(n):
+                F[i] += bet[i] * (tgt[i] - th[i])
+        res = 0.0
+        for i in range(n):
+            if i != ref:
+                res = max(res, abs(F[i]))
+        done = res <= tol
+        if done:
+            break
+        for p in range(m):
+            for q in range(m):
+                J[p, q] = 0.0
+        for e in range(E):
+            c = kk[e] * math.cos(th[ej[e]] - th[ei[e]])
+            p = red[ei[e]]
+            q = red[ej[e]]
+            if p >= 0:
+                J[p, p] -= c
+            if q >= 0:
+                J[q, q] -= c
+            if p >= 0 and q >= 0:
+                J[p, q] += c
+                J[q, p] += c
+        if nudged:
+            for i in range(n):
+                if i != ref:
+                    J[red[i], red[i]] -= bet[i]
+        for i in range(n):
+            if i != ref:
+                rhs[red[i]] = -F[i]
+        # Gaussian elimination with partial pivoting
+        for col in range(m):
+            piv = col
+            big = abs(J[col, col])
+            for r in range(col + 1, m):
+                if abs(J[r, col]) > big:
+                    big = abs(J[r, col])
+                    piv = r
+            if big == 0.0:
+                return False
+            if piv != col:
+                for q in range(m):
+                    tmp = J[col, q]
+                    J[col, q] = J[piv, q]
+                    J[piv, q] = tmp
+                tmp = rhs[col]
+                rhs[col] = rhs[piv]
+                rhs[piv] = tmp
+            for r in range(col + 1, m):
+                f = J[r, col] / J[col, col]
+                if f != 0.0:
+                    for q in range(col, m):
+                        J[r, q] -= f * J[col, q]
+                    rhs[r] -= f * rhs[col]
+        for r in range(m - 1, -1, -1):
+            acc = rhs[r]
+            for q in range(r + 1, m):
+                acc -= J[r, q] * rhs[q]
+            rhs[r] = acc / J[r, r]
+        big = 0.0
+        for p in range(m):
+            big = max(big, abs(rhs[p]))
+        scale = 1.0 if big <= 1.0 else 1.0 / big
+        for i in range(n):
+            if i != ref:
+                th[i] += scale * rhs[red[i]]
+    stable = True
+    for e in range(E):
+        if math.cos(th[ej[e]] - th[ei[e]]) <= 0.0:
+            stable = False
+    for i in range(n):
+        if i != ref:
+            th[i] = _wrap(th[i])
+    return done and stable
+
+
+@njit(cache=True)
+def _centre(w, out):
+    n = w.shape[0]
+    mu = 0.0
+    for i in range(n):
+        mu += w[i]
+    mu /= n
+    for i in range(n):
+        out[i] = w[i] - mu
+
+
+@njit(cache=True)
+def solve_many(W, k, theta0, ei, ej, ref):
+    """Free states (M, N) and ok flags for frequencies W (M, N), couplings k (M, E)."""
+    M, n = W.shape
+    th = theta0.copy()
+    ok = np.zeros(M, dtype=np.bool_)
+    for r in prange(M):
+        wc = np.empty(n)
+        dummy = np.zeros(n)
+        _centre(W[r], wc)
+        ok[r] = _newton(wc, k[r], ei, ej, ref, th[r], dummy, dummy, False)
+    return th, ok
+
+
+@njit(cache=True)
+def train_step(
+    omega,
+    coupling,
+    theta_prev,
+    learn_w,
+    learn_k,
+    xin,
+    y,
+    ei,
+    ej,
+    ref,
+    inputs,
+    outputs,
+    beta,
+    lr_w,
+    lr_k,
+    clip,
+    basin,
+    w_lo,
+    w_hi,
+    k_lo,
+    k_hi,
+    tmode,
+    table,
+    margin,
+    free_out,
+    status,
+):
+    """One online step for every member (row). status: 0 updated, 1 unlocked, 2 basin jump,
+    3 fast path failed (member untouched; redo on the robust path)."""
+    B, n = omega.shape
+    E = coupling.shape[1]
+    n_out = outputs.shape[0]
+    for b in prange(B):
+        w = np.empty(n)
+        wc = np.empty(n)
+        bet = np.zeros(n)
+        for o in range(n_out):
+            bet[outputs[o]] = beta
+        tgt = np.zeros(n)
+        fth = np.empty(n)
+        pth = np.empty(n)
+        gout = np.empty(n_out)
+        for i in range(n):
+            w[i] = omega[b, i]
+        for a in range(inputs.shape[0]):
+            w[inputs[a]] = xin[b, a]
+        _centre(w, wc)
+        for i in range(n):
+            fth[i] = theta_prev[b, i]
+        if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False):
+            status[b] = 3
+            continue
+        yy = y[b]
+        for o in range(n_out):
+            free_out[b, o] = fth[outputs[o]]
+        if tmode == 0:
+            for o in range(n_out):
+                tgt[outputs[o]] = table[yy, o]
+        else:
+            oy = fth[outputs[yy]]
+            tot = 0.0
+            for o in range(n_out):
+                if o == yy:
+                    continue
+                r = _wrap(oy - fth[outputs[o]]) + 2.0 * margin
+                if tmode == 2 and r < 0.0:
+                    r = 0.0
+                gout[o] = -r
+                tot += r
+            gout[yy] = tot
+            for o in range(n_out):
+                tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
+        for i in range(n):
+            pth[i] = fth[i]
+        if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True):
+            status[b] = 3
+            continue
+        for i in range(n):
+            theta_prev[b, i] = fth[i]
+        jump = 0.0
+        for i in range(n):
+            jump = max(jump, abs(_wrap(pth[i] - fth[i])))
+        if jump > basin:
+            status[b] = 2
+            continue
+        status[b] = 0
+        for i in range(n):
+            if learn_w[b, i] and i != ref:
+                g = -_wrap(pth[i] - fth[i]) / beta
+                g = min(max(g, -clip), clip)
+                omega[b, i] = min(max(omega[b, i] - lr_w * g, w_lo), w_hi)
+            elif learn_w[b, i]:
+                omega[b, i] = min(max(omega[b, i], w_lo), w_hi)
+        for e in range(E):
+            if learn_k[b, e]:
+                dp = pth[ej[e]] - pth[ei[e]]
+                df = fth[ej[e]] - fth[ei[e]]
+                g = (math.cos(df) - math.cos(dp)) / beta
+                g = min(max(g, -clip), clip)
+                coupling[b, e] = min(max(coupling[b, e] - lr_k * g, k_lo), k_hi)
