@@ -10,8 +10,10 @@ shape-preserving piecewise-cubic Hermite interpolant (PCHIP, Fritsch & Carlson, 
 Numer. Anal. 17(2), 1980) through it; the inverse is the PCHIP of the swapped points.
 Accuracy is checked on bias points midway between the sweep points (held out of the fit).
 
-Without a frequency counter the routine refuses (:class:`DeviceError`); deriving the curve
-from the phase response is not implemented yet.
+Without a frequency counter the curve comes from the phase response
+(:func:`transfer_from_phases`): with couplings K̂ identified by the symmetry calibration,
+the locked-state equations give every channel's frequency relative to the reference from
+one phase read; each channel is swept over the bias range where lock holds.
 
 Hook: :func:`install_transfer` calls the substrate's own ``install_transfer(forward,
 inverse)`` (the emulated chips have one) or, for any other substrate, replaces its
@@ -32,7 +34,13 @@ from scipy.interpolate import PchipInterpolator
 
 from phasegrad_hw.models import ConfigError, StrictModel
 from phasegrad_hw.physics import Array
-from phasegrad_hw.substrate import Capability, DeviceError, LimitError, OscillatorSubstrate
+from phasegrad_hw.substrate import (
+    Capability,
+    DeviceError,
+    LimitError,
+    LockLostError,
+    OscillatorSubstrate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +223,7 @@ class TransferConfig(StrictModel):
     counter_reads: int = Field(default=4, ge=1, le=1000)
     validate_fit: bool = True
     install: bool = True
+    phase_averages: int = Field(default=1024, ge=1)  # reads per point without a counter
 
 
 class TransferResult(StrictModel):
@@ -253,13 +262,20 @@ async def calibrate_transfer(
     sub: OscillatorSubstrate,
     cfg: TransferConfig | None = None,
     progress: Progress = no_progress,
+    *,
+    couplings: Array | None = None,
 ) -> TransferResult:
-    """Sweep, fit, validate and (optionally) install every channel's transfer curve."""
+    """Sweep, fit, validate and (optionally) install every channel's transfer curve: by the
+    frequency counter, or — without one — from the phase response with the identified
+    ``couplings`` (N, N) K̂ (:func:`transfer_from_phases`)."""
     cfg = cfg or TransferConfig()
     if Capability.FREQUENCY_COUNTER not in sub.capabilities:
-        raise DeviceError(
-            f"{sub.model.name}: transfer calibration needs a frequency counter "
-            "(capability 'frequency_counter'); this device has none")
+        if couplings is None:
+            raise DeviceError(
+                f"{sub.model.name}: transfer calibration needs a frequency counter "
+                "(capability 'frequency_counter') or identified couplings (run the symmetry "
+                "calibration first); this device has neither")
+        return await transfer_from_phases(sub, couplings, cfg, progress)
     t0 = time.perf_counter()
     model = sub.model
     lim = model.limits.bias
@@ -292,6 +308,106 @@ async def calibrate_transfer(
     finally:
         await sub.set_biases(model.safe_biases())
     tmap = TransferMap(device=model.name, unit=lim.unit, channels=channels)
+    errs = [c.error for c in channels if c.error is not None]
+    max_err = max(errs) if errs else None
+    if cfg.install:
+        install_transfer(sub, tmap)
+    progress("transfer done", 1.0)
+    return TransferResult(
+        map=tmap, max_error=max_err,
+        passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
+        duration_s=time.perf_counter() - t0,
+    )
+
+
+async def transfer_from_phases(
+    sub: OscillatorSubstrate,
+    couplings: Array,
+    cfg: TransferConfig | None = None,
+    progress: Progress = no_progress,
+) -> TransferResult:
+    """Transfer curves without a frequency counter (see the module docstring).
+
+    The array locks at a common Ω: ω_i + Σ_j K_ij H_o(θ_j − θ_i) = Ω, so one phase read
+    gives every frequency relative to the reference, u_i = ω_i − ω_ref =
+    F_ref − F_i, F_i = Σ_j K̂_ij H_o(θ_j − θ_i). Channel k ≠ ref is swept from its safe bias
+    outwards in both directions until lock is lost; ω_k(V) = u_k(V) (the baseline
+    ω_ref(safe) = 0 — only differences matter in the rotating frame). For the reference,
+    ω_ref(V) = mean_m [u_m(safe) − u_m(V)]. The map covers the lockable bias range only;
+    accuracy is limited by that of K̂ (iterate with the symmetry calibration, whose
+    probes then use this map).
+    """
+    from phasegrad_hw.calibration.common import odd_coupling, read_locked
+
+    cfg = cfg or TransferConfig()
+    t0 = time.perf_counter()
+    model = sub.model
+    ref = model.roles.reference
+    K = np.where(np.isfinite(couplings), couplings, 0.0)
+    Ho = odd_coupling(model)
+    safe = model.safe_biases()
+    others = np.arange(model.n) != ref
+
+    async def rel() -> Array | None:
+        try:
+            rd = await read_locked(sub, min(cfg.phase_averages, model.limits.max_averages),
+                                   retries=1)
+        except LockLostError:
+            return None
+        th = rd.phases
+        F = (K * Ho.value(th[None, :] - th[:, None])).sum(-1)
+        return np.asarray(F[ref] - F)
+
+    channels: list[ChannelCurve] = []
+    try:
+        await sub.set_biases(safe)
+        u0 = await rel()
+        if u0 is None:
+            raise LockLostError(f"{model.name}: not locked at the safe biases")
+
+        async def value(k: int, v: float) -> float | None:
+            b = safe.copy()
+            b[k] = v
+            await sub.set_biases(b)
+            u = await rel()
+            if u is None:
+                return None
+            return float(u[k]) if k != ref else float(np.mean((u0 - u)[others]))
+
+        for k in range(model.n):
+            progress(f"phase-response sweep channel {k + 1}/{model.n}", k / model.n)
+            c = model.limits.bias.channel(k)
+            grid = np.linspace(c.min, c.max, 2 * cfg.points - 1)  # even: fit, odd: held out
+            start = int(np.argmin(np.abs(grid - safe[k])))
+            got: dict[int, float] = {}
+            for step in (1, -1):
+                g = start
+                while 0 <= g < len(grid):
+                    val = await value(k, float(grid[g]))
+                    if val is None:
+                        break
+                    got[g] = val
+                    g += step
+                await sub.set_biases(safe)
+            idx = sorted(got)
+            fit_idx = [g for g in idx if g % 2 == 0]
+            hold = [g for g in idx if g % 2 == 1 and min(fit_idx, default=g) < g < max(fit_idx,
+                                                                                        default=g)]
+            if len(fit_idx) < 4:
+                raise LockLostError(f"channel {k}: lock holds over fewer than 4 sweep points")
+            curve = fit_channel(grid[fit_idx], np.array([got[g] for g in fit_idx]))
+            if cfg.validate_fit and hold:
+                pred = curve.forward()(grid[hold])
+                meas = np.array([got[g] for g in hold])
+                span = abs(curve.omega[-1] - curve.omega[0]) or 1.0
+                curve.error = float(np.abs(pred - meas).max() / span)
+                curve.holdout_bias = grid[hold].tolist()
+                curve.holdout_residual = (pred - meas).tolist()
+            channels.append(curve)
+    finally:
+        await sub.set_biases(safe)
+    tmap = TransferMap(device=model.name, unit=model.limits.bias.unit, channels=channels,
+                       source="phase_response")
     errs = [c.error for c in channels if c.error is not None]
     max_err = max(errs) if errs else None
     if cfg.install:

@@ -117,3 +117,41 @@ async def test_transfer_over_pty_board() -> None:
     err = await _true_curve_error(chip, res.map)
     assert err <= 0.005
     assert np.abs(got - centred(omega)).max() < 0.02
+
+
+async def test_transfer_from_phase_response_without_counter() -> None:
+    """No frequency counter: the curves come from the locked-state equations with the
+    couplings identified by the symmetry calibration (lockable bias range only)."""
+    from phasegrad_hw.calibration.report import run_calibration
+
+    from phasegrad_hw.substrate import Capability
+
+    class NoCounter(CMOSSubstrate):
+        capabilities = CMOSSubstrate.capabilities - {Capability.FREQUENCY_COUNTER}
+
+    chip = NoCounter(cmos_model(oscillator__vth_mismatch_v=VTH_3PCT), 3)
+    async with chip:
+        rep = await run_calibration(chip, "transfer")
+        assert rep.transfer is not None and rep.transfer.map.source == "phase_response"
+        tmap = rep.transfer.map
+        ref = chip.model.roles.reference
+        safe = chip.model.safe_biases()
+        await chip.set_biases(safe)
+        await chip.read_phases(1)
+        base = chip.true_frequencies()[ref]  # the map's baseline: ω_ref at the safe point
+        worst = 0.0
+        for k, c in enumerate(tmap.channels):
+            vs = np.linspace(min(c.bias), max(c.bias), 21)
+            true = []
+            for v in vs:
+                b = safe.copy()
+                b[k] = v
+                await chip.set_biases(b)
+                await chip.read_phases(1)
+                true.append(chip.true_frequencies()[k] - base)
+            t = np.asarray(true)
+            worst = max(worst, float(np.abs(c.forward()(vs) - t).max() / np.ptp(t)))
+            assert max(c.bias) - min(c.bias) > 0.1  # a useful part of the range locks
+    print(f"phase-response transfer: max error {100 * worst:.2f} % of span")
+    assert worst < 0.03, worst  # limited by the accuracy of the identified K (≈ 1.6 %)
+    assert is_safe(chip)
