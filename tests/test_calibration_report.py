@@ -161,3 +161,26 @@ async def test_failure_while_writing_keeps_nothing_partial(
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after == before  # the old complete report is untouched, no temp files remain
     assert np.isfinite(rep.symmetry_details.summary.asymmetry)
+
+
+def test_thresholds_come_from_the_device_file(tmp_path: Path) -> None:
+    from phasegrad_hw.devices import load_device_model
+
+    d = cmos_model(0.05).model_dump(mode="json", exclude_none=True)
+    d["calibration"] = {"max_asymmetry": 0.005, "max_edge_asymmetry": 0.5}
+    dev = tmp_path / "strict.json"
+    dev.write_text(json.dumps(d))
+    assert load_device_model(dev).calibration is not None  # the section validates
+    out = tmp_path / "out"
+    r = CliRunner().invoke(_app(), ["calibrate", "symmetry", "--device", str(dev), "--out",
+                                    str(out), "--no-progress", "--no-figures"])
+    assert r.exit_code == 1, r.output
+    rep = CalibrationReport.model_validate_json((out / "report.json").read_text())
+    assert rep.thresholds.max_asymmetry == 0.005
+    assert rep.symmetry is not None and not rep.symmetry.passed  # 5 % asymmetry > strict limit
+    assert rep.symmetry_details is not None and rep.symmetry_details.edge_asymmetry_passed
+    bad = dict(d, calibration={"max_asymmetry": -1})
+    dev.write_text(json.dumps(bad))
+    r = CliRunner().invoke(_app(), ["calibrate", "symmetry", "--device", str(dev), "--out",
+                                    str(out / "x")])
+    assert r.exit_code == 2 and "calibration.max_asymmetry: -1" in r.output
