@@ -50,16 +50,24 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
     floor = 64.0 * 2.220446049250313e-16 * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
     tol = max(1e-12, floor)
     F = np.empty(n)
+    sn = np.empty(n)
+    cs = np.empty(n)
+    kc = np.empty(E)
     J = np.empty((m, m))
     rhs = np.empty(m)
     done = False
     for _it in range(FAST_ITERS):
         for i in range(n):
             F[i] = wc[i]
+            sn[i] = math.sin(th[i])
+            cs[i] = math.cos(th[i])
         for e in range(E):
-            s = kk[e] * math.sin(th[ej[e]] - th[ei[e]])
-            F[ei[e]] += s
-            F[ej[e]] -= s
+            i, j = ei[e], ej[e]
+            # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
+            s = kk[e] * (sn[j] * cs[i] - cs[j] * sn[i])
+            kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
+            F[i] += s
+            F[j] -= s
         if nudged:
             for i in range(n):
                 F[i] += bet[i] * (tgt[i] - th[i])
@@ -70,55 +78,51 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
         done = res <= tol
         if done:
             break
+        # A = −J̃ (reduced weighted Laplacian + nudge): symmetric positive definite at a
+        # stable state; Cholesky, and a non-positive pivot sends the member to the robust path
         for p in range(m):
             for q in range(m):
                 J[p, q] = 0.0
         for e in range(E):
-            c = kk[e] * math.cos(th[ej[e]] - th[ei[e]])
+            c = kc[e]
             p = red[ei[e]]
             q = red[ej[e]]
             if p >= 0:
-                J[p, p] -= c
+                J[p, p] += c
             if q >= 0:
-                J[q, q] -= c
+                J[q, q] += c
             if p >= 0 and q >= 0:
-                J[p, q] += c
-                J[q, p] += c
+                J[p, q] -= c
+                J[q, p] -= c
         if nudged:
             for i in range(n):
                 if i != ref:
-                    J[red[i], red[i]] -= bet[i]
+                    J[red[i], red[i]] += bet[i]
         for i in range(n):
             if i != ref:
-                rhs[red[i]] = -F[i]
-        # Gaussian elimination with partial pivoting
-        for col in range(m):
-            piv = col
-            big = abs(J[col, col])
-            for r in range(col + 1, m):
-                if abs(J[r, col]) > big:
-                    big = abs(J[r, col])
-                    piv = r
-            if big == 0.0:
+                rhs[red[i]] = F[i]
+        for j in range(m):
+            d = J[j, j]
+            for q in range(j):
+                d -= J[j, q] * J[j, q]
+            if d <= 0.0:
                 return False
-            if piv != col:
-                for q in range(m):
-                    tmp = J[col, q]
-                    J[col, q] = J[piv, q]
-                    J[piv, q] = tmp
-                tmp = rhs[col]
-                rhs[col] = rhs[piv]
-                rhs[piv] = tmp
-            for r in range(col + 1, m):
-                f = J[r, col] / J[col, col]
-                if f != 0.0:
-                    for q in range(col, m):
-                        J[r, q] -= f * J[col, q]
-                    rhs[r] -= f * rhs[col]
-        for r in range(m - 1, -1, -1):
+            d = math.sqrt(d)
+            J[j, j] = d
+            for r in range(j + 1, m):
+                acc = J[r, j]
+                for q in range(j):
+                    acc -= J[r, q] * J[j, q]
+                J[r, j] = acc / d
+        for r in range(m):  # L z = F
+            acc = rhs[r]
+            for q in range(r):
+                acc -= J[r, q] * rhs[q]
+            rhs[r] = acc / J[r, r]
+        for r in range(m - 1, -1, -1):  # Lᵀ s = z
             acc = rhs[r]
             for q in range(r + 1, m):
-                acc -= J[r, q] * rhs[q]
+                acc -= J[q, r] * rhs[q]
             rhs[r] = acc / J[r, r]
         big = 0.0
         for p in range(m):
@@ -128,8 +132,11 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
             if i != ref:
                 th[i] += scale * rhs[red[i]]
     stable = True
+    for i in range(n):
+        sn[i] = math.sin(th[i])
+        cs[i] = math.cos(th[i])
     for e in range(E):
-        if math.cos(th[ej[e]] - th[ei[e]]) <= 0.0:
+        if cs[ej[e]] * cs[ei[e]] + sn[ej[e]] * sn[ei[e]] <= 0.0:
             stable = False
     for i in range(n):
         if i != ref:
