@@ -17,6 +17,14 @@ Readouts (decision rule + the loss the clamp targets descend):
   outputs sign(θ_o1 − θ_o2)). On hardware the loss is applied by clamping toward
   t = θ*_out − ∂L/∂θ_out computed from the free reading, so that the linear nudge force at
   θ* is exactly −β ∂L/∂θ_out.
+* ``mean_phase``: targets, loss and decision on the outputs' *common* phase (relative to the
+  reference): class c puts every output at margin·(2c/(C−1) − 1) (−m / +m for two classes),
+  loss ½Σ(θ_o − t)², decision = nearest template (for two classes: the sign of the mean
+  output phase). On the published 2+5+2 network the input moves both outputs together
+  (common-mode class separation ≈ 0.12 rad vs ≈ 6e-4 rad differential, measured), so this is
+  the mode that ω-learning can use; ``difference`` fails there for the same reason.
+  The class order matters: class 0 must be the one whose inputs give the lower output phase
+  (true for a,i and o,u with input ω = 1.5·x and reference = input 0).
 """
 
 from __future__ import annotations
