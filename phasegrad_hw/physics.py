@@ -272,6 +272,7 @@ def solve_equilibrium(
     direction: int = 1,
     tol: float = 1e-12,
     max_iter: int = 60,
+    frame: Literal["pinned", "free"] = "pinned",
 ) -> Equilibrium:
     """Locked state of the reduced system F̃(θ) = 0 (θ_ref pinned at 0) by damped Newton.
 
@@ -284,12 +285,19 @@ def solve_equilibrium(
     solution, not assumed: Cholesky of −J̃ (shifted by 1e-10·max|J̃|) when J̃ is symmetric
     (symmetric K, odd H), eigenvalues of J̃ otherwise.
 
-    The reduced system drops the reference oscillator's own equation. For symmetric K and
-    odd H that equation is implied (Σ_i F_i = 0); for asymmetric K or non-odd H it is not,
-    and the state found is the one with the reference held in the frame rotating at mean(ω).
+    ``frame``: the pinned reduced system drops the reference oscillator's own equation. For
+    symmetric K and odd H that equation is implied (Σ_i F_i = 0); for asymmetric K or
+    non-odd H it is not, and "pinned" finds the state with the reference held in the frame
+    of ``omega`` (what a chip whose clock is locked to the reference at a given Ω sees, with
+    ``omega`` − Ω passed in). ``frame="free"`` instead solves for the collective locked
+    frequency Ω as well (all N equations F_i = Ω, θ_ref = 0; a nudge acts relative to the
+    reference, its reaction on the reference, so symmetric networks get the pinned state
+    back); stability is then judged on the relative-phase dynamics. Dense path only.
     """
     if direction not in (1, -1):
         raise ValueError(f"direction: {direction!r} must be +1 (toward target) or -1 (away)")
+    if frame not in ("pinned", "free"):
+        raise ValueError(f"frame: {frame!r} is not a frame; use 'pinned' or 'free'")
     if nudge not in ("linear", "injection"):
         raise ValueError(f"nudge: {nudge!r} is not a nudge kind; use 'linear' or 'injection'")
     if not (tol > 0 and max_iter >= 1):
@@ -334,7 +342,7 @@ def solve_equilibrium(
         if perm is not None:
             res.theta = res.theta[np.argsort(perm)]
         return res
-    model = _DenseModel(w, Km, coupling, bet, tgt, nudge, free=not symmetric)
+    model = _DenseModel(w, Km, coupling, bet, tgt, nudge, free=frame == "free" and not symmetric)
     if w.ndim == 1:
         res = _newton_single(model, None if theta0 is None else th0, tol, max_iter, symmetric)
     else:
@@ -425,7 +433,7 @@ class _DenseModel:
     def _force_full(self, th: Array | None, exact: bool) -> tuple[Array, tuple[Array, ...]]:
         if th is None:  # θ = 0: H(0) = 0 for odd H
             if not self.coupling.is_odd:
-                return self.force(np.zeros(self.w.shape), exact)
+                return self._force_full(np.zeros(self.w.shape), exact)
             F = self.w
             cache: tuple[Array, ...] = ()
             if self.bet is not None:
@@ -671,7 +679,7 @@ def _newton_single(model: _DenseModel, th0: Array | None, tol: float, max_iter: 
         res = float(np.abs(F).max())
     converged = res <= max(tol, floor)
     A = model.stability_matrix(th, cache)
-    stable, margin = _stability(A[None], symmetric)
+    stable, margin = _stability(A[None], symmetric and not model.free)
     th[0] = 0.0
     return Equilibrium(th, np.asarray(res), np.asarray(it), np.asarray(converged),
                        stable[0], (lambda: margin()[0]) if callable(margin) else margin[0])
@@ -743,7 +751,7 @@ def _newton_batched(model: _DenseModel, th0: Array, tol: float, max_iter: int,
     F, cache = model.force(th, True)
     res = np.abs(F).max(axis=1)
     converged = res <= np.maximum(tol, model.floor)
-    stable, margin = _stability(model.stability_matrix(th, cache), symmetric)
+    stable, margin = _stability(model.stability_matrix(th, cache), symmetric and not model.free)
     th[:, 0] = 0.0
     return Equilibrium(th, res, iters, converged, stable, margin)
 

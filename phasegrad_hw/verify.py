@@ -145,11 +145,12 @@ def finite_beta_table(
 def _one_output_cosine(w: Array, K: Array, coupling: CouplingFunction, seed: int) -> float:
     """β → 0 cosine between the two-phase estimate −J̃⁻¹e and the true gradient −J̃⁻ᵀe.
 
-    J̃ is the reduced Jacobian (reference row and column removed) at the locked state; e is a
+    J̃ is the reduced Jacobian (reference row and column removed) at the locked state (free
+    collective frequency Ω, see ``solve_equilibrium(frame="free")``); e is a
     unit loss gradient on the single output (the cosine does not depend on its size).
     """
     n = w.shape[0]
-    free = solve_equilibrium(w, K, coupling)
+    free = solve_equilibrium(w, K, coupling, frame="free")
     if not free.ok:
         return float("nan")
     J = jacobian(free.theta, K, coupling)[1:, 1:]
