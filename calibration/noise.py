@@ -5,8 +5,9 @@ Model (DESIGN.md §2, "readout noise is the real enemy"). The centred estimate
 
 * a bias b(β) = c β² + O(β⁴) (the O(β²) error of a centred difference), and
 * noise of variance (σ_w²/A + σ_s²)/(2β²) summed over channels: a white part σ_w² that
-  averages down and a slow part σ_s² that does not (reference phase wander, drift), both
-  measured from differences of consecutive A-read means at two A.
+  averages down and a slow part σ_s² that does not (a wandering common phase under
+  injection, drift), both measured from the spread of repeated centred differences
+  θ^{+β} − θ^{−β} (clamped, β = β₁/2) at two A.
 
 For small errors the expected cosine to the true gradient g is
 1 − cos ≈ (‖b_⊥‖² + (σ_w²/A + σ_s²)/(2β²)) / (2‖g‖²), b_⊥ the bias across g.
@@ -204,26 +205,36 @@ async def calibrate_noise(
     t_one = (time.perf_counter() - tic) / 4
     t1 = max((t_big - t_one) / max(n_reads - 1, 1), 0.0)
     t0_read = max(t_one - t1, 0.0)
-    # noise of A-read means as the estimator sees it: half the variance of differences of
-    # consecutive means (captures correlated/slow noise, e.g. reference phase wander),
-    # at two A; model v(A) = σ_w²/A + σ_s² (summed over channels)
+    # -- targets
+    free = await read_locked(sub, min(256, max_avg))
+    signs = np.where(np.arange(len(model.roles.outputs)) % 2 == 0, 1.0, -1.0)
+    target = wrap(free.phases[model.outputs] + cfg.target_offset_rad * signs)
+    b1 = cfg.beta_ref or 0.5 * beta_max
+    # noise as the estimator sees it: the spread of repeated centred differences
+    # θ^{+β} − θ^{−β} (clamped states; catches slow/correlated noise, e.g. a wandering
+    # common phase under injection) at two A; model var = 2(σ_w²/A + σ_s²), summed over
+    # channels
     a1, a2 = max(1, min(16, max_avg)), max(1, min(cfg.ref_averages, max_avg))
 
     async def diff_var(a: int) -> float:
-        ms = np.stack([(await read_locked(sub, a)).phases[keep] for _ in range(cfg.noise_means)])
-        d = wrap(np.diff(ms, axis=0))
-        return float((d**2).sum(axis=1).mean() / 2.0)
+        ds = []
+        try:
+            for _ in range(cfg.noise_means):
+                await sub.clamp(target, 0.5 * b1, 1)
+                plus = (await read_locked(sub, a)).phases
+                await sub.clamp(target, 0.5 * b1, -1)
+                minus = (await read_locked(sub, a)).phases
+                ds.append(wrap(plus - minus)[keep])
+        finally:
+            await sub.release()
+        d = np.stack(ds)
+        return float(((d - d.mean(0)) ** 2).sum(axis=1).mean() * len(ds) / (len(ds) - 1) / 2.0)
 
     v1, v2 = await diff_var(a1), await diff_var(a2)
     slow2 = max(0.0, (a2 * v2 - a1 * v1) / (a2 - a1)) if a2 > a1 else 0.0
     white2 = max(a1 * (v1 - slow2), float((sigma[keep] ** 2).sum()) * 0.25)
     eff = float(np.sqrt(v1 * a1 / max(float((sigma[keep] ** 2).sum()), 1e-300)))
     sigma2 = white2
-    # -- targets and the β² bias
-    free = await read_locked(sub, min(256, max_avg))
-    signs = np.where(np.arange(len(model.roles.outputs)) % 2 == 0, 1.0, -1.0)
-    target = wrap(free.phases[model.outputs] + cfg.target_offset_rad * signs)
-    b1 = cfg.beta_ref or 0.5 * beta_max
     b2 = 0.5 * b1
     progress("bias estimate", 0.15)
     ref_avg = min(cfg.ref_averages, max_avg)
@@ -247,16 +258,19 @@ async def calibrate_noise(
     for attempt in range(cfg.max_rounds):
         cands, best = _choose(betas, beta_max, max_avg, c, g_rich, sigma2, target_cos, safety,
                               t0_read, t1, slow2)
-        if best is None and rounds:
-            # nothing meets the tightened budget: the best achievable at the most averages
+        if best is None:
+            # nothing meets the (tightened) budget: the best achievable at the most averages
             fall = [Candidate(beta=b, averages=max_avg,
                               predicted_cosine=predicted_cosine(g_rich, c, sigma2, b, max_avg,
                                                                 slow2),
                               time_s=2.0 * (t0_read + max_avg * t1))
                     for b in betas if 0 < b <= beta_max]
-            best = max(fall, key=lambda x: x.predicted_cosine or 0.0)
-            if best.averages == rounds[-1].averages and best.beta == rounds[-1].beta:
+            best = max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+            if best is None or (rounds and best.averages == rounds[-1].averages
+                                and best.beta == rounds[-1].beta):
                 break
+            log.warning("noise: cosine %.3g is out of reach by the model; verifying the best "
+                        "achievable (β = %.3g, %d averages)", target_cos, best.beta, max_avg)
         if best is None:
             break
         assert best.averages is not None and best.predicted_cosine is not None
