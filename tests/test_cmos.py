@@ -22,7 +22,7 @@ from phasegrad_hw.devices import load_device_model
 from phasegrad_hw.gradients import cosine, finite_difference_gradient, two_phase_gradient
 from phasegrad_hw.models import CMOSChipModel
 from phasegrad_hw.physics import centred, solve_equilibrium, wrap
-from phasegrad_hw.substrate import Capability, LimitError
+from phasegrad_hw.substrate import Capability, LimitError, LockLostError
 
 REPO = Path(__file__).resolve().parents[1]
 CMOS = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
@@ -351,6 +351,8 @@ async def test_loss_of_lock_shows_as_slipping_phases_not_an_exception() -> None:
     assert not r1.locked and not r2.locked
     assert np.max(np.abs(wrap(r2.phases - r1.phases))) > 0.1  # ramping between reads
     assert np.all((r1.phases >= -np.pi) & (r1.phases < np.pi))
+    with pytest.raises(LockLostError, match="no locked free state"):
+        chip.exact_gradient(TARGET)
     await chip.set_couplings(BASE.coupling_values())  # recovers when it can lock again
     await chip.set_frequencies(OMEGA)
     assert (await chip.read_phases()).locked
