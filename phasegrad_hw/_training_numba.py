@@ -3,7 +3,8 @@
 
 They implement exactly the engine's fast path — undamped Newton on the edge list from a warm
 start (at most 12 iterations, 1 rad trust region, tolerance max(1e-12, rounding floor)),
-stability accepted when every edge has cos Δθ > 0 — and the engine's one-sided online update
+stability accepted when every edge has cos Δθ > 0 (a Newton step below 1e-7 rad counts as
+converged: the next residual is O(K·1e-14)) — and the engine's one-sided online update
 (H = sin, linear nudge). A member whose fast solve fails is reported (status 3) and left
 untouched, so the engine redoes its step on the robust numpy/physics path.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 TWO_PI = 2.0 * math.pi
 FAST_ITERS = 12
+STEP_DONE = 1e-7  # Newton step (rad) below which the next residual is O(K·1e-14)
 
 
 @njit(cache=True)
@@ -131,6 +133,11 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
         for i in range(n):
             if i != ref:
                 th[i] += scale * rhs[red[i]]
+        if big <= STEP_DONE:
+            # quadratic convergence: the residual after this step is O(K·|s|²) ≈ 1e-14,
+            # below the tolerance, so the extra residual evaluation is skipped
+            done = True
+            break
     stable = True
     for i in range(n):
         sn[i] = math.sin(th[i])
@@ -161,7 +168,7 @@ def solve_many(W, k, theta0, ei, ej, ref):
     M, n = W.shape
     th = theta0.copy()
     ok = np.zeros(M, dtype=np.bool_)
-    for r in prange(M):
+    for r in range(M):
         wc = np.empty(n)
         dummy = np.zeros(n)
         _centre(W[r], wc)
@@ -170,10 +177,109 @@ def solve_many(W, k, theta0, ei, ej, ref):
 
 
 @njit(cache=True)
+def _member_step(
+    b,
+    omega,
+    coupling,
+    warm,
+    learn_w,
+    learn_k,
+    xin,
+    yy,
+    ei,
+    ej,
+    ref,
+    inputs,
+    outputs,
+    beta,
+    lr_w,
+    lr_k,
+    clip,
+    basin,
+    w_lo,
+    w_hi,
+    k_lo,
+    k_hi,
+    tmode,
+    table,
+    margin,
+    free_out,
+):
+    """One online step of member b from one sample; warm (N,) is the warm start and receives
+    the free state. Returns 0 updated, 2 basin jump, 3 fast path failed (member untouched)."""
+    n = omega.shape[1]
+    E = coupling.shape[1]
+    n_out = outputs.shape[0]
+    w = np.empty(n)
+    wc = np.empty(n)
+    bet = np.zeros(n)
+    for o in range(n_out):
+        bet[outputs[o]] = beta
+    tgt = np.zeros(n)
+    fth = np.empty(n)
+    pth = np.empty(n)
+    gout = np.empty(n_out)
+    for i in range(n):
+        w[i] = omega[b, i]
+    for a in range(inputs.shape[0]):
+        w[inputs[a]] = xin[a]
+    _centre(w, wc)
+    for i in range(n):
+        fth[i] = warm[i]
+    if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False):
+        return 3
+    for o in range(n_out):
+        free_out[o] = fth[outputs[o]]
+    if tmode == 0:
+        for o in range(n_out):
+            tgt[outputs[o]] = table[yy, o]
+    else:
+        oy = fth[outputs[yy]]
+        tot = 0.0
+        for o in range(n_out):
+            if o == yy:
+                continue
+            r = _wrap(oy - fth[outputs[o]]) + 2.0 * margin
+            if tmode == 2 and r < 0.0:
+                r = 0.0
+            gout[o] = -r
+            tot += r
+        gout[yy] = tot
+        for o in range(n_out):
+            tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
+    for i in range(n):
+        pth[i] = fth[i]
+    if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True):
+        return 3
+    for i in range(n):
+        warm[i] = fth[i]
+    jump = 0.0
+    for i in range(n):
+        jump = max(jump, abs(_wrap(pth[i] - fth[i])))
+    if jump > basin:
+        return 2
+    for i in range(n):
+        if learn_w[b, i] and i != ref:
+            g = -_wrap(pth[i] - fth[i]) / beta
+            g = min(max(g, -clip), clip)
+            omega[b, i] = min(max(omega[b, i] - lr_w * g, w_lo), w_hi)
+        elif learn_w[b, i]:
+            omega[b, i] = min(max(omega[b, i], w_lo), w_hi)
+    for e in range(E):
+        if learn_k[b, e]:
+            dp = pth[ej[e]] - pth[ei[e]]
+            df = fth[ej[e]] - fth[ei[e]]
+            g = (math.cos(df) - math.cos(dp)) / beta
+            g = min(max(g, -clip), clip)
+            coupling[b, e] = min(max(coupling[b, e] - lr_k * g, k_lo), k_hi)
+    return 0
+
+
+@njit(cache=True)
 def train_step(
     omega,
     coupling,
-    theta_prev,
+    warm,
     learn_w,
     learn_k,
     xin,
@@ -198,76 +304,122 @@ def train_step(
     free_out,
     status,
 ):
-    """One online step for every member (row). status: 0 updated, 1 unlocked, 2 basin jump,
-    3 fast path failed (member untouched; redo on the robust path)."""
-    B, n = omega.shape
-    E = coupling.shape[1]
-    n_out = outputs.shape[0]
-    for b in prange(B):
-        w = np.empty(n)
-        wc = np.empty(n)
-        bet = np.zeros(n)
-        for o in range(n_out):
-            bet[outputs[o]] = beta
-        tgt = np.zeros(n)
-        fth = np.empty(n)
-        pth = np.empty(n)
-        gout = np.empty(n_out)
-        for i in range(n):
-            w[i] = omega[b, i]
-        for a in range(inputs.shape[0]):
-            w[inputs[a]] = xin[b, a]
-        _centre(w, wc)
-        for i in range(n):
-            fth[i] = theta_prev[b, i]
-        if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False):
-            status[b] = 3
-            continue
-        yy = y[b]
-        for o in range(n_out):
-            free_out[b, o] = fth[outputs[o]]
-        if tmode == 0:
-            for o in range(n_out):
-                tgt[outputs[o]] = table[yy, o]
-        else:
-            oy = fth[outputs[yy]]
-            tot = 0.0
-            for o in range(n_out):
-                if o == yy:
-                    continue
-                r = _wrap(oy - fth[outputs[o]]) + 2.0 * margin
-                if tmode == 2 and r < 0.0:
-                    r = 0.0
-                gout[o] = -r
-                tot += r
-            gout[yy] = tot
-            for o in range(n_out):
-                tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
-        for i in range(n):
-            pth[i] = fth[i]
-        if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True):
-            status[b] = 3
-            continue
-        for i in range(n):
-            theta_prev[b, i] = fth[i]
-        jump = 0.0
-        for i in range(n):
-            jump = max(jump, abs(_wrap(pth[i] - fth[i])))
-        if jump > basin:
-            status[b] = 2
-            continue
-        status[b] = 0
-        for i in range(n):
-            if learn_w[b, i] and i != ref:
-                g = -_wrap(pth[i] - fth[i]) / beta
-                g = min(max(g, -clip), clip)
-                omega[b, i] = min(max(omega[b, i] - lr_w * g, w_lo), w_hi)
-            elif learn_w[b, i]:
-                omega[b, i] = min(max(omega[b, i], w_lo), w_hi)
-        for e in range(E):
-            if learn_k[b, e]:
-                dp = pth[ej[e]] - pth[ei[e]]
-                df = fth[ej[e]] - fth[ei[e]]
-                g = (math.cos(df) - math.cos(dp)) / beta
-                g = min(max(g, -clip), clip)
-                coupling[b, e] = min(max(coupling[b, e] - lr_k * g, k_lo), k_hi)
+    """One online step for every member (row b uses sample xin[b], y[b]; warm[b] is its warm
+    start and receives its free state). status: 0 updated, 2 basin jump, 3 fast path failed
+    (member untouched; redo on the robust path)."""
+    for b in range(omega.shape[0]):
+        status[b] = _member_step(
+            b,
+            omega,
+            coupling,
+            warm[b],
+            learn_w,
+            learn_k,
+            xin[b],
+            y[b],
+            ei,
+            ej,
+            ref,
+            inputs,
+            outputs,
+            beta,
+            lr_w,
+            lr_k,
+            clip,
+            basin,
+            w_lo,
+            w_hi,
+            k_lo,
+            k_hi,
+            tmode,
+            table,
+            margin,
+            free_out[b],
+        )
+
+
+@njit(cache=True)
+def train_epoch(
+    omega,
+    coupling,
+    theta_prev,
+    cache,
+    learn_w,
+    learn_k,
+    xin_all,
+    y_all,
+    order,
+    ei,
+    ej,
+    ref,
+    inputs,
+    outputs,
+    beta,
+    lr_w,
+    lr_k,
+    clip,
+    basin,
+    w_lo,
+    w_hi,
+    k_lo,
+    k_hi,
+    tmode,
+    table,
+    margin,
+    free_out,
+    status,
+    stop,
+):
+    """A whole online epoch for every member: member b takes samples order[b, t] in turn,
+    warm-started from ``cache[b, sample]`` (its free state for that sample last epoch) or
+    else its last free state. On a fast-path failure the member stops (stop[b] = t, member
+    untouched from that step on) so the engine finishes its epoch on the robust path."""
+    B = omega.shape[0]
+    n = omega.shape[1]
+    T = order.shape[1]
+    warm = np.empty(n)
+    for b in range(B):
+        stop[b] = -1
+        for t in range(T):
+            smp = order[b, t]
+            if math.isnan(cache[b, smp, 0]):
+                for i in range(n):
+                    warm[i] = theta_prev[b, i]
+            else:
+                for i in range(n):
+                    warm[i] = cache[b, smp, i]
+            st = _member_step(
+                b,
+                omega,
+                coupling,
+                warm,
+                learn_w,
+                learn_k,
+                xin_all[smp],
+                y_all[smp],
+                ei,
+                ej,
+                ref,
+                inputs,
+                outputs,
+                beta,
+                lr_w,
+                lr_k,
+                clip,
+                basin,
+                w_lo,
+                w_hi,
+                k_lo,
+                k_hi,
+                tmode,
+                table,
+                margin,
+                free_out[b, t],
+            )
+            status[b, t] = st
+            if st == 3:
+                stop[b] = t
+                break
+            for i in range(n):
+                theta_prev[b, i] = warm[i]
+                cache[b, smp, i] = warm[i]
