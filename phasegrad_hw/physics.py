@@ -36,7 +36,7 @@ _EPS = float(np.finfo(np.float64).eps)
 # --------------------------------------------------------------------------- validation
 def _as_float_array(name: str, value: ArrayLike) -> Array:
     arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         bad = arr[~np.isfinite(arr)].ravel()[0]
         raise ValueError(f"{name}: contains a non-finite value ({bad}); all entries must be finite")
     return arr
@@ -194,7 +194,9 @@ def jacobian(
 
 
 def energy(theta: ArrayLike, omega: ArrayLike, K: ArrayLike, coupling: CouplingFunction = SIN) -> Array:
-    """Lyapunov energy E = −Σ ω_i θ_i − ½ Σ_ij K_ij V(θ_j − θ_i), with dθ/dt = −∇E.
+    """Lyapunov energy E = −Σ ω_i θ_i + ½ Σ_ij K_ij V(θ_j − θ_i) (V′ = H), dθ/dt = −∇E.
+
+    For H = sin, V = −cos: E = −Σ ω_i θ_i − ½ Σ_ij K_ij cos(θ_j − θ_i).
 
     Exists only for symmetric K and odd H; raises ValueError otherwise.
     """
@@ -203,7 +205,7 @@ def energy(theta: ArrayLike, omega: ArrayLike, K: ArrayLike, coupling: CouplingF
         raise ValueError("K: energy needs a symmetric coupling matrix")
     th = np.asarray(theta, dtype=np.float64)
     V = coupling.potential(phase_differences(th))
-    return -(np.asarray(omega) * th).sum(axis=-1) - 0.5 * (Km * V).sum(axis=(-1, -2))
+    return -(np.asarray(omega) * th).sum(axis=-1) + 0.5 * (Km * V).sum(axis=(-1, -2))
 
 
 def _opt(x: ArrayLike | None) -> Array | None:
