@@ -9,10 +9,10 @@ table's residual level); the default 1.5e-8 would not.
 
 from __future__ import annotations
 
-import numpy as np
-from numpy.typing import NDArray
 import warnings
 
+import numpy as np
+from numpy.typing import NDArray
 from scipy.optimize import fsolve
 
 Array = NDArray[np.float64]

@@ -80,8 +80,13 @@ def bench_single(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
         reps, num = (3, 1) if big else ((5, 20) if n <= 50 else (5, 3))
         if quick:
             reps, num = (1, 1) if big else (3, max(1, num // 4))
-        r = _compare(lambda w=w, K=K: solve_equilibrium(w, K),
-                     lambda w=w, K=K: fsolve_equilibrium(w, K), reps, num,
+        def ours(w: np.ndarray = w, K: np.ndarray = K) -> object:
+            return solve_equilibrium(w, K)
+
+        def base(w: np.ndarray = w, K: np.ndarray = K) -> object:
+            return fsolve_equilibrium(w, K)
+
+        r = _compare(ours, base, reps, num,
                      base_repeats=1 if big else None)
         rows.append({"N": n, **r, "ours_residual": float(eq.residual),
                      "fsolve_residual": res_b, "ours_ok": bool(eq.ok),

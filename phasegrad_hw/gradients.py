@@ -34,7 +34,9 @@ Edges = NDArray[np.int64]
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def loss(theta: ArrayLike, outputs: ArrayLike, target: ArrayLike, kind: NudgeKind = "linear") -> Array:
+def loss(
+    theta: ArrayLike, outputs: ArrayLike, target: ArrayLike, kind: NudgeKind = "linear"
+) -> Array:
     """Output loss (rad²): ½Σ(θ_o − t)² (linear) or Σ(1 − cos(θ_o − t)) (injection)."""
     th = np.asarray(theta, dtype=np.float64)
     d = th[..., np.asarray(outputs)] - np.asarray(target, dtype=np.float64)
@@ -57,7 +59,9 @@ def loss_grad_theta(
     return e
 
 
-def nudge_vectors(n: int, outputs: ArrayLike, target: ArrayLike, beta: float) -> tuple[Array, Array]:
+def nudge_vectors(
+    n: int, outputs: ArrayLike, target: ArrayLike, beta: float
+) -> tuple[Array, Array]:
     """Per-oscillator (β, target) arrays: β on the outputs, 0 elsewhere."""
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"beta: {beta} must be finite and >= 0")
@@ -162,7 +166,7 @@ def implicit_gradient(
     if sp.issparse(K):
         from phasegrad_hw.physics import SparseNetwork
 
-        net = SparseNetwork.from_matrix(K)  # type: ignore[arg-type]
+        net = SparseNetwork.from_matrix(K)
         d = th[net.cols] - th[net.rows]
         wts = net.weights * coupling.derivative(d)
         J = sp.csr_matrix((wts, (net.rows, net.cols)), shape=(n, n))

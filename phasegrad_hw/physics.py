@@ -44,7 +44,8 @@ def _as_float_array(name: str, value: ArrayLike) -> Array:
 
 def _check_ref(ref: int, n: int) -> int:
     if not isinstance(ref, (int, np.integer)) or not 0 <= int(ref) < n:
-        raise ValueError(f"ref: {ref!r} is out of range; must be an oscillator index in [0, {n - 1}]")
+        raise ValueError(
+            f"ref: {ref!r} is out of range; must be an oscillator index in [0, {n - 1}]")
     return int(ref)
 
 
@@ -193,7 +194,9 @@ def jacobian(
     return W
 
 
-def energy(theta: ArrayLike, omega: ArrayLike, K: ArrayLike, coupling: CouplingFunction = SIN) -> Array:
+def energy(
+    theta: ArrayLike, omega: ArrayLike, K: ArrayLike, coupling: CouplingFunction = SIN
+) -> Array:
     """Lyapunov energy E = −Σ ω_i θ_i + ½ Σ_ij K_ij V(θ_j − θ_i) (V′ = H), dθ/dt = −∇E.
 
     For H = sin, V = −cos: E = −Σ ω_i θ_i − ½ Σ_ij K_ij cos(θ_j − θ_i).
@@ -760,7 +763,7 @@ def _newton_batched(model: _DenseModel, th0: Array, tol: float, max_iter: int,
 
 def _batched_solve(A: Array, b: Array) -> Array:
     try:
-        return np.linalg.solve(A, b[..., None])[..., 0]
+        return np.asarray(np.linalg.solve(A, b[..., None])[..., 0], dtype=np.float64)
     except np.linalg.LinAlgError:
         out = np.empty_like(b)
         for k in range(len(b)):
@@ -823,6 +826,29 @@ class SparseNetwork:
         return omega + np.bincount(self.rows, self.weights * coupling.value(d), minlength=self.n)
 
 
+def _pd_after_low_rank_push(J: sp.csr_matrix, push: Array) -> bool:
+    """Is −J̃ PD, where −J̃ = A − P, A PD (grounded Laplacian + non-negative diagonal) and
+    P = diag(push) ≥ 0 on a few oscillators (the −β nudge of a centred estimate)?
+
+    With S the pushed indices and D = P_SS: A − P ≻ 0  ⇔  I − D^½ (A⁻¹)_SS D^½ ≻ 0 (Schur
+    complement / Sylvester), which needs |S| conjugate-gradient solves with A.
+    """
+    S = np.flatnonzero(push)
+    A = (-J + sp.diags(push)).tocsr()
+    pre = spla.LinearOperator(A.shape, matvec=lambda x, d=1.0 / A.diagonal(): d * x)
+    X = np.empty((len(S), len(S)))
+    for k, i in enumerate(S):
+        e = np.zeros(A.shape[0])
+        e[i] = 1.0
+        x, info = spla.cg(A, e, rtol=1e-12, atol=0.0, maxiter=5000, M=pre)
+        if info != 0:
+            return False
+        X[:, k] = x[S]
+    d = np.sqrt(push[S])
+    M = np.eye(len(S)) - d[:, None] * (0.5 * (X + X.T)) * d[None, :]
+    return bool(np.linalg.eigvalsh(M)[0] > 1e-10)
+
+
 def _solve_sparse(
     omega: ArrayLike, K: sp.spmatrix | sp.sparray, coupling: CouplingFunction,
     theta0: ArrayLike | None, ref: int, beta: ArrayLike | None, target: ArrayLike | None,
@@ -850,7 +876,7 @@ def _solve_sparse(
     def J_of(t: Array) -> tuple[sp.csr_matrix, Array]:
         d = t[net.cols] - t[net.rows]
         wts = net.weights * coupling.derivative(d)
-        diag = -np.bincount(net.rows, wts, minlength=n)
+        diag: Array = -np.bincount(net.rows, wts, minlength=n).astype(np.float64)
         nt = _nudge_terms(t, b1, t1, nudge)
         if nt is not None:
             diag = diag + nt[1]
@@ -863,7 +889,8 @@ def _solve_sparse(
         )
         return J, wts
 
-    scale = 1.0 + float(np.abs(w).max()) + float(np.bincount(net.rows, np.abs(net.weights), minlength=n).max())
+    row_abs = np.bincount(net.rows, np.abs(net.weights), minlength=n)
+    scale = 1.0 + float(np.abs(w).max()) + float(row_abs.max())
     floor = 64.0 * _EPS * scale * np.sqrt(n)
     F = F_of(th)
     res = float(np.abs(F).max())
@@ -904,13 +931,18 @@ def _solve_sparse(
     th[keep_idx] = wrap(th[keep_idx])
     converged = bool(res <= max(tol, floor))
     J, wts = J_of(th)
-    ncomp, _ = connected_components(sp.csr_matrix((np.ones(len(net.rows)), (net.rows, net.cols)), shape=(n, n)),
+    adj = sp.csr_matrix((np.ones(len(net.rows)), (net.rows, net.cols)), shape=(n, n))
+    ncomp, _ = connected_components(adj,
                                     directed=False)
-    if use_cg and ncomp == 1 and np.all(wts > 0) and (b1 is None or np.all(np.asarray(J.diagonal()) < 0)):
-        # positive edge weights on a connected graph: −J̃ is a reduced weighted Laplacian, PD
-        diag_margin = float("nan")
+    nt = _nudge_terms(th, b1, t1, nudge)
+    push = np.zeros(n) if nt is None else np.maximum(np.asarray(nt[1], dtype=np.float64), 0.0)
+    margin = float("nan")
+    if use_cg and ncomp == 1 and np.all(wts > 0) and not push.any():
+        # positive edge weights on a connected graph (nudges only add to the diagonal):
+        # −J̃ is a grounded weighted Laplacian plus a non-negative diagonal, hence PD
         stable = True
-        margin = diag_margin
+    elif use_cg and ncomp == 1 and np.all(wts > 0) and np.count_nonzero(push[keep_idx]) <= 32:
+        stable = _pd_after_low_rank_push(J, push[keep_idx])
     else:
         try:
             vals = spla.eigs(J, k=1, which="LR", return_eigenvectors=False, maxiter=5000, tol=1e-8)

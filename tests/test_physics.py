@@ -281,3 +281,19 @@ def test_phase_differences_and_rhs_batch() -> None:
     rb = ph.rhs(thb, w, K)
     for k in range(3):
         np.testing.assert_allclose(rb[k], ph.rhs(thb[k], w, K), atol=1e-14)
+
+
+def test_sparse_stability_with_push_away_nudge() -> None:
+    rng = np.random.default_rng(10)
+    Ks = nw.sparse_ring_network(300, rng, k_scale=1.0)
+    w = nw.random_frequencies(300, rng, sigma=0.05)
+    free = ph.solve_equilibrium(w, Ks)
+    for beta in (0.05, 50.0):  # a weak push keeps the state stable; a huge one cannot
+        b = np.zeros(300)
+        b[-3:] = beta
+        eqs = ph.solve_equilibrium(w, Ks, beta=b, target=free.theta, theta0=free.theta,
+                                   direction=-1)
+        eqd = ph.solve_equilibrium(w, Ks.toarray(), beta=b, target=free.theta,
+                                   theta0=free.theta, direction=-1)
+        assert eqs.converged and eqd.converged
+        assert bool(eqs.stable) == bool(eqd.stable) == (beta < 1.0)

@@ -70,7 +70,8 @@ def register(groups: Groups) -> None:
              ["beta", "mode", "mean_cos", "worst_cos", "mean_scale_error", "worst_scale_error"]),
             ("Asymmetry (N=15, 10 seeds)", "asymmetry",
              ["asymmetry", "mean_cos", "std_cos", "published"]),
-            ("Phase lag ψ (rad; N=15, 10 seeds)", "phase_lag", ["phase_lag", "mean_cos", "std_cos"]),
+            ("Phase lag ψ (rad; N=15, 10 seeds)", "phase_lag",
+             ["phase_lag", "mean_cos", "std_cos"]),
         ]
         for title, key, cols in specs:
             tab = Table(title=title)
