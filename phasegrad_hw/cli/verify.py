@@ -61,8 +61,8 @@ def register(groups: Groups) -> None:
                 doc = v.run_all(opts.sizes)
         except ImportError:
             doc = v.run_all(opts.sizes)
-        doc["seconds"] = time.perf_counter() - t0
-        con = Console()
+        seconds = time.perf_counter() - t0
+        con = Console(width=max(120, Console().width))
         specs = [
             ("Identity (β=1e-4, FD ε=1e-5)", "identity",
              ["N", "learnable", "cos_tp_fd", "cos_tp_ift", "residual"]),
@@ -76,16 +76,16 @@ def register(groups: Groups) -> None:
         for title, key, cols in specs:
             tab = Table(title=title)
             for c in cols:
-                tab.add_column(c, justify="right")
+                tab.add_column(c, justify="right", no_wrap=True)
             for row in doc[key]:
                 tab.add_row(*[_fmt(row[c]) for c in cols])
             con.print(tab)
-        con.print(f"verify took {doc['seconds']:.1f} s")
+        con.print(f"verify took {seconds:.1f} s")
         if opts.json_path is not None:
             opts.json_path.write_text(json.dumps(doc, indent=2))
 
 
 def _fmt(x: object) -> str:
     if isinstance(x, float):
-        return f"{x:.10f}" if 0.9 < x <= 1.0 + 1e-12 else f"{x:.3g}"
+        return f"{x:.15f}" if 0.9 < x <= 1.0 + 1e-12 else f"{x:.3g}"
     return "-" if x is None else str(x)
