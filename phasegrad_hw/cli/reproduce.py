@@ -52,7 +52,8 @@ def output_modes(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
     Common mode c = (θ_o1 + θ_o2)/2 and differential Δ = θ_o1 − θ_o2 per test sample;
     returns the mean over members of their spread across inputs and of the class separation
-    |mean_class1 − mean_class0|, for c and for Δ.
+    |mean_class1 − mean_class0|, the per-class means, for c and for Δ, and the fraction of
+    members whose mean Δ is positive.
     """
     ok = np.all(np.isfinite(out), axis=(1, 2))
     o = out[ok]
@@ -66,6 +67,10 @@ def output_modes(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         res[f"{name}_class_separation_rad"] = float(
             np.abs(v[:, y == 1].mean(axis=1) - v[:, y == 0].mean(axis=1)).mean()
         )
+        res[f"{name}_class0_mean_rad"] = float(v[:, y == 0].mean())
+        res[f"{name}_class1_mean_rad"] = float(v[:, y == 1].mean())
+    # sign of the learned output offset Δ (θ_o1 − θ_o2): with arg-max cos it decides polarity
+    res["fraction_differential_positive"] = float((d.mean(axis=1) > 0).mean())
     return res
 
 
