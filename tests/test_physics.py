@@ -297,3 +297,29 @@ def test_sparse_stability_with_push_away_nudge() -> None:
                                    theta0=free.theta, direction=-1)
         assert eqs.converged and eqd.converged
         assert bool(eqs.stable) == bool(eqd.stable) == (beta < 1.0)
+
+
+def test_sparse_network_residual_matches_dense_rhs() -> None:
+    rng = np.random.default_rng(11)
+    K = nw.asymmetric(nw.erdos_renyi(12, rng), 0.1, rng)
+    th, w = rng.uniform(-np.pi, np.pi, 12), rng.normal(0, 0.3, 12)
+    net = ph.SparseNetwork.from_matrix(sp.csr_matrix(K))
+    assert net.n == 12 and not net.symmetric and len(net.weights) == np.count_nonzero(K)
+    np.testing.assert_allclose(net.residual(th, w, ph.SIN), ph.rhs(th, w, K), atol=1e-13)
+    assert ph.SparseNetwork.from_matrix(sp.csr_matrix(K + K.T)).symmetric
+    with pytest.raises(ValueError, match="square"):
+        ph.SparseNetwork.from_matrix(sp.csr_matrix(np.ones((3, 4))))
+
+
+def test_equilibrium_margin_is_lazy_and_ok_combines_flags() -> None:
+    calls = []
+
+    def margin() -> np.ndarray:
+        calls.append(1)
+        return np.array(2.5)
+
+    eq = ph.Equilibrium(np.zeros(3), np.array(0.0), np.array(1), np.array(True),
+                        np.array(False), margin)
+    assert not eq.ok and not calls
+    assert float(eq.margin) == 2.5 and float(eq.margin) == 2.5 and len(calls) == 1
+    assert "converged=" in repr(eq)
