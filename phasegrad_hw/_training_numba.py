@@ -61,8 +61,12 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
     for _it in range(FAST_ITERS):
         for i in range(n):
             F[i] = wc[i]
-            sn[i] = math.sin(th[i])
-            cs[i] = math.cos(th[i])
+            if i == ref:  # pinned at 0
+                sn[i] = 0.0
+                cs[i] = 1.0
+            else:
+                sn[i] = math.sin(th[i])
+                cs[i] = math.cos(th[i])
         for e in range(E):
             i, j = ei[e], ej[e]
             # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
@@ -138,10 +142,9 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
             # below the tolerance, so the extra residual evaluation is skipped
             done = True
             break
+    # stability from the last evaluated sines/cosines: exact at θ when the residual test
+    # ended the loop, within 1e-7 rad of θ when a tiny step did
     stable = True
-    for i in range(n):
-        sn[i] = math.sin(th[i])
-        cs[i] = math.cos(th[i])
     for e in range(E):
         if cs[ej[e]] * cs[ei[e]] + sn[ej[e]] * sn[ei[e]] <= 0.0:
             stable = False

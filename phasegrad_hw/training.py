@@ -585,6 +585,7 @@ class Ensemble:
         B = len(self.members)
         n = len(self.data.y_train)
         history: list[EpochSummary] = []
+        final = np.empty(0)
         m = cfg.batch_size
         for e in range(cfg.epochs):
             te = time.perf_counter()
@@ -605,7 +606,7 @@ class Ensemble:
                     right += ((pred == self.data.y_train[idx]) & ~bad).sum(axis=1)
             test = None
             if (e + 1) % cfg.test_every == 0 or e + 1 == cfg.epochs:
-                test, _ = self.test_accuracy()
+                test, final = self.test_accuracy()
             summ = EpochSummary(
                 e + 1,
                 right / n,
@@ -622,7 +623,10 @@ class Ensemble:
             )
             if on_epoch is not None:
                 on_epoch(summ)
-        acc, out = self.test_accuracy()
+        if history and history[-1].test_accuracy is not None:
+            acc, out = history[-1].test_accuracy, final
+        else:
+            acc, out = self.test_accuracy()
         return EnsembleResult(
             self.seeds,
             self.omega.copy(),
