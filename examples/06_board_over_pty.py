@@ -30,7 +30,9 @@ DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
 async def train(sub: OscillatorSubstrate, steps: int = 30) -> tuple[Parameters, float]:
     m = sub.model
     start = Parameters(np.random.default_rng(0).uniform(-0.3, 0.3, m.n), m.coupling_values())
-    ctl = EPController([sub], EPConfig(mode="centred", averages=4, params="both"), start)
+    ctl = EPController(
+        [sub], EPConfig(mode="centred", averages=4, params="both", lr_omega=0.05, lr_k=0.05), start
+    )
     xs = np.random.default_rng(1).uniform(-1.0, 1.0, (steps, 2))
     t0 = time.perf_counter()
     for x in xs:
@@ -68,7 +70,9 @@ async def main() -> None:
     )
     print(f"max |parameter difference| board vs in-process: {diff:.1e}")
     assert diff <= 1e-9, diff
-    assert np.abs(p_local.coupling - chip.model.coupling_values()).max() > 1e-4  # it learned
+    moved = np.abs(p_local.coupling - chip.model.coupling_values()).max()
+    print(f"largest coupling change after 30 steps: {moved:.2e}")
+    assert moved > 1e-3  # it did learn
 
 
 if __name__ == "__main__":
