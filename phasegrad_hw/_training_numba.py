@@ -12,26 +12,22 @@ untouched, so the engine redoes its step on the robust numpy/physics path.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 TWO_PI = 2.0 * math.pi
 FAST_ITERS = 12
 STEP_DONE = 1e-7  # Newton step (rad) below which the next residual is O(K·1e-14)
 
 
-@njit(cache=True)
-def _wrap(x: float) -> float:
-    return ((x + math.pi) % TWO_PI) - math.pi
+# preallocated per-call workspace (no heap allocation per member step)
+_Work = namedtuple("_Work", "red F kc J rhs w wc bet tgt fth pth gout sn cs")
 
 
 @njit(cache=True)
-def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
-    """In place on th (N,), reference pinned; returns True if converged and stable."""
-    n = wc.shape[0]
-    m = n - 1
-    E = kk.shape[0]
+def _workspace(n, E, n_out, ref, outputs, beta):
     red = np.empty(n, dtype=np.int64)
     a = 0
     for i in range(n):
@@ -40,6 +36,44 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
         else:
             red[i] = a
             a += 1
+    bet = np.zeros(n)
+    for o in range(n_out):
+        bet[outputs[o]] = beta
+    return _Work(
+        red,
+        np.empty(n),
+        np.empty(E),
+        np.empty((n - 1, n - 1)),
+        np.empty(n - 1),
+        np.empty(n),
+        np.empty(n),
+        bet,
+        np.zeros(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n_out),
+        np.empty(n),
+        np.empty(n),
+    )
+
+
+@njit(cache=True)
+def _wrap(x: float) -> float:
+    return ((x + math.pi) % TWO_PI) - math.pi
+
+
+@njit(cache=True)
+def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, ws):
+    """In place on th (N,), reference pinned; returns True if converged and stable.
+
+    ``sn``/``cs`` (N,) receive the node sines/cosines of the last residual evaluation; with
+    ``reuse`` the first evaluation takes them as given (the nudged solve starts where the
+    free solve ended, so its trigonometry is already known). ``ws`` is a :class:`_Work`.
+    """
+    n = wc.shape[0]
+    m = n - 1
+    E = kk.shape[0]
+    red, F, kc, J, rhs = ws.red, ws.F, ws.kc, ws.J, ws.rhs
     th0 = th[ref]
     for i in range(n):
         th[i] -= th0
@@ -51,16 +85,12 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged):
         wmax = max(wmax, abs(wc[i]))
     floor = 64.0 * 2.220446049250313e-16 * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
     tol = max(1e-12, floor)
-    F = np.empty(n)
-    sn = np.empty(n)
-    cs = np.empty(n)
-    kc = np.empty(E)
-    J = np.empty((m, m))
-    rhs = np.empty(m)
     done = False
-    for _it in range(FAST_ITERS):
+    for it in range(FAST_ITERS):
         for i in range(n):
             F[i] = wc[i]
+            if it == 0 and reuse:
+                continue
             if i == ref:  # pinned at 0
                 sn[i] = 0.0
                 cs[i] = 1.0
@@ -171,11 +201,12 @@ def solve_many(W, k, theta0, ei, ej, ref):
     M, n = W.shape
     th = theta0.copy()
     ok = np.zeros(M, dtype=np.bool_)
+    ws = _workspace(n, k.shape[1], 1, ref, np.zeros(1, dtype=np.int64), 0.0)
     for r in range(M):
-        wc = np.empty(n)
-        dummy = np.zeros(n)
-        _centre(W[r], wc)
-        ok[r] = _newton(wc, k[r], ei, ej, ref, th[r], dummy, dummy, False)
+        _centre(W[r], ws.wc)
+        ok[r] = _newton(
+            ws.wc, k[r], ei, ej, ref, th[r], ws.bet, ws.tgt, False, ws.sn, ws.cs, False, ws
+        )
     return th, ok
 
 
@@ -207,21 +238,15 @@ def _member_step(
     table,
     margin,
     free_out,
+    ws,
 ):
     """One online step of member b from one sample; warm (N,) is the warm start and receives
     the free state. Returns 0 updated, 2 basin jump, 3 fast path failed (member untouched)."""
     n = omega.shape[1]
     E = coupling.shape[1]
     n_out = outputs.shape[0]
-    w = np.empty(n)
-    wc = np.empty(n)
-    bet = np.zeros(n)
-    for o in range(n_out):
-        bet[outputs[o]] = beta
-    tgt = np.zeros(n)
-    fth = np.empty(n)
-    pth = np.empty(n)
-    gout = np.empty(n_out)
+    w, wc, bet, tgt, fth, pth, gout = ws.w, ws.wc, ws.bet, ws.tgt, ws.fth, ws.pth, ws.gout
+    sn, cs = ws.sn, ws.cs
     for i in range(n):
         w[i] = omega[b, i]
     for a in range(inputs.shape[0]):
@@ -229,7 +254,7 @@ def _member_step(
     _centre(w, wc)
     for i in range(n):
         fth[i] = warm[i]
-    if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False):
+    if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False, sn, cs, False, ws):
         return 3
     for o in range(n_out):
         free_out[o] = fth[outputs[o]]
@@ -252,7 +277,7 @@ def _member_step(
             tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
     for i in range(n):
         pth[i] = fth[i]
-    if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True):
+    if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True, sn, cs, True, ws):
         return 3
     for i in range(n):
         warm[i] = fth[i]
@@ -310,6 +335,7 @@ def train_step(
     """One online step for every member (row b uses sample xin[b], y[b]; warm[b] is its warm
     start and receives its free state). status: 0 updated, 2 basin jump, 3 fast path failed
     (member untouched; redo on the robust path)."""
+    ws = _workspace(omega.shape[1], coupling.shape[1], outputs.shape[0], ref, outputs, beta)
     for b in range(omega.shape[0]):
         status[b] = _member_step(
             b,
@@ -338,6 +364,7 @@ def train_step(
             table,
             margin,
             free_out[b],
+            ws,
         )
 
 
@@ -381,6 +408,7 @@ def train_epoch(
     n = omega.shape[1]
     T = order.shape[1]
     warm = np.empty(n)
+    ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
     for b in range(B):
         stop[b] = -1
         for t in range(T):
@@ -418,6 +446,94 @@ def train_epoch(
                 table,
                 margin,
                 free_out[b, t],
+                ws,
+            )
+            status[b, t] = st
+            if st == 3:
+                stop[b] = t
+                break
+            for i in range(n):
+                theta_prev[b, i] = warm[i]
+                cache[b, smp, i] = warm[i]
+
+
+@njit(cache=True, parallel=True)
+def train_epoch_parallel(
+    omega,
+    coupling,
+    theta_prev,
+    cache,
+    learn_w,
+    learn_k,
+    xin_all,
+    y_all,
+    order,
+    ei,
+    ej,
+    ref,
+    inputs,
+    outputs,
+    beta,
+    lr_w,
+    lr_k,
+    clip,
+    basin,
+    w_lo,
+    w_hi,
+    k_lo,
+    k_hi,
+    tmode,
+    table,
+    margin,
+    free_out,
+    status,
+    stop,
+):
+    """:func:`train_epoch` with members spread over threads (identical results: members are
+    independent and each runs sequentially)."""
+    B = omega.shape[0]
+    n = omega.shape[1]
+    T = order.shape[1]
+    for b in prange(B):
+        warm = np.empty(n)
+        ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
+        stop[b] = -1
+        for t in range(T):
+            smp = order[b, t]
+            if math.isnan(cache[b, smp, 0]):
+                for i in range(n):
+                    warm[i] = theta_prev[b, i]
+            else:
+                for i in range(n):
+                    warm[i] = cache[b, smp, i]
+            st = _member_step(
+                b,
+                omega,
+                coupling,
+                warm,
+                learn_w,
+                learn_k,
+                xin_all[smp],
+                y_all[smp],
+                ei,
+                ej,
+                ref,
+                inputs,
+                outputs,
+                beta,
+                lr_w,
+                lr_k,
+                clip,
+                basin,
+                w_lo,
+                w_hi,
+                k_lo,
+                k_hi,
+                tmode,
+                table,
+                margin,
+                free_out[b, t],
+                ws,
             )
             status[b, t] = st
             if st == 3:

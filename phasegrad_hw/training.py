@@ -59,6 +59,7 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(default=1, ge=1)  # 1 = online SGD (published)
     basin_jump_rad: float = Field(default=1.0, gt=0.0)
     test_every: int = Field(default=1, ge=1)  # evaluate the test split every n epochs (+ last)
+    parallel: bool = False  # compiled engine: spread members over CPU threads (same results)
 
 
 @dataclass
@@ -538,7 +539,8 @@ class Ensemble:
         free_out = np.full((B, n, len(self.outputs)), np.nan)
         status = np.full((B, n), -1, dtype=np.int64)
         stop = np.empty(B, dtype=np.int64)
-        K.train_epoch(
+        fn = K.train_epoch_parallel if cfg.parallel else K.train_epoch
+        fn(
             self.omega,
             self.coupling,
             self.theta_prev,

@@ -73,6 +73,20 @@ def test_compiled_kernels_match_the_numpy_path(readout: str) -> None:
     np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
 
 
+def test_parallel_compiled_engine_is_identical() -> None:
+    from tests.conftest import require
+
+    require(HAVE_NUMBA, "numba (the compiled training kernels, extra 'fast')")
+    cfg = TrainConfig(epochs=2, params="both", lr_omega=0.02, lr_k=0.02)
+    enc = Encoding(readout="mean_phase")
+    a = train_seeds(vowel_2_5_2, [0, 1, 2, 3, 4], SMALL, enc, cfg)
+    b = train_seeds(
+        vowel_2_5_2, [0, 1, 2, 3, 4], SMALL, enc, cfg.model_copy(update={"parallel": True})
+    )
+    np.testing.assert_array_equal(a.omega, b.omega)
+    np.testing.assert_array_equal(a.coupling, b.coupling)
+
+
 @pytest.mark.parametrize(("params", "readout"), [("omega", "template"), ("both", "difference")])
 def test_engine_matches_hardware_loop_on_simulated_device(params: str, readout: str) -> None:
     from phasegrad_hw.backends.simulated import SimulatedSubstrate
