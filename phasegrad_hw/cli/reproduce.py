@@ -86,6 +86,7 @@ def run_vowel_study(
     params: tuple[str, ...] = PARAMS,
     inits: tuple[str, ...] = INITS,
     checkpoint: Any = None,
+    parallel: bool = False,
 ) -> dict[str, Any]:
     """Train every configuration and return ``{"rows": [...], "evidence": {...}}``."""
     from phasegrad_hw.tasks import Encoding
@@ -123,7 +124,7 @@ def run_vowel_study(
             blocks.append((pset, init, len(members), len(members) + len(ms)))
             members += ms
         assert template is not None
-        cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10))
+        cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10), parallel=parallel)
         ens = Ensemble(template, members, data, enc, cfg)
         t0 = time.perf_counter()
         res = _run(ens, epochs, progress, f"{task} {setup} ({len(members)} networks)")
@@ -205,6 +206,9 @@ def register(groups: Groups) -> None:
         ),
         params: str = typer.Option("omega,K,both,K7", help="Comma list of parameter sets."),
         inits: str = typer.Option("random,spectral", help="Comma list of initialisations."),
+        parallel: bool = typer.Option(
+            True, "--parallel/--serial", help="Spread networks over CPU threads (same results)."
+        ),
     ) -> None:
         """Reproduce the published vowel ablation (and the designed fix)."""
         from rich.console import Console
@@ -246,6 +250,7 @@ def register(groups: Groups) -> None:
             tuple(o.params),
             tuple(o.inits),
             lambda partial: _dump(json_path, partial),
+            parallel,
         )
         result["seconds"] = time.perf_counter() - t0
         result["data"] = str(o.data) if o.data is not None else "synthetic"
