@@ -7,18 +7,26 @@ compares −(θ^β − θ*)/β with the exact implicit gradient.
 import asyncio
 
 import numpy as np
-
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
+
 from phasegrad_hw.gradients import cosine, two_phase_gradient
 from phasegrad_hw.models import DeviceModel
 
-MODEL = DeviceModel.from_dict({
-    "backend": "simulated",
-    "n_oscillators": 5,
-    "edges": [{"i": 0, "j": 1, "k": 2.0}, {"i": 1, "j": 2, "k": 1.5}, {"i": 2, "j": 3, "k": 2.5},
-              {"i": 3, "j": 4, "k": 1.0}, {"i": 0, "j": 4, "k": 2.0}, {"i": 1, "j": 3, "k": 1.2}],
-    "roles": {"inputs": [1], "hidden": [2], "outputs": [3, 4], "reference": 0},
-})
+MODEL = DeviceModel.from_dict(
+    {
+        "backend": "simulated",
+        "n_oscillators": 5,
+        "edges": [
+            {"i": 0, "j": 1, "k": 2.0},
+            {"i": 1, "j": 2, "k": 1.5},
+            {"i": 2, "j": 3, "k": 2.5},
+            {"i": 3, "j": 4, "k": 1.0},
+            {"i": 0, "j": 4, "k": 2.0},
+            {"i": 1, "j": 3, "k": 1.2},
+        ],
+        "roles": {"inputs": [1], "hidden": [2], "outputs": [3, 4], "reference": 0},
+    }
+)
 
 
 async def main() -> None:

@@ -41,7 +41,9 @@ def load_device_model(path: str | Path) -> DeviceModel:
     data = read_config_file(p)
     backend = data.get("backend")
     if backend not in FILE_BACKENDS:
-        raise ConfigError(f"{p.name}: backend: {backend!r} — allowed: {', '.join(sorted(FILE_BACKENDS))}")
+        raise ConfigError(
+            f"{p.name}: backend: {backend!r} — allowed: {', '.join(sorted(FILE_BACKENDS))}"
+        )
     _resolve(FILE_BACKENDS[backend])
     return DeviceModel.from_dict(data, source=f"{p.name}: ")
 
@@ -52,10 +54,15 @@ def open_substrate(spec: str | Path, *, seed: int | None = None) -> OscillatorSu
     scheme, sep, _ = text.partition("://")
     if sep:
         if scheme not in URI_SCHEMES:
-            raise ConfigError(f"--device: scheme {scheme!r} in {text!r} — allowed: {', '.join(sorted(URI_SCHEMES)) or 'none installed'}")
-        return _resolve(URI_SCHEMES[scheme])(text, seed)  # type: ignore[no-any-return]
+            raise ConfigError(
+                f"--device: scheme {scheme!r} in {text!r} — allowed: "
+                f"{', '.join(sorted(URI_SCHEMES)) or 'none installed'}"
+            )
+        return _resolve(URI_SCHEMES[scheme])(text, seed)
     p = Path(text)
     if not p.exists():
-        raise ConfigError(f"--device: {text!r} is neither an existing device file nor a URI (scheme://…)")
+        raise ConfigError(
+            f"--device: {text!r} is neither an existing device file nor a URI (scheme://…)"
+        )
     model = load_device_model(p)
-    return _resolve(FILE_BACKENDS[model.backend])(model, seed)  # type: ignore[no-any-return]
+    return _resolve(FILE_BACKENDS[model.backend])(model, seed)

@@ -127,7 +127,9 @@ class CouplingSpec(StrictModel):
     cos_offset: float = 0.0
 
     def function(self) -> CouplingFunction:
-        return CouplingFunction(tuple(self.harmonics), self.phase_lag_rad, self.offset, self.cos_offset)
+        return CouplingFunction(
+            tuple(self.harmonics), self.phase_lag_rad, self.offset, self.cos_offset
+        )
 
 
 class CalibrationThresholds(StrictModel):
@@ -194,7 +196,9 @@ class DeviceModel(StrictModel):
             for end in ("i", "j"):
                 v = getattr(e, end)
                 if v >= n:
-                    raise ValueError(f"edges[{idx}].{end}: {v} is not an oscillator (allowed 0…{n - 1})")
+                    raise ValueError(
+                        f"edges[{idx}].{end}: {v} is not an oscillator (allowed 0…{n - 1})"
+                    )
             if e.i == e.j:
                 raise ValueError(f"edges[{idx}]: self-coupling {e.i}–{e.j} is not allowed")
             key = (min(e.i, e.j), max(e.i, e.j))
@@ -214,11 +218,18 @@ class DeviceModel(StrictModel):
             for b in range(a + 1, 3):
                 common = set(groups[names[a]]) & set(groups[names[b]])
                 if common:
-                    raise ValueError(f"roles: {sorted(common)} is in both {names[a]} and {names[b]}; roles must not overlap")
+                    raise ValueError(
+                        f"roles: {sorted(common)} is in both {names[a]} and {names[b]}; "
+                        "roles must not overlap"
+                    )
         if not 0 <= r.reference < n:
-            raise ValueError(f"roles.reference: {r.reference} is not an oscillator (allowed 0…{n - 1})")
+            raise ValueError(
+                f"roles.reference: {r.reference} is not an oscillator (allowed 0…{n - 1})"
+            )
         if r.reference in r.outputs:
-            raise ValueError(f"roles.reference: {r.reference} is an output; the reference cannot be nudged")
+            raise ValueError(
+                f"roles.reference: {r.reference} is an output; the reference cannot be nudged"
+            )
         if not r.outputs:
             raise ValueError("roles.outputs: [] — at least one output oscillator is required")
         # connectivity (union-find)
@@ -235,10 +246,17 @@ class DeviceModel(StrictModel):
         comps = {find(x) for x in range(n)}
         if len(comps) > 1:
             lonely = sorted(x for x in range(n) if find(x) != find(r.reference))[:8]
-            raise ValueError(f"edges: the coupling graph is not connected; oscillators {lonely} are cut off from the reference")
+            raise ValueError(
+                f"edges: the coupling graph is not connected; oscillators {lonely} "
+                "are cut off from the reference"
+            )
         for idx, e in enumerate(self.edges):
             for name, v in (("k", e.k), ("k_ji", e.k_ji)):
-                if v is not None and v > 0 and not self.limits.coupling.min <= v <= self.limits.coupling.max:
+                if (
+                    v is not None
+                    and v > 0
+                    and not self.limits.coupling.min <= v <= self.limits.coupling.max
+                ):
                     raise ValueError(
                         f"edges[{idx}].{name}: {v} is outside limits.coupling "
                         f"[{self.limits.coupling.min}, {self.limits.coupling.max}]"
@@ -281,7 +299,9 @@ class DeviceModel(StrictModel):
     def _vector(self, name: str, values: ArrayLike, length: int) -> Array:
         arr = np.asarray(values, dtype=np.float64)
         if arr.shape != (length,):
-            raise LimitError(f"{name}: shape {arr.shape} does not match the device; need ({length},)")
+            raise LimitError(
+                f"{name}: shape {arr.shape} does not match the device; need ({length},)"
+            )
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             raise LimitError(f"{name}[{bad[0]}]: {arr[bad[0]]} is not finite")
@@ -292,7 +312,9 @@ class DeviceModel(StrictModel):
         lo, hi = self.limits.omega.min, self.limits.omega.max
         bad = np.flatnonzero((w < lo) | (w > hi))
         if bad.size:
-            raise LimitError(f"omega[{bad[0]}]: {w[bad[0]]:.6g} is outside the device limit [{lo}, {hi}]")
+            raise LimitError(
+                f"omega[{bad[0]}]: {w[bad[0]]:.6g} is outside the device limit [{lo}, {hi}]"
+            )
         return w
 
     def check_biases(self, values: ArrayLike) -> Array:
@@ -301,7 +323,10 @@ class DeviceModel(StrictModel):
         for i, x in enumerate(v):
             c = self.limits.bias.channel(i)
             if not c.min <= x <= c.max:
-                raise LimitError(f"bias[{i}]: {x:.6g} {unit} is outside the channel limit [{c.min}, {c.max}] {unit}")
+                raise LimitError(
+                    f"bias[{i}]: {x:.6g} {unit} is outside the channel limit "
+                    f"[{c.min}, {c.max}] {unit}"
+                )
         return v
 
     def check_couplings(self, values: ArrayLike) -> Array:
@@ -310,7 +335,10 @@ class DeviceModel(StrictModel):
         bad = np.flatnonzero((k < lo) | (k > hi))
         if bad.size:
             e = self.edges[bad[0]]
-            raise LimitError(f"coupling[{bad[0]}] (edge {e.i}–{e.j}): {k[bad[0]]:.6g} is outside the device limit [{lo}, {hi}]")
+            raise LimitError(
+                f"coupling[{bad[0]}] (edge {e.i}–{e.j}): {k[bad[0]]:.6g} "
+                f"is outside the device limit [{lo}, {hi}]"
+            )
         return k
 
     def check_clamp(self, target: ArrayLike, beta: float) -> tuple[Array, float]:
@@ -334,7 +362,9 @@ class DeviceModel(StrictModel):
         if cls is DeviceModel:
             backend = data.get("backend")
             if backend not in DEVICE_MODELS:
-                raise ConfigError(f"{source}backend: {backend!r} — allowed: {', '.join(sorted(DEVICE_MODELS))}")
+                raise ConfigError(
+                    f"{source}backend: {backend!r} — allowed: {', '.join(sorted(DEVICE_MODELS))}"
+                )
             target = DEVICE_MODELS[backend]
         try:
             return target.model_validate(data)  # type: ignore[return-value]
@@ -364,7 +394,9 @@ def read_config_file(p: Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: not valid {suffix[1:].upper()} ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{p}: not valid {suffix[1:].upper()} ({str(exc).splitlines()[0]})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a table/mapping, got {type(data).__name__}")
     return data
@@ -557,10 +589,14 @@ class CMOSChipModel(_ChipModel):
 
     backend: Literal["cmos"] = "cmos"
     nudge: Literal["linear", "injection"] = "injection"
-    limits: Limits = Field(default_factory=lambda: Limits(
-        bias=BiasLimits(min=0.8, max=1.2, safe=0.9, unit="V"), beta_max=1.0))
-    coupling_function: CouplingSpec = Field(default_factory=lambda: CouplingSpec(
-        harmonics=[1.0, 0.1], offset=0.01, cos_offset=0.02))
+    limits: Limits = Field(
+        default_factory=lambda: Limits(
+            bias=BiasLimits(min=0.8, max=1.2, safe=0.9, unit="V"), beta_max=1.0
+        )
+    )
+    coupling_function: CouplingSpec = Field(
+        default_factory=lambda: CouplingSpec(harmonics=[1.0, 0.1], offset=0.01, cos_offset=0.02)
+    )
     oscillator: AlphaPowerSpec = Field(default_factory=AlphaPowerSpec)
     bias_dac: DACSpec = Field(default_factory=DACSpec)
     capacitors: CapacitorSpec = Field(default_factory=CapacitorSpec)
@@ -688,8 +724,11 @@ class OpticalChipModel(_ChipModel):
 
     backend: Literal["optical"] = "optical"
     nudge: Literal["linear", "injection"] = "injection"
-    limits: Limits = Field(default_factory=lambda: Limits(
-        bias=BiasLimits(min=0.0, max=1.2, safe=0.0, unit="V"), beta_max=1.0))
+    limits: Limits = Field(
+        default_factory=lambda: Limits(
+            bias=BiasLimits(min=0.0, max=1.2, safe=0.0, unit="V"), beta_max=1.0
+        )
+    )
     heaters: HeaterSpec = Field(default_factory=HeaterSpec)
     resonators: ResonatorSpec = Field(default_factory=ResonatorSpec)
     couplers: CouplerSpec = Field(default_factory=CouplerSpec)

@@ -81,7 +81,9 @@ class PhaseReading:
     settle_s: float = 0.0
 
     @classmethod
-    def from_samples(cls, samples: ArrayLike, *, locked: bool = True, settle_s: float = 0.0) -> PhaseReading:
+    def from_samples(
+        cls, samples: ArrayLike, *, locked: bool = True, settle_s: float = 0.0
+    ) -> PhaseReading:
         """Circular mean and spread of (M, N) wrapped phase samples (rad)."""
         s = np.atleast_2d(np.asarray(samples, dtype=np.float64))
         z = np.exp(1j * s).mean(axis=0)
@@ -109,6 +111,7 @@ class OscillatorSubstrate(ABC):
     # -- lifecycle ---------------------------------------------------------------
     async def connect(self) -> None:
         """Open the connection; the default does nothing."""
+        return None
 
     async def close(self) -> None:
         """Make the device safe, then drop the connection."""
@@ -119,6 +122,7 @@ class OscillatorSubstrate(ABC):
 
     async def _disconnect(self) -> None:
         """Release transport resources; the default does nothing."""
+        return None
 
     async def make_safe(self) -> None:
         """Release the clamp and put every bias at its safe value."""
@@ -176,9 +180,13 @@ class OscillatorSubstrate(ABC):
 
     async def read_phases(self, averages: int = 1) -> PhaseReading:
         """Read wrapped phases relative to the reference, averaged over ``averages`` reads."""
-        if not isinstance(averages, (int, np.integer)) or not 1 <= averages <= self.model.limits.max_averages:
+        if (
+            not isinstance(averages, (int, np.integer))
+            or not 1 <= averages <= self.model.limits.max_averages
+        ):
             raise LimitError(
-                f"averages: {averages!r} is out of range; allowed 1…{self.model.limits.max_averages}"
+                f"averages: {averages!r} is out of range; "
+                f"allowed 1…{self.model.limits.max_averages}"
             )
         return await self._read(int(averages))
 

@@ -20,21 +20,30 @@ CHECK = (
 
 
 def test_installed_namespace_outside_the_repo(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_console_script_help(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([sys.executable, "-m", "phasegrad_hw.cli", "--help"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phasegrad_hw.cli", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "verify" in proc.stdout
 
 
 @pytest.mark.slow
 def test_wheel_contains_mapped_packages_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("phasegrad_hw-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

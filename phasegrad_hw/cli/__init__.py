@@ -14,8 +14,17 @@ from dataclasses import dataclass
 
 import typer
 
-COMMAND_MODULES: list[str] = ["verify", "emulate_board", "runs", "agent", "noise", "emulate_bench",
-                              "calibrate", "train", "reproduce"]
+COMMAND_MODULES: list[str] = [
+    "verify",
+    "emulate_board",
+    "runs",
+    "agent",
+    "noise",
+    "emulate_bench",
+    "calibrate",
+    "train",
+    "reproduce",
+]
 
 
 @dataclass
@@ -40,20 +49,30 @@ def build_app() -> typer.Typer:
     groups = Groups(
         app=app,
         reproduce=typer.Typer(help="Reproduce published results.", no_args_is_help=True),
-        emulate=typer.Typer(help="Run emulated firmware and bench instruments.", no_args_is_help=True),
+        emulate=typer.Typer(
+            help="Run emulated firmware and bench instruments.", no_args_is_help=True
+        ),
         calibrate=typer.Typer(help="Calibrate a device.", no_args_is_help=True),
         runs=typer.Typer(help="Inspect the run store.", no_args_is_help=True),
     )
 
     @app.callback()
-    def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+    def _root(
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    ) -> None:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"phasegrad_hw.cli.{name}").register(groups)
-    for sub, name in ((groups.reproduce, "reproduce"), (groups.emulate, "emulate"),
-                      (groups.calibrate, "calibrate"), (groups.runs, "runs")):
+    for sub, name in (
+        (groups.reproduce, "reproduce"),
+        (groups.emulate, "emulate"),
+        (groups.calibrate, "calibrate"),
+        (groups.runs, "runs"),
+    ):
         if sub.registered_commands:
             app.add_typer(sub, name=name)
     return app
