@@ -369,6 +369,94 @@ def train_step(
 
 
 @njit(cache=True)
+def _member_epoch(
+    b,
+    omega,
+    coupling,
+    theta_prev,
+    cache,
+    learn_w,
+    learn_k,
+    xin_all,
+    y_all,
+    order,
+    ei,
+    ej,
+    ref,
+    inputs,
+    outputs,
+    beta,
+    lr_w,
+    lr_k,
+    clip,
+    basin,
+    w_lo,
+    w_hi,
+    k_lo,
+    k_hi,
+    tmode,
+    table,
+    margin,
+    free_out,
+    status,
+    stop,
+):
+    """One member's online epoch: samples order[b, t] in turn, warm-started from
+    ``cache[b, sample]`` (its free state for that sample last epoch) or else its last free
+    state. On a fast-path failure the member stops (stop[b] = t, member untouched from that
+    step on) so the engine finishes its epoch on the robust path. Members are independent."""
+    n = omega.shape[1]
+    T = order.shape[1]
+    warm = np.empty(n)
+    ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
+    stop[b] = -1
+    for t in range(T):
+        smp = order[b, t]
+        if math.isnan(cache[b, smp, 0]):
+            for i in range(n):
+                warm[i] = theta_prev[b, i]
+        else:
+            for i in range(n):
+                warm[i] = cache[b, smp, i]
+        st = _member_step(
+            b,
+            omega,
+            coupling,
+            warm,
+            learn_w,
+            learn_k,
+            xin_all[smp],
+            y_all[smp],
+            ei,
+            ej,
+            ref,
+            inputs,
+            outputs,
+            beta,
+            lr_w,
+            lr_k,
+            clip,
+            basin,
+            w_lo,
+            w_hi,
+            k_lo,
+            k_hi,
+            tmode,
+            table,
+            margin,
+            free_out[b, t],
+            ws,
+        )
+        status[b, t] = st
+        if st == 3:
+            stop[b] = t
+            break
+        for i in range(n):
+            theta_prev[b, i] = warm[i]
+            cache[b, smp, i] = warm[i]
+
+
+@njit(cache=True)
 def train_epoch(
     omega,
     coupling,
@@ -400,61 +488,40 @@ def train_epoch(
     status,
     stop,
 ):
-    """A whole online epoch for every member: member b takes samples order[b, t] in turn,
-    warm-started from ``cache[b, sample]`` (its free state for that sample last epoch) or
-    else its last free state. On a fast-path failure the member stops (stop[b] = t, member
-    untouched from that step on) so the engine finishes its epoch on the robust path."""
-    B = omega.shape[0]
-    n = omega.shape[1]
-    T = order.shape[1]
-    warm = np.empty(n)
-    ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
-    for b in range(B):
-        stop[b] = -1
-        for t in range(T):
-            smp = order[b, t]
-            if math.isnan(cache[b, smp, 0]):
-                for i in range(n):
-                    warm[i] = theta_prev[b, i]
-            else:
-                for i in range(n):
-                    warm[i] = cache[b, smp, i]
-            st = _member_step(
-                b,
-                omega,
-                coupling,
-                warm,
-                learn_w,
-                learn_k,
-                xin_all[smp],
-                y_all[smp],
-                ei,
-                ej,
-                ref,
-                inputs,
-                outputs,
-                beta,
-                lr_w,
-                lr_k,
-                clip,
-                basin,
-                w_lo,
-                w_hi,
-                k_lo,
-                k_hi,
-                tmode,
-                table,
-                margin,
-                free_out[b, t],
-                ws,
-            )
-            status[b, t] = st
-            if st == 3:
-                stop[b] = t
-                break
-            for i in range(n):
-                theta_prev[b, i] = warm[i]
-                cache[b, smp, i] = warm[i]
+    """A whole online epoch for every member, one member after another."""
+    for b in range(omega.shape[0]):
+        _member_epoch(
+            b,
+            omega,
+            coupling,
+            theta_prev,
+            cache,
+            learn_w,
+            learn_k,
+            xin_all,
+            y_all,
+            order,
+            ei,
+            ej,
+            ref,
+            inputs,
+            outputs,
+            beta,
+            lr_w,
+            lr_k,
+            clip,
+            basin,
+            w_lo,
+            w_hi,
+            k_lo,
+            k_hi,
+            tmode,
+            table,
+            margin,
+            free_out,
+            status,
+            stop,
+        )
 
 
 @njit(cache=True, parallel=True)
@@ -491,54 +558,36 @@ def train_epoch_parallel(
 ):
     """:func:`train_epoch` with members spread over threads (identical results: members are
     independent and each runs sequentially)."""
-    B = omega.shape[0]
-    n = omega.shape[1]
-    T = order.shape[1]
-    for b in prange(B):
-        warm = np.empty(n)
-        ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
-        stop[b] = -1
-        for t in range(T):
-            smp = order[b, t]
-            if math.isnan(cache[b, smp, 0]):
-                for i in range(n):
-                    warm[i] = theta_prev[b, i]
-            else:
-                for i in range(n):
-                    warm[i] = cache[b, smp, i]
-            st = _member_step(
-                b,
-                omega,
-                coupling,
-                warm,
-                learn_w,
-                learn_k,
-                xin_all[smp],
-                y_all[smp],
-                ei,
-                ej,
-                ref,
-                inputs,
-                outputs,
-                beta,
-                lr_w,
-                lr_k,
-                clip,
-                basin,
-                w_lo,
-                w_hi,
-                k_lo,
-                k_hi,
-                tmode,
-                table,
-                margin,
-                free_out[b, t],
-                ws,
-            )
-            status[b, t] = st
-            if st == 3:
-                stop[b] = t
-                break
-            for i in range(n):
-                theta_prev[b, i] = warm[i]
-                cache[b, smp, i] = warm[i]
+    for b in prange(omega.shape[0]):
+        _member_epoch(
+            b,
+            omega,
+            coupling,
+            theta_prev,
+            cache,
+            learn_w,
+            learn_k,
+            xin_all,
+            y_all,
+            order,
+            ei,
+            ej,
+            ref,
+            inputs,
+            outputs,
+            beta,
+            lr_w,
+            lr_k,
+            clip,
+            basin,
+            w_lo,
+            w_hi,
+            k_lo,
+            k_hi,
+            tmode,
+            table,
+            margin,
+            free_out,
+            status,
+            stop,
+        )
