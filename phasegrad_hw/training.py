@@ -407,7 +407,6 @@ class Ensemble:
         y = self.data.y_train[idx[:, 0]]
         free_out = np.full((B, len(self.outputs)), np.nan)
         status = np.zeros(B, dtype=np.int64)
-        cfg = self.cfg
         members = np.arange(B)
         warm = self._cache[members, idx[:, 0]]
         miss = np.isnan(warm[:, 0])
@@ -420,23 +419,7 @@ class Ensemble:
             self.learn_k,
             x,
             y,
-            self.edges[:, 0],
-            self.edges[:, 1],
-            self.ref,
-            self.inputs,
-            self.outputs,
-            cfg.beta,
-            cfg.lr_omega,
-            cfg.lr_k,
-            cfg.clip,
-            cfg.basin_jump_rad,
-            self.w_lo,
-            self.w_hi,
-            self.k_lo,
-            self.k_hi,
-            self._tmode,
-            self._table,
-            self.enc.margin,
+            *self._kernel_constants(),
             free_out,
             status,
         )
@@ -527,6 +510,16 @@ class Ensemble:
         out = self.free_outputs(np.ascontiguousarray(xt))
         return accuracy_from_outputs(out, self.data.y_test, self.enc), out
 
+    def _kernel_constants(self) -> tuple[Any, ...]:
+        """The compiled kernels' fixed arguments, in their order: edges, roles, update rule,
+        limits, target table."""
+        cfg = self.cfg
+        return (
+            self.edges[:, 0], self.edges[:, 1], self.ref, self.inputs, self.outputs,
+            cfg.beta, cfg.lr_omega, cfg.lr_k, cfg.clip, cfg.basin_jump_rad,
+            self.w_lo, self.w_hi, self.k_lo, self.k_hi, self._tmode, self._table, self.enc.margin,
+        )  # fmt: skip
+
     def _epoch_compiled(self, order: NDArray[np.int64]) -> Array:
         """One online epoch of every member in the compiled kernel; a member whose fast path
         fails finishes the epoch on the numpy/physics path. Returns free outputs (B, n, n_out)."""
@@ -550,23 +543,7 @@ class Ensemble:
             self._xin,
             self.data.y_train,
             np.ascontiguousarray(order),
-            self.edges[:, 0],
-            self.edges[:, 1],
-            self.ref,
-            self.inputs,
-            self.outputs,
-            cfg.beta,
-            cfg.lr_omega,
-            cfg.lr_k,
-            cfg.clip,
-            cfg.basin_jump_rad,
-            self.w_lo,
-            self.w_hi,
-            self.k_lo,
-            self.k_hi,
-            self._tmode,
-            self._table,
-            self.enc.margin,
+            *self._kernel_constants(),
             free_out,
             status,
             stop,
