@@ -238,8 +238,9 @@ class Telemetry:
                 self.stats.disconnects += 1
                 log.warning("telemetry %s: broker unavailable (%s); retrying in %.2f s",
                             self.topics.base, exc, delay)
-                if self._closing:
+                if self._closing and not self.queue:
                     return
+                # closing with messages queued: keep retrying; stop() bounds this by flush_s
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, self.backoff_s[1])
 

@@ -156,6 +156,24 @@ async def test_telemetry_resumes_after_a_broker_restart(broker: Mosquitto) -> No
     assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
 
 
+async def test_stop_keeps_retrying_within_flush_s(broker: Mosquitto) -> None:  # noqa: F811
+    """The broker drops just as the run ends: stop() still delivers the queue once the broker
+    is back within flush_s, instead of abandoning it on the first failed reconnect."""
+    cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+    tm = Telemetry(cfg, NAME, backoff_s=(0.05, 0.2), flush_s=8.0)
+    await tm.start()
+    await asyncio.wait_for(tm.connected.wait(), 10)
+    broker.kill()
+    for epoch in range(3):
+        tm.publish_metrics({"epoch": epoch})  # queued while the broker is down
+    stopping = asyncio.create_task(tm.stop())
+    await asyncio.sleep(0.4)
+    assert not stopping.done() and tm.queue  # still trying, nothing thrown away
+    await asyncio.to_thread(broker.start)
+    await asyncio.wait_for(stopping, 10)
+    assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
+
+
 def test_open_telemetry_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHASEGRAD_HW_MQTT_USERNAME", "env-user")
     monkeypatch.setenv("PHASEGRAD_HW_MQTT_PASSWORD", "env-pw")
