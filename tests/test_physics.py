@@ -323,3 +323,93 @@ def test_equilibrium_margin_is_lazy_and_ok_combines_flags() -> None:
     assert not eq.ok and not calls
     assert float(eq.margin) == 2.5 and float(eq.margin) == 2.5 and len(calls) == 1
     assert "converged=" in repr(eq)
+
+
+def _numpy_path(monkeypatch: pytest.MonkeyPatch, **kw: object) -> ph.Equilibrium:
+    with monkeypatch.context() as m:
+        m.setattr(ph, "_compiled_kernel", lambda: None)
+        return ph.solve_equilibrium(**kw)  # type: ignore[arg-type]
+
+
+def test_compiled_small_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    assert ph._compiled_kernel() is not None
+    rng = np.random.default_rng(2024)
+    checked = unlocked = 0
+    for trial in range(40):
+        n = int(rng.integers(2, 16))
+        K = nw.erdos_renyi(n, rng, p=float(rng.uniform(0.4, 1.0)))
+        if not nw.is_connected(K):
+            continue
+        w = nw.random_frequencies(n, rng, sigma=float(rng.choice([0.3, 3.0, 8.0])))
+        H = ph.SIN if trial % 3 else ph.CouplingFunction(harmonics=(0.7,))
+        ref = int(rng.integers(0, n)) if trial % 4 == 0 else 0
+        free_np = _numpy_path(monkeypatch, omega=w, K=K, coupling=H, ref=ref)
+        free = ph.solve_equilibrium(w, K, H, ref=ref)
+        th0 = rng.normal(0.0, 1.0, n)
+        cases = [(free, free_np), (ph.solve_equilibrium(w, K, H, ref=ref, theta0=th0),
+                                   _numpy_path(monkeypatch, omega=w, K=K, coupling=H, ref=ref,
+                                               theta0=th0))]
+        if free_np.ok:
+            outs = rng.choice(n, size=min(2, n - 1), replace=False)
+            b = np.zeros(n)
+            b[outs] = float(rng.uniform(1e-3, 0.5))
+            t = free_np.theta + rng.normal(0.0, 0.3, n)
+            for nudge in ("linear", "injection"):
+                for direction in (1, -1):
+                    kw = dict(omega=w, K=K, coupling=H, ref=ref, beta=b, target=t,
+                              theta0=free_np.theta, nudge=nudge, direction=direction)
+                    cases.append((ph.solve_equilibrium(**kw),  # type: ignore[arg-type]
+                                  _numpy_path(monkeypatch, **kw)))
+            cases.append((ph.solve_equilibrium(w, K, H, ref=ref, beta=0.2, target=0.1),
+                          _numpy_path(monkeypatch, omega=w, K=K, coupling=H, ref=ref,
+                                      beta=0.2, target=0.1)))
+        for got, want in cases:
+            unlocked += not want.converged
+            assert bool(got.converged) == bool(want.converged)
+            if want.converged:
+                assert bool(got.stable) == bool(want.stable)
+                np.testing.assert_allclose(got.theta, want.theta, rtol=0, atol=1e-12)
+                assert float(got.residual) <= 1e-12
+                assert abs(float(got.margin) - float(want.margin)) <= 1e-9
+                assert abs(int(got.iterations) - int(want.iterations)) <= 1
+            assert got.theta[ref] == 0.0
+            checked += 1
+    assert checked >= 60 and unlocked >= 3
+
+
+def test_compiled_small_path_unlocked_network_is_not_ok() -> None:
+    pytest.importorskip("numba")
+    n = 9
+    K = 0.05 * (np.ones((n, n)) - np.eye(n))
+    w = np.linspace(-2.0, 2.0, n)
+    eq = ph.solve_equilibrium(w, K)
+    assert not eq.converged and not eq.ok and np.all(np.isfinite(eq.theta))
+    b = np.full(n, 0.1)
+    eq = ph.solve_equilibrium(w, K, beta=b, target=np.zeros(n), nudge="injection")
+    assert not eq.ok and np.all(np.isfinite(eq.theta))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(omega=np.array([0.0, np.nan, 0.0]), K=np.ones((3, 3))),
+        dict(omega=np.zeros(3), K=np.array([[0, 1, np.inf], [1, 0, 1], [1, 1, 0.0]])),
+        dict(omega=np.zeros(3), K=np.ones((3, 3)), beta=np.array([0.0, -0.1, 0.0])),
+        dict(omega=np.zeros(3), K=np.ones((3, 3)), beta=0.1, target=np.array([0, np.nan, 0])),
+        dict(omega=np.zeros(3), K=np.ones((3, 3)), theta0=np.array([0.0, np.inf, 0.0])),
+        dict(omega=np.zeros(3), K=np.ones((3, 3)), ref=np.int64(3)),
+    ],
+)
+def test_compiled_small_path_keeps_bad_input_errors(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ph.solve_equilibrium(**kwargs)
+
+
+def test_compiled_small_path_asymmetric_k_takes_numpy_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w, K = _net(7, seed=4)
+    K[1, 2] *= 1.3
+    got = ph.solve_equilibrium(w, K)
+    want = _numpy_path(monkeypatch, omega=w, K=K)
+    np.testing.assert_array_equal(got.theta, want.theta)
