@@ -11,23 +11,72 @@ untouched, so the engine redoes its step on the robust numpy/physics path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from collections import namedtuple
 
+import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 TWO_PI = 2.0 * math.pi
 FAST_ITERS = 12
 STEP_DONE = 1e-7  # Newton step (rad) below which the next residual is O(K·1e-14)
 
 
+def _libm_sincos() -> bool:
+    """Make C ``sincos`` callable from the kernels (glibc: the same values as sin and cos, one
+    shared argument reduction); False where the C library has none."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        addr = ctypes.cast(lib.sincos, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    if not addr:
+        return False
+    llvm.add_symbol("sincos", addr)
+    return True
+
+
+if _libm_sincos():
+
+    @intrinsic
+    def _sincos(typingctx, x):
+        sig = types.UniTuple(types.float64, 2)(types.float64)
+
+        def codegen(context, builder, signature, args):
+            dbl = context.get_value_type(types.float64)
+            fnty = llvm_ir.FunctionType(
+                llvm_ir.VoidType(), [dbl, dbl.as_pointer(), dbl.as_pointer()]
+            )
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "sincos")
+            sp = cgutils.alloca_once(builder, dbl)
+            cp = cgutils.alloca_once(builder, dbl)
+            builder.call(fn, [args[0], sp, cp])
+            return context.make_tuple(
+                builder, signature.return_type, [builder.load(sp), builder.load(cp)]
+            )
+
+        return sig, codegen
+
+else:
+
+    @njit(cache=True)
+    def _sincos(x):
+        return math.sin(x), math.cos(x)
+
+
 # preallocated per-call workspace (no heap allocation per member step)
-_Work = namedtuple("_Work", "red F kc J rhs w wc bet tgt fth pth gout sn cs")
+_Work = namedtuple("_Work", "red F kc J rhs w wc bet tgt fth pth gout sn cs dth elo ehi")
 
 
 @njit(cache=True)
-def _workspace(n, E, n_out, ref, outputs, beta):
+def _workspace(n, ei, ej, n_out, ref, outputs, beta):
+    E = ei.shape[0]
     red = np.empty(n, dtype=np.int64)
     a = 0
     for i in range(n):
@@ -36,6 +85,14 @@ def _workspace(n, E, n_out, ref, outputs, beta):
         else:
             red[i] = a
             a += 1
+    # per edge, its reduced indices ordered (elo <= ehi; -1 for the reference): −J̃ is
+    # assembled in its lower triangle only, the part the Cholesky factorisation reads
+    elo = np.empty(E, dtype=np.int64)
+    ehi = np.empty(E, dtype=np.int64)
+    for e in range(E):
+        p, q = red[ei[e]], red[ej[e]]
+        elo[e] = min(p, q)
+        ehi[e] = max(p, q)
     bet = np.zeros(n)
     for o in range(n_out):
         bet[outputs[o]] = beta
@@ -54,37 +111,51 @@ def _workspace(n, E, n_out, ref, outputs, beta):
         np.empty(n_out),
         np.empty(n),
         np.empty(n),
+        np.empty(n),
+        elo,
+        ehi,
     )
 
 
 @njit(cache=True)
 def _wrap(x: float) -> float:
-    return ((x + math.pi) % TWO_PI) - math.pi
+    y = x + math.pi
+    if 0.0 <= y < TWO_PI:  # y % 2π == y exactly: skip the (slow) floating modulo
+        return y - math.pi
+    return (y % TWO_PI) - math.pi
 
 
 @njit(cache=True)
-def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, ws):
-    """In place on th (N,), reference pinned; returns True if converged and stable.
-
-    ``sn``/``cs`` (N,) receive the node sines/cosines of the last residual evaluation; with
-    ``reuse`` the first evaluation takes them as given (the nudged solve starts where the
-    free solve ended, so its trigonometry is already known). ``ws`` is a :class:`_Work`.
-    """
+def _tol(wc, kk):
+    """Residual tolerance max(1e-12, rounding floor) for centred frequencies wc, couplings kk."""
     n = wc.shape[0]
-    m = n - 1
-    E = kk.shape[0]
-    red, F, kc, J, rhs = ws.red, ws.F, ws.kc, ws.J, ws.rhs
-    th0 = th[ref]
-    for i in range(n):
-        th[i] -= th0
     ksum = 0.0
     wmax = 0.0
-    for e in range(E):
+    for e in range(kk.shape[0]):
         ksum += kk[e]
     for i in range(n):
         wmax = max(wmax, abs(wc[i]))
     floor = 64.0 * 2.220446049250313e-16 * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
-    tol = max(1e-12, floor)
+    return max(1e-12, floor)
+
+
+@njit(cache=True, inline="always")
+def _newton(
+    wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, tol, red, F, kc, J, rhs, elo, ehi
+):
+    """In place on th (N,), reference pinned; returns True if converged and stable.
+
+    ``sn``/``cs`` (N,) receive the node sines/cosines of the last residual evaluation; with
+    ``reuse`` the first evaluation takes them as given (the nudged solve starts where the
+    free solve ended, so its trigonometry is already known). ``tol`` is :func:`_tol` of
+    (wc, kk); ``red`` … ``ehi`` are the :class:`_Work` arrays of those names (passed singly:
+    this is inlined into the member step, the hot loop)."""
+    n = wc.shape[0]
+    m = n - 1
+    E = kk.shape[0]
+    th0 = th[ref]
+    for i in range(n):
+        th[i] -= th0
     done = False
     for it in range(FAST_ITERS):
         for i in range(n):
@@ -95,8 +166,7 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, ws):
                 sn[i] = 0.0
                 cs[i] = 1.0
             else:
-                sn[i] = math.sin(th[i])
-                cs[i] = math.cos(th[i])
+                sn[i], cs[i] = _sincos(th[i])
         for e in range(E):
             i, j = ei[e], ej[e]
             # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
@@ -116,19 +186,16 @@ def _newton(wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, ws):
             break
         # A = −J̃ (reduced weighted Laplacian + nudge): symmetric positive definite at a
         # stable state; Cholesky, and a non-positive pivot sends the member to the robust path
-        for p in range(m):
-            for q in range(m):
+        for p in range(m):  # lower triangle only (all the factorisation reads)
+            for q in range(p + 1):
                 J[p, q] = 0.0
         for e in range(E):
             c = kc[e]
-            p = red[ei[e]]
-            q = red[ej[e]]
+            p = elo[e]
+            q = ehi[e]
+            J[q, q] += c
             if p >= 0:
                 J[p, p] += c
-            if q >= 0:
-                J[q, q] += c
-            if p >= 0 and q >= 0:
-                J[p, q] -= c
                 J[q, p] -= c
         if nudged:
             for i in range(n):
@@ -201,16 +268,36 @@ def solve_many(W, k, theta0, ei, ej, ref):
     M, n = W.shape
     th = theta0.copy()
     ok = np.zeros(M, dtype=np.bool_)
-    ws = _workspace(n, k.shape[1], 1, ref, np.zeros(1, dtype=np.int64), 0.0)
+    ws = _workspace(n, ei, ej, 1, ref, np.zeros(1, dtype=np.int64), 0.0)
     for r in range(M):
         _centre(W[r], ws.wc)
+        tol = _tol(ws.wc, k[r])
         ok[r] = _newton(
-            ws.wc, k[r], ei, ej, ref, th[r], ws.bet, ws.tgt, False, ws.sn, ws.cs, False, ws
+            ws.wc,
+            k[r],
+            ei,
+            ej,
+            ref,
+            th[r],
+            ws.bet,
+            ws.tgt,
+            False,
+            ws.sn,
+            ws.cs,
+            False,
+            tol,
+            ws.red,
+            ws.F,
+            ws.kc,
+            ws.J,
+            ws.rhs,
+            ws.elo,
+            ws.ehi,
         )
     return th, ok
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _member_step(
     b,
     omega,
@@ -254,7 +341,29 @@ def _member_step(
     _centre(w, wc)
     for i in range(n):
         fth[i] = warm[i]
-    if not _newton(wc, coupling[b], ei, ej, ref, fth, bet, tgt, False, sn, cs, False, ws):
+    tol = _tol(wc, coupling[b])
+    if not _newton(
+        wc,
+        coupling[b],
+        ei,
+        ej,
+        ref,
+        fth,
+        bet,
+        tgt,
+        False,
+        sn,
+        cs,
+        False,
+        tol,
+        ws.red,
+        ws.F,
+        ws.kc,
+        ws.J,
+        ws.rhs,
+        ws.elo,
+        ws.ehi,
+    ):
         return 3
     for o in range(n_out):
         free_out[o] = fth[outputs[o]]
@@ -277,18 +386,41 @@ def _member_step(
             tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
     for i in range(n):
         pth[i] = fth[i]
-    if not _newton(wc, coupling[b], ei, ej, ref, pth, bet, tgt, True, sn, cs, True, ws):
+    if not _newton(
+        wc,
+        coupling[b],
+        ei,
+        ej,
+        ref,
+        pth,
+        bet,
+        tgt,
+        True,
+        sn,
+        cs,
+        True,
+        tol,
+        ws.red,
+        ws.F,
+        ws.kc,
+        ws.J,
+        ws.rhs,
+        ws.elo,
+        ws.ehi,
+    ):
         return 3
     for i in range(n):
         warm[i] = fth[i]
+    dth = ws.dth
     jump = 0.0
     for i in range(n):
-        jump = max(jump, abs(_wrap(pth[i] - fth[i])))
+        dth[i] = _wrap(pth[i] - fth[i])
+        jump = max(jump, abs(dth[i]))
     if jump > basin:
         return 2
     for i in range(n):
         if learn_w[b, i] and i != ref:
-            g = -_wrap(pth[i] - fth[i]) / beta
+            g = -dth[i] / beta
             g = min(max(g, -clip), clip)
             omega[b, i] = min(max(omega[b, i] - lr_w * g, w_lo), w_hi)
         elif learn_w[b, i]:
@@ -335,7 +467,7 @@ def train_step(
     """One online step for every member (row b uses sample xin[b], y[b]; warm[b] is its warm
     start and receives its free state). status: 0 updated, 2 basin jump, 3 fast path failed
     (member untouched; redo on the robust path)."""
-    ws = _workspace(omega.shape[1], coupling.shape[1], outputs.shape[0], ref, outputs, beta)
+    ws = _workspace(omega.shape[1], ei, ej, outputs.shape[0], ref, outputs, beta)
     for b in range(omega.shape[0]):
         status[b] = _member_step(
             b,
@@ -408,7 +540,7 @@ def _member_epoch(
     n = omega.shape[1]
     T = order.shape[1]
     warm = np.empty(n)
-    ws = _workspace(n, coupling.shape[1], outputs.shape[0], ref, outputs, beta)
+    ws = _workspace(n, ei, ej, outputs.shape[0], ref, outputs, beta)
     stop[b] = -1
     for t in range(T):
         smp = order[b, t]
