@@ -329,19 +329,7 @@ def daqmx_bench_for_chip(
     """A DAQ bench for ``chip``: ``ao0…`` biases, then I then Q per output; counter k on the
     oscillators but the reference, reference on ``PFI<ref>``, oscillator i on ``PFI<i>``."""
     n, outs, ref = chip.n, chip.roles.outputs, chip.roles.reference
-    base = chip.model_dump(
-        mode="json",
-        include={
-            "name",
-            "n_oscillators",
-            "edges",
-            "roles",
-            "limits",
-            "coupling_function",
-            "nudge",
-            "seed",
-        },
-    )
+    base = chip.chip_fields("json")
     others = [i for i in range(n) if i != ref]
     data: dict[str, Any] = {
         **base,

@@ -164,19 +164,7 @@ def bench_for_chip(
     chip: DeviceModel, resources: dict[str, str], **overrides: Any
 ) -> VisaBenchModel:
     """A bench config for ``chip`` wired one-to-one (channel = oscillator/output index + 1)."""
-    base = chip.model_dump(
-        mode="json",
-        include={
-            "name",
-            "n_oscillators",
-            "edges",
-            "roles",
-            "limits",
-            "coupling_function",
-            "nudge",
-            "seed",
-        },
-    )
+    base = chip.chip_fields("json")
     n, n_out = chip.n, len(chip.roles.outputs)
     data: dict[str, Any] = {
         **base,

@@ -532,18 +532,7 @@ def build_chip(bench: VisaBenchModel, seed: int | None = None) -> OscillatorSubs
 
         from phasegrad_hw.models import SimulatedDeviceModel
 
-        data = bench.model_dump(
-            include={
-                "name",
-                "n_oscillators",
-                "edges",
-                "roles",
-                "limits",
-                "coupling_function",
-                "nudge",
-                "seed",
-            }
-        )
+        data = bench.chip_fields()
         return SimulatedSubstrate(
             SimulatedDeviceModel.model_validate({**data, "backend": "simulated"}), seed
         )

@@ -285,6 +285,15 @@ class DeviceModel(StrictModel):
             K[e.j, e.i] = e.k if e.k_ji is None else e.k_ji
         return K
 
+    CHIP_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_oscillators", "edges", "roles", "limits", "coupling_function", "nudge", "seed"}
+    )
+
+    def chip_fields(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The chip's own description (topology, roles, limits, coupling, nudge, seed), without
+        the backend-specific fields: what a driver's bench config copies from the chip model."""
+        return self.model_dump(mode=mode, include=set(self.CHIP_FIELDS))
+
     def coupling(self) -> CouplingFunction:
         return self.coupling_function.function()
 
