@@ -172,9 +172,11 @@ class EmulatedChip(OscillatorSubstrate):
         self._x_time = 0.0
         self._drift = np.zeros(self.n)
         self._dirty = True
+        self._bias_changed = True  # heater/bias transients pending (clamp changes have none)
         self._free = None
         self._plus_theta = None
         self._frame_omega: float | None = None
+        self._frame_at: tuple[Array, Array, Array | None] = (np.zeros(self.n), self.theta, None)
         self._stuck_code = 0.0
         self._unlocked_since: float | None = None
         self._reset_slow()
@@ -267,6 +269,7 @@ class EmulatedChip(OscillatorSubstrate):
             self._on_bias_change(q)
             self.bias = q
             self._dirty = True
+            self._bias_changed = True
             self._free = None
 
     def _on_bias_change(self, new_bias: Array) -> None:
@@ -421,8 +424,9 @@ class EmulatedChip(OscillatorSubstrate):
             if free is None:
                 return self.theta.copy(), None
             th, self._frame_omega = free
+            self._frame_at = (w.copy(), th.copy(), None)
         if rkw:
-            wf = w - self._frame_omega
+            wf = w - self._tracked_frame(w)
             th_n = self._newton(start, wf, rkw, tol, free_ref=False)
             if th_n is None:
                 th_n = self._core(wf, rkw, start, tol)
@@ -433,6 +437,23 @@ class EmulatedChip(OscillatorSubstrate):
         if lin.margin <= 1e-9:
             return th, None
         return th, lin
+
+    def _tracked_frame(self, w: Array) -> float:
+        """Ω for the present true ω: the clock follows the array's free collective frequency
+        (it is derived from the reference oscillator), also while clamped — to first order
+        Ω + u·(ω − ω_free), u the left null vector of the free Jacobian with u·1 = 1 (a
+        common shift of every ω moves Ω by the same amount and no phase; only the
+        differential part of a drift moves the clamped phases)."""
+        assert self._frame_omega is not None
+        w_free, th_free, u = self._frame_at
+        dw = w - w_free
+        if not np.any(dw):
+            return self._frame_omega
+        if u is None:
+            U, _, _ = np.linalg.svd(jacobian(th_free, self.K, self.H))
+            u = U[:, -1] / U[:, -1].sum()
+            self._frame_at = (w_free, th_free, u)
+        return self._frame_omega + float(u @ dw)
 
     @property
     def frame_frequency(self) -> float | None:
@@ -491,12 +512,14 @@ class EmulatedChip(OscillatorSubstrate):
         m = self.model
         f = m.failures
         dt_read = self._read_interval_s()
-        # settle first if anything changed: bias transients (e.g. thermal), then the lock,
-        # whose settling time needs the new state's stability margin
+        # settle first if anything changed: bias transients (e.g. thermal; only after a bias
+        # change — a clamp or coupling change has none), then the lock, whose settling time
+        # needs the new state's stability margin
         settle = 0.0
-        if self._dirty:
+        if self._bias_changed:
             settle = min(self._settle_extra_s(), m.settling.max_settle_s)
             self._advance(settle)
+            self._bias_changed = False
         theta, lin = self._locked_state()
         if self._dirty:
             lock = self._lock_settle_s(lin.margin if lin is not None else 0.0)

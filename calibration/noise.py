@@ -4,13 +4,17 @@ Model (DESIGN.md §2, "readout noise is the real enemy"). The centred estimate
 ĝ = −wrap(θ^{+β} − θ^{−β})/(2β), each state averaged over A reads, has
 
 * a bias b(β) = c β² + O(β⁴) (the O(β²) error of a centred difference), and
-* noise of variance (σ_w²/A + σ_s²)/(2β²) summed over channels: a white part σ_w² that
-  averages down and a slow part σ_s² that does not (a wandering common phase under
-  injection, drift), both measured from the spread of repeated centred differences
-  θ^{+β} − θ^{−β} (clamped, β = β₁/2) at two A.
+* noise of variance v(A)/(2β²) summed over channels, v(A) = σ_w²/A + σ_s² + σ_d² A: a white
+  part σ_w² that averages down, a slow part σ_s² that does not (a wandering common phase
+  under injection) and a drift part σ_d² A — a random-walk drift (ambient temperature,
+  DESIGN.md §5) moves the phases between the +β and the −β read by an amount that grows
+  with the time the reads take, so beyond A* = σ_w/σ_d more averaging makes the estimate
+  *worse* (the regime an Allan-deviation plot shows). v(A) is measured as the spread of
+  repeated centred differences θ^{+β} − θ^{−β} (clamped, β = β₁/2) at four A from 16 to the
+  device's maximum and fitted by non-negative least squares (relative residuals).
 
 For small errors the expected cosine to the true gradient g is
-1 − cos ≈ (‖b_⊥‖² + (σ_w²/A + σ_s²)/(2β²)) / (2‖g‖²), b_⊥ the bias across g.
+1 − cos ≈ (‖b_⊥‖² + v(A)/(2β²)) / (2‖g‖²), b_⊥ the bias across g.
 The calibration measures σ_i (spread of ``reads`` single reads), c and g from two
 high-average estimates at β₁ and β₁/2 (Richardson: g ≈ ĝ(β₁/2) − c β₁²/4), then for each
 β of a grid the least A whose predicted 1 − cos stays inside (1 − target)/``safety``; the
@@ -18,9 +22,9 @@ pair with the least measurement time (2 states × (t₀ + A·t₁), read-time mo
 the device) is chosen and then *verified*: ``verify_trials`` fresh estimates with the chosen
 β and A are compared with the reference gradient (the device's exact gradient when it has
 ``exact_gradient``, else the Richardson estimate) and the mean cosine is reported. When the
-measurement misses the target (noise the white model does not see, e.g. drift between the
-± states), the budget is tightened by the observed shortfall and the choice re-verified,
-up to ``max_rounds`` rounds; every round is reported.
+measurement misses the target (noise the model does not see), the budget is tightened by
+the observed shortfall and the choice re-verified, up to ``max_rounds`` rounds; every
+round is reported.
 """
 
 from __future__ import annotations
@@ -90,9 +94,60 @@ class VerifyRound(StrictModel):
     measured_cosine: float
 
 
+class NoiseModel(StrictModel):
+    """v(A) = σ_w²/A + σ_s² + σ_d²·A (rad², summed over the non-reference channels): the
+    variance of one A-read state in a centred difference (see the module docstring)."""
+
+    white_rad2: float = Field(ge=0.0)
+    slow_rad2: float = Field(default=0.0, ge=0.0)
+    drift_rad2: float = Field(default=0.0, ge=0.0)  # per read of the average
+
+    def var(self, averages: float) -> float:
+        return self.white_rad2 / averages + self.slow_rad2 + self.drift_rad2 * averages
+
+    def least_averages(self, room: float) -> int | None:
+        """Least A ≥ 1 with v(A) ≤ ``room`` (None: none; v is convex in A)."""
+        r = room - self.slow_rad2
+        w, d = self.white_rad2, self.drift_rad2
+        if r <= 0:
+            return None
+        if d == 0.0:
+            return max(1, math.ceil(w / r))
+        disc = r * r - 4.0 * d * w
+        if disc < 0:
+            return None
+        lo, hi = (r - math.sqrt(disc)) / (2.0 * d), (r + math.sqrt(disc)) / (2.0 * d)
+        a = max(1, math.ceil(lo))
+        return a if a <= hi else None
+
+    def best_averages(self, max_averages: int) -> int:
+        """A in [1, max_averages] with the least v(A): σ_w/σ_d when drift limits."""
+        if self.drift_rad2 == 0.0:
+            return max_averages
+        a = math.sqrt(self.white_rad2 / self.drift_rad2)
+        lo, hi = max(1, math.floor(a)), max(1, min(max_averages, math.ceil(a)))
+        return min((min(lo, max_averages), hi), key=self.var)
+
+    @classmethod
+    def fit(cls, averages: list[int], variances: list[float], floor_white: float) -> NoiseModel:
+        """Non-negative fit to measured v(A) in relative terms (each point ±40 % or so);
+        σ_w² at least ``floor_white`` (from the single-read spread)."""
+        from scipy.optimize import nnls
+
+        a = np.asarray(averages, dtype=np.float64)
+        v = np.asarray(variances, dtype=np.float64)
+        scale = np.maximum(v, 1e-300)
+        design = np.stack([1.0 / a, np.ones_like(a), a], axis=1) / scale[:, None]
+        coef, _ = nnls(design, np.ones_like(a))
+        if len(a) < 3:  # too few points for the drift term
+            coef[2] = 0.0
+        return cls(white_rad2=max(float(coef[0]), floor_white), slow_rad2=float(coef[1]),
+                   drift_rad2=float(coef[2]))
+
+
 def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Array,
-            sigma2: float, target_cos: float, safety: float, t0_read: float, t1: float,
-            slow2: float = 0.0) -> tuple[list[Candidate], Candidate | None]:
+            noise: NoiseModel, target_cos: float, safety: float, t0_read: float,
+            t1: float) -> tuple[list[Candidate], Candidate | None]:
     """Least averages per β inside the budget; the cheapest candidate (ties: fewer
     averages, smaller β)."""
     gn = float(g @ g)
@@ -104,15 +159,12 @@ def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Arra
         b = c * beta**2
         b_perp = b - (b @ g) / gn * g
         room = budget - float(b_perp @ b_perp)
-        room -= slow2 / (2.0 * beta**2)  # slow noise does not average away
-        a = math.ceil(sigma2 / (2.0 * beta**2 * room)) if room > 0 else max_avg + 1
-        if a > max_avg:
+        a = noise.least_averages(2.0 * beta**2 * room) if room > 0 else None
+        if a is None or a > max_avg:
             cands.append(Candidate(beta=beta, averages=None, predicted_cosine=None, time_s=None))
             continue
-        a = max(1, a)
         cands.append(Candidate(
-            beta=beta, averages=a,
-            predicted_cosine=predicted_cosine(g, c, sigma2, beta, a, slow2),
+            beta=beta, averages=a, predicted_cosine=predicted_cosine(g, c, noise, beta, a),
             time_s=2.0 * (t0_read + a * t1)))
     ok = [x for x in cands if x.averages is not None]
     best = min(ok, key=lambda x: (x.time_s or 0.0, x.averages or 0, x.beta)) if ok else None
@@ -124,8 +176,9 @@ class NoiseResult(StrictModel):
 
     sigma_rad: list[float]  # single-read rms per channel (reference 0)
     averaging_efficiency: float  # measured/ideal noise of 16-read means (1 = white noise)
-    white_rad2: float = 0.0  # σ_w² (rad², summed over channels): averages down as 1/A
-    slow_rad2: float = 0.0  # σ_s² (rad², summed): does not average down
+    noise: NoiseModel  # v(A) fitted to the measured spread of centred differences
+    noise_averages: list[int]  # the A at which v(A) was measured
+    noise_variances: list[float]  # v(A) measured there (rad², summed)
     read_time_s: tuple[float, float]  # t₀ + A·t₁ per read call (s)
     bias_coefficient: list[float]  # c of b(β) = c β² (per non-reference channel)
     gradient_norm: float
@@ -164,13 +217,13 @@ async def centred_estimate(sub: OscillatorSubstrate, target: Array, beta: float,
     return g
 
 
-def predicted_cosine(g: Array, c: Array, sigma2: float, beta: float, averages: int,
-                     slow2: float = 0.0) -> float:
-    """1 − (‖b_⊥‖² + Σσ²/(2Aβ²)) / (2‖g‖²) with b = c β² (see the module docstring)."""
+def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float,
+                     averages: int) -> float:
+    """1 − (‖b_⊥‖² + v(A)/(2β²)) / (2‖g‖²) with b = c β² (see the module docstring)."""
     gn = float(g @ g)
     b = c * beta**2
     b_perp = b - (b @ g) / gn * g
-    err = float(b_perp @ b_perp) + (sigma2 / averages + slow2) / (2.0 * beta**2)
+    err = float(b_perp @ b_perp) + noise.var(averages) / (2.0 * beta**2)
     return 1.0 - err / (2.0 * gn)
 
 
@@ -211,10 +264,7 @@ async def calibrate_noise(
     target = wrap(free.phases[model.outputs] + cfg.target_offset_rad * signs)
     b1 = cfg.beta_ref or 0.5 * beta_max
     # noise as the estimator sees it: the spread of repeated centred differences
-    # θ^{+β} − θ^{−β} (clamped states; catches slow/correlated noise, e.g. a wandering
-    # common phase under injection) at two A; model var = 2(σ_w²/A + σ_s²), summed over
-    # channels
-    a1, a2 = max(1, min(16, max_avg)), max(1, min(cfg.ref_averages, max_avg))
+    # θ^{+β} − θ^{−β} (clamped states) at four A, fitted by v(A) (module docstring)
 
     async def diff_var(a: int) -> float:
         ds = []
@@ -230,11 +280,14 @@ async def calibrate_noise(
         d = np.stack(ds)
         return float(((d - d.mean(0)) ** 2).sum(axis=1).mean() * len(ds) / (len(ds) - 1) / 2.0)
 
-    v1, v2 = await diff_var(a1), await diff_var(a2)
-    slow2 = max(0.0, (a2 * v2 - a1 * v1) / (a2 - a1)) if a2 > a1 else 0.0
-    white2 = max(a1 * (v1 - slow2), float((sigma[keep] ** 2).sum()) * 0.25)
-    eff = float(np.sqrt(v1 * a1 / max(float((sigma[keep] ** 2).sum()), 1e-300)))
-    sigma2 = white2
+    n_avg = sorted({max(1, min(a, max_avg)) for a in (16, 128, 1024, max_avg)})
+    v_avg: list[float] = []
+    for a in n_avg:
+        progress(f"noise spread, {a} averages", 0.05 + 0.1 * len(v_avg) / len(n_avg))
+        v_avg.append(await diff_var(a))
+    single = float((sigma[keep] ** 2).sum())
+    noise = NoiseModel.fit(n_avg, v_avg, floor_white=0.25 * single)
+    eff = float(np.sqrt(v_avg[0] * n_avg[0] / max(single, 1e-300)))
     b2 = 0.5 * b1
     progress("bias estimate", 0.15)
     ref_avg = min(cfg.ref_averages, max_avg)
@@ -249,28 +302,28 @@ async def calibrate_noise(
     else:
         g_ref = g_rich
         reference = "richardson"
-    # -- choose β, A; verify; if the measured cosine misses the target (noise the white
-    #    model does not see: drift between the ± states, correlated noise), tighten the
+    # -- choose β, A; verify; if the measured cosine misses the target (noise the
+    #    model does not see, e.g. correlated noise), tighten the
     #    budget by the observed shortfall and try again
-    betas = cfg.betas or list(np.geomspace(beta_max / 100.0, beta_max, 12))
+    betas = cfg.betas or list(np.geomspace(beta_max / 100.0, beta_max, 24))
     safety = cfg.safety
     rounds: list[VerifyRound] = []
     for attempt in range(cfg.max_rounds):
-        cands, best = _choose(betas, beta_max, max_avg, c, g_rich, sigma2, target_cos, safety,
-                              t0_read, t1, slow2)
+        cands, best = _choose(betas, beta_max, max_avg, c, g_rich, noise, target_cos, safety,
+                              t0_read, t1)
         if best is None:
-            # nothing meets the (tightened) budget: the best achievable at the most averages
-            fall = [Candidate(beta=b, averages=max_avg,
-                              predicted_cosine=predicted_cosine(g_rich, c, sigma2, b, max_avg,
-                                                                slow2),
-                              time_s=2.0 * (t0_read + max_avg * t1))
+            # nothing meets the (tightened) budget: the best achievable (the least-noise A)
+            a_best = noise.best_averages(max_avg)
+            fall = [Candidate(beta=b, averages=a_best,
+                              predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
+                              time_s=2.0 * (t0_read + a_best * t1))
                     for b in betas if 0 < b <= beta_max]
             best = max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
             if best is None or (rounds and best.averages == rounds[-1].averages
                                 and best.beta == rounds[-1].beta):
                 break
             log.warning("noise: cosine %.3g is out of reach by the model; verifying the best "
-                        "achievable (β = %.3g, %d averages)", target_cos, best.beta, max_avg)
+                        "achievable (β = %.3g, %d averages)", target_cos, best.beta, a_best)
         if best is None:
             break
         assert best.averages is not None and best.predicted_cosine is not None
@@ -291,13 +344,14 @@ async def calibrate_noise(
     if not rounds:
         raise RuntimeError(
             f"noise: no β ≤ {beta_max} reaches cosine {target_cos} with ≤ {max_avg} averages "
-            f"(σ = {np.sqrt(sigma2):.3g} rad); lower the target or raise limits.max_averages")
+            f"(σ_w = {np.sqrt(noise.white_rad2):.3g} rad); lower the target or raise "
+            "limits.max_averages")
     last = rounds[-1]
     cosines = last.measured_cosines
     await sub.set_frequencies(omega0)
     progress("noise done", 1.0)
     return NoiseResult(
-        rounds=rounds, white_rad2=white2, slow_rad2=slow2,
+        rounds=rounds, noise=noise, noise_averages=n_avg, noise_variances=v_avg,
         sigma_rad=sigma.tolist(), averaging_efficiency=eff, read_time_s=(t0_read, t1),
         bias_coefficient=c.tolist(), gradient_norm=float(np.linalg.norm(g_ref)),
         reference=reference, target_rad=target.tolist(), omega=omega0.tolist(),

@@ -11,11 +11,14 @@ callable ``(model, seed) -> OscillatorSubstrate`` for files and ``(uri, seed) ->
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 from phasegrad_hw.models import ConfigError, DeviceModel, read_config_file
 from phasegrad_hw.substrate import OscillatorSubstrate
+
+log = logging.getLogger(__name__)
 
 FILE_BACKENDS: dict[str, str] = {
     "simulated": "phasegrad_hw.backends.simulated:SimulatedSubstrate",
@@ -48,8 +51,16 @@ def load_device_model(path: str | Path) -> DeviceModel:
     return DeviceModel.from_dict(data, source=f"{p.name}: ")
 
 
-def open_substrate(spec: str | Path, *, seed: int | None = None) -> OscillatorSubstrate:
-    """A (not yet connected) substrate for a device file or URI; use ``async with``."""
+def open_substrate(
+    spec: str | Path, *, seed: int | None = None, transfer: str | Path | None = "auto"
+) -> OscillatorSubstrate:
+    """A (not yet connected) substrate for a device file or URI; use ``async with``.
+
+    ``transfer`` — the bias ↔ ω map ``set_frequencies`` uses: ``"auto"`` installs the
+    calibrated map saved next to a device file (``<stem>.transfer.json``, written by
+    ``phasegrad-hw calibrate transfer``) when there is one; ``None`` keeps the device's
+    nominal curve; a path installs that map (device files and URIs alike).
+    """
     text = str(spec)
     scheme, sep, _ = text.partition("://")
     if sep:
@@ -58,11 +69,43 @@ def open_substrate(spec: str | Path, *, seed: int | None = None) -> OscillatorSu
                 f"--device: scheme {scheme!r} in {text!r} — allowed: "
                 f"{', '.join(sorted(URI_SCHEMES)) or 'none installed'}"
             )
-        return _resolve(URI_SCHEMES[scheme])(text, seed)
-    p = Path(text)
-    if not p.exists():
-        raise ConfigError(
-            f"--device: {text!r} is neither an existing device file nor a URI (scheme://…)"
-        )
-    model = load_device_model(p)
-    return _resolve(FILE_BACKENDS[model.backend])(model, seed)
+        sub: OscillatorSubstrate = _resolve(URI_SCHEMES[scheme])(text, seed)
+    else:
+        p = Path(text)
+        if not p.exists():
+            raise ConfigError(
+                f"--device: {text!r} is neither an existing device file nor a URI (scheme://…)"
+            )
+        model = load_device_model(p)
+        sub = _resolve(FILE_BACKENDS[model.backend])(model, seed)
+    map_path = saved_transfer_path(text, transfer)
+    if map_path is not None:
+        from phasegrad_hw.calibration.transfer import TransferMap, install_transfer
+
+        tmap = TransferMap.load(map_path)
+        if tmap.device != sub.model.name:
+            raise ConfigError(
+                f"--transfer: {map_path} is the map of device {tmap.device!r}, not of "
+                f"{sub.model.name!r}; recalibrate or pass --transfer none")
+        install_transfer(sub, tmap)
+        log.info("%s: calibrated transfer map %s installed", sub.model.name, map_path)
+    return sub
+
+
+def saved_transfer_path(spec: str | Path, transfer: str | Path | None = "auto") -> Path | None:
+    """The transfer map :func:`open_substrate` installs for ``spec`` (None: nominal map);
+    an explicit path must exist."""
+    if transfer is None or str(transfer) == "none":
+        return None
+    if str(transfer) == "auto":
+        if "://" in str(spec):
+            return None
+        from phasegrad_hw.calibration.transfer import transfer_path
+
+        auto = transfer_path(spec)
+        return auto if auto.exists() else None
+    path = Path(transfer)
+    if not path.exists():
+        raise ConfigError(f"--transfer: {str(transfer)!r} — no such file (allowed: 'auto', "
+                          "'none' or the path of a saved transfer map)")
+    return path

@@ -119,7 +119,8 @@ async def test_exception_midway_leaves_device_safe_and_writes_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, routine: str, fail_after: int) -> None:
     chip = Faulty(cmos_model(), 1)
     chip.fail_after = fail_after
-    monkeypatch.setattr("phasegrad_hw.devices.open_substrate", lambda spec, seed=None: chip)
+    monkeypatch.setattr("phasegrad_hw.devices.open_substrate",
+                        lambda spec, seed=None, transfer=None: chip)
     with pytest.raises(DeviceError, match="emulated fault"):
         await cli_cal.run(_opts(tmp_path, routine), progress=False)
     assert chip.reads == fail_after and is_safe(chip)
@@ -132,7 +133,8 @@ async def test_cancellation_midway_leaves_device_safe_and_writes_nothing(
     chip = Faulty(cmos_model(), 1)
     chip.fail_after = 25
     chip.signal = asyncio.Event()
-    monkeypatch.setattr("phasegrad_hw.devices.open_substrate", lambda spec, seed=None: chip)
+    monkeypatch.setattr("phasegrad_hw.devices.open_substrate",
+                        lambda spec, seed=None, transfer=None: chip)
     task = asyncio.create_task(cli_cal.run(_opts(tmp_path, "symmetry"), progress=False))
     await chip.signal.wait()
     assert not is_safe(chip)  # mid-measurement: frequencies are set

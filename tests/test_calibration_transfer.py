@@ -155,3 +155,55 @@ async def test_transfer_from_phase_response_without_counter() -> None:
     print(f"phase-response transfer: max error {100 * worst:.2f} % of span")
     assert worst < 0.03, worst  # limited by the accuracy of the identified K (≈ 1.6 %)
     assert is_safe(chip)
+
+
+async def test_saved_map_is_installed_when_the_device_is_opened(tmp_path: Path) -> None:
+    """``<device>.transfer.json`` next to a device file is used by ``open_substrate`` (hence
+    ``train``, ``calibrate``, the agent); ``--transfer none`` keeps the nominal curve; a map
+    of another device or a missing file is refused by name."""
+    from phasegrad_hw.calibration.transfer import transfer_path
+
+    from phasegrad_hw.models import ConfigError
+
+    dev = tmp_path / "chip.toml"
+    cmos_model(oscillator__vth_mismatch_v=VTH_3PCT).save(dev)
+    sub = open_substrate(dev, seed=5)
+    assert getattr(sub, "transfer_map", None) is None  # nothing saved yet
+    async with sub:
+        res = await calibrate_transfer(sub, TransferConfig(points=13, counter_reads=1,
+                                                           install=False))
+    res.map.save(transfer_path(dev))
+    omega = np.random.default_rng(4).uniform(-1.0, 1.0, sub.model.n)
+    cal, nominal = open_substrate(dev, seed=5), open_substrate(dev, seed=5, transfer="none")
+    assert cal.transfer_map == res.map  # type: ignore[attr-defined]
+    assert isinstance(cal, CMOSSubstrate) and isinstance(nominal, CMOSSubstrate)
+    async with cal, nominal:
+        err_cal, err_nom = await _centred_error(cal, omega), await _centred_error(nominal, omega)
+    assert err_cal < 0.01 < 0.5 < err_nom, (err_cal, err_nom)
+
+    other = res.map.model_copy(update={"device": "another-chip"})
+    other.save(tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="another-chip"):
+        open_substrate(dev, transfer=tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="no such file"):
+        open_substrate(dev, transfer=tmp_path / "missing.json")
+
+
+def test_train_cli_reports_and_chooses_the_map(tmp_path: Path) -> None:
+    from phasegrad_hw.calibration.transfer import transfer_path
+    from typer.testing import CliRunner
+
+    from phasegrad_hw.cli import build_app
+
+    dev = tmp_path / "chip.toml"
+    cmos_model().save(dev)
+    r = CliRunner().invoke(build_app(), ["train", "--device", str(dev), "--epochs", "0"])
+    assert r.exit_code == 0 and "bias map: nominal" in r.output, r.output
+    tmap = TransferMap(device="cmos-2-5-2", unit="V", channels=[
+        {"bias": [0.8, 1.2], "omega": [-3.0, 3.0]} for _ in range(9)])
+    tmap.save(transfer_path(dev))
+    r = CliRunner().invoke(build_app(), ["train", "--device", str(dev), "--epochs", "0"])
+    assert r.exit_code == 0 and "bias map: calibrated (frequency_counter)" in r.output, r.output
+    r = CliRunner().invoke(build_app(), ["train", "--device", str(dev), "--epochs", "0",
+                                         "--transfer", str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "--transfer" in r.output, r.output

@@ -50,10 +50,11 @@ async def run(opts: CalibrateOptions, progress: bool = True) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from phasegrad_hw.calibration.report import run_calibration, save_report
-    from phasegrad_hw.calibration.transfer import TransferMap, install_transfer, transfer_path
+    from phasegrad_hw.calibration.transfer import transfer_path
     from phasegrad_hw.devices import open_substrate
 
-    sub = open_substrate(opts.device, seed=opts.seed)
+    use = opts.use_transfer and opts.routine != "transfer"
+    sub = open_substrate(opts.device, seed=opts.seed, transfer="auto" if use else None)
     device_file = Path(opts.device) if "://" not in opts.device else None
     tpath = transfer_path(device_file) if device_file is not None else None
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), TimeElapsedColumn(),
@@ -64,9 +65,6 @@ async def run(opts: CalibrateOptions, progress: bool = True) -> int:
             bar.update(task, description=message[:40], completed=min(max(fraction, 0.0), 1.0))
 
         async with sub:
-            if (opts.use_transfer and tpath is not None and tpath.exists()
-                    and opts.routine != "transfer"):
-                install_transfer(sub, TransferMap.load(tpath))
             report = await run_calibration(sub, opts.routine, seed=opts.seed, progress=tick)
     save_report(report, opts.out, opts.json_path, figures=opts.figures)
     if report.transfer is not None:

@@ -47,7 +47,7 @@ def serve_board(opts: EmulateBoardOptions, out: Any = None) -> None:
 
     stream = out or sys.stdout
     faults = FaultConfig.parse(opts.fault)
-    chip = open_substrate(opts.device, seed=opts.seed)
+    chip = open_substrate(opts.device, seed=opts.seed, transfer=None)  # maps live on the host
     firmware = BoardFirmware(chip, dac_bits=opts.dac_bits)
     server = LineServer(firmware, faults, reset_on_connect=opts.reset_on_connect)
 

@@ -77,6 +77,7 @@ class TrainOptions(BaseModel):
     beta: float = Field(gt=0.0, le=10.0)
     mode: Literal["one_sided", "centred"]
     averages: int = Field(ge=1)
+    transfer: str = Field(default="auto", min_length=1)
 
 
 def _validate(cls: type[BaseModel], **kw: Any) -> Any:
@@ -244,9 +245,15 @@ def register(groups: Groups) -> None:
         telemetry: str | None = typer.Option(
             None, help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
             "epoch metrics and step diagnostics over MQTT."),
+        transfer: str = typer.Option(
+            "auto", help="Bias map: auto (<device>.transfer.json next to the device file if "
+            "saved by `calibrate transfer`), none (nominal curve) or a map's path."),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
+
+        from phasegrad_hw.models import ConfigError
+        from phasegrad_hw.substrate import SubstrateError
 
         con = Console()
         cfg: dict[str, Any] = {
@@ -261,6 +268,7 @@ def register(groups: Groups) -> None:
             "beta": beta,
             "mode": mode,
             "averages": averages,
+            "transfer": transfer,
         }
         if resume is not None:
             if store is None:
@@ -280,7 +288,6 @@ def register(groups: Groups) -> None:
             else (Path(saved["data"]) if resume and saved.get("data") else None)
         )
         if telemetry is not None:  # a bad URI fails now, not after the device is open
-            from phasegrad_hw.models import ConfigError
             from phasegrad_hw.telemetry import open_telemetry
 
             try:
@@ -288,7 +295,11 @@ def register(groups: Groups) -> None:
             except ConfigError as exc:
                 typer.echo(str(exc), err=True)
                 raise typer.Exit(2) from None
-        res = asyncio.run(_train(o, data_path, store, resume, con, telemetry))
+        try:
+            res = asyncio.run(_train(o, data_path, store, resume, con, telemetry))
+        except (ConfigError, SubstrateError) as exc:
+            typer.echo(f"train: {exc} (device left safe)", err=True)
+            raise typer.Exit(2) from None
         _write_json(json_path, res)
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
@@ -336,7 +347,9 @@ async def _train(
         tm = open_telemetry(telemetry)
         await tm.start()  # never blocks training: a bounded queue, sent in the background
     try:
-        sub = open_substrate(o.device, seed=o.seed)
+        sub = open_substrate(o.device, seed=o.seed, transfer=o.transfer)
+        tmap = getattr(sub, "transfer_map", None)
+        con.print(f"bias map: {'calibrated (' + tmap.source + ')' if tmap else 'nominal'}")
         async with sub:
 
             async def save(state: LoopState) -> None:
