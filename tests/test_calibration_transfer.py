@@ -207,3 +207,40 @@ def test_train_cli_reports_and_chooses_the_map(tmp_path: Path) -> None:
     r = CliRunner().invoke(build_app(), ["train", "--device", str(dev), "--epochs", "0",
                                          "--transfer", str(tmp_path / "missing.json")])
     assert r.exit_code == 2 and "--transfer" in r.output, r.output
+
+
+async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_csv: Path) -> None:
+    """The payoff measured in ``benchmarks/bench_calibration_transfer.py``, in small: ω
+    trained on one chip through its calibrated map (true model units) are loaded onto three
+    other chips with 3 % threshold mismatch and fine-tuned one EP epoch there — through the
+    calibrated maps they work at once, through the nominal curves they do not."""
+    from phasegrad_hw.controller import EPConfig
+    from phasegrad_hw.loop import train_on_substrates
+    from phasegrad_hw.models import DeviceModel
+    from phasegrad_hw.tasks import Encoding, load_vowels
+
+    data = load_vowels(vowels_csv)
+    cfg = EPConfig(beta=0.2, mode="centred", averages=4, lr_omega=0.03)
+    enc = Encoding(readout="mean_phase", margin=0.3)
+
+    def chip(seed: int) -> CMOSSubstrate:  # the mismatch draw comes from the model's seed
+        d = cmos_model(oscillator__vth_mismatch_v=VTH_3PCT).model_dump()
+        return CMOSSubstrate(DeviceModel.from_dict({**d, "seed": seed}), seed)
+
+    async with chip(100) as ref:
+        await calibrate_transfer(ref)
+        trained = await train_on_substrates([ref], data, enc, cfg, epochs=8, seed=100,
+                                            init="spectral")
+    assert trained.final_test_accuracy >= 0.95
+    acc: dict[bool, list[float]] = {False: [], True: []}
+    for seed in (2, 3, 4):
+        for calibrated in (False, True):
+            async with chip(seed) as c:
+                if calibrated:
+                    await calibrate_transfer(c)
+                res = await train_on_substrates([c], data, enc, cfg, epochs=1, seed=seed,
+                                                params=trained.state.params.copy())
+            acc[calibrated].append(res.final_test_accuracy)
+    print("deploy+1 epoch accuracy", acc)
+    assert min(acc[True]) >= 0.95, acc
+    assert np.mean(acc[False]) < np.mean(acc[True]) - 0.2, acc
