@@ -125,8 +125,8 @@ class NoiseModel(StrictModel):
         if self.drift_rad2 == 0.0:
             return max_averages
         a = math.sqrt(self.white_rad2 / self.drift_rad2)
-        lo, hi = max(1, math.floor(a)), max(1, min(max_averages, math.ceil(a)))
-        return min((min(lo, max_averages), hi), key=self.var)
+        near = (min(max(1, r(a)), max_averages) for r in (math.floor, math.ceil))
+        return min(near, key=self.var)
 
     @classmethod
     def fit(cls, averages: list[int], variances: list[float], floor_white: float) -> NoiseModel:
@@ -145,6 +145,13 @@ class NoiseModel(StrictModel):
                    drift_rad2=float(coef[2]))
 
 
+def _bias_across(g: Array, c: Array, beta: float) -> float:
+    """‖b_⊥‖²: the part of the centred bias b = c β² across the gradient g."""
+    b = c * beta**2
+    b_perp = b - (b @ g) / float(g @ g) * g
+    return float(b_perp @ b_perp)
+
+
 def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Array,
             noise: NoiseModel, target_cos: float, safety: float, t0_read: float,
             t1: float) -> tuple[list[Candidate], Candidate | None]:
@@ -156,9 +163,7 @@ def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Arra
     for beta in betas:
         if not 0 < beta <= beta_max:
             continue
-        b = c * beta**2
-        b_perp = b - (b @ g) / gn * g
-        room = budget - float(b_perp @ b_perp)
+        room = budget - _bias_across(g, c, beta)
         a = noise.least_averages(2.0 * beta**2 * room) if room > 0 else None
         if a is None or a > max_avg:
             cands.append(Candidate(beta=beta, averages=None, predicted_cosine=None, time_s=None))
@@ -220,11 +225,8 @@ async def centred_estimate(sub: OscillatorSubstrate, target: Array, beta: float,
 def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float,
                      averages: int) -> float:
     """1 − (‖b_⊥‖² + v(A)/(2β²)) / (2‖g‖²) with b = c β² (see the module docstring)."""
-    gn = float(g @ g)
-    b = c * beta**2
-    b_perp = b - (b @ g) / gn * g
-    err = float(b_perp @ b_perp) + noise.var(averages) / (2.0 * beta**2)
-    return 1.0 - err / (2.0 * gn)
+    err = _bias_across(g, c, beta) + noise.var(averages) / (2.0 * beta**2)
+    return 1.0 - err / (2.0 * float(g @ g))
 
 
 async def calibrate_noise(
