@@ -23,7 +23,7 @@ for the locked state) wrapped in the hardware effects a real chip adds around it
   The clock holds Ω while the outputs are nudged;
 * loss of lock when no stable locked state exists (phases ramp and wrap between reads,
   ``locked = False``; never an exception from the physics);
-* switchable failure modes (:class:`phasegrad_hw.models.FailureSpec`).
+* switchable failure modes (:class:`phasegrad_hw.device.model.FailureSpec`).
 
 Two random streams: chip mismatch is drawn once from ``model.seed`` (a fixed property of
 the chip); the noise stream is seeded by the ``seed`` argument and reset by :meth:`reseed`.
@@ -33,33 +33,88 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field, model_validator
 
-from phasegrad_hw.gradients import implicit_gradient, loss_grad_theta
-from phasegrad_hw.models import _ChipModel
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import LockLostError
 from phasegrad_hw.physics import Array, jacobian, rhs, solve_equilibrium, wrap
-from phasegrad_hw.substrate import (
-    Capability,
-    LimitError,
-    LockLostError,
-    OscillatorSubstrate,
-    PhaseReading,
-)
+from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
+
+# --------------------------------------------------------------------------- emulated chips
+# Physical parameters of the CMOS and optical emulators (phasegrad_hw.backends.cmos/optical).
+# Literature ranges are quoted per field (DESIGN.md §5); bounds outside them are still
+# allowed where a user may want to explore what a chip must achieve, but never unphysical.
+
+
+class FailureSpec(StrictModel):
+    """Switchable failure modes (all off by default).
+
+    ``lock_loss_probability`` per read: the chip drops out of lock for that read (a supply
+    glitch or an injection transient) and the phases ramp at ``slip_rate`` (model frequency
+    units) — reported ``locked = False``. ``basin_jump_probability`` per read: one random
+    non-reference oscillator locks half a cycle away (the inverted output of a differential
+    ring, or the neighbouring longitudinal mode of a resonator) for that read.
+    ``drift_units_per_sqrt_s``/``drift_tau_s``: an extra per-oscillator frequency drift
+    (model units, Ornstein–Uhlenbeck, random walk below ``drift_tau_s``), strong enough to
+    detune the array out of lock or into another basin. ``stuck_channel`` (with
+    ``stuck_probability`` per read): that readout channel stops seeing edges; the readout
+    repeats its last code and the lock detector reports ``locked = False``.
+    """
+
+    lock_loss_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    slip_rate: float = Field(default=0.5, gt=0.0, le=100.0)
+    basin_jump_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    drift_units_per_sqrt_s: float = Field(default=0.0, ge=0.0, le=1e6)
+    drift_tau_s: float = Field(default=1e-3, gt=0.0)
+    stuck_channel: int | None = Field(default=None, ge=0)
+    stuck_probability: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class SettlingSpec(StrictModel):
+    """Settling after a step: ``lock_cycles`` oscillation periods at least (5–50 cycles for
+    injection-/coupling-locked ring oscillators), longer near the locking edge where the
+    stability margin λ → 0: settle = max(lock_cycles/f, ln(1/tolerance)/λ). ``sleep`` really
+    waits that long (off for CI and benchmarks; the time is reported either way)."""
+
+    lock_cycles: float = Field(default=20.0, ge=1.0, le=10_000.0)
+    tolerance: float = Field(default=1e-4, gt=0.0, lt=1.0)
+    max_settle_s: float = Field(default=1e-3, gt=0.0)
+    sleep: bool = False
+
+
+class _ChipModel(DeviceModel):
+    """Common part of the emulated chips: failures, settling, drift."""
+
+    failures: FailureSpec = Field(default_factory=FailureSpec)
+    settling: SettlingSpec = Field(default_factory=SettlingSpec)
+
+    @model_validator(mode="after")
+    def _chip_consistency(self) -> _ChipModel:
+        sc = self.failures.stuck_channel
+        if sc is not None and sc >= self.n_oscillators:
+            raise ValueError(
+                f"failures.stuck_channel: {sc} is not an oscillator "
+                f"(allowed 0…{self.n_oscillators - 1})"
+            )
+        return self
+
 
 log = logging.getLogger(__name__)
 
-Transfer = Callable[[Array], Array]
 _TOL = 1e-9  # residual of a read's locked state (rad per time unit); far below readout noise
 _MAX_ITER = 30  # damped Newton iterations before a state is declared not locked
 _TOL_EXACT = 1e-12  # for the ground-truth state of exact_gradient
 
 
-def ou_step(tau_s: float, sigma: float, dt_s: float, rng: np.random.Generator,
-            x: Array | float) -> Any:
+def ou_step(
+    tau_s: float, sigma: float, dt_s: float, rng: np.random.Generator, x: Array | float
+) -> Any:
     """Exact Ornstein–Uhlenbeck update of ``x`` over ``dt_s`` (stationary rms ``sigma``)."""
     if dt_s <= 0.0 or sigma == 0.0:
         return x
@@ -118,17 +173,22 @@ class EmulatedChip(OscillatorSubstrate):
     """Base class of the emulated chips. Subclasses provide the physical maps.
 
     Hooks for subclasses: ``_true_frequencies()`` (model units, the chip's real natural
-    frequencies now), ``_nominal_forward/_nominal_inverse`` (ω ↔ bias, the design curve),
+    frequencies now), ``nominal_map()`` (ω ↔ bias, the design curve),
     ``_quantise_bias``, ``_true_coupling``, ``_clamp_physics``, ``_readout``,
     ``_diffusion()`` (rad² per model time unit, per oscillator), ``_time_unit_s``,
     ``_settle_extra_s()``, ``_advance_slow(dt_s)`` and ``_reset_slow()``.
 
-    Calibration hook: :meth:`install_transfer` replaces the nominal ω ↔ bias curve used by
-    ``set_frequencies`` (and by :meth:`frequencies`), e.g. with a measured transfer curve.
+    ``set_frequencies`` maps ω to biases through ``frequency_map`` (the nominal curve until a
+    transfer calibration assigns a measured one).
     """
 
     capabilities = frozenset(
-        {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.EXACT_GRADIENT}
+        {
+            Capability.COUPLINGS,
+            Capability.FREQUENCY_COUNTER,
+            Capability.EXACT_GRADIENT,
+            Capability.RESEED,
+        }
     )
     model: _ChipModel
     _time_unit_s: float = 1.0
@@ -145,8 +205,6 @@ class EmulatedChip(OscillatorSubstrate):
         self._draw_mismatch(self.chip_rng)
         fail = model.failures
         self._stuck = fail.stuck_channel
-        self._forward: Transfer | None = None
-        self._inverse: Transfer | None = None
         self._clamp: tuple[Array, Array, int] | None = None
         self._clamp_sign = 1
         self._free: tuple[Array, Array] | None = None
@@ -188,12 +246,6 @@ class EmulatedChip(OscillatorSubstrate):
     def _true_frequencies(self) -> Array:
         raise NotImplementedError
 
-    def _nominal_forward(self, omega: Array) -> Array:
-        raise NotImplementedError
-
-    def _nominal_inverse(self, bias: Array) -> Array:
-        raise NotImplementedError
-
     def _quantise_bias(self, bias: Array) -> Array:
         return bias.copy()
 
@@ -229,40 +281,7 @@ class EmulatedChip(OscillatorSubstrate):
     def _freq_unit_hz(self) -> float:
         raise NotImplementedError
 
-    # -- calibration hook ----------------------------------------------------------
-    def install_transfer(self, forward: Transfer, inverse: Transfer | None = None) -> None:
-        """Replace the nominal ω → bias curve (``forward``: (N,) model units → (N,) bias in
-        the device unit; ``inverse`` bias → ω, optional) — what a transfer-curve calibration
-        measured. ``set_frequencies`` uses it from now on; :meth:`reset_transfer` undoes it.
-        Biases it produces are limit-checked like any other."""
-        self._forward = forward
-        self._inverse = inverse
-
-    def reset_transfer(self) -> None:
-        """Go back to the nominal (design) curve."""
-        self._forward = None
-        self._inverse = None
-
-    def frequencies_to_biases(self, omega: Array) -> Array:
-        """Biases the present transfer curve (calibrated or nominal) assigns to ω."""
-        w = np.asarray(omega, dtype=np.float64)
-        return self._forward(w) if self._forward is not None else self._nominal_forward(w)
-
-    def biases_to_frequencies(self, bias: Array) -> Array:
-        """ω the present transfer curve assigns to biases (nominal if no inverse installed)."""
-        b = np.asarray(bias, dtype=np.float64)
-        return self._inverse(b) if self._inverse is not None else self._nominal_inverse(b)
-
     # -- substrate hooks -------------------------------------------------------------
-    async def _apply_frequencies(self, omega: Array) -> None:
-        bias = np.asarray(self.frequencies_to_biases(omega), dtype=np.float64)
-        try:
-            checked = self.model.check_biases(bias)
-        except LimitError as exc:
-            raise LimitError(f"{exc} (the transfer curve maps omega {np.round(omega, 4).tolist()} "
-                             "to biases the device refuses)") from None
-        await self._apply_biases(checked)
-
     async def _apply_biases(self, values: Array) -> None:
         q = self._quantise_bias(values)
         if not np.array_equal(q, self.bias):
@@ -319,8 +338,9 @@ class EmulatedChip(OscillatorSubstrate):
         return {"beta": b, "target": t, "direction": d}
 
     # -- locked states -------------------------------------------------------------
-    def _system(self, th: Array, w: Array, rkw: dict[str, Any],
-                free_ref: bool) -> tuple[Array, Array]:
+    def _system(
+        self, th: Array, w: Array, rkw: dict[str, Any], free_ref: bool
+    ) -> tuple[Array, Array]:
         """Residual and Jacobian on the non-reference phases. ``free_ref``: the free array's
         co-rotation R_k = f_k − f_ref; else the reference-pinned system F_k = f_k (w already
         in the clock frame)."""
@@ -331,8 +351,15 @@ class EmulatedChip(OscillatorSubstrate):
             return f[keep] - f[r], J[keep][:, keep] - J[r, keep][None, :]
         return f[keep], J[keep][:, keep]
 
-    def _newton(self, th0: Array, w: Array, rkw: dict[str, Any], tol: float,
-                free_ref: bool, max_iter: int = 12) -> Array | None:
+    def _newton(
+        self,
+        th0: Array,
+        w: Array,
+        rkw: dict[str, Any],
+        tol: float,
+        free_ref: bool,
+        max_iter: int = 12,
+    ) -> Array | None:
         """Plain Newton from ``th0`` with small steps; None if it does not converge."""
         th = np.asarray(th0, dtype=np.float64).copy()
         th -= th[self.ref]
@@ -355,16 +382,27 @@ class EmulatedChip(OscillatorSubstrate):
         kw = self._nudge_kwargs() if clamp else {}
         if not kw:
             return {}
-        return {"beta": kw["beta"] * kw["direction"], "target": kw["target"],
-                "nudge": self.model.nudge}
+        return {
+            "beta": kw["beta"] * kw["direction"],
+            "target": kw["target"],
+            "nudge": self.model.nudge,
+        }
 
-    def _core(self, w: Array, rkw: dict[str, Any], start: Array | None,
-              tol: float) -> Array | None:
+    def _core(self, w: Array, rkw: dict[str, Any], start: Array | None, tol: float) -> Array | None:
         """The core damped Newton on the pinned system (warm, then cold start)."""
         kw = self._nudge_kwargs() if rkw else {}
         for th0 in (start, None):
-            eq = solve_equilibrium(w, self.K, self.H, theta0=th0, ref=self.ref,
-                                   nudge=self.model.nudge, tol=tol, max_iter=_MAX_ITER, **kw)
+            eq = solve_equilibrium(
+                w,
+                self.K,
+                self.H,
+                theta0=th0,
+                ref=self.ref,
+                nudge=self.model.nudge,
+                tol=tol,
+                max_iter=_MAX_ITER,
+                **kw,
+            )
             if eq.converged:
                 return np.asarray(eq.theta)
         return None
@@ -405,8 +443,13 @@ class EmulatedChip(OscillatorSubstrate):
                 return None
         return th, float(rhs(th, w, self.K, self.H)[self.ref])
 
-    def solve_state(self, omega: Array | None = None, clamp: bool = True, tol: float = _TOL,
-                    theta0: Array | None = None) -> tuple[Array, _Linearised | None]:
+    def solve_state(
+        self,
+        omega: Array | None = None,
+        clamp: bool = True,
+        tol: float = _TOL,
+        theta0: Array | None = None,
+    ) -> tuple[Array, _Linearised | None]:
         """Locked state θ (rad, θ_ref = 0) under the present settings and its linearisation
         (None: no stable locked state — the phases slip).
 
@@ -460,8 +503,9 @@ class EmulatedChip(OscillatorSubstrate):
         """Ω (model units): collective frequency of the free array the clock is locked to."""
         return self._frame_omega
 
-    def solve(self, omega: Array | None = None, clamp: bool = True,
-              tol: float = _TOL) -> tuple[Array, bool]:
+    def solve(
+        self, omega: Array | None = None, clamp: bool = True, tol: float = _TOL
+    ) -> tuple[Array, bool]:
         """(θ, locked) under the present true settings (see :meth:`solve_state`)."""
         th, lin = self.solve_state(omega, clamp, tol)
         return th, lin is not None
@@ -617,15 +661,16 @@ class EmulatedChip(OscillatorSubstrate):
     def exact_gradient(self, target: Array) -> Array:
         """∂L/∂ω^c (reference entry 0) by implicit differentiation at the chip's true free
         state, with its true (possibly asymmetric, non-odd) Jacobian in the clock frame:
-        −J̃⁻ᵀe (:func:`~phasegrad_hw.gradients.implicit_gradient`), e = ∂L/∂θ. The two-phase
+        −J̃⁻ᵀe (:func:`~phasegrad_hw.physics.gradients.implicit_gradient`), e = ∂L/∂θ. The two-phase
         estimate −Δθ/β approaches −J̃⁻¹e, so they agree iff J̃ is symmetric. ``target``
         (n_outputs,) rad; the loss pairs with ``model.nudge`` (injection: Σ(1 − cos(θ_o − t))).
         """
         th, lin = self.solve_state(clamp=False, tol=_TOL_EXACT)
         if lin is None:
             raise LockLostError("exact_gradient: the chip has no locked free state")
-        e = loss_grad_theta(th, self.model.outputs, np.asarray(target, dtype=np.float64),
-                            self.model.nudge)
+        e = loss_grad_theta(
+            th, self.model.outputs, np.asarray(target, dtype=np.float64), self.model.nudge
+        )
         return np.asarray(implicit_gradient(th, self.K, e, self.H, ref=self.ref))
 
     def true_frequencies(self) -> Array:

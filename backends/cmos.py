@@ -24,18 +24,24 @@ Physics around the core locked state (:mod:`phasegrad_hw.backends._chip`):
 * **Frequency counter** read for calibration.
 
 The nominal ω ↔ bias curve is the pure, vectorised pair :func:`frequencies_to_biases` /
-:func:`biases_to_frequencies` (no mismatch, no DAC) — shared with drivers that talk to a
-board or bench emulating this chip; a calibration replaces it on a substrate with
-:meth:`CMOSSubstrate.install_transfer`.
+:func:`biases_to_frequencies` (no mismatch, no DAC), as a frequency map :func:`nominal_map` —
+shared with drivers that talk to a board or bench emulating this chip; a transfer calibration
+assigns a measured map to ``substrate.frequency_map`` instead.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Literal
+
 import numpy as np
 from numpy.typing import ArrayLike
-from phasegrad_hw.backends._chip import EmulatedChip, ou_step, quantise
+from pydantic import Field, model_validator
 
-from phasegrad_hw.models import CMOSChipModel
+from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
+from phasegrad_hw.device.model import BiasLimits, CouplingSpec, Limits, Range, register_model
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -43,7 +49,140 @@ __all__ = [
     "biases_to_frequencies",
     "diffusion_rad2_per_s",
     "frequencies_to_biases",
+    "nominal_map",
 ]
+
+
+class AlphaPowerSpec(StrictModel):
+    """Ring-oscillator bias → frequency, alpha-power law (Sakurai & Newton, IEEE JSSC 25(2),
+    1990): f(V) ∝ (V − V_th)^α / V, α ≈ 1.3 in short-channel CMOS. ``f_center_hz`` is the
+    frequency at ``bias_ref_v`` (ω = 0); ω (model units) = (f − f_center)/``freq_unit_hz``,
+    so the model time unit is 1/(2π·freq_unit_hz) s. ``vth_mismatch_v`` rms per-oscillator
+    threshold mismatch (Pelgrom; a few mV gives the 1–3 % frequency spread of DESIGN.md §5)."""
+
+    f_center_hz: float = Field(default=1.0e9, gt=1e6, le=100e9)
+    freq_unit_hz: float = Field(default=20e6, gt=0.0, le=10e9)
+    alpha: float = Field(default=1.3, ge=1.0, le=2.0)
+    vth_v: float = Field(default=0.45, gt=0.0, lt=2.0)
+    vth_mismatch_v: float = Field(default=0.003, ge=0.0, le=0.1)
+    bias_ref_v: float = Field(default=1.0, gt=0.0, le=5.0)
+
+
+class DACSpec(StrictModel):
+    """A bias DAC: ``bits`` (5–16 in published oscillator arrays) over ``range_v`` (V)."""
+
+    bits: int = Field(default=16, ge=5, le=24)
+    range_v: Range = Range(min=0.8, max=1.2)
+
+
+class CapacitorSpec(StrictModel):
+    """Capacitive coupling: K_ij = ``k_per_ff``·C_ij (model units per fF). ``mismatch`` rms
+    relative capacitor mismatch (a few % for fF-scale MOM caps), ``direction_mismatch``
+    independent rms errors of K_ij and K_ji (asymmetric loading of the two ring taps);
+    ``lsb_ff`` the step of a programmable capacitor bank (0 = continuous)."""
+
+    k_per_ff: float = Field(default=0.2, gt=0.0)
+    mismatch: float = Field(default=0.03, ge=0.0, le=0.5)
+    direction_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    lsb_ff: float = Field(default=0.05, ge=0.0)
+
+
+class PhaseNoiseSpec(StrictModel):
+    """Free-running phase noise L(Δf) (dBc/Hz) at offset ``offset_hz`` (white FM region;
+    −85…−105 dBc/Hz at 1 MHz for GHz ring oscillators, Hajimiri & Lee, IEEE JSSC 34(6), 1999).
+    Phase diffusion constant D = 4π²·Δf²·10^(L/10) rad²/s."""
+
+    dbc_hz: float = Field(default=-95.0, ge=-250.0, le=-40.0)  # below ≈ −150: noise off
+    offset_hz: float = Field(default=1e6, gt=0.0)
+
+
+class TDCSpec(StrictModel):
+    """Time-to-digital converter against the reference oscillator: ``lsb_s`` (1–20 ps),
+    rms ``jitter_s`` per conversion, per-channel fixed offsets of rms ``offset_sigma_s``,
+    ``skew_s`` sampling skew between consecutive channels (channels read one after another),
+    ``read_interval_s`` between successive conversions of the same channel."""
+
+    lsb_s: float = Field(default=2e-12, gt=0.0, le=1e-9)
+    jitter_s: float = Field(default=1e-12, ge=0.0, le=1e-9)
+    offset_sigma_s: float = Field(default=1e-12, ge=0.0, le=1e-9)
+    skew_s: float = Field(default=0.0, ge=0.0, le=1e-6)
+    read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
+
+
+class ThermalSpec(StrictModel):
+    """Chip temperature: Ornstein–Uhlenbeck with rms ``sigma_c`` (°C) and correlation time
+    ``tau_s`` (a slow random walk on shorter times). Frequency coefficient
+    ``tempco_ppm_per_c`` (−1000…−3000 ppm/°C for ring oscillators) with per-oscillator relative
+    spread ``tempco_mismatch``; the common part cancels in the rotating frame."""
+
+    tempco_ppm_per_c: float = Field(default=-2000.0, ge=-10_000.0, le=0.0)
+    tempco_mismatch: float = Field(default=0.02, ge=0.0, le=1.0)
+    sigma_c: float = Field(default=0.05, ge=0.0, le=50.0)
+    tau_s: float = Field(default=10.0, gt=0.0)
+
+
+class InjectionSpec(StrictModel):
+    """Clamp by injecting the reference: amplitude DAC of ``amplitude_bits`` over
+    [0, limits.beta_max] (β), phase DAC of ``phase_bits`` over 2π (target); per-output
+    injection gain error of rms ``gain_mismatch``."""
+
+    amplitude_bits: int = Field(default=10, ge=2, le=24)
+    phase_bits: int = Field(default=10, ge=2, le=24)
+    gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
+
+
+@register_model("cmos")
+class CMOSChipModel(_ChipModel):
+    """A CMOS ring-oscillator array with capacitive coupling (DESIGN.md §5).
+
+    Biases are supply/bias voltages (V, one per oscillator). See the section classes for the
+    physics and literature ranges; the emulator is :mod:`phasegrad_hw.backends.cmos`.
+    """
+
+    backend: Literal["cmos"] = "cmos"
+    nudge: Literal["linear", "injection"] = "injection"
+    limits: Limits = Field(
+        default_factory=lambda: Limits(
+            bias=BiasLimits(min=0.8, max=1.2, safe=0.9, unit="V"), beta_max=1.0
+        )
+    )
+    coupling_function: CouplingSpec = Field(
+        default_factory=lambda: CouplingSpec(harmonics=[1.0, 0.1], offset=0.01, cos_offset=0.02)
+    )
+    oscillator: AlphaPowerSpec = Field(default_factory=AlphaPowerSpec)
+    bias_dac: DACSpec = Field(default_factory=DACSpec)
+    capacitors: CapacitorSpec = Field(default_factory=CapacitorSpec)
+    phase_noise: PhaseNoiseSpec = Field(default_factory=PhaseNoiseSpec)
+    tdc: TDCSpec = Field(default_factory=TDCSpec)
+    thermal: ThermalSpec = Field(default_factory=ThermalSpec)
+    injection: InjectionSpec = Field(default_factory=InjectionSpec)
+    counter_gate_s: float = Field(default=1e-3, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _cmos_consistency(self) -> CMOSChipModel:
+        o, b = self.oscillator, self.limits.bias
+        if b.unit != "V":
+            raise ValueError(f"limits.bias.unit: {b.unit!r} — a CMOS chip is biased in 'V'")
+        rng = self.bias_dac.range_v
+        for i in range(self.n_oscillators):
+            c = b.channel(i)
+            if not (rng.min <= c.min and c.max <= rng.max):
+                where = f"limits.bias.per_channel.{i}" if i in b.per_channel else "limits.bias"
+                raise ValueError(
+                    f"{where}: [{c.min}, {c.max}] V — must lie within bias_dac.range_v "
+                    f"[{rng.min}, {rng.max}] V"
+                )
+            if c.min <= o.vth_v + 4.0 * o.vth_mismatch_v:
+                raise ValueError(
+                    f"limits.bias.min: {c.min} V — must exceed oscillator.vth_v + 4σ mismatch "
+                    f"({o.vth_v + 4.0 * o.vth_mismatch_v:.4g} V) so every ring oscillates"
+                )
+        if not b.min < o.bias_ref_v < b.max:
+            raise ValueError(
+                f"oscillator.bias_ref_v: {o.bias_ref_v} V — must lie inside limits.bias "
+                f"({b.min}, {b.max}) V"
+            )
+        return self
 
 
 def _g(v: Array, vth: Array | float, alpha: float) -> Array:
@@ -89,12 +228,17 @@ def diffusion_rad2_per_s(model: CMOSChipModel) -> float:
     return float(4.0 * np.pi**2 * pn.offset_hz**2 * 10.0 ** (pn.dbc_hz / 10.0))
 
 
+def nominal_map(model: CMOSChipModel) -> CurveMap:
+    """The design ω ↔ bias curve of ``model`` (no mismatch, no DAC) as a frequency map."""
+    return CurveMap(partial(frequencies_to_biases, model), partial(biases_to_frequencies, model))
+
+
 class CMOSSubstrate(EmulatedChip):
     """Emulated CMOS capacitive-coupling chip (see the module docstring).
 
     ``seed`` seeds the noise stream (default ``model.seed``); mismatch comes from
     ``model.seed``. Exposes :meth:`exact_gradient` (the true implicit gradient),
-    :meth:`reseed`, :meth:`install_transfer` and a frequency counter.
+    :meth:`reseed`, ``frequency_map`` and a frequency counter.
     """
 
     model: CMOSChipModel
@@ -112,20 +256,25 @@ class CMOSSubstrate(EmulatedChip):
         self.vth_v = m.oscillator.vth_v + m.oscillator.vth_mismatch_v * rng.standard_normal(n)
         self.cap_err = m.capacitors.mismatch * rng.standard_normal(e)
         self.dir_err = m.capacitors.direction_mismatch * rng.standard_normal((e, 2))
-        self.tdc_offset_s = m.tdc.offset_sigma_s * rng.standard_normal(n)
-        self.tempco = m.thermal.tempco_ppm_per_c * 1e-6 * (
-            1.0 + m.thermal.tempco_mismatch * rng.standard_normal(n))
+        self.tdc_offset_s: Array = m.tdc.offset_sigma_s * rng.standard_normal((n,))
+        self.tempco = (
+            m.thermal.tempco_ppm_per_c
+            * 1e-6
+            * (1.0 + m.thermal.tempco_mismatch * rng.standard_normal(n))
+        )
         self.inj_gain = 1.0 + m.injection.gain_mismatch * rng.standard_normal(len(m.roles.outputs))
-        self._k_ratio = np.array([1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k
-                                  for s in m.edges])
+        self._k_ratio = np.array(
+            [1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k for s in m.edges]
+        )
 
     def _reset_slow(self) -> None:
         self.temperature_c = 0.0
 
     def _advance_slow(self, dt_s: float) -> None:
         th = self.model.thermal
-        self.temperature_c = float(ou_step(th.tau_s, th.sigma_c, dt_s, self.rng,
-                                           self.temperature_c))
+        self.temperature_c = float(
+            ou_step(th.tau_s, th.sigma_c, dt_s, self.rng, self.temperature_c)
+        )
 
     def _freq_unit_hz(self) -> float:
         return self.model.oscillator.freq_unit_hz
@@ -134,11 +283,8 @@ class CMOSSubstrate(EmulatedChip):
         return self.model.tdc.read_interval_s
 
     # -- maps --------------------------------------------------------------------
-    def _nominal_forward(self, omega: Array) -> Array:
-        return frequencies_to_biases(self.model, omega)
-
-    def _nominal_inverse(self, bias: Array) -> Array:
-        return biases_to_frequencies(self.model, bias)
+    def nominal_map(self) -> FrequencyMap:
+        return nominal_map(self.model)
 
     def _quantise_bias(self, bias: Array) -> Array:
         d = self.model.bias_dac

@@ -39,14 +39,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from phasegrad_hw.models import DeviceModel, StrictModel, register_model
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.frequency_map import FrequencyMap
+from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.registry import chip_nominal_map
+from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import DeviceError, DeviceTimeoutError
 from phasegrad_hw.physics import Array, wrap
-from phasegrad_hw.substrate import (
-    DeviceError,
-    DeviceTimeoutError,
-    OscillatorSubstrate,
-    PhaseReading,
-)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,20 +102,11 @@ class DaqmxBenchModel(DeviceModel):
             raise ValueError("; ".join(problems))
         return self
 
-    def bias_map(self) -> Callable[[Array], Array]:
-        """Nominal ω → bias (V) of the chip (its backend's ``frequencies_to_biases``)."""
-        if self.chip is not None:
-            from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+    def chip_model(self) -> DeviceModel | None:
+        """The chip's own device model (None without a ``chip`` table)."""
+        from phasegrad_hw.device.registry import chip_model
 
-            backend = self.chip.get("backend", "")
-            if backend in FILE_BACKENDS:
-                _resolve(FILE_BACKENDS[backend])
-                chip = DeviceModel.from_dict(self.chip, source="chip.")
-                module = importlib.import_module(FILE_BACKENDS[backend].partition(":")[0])
-                f = getattr(module, "frequencies_to_biases", None)
-                if f is not None:
-                    return lambda omega: np.asarray(f(chip, omega), dtype=np.float64)
-        return lambda omega: np.asarray(omega, dtype=np.float64).copy()
+        return chip_model(self.chip, bench="daqmx")
 
 
 def import_nidaqmx() -> ModuleType:
@@ -144,7 +134,6 @@ class DaqmxBench(OscillatorSubstrate):
     ) -> None:
         super().__init__(model)
         self._daqmx = daqmx
-        self._bias_map = model.bias_map()
         self._executor: ThreadPoolExecutor | None = None
         self._ao_bias: Any = None
         self._ao_inj: Any = None
@@ -250,8 +239,9 @@ class DaqmxBench(OscillatorSubstrate):
         data = [float(v) for v in np.concatenate([i_v, q_v])]
         self._ao_inj.write(data, auto_start=True, timeout=self.model.timeout_s)
 
-    async def _apply_frequencies(self, omega: Array) -> None:
-        await self._apply_biases(self.model.check_biases(self._bias_map(omega)))
+    def nominal_map(self) -> FrequencyMap:
+        """The design curve of the chip behind the bench (identity without a ``chip``)."""
+        return chip_nominal_map(self.model.chip_model())
 
     async def _apply_biases(self, values: Array) -> None:
         await self._run(lambda: self._write_bias_sync(values))

@@ -28,8 +28,19 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from phasegrad_hw.models import DEVICE_MODELS, ConfigError, DeviceModel, StrictModel
-from phasegrad_hw.mqtt_protocol import (
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import DEVICE_MODELS, DeviceModel
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import (
+    ConfigError,
+    DeviceError,
+    DeviceTimeoutError,
+    LimitError,
+    LockLostError,
+    ProtocolError,
+)
+from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.mqtt import (
     BrokerConfig,
     EmptyResult,
     HelloResult,
@@ -41,24 +52,18 @@ from phasegrad_hw.mqtt_protocol import (
     check_segment,
     parse_name,
 )
-from phasegrad_hw.physics import Array
-from phasegrad_hw.substrate import (
-    Capability,
-    DeviceError,
-    DeviceTimeoutError,
-    LimitError,
-    LockLostError,
-    OscillatorSubstrate,
-    PhaseReading,
-    ProtocolError,
-)
 
 log = logging.getLogger(__name__)
 
 _ERRORS: dict[str, type[Exception]] = {
-    "limit": LimitError, "invalid": LimitError, "lock_lost": LockLostError,
-    "timeout": DeviceTimeoutError, "protocol": ProtocolError, "device": DeviceError,
-    "session": DeviceError, "internal": DeviceError,
+    "limit": LimitError,
+    "invalid": LimitError,
+    "lock_lost": LockLostError,
+    "timeout": DeviceTimeoutError,
+    "protocol": ProtocolError,
+    "device": DeviceError,
+    "session": DeviceError,
+    "internal": DeviceError,
 }
 
 
@@ -96,9 +101,16 @@ class MqttSubstrate(OscillatorSubstrate):
     """Remote substrate (see module docstring). ``model`` is fetched from the agent."""
 
     def __init__(
-        self, broker: BrokerConfig, name: str, *, model: DeviceModel | None = None,
-        prefix: str = "phasegrad", timeout_s: float = 30.0, retry_s: float = 2.0,
-        seed: int | None = None, client_id: str | None = None,
+        self,
+        broker: BrokerConfig,
+        name: str,
+        *,
+        model: DeviceModel | None = None,
+        prefix: str = "phasegrad",
+        timeout_s: float = 30.0,
+        retry_s: float = 2.0,
+        seed: int | None = None,
+        client_id: str | None = None,
     ) -> None:
         bench, device = parse_name(name, "--device")
         self.topics = Topics(bench, device, check_segment("prefix", prefix))
@@ -135,12 +147,14 @@ class MqttSubstrate(OscillatorSubstrate):
             remote = model_from_agent(hello.model)
             if _base_fields(remote) != _base_fields(self.model):
                 raise ProtocolError(
-                    f"{self.topics.base}: the agent's device model differs from this one")
+                    f"{self.topics.base}: the agent's device model differs from this one"
+                )
         except BaseException:
             await self._disconnect()  # no connection task left behind
             raise
-        self.capabilities = frozenset(Capability(c) for c in hello.capabilities
-                                      if c in Capability.__members__.values())
+        self.capabilities = frozenset(
+            Capability(c) for c in hello.capabilities if c in Capability.__members__.values()
+        ) | ({Capability.RESEED} if hello.reseed else set())
         self._remote_reseed = hello.reseed
         if self.seed is not None:
             self.reseed(self.seed)
@@ -164,16 +178,27 @@ class MqttSubstrate(OscillatorSubstrate):
         delay = 0.05
         while True:
             self._sessions += 1
-            will = aiomqtt.Will(self.topics.request, json.dumps({
-                "op": "make_safe", "id": f"will-{self.client_id}-{self._sessions}",
-                "reply_to": self.client_id}).encode(), qos=1)
+            will = aiomqtt.Will(
+                self.topics.request,
+                json.dumps(
+                    {
+                        "op": "make_safe",
+                        "id": f"will-{self.client_id}-{self._sessions}",
+                        "reply_to": self.client_id,
+                    }
+                ).encode(),
+                qos=1,
+            )
             try:
                 async with self.broker.client(f"{self.client_id}-{self._sessions}", will=will) as c:
                     granted = await c.subscribe(self.topics.reply(self.client_id), qos=1)
                     if any(_code(g) >= 0x80 for g in granted):
-                        self._fail(DeviceError(
-                            f"{self.broker.uri()}: not authorized to read "
-                            f"{self.topics.reply(self.client_id)} (check the broker ACL)"))
+                        self._fail(
+                            DeviceError(
+                                f"{self.broker.uri()}: not authorized to read "
+                                f"{self.topics.reply(self.client_id)} (check the broker ACL)"
+                            )
+                        )
                         return
                     await c.subscribe(self.topics.agent_status, qos=1)
                     self._client = c
@@ -191,21 +216,36 @@ class MqttSubstrate(OscillatorSubstrate):
                         self._on_reply(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
             except aiomqtt.MqttCodeError as exc:
                 if _auth_failure(exc):
-                    self._fail(DeviceError(f"{self.broker.uri()}: the broker refused the login "
-                                           f"({exc}); check username/password"))
+                    self._fail(
+                        DeviceError(
+                            f"{self.broker.uri()}: the broker refused the login "
+                            f"({exc}); check username/password"
+                        )
+                    )
                     return
                 self.last_error = str(exc)
-                log.warning("%s: broker connection lost (%s); retrying in %.2f s",
-                            self.topics.base, exc, delay)
+                log.warning(
+                    "%s: broker connection lost (%s); retrying in %.2f s",
+                    self.topics.base,
+                    exc,
+                    delay,
+                )
             except aiomqtt.MqttError as exc:
                 if isinstance(exc.__context__ or exc.__cause__, ssl.SSLError):
-                    self._fail(DeviceError(
-                        f"{self.broker.uri()}: TLS failed ({exc}); check ?ca= / "
-                        "PHASEGRAD_HW_MQTT_CA and the broker's certificate"))
+                    self._fail(
+                        DeviceError(
+                            f"{self.broker.uri()}: TLS failed ({exc}); check ?ca= / "
+                            "PHASEGRAD_HW_MQTT_CA and the broker's certificate"
+                        )
+                    )
                     return
                 self.last_error = str(exc)
-                log.warning("%s: broker connection lost (%s); retrying in %.2f s",
-                            self.topics.base, exc, delay)
+                log.warning(
+                    "%s: broker connection lost (%s); retrying in %.2f s",
+                    self.topics.base,
+                    exc,
+                    delay,
+                )
             finally:
                 self._connected.clear()
                 self._client = None
@@ -237,8 +277,11 @@ class MqttSubstrate(OscillatorSubstrate):
         entry = self._pending.get(rep.id)
         if entry is None or entry.fut.done():
             self.late_replies += 1
-            log.info("%s: reply %s has no waiting request (late or repeated); dropped",
-                     self.topics.base, rep.id)
+            log.info(
+                "%s: reply %s has no waiting request (late or repeated); dropped",
+                self.topics.base,
+                rep.id,
+            )
             return
         entry.fut.set_result(rep)
 
@@ -263,14 +306,19 @@ class MqttSubstrate(OscillatorSubstrate):
                 if left <= 0:
                     raise DeviceTimeoutError(
                         f"{self.topics.base}: {op} (request {rid}) not answered within "
-                        f"{self.timeout_s:g} s" + (
-                            "" if self._connected.is_set() or self.last_error is None
-                            else f"; broker unreachable: {self.last_error}"))
+                        f"{self.timeout_s:g} s"
+                        + (
+                            ""
+                            if self._connected.is_set() or self.last_error is None
+                            else f"; broker unreachable: {self.last_error}"
+                        )
+                    )
                 if not self._connected.is_set():
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
                     try:
-                        await asyncio.wait([waiter, fut], timeout=left,
-                                           return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            [waiter, fut], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                        )
                     finally:
                         waiter.cancel()
                     continue
@@ -278,8 +326,12 @@ class MqttSubstrate(OscillatorSubstrate):
                 if client is not None and pending.session != self._sessions:
                     pending.session = self._sessions
                     try:
-                        await client.publish(self.topics.request, payload, qos=1,
-                                             timeout=max(0.05, min(left, self.retry_s)))
+                        await client.publish(
+                            self.topics.request,
+                            payload,
+                            qos=1,
+                            timeout=max(0.05, min(left, self.retry_s)),
+                        )
                     except Exception as exc:  # broker went away mid-publish: wait and resend
                         log.debug("%s: publish of %s failed (%s)", self.topics.base, rid, exc)
                         pending.session = -1
@@ -300,7 +352,8 @@ class MqttSubstrate(OscillatorSubstrate):
             kind = err.kind if err else "internal"
             text = err.message if err else "?"
             raise _ERRORS.get(kind, DeviceError)(
-                f"{self.topics.base}: {op} refused by the agent ({kind}): {text}")
+                f"{self.topics.base}: {op} refused by the agent ({kind}): {text}"
+            )
         return rep.result or {}
 
     @staticmethod
@@ -312,36 +365,56 @@ class MqttSubstrate(OscillatorSubstrate):
 
     # -- hooks --------------------------------------------------------------------------
     async def _apply_frequencies(self, omega: Array) -> None:
-        self._result(EmptyResult, await self._call("set_frequencies", {"omega": omega.tolist()}),
-                     "set_frequencies")
+        self._result(
+            EmptyResult,
+            await self._call("set_frequencies", {"omega": omega.tolist()}),
+            "set_frequencies",
+        )
 
     async def _apply_biases(self, values: Array) -> None:
-        self._result(EmptyResult, await self._call("set_biases", {"values": values.tolist()}),
-                     "set_biases")
+        self._result(
+            EmptyResult, await self._call("set_biases", {"values": values.tolist()}), "set_biases"
+        )
 
     async def _apply_couplings(self, values: Array) -> None:
-        self._result(EmptyResult, await self._call("set_couplings", {"values": values.tolist()}),
-                     "set_couplings")
+        self._result(
+            EmptyResult,
+            await self._call("set_couplings", {"values": values.tolist()}),
+            "set_couplings",
+        )
 
     async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
-        self._result(EmptyResult, await self._call(
-            "clamp", {"target": target.tolist(), "beta": beta, "direction": direction}), "clamp")
+        self._result(
+            EmptyResult,
+            await self._call(
+                "clamp", {"target": target.tolist(), "beta": beta, "direction": direction}
+            ),
+            "clamp",
+        )
 
     async def _apply_release(self) -> None:
         self._result(EmptyResult, await self._call("release", {}), "release")
 
     async def _read(self, averages: int) -> PhaseReading:
-        r: PhaseResult = self._result(PhaseResult, await self._call(
-            "read_phases", {"averages": averages}), "read_phases")
+        r: PhaseResult = self._result(
+            PhaseResult, await self._call("read_phases", {"averages": averages}), "read_phases"
+        )
         n = self.model.n
         if len(r.phases) != n or len(r.spread) != n:
             raise ProtocolError(f"agent reply to read_phases: {len(r.phases)} phases, expected {n}")
-        return PhaseReading(np.asarray(r.phases), np.asarray(r.spread), r.locked, r.timestamp,
-                            r.averages, r.settle_s)
+        return PhaseReading(
+            np.asarray(r.phases),
+            np.asarray(r.spread),
+            r.locked,
+            r.timestamp,
+            r.averages,
+            r.settle_s,
+        )
 
     async def _read_frequencies(self) -> Array:
-        r: VectorResult = self._result(VectorResult, await self._call("read_frequencies", {}),
-                                       "read_frequencies")
+        r: VectorResult = self._result(
+            VectorResult, await self._call("read_frequencies", {}), "read_frequencies"
+        )
         return np.asarray(r.values, dtype=np.float64)
 
     async def make_safe(self) -> None:
@@ -378,19 +451,27 @@ def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0
     so it works inside and outside a running loop)."""
 
     async def ask() -> DeviceModel:
-        sub = MqttSubstrate(broker, f"{topics.bench}/{topics.device}", prefix=topics.prefix,
-                            timeout_s=timeout_s, model=_PLACEHOLDER)
+        sub = MqttSubstrate(
+            broker,
+            f"{topics.bench}/{topics.device}",
+            prefix=topics.prefix,
+            timeout_s=timeout_s,
+            model=_PLACEHOLDER,
+        )
         sub._task = asyncio.create_task(sub._run())
         try:
             hello = HelloResult.model_validate(await sub._call("hello", {}))
         except DeviceTimeoutError:
-            why = (f"the broker is unreachable ({sub.last_error})" if sub.last_error
-                   and not sub._connected.is_set() else
-                   f"is `phasegrad-hw agent --name {topics.bench}/{topics.device}` running, "
-                   "and may this user use its topics?")
+            why = (
+                f"the broker is unreachable ({sub.last_error})"
+                if sub.last_error and not sub._connected.is_set()
+                else f"is `phasegrad-hw agent --name {topics.bench}/{topics.device}` running, "
+                "and may this user use its topics?"
+            )
             raise DeviceTimeoutError(
                 f"{broker.uri()}/{topics.bench}/{topics.device}: no agent answered within "
-                f"{timeout_s:g} s ({why})") from None
+                f"{timeout_s:g} s ({why})"
+            ) from None
         finally:
             await sub._disconnect()
         return model_from_agent(hello.model)
@@ -399,9 +480,14 @@ def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0
         return pool.submit(asyncio.run, ask()).result()
 
 
-_PLACEHOLDER = DeviceModel.model_validate({
-    "backend": "placeholder", "n_oscillators": 2, "edges": [{"i": 0, "j": 1, "k": 1.0}],
-    "roles": {"outputs": [1]}})
+_PLACEHOLDER = DeviceModel.model_validate(
+    {
+        "backend": "placeholder",
+        "n_oscillators": 2,
+        "edges": [{"i": 0, "j": 1, "k": 1.0}],
+        "roles": {"outputs": [1]},
+    }
+)
 
 
 def open_uri(uri: str, seed: int | None = None) -> MqttSubstrate:
@@ -410,8 +496,9 @@ def open_uri(uri: str, seed: int | None = None) -> MqttSubstrate:
     try:
         opts = RemoteOptions.model_validate(query)
     except ValidationError as exc:
-        from phasegrad_hw.models import format_validation_error
+        from phasegrad_hw.config import format_validation_error
 
         raise ConfigError(format_validation_error(exc, "--device ?")) from None
-    return MqttSubstrate(broker, path, prefix=opts.prefix, timeout_s=opts.timeout,
-                         retry_s=opts.retry, seed=seed)
+    return MqttSubstrate(
+        broker, path, prefix=opts.prefix, timeout_s=opts.timeout, retry_s=opts.retry, seed=seed
+    )

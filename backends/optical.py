@@ -25,17 +25,24 @@ Physics around the core locked state (:mod:`phasegrad_hw.backends._chip`):
   a phase shifter (target); −β is the same power with the phase shifted by π.
 
 The nominal ω ↔ heater-voltage curve (design crosstalk, no mismatch, no DAC) is the pure,
-vectorised pair :func:`frequencies_to_biases` / :func:`biases_to_frequencies`; a calibration
-replaces it on a substrate with :meth:`OpticalSubstrate.install_transfer`.
+vectorised pair :func:`frequencies_to_biases` / :func:`biases_to_frequencies`
+(:func:`nominal_map`); a transfer calibration assigns a measured map to
+``substrate.frequency_map`` instead.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Literal
+
 import numpy as np
 from numpy.typing import ArrayLike
-from phasegrad_hw.backends._chip import EmulatedChip, ou_step, quantise
+from pydantic import Field, model_validator
 
-from phasegrad_hw.models import OpticalChipModel
+from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
+from phasegrad_hw.device.model import BiasLimits, Limits, register_model
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -43,7 +50,130 @@ __all__ = [
     "biases_to_frequencies",
     "crosstalk_matrix",
     "frequencies_to_biases",
+    "nominal_map",
 ]
+
+
+class HeaterSpec(StrictModel):
+    """Micro-heaters: P = V²/R (``resistance_ohm``, rms relative ``resistance_mismatch``);
+    temperature rise ΔT = r_th·X·P with thermal resistance ``r_th_k_per_mw`` and the crosstalk
+    matrix X (1 on the diagonal, ``crosstalk`` to index neighbours i±1, 5–20 % typical, each
+    entry off by rms ``crosstalk_mismatch`` relative); first-order thermal response with
+    time constant ``tau_s`` (1–50 µs); ``power_ref_mw`` the heater power at ω = 0; a
+    ``dac_bits`` voltage DAC over the bias limits."""
+
+    resistance_ohm: float = Field(default=1000.0, gt=0.0)
+    resistance_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    r_th_k_per_mw: float = Field(default=2.5, gt=0.0)
+    power_ref_mw: float = Field(default=0.5, gt=0.0)
+    crosstalk: float = Field(default=0.1, ge=0.0, lt=0.5)
+    crosstalk_mismatch: float = Field(default=0.1, ge=0.0, le=1.0)
+    tau_s: float = Field(default=10e-6, gt=0.0, le=1.0)
+    dac_bits: int = Field(default=16, ge=5, le=24)
+
+
+class ResonatorSpec(StrictModel):
+    """Thermo-optic tuning ``tuning_hz_per_k`` (≈ −10 GHz/K for silicon rings, red shift);
+    ω (model units) = Δf/``freq_unit_hz``; ``offset_sigma_hz`` rms resonance offset left after
+    trimming (a fixed property of the chip)."""
+
+    tuning_hz_per_k: float = Field(default=-10e9, ge=-1e12, le=1e12)
+    freq_unit_hz: float = Field(default=1e9, gt=0.0)
+    offset_sigma_hz: float = Field(default=0.2e9, ge=0.0)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> ResonatorSpec:
+        if self.tuning_hz_per_k == 0.0:
+            raise ValueError("tuning_hz_per_k: 0.0 — must be non-zero (heaters must tune)")
+        return self
+
+
+class CouplerSpec(StrictModel):
+    """Evanescent couplers: reciprocal in magnitude, each edge off by rms relative
+    ``magnitude_mismatch``; optional non-reciprocity (rms relative K_ij/K_ji error)
+    ``nonreciprocity``; ``lsb`` step of a tunable coupler (model units, 0 = continuous).
+    The phase lag ψ is ``coupling_function.phase_lag_rad`` (Kuramoto–Sakaguchi)."""
+
+    magnitude_mismatch: float = Field(default=0.02, ge=0.0, le=0.5)
+    nonreciprocity: float = Field(default=0.0, ge=0.0, le=0.5)
+    lsb: float = Field(default=0.001, ge=0.0)
+
+
+class LaserSpec(StrictModel):
+    """Laser phase noise from the Lorentzian linewidth Δν (1 kHz–2 MHz): D = 2π·Δν rad²/s."""
+
+    linewidth_hz: float = Field(default=100e3, ge=0.0, le=100e6)
+
+
+class HomodyneSpec(StrictModel):
+    """Homodyne I/Q against the reference laser: I = cos φ + n, Q = sin φ + n with rms
+    ``iq_noise`` (relative to the field amplitude; shot noise is small), per-channel fixed
+    phase offsets of rms ``offset_sigma_rad``, ``read_interval_s`` between conversions."""
+
+    iq_noise: float = Field(default=0.01, ge=0.0, le=1.0)
+    offset_sigma_rad: float = Field(default=0.01, ge=0.0, le=3.2)
+    read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
+
+
+class AmbientSpec(StrictModel):
+    """Ambient temperature (K): Ornstein–Uhlenbeck, rms ``sigma_k``, time ``tau_s``; each
+    resonator sees it with a fixed relative spread ``gradient_fraction`` (the differential
+    part that does not cancel in the rotating frame)."""
+
+    sigma_k: float = Field(default=0.01, ge=0.0, le=10.0)
+    tau_s: float = Field(default=10.0, gt=0.0)
+    gradient_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class OpticalInjectionSpec(StrictModel):
+    """Clamp by injecting attenuated master-laser light: attenuator in ``attenuator_step_db``
+    steps up to ``max_attenuation_db`` (β = β_max·10^(−A/20), β ∝ injected field), phase
+    shifter of ``phase_bits``; per-output injection gain error ``gain_mismatch`` (rms)."""
+
+    attenuator_step_db: float = Field(default=0.05, ge=0.0, le=10.0)
+    max_attenuation_db: float = Field(default=80.0, gt=0.0)
+    phase_bits: int = Field(default=12, ge=2, le=24)
+    gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
+
+
+@register_model("optical")
+class OpticalChipModel(_ChipModel):
+    """Coupled optical micro-resonators / injection-locked lasers (DESIGN.md §5).
+
+    Biases are heater voltages (V). The emulator is :mod:`phasegrad_hw.backends.optical`.
+    """
+
+    backend: Literal["optical"] = "optical"
+    nudge: Literal["linear", "injection"] = "injection"
+    limits: Limits = Field(
+        default_factory=lambda: Limits(
+            bias=BiasLimits(min=0.0, max=1.2, safe=0.0, unit="V"), beta_max=1.0
+        )
+    )
+    heaters: HeaterSpec = Field(default_factory=HeaterSpec)
+    resonators: ResonatorSpec = Field(default_factory=ResonatorSpec)
+    couplers: CouplerSpec = Field(default_factory=CouplerSpec)
+    laser: LaserSpec = Field(default_factory=LaserSpec)
+    homodyne: HomodyneSpec = Field(default_factory=HomodyneSpec)
+    ambient: AmbientSpec = Field(default_factory=AmbientSpec)
+    injection: OpticalInjectionSpec = Field(default_factory=OpticalInjectionSpec)
+    counter_gate_s: float = Field(default=1e-3, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _optical_consistency(self) -> OpticalChipModel:
+        b = self.limits.bias
+        if b.unit != "V":
+            raise ValueError(f"limits.bias.unit: {b.unit!r} — heaters are driven in 'V'")
+        if b.min < 0.0:
+            raise ValueError(f"limits.bias.min: {b.min} V — heater voltages must be >= 0")
+        h = self.heaters
+        v_ref = (h.power_ref_mw * 1e-3 * h.resistance_ohm) ** 0.5
+        if not b.min < v_ref < b.max:
+            raise ValueError(
+                f"heaters.power_ref_mw: {h.power_ref_mw} mW (V = {v_ref:.4g} V) — must be "
+                f"reachable inside limits.bias ({b.min}, {b.max}) V"
+            )
+        return self
 
 
 def crosstalk_matrix(n: int, fraction: float) -> Array:
@@ -86,6 +216,11 @@ def frequencies_to_biases(model: OpticalChipModel, omega: ArrayLike) -> Array:
     return np.sign(p_w) * np.sqrt(np.abs(p_w) * h.resistance_ohm)
 
 
+def nominal_map(model: OpticalChipModel) -> CurveMap:
+    """The design ω ↔ bias curve of ``model`` (no mismatch, no DAC) as a frequency map."""
+    return CurveMap(partial(frequencies_to_biases, model), partial(biases_to_frequencies, model))
+
+
 class OpticalSubstrate(EmulatedChip):
     """Emulated optical micro-resonator chip (see the module docstring)."""
 
@@ -106,15 +241,17 @@ class OpticalSubstrate(EmulatedChip):
         off = X * (1.0 - np.eye(n))
         err = h.crosstalk_mismatch * rng.standard_normal((n, n))
         self.crosstalk = np.eye(n) + off * (1.0 + err)
-        self.offset_units = m.resonators.offset_sigma_hz / m.resonators.freq_unit_hz * \
-            rng.standard_normal(n)
+        self.offset_units = (
+            m.resonators.offset_sigma_hz / m.resonators.freq_unit_hz * rng.standard_normal(n)
+        )
         self.mag_err = m.couplers.magnitude_mismatch * rng.standard_normal(e)
         self.nonrecip = m.couplers.nonreciprocity * rng.standard_normal((e, 2))
-        self.iq_offset = m.homodyne.offset_sigma_rad * rng.standard_normal(n)
+        self.iq_offset: Array = m.homodyne.offset_sigma_rad * rng.standard_normal((n,))
         self.amb_weight = 1.0 + m.ambient.gradient_fraction * rng.standard_normal(n)
         self.inj_gain = 1.0 + m.injection.gain_mismatch * rng.standard_normal(len(m.roles.outputs))
-        self._k_ratio = np.array([1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k
-                                  for s in m.edges])
+        self._k_ratio = np.array(
+            [1.0 if s.k_ji is None or s.k == 0 else s.k_ji / s.k for s in m.edges]
+        )
         self._p_ref_mw = np.full(n, h.power_ref_mw)
 
     def _reset_slow(self) -> None:
@@ -133,11 +270,8 @@ class OpticalSubstrate(EmulatedChip):
         return self.model.homodyne.read_interval_s
 
     # -- maps ----------------------------------------------------------------------
-    def _nominal_forward(self, omega: Array) -> Array:
-        return frequencies_to_biases(self.model, omega)
-
-    def _nominal_inverse(self, bias: Array) -> Array:
-        return biases_to_frequencies(self.model, bias)
+    def nominal_map(self) -> FrequencyMap:
+        return nominal_map(self.model)
 
     def _quantise_bias(self, bias: Array) -> Array:
         b = self.model.limits.bias

@@ -45,7 +45,20 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
-from phasegrad_hw.firmware_models.protocol import (
+from pydantic import Field, ValidationError
+
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import (
+    ConfigError,
+    DeviceError,
+    DeviceTimeoutError,
+    LimitError,
+    ProtocolError,
+)
+from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.board import (
     MAX_LINE,
     RETRYABLE,
     SEQ_MOD,
@@ -56,19 +69,6 @@ from phasegrad_hw.firmware_models.protocol import (
     Request,
     fmt_float,
     parse_reply,
-)
-from pydantic import Field, ValidationError
-
-from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel, format_validation_error
-from phasegrad_hw.physics import Array
-from phasegrad_hw.substrate import (
-    Capability,
-    DeviceError,
-    DeviceTimeoutError,
-    LimitError,
-    OscillatorSubstrate,
-    PhaseReading,
-    ProtocolError,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class SerialSubstrate(OscillatorSubstrate):
         self.chip_model = self._typed_chip_model()
         self.capabilities = frozenset(
             Capability(c) for c in self.descriptor["capabilities"] if c in _WIRE_CAPS
-        )
+        ) | ({Capability.RESEED} if self.descriptor.get("reseed") else set())
         lim = [self.model.limits.bias.channel(i) for i in range(self.model.n)]
         self.dac_max = (1 << int(self.descriptor["dac_bits"])) - 1
         self._bias_min = np.array([c.min for c in lim])
@@ -220,7 +220,7 @@ class SerialSubstrate(OscillatorSubstrate):
     def _typed_chip_model(self) -> DeviceModel:
         """The descriptor as its emulator's own model class (e.g. with the CMOS transfer-curve
         parameters) when that backend is installed here; else the generic model."""
-        from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+        from phasegrad_hw.device.registry import FILE_BACKENDS, _resolve
 
         data = self.descriptor["model"]
         backend = data.get("backend")

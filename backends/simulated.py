@@ -12,15 +12,31 @@ full substrate with its own settings and noise RNG); reads that the chips await 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
-from phasegrad_hw.gradients import implicit_gradient, loss_grad_theta
-from phasegrad_hw.models import SimulatedDeviceModel
+from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.physics import Array, CouplingFunction, centred, solve_equilibrium, wrap
-from phasegrad_hw.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
+
+
+@register_model("simulated")
+class SimulatedDeviceModel(DeviceModel):
+    """The ideal device on the core physics, with optional seeded readout noise.
+
+    ``readout_noise_rad`` rms Gaussian noise per single read (rad); ``quantisation_rad`` the
+    readout LSB (rad, 0 = none). Biases are the frequencies themselves (unit ``model``).
+    """
+
+    backend: Literal["simulated"] = "simulated"
+    readout_noise_rad: float = Field(default=0.0, ge=0.0, le=3.2)
+    quantisation_rad: float = Field(default=0.0, ge=0.0, le=3.2)
+    settle_s: float = Field(default=0.0, ge=0.0)
+
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -214,7 +230,12 @@ class SimulatedSubstrate(OscillatorSubstrate):
     """Ideal oscillator network. Biases are frequencies (model units)."""
 
     capabilities = frozenset(
-        {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.EXACT_GRADIENT}
+        {
+            Capability.COUPLINGS,
+            Capability.FREQUENCY_COUNTER,
+            Capability.EXACT_GRADIENT,
+            Capability.RESEED,
+        }
     )
     model: SimulatedDeviceModel
 
@@ -320,14 +341,18 @@ class SimulatedSubstrate(OscillatorSubstrate):
             self.theta = theta[0]
         return theta[0], bool(ok[0])
 
-    def exact_gradient(self, target: Array) -> Array:
-        """∂L/∂ω^c by implicit differentiation at the free state (for testing estimates)."""
+    def true_state(self) -> tuple[Array, bool]:
+        """The noise-free free-running locked state (rad) and whether it is locked."""
         saved = self._clamp
         self._clamp = None
         try:
-            theta, _ = self.solve()
+            return self.solve()
         finally:
             self._clamp = saved
+
+    def exact_gradient(self, target: Array) -> Array:
+        """∂L/∂ω^c by implicit differentiation at the free state (for testing estimates)."""
+        theta, _ = self.true_state()
         e = loss_grad_theta(theta, self.model.outputs, target, self.model.nudge)
         return implicit_gradient(theta, self.K, e, self.H, ref=self.model.roles.reference)
 
@@ -336,8 +361,6 @@ class SimulatedChip(SimulatedSubstrate):
     """One virtual chip of a :class:`SimulatedBatch`; behaves like a :class:`SimulatedSubstrate`
     (same noise stream for the same seed) but its reads are solved together with those of the
     other chips that are waiting at the same moment."""
-
-    capabilities = SimulatedSubstrate.capabilities | {Capability.BATCH}
 
     def __init__(self, model: SimulatedDeviceModel, batch: SimulatedBatch, seed: int) -> None:
         super().__init__(model, seed)
@@ -357,8 +380,6 @@ class SimulatedBatch:
     one :func:`solve_equilibrium` call per nudge direction — the same states, to rounding,
     as solving chip by chip.
     """
-
-    capabilities = frozenset({Capability.BATCH})
 
     def __init__(self, model: SimulatedDeviceModel, size: int, seed: int | None = None) -> None:
         if size < 1:

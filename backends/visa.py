@@ -27,7 +27,6 @@ the SMU confirms the biases were applied throughout.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import re
@@ -40,16 +39,18 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel, register_model
-from phasegrad_hw.physics import Array, wrap
-from phasegrad_hw.substrate import (
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.frequency_map import FrequencyMap
+from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.registry import chip_nominal_map
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import (
     DeviceError,
     DeviceTimeoutError,
-    OscillatorSubstrate,
-    PhaseReading,
     ProtocolError,
     SubstrateError,
 )
+from phasegrad_hw.physics import Array, wrap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,31 +134,10 @@ class VisaBenchModel(DeviceModel):
 
     # -- chip behind the bench -------------------------------------------------------
     def chip_model(self) -> DeviceModel | None:
-        """The chip's own device model (its backend imported so its model class registers)."""
-        if self.chip is None:
-            return None
-        from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+        """The chip's own device model (None without a ``chip`` table)."""
+        from phasegrad_hw.device.registry import chip_model
 
-        backend = self.chip.get("backend")
-        if backend not in FILE_BACKENDS or backend == "visa":
-            raise ConfigError(
-                f"chip.backend: {backend!r} — allowed: "
-                f"{', '.join(sorted(b for b in FILE_BACKENDS if b != 'visa'))}"
-            )
-        _resolve(FILE_BACKENDS[backend])
-        return DeviceModel.from_dict(self.chip, source="chip.")
-
-    def bias_map(self) -> Callable[[Array], Array]:
-        """Nominal ω (model units) → bias (``limits.bias.unit``) of the chip behind the bench."""
-        chip = self.chip_model()
-        if chip is not None:
-            from phasegrad_hw.devices import FILE_BACKENDS
-
-            module = importlib.import_module(FILE_BACKENDS[chip.backend].partition(":")[0])
-            f = getattr(module, "frequencies_to_biases", None)
-            if f is not None:
-                return lambda omega: np.asarray(f(chip, omega), dtype=np.float64)
-        return lambda omega: np.asarray(omega, dtype=np.float64).copy()
+        return chip_model(self.chip, bench="visa")
 
 
 def bench_for_chip(
@@ -222,7 +202,6 @@ class VisaBench(OscillatorSubstrate):
 
     def __init__(self, model: VisaBenchModel, seed: int | None = None) -> None:
         super().__init__(model)
-        self._bias_map = model.bias_map()
         self._rm: Any = None
         self._res: dict[str, Any] = {}
         self._idn: dict[str, str] = {}
@@ -312,9 +291,9 @@ class VisaBench(OscillatorSubstrate):
         return self._idn.get("phase_meter", "").upper().startswith("PHASEGRAD-HW")
 
     # -- hooks ---------------------------------------------------------------------------
-    async def _apply_frequencies(self, omega: Array) -> None:
-        biases = self.model.check_biases(self._bias_map(omega))
-        await self._apply_biases(biases)
+    def nominal_map(self) -> FrequencyMap:
+        """The design curve of the chip behind the bench (identity without a ``chip``)."""
+        return chip_nominal_map(self.model.chip_model())
 
     async def _apply_biases(self, values: Array) -> None:
         msg = ";".join(
@@ -535,7 +514,8 @@ class VisaBench(OscillatorSubstrate):
         self._write_checked(
             "phase_meter", f"*RST;*CLS;:CONF:PHAS;:FORM:PHAS CENT;:ROUT:CLOS (@{scan})"
         )
-        if self._is_emulator():
+        if self._is_emulator():  # the emulated chip's noise seed: a declared ability
+            self.capabilities = frozenset({Capability.RESEED})
             self._write_checked("phase_meter", f":SYST:EMUL:SEED {self.seed}")
 
     def _disconnect_sync(self) -> None:

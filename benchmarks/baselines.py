@@ -32,8 +32,7 @@ def fsolve_equilibrium(
     x0 = np.zeros(n - 1) if theta0 is None else np.asarray(theta0[1:] - theta0[0], dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # MINPACK "not making progress" at 1e-13
-        x = np.asarray(fsolve(reduced_residual, x0, args=(omega_c, K), xtol=xtol),
-                       dtype=np.float64)
+        x = np.asarray(fsolve(reduced_residual, x0, args=(omega_c, K), xtol=xtol), dtype=np.float64)
     return np.concatenate(([0.0], x)), float(np.abs(reduced_residual(x, omega_c, K)).max())
 
 

@@ -29,19 +29,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.cmos import CMOSSubstrate  # noqa: E402
-from phasegrad_hw.backends.optical import OpticalSubstrate  # noqa: E402
-from phasegrad_hw.calibration.noise import calibrate_noise, centred_estimate  # noqa: E402
-from phasegrad_hw.calibration.symmetry import calibrate_symmetry  # noqa: E402
-from phasegrad_hw.calibration.transfer import TransferConfig, calibrate_transfer  # noqa: E402
-
-from phasegrad_hw.gradients import cosine  # noqa: E402
-from tests.test_calibration_common import (  # noqa: E402
+from phasegrad_hw.backends.cmos import CMOSSubstrate
+from phasegrad_hw.backends.optical import OpticalSubstrate
+from phasegrad_hw.calibration.noise import calibrate_noise, centred_estimate
+from phasegrad_hw.calibration.symmetry import calibrate_symmetry
+from phasegrad_hw.calibration.transfer import TransferConfig, calibrate_transfer
+from phasegrad_hw.physics.gradients import cosine
+from tests.unit.test_calibration_common import (  # noqa: E402
     cmos_model,
     optical_model,
     true_edge_asymmetry,
 )
-from tests.test_calibration_transfer import VTH_3PCT, _true_curve_error  # noqa: E402
+from tests.unit.test_calibration_transfer import VTH_3PCT, _true_curve_error  # noqa: E402
 
 
 async def symmetry(asym: float, seed: int) -> dict[str, Any]:
@@ -50,32 +49,50 @@ async def symmetry(asym: float, seed: int) -> dict[str, Any]:
         res = await calibrate_symmetry(chip)
         truth = true_edge_asymmetry(chip.K, model.edge_index)
     err = [e.asymmetry - truth[(e.i, e.j)] for e in res.summary.edges]
-    return {"injected": asym, "chip_seed": seed, "passed": res.summary.passed,
-            "edge_rms_error_pp": 100 * float(np.sqrt(np.mean(np.square(err))))}
+    return {
+        "injected": asym,
+        "chip_seed": seed,
+        "passed": res.summary.passed,
+        "edge_rms_error_pp": 100 * float(np.sqrt(np.mean(np.square(err)))),
+    }
 
 
 async def lag(psi: float, seed: int) -> dict[str, Any]:
     async with OpticalSubstrate(optical_model(psi), seed) as chip:
         res = await calibrate_symmetry(chip)
-    return {"psi": psi, "chip_seed": seed, "non_odd": res.summary.non_odd,
-            "passed": res.summary.passed, "estimated_lag_rad": res.nonodd.phase_lag_rad}
+    return {
+        "psi": psi,
+        "chip_seed": seed,
+        "non_odd": res.summary.non_odd,
+        "passed": res.summary.passed,
+        "estimated_lag_rad": res.nonodd.phase_lag_rad,
+    }
 
 
 async def transfer(kind: str, seed: int) -> dict[str, Any]:
     chip: CMOSSubstrate | OpticalSubstrate = (
-        CMOSSubstrate(cmos_model(oscillator__vth_mismatch_v=VTH_3PCT), seed) if kind == "cmos"
-        else OpticalSubstrate(optical_model(0.0), seed))
+        CMOSSubstrate(cmos_model(oscillator__vth_mismatch_v=VTH_3PCT), seed)
+        if kind == "cmos"
+        else OpticalSubstrate(optical_model(0.0), seed)
+    )
     async with chip:
         res = await calibrate_transfer(chip, TransferConfig())
         true_err = await _true_curve_error(chip, res.map)
-    return {"kind": kind, "chip_seed": seed, "held_out_error": res.max_error,
-            "true_curve_error": true_err, "passed": res.passed}
+    return {
+        "kind": kind,
+        "chip_seed": seed,
+        "held_out_error": res.max_error,
+        "true_curve_error": true_err,
+        "passed": res.passed,
+    }
 
 
 async def noise(kind: str, seed: int, trials: int = 40) -> dict[str, Any]:
     chip: CMOSSubstrate | OpticalSubstrate = (
-        CMOSSubstrate(cmos_model(), seed) if kind == "cmos"
-        else OpticalSubstrate(optical_model(0.0), seed))
+        CMOSSubstrate(cmos_model(), seed)
+        if kind == "cmos"
+        else OpticalSubstrate(optical_model(0.0), seed)
+    )
     async with chip:
         res = await calibrate_noise(chip)
         chip.reseed(10_000 + seed)
@@ -83,19 +100,29 @@ async def noise(kind: str, seed: int, trials: int = 40) -> dict[str, Any]:
         target = np.asarray(res.target_rad)
         await chip.read_phases(16)
         exact = chip.exact_gradient(target)[1:]
-        cos = [float(cosine((await centred_estimate(chip, target, res.beta, res.averages))[1:],
-                            exact)) for _ in range(trials)]
-    return {"kind": kind, "chip_seed": seed, "beta": res.beta, "averages": res.averages,
-            "routine_measured_cosine": res.measured_cosine, "passed": res.passed,
-            "recheck_mean_cosine": float(np.mean(cos)), "recheck_min_cosine": float(min(cos)),
-            "drift_rad2": res.noise.drift_rad2}
+        cos = [
+            float(cosine((await centred_estimate(chip, target, res.beta, res.averages))[1:], exact))
+            for _ in range(trials)
+        ]
+    return {
+        "kind": kind,
+        "chip_seed": seed,
+        "beta": res.beta,
+        "averages": res.averages,
+        "routine_measured_cosine": res.measured_cosine,
+        "passed": res.passed,
+        "recheck_mean_cosine": float(np.mean(cos)),
+        "recheck_min_cosine": float(min(cos)),
+        "drift_rad2": res.noise.drift_rad2,
+    }
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chips", type=int, default=3)
-    ap.add_argument("--out", type=Path,
-                    default=REPO / "benchmarks" / "results" / "calibration_acceptance.json")
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "calibration_acceptance.json"
+    )
     a = ap.parse_args()
     t0 = time.perf_counter()
     seeds = range(a.chips)

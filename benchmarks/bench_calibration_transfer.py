@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.calibration.transfer import calibrate_transfer
-
-from phasegrad_hw.controller import EPConfig, Parameters
-from phasegrad_hw.devices import load_device_model
-from phasegrad_hw.loop import LoopResult, train_on_substrates
-from phasegrad_hw.models import DeviceModel
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.registry import load_device_model
+from phasegrad_hw.learning.controller import EPConfig, Parameters
+from phasegrad_hw.learning.loop import LoopResult, train_on_substrates
+from phasegrad_hw.learning.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 from phasegrad_hw.physics import centred
-from phasegrad_hw.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = REPO.parent / "shared" / "data" / "hillenbrand_vowels.csv"
@@ -61,14 +61,21 @@ async def map_error(chip: CMOSSubstrate, rng: np.random.Generator, n: int = 20) 
     return worst
 
 
-async def trained(chip: CMOSSubstrate, calibrated: bool, data: Dataset, epochs: int, seed: int,
-                  params: Parameters | None = None) -> LoopResult:
+async def trained(
+    chip: CMOSSubstrate,
+    calibrated: bool,
+    data: Dataset,
+    epochs: int,
+    seed: int,
+    params: Parameters | None = None,
+) -> LoopResult:
     """EP training on ``chip`` through its nominal or calibrated map (spectral init unless
     ``params`` are given); the map is calibrated first when asked for."""
     if calibrated:
         await calibrate_transfer(chip)
-    return await train_on_substrates([chip], data, ENC, CFG, epochs=epochs, seed=seed,
-                                      init="spectral", params=params)
+    return await train_on_substrates(
+        [chip], data, ENC, CFG, epochs=epochs, seed=seed, init="spectral", params=params
+    )
 
 
 def label(calibrated: bool) -> str:
@@ -89,8 +96,11 @@ async def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="epochs of training from scratch")
     ap.add_argument("--ref-epochs", type=int, default=10, help="epochs on the reference chip")
     ap.add_argument("--ft-epochs", type=int, default=5, help="fine-tuning epochs per chip")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results"
-                    / "bench_calibration_transfer.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "bench_calibration_transfer.json",
+    )
     a = ap.parse_args()
     data = load_vowels(CSV) if CSV.exists() else synthetic_vowels()
     t_start = time.perf_counter()
@@ -102,9 +112,15 @@ async def main() -> None:
             async with CMOSSubstrate(chip_model(s), s) as chip:
                 res = await trained(chip, cal, data, a.epochs, s)
                 err = await map_error(chip, np.random.default_rng(s))
-            scratch.append({"chip_seed": s, "map": label(cal), "max_centred_omega_error": err,
-                            "test_accuracy": res.final_test_accuracy,
-                            "skipped": res.state.skipped_samples})
+            scratch.append(
+                {
+                    "chip_seed": s,
+                    "map": label(cal),
+                    "max_centred_omega_error": err,
+                    "test_accuracy": res.final_test_accuracy,
+                    "skipped": res.state.skipped_samples,
+                }
+            )
             print(json.dumps(scratch[-1]), flush=True)
 
     # 2. a network trained on a reference chip (through its calibrated map, so its ω are
@@ -116,11 +132,24 @@ async def main() -> None:
         for cal in (False, True):
             async with CMOSSubstrate(chip_model(s), s) as chip:
                 start = await trained(chip, cal, data, 0, s, ref.state.params.copy())
-                res = await train_on_substrates([chip], data, ENC, CFG, epochs=a.ft_epochs,
-                                                seed=s, params=ref.state.params.copy())
+                res = await train_on_substrates(
+                    [chip],
+                    data,
+                    ENC,
+                    CFG,
+                    epochs=a.ft_epochs,
+                    seed=s,
+                    params=ref.state.params.copy(),
+                )
             curve = [start.final_test_accuracy] + [h.test_accuracy for h in res.state.history]
-            tune.append({"chip_seed": s, "map": label(cal), "test_accuracy_by_epoch": curve,
-                         "skipped": res.state.skipped_samples})
+            tune.append(
+                {
+                    "chip_seed": s,
+                    "map": label(cal),
+                    "test_accuracy_by_epoch": curve,
+                    "skipped": res.state.skipped_samples,
+                }
+            )
             print(json.dumps(tune[-1]), flush=True)
 
     tuned = mean_by_map(tune, "test_accuracy_by_epoch")
@@ -131,12 +160,20 @@ async def main() -> None:
         "fine_tuned_mean_test_accuracy": {m: v[-1] for m, v in tuned.items()},
         "calibrated_beats_nominal_fine_tuned": tuned["calibrated"][-1] > tuned["nominal"][-1],
     }
-    out = {"vth_mismatch": MISMATCH, "chips": a.chips, "epochs": a.epochs,
-           "ref_epochs": a.ref_epochs, "ft_epochs": a.ft_epochs,
-           "data": "csv" if CSV.exists() else "synthetic",
-           "ep": CFG.model_dump(), "reference_chip_accuracy": ref.final_test_accuracy,
-           "summary": summary, "from_scratch": scratch, "fine_tune": tune,
-           "seconds": time.perf_counter() - t_start}
+    out = {
+        "vth_mismatch": MISMATCH,
+        "chips": a.chips,
+        "epochs": a.epochs,
+        "ref_epochs": a.ref_epochs,
+        "ft_epochs": a.ft_epochs,
+        "data": "csv" if CSV.exists() else "synthetic",
+        "ep": CFG.model_dump(),
+        "reference_chip_accuracy": ref.final_test_accuracy,
+        "summary": summary,
+        "from_scratch": scratch,
+        "fine_tune": tune,
+        "seconds": time.perf_counter() - t_start,
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(summary, indent=2))

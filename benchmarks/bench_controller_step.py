@@ -23,12 +23,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate  # noqa: E402
-
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
-from phasegrad_hw.loop import train_on_substrates  # noqa: E402
-from phasegrad_hw.substrate import OscillatorSubstrate, PhaseReading  # noqa: E402
-from phasegrad_hw.tasks import Encoding, synthetic_vowels  # noqa: E402
+from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
+from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from tests.doubles import model_2_5_2  # noqa: E402
 
 

@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import fsolve_equilibrium, fsolve_nudged  # noqa: E402
 
-from phasegrad_hw import gradients as gr  # noqa: E402
-from phasegrad_hw import networks as nw  # noqa: E402
-from phasegrad_hw.physics import solve_equilibrium  # noqa: E402
+from phasegrad_hw.physics import gradients as gr
+from phasegrad_hw.physics import graphs as nw
+from phasegrad_hw.physics import solve_equilibrium
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,13 @@ def _timed(fn: Callable[[], Any], number: int) -> float:
     return (time.perf_counter() - t0) / number
 
 
-def _compare(ours: Callable[[], Any], base: Callable[[], Any], repeats: int, number: int,
-             base_repeats: int | None = None) -> dict[str, float]:
+def _compare(
+    ours: Callable[[], Any],
+    base: Callable[[], Any],
+    repeats: int,
+    number: int,
+    base_repeats: int | None = None,
+) -> dict[str, float]:
     """Median seconds per call of ours and the baseline, interleaved."""
     to: list[float] = []
     tb: list[float] = []
@@ -80,17 +85,24 @@ def bench_single(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
         reps, num = (3, 1) if big else ((5, 20) if n <= 50 else (5, 3))
         if quick:
             reps, num = (1, 1) if big else (3, max(1, num // 4))
+
         def ours(w: np.ndarray = w, K: np.ndarray = K) -> object:
             return solve_equilibrium(w, K)
 
         def base(w: np.ndarray = w, K: np.ndarray = K) -> object:
             return fsolve_equilibrium(w, K)
 
-        r = _compare(ours, base, reps, num,
-                     base_repeats=1 if big else None)
-        rows.append({"N": n, **r, "ours_residual": float(eq.residual),
-                     "fsolve_residual": res_b, "ours_ok": bool(eq.ok),
-                     "max_abs_theta_diff": float(np.abs(eq.theta - th_b).max())})
+        r = _compare(ours, base, reps, num, base_repeats=1 if big else None)
+        rows.append(
+            {
+                "N": n,
+                **r,
+                "ours_residual": float(eq.residual),
+                "fsolve_residual": res_b,
+                "ours_ok": bool(eq.ok),
+                "max_abs_theta_diff": float(np.abs(eq.theta - th_b).max()),
+            }
+        )
     return rows
 
 
@@ -103,14 +115,16 @@ def bench_ep_gradient(sizes: list[int], quick: bool, beta: float = 1e-3) -> list
         tgt = th_free[outs] + 0.2
         b, t = gr.nudge_vectors(n, outs, tgt, beta)
 
-        def ours(w: np.ndarray = w, K: np.ndarray = K, b: np.ndarray = b,
-                 t: np.ndarray = t) -> np.ndarray:
+        def ours(
+            w: np.ndarray = w, K: np.ndarray = K, b: np.ndarray = b, t: np.ndarray = t
+        ) -> np.ndarray:
             free = solve_equilibrium(w, K)
             nud = solve_equilibrium(w, K, beta=b, target=t, theta0=free.theta)
             return gr.two_phase_gradient(free.theta, nud.theta, beta)
 
-        def base(w: np.ndarray = w, K: np.ndarray = K, b: np.ndarray = b,
-                 t: np.ndarray = t) -> np.ndarray:
+        def base(
+            w: np.ndarray = w, K: np.ndarray = K, b: np.ndarray = b, t: np.ndarray = t
+        ) -> np.ndarray:
             free, _ = fsolve_equilibrium(w, K)
             nud = fsolve_nudged(w, K, b, t, free)
             return gr.two_phase_gradient(free, nud, beta)
@@ -126,11 +140,19 @@ def bench_batched(B: int = 256, n: int = 9, quick: bool = False) -> dict[str, An
     Ks = np.stack([nw.erdos_renyi(n, rng) for _ in range(B)])
     W = np.stack([nw.random_frequencies(n, rng) for _ in range(B)])
     eq = solve_equilibrium(W, Ks)
-    times = [_timed(lambda: solve_equilibrium(W, Ks), 3 if quick else 10)
-             for _ in range(3 if quick else 7)]
+    times = [
+        _timed(lambda: solve_equilibrium(W, Ks), 3 if quick else 10)
+        for _ in range(3 if quick else 7)
+    ]
     t = float(np.median(times))
-    return {"B": B, "N": n, "seconds_per_batch": t, "equilibria_per_s": B / t,
-            "ok_fraction": float(eq.ok.mean()), "max_residual": float(eq.residual.max())}
+    return {
+        "B": B,
+        "N": n,
+        "seconds_per_batch": t,
+        "equilibria_per_s": B / t,
+        "ok_fraction": float(eq.ok.mean()),
+        "max_residual": float(eq.residual.max()),
+    }
 
 
 def bench_sparse(sizes: list[int], beta: float = 0.1) -> list[dict[str, Any]]:
@@ -148,10 +170,18 @@ def bench_sparse(sizes: list[int], beta: float = 0.1) -> list[dict[str, Any]]:
         minus = solve_equilibrium(w, K, beta=b, target=t, theta0=free.theta, direction=-1)
         g = gr.two_phase_gradient(free.theta, plus.theta, beta, minus.theta)
         t2 = time.perf_counter()
-        rows.append({"N": n, "edges": int(K.nnz // 2), "equilibrium_s": t1 - t0,
-                     "centred_gradient_s": t2 - t1, "total_s": t2 - t0,
-                     "ok": bool(free.ok and plus.ok and minus.ok),
-                     "residual": float(free.residual), "grad_norm": float(np.linalg.norm(g))})
+        rows.append(
+            {
+                "N": n,
+                "edges": int(K.nnz // 2),
+                "equilibrium_s": t1 - t0,
+                "centred_gradient_s": t2 - t1,
+                "total_s": t2 - t0,
+                "ok": bool(free.ok and plus.ok and minus.ok),
+                "residual": float(free.residual),
+                "grad_norm": float(np.linalg.norm(g)),
+            }
+        )
     return rows
 
 
@@ -163,8 +193,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     single_sizes = [9, 50, 200] if a.quick else [9, 50, 200, 1000]
     sparse_sizes = [10_000] if a.quick else [10_000, 100_000]
     doc: dict[str, Any] = {
-        "python": platform.python_version(), "numpy": np.__version__,
-        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
         "single_equilibrium": bench_single(single_sizes, a.quick),
         "ep_gradient": bench_ep_gradient([9, 50], a.quick),
         "batched": bench_batched(quick=a.quick),
@@ -175,13 +207,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_N9_ge_3": single[9]["ratio"] >= 3.0,
         "ratio_N200_ge_20": single[200]["ratio"] >= 20.0,
         "batched_ge_100k_per_s": doc["batched"]["equilibria_per_s"] >= 1e5,
-        "sparse_100k_lt_10s": (doc["sparse"][-1]["total_s"] < 10.0
-                               if doc["sparse"][-1]["N"] == 100_000 else None),
+        "sparse_100k_lt_10s": (
+            doc["sparse"][-1]["total_s"] < 10.0 if doc["sparse"][-1]["N"] == 100_000 else None
+        ),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=2))
-    print(json.dumps({k: doc[k] for k in ("single_equilibrium", "batched", "targets")},
-                     indent=1))
+    print(json.dumps({k: doc[k] for k in ("single_equilibrium", "batched", "targets")}, indent=1))
     return doc
 
 

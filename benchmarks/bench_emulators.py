@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from phasegrad_hw.devices import open_substrate
+from phasegrad_hw.device.registry import open_substrate
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICES = {"cmos-2-5-2": REPO / "examples/devices/cmos-2-5-2.toml",
-           "optical-2-5-2": REPO / "examples/devices/optical-2-5-2.toml"}
+DEVICES = {
+    "cmos-2-5-2": REPO / "examples/devices/cmos-2-5-2.toml",
+    "optical-2-5-2": REPO / "examples/devices/optical-2-5-2.toml",
+}
 
 
 async def bench_device(path: Path, steps: int, averages: int, seed: int) -> dict[str, Any]:
@@ -55,9 +57,15 @@ async def bench_device(path: Path, steps: int, averages: int, seed: int) -> dict
                 times.append(dt)
                 locked += int(free.locked and plus.locked and minus.locked)
     t = np.asarray(times) * 1e3
-    return {"device": path.name, "steps": steps, "averages": averages,
-            "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-            "mean_ms": float(t.mean()), "locked_fraction": locked / steps}
+    return {
+        "device": path.name,
+        "steps": steps,
+        "averages": averages,
+        "median_ms": float(np.median(t)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "mean_ms": float(t.mean()),
+        "locked_fraction": locked / steps,
+    }
 
 
 def main() -> None:
@@ -67,17 +75,26 @@ def main() -> None:
     ap.add_argument("--averages", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    results = {name: asyncio.run(bench_device(p, args.steps, args.averages, args.seed))
-               for name, p in DEVICES.items() if p.exists()}
-    out = {"benchmark": "ep_step_host_time", "target_median_ms": 2.0,
-           "cmos_meets_target": results.get("cmos-2-5-2", {}).get("median_ms", 1e9) <= 2.0,
-           "python": platform.python_version(), "machine": platform.machine(),
-           "results": results}
+    results = {
+        name: asyncio.run(bench_device(p, args.steps, args.averages, args.seed))
+        for name, p in DEVICES.items()
+        if p.exists()
+    }
+    out = {
+        "benchmark": "ep_step_host_time",
+        "target_median_ms": 2.0,
+        "cmos_meets_target": results.get("cmos-2-5-2", {}).get("median_ms", 1e9) <= 2.0,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     for name, r in results.items():
-        print(f"{name}: median {r['median_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms "
-              f"({r['steps']} steps, {r['averages']} averages, locked {r['locked_fraction']:.2f})")
+        print(
+            f"{name}: median {r['median_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms "
+            f"({r['steps']} steps, {r['averages']} averages, locked {r['locked_fraction']:.2f})"
+        )
     print(f"wrote {args.out}")
 
 

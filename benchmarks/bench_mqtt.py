@@ -30,15 +30,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.mqtt import MqttSubstrate  # noqa: E402
-from phasegrad_hw.backends.simulated import SimulatedSubstrate  # noqa: E402
-
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
-from phasegrad_hw.loop import train_on_substrates  # noqa: E402
-from phasegrad_hw.models import SimulatedDeviceModel  # noqa: E402
-from phasegrad_hw.mqtt_protocol import BrokerConfig  # noqa: E402
-from phasegrad_hw.tasks import Encoding, synthetic_vowels  # noqa: E402
-from phasegrad_hw.telemetry import Telemetry  # noqa: E402
+from phasegrad_hw.backends.mqtt import MqttSubstrate
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.fleet.telemetry import Telemetry
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
+from phasegrad_hw.wire.mqtt import BrokerConfig
 
 NAME = "bench/chip"
 AGENT = (
@@ -49,33 +47,53 @@ AGENT = (
 
 def model_2_5_2() -> SimulatedDeviceModel:
     rng = np.random.default_rng(0)
-    edges = [{"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1)
-             for h in range(2, 7)]
-    edges += [{"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7)
-              for o in (7, 8)]
+    edges = [
+        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
+    ]
+    edges += [
+        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
+    ]
     edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    return SimulatedDeviceModel.model_validate({
-        "n_oscillators": 9, "edges": edges, "readout_noise_rad": 0.01,
-        "roles": {"inputs": [0, 1], "hidden": [2, 3, 4, 5, 6], "outputs": [7, 8],
-                  "reference": 0}})
+    return SimulatedDeviceModel.model_validate(
+        {
+            "n_oscillators": 9,
+            "edges": edges,
+            "readout_noise_rad": 0.01,
+            "roles": {
+                "inputs": [0, 1],
+                "hidden": [2, 3, 4, 5, 6],
+                "outputs": [7, 8],
+                "reference": 0,
+            },
+        }
+    )
 
 
-async def throughput(model: SimulatedDeviceModel, broker: BrokerConfig, epochs: int,
-                     mode: str) -> tuple[float, float]:
+async def throughput(
+    model: SimulatedDeviceModel, broker: BrokerConfig, epochs: int, mode: str
+) -> tuple[float, float]:
     """Training samples per wall second and per CPU second of this process (the CPU figure
     includes the telemetry sender, which runs in the same process, and is insensitive to
     other load on a shared machine). Accuracy evaluations are included."""
     data = synthetic_vowels(("a", "i"), n_per_class=80, seed=0)
     tm: Telemetry | None = None
     if mode != "off":
-        tm = Telemetry(broker, NAME, step_interval_s=0.0 if mode == "every_step" else 0.5,
-                       queue_size=100_000)
+        tm = Telemetry(
+            broker, NAME, step_interval_s=0.0 if mode == "every_step" else 0.5, queue_size=100_000
+        )
         await tm.start()
     async with SimulatedSubstrate(model) as sub:
         t0, c0 = time.perf_counter(), time.process_time()
         await train_on_substrates(
-            [sub], data, Encoding(), EPConfig(), epochs=epochs, seed=0,
-            on_step=tm.on_step if tm else None, on_epoch_end=tm.on_epoch_end if tm else None)
+            [sub],
+            data,
+            Encoding(),
+            EPConfig(),
+            epochs=epochs,
+            seed=0,
+            on_step=tm.on_step if tm else None,
+            on_epoch_end=tm.on_epoch_end if tm else None,
+        )
         if tm is not None:  # count the sending of everything published during training
             while tm.queue:
                 await asyncio.sleep(0.001)
@@ -111,8 +129,12 @@ async def read_latency(sub: Any, n: int) -> list[float]:
 
 def summary(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
-            "mean_ms": float(a.mean()), "n": int(a.size)}
+    return {
+        "median_ms": float(np.median(a)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "mean_ms": float(a.mean()),
+        "n": int(a.size),
+    }
 
 
 def main() -> None:
@@ -160,12 +182,17 @@ def main() -> None:
             "ratio_every_step_vs_off": pair_ratio(wall, "every_step"),
             "cpu_ratio_on_vs_off": pair_ratio(cpu, "on"),
             "cpu_ratio_every_step_vs_off": pair_ratio(cpu, "every_step"),
-            "all_wall": wall, "all_cpu": cpu,
+            "all_wall": wall,
+            "all_cpu": cpu,
             "note": "ratios: median over repeats of (mode / the adjacent off run)",
         }
         # -- remote EP step latency --------------------------------------------------------
-        agent = subprocess.Popen([sys.executable, "-c", AGENT, str(dev), uri_agent, NAME],
-                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
+        agent = subprocess.Popen(
+            [sys.executable, "-c", AGENT, str(dev), uri_agent, NAME],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         assert agent.stdout is not None
         line = agent.stdout.readline().strip()
         if line != f"agent {NAME} ready":
@@ -178,9 +205,12 @@ def main() -> None:
                 steps = await step_latency(sub, args.steps)
             async with SimulatedSubstrate(model) as local:
                 steps_local = await step_latency(local, args.steps)
-            return {"ep_step_remote": summary(steps), "ep_step_in_process": summary(steps_local),
-                    "read_phases_round_trip": summary(reads),
-                    "mqtt_overhead_per_step_ms": float(np.median(steps) - np.median(steps_local))}
+            return {
+                "ep_step_remote": summary(steps),
+                "ep_step_in_process": summary(steps_local),
+                "read_phases_round_trip": summary(reads),
+                "mqtt_overhead_per_step_ms": float(np.median(steps) - np.median(steps_local)),
+            }
 
         result["remote"] = asyncio.run(remote())
     finally:
@@ -193,14 +223,18 @@ def main() -> None:
     path = args.out / "bench_mqtt.json"
     path.write_text(json.dumps(result, indent=2))
     t, r = result["throughput"], result["remote"]
-    print(f"throughput (samples/s): off {t['samples_per_s']['off']:.0f}, on "
-          f"{t['samples_per_s']['on']:.0f} ({100 * t['ratio_on_vs_off']:.1f} %), every step "
-          f"{t['samples_per_s']['every_step']:.0f} ({100 * t['ratio_every_step_vs_off']:.1f} %); "
-          f"per CPU s: on {100 * t['cpu_ratio_on_vs_off']:.1f} %, every step "
-          f"{100 * t['cpu_ratio_every_step_vs_off']:.1f} % of off")
-    print(f"EP step: remote {r['ep_step_remote']['median_ms']:.2f} ms, in-process "
-          f"{r['ep_step_in_process']['median_ms']:.2f} ms; read round trip "
-          f"{r['read_phases_round_trip']['median_ms']:.2f} ms  -> {path}")
+    print(
+        f"throughput (samples/s): off {t['samples_per_s']['off']:.0f}, on "
+        f"{t['samples_per_s']['on']:.0f} ({100 * t['ratio_on_vs_off']:.1f} %), every step "
+        f"{t['samples_per_s']['every_step']:.0f} ({100 * t['ratio_every_step_vs_off']:.1f} %); "
+        f"per CPU s: on {100 * t['cpu_ratio_on_vs_off']:.1f} %, every step "
+        f"{100 * t['cpu_ratio_every_step_vs_off']:.1f} % of off"
+    )
+    print(
+        f"EP step: remote {r['ep_step_remote']['median_ms']:.2f} ms, in-process "
+        f"{r['ep_step_in_process']['median_ms']:.2f} ms; read round trip "
+        f"{r['read_phases_round_trip']['median_ms']:.2f} ms  -> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Baseline (written here, following the seed paper's code path, arXiv 2604.10272):
 a time, per training sample ``scipy.optimize.fsolve`` on the reduced equilibrium equations
 (finite-difference Jacobian, started from zero phases) for the free state, then again
 (started from the free state) for the nudged state; −Δθ/β gradient, clip, update, projection
-— the same update rule as :mod:`phasegrad_hw.training`.
+— the same update rule as :mod:`phasegrad_hw.engine.ensemble`.
 
 Measured and written as JSON (default ``benchmarks/results/bench_training.json``):
 
@@ -31,11 +31,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import fsolve
 
-from phasegrad_hw.models import DeviceModel
-from phasegrad_hw.seeding import initial_omega
-from phasegrad_hw.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
-from phasegrad_hw.topology import vowel_2_5_2
-from phasegrad_hw.training import TOPOLOGY_STREAM, TrainConfig, _load_kernels, train_seeds
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.presets import vowel_2_5_2
+from phasegrad_hw.engine.ensemble import TOPOLOGY_STREAM, TrainConfig, _load_kernels, train_seeds
+from phasegrad_hw.learning.seeding import initial_omega
+from phasegrad_hw.learning.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = REPO.parent / "shared" / "data" / "hillenbrand_vowels.csv"

@@ -22,13 +22,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.serial import SerialSubstrate  # noqa: E402
-from phasegrad_hw.firmware_models.board import BoardFirmware  # noqa: E402
-from phasegrad_hw.firmware_models.server import LineServer  # noqa: E402
-
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
-from phasegrad_hw.devices import open_substrate  # noqa: E402
-from phasegrad_hw.substrate import OscillatorSubstrate  # noqa: E402
+from phasegrad_hw.backends.serial import SerialSubstrate
+from phasegrad_hw.device.registry import open_substrate
+from phasegrad_hw.device.substrate import OscillatorSubstrate
+from phasegrad_hw.firmware_models.board import BoardFirmware
+from phasegrad_hw.firmware_models.server import LineServer
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 
 DEVICE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
 

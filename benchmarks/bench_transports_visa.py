@@ -28,12 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip  # noqa: E402
-from phasegrad_hw.firmware_models.instruments import BenchEmulator  # noqa: E402
-
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample  # noqa: E402
-from phasegrad_hw.devices import load_device_model, open_substrate  # noqa: E402
-from phasegrad_hw.substrate import OscillatorSubstrate  # noqa: E402
+from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip
+from phasegrad_hw.device.registry import load_device_model, open_substrate
+from phasegrad_hw.device.substrate import OscillatorSubstrate
+from phasegrad_hw.firmware_models.instruments import BenchEmulator
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 
 CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
 CLI = (
@@ -51,7 +50,7 @@ CLI = (
 def chip_file(tmp: Path) -> Path:
     if CMOS_FILE.exists():
         return CMOS_FILE
-    from phasegrad_hw.topology import layered
+    from phasegrad_hw.device.presets import layered
 
     path = tmp / "simulated-2-5-2.toml"
     layered(2, 5, 2, np.random.default_rng(0)).save(path)

@@ -2,24 +2,22 @@
 edge phase differences, atomic file writes and progress callbacks.
 
 Everything here talks to a device only through the substrate contract
-(:class:`phasegrad_hw.substrate.OscillatorSubstrate`), so it runs unchanged on an emulator,
+(:class:`phasegrad_hw.device.substrate.OscillatorSubstrate`), so it runs unchanged on an emulator,
 a board over serial, a SCPI bench or a remote device.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from phasegrad_hw.models import CalibrationThresholds, DeviceModel
+from phasegrad_hw.device.model import CalibrationThresholds, DeviceModel
+from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import LockLostError
 from phasegrad_hw.physics import Array, CouplingFunction, wrap
-from phasegrad_hw.substrate import LockLostError, OscillatorSubstrate, PhaseReading
 
 log = logging.getLogger(__name__)
 
@@ -113,27 +111,12 @@ async def operating_point(
                 continue
             worst = float(np.abs(edge_dtheta(reading.phases, edges)).max())
             if worst <= max_edge_rad:
-                log.info("operating point: amplitude %.3g, reference detuning %.3g, "
-                         "max |Δθ| %.3f rad", amp, t, worst)
+                log.info(
+                    "operating point: amplitude %.3g, reference detuning %.3g, max |Δθ| %.3f rad",
+                    amp,
+                    t,
+                    worst,
+                )
                 return w, reading
             last = LockLostError(f"max edge |Δθ| {worst:.3f} rad > {max_edge_rad} rad")
     raise LockLostError(f"{sub.model.name}: no locked operating point found ({last})")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place, so a
-    reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())

@@ -34,6 +34,8 @@ import math
 import time
 
 import numpy as np
+from pydantic import Field
+
 from phasegrad_hw.calibration.common import (
     Progress,
     no_progress,
@@ -42,12 +44,10 @@ from phasegrad_hw.calibration.common import (
     read_locked,
     thresholds,
 )
-from pydantic import Field
-
-from phasegrad_hw.gradients import cosine
-from phasegrad_hw.models import StrictModel
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.physics import Array, wrap
-from phasegrad_hw.substrate import Capability, OscillatorSubstrate
+from phasegrad_hw.physics.gradients import cosine
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,11 @@ class NoiseModel(StrictModel):
         coef, _ = nnls(design, np.ones_like(a))
         if len(a) < 3:  # too few points for the drift term
             coef[2] = 0.0
-        return cls(white_rad2=max(float(coef[0]), floor_white), slow_rad2=float(coef[1]),
-                   drift_rad2=float(coef[2]))
+        return cls(
+            white_rad2=max(float(coef[0]), floor_white),
+            slow_rad2=float(coef[1]),
+            drift_rad2=float(coef[2]),
+        )
 
 
 def _bias_across(g: Array, c: Array, beta: float) -> float:
@@ -152,9 +155,18 @@ def _bias_across(g: Array, c: Array, beta: float) -> float:
     return float(b_perp @ b_perp)
 
 
-def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Array,
-            noise: NoiseModel, target_cos: float, safety: float, t0_read: float,
-            t1: float) -> tuple[list[Candidate], Candidate | None]:
+def _choose(
+    betas: list[float],
+    beta_max: float,
+    max_avg: int,
+    c: Array,
+    g: Array,
+    noise: NoiseModel,
+    target_cos: float,
+    safety: float,
+    t0_read: float,
+    t1: float,
+) -> tuple[list[Candidate], Candidate | None]:
     """Least averages per β inside the budget; the cheapest candidate (ties: fewer
     averages, smaller β)."""
     gn = float(g @ g)
@@ -168,9 +180,14 @@ def _choose(betas: list[float], beta_max: float, max_avg: int, c: Array, g: Arra
         if a is None or a > max_avg:
             cands.append(Candidate(beta=beta, averages=None, predicted_cosine=None, time_s=None))
             continue
-        cands.append(Candidate(
-            beta=beta, averages=a, predicted_cosine=predicted_cosine(g, c, noise, beta, a),
-            time_s=2.0 * (t0_read + a * t1)))
+        cands.append(
+            Candidate(
+                beta=beta,
+                averages=a,
+                predicted_cosine=predicted_cosine(g, c, noise, beta, a),
+                time_s=2.0 * (t0_read + a * t1),
+            )
+        )
     ok = [x for x in cands if x.averages is not None]
     best = min(ok, key=lambda x: (x.time_s or 0.0, x.averages or 0, x.beta)) if ok else None
     return cands, best
@@ -203,8 +220,9 @@ class NoiseResult(StrictModel):
     rounds: list[VerifyRound] = []
 
 
-async def centred_estimate(sub: OscillatorSubstrate, target: Array, beta: float,
-                           averages: int, repeats: int = 1) -> Array:
+async def centred_estimate(
+    sub: OscillatorSubstrate, target: Array, beta: float, averages: int, repeats: int = 1
+) -> Array:
     """−wrap(θ^{+β} − θ^{−β})/(2β) (N,), each state averaged over averages×repeats reads
     (interleaved ± to cancel slow drift); the clamp is released afterwards."""
     acc = np.zeros(sub.model.n)
@@ -222,8 +240,7 @@ async def centred_estimate(sub: OscillatorSubstrate, target: Array, beta: float,
     return g
 
 
-def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float,
-                     averages: int) -> float:
+def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float, averages: int) -> float:
     """1 − (‖b_⊥‖² + v(A)/(2β²)) / (2‖g‖²) with b = c β² (see the module docstring)."""
     err = _bias_across(g, c, beta) + noise.var(averages) / (2.0 * beta**2)
     return 1.0 - err / (2.0 * float(g @ g))
@@ -244,8 +261,11 @@ async def calibrate_noise(
     beta_max = model.limits.beta_max
     progress("operating point", 0.0)
     omega0, _ = await operating_point(
-        sub, None if cfg.omega is None else np.asarray(cfg.omega), amplitude=cfg.amplitude,
-        seed=cfg.seed, averages=min(64, max_avg),
+        sub,
+        None if cfg.omega is None else np.asarray(cfg.omega),
+        amplitude=cfg.amplitude,
+        seed=cfg.seed,
+        averages=min(64, max_avg),
     )
     # -- single-read noise and averaging
     progress("readout noise", 0.05)
@@ -297,9 +317,8 @@ async def calibrate_noise(
     g2 = (await centred_estimate(sub, target, b2, ref_avg, cfg.ref_repeats))[keep]
     c = (g1 - g2) / (b1**2 - b2**2)
     g_rich = g2 - c * b2**2
-    exact = getattr(sub, "exact_gradient", None)
-    if Capability.EXACT_GRADIENT in sub.capabilities and callable(exact):
-        g_ref = np.asarray(exact(target))[keep]
+    if Capability.EXACT_GRADIENT in sub.capabilities:
+        g_ref = np.asarray(sub.exact_gradient(target))[keep]
         reference = "exact"
     else:
         g_ref = g_rich
@@ -311,34 +330,55 @@ async def calibrate_noise(
     safety = cfg.safety
     rounds: list[VerifyRound] = []
     for attempt in range(cfg.max_rounds):
-        cands, best = _choose(betas, beta_max, max_avg, c, g_rich, noise, target_cos, safety,
-                              t0_read, t1)
+        cands, best = _choose(
+            betas, beta_max, max_avg, c, g_rich, noise, target_cos, safety, t0_read, t1
+        )
         if best is None:
             # nothing meets the (tightened) budget: the best achievable (the least-noise A)
             a_best = noise.best_averages(max_avg)
-            fall = [Candidate(beta=b, averages=a_best,
-                              predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
-                              time_s=2.0 * (t0_read + a_best * t1))
-                    for b in betas if 0 < b <= beta_max]
+            fall = [
+                Candidate(
+                    beta=b,
+                    averages=a_best,
+                    predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
+                    time_s=2.0 * (t0_read + a_best * t1),
+                )
+                for b in betas
+                if 0 < b <= beta_max
+            ]
             best = max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
-            if best is None or (rounds and best.averages == rounds[-1].averages
-                                and best.beta == rounds[-1].beta):
+            if best is None or (
+                rounds and best.averages == rounds[-1].averages and best.beta == rounds[-1].beta
+            ):
                 break
-            log.warning("noise: cosine %.3g is out of reach by the model; verifying the best "
-                        "achievable (β = %.3g, %d averages)", target_cos, best.beta, a_best)
+            log.warning(
+                "noise: cosine %.3g is out of reach by the model; verifying the best "
+                "achievable (β = %.3g, %d averages)",
+                target_cos,
+                best.beta,
+                a_best,
+            )
         if best is None:
             break
         assert best.averages is not None and best.predicted_cosine is not None
         cosines = []
         for k in range(cfg.verify_trials):
-            progress(f"verify {k + 1}/{cfg.verify_trials} (round {attempt + 1})",
-                     0.3 + 0.7 * (attempt + k / cfg.verify_trials) / cfg.max_rounds)
+            progress(
+                f"verify {k + 1}/{cfg.verify_trials} (round {attempt + 1})",
+                0.3 + 0.7 * (attempt + k / cfg.verify_trials) / cfg.max_rounds,
+            )
             g = (await centred_estimate(sub, target, best.beta, best.averages))[keep]
             cosines.append(float(cosine(g, g_ref)))
         measured = float(np.mean(cosines))
-        rounds.append(VerifyRound(beta=best.beta, averages=best.averages,
-                                  predicted_cosine=best.predicted_cosine,
-                                  measured_cosines=cosines, measured_cosine=measured))
+        rounds.append(
+            VerifyRound(
+                beta=best.beta,
+                averages=best.averages,
+                predicted_cosine=best.predicted_cosine,
+                measured_cosines=cosines,
+                measured_cosine=measured,
+            )
+        )
         if measured >= target_cos:
             break
         short = (1.0 - measured) / max(1.0 - best.predicted_cosine, 1e-12)
@@ -347,19 +387,32 @@ async def calibrate_noise(
         raise RuntimeError(
             f"noise: no β ≤ {beta_max} reaches cosine {target_cos} with ≤ {max_avg} averages "
             f"(σ_w = {np.sqrt(noise.white_rad2):.3g} rad); lower the target or raise "
-            "limits.max_averages")
+            "limits.max_averages"
+        )
     last = rounds[-1]
     cosines = last.measured_cosines
     await sub.set_frequencies(omega0)
     progress("noise done", 1.0)
     return NoiseResult(
-        rounds=rounds, noise=noise, noise_averages=n_avg, noise_variances=v_avg,
-        sigma_rad=sigma.tolist(), averaging_efficiency=eff, read_time_s=(t0_read, t1),
-        bias_coefficient=c.tolist(), gradient_norm=float(np.linalg.norm(g_ref)),
-        reference=reference, target_rad=target.tolist(), omega=omega0.tolist(),
-        target_cosine=target_cos, candidates=cands, beta=last.beta,
-        averages=last.averages, predicted_cosine=last.predicted_cosine,
-        measured_cosines=cosines, measured_cosine=last.measured_cosine,
+        rounds=rounds,
+        noise=noise,
+        noise_averages=n_avg,
+        noise_variances=v_avg,
+        sigma_rad=sigma.tolist(),
+        averaging_efficiency=eff,
+        read_time_s=(t0_read, t1),
+        bias_coefficient=c.tolist(),
+        gradient_norm=float(np.linalg.norm(g_ref)),
+        reference=reference,
+        target_rad=target.tolist(),
+        omega=omega0.tolist(),
+        target_cosine=target_cos,
+        candidates=cands,
+        beta=last.beta,
+        averages=last.averages,
+        predicted_cosine=last.predicted_cosine,
+        measured_cosines=cosines,
+        measured_cosine=last.measured_cosine,
         estimate_time_s=2.0 * (t0_read + last.averages * t1),
         passed=last.measured_cosine >= target_cos,
         duration_s=time.perf_counter() - t0,

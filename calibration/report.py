@@ -26,25 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from phasegrad_hw.calibration.common import atomic_write_text
+
 from phasegrad_hw.calibration.noise import NoiseResult
 from phasegrad_hw.calibration.stability import StabilityResult
 from phasegrad_hw.calibration.symmetry import SymmetryResult, SymmetrySummary
 from phasegrad_hw.calibration.transfer import TransferResult
-
-from phasegrad_hw.models import CalibrationThresholds, StrictModel
+from phasegrad_hw.config import StrictModel, atomic_write_text
+from phasegrad_hw.device.model import CalibrationThresholds
 
 log = logging.getLogger(__name__)
 
 FIGURES = {
     "response_matrix.png": "Phase response R = dθ/dω (reference removed) and its "
-                           "antisymmetric part R − Rᵀ (own colour scale, ratio in the title)",
+    "antisymmetric part R − Rᵀ (own colour scale, ratio in the title)",
     "edge_asymmetry.png": "Per-edge coupling asymmetry |k_ij − k_ji|/mean (±1σ) against the "
-                          "threshold; identified K_ij vs K_ji",
+    "threshold; identified K_ij vs K_ji",
     "transfer_curves.png": "Bias → frequency sweep per channel with its monotone fit; "
-                           "held-out residuals in % of each channel's span",
+    "held-out residuals in % of each channel's span",
     "lock_margins.png": "Per-edge phase margin π/2 − |Δθ| against the threshold; detuning "
-                        "range over which lock held",
+    "range over which lock held",
 }
 
 
@@ -74,42 +74,78 @@ class CalibrationReport(StrictModel):
         th = self.thresholds
         if self.symmetry_details is not None:
             s = self.symmetry_details
-            out.append(("symmetry", s.summary.passed,
-                        f"asymmetry ‖R−Rᵀ‖/‖R‖ = {s.summary.asymmetry:.4f} ± "
-                        f"{s.summary.uncertainty:.4f} (threshold {th.max_asymmetry}, noise floor "
-                        f"{s.asymmetry_floor:.4f})"))
+            out.append(
+                (
+                    "symmetry",
+                    s.summary.passed,
+                    f"asymmetry ‖R−Rᵀ‖/‖R‖ = {s.summary.asymmetry:.4f} ± "
+                    f"{s.summary.uncertainty:.4f} (threshold {th.max_asymmetry}, noise floor "
+                    f"{s.asymmetry_floor:.4f})",
+                )
+            )
             if s.max_edge_asymmetry is not None:
-                out.append(("edge asymmetry", s.edge_asymmetry_passed,
-                            f"max |k_ij−k_ji|/mean = {s.max_edge_asymmetry:.3f} over "
-                            f"{len(s.summary.edges)} identified edges "
-                            f"(threshold {th.max_edge_asymmetry})"))
+                out.append(
+                    (
+                        "edge asymmetry",
+                        s.edge_asymmetry_passed,
+                        f"max |k_ij−k_ji|/mean = {s.max_edge_asymmetry:.3f} over "
+                        f"{len(s.summary.edges)} identified edges "
+                        f"(threshold {th.max_edge_asymmetry})",
+                    )
+                )
             n = s.nonodd
-            lag = ("n/a" if n.phase_lag_rad is None else
-                   f"ψ̂ = {n.phase_lag_rad:+.3f} ± {n.phase_lag_se:.3f} rad")
-            even = ("n/a (frequencies unknown)" if n.even_fraction is None else
-                    f"even part H(0)/a1 = {n.even_fraction:+.3f} ± {n.even_se:.3f}")
-            out.append(("odd coupling", not s.summary.non_odd,
-                        f"{lag} (limit {th.max_phase_lag_rad}); {even} "
-                        f"(limit {th.max_even_fraction}); z > {th.nonodd_z} flags"))
+            lag = (
+                "n/a"
+                if n.phase_lag_rad is None
+                else f"ψ̂ = {n.phase_lag_rad:+.3f} ± {n.phase_lag_se:.3f} rad"
+            )
+            even = (
+                "n/a (frequencies unknown)"
+                if n.even_fraction is None
+                else f"even part H(0)/a1 = {n.even_fraction:+.3f} ± {n.even_se:.3f}"
+            )
+            out.append(
+                (
+                    "odd coupling",
+                    not s.summary.non_odd,
+                    f"{lag} (limit {th.max_phase_lag_rad}); {even} "
+                    f"(limit {th.max_even_fraction}); z > {th.nonodd_z} flags",
+                )
+            )
         if self.stability is not None:
             st = self.stability
-            out.append(("stability", st.passed,
-                        f"{'locked' if st.locked else 'NOT locked'}, {st.slips} slips in "
-                        f"{st.reads} reads, drift {st.max_drift_rad_per_read:.2g} rad/read, "
-                        f"min margin {st.min_margin_rad:.3f} rad, λ_min {st.min_eigenvalue:.3g}"
-                        + ("" if st.passed else " — " + "; ".join(st.failures))))
+            out.append(
+                (
+                    "stability",
+                    st.passed,
+                    f"{'locked' if st.locked else 'NOT locked'}, {st.slips} slips in "
+                    f"{st.reads} reads, drift {st.max_drift_rad_per_read:.2g} rad/read, "
+                    f"min margin {st.min_margin_rad:.3f} rad, λ_min {st.min_eigenvalue:.3g}"
+                    + ("" if st.passed else " — " + "; ".join(st.failures)),
+                )
+            )
         if self.transfer is not None:
             t = self.transfer
             err = "n/a" if t.max_error is None else f"{100 * t.max_error:.3f} %"
-            out.append(("transfer", t.passed,
-                        f"{len(t.map.channels)} channels, max held-out error {err} of span "
-                        f"(threshold {100 * th.max_transfer_error:.2f} %)"))
+            out.append(
+                (
+                    "transfer",
+                    t.passed,
+                    f"{len(t.map.channels)} channels, max held-out error {err} of span "
+                    f"(threshold {100 * th.max_transfer_error:.2f} %)",
+                )
+            )
         if self.noise is not None:
             nz = self.noise
-            out.append(("noise/β", nz.passed,
-                        f"σ ≈ {np.mean(nz.sigma_rad[1:]):.3g} rad/read; β = {nz.beta:.3g}, "
-                        f"{nz.averages} averages → cosine {nz.measured_cosine:.4f} measured "
-                        f"(predicted {nz.predicted_cosine:.4f}, target {nz.target_cosine})"))
+            out.append(
+                (
+                    "noise/β",
+                    nz.passed,
+                    f"σ ≈ {np.mean(nz.sigma_rad[1:]):.3g} rad/read; β = {nz.beta:.3g}, "
+                    f"{nz.averages} averages → cosine {nz.measured_cosine:.4f} measured "
+                    f"(predicted {nz.predicted_cosine:.4f}, target {nz.target_cosine})",
+                )
+            )
         return out
 
     def finalise(self) -> CalibrationReport:
@@ -135,8 +171,10 @@ def _fig_response(s: SymmetryResult, path: Path) -> None:
     A = R - R.T
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     labels = [str(i) for i in s.indices]
-    panels = ((axes[0], R, "R = ∂θ/∂ω^c (rad per model unit)"),
-              (axes[1], A, f"R − Rᵀ, own scale  (‖R−Rᵀ‖/‖R‖ = {s.summary.asymmetry:.3f})"))
+    panels = (
+        (axes[0], R, "R = ∂θ/∂ω^c (rad per model unit)"),
+        (axes[1], A, f"R − Rᵀ, own scale  (‖R−Rᵀ‖/‖R‖ = {s.summary.asymmetry:.3f})"),
+    )
     for ax, M, title in panels:
         vmax = float(np.abs(M).max()) or 1.0
         im = ax.imshow(M, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
@@ -146,8 +184,9 @@ def _fig_response(s: SymmetryResult, path: Path) -> None:
         ax.set_ylabel("phase of oscillator i")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.85)
-    fig.suptitle("Phase response matrix (reference removed); symmetric ⇔ identity holds",
-                 fontsize=11)
+    fig.suptitle(
+        "Phase response matrix (reference removed); symmetric ⇔ identity holds", fontsize=11
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -156,16 +195,27 @@ def _fig_edges(s: SymmetryResult, th: CalibrationThresholds, path: Path) -> None
     import matplotlib.pyplot as plt
 
     es = [e for e in s.edges if e.asymmetry is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2.2, 1]},
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2.2, 1]}, constrained_layout=True
+    )
     ax = axes[0]
     x = np.arange(len(es))
     a = np.array([e.asymmetry for e in es], dtype=float)
     sd = np.array([e.asymmetry_sigma or 0.0 for e in es], dtype=float)
-    ax.bar(x, 100 * a, yerr=100 * sd, color=np.where(a > th.max_edge_asymmetry, "tab:red",
-                                                     "tab:blue"), capsize=2)
-    ax.axhline(100 * th.max_edge_asymmetry, color="k", ls="--", lw=1,
-               label=f"threshold {100 * th.max_edge_asymmetry:.0f} %")
+    ax.bar(
+        x,
+        100 * a,
+        yerr=100 * sd,
+        color=np.where(a > th.max_edge_asymmetry, "tab:red", "tab:blue"),
+        capsize=2,
+    )
+    ax.axhline(
+        100 * th.max_edge_asymmetry,
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"threshold {100 * th.max_edge_asymmetry:.0f} %",
+    )
     ax.set_xticks(x, [f"{e.i}–{e.j}" for e in es], rotation=60, fontsize=8)
     ax.set_ylabel("|k_ij − k_ji| / mean  (%)")
     ax.set_title("Per-edge coupling asymmetry (±1σ from readout noise)", fontsize=10)
@@ -197,11 +247,13 @@ def _fig_transfer(t: TransferResult, th: CalibrationThresholds, path: Path) -> N
         axes[0].plot(fine, c.forward()(fine), "-", lw=1, color=col, label=f"ch {k}")
         if c.holdout_bias is not None and c.holdout_residual is not None:
             span = abs(c.omega[-1] - c.omega[0]) or 1.0
-            axes[1].plot(c.holdout_bias, 100 * np.asarray(c.holdout_residual) / span, ".-",
-                         lw=0.8, color=col)
+            axes[1].plot(
+                c.holdout_bias, 100 * np.asarray(c.holdout_residual) / span, ".-", lw=0.8, color=col
+            )
     axes[0].set_ylabel("ω (model units)")
-    axes[0].set_title("Bias sweep (points) and monotone PCHIP fit (lines), per channel",
-                      fontsize=10)
+    axes[0].set_title(
+        "Bias sweep (points) and monotone PCHIP fit (lines), per channel", fontsize=10
+    )
     axes[0].legend(fontsize=7, ncol=5)
     for s in (1, -1):
         axes[1].axhline(s * 100 * th.max_transfer_error, color="k", ls="--", lw=1)
@@ -219,11 +271,19 @@ def _fig_margins(st: StabilityResult, th: CalibrationThresholds, path: Path) -> 
     x = np.arange(len(st.edges))
     m = np.array([e.margin_rad for e in st.edges])
     axes[0].bar(x, m, color=np.where(m < th.min_phase_margin_rad, "tab:red", "tab:green"))
-    axes[0].axhline(th.min_phase_margin_rad, color="k", ls="--", lw=1,
-                    label=f"threshold {th.min_phase_margin_rad} rad")
+    axes[0].axhline(
+        th.min_phase_margin_rad,
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"threshold {th.min_phase_margin_rad} rad",
+    )
     axes[0].set_ylabel("π/2 − |Δθ_ij|  (rad)")
-    axes[0].set_title(f"Per-edge phase margin at the operating point (λ_min of the identified "
-                      f"reduced Laplacian = {st.min_eigenvalue:.3g})", fontsize=10)
+    axes[0].set_title(
+        f"Per-edge phase margin at the operating point (λ_min of the identified "
+        f"reduced Laplacian = {st.min_eigenvalue:.3g})",
+        fontsize=10,
+    )
     axes[0].legend(fontsize=8)
     lo = np.array([np.nan if e.detune_lo is None else e.detune_lo for e in st.edges])
     hi = np.array([np.nan if e.detune_hi is None else e.detune_hi for e in st.edges])
@@ -235,8 +295,11 @@ def _fig_margins(st: StabilityResult, th: CalibrationThresholds, path: Path) -> 
             axes[1].plot(k, lo[k], "v", color="tab:orange", ms=6)
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_ylabel("detuning of the edge's\nnon-reference end (model units)")
-    axes[1].set_title("Lock range per edge (bars: lock held; orange triangles: ω limit "
-                      "reached before lock was lost)", fontsize=10)
+    axes[1].set_title(
+        "Lock range per edge (bars: lock held; orange triangles: ω limit "
+        "reached before lock was lost)",
+        fontsize=10,
+    )
     axes[1].set_xticks(x, [f"{e.i}–{e.j}\n(ω{e.detuned})" for e in st.edges], fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -267,8 +330,13 @@ def draw_figures(report: CalibrationReport, directory: Path) -> dict[str, str]:
     return out
 
 
-def save_report(report: CalibrationReport, out_dir: str | Path, json_path: str | Path | None = None,
-                *, figures: bool = True) -> list[Path]:
+def save_report(
+    report: CalibrationReport,
+    out_dir: str | Path,
+    json_path: str | Path | None = None,
+    *,
+    figures: bool = True,
+) -> list[Path]:
     """Write figures, ``report.json`` and ``summary.txt`` into ``out_dir`` (and the JSON to
     ``json_path`` too); all-or-nothing (temporary directory, then renames)."""
     out = Path(out_dir)
@@ -314,8 +382,7 @@ async def run_calibration(
     from phasegrad_hw.calibration.stability import StabilityConfig, calibrate_stability
     from phasegrad_hw.calibration.symmetry import SymmetryConfig, calibrate_symmetry
     from phasegrad_hw.calibration.transfer import calibrate_transfer
-
-    from phasegrad_hw.substrate import Capability
+    from phasegrad_hw.device.substrate import Capability
 
     names = list(ROUTINES) if which == "all" else ([which] if isinstance(which, str) else which)
     bad = [n for n in names if n not in ROUTINES]
@@ -331,8 +398,9 @@ async def run_calibration(
             # no counter: identify the couplings first, then read frequencies off the
             # locked-state equations while sweeping each bias
             s = await calibrate_symmetry(sub, SymmetryConfig(seed=seed), lambda m, f: prog(m, f))
-            report.transfer = await calibrate_transfer(sub, None, lambda m, f: prog(m, f),
-                                                       couplings=s.couplings()[0])
+            report.transfer = await calibrate_transfer(
+                sub, None, lambda m, f: prog(m, f), couplings=s.couplings()[0]
+            )
     lap = None
     if "symmetry" in names:
         s = await calibrate_symmetry(sub, SymmetryConfig(seed=seed), lambda m, f: prog(m, f))
@@ -341,7 +409,8 @@ async def run_calibration(
         lap = s.identified_laplacian()
     if "stability" in names:
         report.stability = await calibrate_stability(
-            sub, StabilityConfig(seed=seed), lambda m, f: prog(m, f), laplacian=lap)
+            sub, StabilityConfig(seed=seed), lambda m, f: prog(m, f), laplacian=lap
+        )
     if "noise" in names:
         report.noise = await calibrate_noise(sub, NoiseConfig(seed=seed), lambda m, f: prog(m, f))
     return report.finalise()

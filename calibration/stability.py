@@ -27,6 +27,8 @@ import logging
 import time
 
 import numpy as np
+from pydantic import Field
+
 from phasegrad_hw.calibration.common import (
     Progress,
     edge_dtheta,
@@ -37,11 +39,10 @@ from phasegrad_hw.calibration.common import (
     thresholds,
 )
 from phasegrad_hw.calibration.symmetry import ProbeData, measure_probes
-from pydantic import Field
-
-from phasegrad_hw.models import StrictModel
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import LimitError, LockLostError
 from phasegrad_hw.physics import Array, wrap
-from phasegrad_hw.substrate import LimitError, LockLostError, OscillatorSubstrate, PhaseReading
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ def _drift(phases: Array, stamps: Array) -> tuple[Array, Array | None]:
     return per_read, per_s
 
 
-async def _lost(sub: OscillatorSubstrate, prev: PhaseReading, cfg: StabilityConfig
-                ) -> tuple[bool, PhaseReading]:
+async def _lost(
+    sub: OscillatorSubstrate, prev: PhaseReading, cfg: StabilityConfig
+) -> tuple[bool, PhaseReading]:
     a = await sub.read_phases(cfg.sweep_averages)
     b = await sub.read_phases(cfg.sweep_averages)
     if not (a.locked and b.locked):
@@ -136,8 +138,14 @@ async def _lost(sub: OscillatorSubstrate, prev: PhaseReading, cfg: StabilityConf
     return False, b
 
 
-async def _sweep_node(sub: OscillatorSubstrate, omega0: Array, base: PhaseReading, k: int,
-                      sign: float, cfg: StabilityConfig) -> tuple[float, bool]:
+async def _sweep_node(
+    sub: OscillatorSubstrate,
+    omega0: Array,
+    base: PhaseReading,
+    k: int,
+    sign: float,
+    cfg: StabilityConfig,
+) -> tuple[float, bool]:
     """Largest detuning (≥ 0, model units) of oscillator k in direction ``sign`` that keeps
     lock, and whether the ω limit ended the sweep. Restores ``omega0`` on the way out."""
     lim = sub.model.limits.omega
@@ -199,8 +207,11 @@ async def calibrate_stability(
     keep = non_reference(model)
     progress("operating point", 0.0)
     omega0, first = await operating_point(
-        sub, None if cfg.omega is None else np.asarray(cfg.omega), amplitude=cfg.amplitude,
-        seed=cfg.seed, averages=cfg.averages,
+        sub,
+        None if cfg.omega is None else np.asarray(cfg.omega),
+        amplitude=cfg.amplitude,
+        seed=cfg.seed,
+        averages=cfg.averages,
     )
     # -- lock check
     readings = [first]
@@ -218,14 +229,20 @@ async def calibrate_stability(
     progress("reduced Laplacian", 0.2)
     if laplacian is None:
         probes: ProbeData = await measure_probes(
-            sub, omega0, cfg.delta * np.eye(len(keep)), cfg.probe_averages,
-            progress=lambda m, f: progress("Laplacian " + m, 0.2 + 0.2 * f))
+            sub,
+            omega0,
+            cfg.delta * np.eye(len(keep)),
+            cfg.probe_averages,
+            progress=lambda m, f: progress("Laplacian " + m, 0.2 + 0.2 * f),
+        )
         lap_c = np.asarray(probes.domega) @ np.linalg.inv(np.asarray(probes.dtheta))
         laplacian = lap_c + lap_c.sum(axis=0, keepdims=True)  # −Ã = (I + 11ᵀ)(ΔΩ ΔΘ⁻¹)
     eig = np.sort(np.linalg.eigvals(laplacian).real)
     # -- lock ranges
-    edge_out = [EdgeStability(i=int(i), j=int(j), dtheta_rad=float(x), margin_rad=float(m))
-                for (i, j), x, m in zip(edges, d, margins, strict=True)]
+    edge_out = [
+        EdgeStability(i=int(i), j=int(j), dtheta_rad=float(x), margin_rad=float(m))
+        for (i, j), x, m in zip(edges, d, margins, strict=True)
+    ]
     if cfg.sweep:
         nodes = sorted({int(j) if j != ref else int(i) for i, j in edges})
         if cfg.sweep_nodes is not None:
@@ -259,19 +276,30 @@ async def calibrate_stability(
         failures.append(f"drift {max_drift:.3g} rad/read > {th.max_drift_rad_per_read}")
     if float(margins.min()) < th.min_phase_margin_rad:
         worst = int(np.argmin(margins))
-        failures.append(f"edge {edges[worst][0]}–{edges[worst][1]} phase margin "
-                        f"{margins[worst]:.3g} rad < {th.min_phase_margin_rad}")
+        failures.append(
+            f"edge {edges[worst][0]}–{edges[worst][1]} phase margin "
+            f"{margins[worst]:.3g} rad < {th.min_phase_margin_rad}"
+        )
     if float(eig[0]) < th.min_eigenvalue:
         failures.append(f"smallest Laplacian eigenvalue {eig[0]:.3g} < {th.min_eigenvalue}")
     if not restored:
         failures.append("operating point not restored after the sweep")
     progress("stability done", 1.0)
     return StabilityResult(
-        locked=all(rd.locked for rd in readings), slips=slips, reads=cfg.reads,
+        locked=all(rd.locked for rd in readings),
+        slips=slips,
+        reads=cfg.reads,
         drift_rad_per_read=per_read.tolist(),
         drift_rad_per_s=None if per_s is None else per_s.tolist(),
-        max_drift_rad_per_read=max_drift, min_margin_rad=float(margins.min()),
-        min_eigenvalue=float(eig[0]), eigenvalues=eig.tolist(), edges=edge_out,
-        restored=restored, passed=not failures, failures=failures, omega=omega0.tolist(),
-        theta=theta.tolist(), duration_s=time.perf_counter() - t0,
+        max_drift_rad_per_read=max_drift,
+        min_margin_rad=float(margins.min()),
+        min_eigenvalue=float(eig[0]),
+        eigenvalues=eig.tolist(),
+        edges=edge_out,
+        restored=restored,
+        passed=not failures,
+        failures=failures,
+        omega=omega0.tolist(),
+        theta=theta.tolist(),
+        duration_s=time.perf_counter() - t0,
     )

@@ -43,7 +43,7 @@ Non-odd test (two statistics, either flags):
    offsets, true b0 + b1 = 0.03), hence the default ``max_even_fraction`` of 0.1.
 
 A device *passes* the symmetry check when ‖R̃ − R̃ᵀ‖_F/‖R̃‖_F ≤ ``max_asymmetry``
-(device-file thresholds, :class:`phasegrad_hw.models.CalibrationThresholds`); ``non_odd`` is
+(device-file thresholds, :class:`phasegrad_hw.device.model.CalibrationThresholds`); ``non_odd`` is
 reported beside it.
 """
 
@@ -54,6 +54,8 @@ import time
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+
 from phasegrad_hw.calibration.common import (
     Progress,
     no_progress,
@@ -62,11 +64,10 @@ from phasegrad_hw.calibration.common import (
     read_locked,
     thresholds,
 )
-from pydantic import Field
-
-from phasegrad_hw.models import CalibrationThresholds, StrictModel
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import CalibrationThresholds
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.physics import Array, CouplingFunction, centred, wrap
-from phasegrad_hw.substrate import Capability, OscillatorSubstrate
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,9 @@ def relative_matrix(R: Array) -> Array:
     return np.asarray(Jc + Jc.sum(axis=-2, keepdims=True) * np.ones((n, 1)))
 
 
-def full_jacobian(R: Array, keep: NDArray[np.int64], n: int,
-                  edges: NDArray[np.int64] | None = None) -> Array:
+def full_jacobian(
+    R: Array, keep: NDArray[np.int64], n: int, edges: NDArray[np.int64] | None = None
+) -> Array:
     """J (…, N, N), J_ij = K_ij H'(θ_j − θ_i), identified from R̃ (…, n, n).
 
     The array locks at a common frequency Ω: ω_i + Σ_j K_ij H(θ_j − θ_i) = Ω for every i,
@@ -252,12 +254,14 @@ def full_jacobian(R: Array, keep: NDArray[np.int64], n: int,
         row = J[..., j, :].copy()
         diag = row[..., j]
         others = np.delete(row, [j, ref], axis=-1)
-        J[..., j, ref] = -diag - np.sum(np.where(adj[j][np.delete(idx, [j, ref])], others, 0.0),
-                                         axis=-1)
+        J[..., j, ref] = -diag - np.sum(
+            np.where(adj[j][np.delete(idx, [j, ref])], others, 0.0), axis=-1
+        )
     J[..., idx, idx] = np.nan
     # known zeros stay zero (non-edges): noise there is not a coupling
     J[..., ~adj & ~np.eye(n, dtype=bool)] = np.where(
-        np.isnan(J[..., ~adj & ~np.eye(n, dtype=bool)]), np.nan, 0.0)
+        np.isnan(J[..., ~adj & ~np.eye(n, dtype=bool)]), np.nan, 0.0
+    )
     return J
 
 
@@ -375,12 +379,14 @@ async def measure_probes(
             var[:, col] = v_sum / repeats**2
     finally:
         await sub.set_frequencies(omega0)
-    return ProbeData(dtheta=dTheta.tolist(), sigma=np.sqrt(var).tolist(),
-                     domega=dOmega.tolist(), reads=reads)
+    return ProbeData(
+        dtheta=dTheta.tolist(), sigma=np.sqrt(var).tolist(), domega=dOmega.tolist(), reads=reads
+    )
 
 
-def _probe_scale(omega0: Array, probes: Array, keep: NDArray[np.int64], ref: int,
-                 lo: float, hi: float) -> float:
+def _probe_scale(
+    omega0: Array, probes: Array, keep: NDArray[np.int64], ref: int, lo: float, hi: float
+) -> float:
     """Largest factor ≤ 1 that keeps ω₀ ± scale·u inside [lo, hi] (5 % headroom)."""
     u = np.zeros(len(omega0))
     u[keep] = np.abs(probes).max(axis=1)
@@ -412,45 +418,72 @@ async def calibrate_symmetry(
     if cfg.averages > cap or cfg.pilot_averages > cap:
         # the device reads at most ``cap`` per call: more repeats make up the difference
         extra = -(-cfg.averages // cap)
-        cfg = cfg.model_copy(update={"averages": max(2, min(cfg.averages, cap)),
-                                     "pilot_averages": max(2, min(cfg.pilot_averages, cap)),
-                                     "repeats": cfg.repeats * extra})
+        cfg = cfg.model_copy(
+            update={
+                "averages": max(2, min(cfg.averages, cap)),
+                "pilot_averages": max(2, min(cfg.pilot_averages, cap)),
+                "repeats": cfg.repeats * extra,
+            }
+        )
     th = thresholds(model)
     keep = non_reference(model)
     ref = model.roles.reference
     lim = model.limits.omega
     progress("operating point", 0.0)
     omega0, base = await operating_point(
-        sub, None if cfg.omega is None else np.asarray(cfg.omega), amplitude=cfg.amplitude,
-        seed=cfg.seed, averages=cfg.averages,
+        sub,
+        None if cfg.omega is None else np.asarray(cfg.omega),
+        amplitude=cfg.amplitude,
+        seed=cfg.seed,
+        averages=cfg.averages,
     )
     counter = cfg.use_counter and Capability.FREQUENCY_COUNTER in sub.capabilities
     omega_meas = np.asarray(await sub.read_frequencies()) if counter else None
     n = len(keep)
     pilot_p = cfg.delta * np.eye(n)
     pilot_p *= _probe_scale(omega0, pilot_p, keep, ref, lim.min, lim.max)
-    pilot = await measure_probes(sub, omega0, pilot_p, cfg.pilot_averages, 1, cfg.use_counter,
-                                 lambda m, f: progress("pilot " + m, 0.05 + 0.25 * f))
+    pilot = await measure_probes(
+        sub,
+        omega0,
+        pilot_p,
+        cfg.pilot_averages,
+        1,
+        cfg.use_counter,
+        lambda m, f: progress("pilot " + m, 0.05 + 0.25 * f),
+    )
     reads = pilot.reads
     if cfg.probe_phase_rad > 0:
         J1 = -np.asarray(pilot.domega) @ np.linalg.inv(np.asarray(pilot.dtheta))
         probes = -J1 * cfg.probe_phase_rad
         probes *= _probe_scale(omega0, probes, keep, ref, lim.min, lim.max)
-        main = await measure_probes(sub, omega0, probes, cfg.averages, cfg.repeats,
-                                    cfg.use_counter,
-                                    lambda m, f: progress("main " + m, 0.3 + 0.65 * f),
-                                    dither=cfg.dither, seed=cfg.seed)
+        main = await measure_probes(
+            sub,
+            omega0,
+            probes,
+            cfg.averages,
+            cfg.repeats,
+            cfg.use_counter,
+            lambda m, f: progress("main " + m, 0.3 + 0.65 * f),
+            dither=cfg.dither,
+            seed=cfg.seed,
+        )
         reads += main.reads
     else:
         main = pilot
     after = await read_locked(sub, cfg.averages)
     theta = np.angle(np.exp(1j * base.phases) + np.exp(1j * after.phases))
     progress("analysis", 0.95)
-    known_omega = omega_meas is not None or getattr(sub, "transfer_map", None) is not None
+    known_omega = omega_meas is not None or sub.map_source not in ("device", "nominal")
     result = analyse(
-        model_edges=model.edge_index, n=model.n, keep=keep, probes=main, theta=theta,
+        model_edges=model.edge_index,
+        n=model.n,
+        keep=keep,
+        probes=main,
+        theta=theta,
         omega_c=centred(omega0 if omega_meas is None else omega_meas) if known_omega else None,
-        harmonics=tuple(model.coupling_function.harmonics), cfg=cfg, th_max=th,
+        harmonics=tuple(model.coupling_function.harmonics),
+        cfg=cfg,
+        th_max=th,
     )
     result.omega = omega0.tolist()
     result.omega_measured = None if omega_meas is None else omega_meas.tolist()
@@ -458,8 +491,12 @@ async def calibrate_symmetry(
     result.reads = reads + 2
     result.duration_s = time.perf_counter() - t0
     progress("symmetry done", 1.0)
-    log.info("symmetry: asymmetry %.4f ± %.4f, non-odd %s", result.summary.asymmetry,
-             result.summary.uncertainty, result.summary.non_odd)
+    log.info(
+        "symmetry: asymmetry %.4f ± %.4f, non-odd %s",
+        result.summary.asymmetry,
+        result.summary.uncertainty,
+        result.summary.non_odd,
+    )
     return result
 
 
@@ -518,17 +555,25 @@ def analyse(
             asym = float(abs(kij - kji) / (0.5 * (kij + kji)))
             ad = np.abs(Kd[:, i, j] - Kd[:, j, i]) / (0.5 * (Kd[:, i, j] + Kd[:, j, i]))
             asym_sd = float(np.std(ad))
-            summary_edges.append(EdgeCoupling(i=int(i), j=int(j), k_ij=float(kij),
-                                              k_ji=float(kji), asymmetry=asym))
+            summary_edges.append(
+                EdgeCoupling(i=int(i), j=int(j), k_ij=float(kij), k_ji=float(kji), asymmetry=asym)
+            )
             if J[i, j] > 0 and J[j, i] > 0:
                 lag_rho.append(float(np.log(J[i, j] / J[j, i])))
                 lag_d.append(d)
-        edges.append(EdgeDetail(
-            i=int(i), j=int(j), k_ij=opt(kij), k_ji=opt(kji),
-            k_ij_sigma=opt(float(np.std(Kd[:, i, j]))) if np.isfinite(kij) else None,
-            k_ji_sigma=opt(float(np.std(Kd[:, j, i]))) if np.isfinite(kji) else None,
-            asymmetry=asym, asymmetry_sigma=asym_sd, dtheta_rad=d,
-        ))
+        edges.append(
+            EdgeDetail(
+                i=int(i),
+                j=int(j),
+                k_ij=opt(kij),
+                k_ji=opt(kji),
+                k_ij_sigma=opt(float(np.std(Kd[:, i, j]))) if np.isfinite(kij) else None,
+                k_ji_sigma=opt(float(np.std(Kd[:, j, i]))) if np.isfinite(kji) else None,
+                asymmetry=asym,
+                asymmetry_sigma=asym_sd,
+                dtheta_rad=d,
+            )
+        )
 
     # --- non-odd statistic 1: lag pattern of ln(J_ij/J_ji) against Δθ
     psi = psi_se = psi_z = None
@@ -566,24 +611,45 @@ def analyse(
     edge_asyms = [e.asymmetry for e in summary_edges]
     max_edge = max(edge_asyms) if edge_asyms else None
     summary = SymmetrySummary(
-        asymmetry=a, uncertainty=a_sd, passed=bool(a <= th_max.max_asymmetry),
-        non_odd=non_odd, edges=summary_edges,
+        asymmetry=a,
+        uncertainty=a_sd,
+        passed=bool(a <= th_max.max_asymmetry),
+        non_odd=non_odd,
+        edges=summary_edges,
     )
     if floor > th_max.max_asymmetry:
-        log.warning("symmetry: noise floor %.3g exceeds the threshold %.3g; raise averages/delta",
-                    floor, th_max.max_asymmetry)
+        log.warning(
+            "symmetry: noise floor %.3g exceeds the threshold %.3g; raise averages/delta",
+            floor,
+            th_max.max_asymmetry,
+        )
     return SymmetryResult(
-        summary=summary, max_asymmetry=th_max.max_asymmetry, asymmetry_floor=floor,
+        summary=summary,
+        max_asymmetry=th_max.max_asymmetry,
+        asymmetry_floor=floor,
         max_edge_asymmetry=max_edge,
         edge_asymmetry_passed=bool(max_edge is None or max_edge <= th_max.max_edge_asymmetry),
         edges=edges,
         nonodd=NonOddTest(
-            phase_lag_rad=psi, phase_lag_se=psi_se, phase_lag_z=psi_z, lag_edges=len(lag_rho),
-            even_fraction=c, even_se=c_se, even_z=c_z, flagged_lag=flagged_lag,
+            phase_lag_rad=psi,
+            phase_lag_se=psi_se,
+            phase_lag_z=psi_z,
+            lag_edges=len(lag_rho),
+            even_fraction=c,
+            even_se=c_se,
+            even_z=c_z,
+            flagged_lag=flagged_lag,
             flagged_even=flagged_even,
         ),
-        indices=keep.tolist(), response=R.tolist(), response_sigma=sigma.tolist(),
-        omega=[], omega_measured=None, theta=theta.tolist(), delta=cfg.delta,
-        averages=cfg.averages, frequencies_measured=omega_c is not None, reads=0,
+        indices=keep.tolist(),
+        response=R.tolist(),
+        response_sigma=sigma.tolist(),
+        omega=[],
+        omega_measured=None,
+        theta=theta.tolist(),
+        delta=cfg.delta,
+        averages=cfg.averages,
+        frequencies_measured=omega_c is not None,
+        reads=0,
         duration_s=0.0,
     )

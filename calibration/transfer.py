@@ -15,32 +15,24 @@ Without a frequency counter the curve comes from the phase response
 the locked-state equations give every channel's frequency relative to the reference from
 one phase read; each channel is swept over the bias range where lock holds.
 
-Hook: :func:`install_transfer` calls the substrate's own ``install_transfer(forward,
-inverse)`` (the emulated chips have one) or, for any other substrate, replaces its
-frequency→bias mapping by ``set_biases(map.bias(ω))``; it sets ``substrate.transfer_map``.
+:func:`install_transfer` assigns the fitted :class:`~phasegrad_hw.device.frequency_map.TransferMap`
+to ``substrate.frequency_map``: ``set_frequencies`` then sets ``set_biases(map.bias(ω))``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-from phasegrad_hw.calibration.common import Progress, atomic_write_text, no_progress, thresholds
-from pydantic import Field, PrivateAttr
-from scipy.interpolate import PchipInterpolator
+from pydantic import Field
 
-from phasegrad_hw.models import ConfigError, StrictModel
+from phasegrad_hw.calibration.common import Progress, no_progress, thresholds
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.frequency_map import ChannelCurve, TransferMap
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
+from phasegrad_hw.errors import ConfigError, DeviceError, LockLostError
 from phasegrad_hw.physics import Array
-from phasegrad_hw.substrate import (
-    Capability,
-    DeviceError,
-    LimitError,
-    LockLostError,
-    OscillatorSubstrate,
-)
 
 log = logging.getLogger(__name__)
 
@@ -62,155 +54,12 @@ def isotonic(y: Array, increasing: bool = True) -> Array:
     return out * (1.0 if increasing else -1.0)
 
 
-class ChannelCurve(StrictModel):
-    """Channel k swept with the others at their safe biases: ``bias`` (device unit) and the
-    fitted own frequency ``omega`` (model units, strictly monotone); ``crosstalk`` (points,
-    N) the change of every channel's frequency against the safe point (own column 0; None
-    when below the counter noise); ``error`` max held-out error relative to the span."""
-
-    bias: list[float] = Field(min_length=2)
-    omega: list[float] = Field(min_length=2)
-    increasing: bool = True
-    crosstalk: list[list[float]] | None = None
-    error: float | None = None
-    holdout_bias: list[float] | None = None  # held-out bias points (device unit)
-    holdout_residual: list[float] | None = None  # fit − measurement there (model units)
-
-    def forward(self) -> PchipInterpolator:
-        return PchipInterpolator(np.asarray(self.bias), np.asarray(self.omega), extrapolate=False)
-
-    def inverse(self) -> PchipInterpolator:
-        b, w = np.asarray(self.bias), np.asarray(self.omega)
-        order = np.argsort(w)
-        return PchipInterpolator(w[order], b[order], extrapolate=False)
-
-
-class TransferMap(StrictModel):
-    """Calibrated bias ↔ ω map (the ``transfer`` part of a report and the
-    ``<device>.transfer.json`` file saved next to a device file).
-
-    Separable model: ω_i(b) = f_i(b_i) + Σ_{j≠i} c_ij(b_j), f_i the channel's own curve
-    (others at safe biases) and c_ij the crosstalk of channel j onto i measured in j's
-    sweep (heater crosstalk; zero for a CMOS array). The inverse solves
-    b_i = f_i⁻¹(ω_i − Σ_{j≠i} c_ij(b_j)) by fixed-point iteration (converges for crosstalk
-    below 1, i.e. diagonally dominant)."""
-
-    device: str
-    unit: str
-    channels: list[ChannelCurve]
-    source: str = "frequency_counter"
-    _cache: dict[str, Any] = PrivateAttr(default_factory=dict)
-
-    def _interp(self) -> tuple[list[Any], list[Any], list[Any | None]]:
-        if "f" not in self._cache:
-            self._cache["f"] = [c.forward() for c in self.channels]
-            self._cache["inv"] = [c.inverse() for c in self.channels]
-            self._cache["x"] = [
-                None if c.crosstalk is None else PchipInterpolator(
-                    np.asarray(c.bias), np.asarray(c.crosstalk), axis=0, extrapolate=False)
-                for c in self.channels]
-        return self._cache["f"], self._cache["inv"], self._cache["x"]
-
-    def _range_error(self, name: str, values: Array, k: int, lo: float, hi: float) -> LimitError:
-        unit = f" {self.unit}" if name == "bias" else ""
-        return LimitError(f"{name}[{k}]: {values[k]:.6g}{unit} is outside the calibrated range "
-                          f"[{lo:.6g}, {hi:.6g}]{unit} of channel {k}")
-
-    def _crosstalk(self, b: Array) -> Array:
-        _, _, xs = self._interp()
-        out = np.zeros(len(self.channels))
-        for x, v in zip(xs, b, strict=True):
-            if x is not None:
-                out += x(v)
-        return out
-
-    @staticmethod
-    def _invert(f: Any, g: Any, y: float) -> float:
-        """x with f(x) = y: the swapped PCHIP g as a start, then Newton on f itself (the two
-        interpolants differ between knots; this makes bias() the exact inverse)."""
-        x = float(g(y))
-        if not np.isfinite(x):
-            return x
-        lo, hi = float(f.x[0]), float(f.x[-1])
-        d = f.derivative()
-        for _ in range(8):
-            slope = float(d(x))
-            if slope == 0 or not np.isfinite(slope):
-                break
-            step = (float(f(x)) - y) / slope
-            x = min(max(x - step, lo), hi)
-            if abs(step) < 1e-15 * max(1.0, abs(x)):
-                break
-        return x
-
-    def frequency(self, bias: Any) -> Array:
-        """ω (N,) model units for biases (N,) in the device unit."""
-        b = np.asarray(bias, dtype=np.float64)
-        fs, _, _ = self._interp()
-        own = np.array([float(f(x)) for f, x in zip(fs, b, strict=True)])
-        bad = np.flatnonzero(~np.isfinite(own))
-        if bad.size:
-            c = self.channels[int(bad[0])]
-            raise self._range_error("bias", b, int(bad[0]), min(c.bias), max(c.bias))
-        return own + self._crosstalk(b)
-
-    def bias(self, omega: Any) -> Array:
-        """Biases (N,) in the device unit that give ω (N,) model units."""
-        w = np.asarray(omega, dtype=np.float64)
-        n = len(self.channels)
-        if w.shape != (n,):
-            raise LimitError(f"omega: shape {w.shape} does not match the map ({n},)")
-        _, inv, xs = self._interp()
-        b = np.zeros(n)
-        target = w.copy()
-        fs, _, _ = self._interp()
-        for _ in range(100):
-            new = np.array([self._invert(f, g, x) for f, g, x in zip(fs, inv, target, strict=True)])
-            bad = np.flatnonzero(~np.isfinite(new))
-            if bad.size:
-                k = int(bad[0])
-                c = self.channels[k]
-                raise self._range_error("omega", target, k, min(c.omega), max(c.omega))
-            done = float(np.abs(new - b).max()) < 1e-13
-            b = new
-            if done or all(x is None for x in xs):
-                break
-            target = w - self._crosstalk(b)
-        return b
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), self.model_dump_json(indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> TransferMap:
-        p = Path(path)
-        try:
-            return cls.model_validate_json(p.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
-        except ValueError as exc:
-            raise ConfigError(f"{p}: not a transfer map ({str(exc).splitlines()[0]})") from None
-
-
-def transfer_path(device_file: str | Path) -> Path:
-    """Where a device file's transfer map lives: ``<stem>.transfer.json`` next to it."""
-    p = Path(device_file)
-    return p.with_name(p.stem + ".transfer.json")
-
-
 def install_transfer(sub: OscillatorSubstrate, tmap: TransferMap) -> None:
-    """Make ``sub.set_frequencies`` map ω → bias through ``tmap`` (see module docstring)."""
+    """Make ``sub.set_frequencies`` map ω → bias through ``tmap`` (a calibrated
+    :class:`~phasegrad_hw.device.frequency_map.TransferMap`)."""
     if len(tmap.channels) != sub.model.n:
         raise ConfigError(f"transfer map: {len(tmap.channels)} channels, device has {sub.model.n}")
-    hook = getattr(sub, "install_transfer", None)
-    if callable(hook):
-        hook(tmap.bias, tmap.frequency)
-    else:
-        async def _apply_frequencies(omega: Array) -> None:
-            await sub.set_biases(tmap.bias(omega))
-
-        sub._apply_frequencies = _apply_frequencies  # type: ignore[method-assign]
-    sub.transfer_map = tmap  # type: ignore[attr-defined]
+    sub.frequency_map = tmap
     log.info("transfer map installed on %s", sub.model.name)
 
 
@@ -274,7 +123,8 @@ async def calibrate_transfer(
             raise DeviceError(
                 f"{sub.model.name}: transfer calibration needs a frequency counter "
                 "(capability 'frequency_counter') or identified couplings (run the symmetry "
-                "calibration first); this device has neither")
+                "calibration first); this device has neither"
+            )
         return await transfer_from_phases(sub, couplings, cfg, progress)
     t0 = time.perf_counter()
     model = sub.model
@@ -314,7 +164,8 @@ async def calibrate_transfer(
         install_transfer(sub, tmap)
     progress("transfer done", 1.0)
     return TransferResult(
-        map=tmap, max_error=max_err,
+        map=tmap,
+        max_error=max_err,
         passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
         duration_s=time.perf_counter() - t0,
     )
@@ -350,8 +201,9 @@ async def transfer_from_phases(
 
     async def rel() -> Array | None:
         try:
-            rd = await read_locked(sub, min(cfg.phase_averages, model.limits.max_averages),
-                                   retries=1)
+            rd = await read_locked(
+                sub, min(cfg.phase_averages, model.limits.max_averages), retries=1
+            )
         except LockLostError:
             return None
         th = rd.phases
@@ -391,8 +243,11 @@ async def transfer_from_phases(
                 await sub.set_biases(safe)
             idx = sorted(got)
             fit_idx = [g for g in idx if g % 2 == 0]
-            hold = [g for g in idx if g % 2 == 1 and min(fit_idx, default=g) < g < max(fit_idx,
-                                                                                        default=g)]
+            hold = [
+                g
+                for g in idx
+                if g % 2 == 1 and min(fit_idx, default=g) < g < max(fit_idx, default=g)
+            ]
             if len(fit_idx) < 4:
                 raise LockLostError(f"channel {k}: lock holds over fewer than 4 sweep points")
             curve = fit_channel(grid[fit_idx], np.array([got[g] for g in fit_idx]))
@@ -406,15 +261,17 @@ async def transfer_from_phases(
             channels.append(curve)
     finally:
         await sub.set_biases(safe)
-    tmap = TransferMap(device=model.name, unit=model.limits.bias.unit, channels=channels,
-                       source="phase_response")
+    tmap = TransferMap(
+        device=model.name, unit=model.limits.bias.unit, channels=channels, source="phase_response"
+    )
     errs = [c.error for c in channels if c.error is not None]
     max_err = max(errs) if errs else None
     if cfg.install:
         install_transfer(sub, tmap)
     progress("transfer done", 1.0)
     return TransferResult(
-        map=tmap, max_error=max_err,
+        map=tmap,
+        max_error=max_err,
         passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
         duration_s=time.perf_counter() - t0,
     )

@@ -7,10 +7,10 @@ compares −(θ^β − θ*)/β with the exact implicit gradient.
 import asyncio
 
 import numpy as np
-from phasegrad_hw.backends.simulated import SimulatedSubstrate
 
-from phasegrad_hw.gradients import cosine, two_phase_gradient
-from phasegrad_hw.models import DeviceModel
+from phasegrad_hw.backends.simulated import SimulatedSubstrate
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.physics.gradients import cosine, two_phase_gradient
 
 MODEL = DeviceModel.from_dict(
     {

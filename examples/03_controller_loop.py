@@ -11,13 +11,12 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample
-from phasegrad_hw.gradients import cosine
-from phasegrad_hw.loop import LoopState, train_on_substrates
-from phasegrad_hw.models import SimulatedDeviceModel
-from phasegrad_hw.tasks import Dataset, Encoding
+from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+from phasegrad_hw.learning.tasks import Dataset, Encoding
+from phasegrad_hw.physics.gradients import cosine
 
 
 def vowel_device(noise_rad: float) -> SimulatedDeviceModel:

@@ -11,16 +11,16 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-from phasegrad_hw.backends.cmos import CMOSSubstrate
 
-from phasegrad_hw.gradients import cosine, two_phase_gradient
-from phasegrad_hw.models import CMOSChipModel
+from phasegrad_hw.backends.cmos import CMOSChipModel, CMOSSubstrate
+from phasegrad_hw.physics.gradients import cosine, two_phase_gradient
 
 DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
 
 
-async def estimate(chip: CMOSSubstrate, target: np.ndarray, beta: float,
-                   averages: int) -> np.ndarray:
+async def estimate(
+    chip: CMOSSubstrate, target: np.ndarray, beta: float, averages: int
+) -> np.ndarray:
     await chip.clamp(target, beta)
     plus = await chip.read_phases(averages)
     await chip.clamp(target, beta, direction=-1)
@@ -37,17 +37,24 @@ async def main() -> None:
         free = await chip.read_phases(256)
         print("bias (V):         ", np.round(chip.bias, 5))
         print("true ω (model):   ", np.round(chip.true_frequencies(), 3))
-        print("free phases (rad):", np.round(free.phases, 3), "locked:", free.locked,
-              f"settle {free.settle_s * 1e9:.1f} ns")
+        print(
+            "free phases (rad):",
+            np.round(free.phases, 3),
+            "locked:",
+            free.locked,
+            f"settle {free.settle_s * 1e9:.1f} ns",
+        )
         target = free.phases[chip.model.outputs] + np.array([-0.5, 0.5])
         exact = chip.exact_gradient(target)
         results = {}
         for beta, averages in ((0.01, 1), (0.1, 16), (0.3, 256)):
-            cs = [float(cosine(await estimate(chip, target, beta, averages), exact))
-                  for _ in range(5)]
+            cs = [
+                float(cosine(await estimate(chip, target, beta, averages), exact)) for _ in range(5)
+            ]
             results[(beta, averages)] = float(np.mean(cs))
-            print(f"beta {beta:<5} averages {averages:<4} centred cosine to exact: "
-                  f"{np.mean(cs):+.4f}")
+            print(
+                f"beta {beta:<5} averages {averages:<4} centred cosine to exact: {np.mean(cs):+.4f}"
+            )
     assert results[(0.3, 256)] >= 0.99
     assert results[(0.01, 1)] < results[(0.3, 256)] - 0.2
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from phasegrad_hw.backends.serial import SerialSubstrate
+from phasegrad_hw.device.registry import open_substrate
+from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
-
-from phasegrad_hw.controller import EPConfig, EPController, Parameters, Sample
-from phasegrad_hw.devices import open_substrate
-from phasegrad_hw.substrate import OscillatorSubstrate
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 
 DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
 

@@ -14,12 +14,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phasegrad_hw.backends.simulated import SimulatedSubstrate  # noqa: E402
-from phasegrad_hw.backends.visa import VisaBench, bench_for_chip  # noqa: E402
-from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault  # noqa: E402
-
-from phasegrad_hw.gradients import two_phase_gradient  # noqa: E402
-from phasegrad_hw.models import DeviceModel  # noqa: E402
+from phasegrad_hw.backends.simulated import SimulatedSubstrate
+from phasegrad_hw.backends.visa import VisaBench, bench_for_chip
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
+from phasegrad_hw.physics.gradients import two_phase_gradient
 
 # the 2+5+2 vowel topology (inputs 0,1; hidden 2..6 chained; outputs 7,8; reference 0)
 rng = np.random.default_rng(0)
@@ -27,11 +26,16 @@ edges = [(i, h) for i in (0, 1) for h in range(2, 7)]
 edges += [(h, o) for h in range(2, 7) for o in (7, 8)]
 ks = list(2 * rng.uniform(0.5, 1.5, len(edges))) + list(2 * rng.uniform(0.5, 1.0, 4))
 edges += [(h, h + 1) for h in range(2, 6)]
-CHIP = DeviceModel.from_dict({
-    "backend": "simulated", "name": "vowel-chip", "n_oscillators": 9, "nudge": "injection",
-    "edges": [{"i": i, "j": j, "k": float(k)} for (i, j), k in zip(edges, ks, strict=True)],
-    "roles": {"inputs": [0, 1], "hidden": [2, 3, 4, 5, 6], "outputs": [7, 8], "reference": 0},
-})
+CHIP = DeviceModel.from_dict(
+    {
+        "backend": "simulated",
+        "name": "vowel-chip",
+        "n_oscillators": 9,
+        "nudge": "injection",
+        "edges": [{"i": i, "j": j, "k": float(k)} for (i, j), k in zip(edges, ks, strict=True)],
+        "roles": {"inputs": [0, 1], "hidden": [2, 3, 4, 5, 6], "outputs": [7, 8], "reference": 0},
+    }
+)
 OMEGA = np.array([0.3, -0.4, 0.1, -0.2, 0.25, 0.0, -0.1, 0.05, 0.15])
 TARGET = np.array([-0.2, 0.2])
 BETA = 0.05

@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.calibration.report import run_calibration, save_report
-
-from phasegrad_hw.devices import load_device_model
-from phasegrad_hw.models import DeviceModel
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.registry import load_device_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,15 +39,18 @@ async def main() -> None:
     assert sym is not None
     e = model.edge_index
     true = np.abs(K[e[:, 0], e[:, 1]] - K[e[:, 1], e[:, 0]]) / (
-        0.5 * (K[e[:, 0], e[:, 1]] + K[e[:, 1], e[:, 0]]))
+        0.5 * (K[e[:, 0], e[:, 1]] + K[e[:, 1], e[:, 0]])
+    )
     truth = {(int(i), int(j)): float(t) for (i, j), t in zip(e, true, strict=True)}
     err = np.array([x.asymmetry - truth[(x.i, x.j)] for x in sym.edges])
     out = Path(tempfile.mkdtemp(prefix="phasegrad-calibration-"))
     save_report(report, out)
     print(report.summary_text())
     rms = float(np.sqrt(np.mean(err**2)))
-    print(f"per-edge asymmetry: measured vs injected RMS error {100 * rms:.2f} pp "
-          f"over {len(err)} edges")
+    print(
+        f"per-edge asymmetry: measured vs injected RMS error {100 * rms:.2f} pp "
+        f"over {len(err)} edges"
+    )
     print(f"report and figures in {out}: {sorted(p.name for p in out.iterdir())}")
     assert not sym.passed, "a 20 % asymmetric chip must fail the symmetry check"
     assert rms < 0.01

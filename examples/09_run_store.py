@@ -12,36 +12,47 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from phasegrad_hw.backends.simulated import SimulatedSubstrate
 
-from phasegrad_hw.controller import EPConfig
-from phasegrad_hw.loop import LoopState, train_on_substrates
-from phasegrad_hw.models import SimulatedDeviceModel
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.learning.controller import EPConfig
+from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.store import RunStore
-from phasegrad_hw.tasks import Encoding, synthetic_vowels
 
 EPOCHS = 4
 
 
 def device() -> SimulatedDeviceModel:
     rng = np.random.default_rng(0)
-    edges = [{"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1)
-             for h in range(2, 7)]
-    edges += [{"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7)
-              for o in (7, 8)]
+    edges = [
+        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
+    ]
+    edges += [
+        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
+    ]
     edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    return SimulatedDeviceModel.model_validate({
-        "n_oscillators": 9, "edges": edges, "readout_noise_rad": 0.01,
-        "roles": {"inputs": [0, 1], "hidden": [2, 3, 4, 5, 6], "outputs": [7, 8],
-                  "reference": 0}})
+    return SimulatedDeviceModel.model_validate(
+        {
+            "n_oscillators": 9,
+            "edges": edges,
+            "readout_noise_rad": 0.01,
+            "roles": {
+                "inputs": [0, 1],
+                "hidden": [2, 3, 4, 5, 6],
+                "outputs": [7, 8],
+                "reference": 0,
+            },
+        }
+    )
 
 
 class Crash(Exception):
     pass
 
 
-async def train(store: RunStore, run_id: str, start: LoopState | None, stop_after: int | None
-                ) -> LoopState:
+async def train(
+    store: RunStore, run_id: str, start: LoopState | None, stop_after: int | None
+) -> LoopState:
     data = synthetic_vowels(("a", "i"), n_per_class=30, seed=0)
 
     def save(state: LoopState) -> None:
@@ -50,9 +61,16 @@ async def train(store: RunStore, run_id: str, start: LoopState | None, stop_afte
             raise Crash(f"simulated crash after epoch {state.epoch}")
 
     async with SimulatedSubstrate(device()) as chip:
-        res = await train_on_substrates([chip], data, Encoding(readout="difference"),
-                                        EPConfig(params="both", lr_omega=0.01, lr_k=0.01),
-                                        epochs=EPOCHS, seed=1, start=start, on_epoch_end=save)
+        res = await train_on_substrates(
+            [chip],
+            data,
+            Encoding(readout="difference"),
+            EPConfig(params="both", lr_omega=0.01, lr_k=0.01),
+            epochs=EPOCHS,
+            seed=1,
+            start=start,
+            on_epoch_end=save,
+        )
     return res.state
 
 

@@ -14,12 +14,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.calibration.noise import calibrate_noise
-from phasegrad_hw.calibration.transfer import calibrate_transfer, transfer_path
-
-from phasegrad_hw.devices import load_device_model, open_substrate
-from phasegrad_hw.models import DeviceModel
+from phasegrad_hw.calibration.transfer import calibrate_transfer
+from phasegrad_hw.device.frequency_map import transfer_path
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.registry import load_device_model, open_substrate
 from phasegrad_hw.physics import centred
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +44,10 @@ async def main() -> None:
     async with chip:
         res = await calibrate_transfer(chip)
     res.map.save(transfer_path(device))
-    print(f"transfer: worst held-out error {100 * (res.max_error or 0):.3f} % of a channel's "
-          f"span ({'PASS' if res.passed else 'FAIL'}), saved {transfer_path(device).name}")
+    print(
+        f"transfer: worst held-out error {100 * (res.max_error or 0):.3f} % of a channel's "
+        f"span ({'PASS' if res.passed else 'FAIL'}), saved {transfer_path(device).name}"
+    )
 
     omega = np.random.default_rng(0).uniform(-1.5, 1.5, chip.model.n)
     for choice in ("none", "auto"):
@@ -52,12 +55,14 @@ async def main() -> None:
         assert isinstance(sub, CMOSSubstrate)
         async with sub:
             err = await map_error(sub, omega)
-            label = "calibrated" if getattr(sub, "transfer_map", None) else "nominal"
+            label = "nominal" if sub.map_source == "nominal" else "calibrated"
             print(f"{label:>10} map: max |ω_true − ω_requested| = {err:.4f} model units")
             if choice == "auto":
                 noise = await calibrate_noise(sub)
-    print(f"noise: β = {noise.beta:.3f}, {noise.averages} averages → measured gradient "
-          f"cosine {noise.measured_cosine:.4f} (requested {noise.target_cosine})")
+    print(
+        f"noise: β = {noise.beta:.3f}, {noise.averages} averages → measured gradient "
+        f"cosine {noise.measured_cosine:.4f} (requested {noise.target_cosine})"
+    )
 
 
 if __name__ == "__main__":

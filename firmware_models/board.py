@@ -18,15 +18,16 @@ public, limit-checked methods.
 from __future__ import annotations
 
 import base64
-import inspect
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import numpy as np
-from phasegrad_hw.firmware_models.protocol import (
+
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
+from phasegrad_hw.errors import LimitError, SubstrateError
+from phasegrad_hw.wire.board import (
     UNSOLICITED,
     UNTRUSTED,
     ErrorCode,
@@ -40,8 +41,6 @@ from phasegrad_hw.firmware_models.protocol import (
     parse_int,
     parse_request,
 )
-
-from phasegrad_hw.substrate import Capability, LimitError, OscillatorSubstrate, SubstrateError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ class BoardFirmware:
             "serial": self.serial_number,
             "dac_bits": self.dac_bits,
             "capabilities": sorted(str(c) for c in self.chip.capabilities),
-            "reseed": callable(getattr(self.chip, "reseed", None)),
+            "reseed": Capability.RESEED in self.chip.capabilities,
             "model": self.model.model_dump(mode="json"),
         }
         raw = json.dumps(desc, separators=(",", ":"), sort_keys=True).encode()
@@ -235,11 +234,12 @@ class BoardFirmware:
         self._nargs(req, n)
         omega = self._floats(req, n, "omega")
         await self.chip.set_frequencies(omega)  # limit-checked by the chip's model
-        bias = getattr(self.chip, "bias", None)  # what the calibration table produced
-        if self.model.limits.bias.unit == "model":
+        fmap = self.chip.frequency_map  # the calibration table: ω → bias
+        if self.model.limits.bias.unit == "model" or fmap is None:
             bias = omega  # biases are the frequencies themselves
-        if isinstance(bias, np.ndarray) and bias.shape == (n,):
-            self.dac_codes = self._codes_for(bias)
+        else:
+            bias = fmap.bias(omega)
+        self.dac_codes = self._codes_for(bias)
         return []
 
     async def _cmd_b(self, req: Request) -> list[str]:
@@ -325,10 +325,7 @@ class BoardFirmware:
         seed = parse_int(req.args[0], "seed")
         if seed < 0:
             raise FrameError(ErrorCode.OUT_OF_RANGE, f"seed: {seed} must be >= 0")
-        fn: Any = getattr(self.chip, "reseed", None)
-        if not callable(fn):
+        if Capability.RESEED not in self.chip.capabilities:
             raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no noise seed")
-        res = fn(seed)
-        if inspect.isawaitable(res):
-            await res
+        self.chip.reseed(seed)
         return []

@@ -46,7 +46,13 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+
 from phasegrad_hw.backends.visa import QUES_PHASE_UNLOCKED, VisaBenchModel
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.firmware_models.scpi import (
     Call,
     ScpiError,
@@ -58,11 +64,7 @@ from phasegrad_hw.firmware_models.scpi import (
     integer,
     number,
 )
-from pydantic import Field
-
-from phasegrad_hw.models import ConfigError, DeviceModel, StrictModel
 from phasegrad_hw.physics import Array
-from phasegrad_hw.substrate import OscillatorSubstrate, PhaseReading
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +211,8 @@ class BenchChip:
         """Apply pending settings, then reseed the chip's noise (if it has any)."""
         async with self.lock:
             await self._sync()
-            f = getattr(self.sub, "reseed", None)
-            if callable(f):
-                f(seed)
+            if Capability.RESEED in self.sub.capabilities:
+                self.sub.reseed(seed)
 
     async def make_safe(self) -> None:
         """Release the nudge and put every bias at its safe value (instruments reset)."""
@@ -524,13 +525,11 @@ class InjectionSource(ScpiInstrument):
 def build_chip(bench: VisaBenchModel, seed: int | None = None) -> OscillatorSubstrate:
     """The emulated chip behind a bench: ``bench.chip`` via its backend, else the ideal
     simulated device on the bench's own topology."""
-    from phasegrad_hw.devices import FILE_BACKENDS, _resolve
+    from phasegrad_hw.device.registry import FILE_BACKENDS, _resolve
 
     chip_model = bench.chip_model()
     if chip_model is None:
-        from phasegrad_hw.backends.simulated import SimulatedSubstrate
-
-        from phasegrad_hw.models import SimulatedDeviceModel
+        from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 
         data = bench.chip_fields()
         return SimulatedSubstrate(

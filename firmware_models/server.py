@@ -25,10 +25,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from phasegrad_hw.firmware_models.protocol import LineSplitter
 from pydantic import Field, ValidationError
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.wire.board import LineSplitter
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ diagnostics, parameter checkpoints and calibration reports.
 
 One file (default ``phasegrad-hw-runs.sqlite`` in the working directory), WAL journal,
 ``synchronous=FULL``. Every write is one transaction: a checkpoint (the whole
-:class:`~phasegrad_hw.loop.LoopState`: parameters, epoch, history, skip count) and the epoch
-metrics it carries are committed together or not at all, so a crash (even SIGKILL) leaves the
+:class:`~phasegrad_hw.learning.loop.LoopState`: parameters, epoch, history, skip count) and the
+epoch metrics it carries are committed together or not at all, so a crash (even SIGKILL) leaves the
 previous checkpoint intact. Each checkpoint also stores a SHA-256 of its text, verified on
 load. Step diagnostics are buffered in memory and written in the checkpoint's transaction, so
 a run resumed after a crash never holds steps of the epoch it replays twice.
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from phasegrad_hw.mqtt_protocol import redact
+from phasegrad_hw.config import redact
 
 if TYPE_CHECKING:
-    from phasegrad_hw.loop import LoopState
+    from phasegrad_hw.learning.loop import LoopState
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = "phasegrad-hw-runs.sqlite"
@@ -76,11 +76,16 @@ def encode(obj: Any) -> Any:
     shape), numpy scalars, paths; floats stay floats (exact round trip)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         cls = type(obj)
-        return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
-                **{f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+        return {
+            "__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+            **{f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)},
+        }
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.ravel().tolist(), "dtype": str(obj.dtype),
-                "shape": list(obj.shape)}
+        return {
+            "__ndarray__": obj.ravel().tolist(),
+            "dtype": str(obj.dtype),
+            "shape": list(obj.shape),
+        }
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Mapping):
@@ -138,8 +143,9 @@ class RunStore:
         if self.path.parent and not self.path.parent.exists():
             raise StoreError(f"--store: directory {self.path.parent} does not exist")
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -148,8 +154,9 @@ class RunStore:
         for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
             self._db.execute(stmt)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                       (str(SCHEMA_VERSION),))
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -183,8 +190,10 @@ class RunStore:
         rid = new_run_id()
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, NULL)",
-                       (rid, now, now, str(device), text))
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, NULL)",
+                (rid, now, now, str(device), text),
+            )
         log.info("run %s created (%s)", rid, device)
         return rid
 
@@ -197,13 +206,17 @@ class RunStore:
         rows = [_epoch_row(rid, rec) for rec in state.history]
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                       (rid, epoch, now, text, digest))
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                (rid, epoch, now, text, digest),
+            )
             db.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             steps = self._steps.get(rid, [])
             if steps:
-                db.executemany("INSERT INTO steps (run_id, epoch, created_s, data) "
-                               "VALUES (?, ?, ?, ?)", [(rid, *s) for s in steps])
+                db.executemany(
+                    "INSERT INTO steps (run_id, epoch, created_s, data) VALUES (?, ?, ?, ?)",
+                    [(rid, *s) for s in steps],
+                )
             db.execute("UPDATE runs SET updated_s = ? WHERE id = ?", (now, rid))
         self._steps.pop(rid, None)
 
@@ -214,13 +227,18 @@ class RunStore:
             run = self._db.execute("SELECT config FROM runs WHERE id = ?", (rid,)).fetchone()
             row = self._db.execute(
                 "SELECT epoch, state, sha256 FROM checkpoints WHERE run_id = ? "
-                "ORDER BY epoch DESC LIMIT 1", (rid,)).fetchone()
+                "ORDER BY epoch DESC LIMIT 1",
+                (rid,),
+            ).fetchone()
         if row is None:
-            raise StoreError(f"run {rid}: no checkpoint yet (it stopped before its first epoch "
-                             "ended); start it again instead of resuming")
+            raise StoreError(
+                f"run {rid}: no checkpoint yet (it stopped before its first epoch "
+                "ended); start it again instead of resuming"
+            )
         if hashlib.sha256(row["state"].encode()).hexdigest() != row["sha256"]:
-            raise StoreError(f"run {rid}: checkpoint of epoch {row['epoch']} is corrupt "
-                             "(checksum mismatch)")
+            raise StoreError(
+                f"run {rid}: checkpoint of epoch {row['epoch']} is corrupt (checksum mismatch)"
+            )
         state = decode(json.loads(row["state"]))
         self._steps.pop(rid, None)  # steps buffered after the checkpoint are replayed
         return json.loads(run["config"]), state
@@ -229,16 +247,20 @@ class RunStore:
         """Mark the run finished with a summary (final accuracy, seconds, …)."""
         rid = self.resolve(run_id)
         with self._tx() as db:
-            db.execute("UPDATE runs SET status = 'finished', summary = ?, updated_s = ? "
-                       "WHERE id = ?", (_dumps(summary), time.time(), rid))
+            db.execute(
+                "UPDATE runs SET status = 'finished', summary = ?, updated_s = ? WHERE id = ?",
+                (_dumps(summary), time.time(), rid),
+            )
 
     # -- more ---------------------------------------------------------------------------
-    def set_status(self, run_id: str, status: Literal["running", "failed", "interrupted",
-                                                        "finished"]) -> None:
+    def set_status(
+        self, run_id: str, status: Literal["running", "failed", "interrupted", "finished"]
+    ) -> None:
         rid = self.resolve(run_id)
         with self._tx() as db:
-            db.execute("UPDATE runs SET status = ?, updated_s = ? WHERE id = ?",
-                       (status, time.time(), rid))
+            db.execute(
+                "UPDATE runs SET status = ?, updated_s = ? WHERE id = ?", (status, time.time(), rid)
+            )
 
     def run_config(self, run_id: str) -> dict[str, Any]:
         """The config a run was created with."""
@@ -249,14 +271,17 @@ class RunStore:
         """Buffer one step's diagnostics; written with the next checkpoint."""
         self._steps.setdefault(run_id, []).append((int(epoch), time.time(), _dumps(data)))
 
-    def save_calibration(self, device: str, kind: str, report: Mapping[str, Any] | Any,
-                         run_id: str | None = None) -> int:
+    def save_calibration(
+        self, device: str, kind: str, report: Mapping[str, Any] | Any, run_id: str | None = None
+    ) -> int:
         """Store a calibration report (dict, dataclass or Pydantic model); returns its id."""
         rid = self.resolve(run_id) if run_id else None
         with self._tx() as db:
-            cur = db.execute("INSERT INTO calibrations (run_id, device, kind, created_s, report) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (rid, device, kind, time.time(), _dumps(report)))
+            cur = db.execute(
+                "INSERT INTO calibrations (run_id, device, kind, created_s, report) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (rid, device, kind, time.time(), _dumps(report)),
+            )
             return int(cur.lastrowid or 0)
 
     def calibrations(self, device: str | None = None) -> list[dict[str, Any]]:
@@ -270,8 +295,10 @@ class RunStore:
     def resolve(self, run_id: str) -> str:
         """A full run id from an id or a unique prefix of one."""
         with self._lock:
-            rows = self._db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? LIMIT 3",
-                                    (run_id, run_id.replace("%", "") + "%")).fetchall()
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE id = ? OR id LIKE ? LIMIT 3",
+                (run_id, run_id.replace("%", "") + "%"),
+            ).fetchall()
         ids = sorted({r["id"] for r in rows})
         if run_id in ids:
             return run_id
@@ -287,38 +314,64 @@ class RunStore:
             rows = self._db.execute(
                 "SELECT r.id, r.created_s, r.updated_s, r.device, r.status, r.summary, "
                 "(SELECT MAX(epoch) FROM checkpoints c WHERE c.run_id = r.id) AS epoch "
-                "FROM runs r ORDER BY r.created_s DESC, r.id DESC").fetchall()
-        return [{**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else None}
-                for r in rows]
+                "FROM runs r ORDER BY r.created_s DESC, r.id DESC"
+            ).fetchall()
+        return [
+            {**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else None} for r in rows
+        ]
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run: metadata, config, summary, epoch metrics, checkpoint epochs, step count."""
         rid = self.resolve(run_id)
         r = self._one("SELECT * FROM runs WHERE id = ?", rid)
         with self._lock:
-            ck = [int(x[0]) for x in self._db.execute(
-                "SELECT epoch FROM checkpoints WHERE run_id = ? ORDER BY epoch", (rid,))]
-            n_steps = int(self._db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ?",
-                                           (rid,)).fetchone()[0])
-        return {"id": rid, "created_s": r["created_s"], "updated_s": r["updated_s"],
-                "device": r["device"], "status": r["status"], "config": json.loads(r["config"]),
-                "summary": json.loads(r["summary"]) if r["summary"] else None,
-                "epochs": self.epochs(rid), "checkpoint_epochs": ck, "steps": n_steps}
+            ck = [
+                int(x[0])
+                for x in self._db.execute(
+                    "SELECT epoch FROM checkpoints WHERE run_id = ? ORDER BY epoch", (rid,)
+                )
+            ]
+            n_steps = int(
+                self._db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ?", (rid,)).fetchone()[
+                    0
+                ]
+            )
+        return {
+            "id": rid,
+            "created_s": r["created_s"],
+            "updated_s": r["updated_s"],
+            "device": r["device"],
+            "status": r["status"],
+            "config": json.loads(r["config"]),
+            "summary": json.loads(r["summary"]) if r["summary"] else None,
+            "epochs": self.epochs(rid),
+            "checkpoint_epochs": ck,
+            "steps": n_steps,
+        }
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
         """Per-epoch metrics (one dict per epoch record, all its fields)."""
         with self._lock:
-            rows = self._db.execute("SELECT data FROM epochs WHERE run_id = ? ORDER BY epoch",
-                                    (self.resolve(run_id),)).fetchall()
+            rows = self._db.execute(
+                "SELECT data FROM epochs WHERE run_id = ? ORDER BY epoch", (self.resolve(run_id),)
+            ).fetchall()
         return [json.loads(r["data"]) for r in rows]
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT seq, epoch, created_s, data FROM steps "
-                                    "WHERE run_id = ? ORDER BY seq",
-                                    (self.resolve(run_id),)).fetchall()
-        return [{"seq": r["seq"], "epoch": r["epoch"], "created_s": r["created_s"],
-                 **json.loads(r["data"])} for r in rows]
+            rows = self._db.execute(
+                "SELECT seq, epoch, created_s, data FROM steps WHERE run_id = ? ORDER BY seq",
+                (self.resolve(run_id),),
+            ).fetchall()
+        return [
+            {
+                "seq": r["seq"],
+                "epoch": r["epoch"],
+                "created_s": r["created_s"],
+                **json.loads(r["data"]),
+            }
+            for r in rows
+        ]
 
     def export(self, run_id: str, fmt: Literal["json", "csv"] = "json") -> str:
         """JSON: everything about the run incl. the latest parameters. CSV: epoch metrics."""
@@ -329,16 +382,19 @@ class RunStore:
             for rec in recs:
                 cols += [k for k in rec if k not in cols and k != "__dataclass__"]
             buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=cols or ["epoch"], extrasaction="ignore",
-                               lineterminator="\n")
+            w = csv.DictWriter(
+                buf, fieldnames=cols or ["epoch"], extrasaction="ignore", lineterminator="\n"
+            )
             w.writeheader()
             w.writerows(recs)
             return buf.getvalue()
         if fmt != "json":
             raise StoreError(f"--format: {fmt!r} — allowed: json, csv")
         with self._lock:
-            row = self._db.execute("SELECT state FROM checkpoints WHERE run_id = ? ORDER BY "
-                                   "epoch DESC LIMIT 1", (info["id"],)).fetchone()
+            row = self._db.execute(
+                "SELECT state FROM checkpoints WHERE run_id = ? ORDER BY epoch DESC LIMIT 1",
+                (info["id"],),
+            ).fetchone()
         info["latest_state"] = _plain(json.loads(row["state"])) if row else None
         info["step_diagnostics"] = self.steps(info["id"])
         info["calibrations"] = [c for c in self.calibrations() if c["run_id"] == info["id"]]
@@ -353,15 +409,25 @@ class RunStore:
 
 
 def _epoch_row(rid: str, rec: Any) -> tuple[Any, ...]:
-    data = {k: v for k, v in encode(rec).items() if k != "__dataclass__"} \
-        if dataclasses.is_dataclass(rec) else dict(rec)
+    data = (
+        {k: v for k, v in encode(rec).items() if k != "__dataclass__"}
+        if dataclasses.is_dataclass(rec)
+        else dict(rec)
+    )
 
     def num(key: str) -> Any:
         v = data.get(key)
         return v if isinstance(v, (int, float)) else None
 
-    return (rid, int(data["epoch"]), num("train_accuracy"), num("test_accuracy"),
-            num("skipped"), num("seconds"), json.dumps(data))
+    return (
+        rid,
+        int(data["epoch"]),
+        num("train_accuracy"),
+        num("test_accuracy"),
+        num("skipped"),
+        num("seconds"),
+        json.dumps(data),
+    )
 
 
 def _plain(obj: Any) -> Any:
@@ -393,16 +459,23 @@ def step_summary(report: Any) -> dict[str, Any]:
 
 
 class RunRecorder:
-    """Hooks for :func:`phasegrad_hw.loop.train_on_substrates` that record a run.
+    """Hooks for :func:`phasegrad_hw.learning.loop.train_on_substrates` that record a run.
 
     ``on_epoch_end`` checkpoints the state (one transaction, with the buffered step records);
     ``on_step`` buffers :func:`step_summary` of every ``step_every``-th step (0 = none).
     ``telemetry`` (anything with ``on_step`` / ``on_epoch_end``, e.g.
-    :class:`phasegrad_hw.telemetry.Telemetry`) receives the same events.
+    :class:`phasegrad_hw.fleet.telemetry.Telemetry`) receives the same events.
     """
 
-    def __init__(self, store: RunStore | None, run_id: str | None, *, start_epoch: int = 0,
-                 step_every: int = 0, telemetry: Any = None) -> None:
+    def __init__(
+        self,
+        store: RunStore | None,
+        run_id: str | None,
+        *,
+        start_epoch: int = 0,
+        step_every: int = 0,
+        telemetry: Any = None,
+    ) -> None:
         self.store, self.run_id = store, run_id
         self.epoch = start_epoch
         self.steps = 0
@@ -413,10 +486,15 @@ class RunRecorder:
         self.steps += 1
         if self.telemetry is not None:
             self.telemetry.on_step(report)
-        if (self.store is not None and self.run_id is not None and self.step_every
-                and self.steps % self.step_every == 0):
-            self.store.record_step(self.run_id, self.epoch + 1,
-                                   {"step": self.steps, **step_summary(report)})
+        if (
+            self.store is not None
+            and self.run_id is not None
+            and self.step_every
+            and self.steps % self.step_every == 0
+        ):
+            self.store.record_step(
+                self.run_id, self.epoch + 1, {"step": self.steps, **step_summary(report)}
+            )
 
     def on_epoch_end(self, state: LoopState) -> None:
         if self.store is not None and self.run_id is not None:

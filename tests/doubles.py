@@ -6,7 +6,7 @@
   an unlocked reading, or add a phase jump to the outputs (a basin jump).
 * :class:`FaultySubstrate` / :class:`HangingSubstrate`: the two common scripts.
 * :func:`model_2_5_2`: the published 2+5+2 vowel topology as a simulated device model.
-* :func:`blobs` a tiny two-class task (a ``phasegrad_hw.tasks.Dataset``) and
+* :func:`blobs` a tiny two-class task (a ``phasegrad_hw.learning.tasks.Dataset``) and
   :func:`model_tiny` a 5-oscillator device that learns it in a few epochs.
 """
 
@@ -18,14 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from phasegrad_hw.models import SimulatedDeviceModel
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel
+from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.errors import DeviceTimeoutError
+from phasegrad_hw.learning.tasks import Dataset
 from phasegrad_hw.physics import wrap
-from phasegrad_hw.substrate import (
-    DeviceTimeoutError,
-    OscillatorSubstrate,
-    PhaseReading,
-)
-from phasegrad_hw.tasks import Dataset
 
 Array = NDArray[np.float64]
 

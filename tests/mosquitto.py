@@ -78,8 +78,10 @@ class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None, *, tls: bool = False) -> None:
         exe = shutil.which("mosquitto")
         passwd = shutil.which("mosquitto_passwd")
-        require(exe is not None and passwd is not None,
-                "mosquitto and mosquitto_passwd (apt-get install -y mosquitto)")
+        require(
+            exe is not None and passwd is not None,
+            "mosquitto and mosquitto_passwd (apt-get install -y mosquitto)",
+        )
         assert exe is not None and passwd is not None
         self.exe = exe
         self.dir = workdir
@@ -111,8 +113,12 @@ class Mosquitto:
         if tls:  # a second listener with a server certificate signed by a throw-away CA
             self.ca = self._make_certs()
             self.tls_port = free_port()
-            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.ca}",
-                      f"certfile {self.dir / 'server.crt'}", f"keyfile {self.dir / 'server.key'}"]
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {self.ca}",
+                f"certfile {self.dir / 'server.crt'}",
+                f"keyfile {self.dir / 'server.key'}",
+            ]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.log = self.dir / "mosquitto.log"
@@ -126,13 +132,51 @@ class Mosquitto:
         def run(*args: str) -> None:
             subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
 
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=phasegrad test CA", "-keyout", "ca.key", "-out", "ca.crt")
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "server.key", "-out", "server.csr")
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=phasegrad test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        )
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        )
         (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        )
         return d / "ca.crt"
 
     def tls_uri(self, user: str | None = "controller", path: str = "", ca: bool = True) -> str:
@@ -154,8 +198,9 @@ class Mosquitto:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}): "
-                                   f"{self.log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mosquitto exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

@@ -15,8 +15,8 @@ from pathlib import Path
 import typer
 from pydantic import Field, ValidationError
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
-from phasegrad_hw.substrate import SubstrateError
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError, SubstrateError
 
 log = logging.getLogger(__name__)
 ENV_USER = "PHASEGRAD_HW_MQTT_USERNAME"
@@ -47,13 +47,16 @@ def run_agent(opts: AgentOptions) -> None:
     import signal
     import time
 
-    from phasegrad_hw.agent import Agent
-    from phasegrad_hw.devices import open_substrate
-    from phasegrad_hw.mqtt_protocol import BrokerConfig
+    from phasegrad_hw.device.registry import open_substrate
+    from phasegrad_hw.fleet.agent import Agent
+    from phasegrad_hw.wire.mqtt import BrokerConfig
 
     broker, _, _ = BrokerConfig.parse(opts.broker, username=opts.username, password=opts.password)
-    tls = {k: v for k, v in (("ca", opts.tls_ca), ("cert", opts.tls_cert), ("key", opts.tls_key))
-           if v is not None}
+    tls = {
+        k: v
+        for k, v in (("ca", opts.tls_ca), ("cert", opts.tls_cert), ("key", opts.tls_key))
+        if v is not None
+    }
     if tls or opts.tls_insecure:
         broker = broker.model_copy(update={**tls, "tls": True, "insecure": opts.tls_insecure})
     substrate = open_substrate(opts.device, seed=opts.seed)
@@ -97,7 +100,9 @@ def register(groups: object) -> None:
     @app.command("agent")
     def agent_cmd(
         device: str = typer.Option(..., "--device", help="Device file or URI to serve."),
-        broker: str = typer.Option(..., "--broker", help="mqtt://[USER:PASS@]HOST:PORT[?tls=1&ca=…]"),
+        broker: str = typer.Option(
+            ..., "--broker", help="mqtt://[USER:PASS@]HOST:PORT[?tls=1&ca=…]"
+        ),
         name: str = typer.Option(..., "--name", help="BENCH/DEVICE (topic names)."),
         prefix: str = typer.Option("phasegrad", "--prefix", help="Topic prefix."),
         username: str | None = typer.Option(None, "--username", envvar=ENV_USER),
@@ -110,10 +115,19 @@ def register(groups: object) -> None:
     ) -> None:
         """Serve a device over MQTT request/response until SIGINT/SIGTERM."""
         try:
-            opts = AgentOptions(device=device, broker=broker, name=name, prefix=prefix,
-                                username=username, password=password, tls_ca=tls_ca,
-                                tls_cert=tls_cert, tls_key=tls_key, tls_insecure=tls_insecure,
-                                seed=seed)
+            opts = AgentOptions(
+                device=device,
+                broker=broker,
+                name=name,
+                prefix=prefix,
+                username=username,
+                password=password,
+                tls_ca=tls_ca,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                tls_insecure=tls_insecure,
+                seed=seed,
+            )
             run_agent(opts)
         except ValidationError as exc:
             typer.echo(format_validation_error(exc, "agent: "), err=True)

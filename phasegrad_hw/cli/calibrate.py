@@ -2,7 +2,7 @@
 
 ``phasegrad-hw calibrate ROUTINE --device DEVICE --out DIR [--json PATH] [--seed S]``
 opens DEVICE (anything ``train`` accepts: a device file or a URI) with
-:func:`phasegrad_hw.devices.open_substrate`, runs the routine(s) of
+:func:`phasegrad_hw.device.registry.open_substrate`, runs the routine(s) of
 :mod:`phasegrad_hw.calibration` with a progress bar, prints the summary (PASS/FAIL against
 the device file's ``calibration`` thresholds) and writes ``DIR/report.json``,
 ``DIR/summary.txt`` and the PNG figures — all-or-nothing. ``--json PATH`` writes the
@@ -25,7 +25,8 @@ from typing import Literal
 import typer
 from pydantic import Field, ValidationError
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,20 @@ async def run(opts: CalibrateOptions, progress: bool = True) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from phasegrad_hw.calibration.report import run_calibration, save_report
-    from phasegrad_hw.calibration.transfer import transfer_path
-    from phasegrad_hw.devices import open_substrate
+    from phasegrad_hw.device.frequency_map import transfer_path
+    from phasegrad_hw.device.registry import open_substrate
 
     use = opts.use_transfer and opts.routine != "transfer"
     sub = open_substrate(opts.device, seed=opts.seed, transfer="auto" if use else None)
     device_file = Path(opts.device) if "://" not in opts.device else None
     tpath = transfer_path(device_file) if device_file is not None else None
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description:<40}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"calibrate {opts.routine}", total=1.0)
 
         def tick(message: str, fraction: float) -> None:
@@ -97,26 +103,38 @@ def register(groups: object) -> None:
             seed: int = typer.Option(0, "--seed", help="Seed (operating point, device noise)."),
             figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw PNG figures."),
             use_transfer: bool = typer.Option(
-                True, "--use-transfer/--no-use-transfer",
-                help="Install <device>.transfer.json first if it exists."),
+                True,
+                "--use-transfer/--no-use-transfer",
+                help="Install <device>.transfer.json first if it exists.",
+            ),
             save_transfer: bool = typer.Option(
-                True, "--save-transfer/--no-save-transfer",
-                help="Save a new transfer map next to the device file."),
+                True,
+                "--save-transfer/--no-save-transfer",
+                help="Save a new transfer map next to the device file.",
+            ),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
         ) -> None:
-            from phasegrad_hw.substrate import SubstrateError
+            from phasegrad_hw.errors import SubstrateError
 
             try:
-                opts = CalibrateOptions(routine=routine, device=device, out=out,
-                                        json_path=json_path, seed=seed, figures=figures,
-                                        use_transfer=use_transfer, save_transfer=save_transfer)
+                opts = CalibrateOptions(
+                    routine=routine,
+                    device=device,
+                    out=out,
+                    json_path=json_path,
+                    seed=seed,
+                    figures=figures,
+                    use_transfer=use_transfer,
+                    save_transfer=save_transfer,
+                )
                 code = asyncio.run(run(opts, progress))
             except ValidationError as exc:
                 typer.echo(format_validation_error(exc, f"calibrate {routine}: "), err=True)
                 raise typer.Exit(2) from None
             except (ConfigError, SubstrateError, ValueError, RuntimeError) as exc:
-                typer.echo(f"calibrate {routine}: {exc} (device left safe; nothing written)",
-                           err=True)
+                typer.echo(
+                    f"calibrate {routine}: {exc} (device left safe; nothing written)", err=True
+                )
                 raise typer.Exit(2) from None
             raise typer.Exit(code)
 

@@ -19,7 +19,8 @@ from typing import Any
 import typer
 from pydantic import Field, ValidationError
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class EmulateBenchOptions(StrictModel):
 def build_emulator(opts: EmulateBenchOptions) -> Any:
     """The :class:`BenchEmulator` for ``opts.device`` (a chip file or a ``visa`` bench file)."""
     from phasegrad_hw.backends.visa import VisaBenchModel, bench_for_chip
-    from phasegrad_hw.devices import load_device_model
+    from phasegrad_hw.device.registry import load_device_model
     from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 
     model = load_device_model(opts.device)

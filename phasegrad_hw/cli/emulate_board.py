@@ -15,7 +15,8 @@ from typing import Any
 import typer
 from pydantic import Field, ValidationError, model_validator
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class EmulateBoardOptions(StrictModel):
 
 def serve_board(opts: EmulateBoardOptions, out: Any = None) -> None:
     """Build the chip + firmware and serve in this thread until a signal arrives."""
-    from phasegrad_hw.devices import open_substrate
+    from phasegrad_hw.device.registry import open_substrate
     from phasegrad_hw.firmware_models.board import BoardFirmware
     from phasegrad_hw.firmware_models.server import FaultConfig, LineServer
 

@@ -22,7 +22,8 @@ import numpy as np
 import typer
 from pydantic import Field, ValidationError
 
-from phasegrad_hw.models import ConfigError, StrictModel, format_validation_error
+from phasegrad_hw.config import StrictModel, format_validation_error
+from phasegrad_hw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,17 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 async def noise_table(substrate: Any, opts: NoiseOptions) -> dict[str, Any]:
     """Measure the table on a connected substrate with ``exact_gradient``; returns the JSON."""
-    from phasegrad_hw.gradients import two_phase_gradient
-    from phasegrad_hw.substrate import Capability, DeviceError
+    from phasegrad_hw.device.substrate import Capability
+    from phasegrad_hw.errors import DeviceError
+    from phasegrad_hw.physics.gradients import two_phase_gradient
 
     if Capability.EXACT_GRADIENT not in substrate.capabilities:
-        raise DeviceError(f"{type(substrate).__name__}: reports no exact gradient; "
-                          "the noise table needs an emulator (cmos, optical, simulated)")
+        raise DeviceError(
+            f"{type(substrate).__name__}: reports no exact gradient; "
+            "the noise table needs an emulator (cmos, optical, simulated)"
+        )
     model = substrate.model
-    if hasattr(substrate, "reseed"):
+    if Capability.RESEED in substrate.capabilities:
         substrate.reseed(opts.seed)
     lo, hi = model.limits.omega.min, model.limits.omega.max
     bmax = model.limits.beta_max
@@ -71,8 +75,11 @@ async def noise_table(substrate: Any, opts: NoiseOptions) -> dict[str, Any]:
     outputs = model.outputs
     ref = model.roles.reference
     cells: dict[tuple[float, int, str], list[float]] = {
-        (b, a, mode): [] for b in opts.betas for a in opts.averages
-        for mode in ("one_sided", "centred")}
+        (b, a, mode): []
+        for b in opts.betas
+        for a in opts.averages
+        for mode in ("one_sided", "centred")
+    }
     for s in range(opts.settings):
         rng = np.random.default_rng([opts.seed, s])
         for _attempt in range(20):
@@ -84,10 +91,7 @@ async def noise_table(substrate: Any, opts: NoiseOptions) -> dict[str, Any]:
                 break
         else:
             raise ConfigError("no locked operating point found in 20 draws; check the device")
-        if hasattr(substrate, "true_state"):
-            theta, _ = substrate.true_state()
-        else:
-            theta = probe.phases
+        theta, _ = substrate.true_state()
         signs = rng.choice([-1.0, 1.0], len(outputs))
         target = np.angle(np.exp(1j * (theta[outputs] + signs * opts.target_offset_rad)))
         exact = np.asarray(substrate.exact_gradient(target), dtype=np.float64)
@@ -105,31 +109,50 @@ async def noise_table(substrate: Any, opts: NoiseOptions) -> dict[str, Any]:
                     g2 = two_phase_gradient(free.phases, plus.phases, b, minus.phases, ref=ref)
                     cells[(b, a, "one_sided")].append(_cos(g1, exact))
                     cells[(b, a, "centred")].append(_cos(g2, exact))
-    rows = [{"beta": b, "averages": a, "mode": mode, "mean_cos": float(np.mean(v)),
-             "std_cos": float(np.std(v)), "n": len(v)} for (b, a, mode), v in cells.items()]
-    return {"device": model.name, "backend": model.backend, "seed": opts.seed,
-            "settings": opts.settings, "repeats": opts.repeats,
-            "target_offset_rad": opts.target_offset_rad, "rows": rows}
+    rows = [
+        {
+            "beta": b,
+            "averages": a,
+            "mode": mode,
+            "mean_cos": float(np.mean(v)),
+            "std_cos": float(np.std(v)),
+            "n": len(v),
+        }
+        for (b, a, mode), v in cells.items()
+    ]
+    return {
+        "device": model.name,
+        "backend": model.backend,
+        "seed": opts.seed,
+        "settings": opts.settings,
+        "repeats": opts.repeats,
+        "target_offset_rad": opts.target_offset_rad,
+        "rows": rows,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
     """Plain-text table: one line per (β, averages), one-sided and centred side by side."""
     by = {(r["beta"], r["averages"], r["mode"]): r for r in result["rows"]}
     keys = sorted({(r["beta"], r["averages"]) for r in result["rows"]})
-    lines = [f"gradient cosine vs exact — {result['device']} ({result['backend']}), "
-             f"seed {result['seed']}",
-             f"{'beta':>6} {'avg':>5} {'one-sided':>18} {'centred':>18}"]
+    lines = [
+        f"gradient cosine vs exact — {result['device']} ({result['backend']}), "
+        f"seed {result['seed']}",
+        f"{'beta':>6} {'avg':>5} {'one-sided':>18} {'centred':>18}",
+    ]
     for b, a in keys:
         o, c = by[(b, a, "one_sided")], by[(b, a, "centred")]
-        lines.append(f"{b:>6g} {a:>5d} {o['mean_cos']:>9.4f} ± {o['std_cos']:<6.4f} "
-                     f"{c['mean_cos']:>9.4f} ± {c['std_cos']:<6.4f}")
+        lines.append(
+            f"{b:>6g} {a:>5d} {o['mean_cos']:>9.4f} ± {o['std_cos']:<6.4f} "
+            f"{c['mean_cos']:>9.4f} ± {c['std_cos']:<6.4f}"
+        )
     return "\n".join(lines)
 
 
 def run_noise(opts: NoiseOptions) -> dict[str, Any]:
     import asyncio
 
-    from phasegrad_hw.devices import open_substrate
+    from phasegrad_hw.device.registry import open_substrate
 
     async def main() -> dict[str, Any]:
         sub = open_substrate(opts.device, seed=opts.seed)
@@ -155,11 +178,12 @@ def register(groups: object) -> None:
         repeats: int = typer.Option(8, "--repeats", help="Estimates per point and cell."),
     ) -> None:
         """Gradient cosine (two-phase vs exact) over β × averages × (one-sided, centred)."""
-        from phasegrad_hw.substrate import SubstrateError
+        from phasegrad_hw.errors import SubstrateError
 
         try:
-            opts = NoiseOptions(device=device, json_path=json_path, seed=seed,
-                                settings=settings, repeats=repeats)
+            opts = NoiseOptions(
+                device=device, json_path=json_path, seed=seed, settings=settings, repeats=repeats
+            )
             result = run_noise(opts)
         except ValidationError as exc:
             typer.echo(format_validation_error(exc, "reproduce noise: "), err=True)

@@ -12,7 +12,7 @@ nearest template = sign of the mean output phase); ``difference`` — loss on th
 phase difference with decision sign(θ_o1 − θ_o2) (reported as a negative control).
 
 All seeds and configurations sharing a loss are trained as one vectorised ensemble
-(:mod:`phasegrad_hw.training`); each member equals its own per-seed run.
+(:mod:`phasegrad_hw.engine.ensemble`); each member equals its own per-seed run.
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def run_vowel_study(
     parallel: bool = False,
 ) -> dict[str, Any]:
     """Train every configuration and return ``{"rows": [...], "evidence": {...}}``."""
-    from phasegrad_hw.tasks import Encoding
-    from phasegrad_hw.topology import builder
-    from phasegrad_hw.training import Ensemble, TrainConfig, members_from_builder
+    from phasegrad_hw.device.presets import builder
+    from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
+    from phasegrad_hw.learning.tasks import Encoding
 
     build = builder(hidden)
     rows: list[dict[str, Any]] = []
@@ -214,7 +214,7 @@ def register(groups: Groups) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from phasegrad_hw.tasks import load_vowels, synthetic_vowels
+        from phasegrad_hw.learning.tasks import load_vowels, synthetic_vowels
 
         try:
             o = ReproduceOptions.model_validate(
@@ -230,7 +230,7 @@ def register(groups: Groups) -> None:
                 }
             )
         except ValidationError as exc:
-            from phasegrad_hw.models import format_validation_error
+            from phasegrad_hw.config import format_validation_error
 
             typer.echo(format_validation_error(exc, "--"), err=True)
             raise typer.Exit(2) from None

@@ -47,15 +47,18 @@ def register(groups: object) -> None:
             if as_json:
                 typer.echo(json.dumps(rows, indent=2))
                 return
-            typer.echo(f"{'run':24} {'created (UTC)':19} {'status':11} {'epoch':>5} "
-                       f"{'test':>7}  device")
+            typer.echo(
+                f"{'run':24} {'created (UTC)':19} {'status':11} {'epoch':>5} {'test':>7}  device"
+            )
             for r in rows:
                 ep = st.epochs(r["id"])
                 test = ep[-1].get("test_accuracy") if ep else None
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created_s"]))
                 epoch = "" if r["epoch"] is None else str(r["epoch"])
-                typer.echo(f"{r['id']:24} {created:19} {r['status']:11} {epoch:>5} "
-                           f"{_fmt(test):>7}  {r['device']}")
+                typer.echo(
+                    f"{r['id']:24} {created:19} {r['status']:11} {epoch:>5} "
+                    f"{_fmt(test):>7}  {r['device']}"
+                )
 
     @runs.command("show")
     def show_cmd(
@@ -77,14 +80,17 @@ def register(groups: object) -> None:
         typer.echo("config: " + json.dumps(info["config"], sort_keys=True))
         if info["summary"]:
             typer.echo("summary: " + json.dumps(info["summary"], sort_keys=True))
-        typer.echo(f"checkpoints: epochs {info['checkpoint_epochs']}; "
-                   f"step records: {info['steps']}")
+        typer.echo(
+            f"checkpoints: epochs {info['checkpoint_epochs']}; step records: {info['steps']}"
+        )
         typer.echo(f"{'epoch':>5} {'train':>7} {'test':>7} {'skipped':>7} {'seconds':>8}")
         for e in info["epochs"]:
             sec = e.get("seconds")
-            typer.echo(f"{e['epoch']:>5} {_fmt(e.get('train_accuracy')):>7} "
-                       f"{_fmt(e.get('test_accuracy')):>7} {e.get('skipped', ''):>7} "
-                       f"{(f'{sec:.2f}' if isinstance(sec, float) else ''):>8}")
+            typer.echo(
+                f"{e['epoch']:>5} {_fmt(e.get('train_accuracy')):>7} "
+                f"{_fmt(e.get('test_accuracy')):>7} {e.get('skipped', ''):>7} "
+                f"{(f'{sec:.2f}' if isinstance(sec, float) else ''):>8}"
+            )
 
     @runs.command("export")
     def export_cmd(

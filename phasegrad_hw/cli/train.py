@@ -3,8 +3,8 @@
 ``demo`` trains /a/ vs /i/ on the default device (examples/devices/simulated-2-5-2.toml, or
 the same network built in code when the package is installed without the examples) with
 synthetic formant data drawn from the Hillenbrand statistics (DESIGN.md §2). ``train`` runs
-the hardware loop (:func:`phasegrad_hw.loop.train_on_substrates`) on any device file or URI,
-recording to the run store and resuming from it.
+the hardware loop (:func:`phasegrad_hw.learning.loop.train_on_substrates`) on any device
+file or URI, recording to the run store and resuming from it.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def default_device_path() -> Path | None:
 
 def default_device_model() -> Any:
     """The default device model: the file if present, else the same network built in code."""
-    from phasegrad_hw.devices import load_device_model
-    from phasegrad_hw.topology import vowel_2_5_2
+    from phasegrad_hw.device.presets import vowel_2_5_2
+    from phasegrad_hw.device.registry import load_device_model
 
     p = default_device_path()
     if p is not None:
@@ -84,7 +84,7 @@ def _validate(cls: type[BaseModel], **kw: Any) -> Any:
     try:
         return cls.model_validate(kw)
     except ValidationError as exc:
-        from phasegrad_hw.models import format_validation_error
+        from phasegrad_hw.config import format_validation_error
 
         typer.echo(format_validation_error(exc, "--"), err=True)
         raise typer.Exit(2) from None
@@ -108,7 +108,7 @@ def run_demo(
     margin: float = 0.3,
 ) -> dict[str, Any]:
     """Train /a/ vs /i/ on the default device; returns the demo JSON dict."""
-    from phasegrad_hw.tasks import Encoding, synthetic_vowels
+    from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 
     t0 = time.perf_counter()
     model = default_device_model()
@@ -116,7 +116,7 @@ def run_demo(
     enc = Encoding(readout=readout, margin=margin)  # type: ignore[arg-type]
     device = str(default_device_path() or f"{model.name} (built in code)")
     if engine == "engine":
-        from phasegrad_hw.training import Ensemble, TrainConfig, member_for_model
+        from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, member_for_model
 
         cfg = TrainConfig(epochs=epochs, lr_omega=lr, lr_k=lr, params=params)  # type: ignore[arg-type]
         ens = Ensemble(model, [member_for_model(model, seed, cfg)], data, enc, cfg)
@@ -125,8 +125,8 @@ def run_demo(
         skipped = int(res.skipped[0])
     else:
         from phasegrad_hw.backends.simulated import SimulatedSubstrate
-        from phasegrad_hw.controller import EPConfig
-        from phasegrad_hw.loop import train_on_substrates
+        from phasegrad_hw.learning.controller import EPConfig
+        from phasegrad_hw.learning.loop import train_on_substrates
 
         async def go() -> tuple[float, int]:
             async with SimulatedSubstrate(model, seed=seed) as sub:
@@ -243,17 +243,20 @@ def register(groups: Groups) -> None:
         mode: str = typer.Option("one_sided", help="one_sided or centred."),
         averages: int = typer.Option(1, help="Reads averaged per state."),
         telemetry: str | None = typer.Option(
-            None, help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
-            "epoch metrics and step diagnostics over MQTT."),
+            None,
+            help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
+            "epoch metrics and step diagnostics over MQTT.",
+        ),
         transfer: str = typer.Option(
-            "auto", help="Bias map: auto (<device>.transfer.json next to the device file if "
-            "saved by `calibrate transfer`), none (nominal curve) or a map's path."),
+            "auto",
+            help="Bias map: auto (<device>.transfer.json next to the device file if "
+            "saved by `calibrate transfer`), none (nominal curve) or a map's path.",
+        ),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
 
-        from phasegrad_hw.models import ConfigError
-        from phasegrad_hw.substrate import SubstrateError
+        from phasegrad_hw.errors import ConfigError, SubstrateError
 
         con = Console()
         cfg: dict[str, Any] = {
@@ -288,7 +291,7 @@ def register(groups: Groups) -> None:
             else (Path(saved["data"]) if resume and saved.get("data") else None)
         )
         if telemetry is not None:  # a bad URI fails now, not after the device is open
-            from phasegrad_hw.telemetry import open_telemetry
+            from phasegrad_hw.fleet.telemetry import open_telemetry
 
             try:
                 open_telemetry(telemetry)
@@ -312,13 +315,17 @@ def register(groups: Groups) -> None:
 
 
 async def _train(
-    o: TrainOptions, data: Path | None, store: Path | None, resume: str | None, con: Any,
+    o: TrainOptions,
+    data: Path | None,
+    store: Path | None,
+    resume: str | None,
+    con: Any,
     telemetry: str | None = None,
 ) -> dict[str, Any]:
-    from phasegrad_hw.controller import EPConfig
-    from phasegrad_hw.devices import open_substrate
-    from phasegrad_hw.loop import LoopState, train_on_substrates
-    from phasegrad_hw.tasks import Encoding, load_task
+    from phasegrad_hw.device.registry import open_substrate
+    from phasegrad_hw.learning.controller import EPConfig
+    from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+    from phasegrad_hw.learning.tasks import Encoding, load_task
 
     t0 = time.perf_counter()
     dataset = load_task(o.task, data, seed=o.seed)
@@ -342,14 +349,14 @@ async def _train(
             )
     tm: Any = None
     if telemetry is not None:
-        from phasegrad_hw.telemetry import open_telemetry
+        from phasegrad_hw.fleet.telemetry import open_telemetry
 
         tm = open_telemetry(telemetry)
         await tm.start()  # never blocks training: a bounded queue, sent in the background
     try:
         sub = open_substrate(o.device, seed=o.seed, transfer=o.transfer)
-        tmap = getattr(sub, "transfer_map", None)
-        con.print(f"bias map: {'calibrated (' + tmap.source + ')' if tmap else 'nominal'}")
+        src = sub.map_source
+        con.print(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
         async with sub:
 
             async def save(state: LoopState) -> None:

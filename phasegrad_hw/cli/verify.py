@@ -38,8 +38,11 @@ def _parse_sizes(text: str) -> list[int]:
 def register(groups: Groups) -> None:
     @groups.app.command("verify")
     def verify(
-        sizes: str = typer.Option("6,10,15,20,30,50,100,200", "--sizes",
-                                  help="Comma-separated network sizes for the identity table."),
+        sizes: str = typer.Option(
+            "6,10,15,20,30,50,100,200",
+            "--sizes",
+            help="Comma-separated network sizes for the identity table.",
+        ),
         json_path: Path | None = typer.Option(None, "--json", help="Write all tables as JSON."),
     ) -> None:
         """Reproduce the published gradient checks (identity, finite β, asymmetry, phase lag)."""
@@ -51,7 +54,7 @@ def register(groups: Groups) -> None:
             opts = VerifyOptions(sizes=_parse_sizes(sizes), json_path=json_path)
         except ValidationError as exc:
             raise typer.BadParameter(str(exc.errors()[0]["msg"]), param_hint="--sizes") from exc
-        from phasegrad_hw import verify as v
+        from phasegrad_hw.studies import verify as v
 
         t0 = time.perf_counter()
         try:
@@ -64,14 +67,26 @@ def register(groups: Groups) -> None:
         seconds = time.perf_counter() - t0
         con = Console(width=max(120, Console().width))
         specs = [
-            ("Identity (β=1e-4, FD ε=1e-5)", "identity",
-             ["N", "learnable", "cos_tp_fd", "cos_tp_ift", "residual"]),
-            ("Finite β (20 networks, N=15; |scale error|)", "finite_beta",
-             ["beta", "mode", "mean_cos", "worst_cos", "mean_scale_error", "worst_scale_error"]),
-            ("Asymmetry (N=15, 10 seeds)", "asymmetry",
-             ["asymmetry", "mean_cos", "std_cos", "published"]),
-            ("Phase lag ψ (rad; N=15, 10 seeds)", "phase_lag",
-             ["phase_lag", "mean_cos", "std_cos"]),
+            (
+                "Identity (β=1e-4, FD ε=1e-5)",
+                "identity",
+                ["N", "learnable", "cos_tp_fd", "cos_tp_ift", "residual"],
+            ),
+            (
+                "Finite β (20 networks, N=15; |scale error|)",
+                "finite_beta",
+                ["beta", "mode", "mean_cos", "worst_cos", "mean_scale_error", "worst_scale_error"],
+            ),
+            (
+                "Asymmetry (N=15, 10 seeds)",
+                "asymmetry",
+                ["asymmetry", "mean_cos", "std_cos", "published"],
+            ),
+            (
+                "Phase lag ψ (rad; N=15, 10 seeds)",
+                "phase_lag",
+                ["phase_lag", "mean_cos", "std_cos"],
+            ),
         ]
         for title, key, cols in specs:
             tab = Table(title=title)

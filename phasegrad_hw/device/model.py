@@ -1,0 +1,364 @@
+"""Device models (Pydantic v2): topology, roles, limits, coupling function, backend parameters.
+
+A device file (TOML, YAML or JSON; picked by suffix) names its ``backend``; the matching
+model class validates it. Every validation failure is reported as one line per problem:
+``<field path>: <value> — <what is allowed>``. Limits are checked here, before any value
+reaches a device (:class:`phasegrad_hw.device.substrate.LimitError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import Field, ValidationError, model_validator
+
+from phasegrad_hw.config import (
+    CONFIG_SUFFIXES,
+    StrictModel,
+    format_validation_error,
+    read_config_file,
+    write_config_file,
+)
+from phasegrad_hw.errors import ConfigError, LimitError
+from phasegrad_hw.physics import CouplingFunction
+
+Array = NDArray[np.float64]
+
+
+class Range(StrictModel):
+    """Closed interval [min, max] in the unit of the field that holds it."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.min < self.max:
+            raise ValueError(f"limits must be ordered: min ({self.min}) < max ({self.max})")
+        return self
+
+
+class ChannelLimit(StrictModel):
+    """Allowed range and safe value of one bias channel (device unit)."""
+
+    min: float
+    max: float
+    safe: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChannelLimit:
+        if not self.min < self.max:
+            raise ValueError(f"limits must be ordered: min ({self.min}) < max ({self.max})")
+        if not self.min <= self.safe <= self.max:
+            raise ValueError(f"safe ({self.safe}) must lie within [{self.min}, {self.max}]")
+        return self
+
+
+class BiasLimits(ChannelLimit):
+    """Bias limits for every channel, with optional per-channel overrides."""
+
+    unit: Literal["V", "A", "mW", "model"] = "V"
+    per_channel: dict[int, ChannelLimit] = Field(default_factory=dict)
+
+    def channel(self, i: int) -> ChannelLimit:
+        return self.per_channel.get(i, self)
+
+
+class Limits(StrictModel):
+    """Device limits. ``omega`` and ``coupling`` in model units; ``beta_max`` model units."""
+
+    omega: Range = Range(min=-3.0, max=3.0)
+    coupling: Range = Range(min=0.01, max=8.0)
+    bias: BiasLimits = BiasLimits(min=-3.0, max=3.0, safe=0.0, unit="model")
+    beta_max: float = Field(default=1.0, gt=0)
+    max_averages: int = Field(default=4096, ge=1)
+
+
+class EdgeSpec(StrictModel):
+    """A coupling between oscillators i and j: K_ij = ``k``, K_ji = ``k_ji`` (default ``k``)."""
+
+    i: int = Field(ge=0)
+    j: int = Field(ge=0)
+    k: float = Field(ge=0)
+    k_ji: float | None = Field(default=None, ge=0)
+
+
+class Roles(StrictModel):
+    """Oscillator roles. The reference is pinned at phase 0 and read against."""
+
+    inputs: list[int] = Field(default_factory=list)
+    hidden: list[int] = Field(default_factory=list)
+    outputs: list[int]
+    reference: int = 0
+
+
+class CouplingSpec(StrictModel):
+    """H(φ) = Σ_k a_k sin(kφ − ψ) + b0 + b1 cos φ (see :class:`CouplingFunction`)."""
+
+    harmonics: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    phase_lag_rad: float = 0.0
+    offset: float = 0.0
+    cos_offset: float = 0.0
+
+    def function(self) -> CouplingFunction:
+        return CouplingFunction(
+            tuple(self.harmonics), self.phase_lag_rad, self.offset, self.cos_offset
+        )
+
+
+class CalibrationThresholds(StrictModel):
+    """Pass/fail thresholds of the calibration suite (:mod:`phasegrad_hw.calibration`).
+
+    ``max_asymmetry`` on ‖R − Rᵀ‖/‖R‖ of the phase response matrix (on the 2+5+2 chip
+    ≈ ¼ of the per-edge asymmetry: 0.013 at 5 %, 0.05 at 20 %); ``max_edge_asymmetry`` on
+    |k_ij − k_ji|/mean per edge (20 % random asymmetry costs ≈ 0.4 % gradient cosine, N = 15,
+    DESIGN.md §2); ``nonodd_z`` significance (in standard errors) and ``max_phase_lag_rad`` /
+    ``max_even_fraction`` effect sizes above which H is flagged non-odd;
+    ``min_phase_margin_rad`` on π/2 − |Δθ| per edge; ``min_eigenvalue`` on the reduced
+    Laplacian (model frequency units); ``max_drift_rad_per_read`` phase drift between reads;
+    ``max_transfer_error`` fit error relative to each channel's frequency span;
+    ``target_cosine`` the gradient cosine the noise calibration must reach.
+    """
+
+    max_asymmetry: float = Field(default=0.025, gt=0.0, le=2.0)
+    max_edge_asymmetry: float = Field(default=0.10, gt=0.0, le=2.0)
+    nonodd_z: float = Field(default=4.0, gt=0.0)
+    max_phase_lag_rad: float = Field(default=0.05, gt=0.0, le=3.2)
+    max_even_fraction: float = Field(default=0.1, gt=0.0, le=10.0)
+    min_phase_margin_rad: float = Field(default=0.2, ge=0.0, le=1.6)
+    min_eigenvalue: float = Field(default=0.01, ge=0.0)
+    max_drift_rad_per_read: float = Field(default=0.05, gt=0.0)
+    max_transfer_error: float = Field(default=0.005, gt=0.0, le=1.0)
+    target_cosine: float = Field(default=0.99, gt=0.0, lt=1.0)
+
+
+M = TypeVar("M", bound="DeviceModel")
+DEVICE_MODELS: dict[str, type[DeviceModel]] = {}
+
+
+def register_model(backend: str) -> Callable[[type[M]], type[M]]:
+    """Class decorator: device files whose ``backend`` is ``backend`` load into this class."""
+
+    def deco(cls: type[M]) -> type[M]:
+        DEVICE_MODELS[backend] = cls
+        return cls
+
+    return deco
+
+
+class DeviceModel(StrictModel):
+    """What every device file holds: topology, roles, limits, coupling function, nudge kind."""
+
+    SUFFIXES: ClassVar[tuple[str, ...]] = CONFIG_SUFFIXES
+
+    backend: str
+    name: str = "device"
+    n_oscillators: int = Field(ge=2, le=1_000_000)
+    edges: list[EdgeSpec] = Field(min_length=1)
+    roles: Roles
+    limits: Limits = Field(default_factory=Limits)
+    coupling_function: CouplingSpec = Field(default_factory=CouplingSpec)
+    nudge: Literal["linear", "injection"] = "linear"
+    seed: int = 0
+    calibration: CalibrationThresholds | None = None  # thresholds of the calibration suite
+
+    @model_validator(mode="after")
+    def _topology(self) -> DeviceModel:
+        n = self.n_oscillators
+        seen: set[tuple[int, int]] = set()
+        for idx, e in enumerate(self.edges):
+            for end in ("i", "j"):
+                v = getattr(e, end)
+                if v >= n:
+                    raise ValueError(
+                        f"edges[{idx}].{end}: {v} is not an oscillator (allowed 0…{n - 1})"
+                    )
+            if e.i == e.j:
+                raise ValueError(f"edges[{idx}]: self-coupling {e.i}–{e.j} is not allowed")
+            key = (min(e.i, e.j), max(e.i, e.j))
+            if key in seen:
+                raise ValueError(f"edges[{idx}]: edge {key} appears twice")
+            seen.add(key)
+        r = self.roles
+        groups = {"inputs": r.inputs, "hidden": r.hidden, "outputs": r.outputs}
+        for name, members in groups.items():
+            for v in members:
+                if not 0 <= v < n:
+                    raise ValueError(f"roles.{name}: {v} is not an oscillator (allowed 0…{n - 1})")
+            if len(set(members)) != len(members):
+                raise ValueError(f"roles.{name}: {members} lists an oscillator twice")
+        names = list(groups)
+        for a in range(3):
+            for b in range(a + 1, 3):
+                common = set(groups[names[a]]) & set(groups[names[b]])
+                if common:
+                    raise ValueError(
+                        f"roles: {sorted(common)} is in both {names[a]} and {names[b]}; "
+                        "roles must not overlap"
+                    )
+        if not 0 <= r.reference < n:
+            raise ValueError(
+                f"roles.reference: {r.reference} is not an oscillator (allowed 0…{n - 1})"
+            )
+        if r.reference in r.outputs:
+            raise ValueError(
+                f"roles.reference: {r.reference} is an output; the reference cannot be nudged"
+            )
+        if not r.outputs:
+            raise ValueError("roles.outputs: [] — at least one output oscillator is required")
+        # connectivity (union-find)
+        parent = list(range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for e in self.edges:
+            parent[find(e.i)] = find(e.j)
+        comps = {find(x) for x in range(n)}
+        if len(comps) > 1:
+            lonely = sorted(x for x in range(n) if find(x) != find(r.reference))[:8]
+            raise ValueError(
+                f"edges: the coupling graph is not connected; oscillators {lonely} "
+                "are cut off from the reference"
+            )
+        for idx, e in enumerate(self.edges):
+            for name, v in (("k", e.k), ("k_ji", e.k_ji)):
+                if (
+                    v is not None
+                    and v > 0
+                    and not self.limits.coupling.min <= v <= self.limits.coupling.max
+                ):
+                    raise ValueError(
+                        f"edges[{idx}].{name}: {v} is outside limits.coupling "
+                        f"[{self.limits.coupling.min}, {self.limits.coupling.max}]"
+                    )
+        return self
+
+    # -- derived ----------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.n_oscillators
+
+    @property
+    def edge_index(self) -> NDArray[np.int64]:
+        """(E, 2) array of (i, j)."""
+        return np.array([(e.i, e.j) for e in self.edges], dtype=np.int64).reshape(-1, 2)
+
+    def coupling_values(self) -> Array:
+        """(E,) nominal symmetric coupling per edge (``k``)."""
+        return np.array([e.k for e in self.edges], dtype=np.float64)
+
+    def coupling_matrix(self) -> Array:
+        """(N, N) K with K[i, j] = k, K[j, i] = k_ji (or k)."""
+        K = np.zeros((self.n, self.n))
+        for e in self.edges:
+            K[e.i, e.j] = e.k
+            K[e.j, e.i] = e.k if e.k_ji is None else e.k_ji
+        return K
+
+    CHIP_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_oscillators", "edges", "roles", "limits", "coupling_function", "nudge", "seed"}
+    )
+
+    def chip_fields(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The chip's own description (topology, roles, limits, coupling, nudge, seed), without
+        the backend-specific fields: what a driver's bench config copies from the chip model."""
+        return self.model_dump(mode=mode, include=set(self.CHIP_FIELDS))
+
+    def coupling(self) -> CouplingFunction:
+        return self.coupling_function.function()
+
+    @property
+    def outputs(self) -> NDArray[np.int64]:
+        return np.asarray(self.roles.outputs, dtype=np.int64)
+
+    def safe_biases(self) -> Array:
+        return np.array([self.limits.bias.channel(i).safe for i in range(self.n)])
+
+    # -- limit checks (raise LimitError naming channel, value, limit) -------------
+    def _vector(self, name: str, values: ArrayLike, length: int) -> Array:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.shape != (length,):
+            raise LimitError(
+                f"{name}: shape {arr.shape} does not match the device; need ({length},)"
+            )
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise LimitError(f"{name}[{bad[0]}]: {arr[bad[0]]} is not finite")
+        return arr
+
+    def check_frequencies(self, omega: ArrayLike) -> Array:
+        w = self._vector("omega", omega, self.n)
+        lo, hi = self.limits.omega.min, self.limits.omega.max
+        bad = np.flatnonzero((w < lo) | (w > hi))
+        if bad.size:
+            raise LimitError(
+                f"omega[{bad[0]}]: {w[bad[0]]:.6g} is outside the device limit [{lo}, {hi}]"
+            )
+        return w
+
+    def check_biases(self, values: ArrayLike) -> Array:
+        v = self._vector("bias", values, self.n)
+        unit = self.limits.bias.unit
+        for i, x in enumerate(v):
+            c = self.limits.bias.channel(i)
+            if not c.min <= x <= c.max:
+                raise LimitError(
+                    f"bias[{i}]: {x:.6g} {unit} is outside the channel limit "
+                    f"[{c.min}, {c.max}] {unit}"
+                )
+        return v
+
+    def check_couplings(self, values: ArrayLike) -> Array:
+        k = self._vector("coupling", values, len(self.edges))
+        lo, hi = self.limits.coupling.min, self.limits.coupling.max
+        bad = np.flatnonzero((k < lo) | (k > hi))
+        if bad.size:
+            e = self.edges[bad[0]]
+            raise LimitError(
+                f"coupling[{bad[0]}] (edge {e.i}–{e.j}): {k[bad[0]]:.6g} "
+                f"is outside the device limit [{lo}, {hi}]"
+            )
+        return k
+
+    def check_clamp(self, target: ArrayLike, beta: float) -> tuple[Array, float]:
+        t = self._vector("target", target, len(self.roles.outputs))
+        b = float(beta)
+        if not np.isfinite(b) or not 0.0 <= b <= self.limits.beta_max:
+            raise LimitError(f"beta: {b} is outside the device limit [0, {self.limits.beta_max}]")
+        return t, b
+
+    # -- files ------------------------------------------------------------------
+    @classmethod
+    def load(cls: type[M], path: str | Path) -> M:
+        """Load a device file; the class is picked from its ``backend`` field."""
+        p = Path(path)
+        data = read_config_file(p)
+        return cls.from_dict(data, source=f"{p.name}: ")
+
+    @classmethod
+    def from_dict(cls: type[M], data: dict[str, Any], source: str = "") -> M:
+        target: type[DeviceModel] = cls
+        if cls is DeviceModel:
+            backend = data.get("backend")
+            if backend not in DEVICE_MODELS:
+                raise ConfigError(
+                    f"{source}backend: {backend!r} — allowed: {', '.join(sorted(DEVICE_MODELS))}"
+                )
+            target = DEVICE_MODELS[backend]
+        try:
+            return target.model_validate(data)  # type: ignore[return-value]
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        data = self.model_dump(mode="json", exclude_none=True)
+        write_config_file(p, data)

@@ -1,0 +1,107 @@
+"""Layered oscillator network builders (inputs → hidden layers → outputs).
+
+The published vowel network (arXiv 2604.10272; DESIGN.md §2 and contracts) is 2+5+2:
+oscillators 0, 1 are inputs (0 is also the phase reference), 2…6 hidden (chained 2–3–4–5–6),
+7, 8 outputs. Edges: every input–hidden pair, every hidden–output pair, then the hidden chain,
+in that order. Couplings K = k_scale·U(0.5, 1.5) on the layer-to-layer edges and
+k_scale·U(0.5, 1.0) on the chain, k_scale = 2 (model units, rad per time unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel
+
+Builder = Callable[[np.random.Generator], SimulatedDeviceModel]
+
+
+def layered_edges(
+    n_inputs: int, hidden: Sequence[int], n_outputs: int, chain: bool = True
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(layer edges, chain edges) of a layered network; oscillators numbered layer by layer.
+
+    Consecutive layers are connected all-to-all; with ``chain`` each hidden layer is also a
+    path (h0–h1–…). Returns pairs (i, j) with i < j.
+    """
+    if n_inputs < 1 or n_outputs < 1 or not hidden or any(h < 1 for h in hidden):
+        raise ValueError(
+            f"layers: inputs={n_inputs}, hidden={list(hidden)}, outputs={n_outputs} "
+            "— every layer needs >= 1 oscillator and at least one hidden layer"
+        )
+    sizes = [n_inputs, *hidden, n_outputs]
+    starts = np.cumsum([0, *sizes])
+    layer_edges: list[tuple[int, int]] = []
+    for a in range(len(sizes) - 1):
+        for i in range(starts[a], starts[a + 1]):
+            for j in range(starts[a + 1], starts[a + 2]):
+                layer_edges.append((int(i), int(j)))
+    chain_edges: list[tuple[int, int]] = []
+    if chain:
+        for a in range(1, len(sizes) - 1):
+            for i in range(starts[a], starts[a + 1] - 1):
+                chain_edges.append((int(i), int(i + 1)))
+    return layer_edges, chain_edges
+
+
+def layered(
+    n_inputs: int,
+    hidden: Sequence[int] | int,
+    n_outputs: int,
+    rng: np.random.Generator,
+    *,
+    k_scale: float = 2.0,
+    k_range: tuple[float, float] = (0.5, 1.5),
+    chain_range: tuple[float, float] = (0.5, 1.0),
+    chain: bool = True,
+    name: str | None = None,
+) -> SimulatedDeviceModel:
+    """A simulated layered device with random couplings (published ranges by default).
+
+    Draw order (reproducible under ``rng``): all layer-edge couplings, then chain couplings.
+    Reference = oscillator 0 (an input). Limits: ω ∈ [−3, 3], K ∈ [0.01, 8].
+    """
+    hid = [hidden] if isinstance(hidden, int) else list(hidden)
+    le, ce = layered_edges(n_inputs, hid, n_outputs, chain)
+    k_layer = k_scale * rng.uniform(*k_range, len(le))
+    k_chain = k_scale * rng.uniform(*chain_range, len(ce))
+    n = n_inputs + sum(hid) + n_outputs
+    edges = [
+        {"i": i, "j": j, "k": float(k)}
+        for (i, j), k in zip([*le, *ce], np.concatenate([k_layer, k_chain]), strict=True)
+    ]
+    return SimulatedDeviceModel.model_validate(
+        {
+            "backend": "simulated",
+            "name": name or f"layered-{n_inputs}-{'-'.join(map(str, hid))}-{n_outputs}",
+            "n_oscillators": n,
+            "edges": edges,
+            "roles": {
+                "inputs": list(range(n_inputs)),
+                "hidden": list(range(n_inputs, n_inputs + sum(hid))),
+                "outputs": list(range(n - n_outputs, n)),
+                "reference": 0,
+            },
+        }
+    )
+
+
+def vowel_2_5_2(rng: np.random.Generator) -> SimulatedDeviceModel:
+    """The published 2+5+2 vowel network with freshly drawn couplings."""
+    return layered(2, 5, 2, rng, name="simulated-2-5-2")
+
+
+def vowel_2_8_2(rng: np.random.Generator) -> SimulatedDeviceModel:
+    """The 2+8+2 variant (hidden chain of 8) with the same coupling ranges."""
+    return layered(2, 8, 2, rng, name="simulated-2-8-2")
+
+
+def builder(hidden: int) -> Builder:
+    """A vowel-network builder with ``hidden`` chained hidden oscillators (2+h+2)."""
+
+    def build(rng: np.random.Generator) -> SimulatedDeviceModel:
+        return layered(2, hidden, 2, rng, name=f"simulated-2-{hidden}-2")
+
+    return build

@@ -1,0 +1,265 @@
+"""The substrate contract: anything that can bias oscillator frequencies, read phases and
+clamp (nudge) its outputs (docs/design.md §4).
+
+Public methods validate against the device model *before* anything reaches a device and then
+call the backend's ``_apply_*`` / ``_read`` hooks, each bounded by ``operation_timeout_s`` (a hung
+backend raises :class:`~phasegrad_hw.errors.DeviceTimeoutError` instead of blocking the
+controller). ``async with substrate:`` connects, and on leaving — normally, by an exception or
+by cancellation — releases the clamp and puts every bias at its safe value before closing.
+
+Optional abilities are declared, never probed: a substrate lists them in ``capabilities``
+(:class:`Capability`) and the base class's method for an ability it lacks raises
+:class:`~phasegrad_hw.errors.DeviceError`. ``frequency_map`` is the ω ↔ bias map
+``set_frequencies`` goes through (:mod:`phasegrad_hw.device.frequency_map`): the backend's
+nominal curve by default, a calibrated map once a transfer calibration assigns one, ``None``
+for devices that take frequencies natively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from phasegrad_hw.device.frequency_map import FrequencyMap
+from phasegrad_hw.errors import DeviceError, DeviceTimeoutError, LimitError
+
+if TYPE_CHECKING:
+    from phasegrad_hw.device.model import DeviceModel
+
+log = logging.getLogger(__name__)
+Array = NDArray[np.float64]
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 60.0  # bound on any one operation unless a backend or caller sets another
+
+
+class Capability(StrEnum):
+    """Optional abilities a substrate declares in ``capabilities``."""
+
+    COUPLINGS = "couplings"  # set_couplings works
+    FREQUENCY_COUNTER = "frequency_counter"  # read_frequencies works
+    RESEED = "reseed"  # reseed(seed) restarts the device's noise stream (emulators)
+    EXACT_GRADIENT = "exact_gradient"  # true_state() and exact_gradient() (emulators)
+
+
+# --------------------------------------------------------------------------- readings
+@dataclass(frozen=True)
+class PhaseReading:
+    """One (possibly averaged) phase read.
+
+    ``phases`` (N,) rad in [−π, π), relative to the reference oscillator (its entry is 0);
+    ``spread`` (N,) rad, circular standard deviation across the averaged reads (0 for one
+    read); ``locked`` the device saw no phase slip during the read; ``timestamp`` s (Unix);
+    ``settle_s`` the settling time the device waited or would have waited.
+    """
+
+    phases: Array
+    spread: Array
+    locked: bool
+    timestamp: float = field(default_factory=time.time)
+    averages: int = 1
+    settle_s: float = 0.0
+
+    @classmethod
+    def from_samples(
+        cls, samples: ArrayLike, *, locked: bool = True, settle_s: float = 0.0
+    ) -> PhaseReading:
+        """Circular mean and spread of (M, N) wrapped phase samples (rad)."""
+        s = np.atleast_2d(np.asarray(samples, dtype=np.float64))
+        z = np.exp(1j * s).mean(axis=0)
+        r = np.clip(np.abs(z), 1e-300, 1.0)
+        spread = np.sqrt(-2.0 * np.log(r)) if s.shape[0] > 1 else np.zeros(s.shape[1])
+        return cls(np.angle(z), spread, locked, time.time(), s.shape[0], settle_s)
+
+
+# --------------------------------------------------------------------------- contract
+class OscillatorSubstrate(ABC):
+    """Async device interface. Subclasses implement the underscore hooks.
+
+    Units: frequencies in model units (rad per model time unit, rotating frame); biases in
+    the device's physical unit (``model.limits.bias.unit``: V, A, mW); β in model units of
+    the nudge strength; phases in rad.
+    """
+
+    model: DeviceModel
+    capabilities: frozenset[Capability] = frozenset()
+    frequency_map: FrequencyMap | None
+    operation_timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __init__(self, model: DeviceModel) -> None:
+        self.model = model
+        self.clamped = False
+        self.frequency_map = self.nominal_map()
+
+    def nominal_map(self) -> FrequencyMap | None:
+        """The backend's design ω ↔ bias curve; ``None``: the device takes ω natively."""
+        return None
+
+    @property
+    def map_source(self) -> str:
+        """Where ``set_frequencies``' ω → bias map comes from: ``"device"`` (native),
+        ``"nominal"`` (design curve) or a calibration source (``"frequency_counter"``,
+        ``"phase_response"``)."""
+        return "device" if self.frequency_map is None else self.frequency_map.source
+
+    async def _bounded(self, op: str, aw: Awaitable[T]) -> T:
+        """Await one backend operation, at most ``operation_timeout_s`` seconds."""
+        try:
+            async with asyncio.timeout(self.operation_timeout_s):
+                return await aw
+        except TimeoutError as exc:
+            if isinstance(exc, DeviceTimeoutError):
+                raise
+            raise DeviceTimeoutError(
+                f"{self.model.name}: {op} did not finish within {self.operation_timeout_s:g} s"
+            ) from None
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open the connection; the default does nothing."""
+        return None
+
+    async def close(self) -> None:
+        """Make the device safe, then drop the connection."""
+        try:
+            await self.make_safe()
+        finally:
+            await self._bounded("disconnect", self._disconnect())
+
+    async def _disconnect(self) -> None:
+        """Release transport resources; the default does nothing."""
+        return None
+
+    async def make_safe(self) -> None:
+        """Release the clamp and put every bias at its safe value."""
+        try:
+            await self.release()
+        finally:
+            await self._bounded("make_safe", self._apply_biases(self.model.safe_biases()))
+
+    async def __aenter__(self) -> OscillatorSubstrate:
+        await self._bounded("connect", self.connect())
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # shield: a cancelled task must still leave the device safe
+        task = asyncio.ensure_future(self.close())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+
+    # -- validated public API ----------------------------------------------------
+    async def set_frequencies(self, omega: ArrayLike) -> None:
+        """Set natural frequencies ω (N,), model units, through ``frequency_map`` (the biases
+        it gives are limit-checked like any other) or natively when there is no map."""
+        w = self.model.check_frequencies(omega)
+        fmap = self.frequency_map
+        if fmap is None:
+            await self._bounded("set_frequencies", self._apply_frequencies(w))
+            return
+        try:
+            biases = self.model.check_biases(fmap.bias(w))
+        except LimitError as exc:
+            raise LimitError(
+                f"{exc} (the {fmap.source} frequency map maps omega "
+                f"{np.round(w, 4).tolist()} to biases the device refuses)"
+            ) from None
+        await self._bounded("set_frequencies", self._apply_biases(biases))
+
+    async def set_biases(self, values: ArrayLike) -> None:
+        """Set raw biases (N,) in the device's physical unit, limit-checked per channel."""
+        await self._bounded("set_biases", self._apply_biases(self.model.check_biases(values)))
+
+    async def set_couplings(self, values: ArrayLike) -> None:
+        """Set couplings on the model's edges (E,), model units; needs ``couplings``."""
+        if Capability.COUPLINGS not in self.capabilities:
+            raise DeviceError(f"{type(self).__name__}: this device cannot set couplings")
+        k = self.model.check_couplings(values)
+        await self._bounded("set_couplings", self._apply_couplings(k))
+
+    async def clamp(self, target: ArrayLike, beta: float, direction: int = 1) -> None:
+        """Nudge the output oscillators toward ``target`` (one phase per output, rad).
+
+        ``beta`` >= 0 is the nudge strength; ``direction`` −1 pushes away from the target
+        (the −β state of a centred estimate).
+        """
+        t, b = self.model.check_clamp(target, beta)
+        if direction not in (1, -1):
+            raise LimitError(f"direction: {direction!r} must be +1 or -1")
+        await self._bounded("clamp", self._apply_clamp(t, b, direction))
+        self.clamped = True
+
+    async def release(self) -> None:
+        """Stop nudging."""
+        await self._bounded("release", self._apply_release())
+        self.clamped = False
+
+    async def read_phases(self, averages: int = 1) -> PhaseReading:
+        """Read wrapped phases relative to the reference, averaged over ``averages`` reads."""
+        if (
+            not isinstance(averages, (int, np.integer))
+            or not 1 <= averages <= self.model.limits.max_averages
+        ):
+            raise LimitError(
+                f"averages: {averages!r} is out of range; "
+                f"allowed 1…{self.model.limits.max_averages}"
+            )
+        return await self._bounded("read_phases", self._read(int(averages)))
+
+    async def read_frequencies(self) -> Array:
+        """Free-running frequency of each oscillator (model units); needs ``frequency_counter``."""
+        if Capability.FREQUENCY_COUNTER not in self.capabilities:
+            raise DeviceError(f"{type(self).__name__}: this device has no frequency counter")
+        return await self._bounded("read_frequencies", self._read_frequencies())
+
+    # -- optional abilities (declared in ``capabilities``; the base raises) ---------------
+    def reseed(self, seed: int) -> None:
+        """Restart the device's noise stream under ``seed`` (needs ``reseed``): an emulated
+        chip returns to its power-on state, so a resumed run repeats an uninterrupted one."""
+        raise DeviceError(f"{type(self).__name__}: this device cannot be reseeded")
+
+    def true_state(self) -> tuple[Array, bool]:
+        """The emulator's noiseless locked phases (N,) rad and whether it is locked (needs
+        ``exact_gradient``)."""
+        raise DeviceError(f"{type(self).__name__}: this device cannot report its true state")
+
+    def exact_gradient(self, target: Array) -> Array:
+        """The true ∂L/∂ω (N,) of the present free state for output ``target`` phases (rad),
+        by implicit differentiation (needs ``exact_gradient``)."""
+        raise DeviceError(f"{type(self).__name__}: this device cannot report its gradient")
+
+    # -- backend hooks -------------------------------------------------------------
+    async def _apply_frequencies(self, omega: Array) -> None:
+        """Set ω natively (devices whose ``frequency_map`` is None)."""
+        raise DeviceError(f"{type(self).__name__}: no frequency map and no native ω setting")
+
+    @abstractmethod
+    async def _apply_biases(self, values: Array) -> None: ...
+
+    @abstractmethod
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None: ...
+
+    @abstractmethod
+    async def _apply_release(self) -> None: ...
+
+    @abstractmethod
+    async def _read(self, averages: int) -> PhaseReading: ...
+
+    async def _apply_couplings(self, values: Array) -> None:
+        raise DeviceError(f"{type(self).__name__}: this device cannot set couplings")
+
+    async def _read_frequencies(self) -> Array:
+        raise DeviceError(f"{type(self).__name__}: this device has no frequency counter")

@@ -1,0 +1,360 @@
+"""Tasks: data sets, input encoding, clamp targets and classification readouts.
+
+A :class:`Dataset` holds features min–max scaled to [−1, 1] with the scaler fitted on the
+training split only (the published vowel setting, DESIGN.md §2, arXiv 2604.10272). An
+:class:`Encoding` maps a task onto a device: input oscillator frequency ω = input_scale · x
+(model units), clamp targets for the output oscillators and the decision rule.
+
+Readouts (decision rule + the loss the clamp targets descend):
+
+* ``template`` (default): targets −margin on the correct class' output, +margin on the
+  others; loss ½Σ(θ_o − t)²; decision = nearest target template (wrapped distance).
+* ``argmax_cos``: the published readout, argmax_o cos θ_o, trained with the same fixed
+  templates. cos is even, so it cannot tell −margin from +margin (DESIGN.md §2).
+* ``difference``: a loss on the output phase *differences* whose minimum is the decision
+  rule: L = ½Σ_{j≠y}(θ_y − θ_j + 2·margin)² (``difference_loss="quadratic"``) or its
+  one-sided hinge ½Σ max(0, θ_y − θ_j + 2·margin)²; decision = argmin_o θ_o (for two
+  outputs sign(θ_o1 − θ_o2)). On hardware the loss is applied by clamping toward
+  t = θ*_out − ∂L/∂θ_out computed from the free reading, so that the linear nudge force at
+  θ* is exactly −β ∂L/∂θ_out.
+* ``mean_phase``: targets, loss and decision on the outputs' *common* phase (relative to the
+  reference): class c puts every output at margin·(2c/(C−1) − 1) (−m / +m for two classes),
+  loss ½Σ(θ_o − t)², decision = nearest template (for two classes: the sign of the mean
+  output phase). On the published 2+5+2 network the input moves both outputs together
+  (common-mode class separation ≈ 0.12 rad vs ≈ 6e-4 rad differential, measured), so this is
+  the mode that ω-learning can use; ``difference`` fails there for the same reason.
+  The class order matters: class 0 must be the one whose inputs give the lower output phase
+  (true for a,i and o,u with input ω = 1.5·x and reference = input 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import Field
+
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.physics import wrap
+
+log = logging.getLogger(__name__)
+Array = NDArray[np.float64]
+
+VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u")
+
+#: Per-vowel formant statistics (Hz) of the Hillenbrand et al. (1995) /hVd/ recordings as
+#: tabulated in DESIGN.md §2: n, mean F1, mean F2, sd F1, sd F2, corr(F1, F2).
+VOWEL_STATS: dict[str, tuple[int, float, float, float, float, float]] = {
+    "a": (136, 887.3, 1506.8, 136.7, 204.5, 0.650),
+    "e": (139, 686.2, 2050.1, 100.7, 238.0, 0.537),
+    "i": (139, 411.6, 2725.4, 61.6, 347.7, 0.684),
+    "o": (137, 549.5, 1027.9, 75.7, 157.7, 0.767),
+    "u": (138, 443.9, 1165.9, 60.6, 290.4, 0.472),
+}
+
+
+class TaskError(ValueError):
+    """A data set or task specification that cannot be used (names the offending value)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification task, features scaled to [−1, 1] (scaler fitted on train only)."""
+
+    name: str
+    classes: tuple[str, ...]
+    x_train: Array  # (n, d)
+    y_train: NDArray[np.int64]  # (n,)
+    x_test: Array
+    y_test: NDArray[np.int64]
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise TaskError(f"test_fraction: {test_fraction} must be in (0, 1)")
+
+
+def split_and_scale(
+    name: str, classes: Sequence[str], x: ArrayLike, y: ArrayLike, test_fraction: float, seed: int
+) -> Dataset:
+    """Stratified random split, then min–max scaling to [−1, 1] fitted on the train split.
+
+    Test features are mapped with the training min/max, so they may fall slightly outside
+    [−1, 1]. A feature that is constant on the training split maps to 0.
+    """
+    _check_fraction(test_fraction)
+    X = np.asarray(x, dtype=np.float64)
+    Y = np.asarray(y, dtype=np.int64)
+    if X.ndim != 2 or len(X) != len(Y):
+        raise TaskError(f"{name}: features {X.shape} and labels {Y.shape} do not match")
+    rng = np.random.default_rng(seed)
+    train_idx: list[NDArray[np.int64]] = []
+    test_idx: list[NDArray[np.int64]] = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(Y == c)
+        if len(idx) < 2:
+            raise TaskError(f"{name}: class {classes[c]!r} has {len(idx)} samples; need >= 2")
+        idx = rng.permutation(idx)
+        n_test = min(len(idx) - 1, max(1, int(round(test_fraction * len(idx)))))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr = rng.permutation(np.concatenate(train_idx))
+    te = rng.permutation(np.concatenate(test_idx))
+    lo = X[tr].min(axis=0)
+    hi = X[tr].max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+
+    def scale(a: Array) -> Array:
+        s = 2.0 * (a - lo) / span - 1.0
+        return np.where(hi > lo, s, 0.0)
+
+    return Dataset(name, tuple(classes), scale(X[tr]), Y[tr], scale(X[te]), Y[te])
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    cl = tuple(str(c).strip().lower() for c in classes)
+    for c in cl:
+        if c not in VOWELS:
+            raise TaskError(f"classes: vowel {c!r} is unknown; allowed: {', '.join(VOWELS)}")
+    if len(set(cl)) != len(cl) or len(cl) < 2:
+        raise TaskError(f"classes: {list(cl)} must name at least two different vowels")
+    return cl
+
+
+# --------------------------------------------------------------------------- vowels
+def read_vowel_csv(csv_path: Path) -> tuple[list[str], Array]:
+    """Rows of a Hillenbrand-format CSV (header ``vowel,F1,F2``; formants in Hz)."""
+    p = Path(csv_path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TaskError(f"{p}: cannot read vowel data ({exc.strerror})") from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise TaskError(f"{p}: empty file; expected a header 'vowel,F1,F2'")
+    header = [h.strip() for h in rows[0]]
+    need = ["vowel", "F1", "F2"]
+    if [h.lower() for h in header[:3]] != [h.lower() for h in need]:
+        raise TaskError(f"{p}: header {header} — expected columns {need}")
+    labels: list[str] = []
+    feats: list[tuple[float, float]] = []
+    for ln, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 3:
+            raise TaskError(f"{p}: row {ln}: {row} has {len(row)} columns; expected vowel,F1,F2")
+        vals: list[float] = []
+        for col, cell in zip(("F1", "F2"), row[1:3], strict=True):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise TaskError(f"{p}: row {ln}, column {col}: {cell!r} is not a number") from None
+            if not np.isfinite(v) or v <= 0:
+                raise TaskError(
+                    f"{p}: row {ln}, column {col}: {cell!r} must be a positive frequency (Hz)"
+                )
+            vals.append(v)
+        labels.append(row[0].strip().lower())
+        feats.append((vals[0], vals[1]))
+    return labels, np.asarray(feats, dtype=np.float64).reshape(-1, 2)
+
+
+def load_vowels(
+    csv: Path, classes: Sequence[str] = ("a", "i"), test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
+    """Vowel classification from formants (F1, F2) in a Hillenbrand-format CSV.
+
+    Published setting (arXiv 2604.10272): /a/ vs /i/, 80/20 split, min–max on train.
+    """
+    cl = _check_classes(classes)
+    labels, X = read_vowel_csv(csv)
+    present = set(labels)
+    for c in cl:
+        if c not in present:
+            raise TaskError(
+                f"classes: vowel {c!r} has no rows in {csv}; present: {sorted(present)}"
+            )
+    mask = np.array([lab in cl for lab in labels])
+    y = np.array([cl.index(lab) for lab in labels if lab in cl], dtype=np.int64)
+    return split_and_scale("vowels:" + ",".join(cl), cl, X[mask], y, test_fraction, seed)
+
+
+def synthetic_vowels(
+    classes: Sequence[str] = ("a", "i"),
+    n_per_class: int = 136,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Formants drawn from bivariate normals with the per-vowel means, SDs and F1–F2
+    correlation of DESIGN.md §2 (Hillenbrand et al. 1995 statistics)."""
+    cl = _check_classes(classes)
+    if n_per_class < 2:
+        raise TaskError(f"n_per_class: {n_per_class} must be >= 2")
+    rng = np.random.default_rng([seed, 0x5F])
+    xs, ys = [], []
+    for c, v in enumerate(cl):
+        _, m1, m2, s1, s2, r = VOWEL_STATS[v]
+        cov = np.array([[s1 * s1, r * s1 * s2], [r * s1 * s2, s2 * s2]])
+        xs.append(rng.multivariate_normal([m1, m2], cov, size=n_per_class))
+        ys.append(np.full(n_per_class, c, dtype=np.int64))
+    return split_and_scale(
+        "synthetic-vowels:" + ",".join(cl),
+        cl,
+        np.concatenate(xs),
+        np.concatenate(ys),
+        test_fraction,
+        seed,
+    )
+
+
+def xor(
+    n_per_class: int = 100, noise: float = 0.15, test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
+    """XOR: Gaussian blobs at (±1, ±1); class = sign(x1) ≠ sign(x2)."""
+    if n_per_class < 4:
+        raise TaskError(f"n_per_class: {n_per_class} must be >= 4")
+    if noise < 0:
+        raise TaskError(f"noise: {noise} must be >= 0")
+    rng = np.random.default_rng([seed, 0x0A])
+    centres = np.array([[-1, -1], [1, 1], [-1, 1], [1, -1]], dtype=np.float64)
+    lab = np.array([0, 0, 1, 1])
+    k = np.arange(2 * n_per_class) % 4
+    X = centres[k] + noise * rng.standard_normal((len(k), 2))
+    return split_and_scale("xor", ("same", "different"), X, lab[k], test_fraction, seed)
+
+
+def digits(
+    classes: Sequence[int] | None = None, test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
+    """scikit-learn's 8×8 digits (64 features, 0–16 intensities), optionally a class subset."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise TaskError("digits: needs scikit-learn (pip install 'phasegrad-hw[ml]')") from None
+    d = load_digits()
+    X = np.asarray(d.data, dtype=np.float64)
+    y = np.asarray(d.target, dtype=np.int64)
+    cls = list(range(10)) if classes is None else [int(c) for c in classes]
+    for c in cls:
+        if not 0 <= c <= 9:
+            raise TaskError(f"classes: digit {c} is not in 0…9")
+    mask = np.isin(y, cls)
+    yy = np.array([cls.index(int(v)) for v in y[mask]], dtype=np.int64)
+    return split_and_scale("digits", tuple(str(c) for c in cls), X[mask], yy, test_fraction, seed)
+
+
+def load_task(spec: str, data: Path | None = None, seed: int = 0) -> Dataset:
+    """A task from a CLI string: ``vowels:a,i`` (CSV if given, else synthetic), ``xor``,
+    ``digits`` or ``digits:0,1``."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "vowels":
+        cl = [c for c in rest.split(",") if c] if rest else ["a", "i"]
+        if data is not None:
+            return load_vowels(data, cl, seed=seed)
+        return synthetic_vowels(cl, seed=seed)
+    if kind == "xor":
+        return xor(seed=seed)
+    if kind == "digits":
+        return digits([int(c) for c in rest.split(",")] if rest else None, seed=seed)
+    raise TaskError(
+        f"--task: {spec!r} is unknown; allowed: vowels:a,i (any of a,e,i,o,u), xor, digits[:0,1,…]"
+    )
+
+
+# --------------------------------------------------------------------------- encoding
+class Encoding(StrictModel):
+    """How a task maps onto a device (input frequencies, clamp targets, decision rule)."""
+
+    input_scale: float = Field(default=1.5, gt=0.0)  # input oscillator ω = input_scale · x
+    margin: float = Field(default=0.2, gt=0.0, lt=1.5)  # target phase magnitude (rad)
+    readout: Literal["template", "argmax_cos", "difference", "mean_phase"] = "template"
+    difference_loss: Literal["quadratic", "hinge"] = "quadratic"
+
+    def input_frequencies(self, x: ArrayLike) -> Array:
+        """(..., d) scaled features -> (..., d) input oscillator frequencies (model units)."""
+        return self.input_scale * np.asarray(x, dtype=np.float64)
+
+    def templates(self, n_out: int, n_classes: int | None = None) -> Array:
+        """(n_classes, n_out) fixed targets (rad).
+
+        One output per class (``template``/``argmax_cos``): −margin on the class' output,
+        +margin elsewhere. ``mean_phase``: every output of class c at
+        margin·(2c/(C−1) − 1), i.e. −margin / +margin for two classes.
+        """
+        if self.readout == "mean_phase":
+            C = n_out if n_classes is None else n_classes
+            levels = self.margin * (2.0 * np.arange(C) / max(C - 1, 1) - 1.0)
+            return np.repeat(levels[:, None], n_out, axis=1)
+        t = np.full((n_out, n_out), self.margin)
+        np.fill_diagonal(t, -self.margin)
+        return t
+
+    def loss_grad(self, y: int | NDArray[np.int64], out: ArrayLike) -> Array:
+        """∂L/∂θ_out (rad) of this encoding's loss at output phases ``out`` (..., n_out)."""
+        o = np.asarray(out, dtype=np.float64)
+        n_out = o.shape[-1]
+        yy = np.broadcast_to(np.asarray(y, dtype=np.int64), o.shape[:-1])
+        if self.readout != "difference":
+            return wrap(o - self.templates(n_out)[yy])
+        oy = np.take_along_axis(o, yy[..., None], axis=-1)  # (..., 1)
+        r = wrap(oy - o) + 2.0 * self.margin  # r_j = θ_y − θ_j + 2m
+        if self.difference_loss == "hinge":
+            r = np.maximum(r, 0.0)
+        onehot = np.arange(n_out) == yy[..., None]
+        r = np.where(onehot, 0.0, r)
+        g = -r  # ∂/∂θ_j (j ≠ y) of ½ r_j² is −r_j
+        g = np.where(onehot, r.sum(axis=-1, keepdims=True), g)
+        return g
+
+    def loss(self, y: int | NDArray[np.int64], out: ArrayLike) -> Array:
+        """The loss (rad²) that :meth:`clamp_targets` descends."""
+        o = np.asarray(out, dtype=np.float64)
+        yy = np.broadcast_to(np.asarray(y, dtype=np.int64), o.shape[:-1])
+        if self.readout != "difference":
+            return 0.5 * (wrap(o - self.templates(o.shape[-1])[yy]) ** 2).sum(axis=-1)
+        oy = np.take_along_axis(o, yy[..., None], axis=-1)
+        r = wrap(oy - o) + 2.0 * self.margin
+        if self.difference_loss == "hinge":
+            r = np.maximum(r, 0.0)
+        r = np.where(np.arange(o.shape[-1]) == yy[..., None], 0.0, r)
+        return 0.5 * (r**2).sum(axis=-1)
+
+    def clamp_targets(self, y: int | NDArray[np.int64], free_out: ArrayLike) -> Array:
+        """Phases (rad) to clamp the outputs toward, given the free output phases.
+
+        Fixed templates for ``template``/``argmax_cos`` (``free_out`` only sets the shape);
+        for ``difference`` t = θ*_out − ∂L/∂θ_out, so the linear nudge β(t − θ) at θ* equals
+        −β ∂L/∂θ_out.
+        """
+        o = np.asarray(free_out, dtype=np.float64)
+        if self.readout != "difference":
+            yy = np.broadcast_to(np.asarray(y, dtype=np.int64), o.shape[:-1])
+            return self.templates(o.shape[-1])[yy].copy()
+        return wrap(o - self.loss_grad(y, o))
+
+    def predict(self, out_phases: ArrayLike) -> NDArray[np.int64]:
+        """(..., n_out) output phases (rad) -> (...,) class indices."""
+        o = np.asarray(out_phases, dtype=np.float64)
+        if self.readout == "argmax_cos":
+            return np.argmax(np.cos(o), axis=-1).astype(np.int64)
+        if self.readout == "difference":
+            return np.argmin(o, axis=-1).astype(np.int64)
+        t = self.templates(o.shape[-1])
+        d = (wrap(o[..., None, :] - t) ** 2).sum(axis=-1)
+        return np.argmin(d, axis=-1).astype(np.int64)

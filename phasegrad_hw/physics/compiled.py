@@ -1,0 +1,125 @@
+"""The compiled (numba) path of :func:`~phasegrad_hw.physics.solve_equilibrium`: validation
+that is cheap in Python, then the kernel in :mod:`phasegrad_hw.physics._kernels`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind
+from phasegrad_hw.physics.result import Equilibrium
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+
+_F64 = np.dtype(np.float64)
+_EMPTY = np.zeros(0)
+_NUDGE_CODE = {"linear": 1, "injection": 2}
+_compiled_state: list[Callable[..., Any] | None] = []
+
+
+def _compiled_kernel() -> Callable[..., Any] | None:
+    """The numba kernel for one small network (imported on first use), or None without numba."""
+    if not _compiled_state:
+        try:
+            from phasegrad_hw.physics._kernels import solve_small
+        except ImportError:  # numba is the optional extra "fast"
+            _compiled_state.append(None)
+        else:
+            _compiled_state.append(solve_small)
+    return _compiled_state[0]
+
+
+def _fast_vector(x: ArrayLike | None, n: int) -> Array | None:
+    """A contiguous float64 (n,) view of an array or a Python scalar, else None (no copy of
+    arrays; anything unusual — other dtypes, shapes, layouts — goes to the numpy path)."""
+    if type(x) is np.ndarray:
+        if x.dtype == _F64 and x.shape == (n,) and x.flags.c_contiguous:
+            return x
+        return None
+    if type(x) is float or type(x) is int:
+        return np.full(n, float(x))
+    return None
+
+
+def _solve_compiled(
+    omega: Array,
+    K: Array,
+    coupling: CouplingFunction,
+    theta0: ArrayLike | None,
+    ref: int,
+    beta: ArrayLike | None,
+    target: ArrayLike | None,
+    nudge: NudgeKind,
+    direction: int,
+    tol: float,
+    max_iter: int,
+) -> Equilibrium | None:
+    """One small dense network with H = a·sin and symmetric K through the numba kernel, with
+    only the validation that is cheap in Python (types, dtypes, shapes, ref); the kernel checks
+    finite entries, β >= 0 and symmetry. None: not this case (or numba missing, or a check
+    failed) — the caller takes the numpy path, which raises the usual errors for bad input."""
+    n = omega.shape[0]
+    if not (
+        2 <= n <= 64
+        and K.shape == (n, n)
+        and omega.dtype == _F64
+        and K.dtype == _F64
+        and omega.flags.c_contiguous
+        and K.flags.c_contiguous
+        and type(max_iter) is int
+        and (type(ref) is int or type(ref) is np.int64)
+        and 0 <= ref < n
+        and len(coupling.harmonics) == 1
+        and coupling.is_odd
+    ):
+        return None
+    kernel = _compiled_kernel()
+    if kernel is None:
+        return None
+    th0 = _EMPTY if theta0 is None else _fast_vector(theta0, n)
+    bet: Array | None = _EMPTY
+    tgt: Array | None = _EMPTY
+    kind = 0
+    if beta is not None:
+        bet = _fast_vector(beta, n)
+        tgt = _fast_vector(0.0 if target is None else target, n)
+        kind = _NUDGE_CODE[nudge]
+    if th0 is None or bet is None or tgt is None:
+        return None
+    status, th, A, res, it, conv, chol_ok, shift = kernel(
+        omega,
+        K,
+        float(coupling.harmonics[0]),
+        th0,
+        theta0 is not None,
+        bet,
+        tgt,
+        kind,
+        float(direction),
+        int(ref),
+        float(tol),
+        max_iter,
+    )
+    if status != 0:
+        return None
+    A = np.asarray(A, dtype=np.float64)
+    stable = bool(chol_ok) or bool(np.linalg.eigvalsh(A)[0] > shift)
+
+    def margin() -> Array:
+        return np.asarray(np.linalg.eigvalsh(A)[0])
+
+    return Equilibrium(
+        np.asarray(th, dtype=np.float64),
+        np.asarray(res),
+        np.asarray(it),
+        np.asarray(conv),
+        np.asarray(stable),
+        margin,
+    )

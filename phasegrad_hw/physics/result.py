@@ -1,0 +1,66 @@
+"""The result of a locked-state solve (every path returns it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from phasegrad_hw.physics.coupling import Array
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- equilibria
+class Equilibrium:
+    """Result of :func:`solve_equilibrium`.
+
+    ``theta`` phases (rad) with θ_ref = 0; ``residual`` max |F_i| over the reduced system;
+    ``converged`` Newton reached the tolerance; ``stable`` the reduced Jacobian J̃ is negative
+    definite (all eigenvalues with negative real part); ``margin`` the smallest eigenvalue of
+    −J̃ (its smallest real part if J̃ is not symmetric) — the distance from losing stability.
+    ``ok`` is converged and stable. Arrays carry the batch shape of the input.
+
+    ``margin`` may be passed as an array or as a zero-argument callable; a callable is
+    evaluated on first access (the solver decides ``stable`` from a Cholesky factorisation and
+    only pays for the eigenvalue when someone asks for it).
+    """
+
+    __slots__ = ("theta", "residual", "iterations", "converged", "stable", "_margin")
+
+    def __init__(
+        self,
+        theta: Array,
+        residual: Array,
+        iterations: NDArray[np.int64] | Array,
+        converged: NDArray[np.bool_],
+        stable: NDArray[np.bool_],
+        margin: Array | Callable[[], Array],
+    ) -> None:
+        self.theta = theta
+        self.residual = residual
+        self.iterations = iterations
+        self.converged = converged
+        self.stable = stable
+        self._margin = margin
+
+    @property
+    def margin(self) -> Array:
+        if callable(self._margin):
+            self._margin = np.asarray(self._margin(), dtype=np.float64)
+        return self._margin
+
+    @property
+    def ok(self) -> NDArray[np.bool_]:
+        return self.converged & self.stable
+
+    def __repr__(self) -> str:
+        return (
+            f"Equilibrium(theta={self.theta!r}, residual={self.residual!r}, "
+            f"iterations={self.iterations!r}, converged={self.converged!r}, "
+            f"stable={self.stable!r})"
+        )

@@ -1,0 +1,691 @@
+"""Remote devices over a real mosquitto: exact training parity, broker restart, ACL, payload
+validation, timeouts/late replies, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from phasegrad_hw.backends.mqtt import MqttSubstrate, open_uri
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.device.registry import open_substrate
+from phasegrad_hw.device.substrate import PhaseReading
+from phasegrad_hw.errors import DeviceError, DeviceTimeoutError, LimitError
+from phasegrad_hw.fleet.agent import Agent
+from phasegrad_hw.fleet.telemetry import Telemetry
+from phasegrad_hw.learning.controller import EPConfig, Parameters
+from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
+from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.mqtt import BrokerConfig
+from tests.conftest import REPO
+from tests.mosquitto import Mosquitto, broker, child_env  # noqa: F401  (fixture)
+
+NAME = "lab/chip"
+
+
+def vowel_model(noise_rad: float = 0.01) -> SimulatedDeviceModel:
+    """The 2+5+2 vowel topology (contracts.md) with published K draws and readout noise."""
+    rng = np.random.default_rng(0)
+    edges = [
+        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
+    ]
+    edges += [
+        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
+    ]
+    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
+    return SimulatedDeviceModel.model_validate(
+        {
+            "name": "vowel-2-5-2",
+            "n_oscillators": 9,
+            "edges": edges,
+            "roles": {
+                "inputs": [0, 1],
+                "hidden": [2, 3, 4, 5, 6],
+                "outputs": [7, 8],
+                "reference": 0,
+            },
+            "readout_noise_rad": noise_rad,
+        }
+    )
+
+
+@pytest.fixture
+def device_file(tmp_path: Path) -> Path:
+    p = tmp_path / "vowel.toml"
+    vowel_model().save(p)
+    return p
+
+
+class SpySubstrate(SimulatedSubstrate):
+    """Counts every backend hook call (what actually reaches the device)."""
+
+    def __init__(self, model: SimulatedDeviceModel, read_delay_s: float = 0.0) -> None:
+        super().__init__(model)
+        self.calls: list[str] = []
+        self.read_delay_s = read_delay_s
+
+    async def _apply_frequencies(self, omega: Array) -> None:
+        self.calls.append("frequencies")
+        await super()._apply_frequencies(omega)
+
+    async def _apply_biases(self, values: Array) -> None:
+        self.calls.append("biases")
+        await super()._apply_biases(values)
+
+    async def _apply_couplings(self, values: Array) -> None:
+        self.calls.append("couplings")
+        await super()._apply_couplings(values)
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        self.calls.append("clamp")
+        await super()._apply_clamp(target, beta, direction)
+
+    async def _read(self, averages: int) -> PhaseReading:
+        self.calls.append("read")
+        if self.read_delay_s:
+            await asyncio.sleep(self.read_delay_s)
+        return await super()._read(averages)
+
+
+@asynccontextmanager
+async def local_agent(b: Mosquitto, sub: SimulatedSubstrate) -> AsyncIterator[Agent]:
+    cfg, _, _ = BrokerConfig.parse(b.uri("agent"))
+    agent = Agent(sub, cfg, NAME)
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+@contextmanager
+def agent_process(b: Mosquitto, device: Path) -> Iterator[subprocess.Popen[str]]:
+    """``phasegrad-hw agent`` in its own process; waits for its ``ready`` line."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phasegrad_hw.cli",
+            "agent",
+            "--device",
+            str(device),
+            "--broker",
+            b.uri("agent"),
+            "--name",
+            NAME,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=child_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != f"agent {NAME} ready":
+        proc.kill()
+        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=5)
+        for line in out.splitlines():
+            if line.startswith("agent stats "):
+                AGENT_STATS.append(json.loads(line.removeprefix("agent stats ")))
+
+
+AGENT_STATS: list[dict[str, Any]] = []
+DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)
+
+
+async def train(sub: Any, epochs: int, on_step: Any = None, on_epoch_end: Any = None) -> Parameters:
+    res = await train_on_substrates(
+        [sub],
+        DATA,
+        Encoding(),
+        EPConfig(),
+        epochs=epochs,
+        seed=0,
+        on_step=on_step,
+        on_epoch_end=on_epoch_end,
+    )
+    assert len(res.state.history) == epochs
+    return res.state.params
+
+
+def in_process(device: Path, epochs: int) -> Parameters:
+    async def go() -> Parameters:
+        async with open_substrate(device) as s:
+            return await train(s, epochs)
+
+    return asyncio.run(go())
+
+
+def assert_same(a: Parameters, b: Parameters) -> None:
+    assert np.array_equal(a.omega, b.omega), np.max(np.abs(a.omega - b.omega))
+    assert np.array_equal(a.coupling, b.coupling)
+
+
+def test_training_over_mqtt_matches_in_process(broker: Mosquitto, device_file: Path) -> None:  # noqa: F811
+    reference = in_process(device_file, 2)
+    with agent_process(broker, device_file):
+        sub = open_substrate(broker.uri("controller", NAME))
+        assert isinstance(sub, MqttSubstrate)
+        assert sub.model.n == 9 and sub.model.roles.outputs == [7, 8]
+
+        async def go() -> Parameters:
+            async with sub:
+                return await train(sub, 2)
+
+        remote = asyncio.run(go())
+    assert_same(remote, reference)
+    from phasegrad_hw.learning.seeding import initial_parameters
+
+    init = initial_parameters(sub.model, np.random.default_rng(0), "random")
+    assert np.max(np.abs(remote.omega - init.omega)) > 1e-4  # it did train
+    assert sub.late_replies == 0
+
+
+def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> None:  # noqa: F811
+    epochs = 3
+    reference = in_process(device_file, epochs)
+    seen: list[dict[str, Any]] = []
+    outage = threading.Event()
+
+    def bounce() -> None:
+        broker.restart(down_s=0.4)
+        outage.set()
+
+    async def watch(stop: asyncio.Event) -> None:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("watcher"))
+        import aiomqtt
+
+        while not stop.is_set():
+            try:
+                async with cfg.client(f"watch-{time.monotonic_ns()}") as c:
+                    await c.subscribe("phasegrad/lab/chip/metrics", qos=1)
+                    await c.subscribe("phasegrad/lab/chip/status", qos=1)
+                    async for m in c.messages:
+                        seen.append({"topic": str(m.topic), **json.loads(bytes(m.payload))})  # type: ignore[arg-type,unused-ignore]
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    with agent_process(broker, device_file):
+        sub = open_substrate(broker.uri("controller", NAME) + "?retry=0.5")
+        assert isinstance(sub, MqttSubstrate)
+        steps = 0
+        tm = Telemetry(BrokerConfig.parse(broker.uri("controller"))[0], NAME, step_interval_s=0.0)
+        walls: list[float] = []
+
+        def on_step(_: Any) -> None:
+            nonlocal steps
+            steps += 1
+            tm.on_step(_)
+            if steps == 5:
+                threading.Thread(target=bounce, daemon=True).start()
+
+        async def go() -> Parameters:
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(watch(stop))
+            async with sub, tm:
+                t0 = time.perf_counter()
+                params = await train(sub, epochs, on_step=on_step, on_epoch_end=tm.on_epoch_end)
+                wall = time.perf_counter() - t0
+            await asyncio.sleep(0.3)
+            stop.set()
+            watcher.cancel()
+            assert wall > 0.4  # the outage paused training
+            walls.append(wall)
+            return params
+
+        remote = asyncio.run(go())
+    assert outage.is_set()
+    assert_same(remote, reference)  # no update lost, none applied twice
+    stats = AGENT_STATS[-1]  # the agent process stopped cleanly and reported
+    assert stats["connections"] >= 2 and stats["errors"] == 0
+    print(f"broker restart: wall {walls[0]:.2f} s, client resends {sub.resends}, agent {stats}")
+    assert sub._sessions >= 2  # the controller reconnected
+    assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
+    metrics = [m for m in seen if m["topic"].endswith("/metrics")]
+    assert metrics and metrics[-1]["epoch"] == epochs  # telemetry resumed after the restart
+    assert any(m.get("reconnected") for m in seen if m["topic"].endswith("/status"))
+
+
+async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  # noqa: F811
+    import aiomqtt
+
+    spy = SpySubstrate(vowel_model(0.0))
+    async with local_agent(broker, spy) as agent:
+        for uri in (
+            broker.uri(None, NAME),
+            broker.uri("controller", NAME).replace("controller-pw", "wrong"),
+        ):
+            with pytest.raises(DeviceError, match="refused the login"):
+                await asyncio.to_thread(open_uri, uri + "?timeout=5")
+        for user in ("outsider", "watcher"):  # valid logins, but not allowed to drive devices
+            with pytest.raises(DeviceTimeoutError, match="no agent answered"):
+                await asyncio.to_thread(open_uri, broker.uri(user, NAME) + "?timeout=1")
+        out_cfg, _, _ = BrokerConfig.parse(broker.uri("outsider"))
+        async with out_cfg.client("snoop") as snoop:
+            await snoop.subscribe("#", qos=1)
+            await snoop.subscribe("phasegrad/lab/chip/rpc/rep/#", qos=1)
+            req = {"op": "set_frequencies", "id": "x-1", "reply_to": "snoop", "omega": [0.1] * 9}
+            await snoop.publish("phasegrad/lab/chip/rpc/req", json.dumps(req), qos=1)
+            # a legitimate controller drives the device meanwhile: the snoop sees nothing
+            sub = await asyncio.to_thread(open_uri, broker.uri("controller", NAME))
+            async with sub:
+                await sub.set_frequencies(np.linspace(-0.5, 0.5, 9))
+                await sub.read_phases()
+            got: list[Any] = []
+            try:
+                async with asyncio.timeout(0.5):
+                    async for m in snoop.messages:
+                        got.append(m.topic)
+            except TimeoutError:
+                pass
+            assert got == []
+        # only the controller's requests arrived (hello at open and connect; close = make_safe)
+        assert agent.stats.ops == {
+            "hello": 2,
+            "set_frequencies": 1,
+            "read_phases": 1,
+            "release": 1,
+            "set_biases": 1,
+        }
+    assert spy.calls.count("frequencies") == 1  # only the controller's
+    with pytest.raises(aiomqtt.MqttError):
+        async with BrokerConfig.parse(broker.uri(None))[0].client("anon"):
+            pass
+
+
+async def test_malformed_and_out_of_limit_payloads_are_refused(broker: Mosquitto) -> None:  # noqa: F811
+    spy = SpySubstrate(vowel_model(0.0))
+    omega0 = spy.omega.copy()
+    bad = {
+        "b1": b"not json at all {",
+        "b2": {"op": "explode", "id": "b2", "reply_to": "ctl"},
+        "b3": {"op": "set_frequencies", "id": "b3", "reply_to": "ctl", "omega": [0.1] * 8},
+        "b4": {"op": "set_frequencies", "id": "b4", "reply_to": "ctl", "omega": [9.0] * 9},
+        "b5": {"op": "set_frequencies", "id": "b5", "reply_to": "ctl", "omega": ["x"] * 9},
+        "b6": {"op": "clamp", "id": "b6", "reply_to": "ctl", "target": [0.1, 0.1], "beta": 5.0},
+        "b7": {"op": "read_phases", "id": "b7", "reply_to": "ctl", "averages": 0},
+        "b8": {"op": "set_couplings", "id": "b8", "reply_to": "ctl", "values": [99.0] * 24},
+        "b9": {"op": "set_biases", "id": "b9", "reply_to": "ctl", "omega": [0.0] * 9},
+        "b10": {
+            "op": "set_frequencies",
+            "id": "b10",
+            "reply_to": "ctl",
+            "omega": [0.1] * 9,
+            "extra": 1,
+        },
+        "b11": {"op": "read_phases", "id": "b11", "reply_to": "../../x", "averages": 1},
+    }
+    expect = {
+        "b2": "invalid",
+        "b3": "limit",
+        "b4": "limit",
+        "b5": "invalid",
+        "b6": "limit",
+        "b7": "invalid",
+        "b8": "limit",
+        "b9": "invalid",
+        "b10": "invalid",
+    }
+    async with local_agent(broker, spy) as agent:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        replies: dict[str, Any] = {}
+        async with cfg.client("ctl-raw") as c:
+            await c.subscribe("phasegrad/lab/chip/rpc/rep/ctl", qos=1)
+            for payload in bad.values():
+                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                await c.publish("phasegrad/lab/chip/rpc/req", raw, qos=1)
+            try:
+                async with asyncio.timeout(3):
+                    async for m in c.messages:
+                        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
+                        replies[rep["id"]] = rep
+                        if len(replies) == len(expect):
+                            break
+            except TimeoutError:
+                pass
+        assert agent.stats.received == len(bad)
+        assert agent.stats.rejected == len(bad)
+    assert {k: r["error"]["kind"] for k, r in replies.items()} == expect
+    assert all(not r["ok"] for r in replies.values())
+    assert (
+        "omega[0]: 9 is outside the device limit [-3.0, 3.0]" in replies["b4"]["error"]["message"]
+    )
+    assert "beta" in replies["b6"]["error"]["message"]
+    assert spy.calls == []  # nothing reached the device
+    assert np.array_equal(spy.omega, omega0)
+
+
+async def test_timeout_and_late_reply_never_taken_for_a_later_request(broker: Mosquitto) -> None:  # noqa: F811
+    model = vowel_model(0.0)
+    spy = SpySubstrate(model)
+    async with local_agent(broker, spy):
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=model, timeout_s=0.2, retry_s=30.0)
+        async with sub:
+            w1 = np.linspace(-0.4, 0.4, 9)
+            w2 = -w1
+            await sub.set_frequencies(w1)
+            spy.read_delay_s = 0.5
+            with pytest.raises(DeviceTimeoutError, match=r"read_phases \(request .*\) not answ"):
+                await sub.read_phases()
+            spy.read_delay_s = 0.0
+            sub.timeout_s = 5.0
+            await sub.set_frequencies(w2)
+            r2 = await sub.read_phases()
+            assert sub.late_replies == 1  # the first read's reply came, and was dropped
+    ref = SimulatedSubstrate(model)
+    async with ref:
+        await ref.set_frequencies(w1)
+        r1_ref = await ref.read_phases()
+        await ref.set_frequencies(w2)
+        r2_ref = await ref.read_phases()
+    assert np.allclose(r2.phases, r2_ref.phases, atol=1e-9)
+    assert not np.allclose(r2.phases, r1_ref.phases, atol=1e-3)
+
+
+async def test_repeated_request_id_is_answered_from_cache() -> None:
+    spy = SpySubstrate(vowel_model(0.0))
+    agent = Agent(spy, BrokerConfig(host="unused"), NAME)
+    req = json.dumps(
+        {"op": "set_frequencies", "id": "c-1", "reply_to": "ctl", "omega": [0.2] * 9}
+    ).encode()
+    read = json.dumps({"op": "read_phases", "id": "c-2", "reply_to": "ctl"}).encode()
+    first = await agent.handle(req)
+    again = await agent.handle(req)
+    r1 = await agent.handle(read)
+    r2 = await agent.handle(read)
+    assert first == again and r1 == r2 and first is not None and r1 is not None
+    assert spy.calls == ["frequencies", "read"]
+    assert agent.stats.executed == 2 and agent.stats.cached == 2
+    other = await agent.handle(read.replace(b'"ctl"', b'"ctl2"'))  # same id, other client
+    assert other is not None and other[0] == "ctl2" and spy.calls.count("read") == 2
+
+
+async def test_limits_checked_locally_before_sending(
+    broker: Mosquitto,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spy = SpySubstrate(vowel_model(0.0))
+    # credentials from the environment (no USER:PASS@ in the URI)
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_USERNAME", "controller")
+    monkeypatch.setenv("PHASEGRAD_HW_MQTT_PASSWORD", "controller-pw")
+    async with local_agent(broker, spy) as agent:
+        sub = await asyncio.to_thread(open_uri, broker.uri(None, NAME))
+        async with sub:
+            n = agent.stats.received
+            with pytest.raises(LimitError, match=r"omega\[3\]: 4 is outside"):
+                await sub.set_frequencies([0, 0, 0, 4.0, 0, 0, 0, 0, 0])
+            assert agent.stats.received == n
+    assert "frequencies" not in spy.calls
+
+
+async def test_reply_lost_in_a_broker_restart_is_served_from_cache(broker: Mosquitto) -> None:  # noqa: F811
+    model = vowel_model(0.0)
+    spy = SpySubstrate(model)
+    w = np.linspace(-0.3, 0.5, 9)
+    async with local_agent(broker, spy) as agent:
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=model, timeout_s=20.0, retry_s=5.0)
+        async with sub:
+            await sub.set_frequencies(w)
+            spy.read_delay_s = 0.6
+            read = asyncio.create_task(sub.read_phases())
+            await asyncio.sleep(0.2)  # the agent is executing the read ...
+            await asyncio.to_thread(broker.restart, 0.2)  # ... when the broker dies
+            r = await read
+            spy.read_delay_s = 0.0
+        assert agent.stats.connections >= 2
+        assert agent.stats.cached >= 1  # the retried id was answered from the cache ...
+    assert spy.calls.count("read") == 1  # ... and the read was not repeated on the device
+    ref = SimulatedSubstrate(model)
+    async with ref:
+        await ref.set_frequencies(w)
+        assert np.allclose(r.phases, (await ref.read_phases()).phases, atol=1e-12)
+
+
+CONTROLLER = """
+import asyncio, sys
+from phasegrad_hw.backends.mqtt import open_uri
+async def main():
+    sub = open_uri(sys.argv[1])
+    async with sub:
+        await sub.set_frequencies([0.1] * 9)
+        await sub.clamp([0.2, -0.2], 0.5)
+        print(sub.client_id, flush=True)
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquitto) -> None:  # noqa: F811
+    spy = SpySubstrate(vowel_model(0.0))
+    async with local_agent(broker, spy) as agent:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CONTROLLER, broker.uri("controller", NAME)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=child_env(),
+        )
+        try:
+            assert proc.stdout is not None
+            client = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+            assert spy.clamped and np.all(spy.omega == 0.1)
+            proc.send_signal(signal.SIGKILL)  # no clean disconnect: the broker sends the will
+            await asyncio.to_thread(proc.wait, 10)
+            for _ in range(100):
+                if not spy.clamped:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert not spy.clamped and np.array_equal(spy.omega, spy.model.safe_biases())
+        assert client in agent.fenced
+        # the vanished client's session is fenced: a late request of it is refused
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        async with cfg.client("late-ctl") as c:
+            await c.subscribe(f"phasegrad/lab/chip/rpc/rep/{client}", qos=1)
+            await c.publish(
+                "phasegrad/lab/chip/rpc/req",
+                json.dumps({"op": "read_phases", "id": "late-1", "reply_to": client}),
+                qos=1,
+            )
+            async with asyncio.timeout(5):
+                m = await anext(aiter(c.messages))
+        rep = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
+        assert rep["id"] == "late-1" and rep["error"]["kind"] == "session"
+    assert spy.calls.count("read") == 0
+
+
+async def test_tls_listener(tmp_path: Path) -> None:
+    b = Mosquitto(tmp_path / "tls-broker", tls=True)
+    b.start()
+    try:
+        spy = SpySubstrate(vowel_model(0.0))
+        cfg, _, _ = BrokerConfig.parse(b.tls_uri("agent"))
+        assert cfg.tls and cfg.ca == b.ca and cfg.port == b.tls_port
+        agent = Agent(spy, cfg, NAME)
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        try:
+            sub = await asyncio.to_thread(open_uri, b.tls_uri("controller", NAME))
+            async with sub:
+                await sub.set_frequencies(np.full(9, 0.05))
+                r = await sub.read_phases()
+            assert r.locked and spy.calls.count("read") == 1
+            # without the test CA the server certificate is not trusted: a clear, fast error
+            with pytest.raises(DeviceError, match="TLS failed"):
+                await asyncio.to_thread(
+                    open_uri, b.tls_uri("controller", NAME, ca=False) + "?timeout=5"
+                )
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    finally:
+        b.stop()
+
+
+CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
+
+
+@pytest.mark.slow
+def test_train_cli_over_mqtt_matches_the_device_file(
+    broker: Mosquitto,  # noqa: F811
+    device_file: Path,
+    tmp_path: Path,
+) -> None:
+    from phasegrad_hw.store import RunStore
+
+    # a small formant file (CI-sized run): 15 /a/ and 15 /i/ around the Hillenbrand means
+    rng = np.random.default_rng(9)
+    rows = [
+        f"{v},{f1:.1f},{f2:.1f}"
+        for v, m1, m2 in (("a", 887.3, 1506.8), ("i", 411.6, 2725.4))
+        for f1, f2 in zip(rng.normal(m1, 60, 15), rng.normal(m2, 150, 15), strict=True)
+    ]
+    csv = tmp_path / "formants.csv"
+    csv.write_text("vowel,F1,F2\n" + "\n".join(rows) + "\n")
+
+    def train_cli(dev: str, name: str, *extra: str) -> tuple[Parameters, dict[str, Any]]:
+        store, out = tmp_path / f"{name}.sqlite", tmp_path / f"{name}.json"
+        proc = subprocess.run(
+            [
+                *CLI,
+                "train",
+                "--device",
+                dev,
+                "--task",
+                "vowels:a,i",
+                "--data",
+                str(csv),
+                "--params",
+                "both",
+                "--epochs",
+                "2",
+                "--seed",
+                "4",
+                "--store",
+                str(store),
+                "--json",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=child_env(),
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with RunStore(store) as st:
+            (run,) = st.list_runs()
+            _, state = st.load_checkpoint(run["id"])
+            assert "controller-pw" not in run["device"]  # credentials are not stored
+        return state.params, json.loads(out.read_text())
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+    subscribed, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:  # the telemetry of the training process, as a read-only user sees it
+        async def go() -> None:
+            cfg, _, _ = BrokerConfig.parse(broker.uri("watcher"))
+            async with cfg.client("cli-watcher") as c:
+                await c.subscribe("phasegrad/lab/telemetry/+", qos=1)
+                subscribed.set()
+                while not stop.is_set():
+                    try:
+                        async with asyncio.timeout(0.2):
+                            m = await anext(aiter(c.messages))
+                    except TimeoutError:
+                        continue
+                    seen.append((str(m.topic).rsplit("/", 1)[1], json.loads(bytes(m.payload))))  # type: ignore[arg-type,unused-ignore]
+
+        asyncio.run(go())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert subscribed.wait(10)
+    with agent_process(broker, device_file):
+        remote, remote_json = train_cli(
+            broker.uri("controller", NAME),
+            "remote",
+            "--telemetry",
+            broker.uri("controller", "lab/telemetry") + "?step_s=0.05",
+        )
+    stop.set()
+    watcher.join(5)
+    local, local_json = train_cli(str(device_file), "local")
+    assert_same(remote, local)
+    assert remote_json["final_test_accuracy"] == local_json["final_test_accuracy"]
+    topics = [t for t, _ in seen]
+    assert topics[0] == "status" and seen[0][1]["status"] == "online"
+    assert seen[-1] == ("status", {"status": "offline", "time": seen[-1][1]["time"]})  # clean
+    metrics = [p for t, p in seen if t == "metrics"]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1]["test_accuracy"] == remote_json["final_test_accuracy"]
+    assert "steps" in topics
+
+
+async def test_model_mismatch_is_refused_without_leftovers(broker: Mosquitto) -> None:  # noqa: F811
+    from phasegrad_hw.errors import ProtocolError
+
+    spy = SpySubstrate(vowel_model(0.0))
+    other = vowel_model(0.0).model_copy(update={"nudge": "injection"})
+    async with local_agent(broker, spy):
+        cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+        sub = MqttSubstrate(cfg, NAME, model=other, timeout_s=5.0)
+        with pytest.raises(ProtocolError, match="device model differs"):
+            async with sub:
+                pass
+        assert sub._task is None and sub._pending == {}
+    assert spy.calls == []
+
+
+def test_unreachable_broker_and_bad_uris_give_clear_errors() -> None:
+    from phasegrad_hw.errors import ConfigError
+    from tests.mosquitto import free_port
+
+    with pytest.raises(DeviceTimeoutError, match="broker is unreachable"):
+        open_uri(f"mqtt://u:p@127.0.0.1:{free_port()}/lab/chip?timeout=0.5")
+    with pytest.raises(ConfigError, match="BENCH/DEVICE"):
+        open_uri("mqtt://127.0.0.1:1883/only-bench")
+    with pytest.raises(ConfigError, match=r"timeout: 'soon'"):
+        open_uri("mqtt://127.0.0.1:1883/lab/chip?timeout=soon")
+    with pytest.raises(ConfigError, match="bench"):
+        open_uri("mqtt://127.0.0.1:1883/la b/chip")
+    with pytest.raises(ConfigError, match="scheme"):
+        open_substrate("mqtx://127.0.0.1/lab/chip")

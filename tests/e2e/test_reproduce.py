@@ -1,0 +1,186 @@
+"""CLI: demo JSON shape, train with the run store (resume == uninterrupted), reproduce rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from phasegrad_hw.cli import Groups
+
+DEVICE = Path(__file__).resolve().parents[2] / "examples" / "devices" / "simulated-2-5-2.toml"
+
+
+def _app() -> typer.Typer:
+    """An app with only this area's commands (other families may not be installed)."""
+    import phasegrad_hw.cli.reproduce as rep
+    import phasegrad_hw.cli.train as tr
+
+    app = typer.Typer()
+    g = Groups(
+        app=app,
+        reproduce=typer.Typer(),
+        emulate=typer.Typer(),
+        calibrate=typer.Typer(),
+        runs=typer.Typer(),
+    )
+    tr.register(g)
+    rep.register(g)
+    app.add_typer(g.reproduce, name="reproduce")
+    return app
+
+
+def test_registered_in_the_cli() -> None:
+    from phasegrad_hw.cli import COMMAND_MODULES
+
+    assert "train" in COMMAND_MODULES and "reproduce" in COMMAND_MODULES
+
+
+def test_default_device_file_is_the_builder_network() -> None:
+    from phasegrad_hw.cli.train import default_device_model
+    from phasegrad_hw.device.presets import vowel_2_5_2
+
+    m = default_device_model()
+    built = vowel_2_5_2(np.random.default_rng(0))
+    np.testing.assert_array_equal(m.edge_index, built.edge_index)
+    np.testing.assert_allclose(m.coupling_values(), built.coupling_values(), rtol=0, atol=0)
+    assert m.roles.outputs == [7, 8] and m.roles.reference == 0
+
+
+def test_demo_json_shape(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    res = CliRunner().invoke(_app(), ["demo", "--epochs", "3", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    for key, typ in (
+        ("final_test_accuracy", float),
+        ("epochs", int),
+        ("seconds", float),
+        ("skipped_samples", int),
+        ("device", str),
+    ):
+        assert isinstance(d[key], typ), key
+    assert d["epochs"] == 3 and 0.5 < d["final_test_accuracy"] <= 1.0
+    assert "final test accuracy" in res.output and str(out) in res.output.replace("\n", "")
+
+
+def test_demo_engine_and_loop_agree() -> None:
+    from phasegrad_hw.cli.train import run_demo
+
+    a = run_demo(epochs=2, seed=3, engine="engine", progress=False)
+    b = run_demo(epochs=2, seed=3, engine="loop", progress=False)
+    assert a["final_test_accuracy"] == b["final_test_accuracy"]
+
+
+def test_demo_rejects_bad_options() -> None:
+    res = CliRunner().invoke(_app(), ["demo", "--readout", "softmax"])
+    assert res.exit_code == 2
+    assert "--readout" in res.output
+
+
+def test_train_store_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    pytest.importorskip("phasegrad_hw.store")
+    app = _app()
+    store = tmp_path / "runs.sqlite"
+    common = [
+        "train",
+        "--device",
+        str(DEVICE),
+        "--task",
+        "vowels:a,i",
+        "--seed",
+        "4",
+        "--lr",
+        "0.02",
+        "--params",
+        "both",
+    ]
+    full = tmp_path / "full.json"
+    r = CliRunner().invoke(app, [*common, "--epochs", "3", "--json", str(full)])
+    assert r.exit_code == 0, r.output
+    part = tmp_path / "part.json"
+    r = CliRunner().invoke(
+        app, [*common, "--epochs", "1", "--json", str(part), "--store", str(store)]
+    )
+    assert r.exit_code == 0, r.output
+    run_id = json.loads(part.read_text())["run_id"]
+    done = tmp_path / "done.json"
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--device",
+            str(DEVICE),
+            "--epochs",
+            "3",
+            "--store",
+            str(store),
+            "--resume",
+            run_id,
+            "--json",
+            str(done),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    a, b = json.loads(full.read_text()), json.loads(done.read_text())
+    assert b["epochs"] == 3 and b["run_id"] == run_id
+    assert a["final_test_accuracy"] == b["final_test_accuracy"]
+    from phasegrad_hw.store import RunStore
+
+    with RunStore(store) as rs:
+        _, state = rs.load_checkpoint(run_id)
+    assert state.epoch == 3 and len(state.history) == 3
+
+
+def test_train_unknown_device_is_a_clear_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(
+        _app(), ["train", "--device", str(tmp_path / "nope.toml"), "--epochs", "1"]
+    )
+    assert r.exit_code != 0
+    assert "nope.toml" in str(r.exception) + r.output
+
+
+def test_reproduce_rows_shape(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    r = CliRunner().invoke(
+        _app(),
+        [
+            "reproduce",
+            "vowels",
+            "--seeds",
+            "3",
+            "--epochs",
+            "2",
+            "--params",
+            "omega,K7",
+            "--json",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    rows = d["rows"]
+    # published: 2 params x 2 inits x 2 readouts; mean_phase: 2 x 2; difference: omega/random
+    assert len(rows) == 8 + 4 + 1
+    need = {
+        "task": str,
+        "params": str,
+        "init": str,
+        "readout": str,
+        "seeds": int,
+        "success": int,
+        "all_mean_acc": float,
+    }
+    for row in rows:
+        for k, t in need.items():
+            assert isinstance(row[k], t), k
+        assert row["task"] == "a,i" and row["seeds"] == 3 and 0 <= row["success"] <= 3
+        assert row["params"] in ("omega", "K7") and row["init"] in ("random", "spectral")
+        assert row["success_mean_acc"] is None or row["success_mean_acc"] > 0.6
+    assert {r["readout"] for r in rows} == {"argmax_cos", "template", "mean_phase", "difference"}
+    ev = d["evidence"]["published/omega/random"]
+    assert ev["common_class_separation_rad"] > 0 and ev["differential_std_rad"] >= 0

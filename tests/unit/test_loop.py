@@ -1,0 +1,167 @@
+"""Hardware training loop: learning on a tiny task, exact resume, sample order, skips,
+hooks and progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
+from phasegrad_hw.device.substrate import OscillatorSubstrate
+from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.learning.controller import EPConfig, Parameters
+from phasegrad_hw.learning.loop import LoopState, seed_for, train_on_substrates
+from phasegrad_hw.learning.tasks import Encoding
+from tests.doubles import ScriptedSubstrate, blobs, model_tiny
+
+DATA = blobs(40, 20, seed=0)
+
+
+def _p0(model, w_out: float = -0.6) -> Parameters:  # type: ignore[no-untyped-def]
+    """Outputs biased toward the wrong threshold: the untrained device is poor."""
+    return Parameters(np.array([0.0, 0.0, 0.0, w_out, -w_out]), model.coupling_values())
+
+
+async def test_short_run_learns() -> None:
+    m = model_tiny(readout_noise_rad=0.01)
+    cfg = EPConfig(beta=0.1, lr_omega=0.05)
+    enc = Encoding()
+    before = await train_on_substrates(
+        [SimulatedSubstrate(m)], DATA, enc, cfg, epochs=0, seed=3, params=_p0(m)
+    )
+    losses: list[float] = []
+    res = await train_on_substrates(
+        [SimulatedSubstrate(m)],
+        DATA,
+        enc,
+        cfg,
+        epochs=4,
+        seed=3,
+        params=_p0(m),
+        on_step=lambda r: losses.append(r.loss),
+    )
+    assert before.state.history == [] and before.final_test_accuracy <= 0.7
+    assert res.final_test_accuracy >= 0.95 and res.state.history[-1].train_accuracy >= 0.95
+    assert res.final_test_accuracy >= before.final_test_accuracy + 0.25
+    per_epoch = np.array(losses).reshape(4, -1).mean(axis=1)
+    assert per_epoch[-1] < 0.7 * per_epoch[0]
+    assert [h.epoch for h in res.state.history] == [1, 2, 3, 4] and res.state.epoch == 4
+    assert res.state.skipped_samples == 0 and res.seconds > 0
+
+
+@pytest.mark.parametrize("devices", ["single", "batch2"])
+async def test_resume_from_mid_run_state_is_exact(devices: str) -> None:
+    m = model_tiny(readout_noise_rad=0.02)  # noisy: exactness needs the per-epoch reseed
+    cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05, lr_k=0.02, params="both")
+    enc = Encoding()
+
+    def subs() -> list[OscillatorSubstrate]:
+        return [SimulatedSubstrate(m)] if devices == "single" else list(SimulatedBatch(m, 2).chips)
+
+    saved: dict[int, LoopState] = {}
+
+    async def keep(state: LoopState) -> None:  # async hook
+        saved[state.epoch] = state
+
+    full = await train_on_substrates(
+        subs(), DATA, enc, cfg, epochs=4, seed=7, params=_p0(m), on_epoch_end=keep
+    )
+    assert sorted(saved) == [1, 2, 3, 4]
+    resumed = await train_on_substrates(subs(), DATA, enc, cfg, epochs=4, seed=7, start=saved[2])
+    a, b = full.state.params, resumed.state.params
+    assert np.allclose(a.omega, b.omega, rtol=0, atol=1e-12)
+    assert np.allclose(a.coupling, b.coupling, rtol=0, atol=1e-12)
+    assert [(h.train_accuracy, h.test_accuracy, h.skipped) for h in full.state.history] == [
+        (h.train_accuracy, h.test_accuracy, h.skipped) for h in resumed.state.history
+    ]
+    print(
+        "max |Δω|, |ΔK| after resume:",
+        np.abs(a.omega - b.omega).max(),
+        np.abs(a.coupling - b.coupling).max(),
+    )
+    saved[4].params.omega[:] = 99.0  # the hook got a copy, not the run's own state
+    assert full.state.params.omega.max() < 99.0
+    # a different seed gives a different run (the noise and order really matter)
+    other = await train_on_substrates(subs(), DATA, enc, cfg, epochs=4, seed=8, params=_p0(m))
+    assert not np.allclose(other.state.params.omega, a.omega, rtol=0, atol=1e-6)
+
+
+async def test_sample_order_and_reseed_follow_the_seed() -> None:
+    m = model_tiny()
+    sub = ScriptedSubstrate(SimulatedSubstrate(m))
+    enc = Encoding()
+    seed = 11
+    await train_on_substrates(
+        [sub],
+        DATA,
+        enc,
+        EPConfig(lr_omega=0.01),
+        epochs=2,
+        seed=seed,
+        params=_p0(m),
+        train_eval="online",
+    )
+    freq = np.array([c[1][:2] for c in sub.calls if c[0] == "frequencies"])
+    n_tr, n_te = len(DATA.x_train), len(DATA.x_test)
+    w_train = enc.input_frequencies(DATA.x_train)
+    for e in range(2):
+        block = freq[e * (n_tr + n_te) : e * (n_tr + n_te) + n_tr]
+        order = np.random.default_rng([seed, e]).permutation(n_tr)
+        assert np.array_equal(block, w_train[order])
+    assert [c[1] for c in sub.calls if c[0] == "reseed"] == [seed_for(seed, e, 0) for e in range(2)]
+
+
+async def test_skipped_samples_are_counted_per_epoch() -> None:
+    m = model_tiny()
+    kw: dict[str, Any] = {"epochs": 2, "seed": 0, "train_eval": "online"}
+    base = await train_on_substrates(
+        [SimulatedSubstrate(m)], DATA, Encoding(), EPConfig(), params=_p0(m), **kw
+    )
+    # epoch 1: read 1 (free of sample 1) and reads 5, 9 (nudged reads of samples 3, 5) unlocked
+    sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={1, 5, 9})
+    res = await train_on_substrates([sub], DATA, Encoding(), EPConfig(), params=_p0(m), **kw)
+    b = [h.skipped for h in base.state.history]  # the extreme inputs of DATA do not all lock
+    assert [h.skipped for h in res.state.history] == [b[0] + 3, b[1]]
+    assert res.state.skipped_samples == sum(b) + 3
+
+
+async def test_progress_bar_sync_hook_and_validation() -> None:
+    m = model_tiny()
+    seen: list[tuple[int, int]] = []
+    res = await train_on_substrates(
+        [SimulatedSubstrate(m)],
+        DATA,
+        Encoding(),
+        EPConfig(lr_omega=0.05),
+        epochs=2,
+        seed=1,
+        params=_p0(m),
+        progress=True,
+        on_epoch_end=lambda s: seen.append((s.epoch, len(s.history))),
+    )
+    assert seen == [(1, 1), (2, 2)]
+    assert res.final_test_accuracy == res.state.history[-1].test_accuracy
+    with pytest.raises(ConfigError, match="start.epoch: 2 already exceeds epochs=1"):
+        await train_on_substrates(
+            [SimulatedSubstrate(m)], DATA, Encoding(), EPConfig(), epochs=1, seed=1, start=res.state
+        )
+
+
+async def test_default_initial_parameters_come_from_seeding() -> None:
+    seeding = pytest.importorskip("phasegrad_hw.learning.seeding")
+    m = model_tiny()
+    states: list[LoopState] = []
+    await train_on_substrates(
+        [SimulatedSubstrate(m)],
+        DATA,
+        Encoding(),
+        EPConfig(lr_omega=0.0),
+        epochs=1,
+        seed=5,
+        on_epoch_end=states.append,
+    )
+    exp = seeding.initial_parameters(m, np.random.default_rng(5), "random")
+    assert np.array_equal(states[0].params.omega, exp.omega)
+    assert np.array_equal(states[0].params.coupling, m.coupling_values())
