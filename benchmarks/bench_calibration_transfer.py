@@ -33,7 +33,7 @@ from phasegrad_hw.calibration.transfer import calibrate_transfer
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.learning.controller import EPConfig, Parameters
-from phasegrad_hw.learning.loop import LoopResult, train_on_substrates
+from phasegrad_hw.learning.loop import LoopOptions, LoopResult, train_on_substrates
 from phasegrad_hw.learning.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 from phasegrad_hw.physics import centred
 
@@ -74,7 +74,11 @@ async def trained(
     if calibrated:
         await calibrate_transfer(chip)
     return await train_on_substrates(
-        [chip], data, ENC, CFG, epochs=epochs, seed=seed, init="spectral", params=params
+        [chip],
+        data,
+        ENC,
+        CFG,
+        LoopOptions(epochs=epochs, seed=seed, init="spectral", params=params),
     )
 
 
@@ -137,9 +141,7 @@ async def main() -> None:
                     data,
                     ENC,
                     CFG,
-                    epochs=a.ft_epochs,
-                    seed=s,
-                    params=ref.state.params.copy(),
+                    LoopOptions(epochs=a.ft_epochs, seed=s, params=ref.state.params.copy()),
                 )
             curve = [start.final_test_accuracy] + [h.test_accuracy for h in res.state.history]
             tune.append(

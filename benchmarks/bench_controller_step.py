@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
-from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from tests.doubles import model_2_5_2  # noqa: E402
 
@@ -85,9 +85,7 @@ async def main(steps: int, repeats: int = 5) -> dict[str, float]:
                 data,
                 Encoding(),
                 EPConfig(),
-                epochs=2,
-                seed=0,
-                train_eval=te,
+                LoopOptions(epochs=2, seed=0, train_eval=te),
             )
             times.append((time.perf_counter() - t0) / 2)
         out[f"loop_{te}_ms_per_epoch"] = 1e3 * min(times)

@@ -34,7 +34,7 @@ from phasegrad_hw.backends.mqtt import MqttSubstrate
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.fleet.telemetry import Telemetry
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
-from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.wire.mqtt import BrokerConfig
 
@@ -89,10 +89,8 @@ async def throughput(
             data,
             Encoding(),
             EPConfig(),
-            epochs=epochs,
-            seed=0,
-            on_step=tm.on_step if tm else None,
-            on_epoch_end=tm.on_epoch_end if tm else None,
+            LoopOptions(epochs=epochs, seed=0),
+            [tm] if tm is not None else [],
         )
         if tm is not None:  # count the sending of everything published during training
             while tm.queue:

@@ -8,13 +8,12 @@
 """
 
 import asyncio
-from typing import Any
 
 import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
-from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Dataset, Encoding
 from phasegrad_hw.physics.gradients import cosine
 
@@ -105,17 +104,19 @@ async def train_and_resume() -> None:
     data, enc = two_blobs(), Encoding()
     cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05)
     p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
-    kw: dict[str, Any] = {"epochs": 6, "seed": 7}
     saved: dict[int, LoopState] = {}
 
-    def keep(state: LoopState) -> None:
-        saved[state.epoch] = state
+    class Keep(LoopObserver):
+        """Keeps every epoch's state (what a run store would checkpoint)."""
+
+        def on_epoch_end(self, state: LoopState) -> None:
+            saved[state.epoch] = state
 
     before = await train_on_substrates(
-        SimulatedBatch(m, 2).chips, data, enc, cfg, epochs=0, seed=7, params=p0
+        SimulatedBatch(m, 2).chips, data, enc, cfg, LoopOptions(epochs=0, seed=7, params=p0)
     )
     full = await train_on_substrates(
-        SimulatedBatch(m, 2).chips, data, enc, cfg, params=p0, on_epoch_end=keep, **kw
+        SimulatedBatch(m, 2).chips, data, enc, cfg, LoopOptions(6, seed=7, params=p0), [Keep()]
     )
     for h in full.state.history:
         print(
@@ -123,7 +124,7 @@ async def train_and_resume() -> None:
             f"skipped {h.skipped} ({1e3 * h.seconds:.0f} ms)"
         )
     resumed = await train_on_substrates(
-        SimulatedBatch(m, 2).chips, data, enc, cfg, start=saved[3], **kw
+        SimulatedBatch(m, 2).chips, data, enc, cfg, LoopOptions(6, seed=7, start=saved[3])
     )
     diff = np.abs(resumed.state.params.omega - full.state.params.omega).max()
     print(

@@ -15,9 +15,9 @@ import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.learning.controller import EPConfig
-from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+from phasegrad_hw.learning.loop import LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
-from phasegrad_hw.store import RunStore
+from phasegrad_hw.store import RunRecorder, RunStore
 
 EPOCHS = 4
 
@@ -55,10 +55,13 @@ async def train(
 ) -> LoopState:
     data = synthetic_vowels(("a", "i"), n_per_class=30, seed=0)
 
-    def save(state: LoopState) -> None:
-        store.save_checkpoint(run_id, state)  # one transaction: params + epoch metrics
-        if stop_after is not None and state.epoch == stop_after:
-            raise Crash(f"simulated crash after epoch {state.epoch}")
+    class Crashing(RunRecorder):
+        """Checkpoints every epoch (one transaction: params + epoch metrics), then "crashes"."""
+
+        def on_epoch_end(self, state: LoopState) -> None:
+            super().on_epoch_end(state)
+            if stop_after is not None and state.epoch == stop_after:
+                raise Crash(f"simulated crash after epoch {state.epoch}")
 
     async with SimulatedSubstrate(device()) as chip:
         res = await train_on_substrates(
@@ -66,10 +69,8 @@ async def train(
             data,
             Encoding(readout="difference"),
             EPConfig(params="both", lr_omega=0.01, lr_k=0.01),
-            epochs=EPOCHS,
-            seed=1,
-            start=start,
-            on_epoch_end=save,
+            LoopOptions(epochs=EPOCHS, seed=1, start=start),
+            [Crashing(store, run_id)],
         )
     return res.state
 

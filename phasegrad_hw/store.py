@@ -10,7 +10,9 @@ load. Step diagnostics are buffered in memory and written in the checkpoint's tr
 a run resumed after a crash never holds steps of the epoch it replays twice.
 
 States are stored as JSON; float64 values round-trip exactly (shortest repr), so a resumed
-run continues from bit-identical parameters.
+run continues from bit-identical parameters. Stored dataclasses carry a stable type tag
+(``"__type__": "LoopState"``, table :data:`TYPE_TAGS`), not a module path, so moving a class
+does not orphan old runs; checkpoints written by 0.1.0 (module paths) still load.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import numpy as np
 from phasegrad_hw.config import redact
 
 if TYPE_CHECKING:
-    from phasegrad_hw.learning.loop import LoopState
+    from phasegrad_hw.learning.controller import StepReport
+    from phasegrad_hw.learning.loop import LoopState, RunPlan
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = "phasegrad-hw-runs.sqlite"
@@ -71,15 +74,60 @@ class StoreError(ValueError):
 
 
 # --------------------------------------------------------------------------- encoding
+TYPE_KEY = "__type__"
+LEGACY_KEY = "__dataclass__"  # module:qualname, written by 0.1.0 and the sub-package move
+
+# the stable type tags of stored dataclasses (tag -> "module:qualname" of today's class):
+# a tag never changes; when a class moves, only its entry here does
+TYPE_TAGS: dict[str, str] = {
+    "LoopState": "phasegrad_hw.learning.loop:LoopState",
+    "EpochRecord": "phasegrad_hw.learning.loop:EpochRecord",
+    "LoopResult": "phasegrad_hw.learning.loop:LoopResult",
+    "Parameters": "phasegrad_hw.learning.controller:Parameters",
+}
+# class paths written before type tags existed -> their tag
+LEGACY_PATHS: dict[str, str] = {
+    # 0.1.0 (flat package)
+    "phasegrad_hw.loop:LoopState": "LoopState",
+    "phasegrad_hw.loop:EpochRecord": "EpochRecord",
+    "phasegrad_hw.loop:LoopResult": "LoopResult",
+    "phasegrad_hw.controller:Parameters": "Parameters",
+    # the sub-package layout before tags (unreleased)
+    "phasegrad_hw.learning.loop:LoopState": "LoopState",
+    "phasegrad_hw.learning.loop:EpochRecord": "EpochRecord",
+    "phasegrad_hw.learning.loop:LoopResult": "LoopResult",
+    "phasegrad_hw.learning.controller:Parameters": "Parameters",
+}
+
+
+def _class_of(tag: str) -> Any:
+    """The class registered under ``tag`` (imported on first use)."""
+    path = TYPE_TAGS.get(tag)
+    if path is None:
+        raise StoreError(f"checkpoint type {tag!r} is unknown (known: {', '.join(TYPE_TAGS)})")
+    module, _, name = path.partition(":")
+    cls: Any = importlib.import_module(module)
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    return cls
+
+
+def _tag_of(cls: type[Any]) -> str | None:
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    for tag, p in TYPE_TAGS.items():
+        if p == path:
+            return tag
+    return None
+
+
 def encode(obj: Any) -> Any:
-    """JSON-ready form of states: dataclasses (tagged with their class), arrays (dtype,
-    shape), numpy scalars, paths; floats stay floats (exact round trip)."""
+    """JSON-ready form of states: dataclasses listed in :data:`TYPE_TAGS` as their fields plus
+    ``"__type__": tag`` (other dataclasses as plain field objects, read back as dicts),
+    arrays (dtype, shape), numpy scalars, paths; floats stay floats (exact round trip)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        cls = type(obj)
-        return {
-            "__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
-            **{f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)},
-        }
+        fields = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        tag = _tag_of(type(obj))
+        return fields if tag is None else {TYPE_KEY: tag, **fields}
     if isinstance(obj, np.ndarray):
         return {
             "__ndarray__": obj.ravel().tolist(),
@@ -102,26 +150,27 @@ def encode(obj: Any) -> Any:
 
 
 def decode(obj: Any) -> Any:
-    """Inverse of :func:`encode`; dataclasses are rebuilt only from ``phasegrad_hw`` modules."""
+    """Inverse of :func:`encode`. Tagged objects are rebuilt from :data:`TYPE_TAGS` only;
+    the class paths of older checkpoints (``"__dataclass__": "phasegrad_hw.loop:LoopState"``)
+    are mapped to their tags by :data:`LEGACY_PATHS` — no module is imported by a path read
+    from the file."""
     if isinstance(obj, list):
         return [decode(v) for v in obj]
     if not isinstance(obj, dict):
         return obj
     if "__ndarray__" in obj:
         return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
-    if "__dataclass__" in obj:
-        module, _, name = str(obj["__dataclass__"]).partition(":")
-        if not module.startswith("phasegrad_hw."):
-            raise StoreError(f"checkpoint names class {module!r} outside phasegrad_hw")
-        try:
-            cls: Any = importlib.import_module(module)
-            for part in name.split("."):
-                cls = getattr(cls, part)
-        except (ImportError, AttributeError) as exc:
-            raise StoreError(f"checkpoint class {module}:{name} is unknown: {exc}") from None
+    if TYPE_KEY in obj or LEGACY_KEY in obj:
+        if TYPE_KEY in obj:
+            tag = str(obj[TYPE_KEY])
+        else:
+            path = str(obj[LEGACY_KEY])
+            if path not in LEGACY_PATHS:
+                raise StoreError(f"checkpoint class {path!r} is unknown")
+            tag = LEGACY_PATHS[path]
+        cls = _class_of(tag)
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: decode(v) for k, v in obj.items() if k in names}
-        return cls(**kwargs)
+        return cls(**{k: decode(v) for k, v in obj.items() if k in names})
     return {k: decode(v) for k, v in obj.items()}
 
 
@@ -380,7 +429,7 @@ class RunStore:
             recs = info["epochs"]
             cols: list[str] = []
             for rec in recs:
-                cols += [k for k in rec if k not in cols and k != "__dataclass__"]
+                cols += [k for k in rec if k not in cols and k not in (TYPE_KEY, LEGACY_KEY)]
             buf = io.StringIO()
             w = csv.DictWriter(
                 buf, fieldnames=cols or ["epoch"], extrasaction="ignore", lineterminator="\n"
@@ -410,7 +459,7 @@ class RunStore:
 
 def _epoch_row(rid: str, rec: Any) -> tuple[Any, ...]:
     data = (
-        {k: v for k, v in encode(rec).items() if k != "__dataclass__"}
+        {k: v for k, v in encode(rec).items() if k not in (TYPE_KEY, LEGACY_KEY)}
         if dataclasses.is_dataclass(rec)
         else dict(rec)
     )
@@ -437,7 +486,7 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         if "__ndarray__" in obj:
             return np.asarray(obj["__ndarray__"]).reshape(obj["shape"]).tolist()
-        return {k: _plain(v) for k, v in obj.items() if k != "__dataclass__"}
+        return {k: _plain(v) for k, v in obj.items() if k not in (TYPE_KEY, LEGACY_KEY)}
     return obj
 
 
@@ -459,46 +508,30 @@ def step_summary(report: Any) -> dict[str, Any]:
 
 
 class RunRecorder:
-    """Hooks for :func:`phasegrad_hw.learning.loop.train_on_substrates` that record a run.
+    """A :class:`~phasegrad_hw.learning.loop.LoopObserver` that records a run in the store.
 
     ``on_epoch_end`` checkpoints the state (one transaction, with the buffered step records);
     ``on_step`` buffers :func:`step_summary` of every ``step_every``-th step (0 = none).
-    ``telemetry`` (anything with ``on_step`` / ``on_epoch_end``, e.g.
-    :class:`phasegrad_hw.fleet.telemetry.Telemetry`) receives the same events.
     """
 
     def __init__(
-        self,
-        store: RunStore | None,
-        run_id: str | None,
-        *,
-        start_epoch: int = 0,
-        step_every: int = 0,
-        telemetry: Any = None,
+        self, store: RunStore, run_id: str, *, start_epoch: int = 0, step_every: int = 0
     ) -> None:
         self.store, self.run_id = store, run_id
         self.epoch = start_epoch
         self.steps = 0
         self.step_every = max(0, int(step_every))
-        self.telemetry = telemetry
 
-    def on_step(self, report: Any) -> None:
+    def on_run_start(self, plan: RunPlan) -> None:
+        self.epoch = plan.first_epoch
+
+    def on_step(self, report: StepReport) -> None:
         self.steps += 1
-        if self.telemetry is not None:
-            self.telemetry.on_step(report)
-        if (
-            self.store is not None
-            and self.run_id is not None
-            and self.step_every
-            and self.steps % self.step_every == 0
-        ):
+        if self.step_every and self.steps % self.step_every == 0:
             self.store.record_step(
                 self.run_id, self.epoch + 1, {"step": self.steps, **step_summary(report)}
             )
 
     def on_epoch_end(self, state: LoopState) -> None:
-        if self.store is not None and self.run_id is not None:
-            self.store.save_checkpoint(self.run_id, state)
+        self.store.save_checkpoint(self.run_id, state)
         self.epoch = int(state.epoch)
-        if self.telemetry is not None:
-            self.telemetry.on_epoch_end(state)

@@ -1,178 +1,16 @@
-"""``phasegrad-hw reproduce vowels``: the published vowel ablation and the designed fix.
-
-Published set-up (arXiv 2604.10272, DESIGN.md §2): 2+5+2 network, K = 2·U(0.5,1.5) (chain
-2·U(0.5,1.0)), online SGD lr 1e-3, β = 0.1, margin 0.2, clip 2, 200 epochs, 80/20 split;
-targets −m (correct) / +m (other); success = final test accuracy > 60 %. Ablation: ω-only,
-K-only, both, K on 7 random edges; random vs spectral init; readouts arg-max-cos (published)
-and nearest template — both read from the *same* trained networks.
-
-Designed set-ups (same network and task, own rows): ``mean_phase`` — targets, loss and
-decision on the outputs' common phase (class 0: all outputs at −m, class 1: at +m; decision:
-nearest template = sign of the mean output phase); ``difference`` — loss on the output
-phase difference with decision sign(θ_o1 − θ_o2) (reported as a negative control).
-
-All seeds and configurations sharing a loss are trained as one vectorised ensemble
-(:mod:`phasegrad_hw.engine.ensemble`); each member equals its own per-seed run.
-"""
+"""``phasegrad-hw reproduce vowels``: option parsing and the table around
+:func:`phasegrad_hw.studies.run_vowel_study`."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from phasegrad_hw.cli import Groups
-
-PARAMS = ("omega", "K", "both", "K7")
-INITS = ("random", "spectral")
-SUCCESS = 0.6
-
-
-class ReproduceOptions(BaseModel):
-    """Validated ``reproduce vowels`` options."""
-
-    model_config = ConfigDict(extra="forbid")
-    data: Path | None
-    seeds: int = Field(ge=1, le=10_000)
-    epochs: int = Field(ge=1, le=10_000)
-    task: str
-    hidden: int = Field(ge=1, le=64)
-    setups: list[Literal["published", "mean_phase", "difference"]]
-    params: list[Literal["omega", "K", "both", "K7"]]
-    inits: list[Literal["random", "spectral"]]
-
-
-def output_modes(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Evidence: how the two outputs move across test inputs (rad).
-
-    Common mode c = (θ_o1 + θ_o2)/2 and differential Δ = θ_o1 − θ_o2 per test sample;
-    returns the mean over members of their spread across inputs and of the class separation
-    |mean_class1 − mean_class0|, the per-class means, for c and for Δ, and the fraction of
-    members whose mean Δ is positive.
-    """
-    ok = np.all(np.isfinite(out), axis=(1, 2))
-    o = out[ok]
-    if len(o) == 0:
-        return {}
-    c = o.mean(axis=-1)
-    d = o[..., 0] - o[..., 1]
-    res = {}
-    for name, v in (("common", c), ("differential", d)):
-        res[f"{name}_std_rad"] = float(v.std(axis=1).mean())
-        res[f"{name}_class_separation_rad"] = float(
-            np.abs(v[:, y == 1].mean(axis=1) - v[:, y == 0].mean(axis=1)).mean()
-        )
-        res[f"{name}_class0_mean_rad"] = float(v[:, y == 0].mean())
-        res[f"{name}_class1_mean_rad"] = float(v[:, y == 1].mean())
-    # sign of the learned output offset Δ (θ_o1 − θ_o2): with arg-max cos it decides polarity
-    res["fraction_differential_positive"] = float((d.mean(axis=1) > 0).mean())
-    return res
-
-
-def run_vowel_study(
-    data: Any,
-    task: str,
-    hidden: int,
-    seeds: list[int],
-    epochs: int,
-    setups: list[str],
-    progress: bool = True,
-    log: Any = None,
-    params: tuple[str, ...] = PARAMS,
-    inits: tuple[str, ...] = INITS,
-    checkpoint: Any = None,
-    parallel: bool = False,
-) -> dict[str, Any]:
-    """Train every configuration and return ``{"rows": [...], "evidence": {...}}``."""
-    from phasegrad_hw.device.presets import builder
-    from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
-    from phasegrad_hw.learning.tasks import Encoding
-
-    build = builder(hidden)
-    rows: list[dict[str, Any]] = []
-    evidence: dict[str, Any] = {}
-    plan: dict[str, tuple[Encoding, list[str], list[tuple[str, str]]]] = {
-        "published": (
-            Encoding(readout="template"),
-            ["argmax_cos", "template"],
-            [(p, i) for p in params for i in inits],
-        ),
-        "mean_phase": (
-            Encoding(readout="mean_phase"),
-            ["mean_phase"],
-            [(p, i) for p in params for i in inits],
-        ),
-        "difference": (
-            Encoding(readout="difference"),
-            ["difference"],
-            [(p, "random") for p in ("omega", "both") if p in params],
-        ),
-    }
-    for setup in setups:
-        enc, readouts, configs = plan[setup]
-        template = None
-        members: list[Any] = []
-        blocks: list[tuple[str, str, int, int]] = []
-        for pset, init in configs:
-            cfg = TrainConfig(epochs=epochs, params=pset, init=init)  # type: ignore[arg-type]
-            template, ms = members_from_builder(build, seeds, cfg)
-            blocks.append((pset, init, len(members), len(members) + len(ms)))
-            members += ms
-        assert template is not None
-        cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10), parallel=parallel)
-        ens = Ensemble(template, members, data, enc, cfg)
-        t0 = time.perf_counter()
-        res = _run(ens, epochs, progress, f"{task} {setup} ({len(members)} networks)")
-        seconds = time.perf_counter() - t0
-        if log is not None:
-            log(f"{setup}: {len(members)} networks, {epochs} epochs in {seconds:.0f} s")
-        for pset, init, a, b in blocks:
-            out = res.test_out[a:b]
-            for ro in readouts:
-                acc = res.accuracy(Encoding(readout=ro), data.y_test)[a:b]  # type: ignore[arg-type]
-                ok = acc > SUCCESS
-                rows.append(
-                    {
-                        "task": task,
-                        "params": pset,
-                        "init": init,
-                        "readout": ro,
-                        "loss": setup,
-                        "hidden": hidden,
-                        "seeds": len(seeds),
-                        "epochs": epochs,
-                        "success": int(ok.sum()),
-                        "success_mean_acc": float(acc[ok].mean()) if ok.any() else None,
-                        "success_std_acc": float(acc[ok].std()) if ok.any() else None,
-                        "all_mean_acc": float(acc.mean()),
-                        "inverted": int((acc < 1.0 - SUCCESS).sum()),
-                        "skipped_samples": int(res.skipped[a:b].sum()),
-                        "ensemble_seconds": seconds,
-                    }
-                )
-            evidence[f"{setup}/{pset}/{init}"] = output_modes(out, data.y_test)
-        if checkpoint is not None:
-            checkpoint({"rows": rows, "evidence": evidence})
-    return {"rows": rows, "evidence": evidence}
-
-
-def _run(ens: Any, epochs: int, progress: bool, label: str) -> Any:
-    if not progress:
-        return ens.run()
-    from rich.progress import Progress
-
-    with Progress(transient=False) as bar:
-        tid = bar.add_task(label, total=epochs)
-
-        def on_epoch(s: Any) -> None:
-            bar.update(tid, advance=1)
-
-        return ens.run(on_epoch)
 
 
 def _dump(path: Path | None, result: dict[str, Any]) -> None:
@@ -214,10 +52,11 @@ def register(groups: Groups) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from phasegrad_hw.learning.tasks import load_vowels, synthetic_vowels
+        from phasegrad_hw.cli.progress import RichProgress
+        from phasegrad_hw.studies import VowelStudyOptions, run_vowel_study
 
         try:
-            o = ReproduceOptions.model_validate(
+            o = VowelStudyOptions.model_validate(
                 {
                     "data": data,
                     "seeds": seeds,
@@ -227,6 +66,7 @@ def register(groups: Groups) -> None:
                     "setups": _split(setups),
                     "params": _split(params),
                     "inits": _split(inits),
+                    "parallel": parallel,
                 }
             )
         except ValidationError as exc:
@@ -234,26 +74,11 @@ def register(groups: Groups) -> None:
 
             typer.echo(format_validation_error(exc, "--"), err=True)
             raise typer.Exit(2) from None
-        classes = [c.strip() for c in o.task.split(",") if c.strip()]
-        ds = load_vowels(o.data, classes) if o.data is not None else synthetic_vowels(classes)
         con = Console()
-        t0 = time.perf_counter()
-        result = run_vowel_study(
-            ds,
-            ",".join(classes),
-            o.hidden,
-            list(range(o.seeds)),
-            o.epochs,
-            list(o.setups),
-            True,
-            con.print,
-            tuple(o.params),
-            tuple(o.inits),
-            lambda partial: _dump(json_path, partial),
-            parallel,
-        )
-        result["seconds"] = time.perf_counter() - t0
-        result["data"] = str(o.data) if o.data is not None else "synthetic"
+        with RichProgress(con) as bar:
+            result = run_vowel_study(
+                o, progress=bar, log=con.print, checkpoint=lambda part: _dump(json_path, part)
+            )
         _dump(json_path, result)
         tab = Table(
             title=f"vowels {result['rows'][0]['task']} (2+{o.hidden}+2), "

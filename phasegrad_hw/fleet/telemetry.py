@@ -23,11 +23,15 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phasegrad_hw.wire.mqtt import BrokerConfig, Topics, check_segment, parse_name
+
+if TYPE_CHECKING:
+    from phasegrad_hw.learning.controller import StepReport
+    from phasegrad_hw.learning.loop import LoopState, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +84,8 @@ class Telemetry:
 
     ``async with Telemetry(broker, "bench/device") as tm:`` starts the sender and publishes
     ``online``; leaving flushes the queue (up to ``flush_s`` s) and publishes ``offline``.
-    ``tm.on_epoch_end`` / ``tm.on_step`` plug into
-    :func:`phasegrad_hw.learning.loop.train_on_substrates`.
+    It is a :class:`~phasegrad_hw.learning.loop.LoopObserver`: pass it to
+    :func:`phasegrad_hw.learning.loop.train_on_substrates` in ``observers``.
     ``step_interval_s`` s between step messages; ``ack_timeout_s`` s to wait for a PUBACK
     before the connection is considered lost; ``backoff_s`` (first, max) reconnect delays.
     """
@@ -150,16 +154,18 @@ class Telemetry:
             {"time": time.time(), "kind": kind, "report": to_jsonable(report)},
         )
 
-    # hooks for train_on_substrates
-    def on_epoch_end(self, state: Any) -> None:
-        """``on_epoch_end`` hook: publishes the newest epoch record of a ``LoopState``."""
-        history = getattr(state, "history", None)
-        if history:
-            rec = to_jsonable(history[-1])
-            rec["skipped_samples"] = getattr(state, "skipped_samples", None)
+    # LoopObserver of train_on_substrates
+    def on_run_start(self, plan: RunPlan) -> None:
+        """Nothing to publish: ``online`` was sent by :meth:`start`."""
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        """Publishes the newest epoch record of the state."""
+        if state.history:
+            rec = to_jsonable(state.history[-1])
+            rec["skipped_samples"] = state.skipped_samples
             self.publish_metrics(rec)
 
-    def on_step(self, report: Any) -> None:
+    def on_step(self, report: StepReport) -> None:
         """``on_step`` hook: publishes a ``StepReport`` (rate-limited)."""
         if time.monotonic() - self._last_step < self.step_interval_s:
             self.stats.rate_limited += 1  # skip the conversion work too
@@ -266,7 +272,7 @@ def open_telemetry(uri: str, *, name: str | None = None, **kwargs: Any) -> Telem
     """A :class:`Telemetry` for ``mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S&prefix=P]``
     (credentials also from the environment, TLS options as for every broker URI). ``name``
     overrides the BENCH/DEVICE path. Use as ``async with open_telemetry(uri) as tm:`` and pass
-    ``tm.on_epoch_end`` / ``tm.on_step`` to the training loop."""
+    ``tm`` to the training loop's ``observers``."""
     from phasegrad_hw.errors import ConfigError
 
     broker, path, query = BrokerConfig.parse(uri, field="--telemetry")

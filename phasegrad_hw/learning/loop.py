@@ -8,6 +8,9 @@ Reproducibility without RNG state: the sample order of epoch e is
 each substrate that declares ``Capability.RESEED`` (noisy emulators) is reseeded with
 :func:`seed_for` ``(seed, e, device_index)``. A run resumed from a :class:`LoopState`
 therefore reproduces the uninterrupted run exactly.
+
+What happens around the loop (progress display, run store, telemetry) is done by
+:class:`LoopObserver` objects; the loop itself only trains and measures.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +36,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
 
-__all__ = ["EpochRecord", "LoopResult", "LoopState", "seed_for", "train_on_substrates"]
+__all__ = [
+    "EpochRecord",
+    "LoopObserver",
+    "LoopOptions",
+    "LoopResult",
+    "LoopState",
+    "RunPlan",
+    "seed_for",
+    "train_on_substrates",
+]
 
 
 @dataclass
@@ -71,6 +83,68 @@ class LoopResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """How a run proceeds (the EP rule itself is the :class:`EPConfig`).
+
+    ``epochs`` in total, counting those already in ``start``; ``seed`` fixes the initial
+    parameters, the sample order and the noise reseeds. Initial parameters: ``start.params``
+    when resuming, else ``params``, else
+    :func:`phasegrad_hw.learning.seeding.initial_parameters` (``init``) with
+    ``np.random.default_rng(seed)``. ``train_eval``: ``epoch_end`` measures train accuracy
+    with the final parameters of each epoch (extra reads); ``online`` uses the free reads
+    taken during the epoch (no extra reads; the published code's running accuracy).
+    ``learnable_omega`` (N,) masks the frequencies that learn (default: the controller's).
+    """
+
+    epochs: int
+    seed: int = 0
+    init: Literal["random", "spectral"] = "random"
+    params: Parameters | None = None
+    start: LoopState | None = None
+    train_eval: Literal["epoch_end", "online"] = "epoch_end"
+    learnable_omega: NDArray[np.bool_] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs: {self.epochs} must be >= 0")
+        if self.start is not None and self.start.epoch > self.epochs:
+            raise ConfigError(
+                f"start.epoch: {self.start.epoch} already exceeds epochs={self.epochs}"
+            )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a call of :func:`train_on_substrates` is about to do: epochs ``first_epoch`` …
+    ``epochs`` (``first_epoch`` already done), ``samples_per_epoch`` training samples in
+    steps of ``substrates`` samples."""
+
+    first_epoch: int
+    epochs: int
+    samples_per_epoch: int
+    substrates: int
+
+
+class LoopObserver(Protocol):
+    """Receives the loop's events, in order: ``on_run_start`` once, then per epoch one
+    ``on_step`` per EP step and ``on_epoch_end`` with a copy of the new state (store that to
+    resume; it may return an awaitable, which the loop awaits before the next epoch).
+
+    An observer that raises stops the run (the substrates stay connected and are left safe by
+    their owner). Subclass this Protocol to inherit no-op defaults.
+    """
+
+    def on_run_start(self, plan: RunPlan) -> None:
+        return None
+
+    def on_step(self, report: StepReport) -> None:
+        return None
+
+    def on_epoch_end(self, state: LoopState) -> Awaitable[None] | None:
+        return None
+
+
 def seed_for(seed: int, epoch: int, device: int) -> int:
     """Noise seed of substrate ``device`` in epoch ``epoch`` of a run seeded ``seed``."""
     return int(np.random.SeedSequence([seed, epoch, device, 0x5EED]).generate_state(1)[0])
@@ -90,107 +164,102 @@ async def _accuracy(ctl: EPController, encoding: Encoding, x: Array, y: NDArray[
     return float(np.mean(pred == y))
 
 
+def _initial_state(substrate: OscillatorSubstrate, options: LoopOptions) -> LoopState:
+    if options.start is not None:
+        return options.start.copy()
+    params = options.params
+    if params is None:
+        from phasegrad_hw.learning.seeding import initial_parameters
+
+        rng = np.random.default_rng(options.seed)
+        params = initial_parameters(substrate.model, rng, options.init)
+    return LoopState(0, params.copy(), [], 0)
+
+
+@dataclass
+class _Epoch:
+    """One epoch's training pass over a fixed training set (inputs already encoded)."""
+
+    ctl: EPController
+    encoding: Encoding
+    substrates: Sequence[OscillatorSubstrate]
+    w_train: Array
+    y_train: NDArray[np.int64]
+    observers: Sequence[LoopObserver]
+
+    async def run(self, seed: int, e: int, online: bool) -> tuple[int, int]:
+        """Train epoch ``e``; returns (skipped samples, correct online predictions)."""
+        n_train, n_sub = len(self.y_train), len(self.substrates)
+        outputs = self.ctl.model.outputs
+        _reseed(self.substrates, seed, e)
+        order = np.random.default_rng([seed, e]).permutation(n_train)
+        skipped = correct = 0
+        for b in range(0, n_train, n_sub):
+            idx = order[b : b + n_sub]
+            batch = [
+                Sample(self.w_train[i], partial(self.encoding.clamp_targets, int(self.y_train[i])))
+                for i in idx
+            ]
+            rep = await self.ctl.step(batch)
+            skipped += rep.skipped_unlocked + rep.skipped_basin_jump
+            if online:
+                pred = self.encoding.predict(rep.free_phases[:, outputs])
+                correct += int(np.sum(pred == self.y_train[idx]))
+            for obs in self.observers:
+                obs.on_step(rep)
+        return skipped, correct
+
+
+async def _notify_epoch_end(observers: Sequence[LoopObserver], state: LoopState) -> None:
+    for obs in observers:
+        res = obs.on_epoch_end(state.copy())  # each observer gets its own copy
+        if inspect.isawaitable(res):
+            await res
+
+
 async def train_on_substrates(
     substrates: Sequence[OscillatorSubstrate],
     dataset: Dataset,
     encoding: Encoding,
     config: EPConfig,
-    *,
-    epochs: int,
-    seed: int,
-    params: Parameters | None = None,
-    init: Literal["random", "spectral"] = "random",
-    start: LoopState | None = None,
-    on_epoch_end: Callable[[LoopState], Awaitable[None] | None] | None = None,
-    on_step: Callable[[StepReport], None] | None = None,
-    progress: bool = False,
-    train_eval: Literal["epoch_end", "online"] = "epoch_end",
-    learnable_omega: NDArray[np.bool_] | None = None,
+    options: LoopOptions,
+    observers: Sequence[LoopObserver] = (),
 ) -> LoopResult:
-    """Train ``epochs`` epochs (in total, counting those in ``start``) and return the result.
+    """Train up to ``options.epochs`` epochs and return the result.
 
     Substrates must be connected (``async with``); they are left connected, with the clamp
-    released. Initial parameters: ``start.params`` when resuming, else ``params``, else
-    :func:`phasegrad_hw.learning.seeding.initial_parameters` with ``np.random.default_rng(seed)``.
-    ``train_eval``: ``epoch_end`` measures train accuracy with the final parameters of each
-    epoch (extra reads); ``online`` uses the free reads taken during the epoch (no extra
-    reads; the published code's running accuracy). Test accuracy is always measured at the
-    end of the epoch. ``on_epoch_end`` receives a copy of the state (store it to resume).
+    released. Test accuracy is measured at the end of every epoch; train accuracy as
+    ``options.train_eval`` says. ``observers`` receive the events described in
+    :class:`LoopObserver`.
     """
     t_start = time.perf_counter()
-    if epochs < 0:
-        raise ConfigError(f"epochs: {epochs} must be >= 0")
     if not substrates:
         raise ConfigError("substrates: [] — at least one substrate is required")
-    model = substrates[0].model
-    if start is not None:
-        state = start.copy()
-        if state.epoch > epochs:
-            raise ConfigError(f"start.epoch: {state.epoch} already exceeds epochs={epochs}")
-    else:
-        if params is None:
-            from phasegrad_hw.learning.seeding import initial_parameters
-
-            params = initial_parameters(model, np.random.default_rng(seed), init)
-        state = LoopState(0, params.copy(), [], 0)
-    ctl = EPController(substrates, config, state.params, learnable_omega=learnable_omega)
+    state = _initial_state(substrates[0], options)
+    ctl = EPController(substrates, config, state.params, learnable_omega=options.learnable_omega)
     x_train = np.asarray(dataset.x_train, dtype=np.float64)
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
     w_train = np.asarray(encoding.input_frequencies(x_train), dtype=np.float64)
-    n_train, n_sub = len(x_train), len(substrates)
-    outputs = model.outputs
-    clamp_fns = [partial(encoding.clamp_targets, int(y)) for y in y_train]
-
-    bar: Any = None
-    task_id: Any = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=False)
-        bar.start()
-        task_id = bar.add_task("training", total=(epochs - state.epoch) * n_train)
-    try:
-        for e in range(state.epoch, epochs):
-            t_epoch = time.perf_counter()
-            _reseed(substrates, seed, e)
-            order = np.random.default_rng([seed, e]).permutation(n_train)
-            skipped = 0
-            correct = 0
-            for b in range(0, n_train, n_sub):
-                idx = order[b : b + n_sub]
-                batch = [Sample(w_train[i], clamp_fns[i]) for i in idx]
-                rep = await ctl.step(batch)
-                skipped += rep.skipped_unlocked + rep.skipped_basin_jump
-                if train_eval == "online":
-                    pred = encoding.predict(rep.free_phases[:, outputs])
-                    correct += int(np.sum(pred == y_train[idx]))
-                if on_step is not None:
-                    on_step(rep)
-                if bar is not None:
-                    bar.advance(task_id, len(idx))
-            if train_eval == "online":
-                train_acc = correct / n_train if n_train else float("nan")
-            else:
-                train_acc = await _accuracy(ctl, encoding, x_train, y_train)
-            test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
-            rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch)
-            state = LoopState(
-                e + 1, ctl.params.copy(), [*state.history, rec], state.skipped_samples + skipped
-            )
-            log.debug(
-                "epoch %d: train %.3f test %.3f skipped %d", e + 1, train_acc, test_acc, skipped
-            )
-            if bar is not None:
-                bar.update(
-                    task_id, description=f"epoch {e + 1}/{epochs} test {100 * test_acc:5.1f} %"
-                )
-            if on_epoch_end is not None:
-                res = on_epoch_end(state.copy())
-                if inspect.isawaitable(res):
-                    await res
-    finally:
-        if bar is not None:
-            bar.stop()
+    n_train = len(x_train)
+    online = options.train_eval == "online"
+    epoch = _Epoch(ctl, encoding, substrates, w_train, y_train, observers)
+    plan = RunPlan(state.epoch, options.epochs, n_train, len(substrates))
+    for obs in observers:
+        obs.on_run_start(plan)
+    for e in range(state.epoch, options.epochs):
+        t_epoch = time.perf_counter()
+        skipped, correct = await epoch.run(options.seed, e, online)
+        if online:
+            train_acc = correct / n_train if n_train else float("nan")
+        else:
+            train_acc = await _accuracy(ctl, encoding, x_train, y_train)
+        test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
+        rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch)
+        state = LoopState(
+            e + 1, ctl.params.copy(), [*state.history, rec], state.skipped_samples + skipped
+        )
+        log.debug("epoch %d: train %.3f test %.3f skipped %d", e + 1, train_acc, test_acc, skipped)
+        await _notify_epoch_end(observers, state)
     if state.history:
         final = state.history[-1].test_accuracy
     else:
@@ -198,8 +267,8 @@ async def train_on_substrates(
     seconds = time.perf_counter() - t_start
     log.info(
         "trained %d epochs on %d substrate(s) in %.2f s: test accuracy %.3f, %d skipped",
-        epochs,
-        n_sub,
+        options.epochs,
+        len(substrates),
         seconds,
         final,
         state.skipped_samples,

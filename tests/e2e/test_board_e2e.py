@@ -22,7 +22,7 @@ from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig
-from phasegrad_hw.learning.loop import LoopState, train_on_substrates
+from phasegrad_hw.learning.loop import LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, load_vowels
 from tests.conftest import REPO, require
 from tests.protocol.test_board_protocol import board_model
@@ -139,7 +139,9 @@ async def test_training_through_pty_equals_in_process(vowels_csv: Path) -> None:
     try:
         for sub in (open_substrate(uri), open_substrate(CMOS_DEVICE, seed=3)):
             async with sub:
-                results.append(await train_on_substrates([sub], ds, enc, cfg, epochs=2, seed=4))
+                results.append(
+                    await train_on_substrates([sub], ds, enc, cfg, LoopOptions(epochs=2, seed=4))
+                )
     finally:
         server.stop()
     board_res, local = results

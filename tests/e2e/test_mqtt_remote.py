@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError, LimitError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.fleet.telemetry import Telemetry
-from phasegrad_hw.learning.controller import EPConfig, Parameters
-from phasegrad_hw.learning.loop import train_on_substrates
+from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
+from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import BrokerConfig
@@ -163,16 +163,9 @@ AGENT_STATS: list[dict[str, Any]] = []
 DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)
 
 
-async def train(sub: Any, epochs: int, on_step: Any = None, on_epoch_end: Any = None) -> Parameters:
+async def train(sub: Any, epochs: int, observers: Sequence[LoopObserver] = ()) -> Parameters:
     res = await train_on_substrates(
-        [sub],
-        DATA,
-        Encoding(),
-        EPConfig(),
-        epochs=epochs,
-        seed=0,
-        on_step=on_step,
-        on_epoch_end=on_epoch_end,
+        [sub], DATA, Encoding(), EPConfig(), LoopOptions(epochs=epochs, seed=0), observers
     )
     assert len(res.state.history) == epochs
     return res.state.params
@@ -242,19 +235,19 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
         tm = Telemetry(BrokerConfig.parse(broker.uri("controller"))[0], NAME, step_interval_s=0.0)
         walls: list[float] = []
 
-        def on_step(_: Any) -> None:
-            nonlocal steps
-            steps += 1
-            tm.on_step(_)
-            if steps == 5:
-                threading.Thread(target=bounce, daemon=True).start()
+        class Bouncer(LoopObserver):
+            def on_step(self, report: StepReport) -> None:
+                nonlocal steps
+                steps += 1
+                if steps == 5:
+                    threading.Thread(target=bounce, daemon=True).start()
 
         async def go() -> Parameters:
             stop = asyncio.Event()
             watcher = asyncio.create_task(watch(stop))
             async with sub, tm:
                 t0 = time.perf_counter()
-                params = await train(sub, epochs, on_step=on_step, on_epoch_end=tm.on_epoch_end)
+                params = await train(sub, epochs, [tm, Bouncer()])
                 wall = time.perf_counter() - t0
             await asyncio.sleep(0.3)
             stop.set()

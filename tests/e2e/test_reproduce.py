@@ -41,8 +41,8 @@ def test_registered_in_the_cli() -> None:
 
 
 def test_default_device_file_is_the_builder_network() -> None:
-    from phasegrad_hw.cli.train import default_device_model
     from phasegrad_hw.device.presets import vowel_2_5_2
+    from phasegrad_hw.studies import default_device_model
 
     m = default_device_model()
     built = vowel_2_5_2(np.random.default_rng(0))
@@ -69,10 +69,10 @@ def test_demo_json_shape(tmp_path: Path) -> None:
 
 
 def test_demo_engine_and_loop_agree() -> None:
-    from phasegrad_hw.cli.train import run_demo
+    from phasegrad_hw.studies import DemoOptions, run_demo
 
-    a = run_demo(epochs=2, seed=3, engine="engine", progress=False)
-    b = run_demo(epochs=2, seed=3, engine="loop", progress=False)
+    a = run_demo(DemoOptions(epochs=2, seed=3, engine="engine"))
+    b = run_demo(DemoOptions(epochs=2, seed=3, engine="loop"))
     assert a["final_test_accuracy"] == b["final_test_accuracy"]
 
 

@@ -325,7 +325,7 @@ def test_training_through_the_bench_matches_in_process() -> None:
     the in-process CMOS emulator with the same seed (≤ 1e-9)."""
     require(CMOS_FILE.exists(), f"CMOS device file {CMOS_FILE}")
     require(VOWELS_CSV.exists(), f"vowel data at {VOWELS_CSV}")
-    from phasegrad_hw.learning.loop import train_on_substrates
+    from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_vowels
 
     data = load_vowels(VOWELS_CSV, ("a", "i"), seed=0)
@@ -335,7 +335,7 @@ def test_training_through_the_bench_matches_in_process() -> None:
 
     async def train(sub: OscillatorSubstrate) -> Any:
         async with sub:
-            return await train_on_substrates([sub], data, enc, cfg, epochs=2, seed=5)
+            return await train_on_substrates([sub], data, enc, cfg, LoopOptions(epochs=2, seed=5))
 
     e = BenchEmulator(bench_for_chip(chip, RES), seed=5)
     with e.running():

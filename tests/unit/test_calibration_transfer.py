@@ -233,7 +233,7 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
     calibrated maps they work at once, through the nominal curves they do not."""
     from phasegrad_hw.device.model import DeviceModel
     from phasegrad_hw.learning.controller import EPConfig
-    from phasegrad_hw.learning.loop import train_on_substrates
+    from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_vowels
 
     data = load_vowels(vowels_csv)
@@ -247,7 +247,7 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
     async with chip(100) as ref:
         await calibrate_transfer(ref)
         trained = await train_on_substrates(
-            [ref], data, enc, cfg, epochs=8, seed=100, init="spectral"
+            [ref], data, enc, cfg, LoopOptions(epochs=8, seed=100, init="spectral")
         )
     assert trained.final_test_accuracy >= 0.95
     acc: dict[bool, list[float]] = {False: [], True: []}
@@ -257,7 +257,11 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
                 if calibrated:
                     await calibrate_transfer(c)
                 res = await train_on_substrates(
-                    [c], data, enc, cfg, epochs=1, seed=seed, params=trained.state.params.copy()
+                    [c],
+                    data,
+                    enc,
+                    cfg,
+                    LoopOptions(epochs=1, seed=seed, params=trained.state.params.copy()),
                 )
             acc[calibrated].append(res.final_test_accuracy)
     print("deploy+1 epoch accuracy", acc)

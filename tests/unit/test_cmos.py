@@ -452,7 +452,7 @@ def tiny_chip_model() -> CMOSChipModel:
 
 
 async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None:
-    from phasegrad_hw.learning.loop import train_on_substrates
+    from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding
     from tests.doubles import blobs
 
@@ -462,17 +462,23 @@ async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None
     p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
     enc = Encoding()
     async with CMOSSubstrate(m, seed=1) as chip:
-        before = await train_on_substrates([chip], data, enc, cfg, epochs=0, seed=3, params=p0)
-        full = await train_on_substrates([chip], data, enc, cfg, epochs=4, seed=3, params=p0)
+        before = await train_on_substrates(
+            [chip], data, enc, cfg, LoopOptions(epochs=0, seed=3, params=p0)
+        )
+        full = await train_on_substrates(
+            [chip], data, enc, cfg, LoopOptions(epochs=4, seed=3, params=p0)
+        )
     assert before.final_test_accuracy <= 0.7
     # a weakly coupled chip with mismatch occasionally fails to lock: skipped, counted
     assert full.final_test_accuracy >= 0.9 and full.state.skipped_samples <= 16
     # resume on a fresh chip (same device file) from the epoch-2 state: identical run
     async with CMOSSubstrate(m, seed=99) as chip:
-        half = await train_on_substrates([chip], data, enc, cfg, epochs=2, seed=3, params=p0)
+        half = await train_on_substrates(
+            [chip], data, enc, cfg, LoopOptions(epochs=2, seed=3, params=p0)
+        )
     async with CMOSSubstrate(m, seed=7) as chip:
         resumed = await train_on_substrates(
-            [chip], data, enc, cfg, epochs=4, seed=3, start=half.state
+            [chip], data, enc, cfg, LoopOptions(epochs=4, seed=3, start=half.state)
         )
     assert np.array_equal(resumed.state.params.omega, full.state.params.omega)
     assert [h.test_accuracy for h in resumed.state.history] == [

@@ -1,8 +1,9 @@
 """Hardware training loop: learning on a tiny task, exact resume, sample order, skips,
-hooks and progress."""
+observers (sync and async) and the command line's progress observer."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,41 @@ import pytest
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.errors import ConfigError
-from phasegrad_hw.learning.controller import EPConfig, Parameters
-from phasegrad_hw.learning.loop import LoopState, seed_for, train_on_substrates
+from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
+from phasegrad_hw.learning.loop import (
+    LoopObserver,
+    LoopOptions,
+    LoopState,
+    RunPlan,
+    seed_for,
+    train_on_substrates,
+)
 from phasegrad_hw.learning.tasks import Encoding
 from tests.doubles import ScriptedSubstrate, blobs, model_tiny
 
 DATA = blobs(40, 20, seed=0)
+
+
+class Hooks(LoopObserver):
+    """An observer from two callables (either may be omitted)."""
+
+    def __init__(
+        self,
+        on_step: Callable[[StepReport], Any] | None = None,
+        on_epoch_end: Callable[[LoopState], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.plans: list[RunPlan] = []
+        self._step, self._epoch = on_step, on_epoch_end
+
+    def on_run_start(self, plan: RunPlan) -> None:
+        self.plans.append(plan)
+
+    def on_step(self, report: StepReport) -> None:
+        if self._step is not None:
+            self._step(report)
+
+    def on_epoch_end(self, state: LoopState) -> Awaitable[None] | None:
+        return None if self._epoch is None else self._epoch(state)
 
 
 def _p0(model, w_out: float = -0.6) -> Parameters:  # type: ignore[no-untyped-def]
@@ -29,7 +59,7 @@ async def test_short_run_learns() -> None:
     cfg = EPConfig(beta=0.1, lr_omega=0.05)
     enc = Encoding()
     before = await train_on_substrates(
-        [SimulatedSubstrate(m)], DATA, enc, cfg, epochs=0, seed=3, params=_p0(m)
+        [SimulatedSubstrate(m)], DATA, enc, cfg, LoopOptions(epochs=0, seed=3, params=_p0(m))
     )
     losses: list[float] = []
     res = await train_on_substrates(
@@ -37,10 +67,8 @@ async def test_short_run_learns() -> None:
         DATA,
         enc,
         cfg,
-        epochs=4,
-        seed=3,
-        params=_p0(m),
-        on_step=lambda r: losses.append(r.loss),
+        LoopOptions(epochs=4, seed=3, params=_p0(m)),
+        [Hooks(on_step=lambda r: losses.append(r.loss))],
     )
     assert before.state.history == [] and before.final_test_accuracy <= 0.7
     assert res.final_test_accuracy >= 0.95 and res.state.history[-1].train_accuracy >= 0.95
@@ -66,10 +94,12 @@ async def test_resume_from_mid_run_state_is_exact(devices: str) -> None:
         saved[state.epoch] = state
 
     full = await train_on_substrates(
-        subs(), DATA, enc, cfg, epochs=4, seed=7, params=_p0(m), on_epoch_end=keep
+        subs(), DATA, enc, cfg, LoopOptions(epochs=4, seed=7, params=_p0(m)), [Hooks(None, keep)]
     )
     assert sorted(saved) == [1, 2, 3, 4]
-    resumed = await train_on_substrates(subs(), DATA, enc, cfg, epochs=4, seed=7, start=saved[2])
+    resumed = await train_on_substrates(
+        subs(), DATA, enc, cfg, LoopOptions(epochs=4, seed=7, start=saved[2])
+    )
     a, b = full.state.params, resumed.state.params
     assert np.allclose(a.omega, b.omega, rtol=0, atol=1e-12)
     assert np.allclose(a.coupling, b.coupling, rtol=0, atol=1e-12)
@@ -84,7 +114,9 @@ async def test_resume_from_mid_run_state_is_exact(devices: str) -> None:
     saved[4].params.omega[:] = 99.0  # the hook got a copy, not the run's own state
     assert full.state.params.omega.max() < 99.0
     # a different seed gives a different run (the noise and order really matter)
-    other = await train_on_substrates(subs(), DATA, enc, cfg, epochs=4, seed=8, params=_p0(m))
+    other = await train_on_substrates(
+        subs(), DATA, enc, cfg, LoopOptions(epochs=4, seed=8, params=_p0(m))
+    )
     assert not np.allclose(other.state.params.omega, a.omega, rtol=0, atol=1e-6)
 
 
@@ -98,10 +130,7 @@ async def test_sample_order_and_reseed_follow_the_seed() -> None:
         DATA,
         enc,
         EPConfig(lr_omega=0.01),
-        epochs=2,
-        seed=seed,
-        params=_p0(m),
-        train_eval="online",
+        LoopOptions(epochs=2, seed=seed, params=_p0(m), train_eval="online"),
     )
     freq = np.array([c[1][:2] for c in sub.calls if c[0] == "frequencies"])
     n_tr, n_te = len(DATA.x_train), len(DATA.x_test)
@@ -115,37 +144,47 @@ async def test_sample_order_and_reseed_follow_the_seed() -> None:
 
 async def test_skipped_samples_are_counted_per_epoch() -> None:
     m = model_tiny()
-    kw: dict[str, Any] = {"epochs": 2, "seed": 0, "train_eval": "online"}
-    base = await train_on_substrates(
-        [SimulatedSubstrate(m)], DATA, Encoding(), EPConfig(), params=_p0(m), **kw
-    )
+    opts = LoopOptions(epochs=2, seed=0, train_eval="online", params=_p0(m))
+    base = await train_on_substrates([SimulatedSubstrate(m)], DATA, Encoding(), EPConfig(), opts)
     # epoch 1: read 1 (free of sample 1) and reads 5, 9 (nudged reads of samples 3, 5) unlocked
     sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={1, 5, 9})
-    res = await train_on_substrates([sub], DATA, Encoding(), EPConfig(), params=_p0(m), **kw)
+    res = await train_on_substrates([sub], DATA, Encoding(), EPConfig(), opts)
     b = [h.skipped for h in base.state.history]  # the extreme inputs of DATA do not all lock
     assert [h.skipped for h in res.state.history] == [b[0] + 3, b[1]]
     assert res.state.skipped_samples == sum(b) + 3
 
 
-async def test_progress_bar_sync_hook_and_validation() -> None:
+async def test_progress_observer_sync_hook_and_validation() -> None:
+    from rich.console import Console
+
+    from phasegrad_hw.cli.progress import RichProgress
+
     m = model_tiny()
     seen: list[tuple[int, int]] = []
-    res = await train_on_substrates(
-        [SimulatedSubstrate(m)],
-        DATA,
-        Encoding(),
-        EPConfig(lr_omega=0.05),
-        epochs=2,
-        seed=1,
-        params=_p0(m),
-        progress=True,
-        on_epoch_end=lambda s: seen.append((s.epoch, len(s.history))),
-    )
+    hooks = Hooks(on_epoch_end=lambda s: seen.append((s.epoch, len(s.history))))
+    console = Console(record=True, width=100, force_terminal=False)
+    with RichProgress(console) as bar:
+        res = await train_on_substrates(
+            [SimulatedSubstrate(m)],
+            DATA,
+            Encoding(),
+            EPConfig(lr_omega=0.05),
+            LoopOptions(epochs=2, seed=1, params=_p0(m)),
+            [hooks, bar],
+        )
+        (task,) = bar.progress.tasks
+        assert task.total == task.completed == 2 * len(DATA.x_train)
     assert seen == [(1, 1), (2, 2)]
+    assert hooks.plans == [RunPlan(0, 2, len(DATA.x_train), 1)]
+    assert f"epoch 2/2 test {100 * res.final_test_accuracy:5.1f} %" in console.export_text()
     assert res.final_test_accuracy == res.state.history[-1].test_accuracy
     with pytest.raises(ConfigError, match="start.epoch: 2 already exceeds epochs=1"):
         await train_on_substrates(
-            [SimulatedSubstrate(m)], DATA, Encoding(), EPConfig(), epochs=1, seed=1, start=res.state
+            [SimulatedSubstrate(m)],
+            DATA,
+            Encoding(),
+            EPConfig(),
+            LoopOptions(epochs=1, seed=1, start=res.state),
         )
 
 
@@ -158,9 +197,8 @@ async def test_default_initial_parameters_come_from_seeding() -> None:
         DATA,
         Encoding(),
         EPConfig(lr_omega=0.0),
-        epochs=1,
-        seed=5,
-        on_epoch_end=states.append,
+        LoopOptions(epochs=1, seed=5),
+        [Hooks(on_epoch_end=states.append)],
     )
     exp = seeding.initial_parameters(m, np.random.default_rng(5), "random")
     assert np.array_equal(states[0].params.omega, exp.omega)

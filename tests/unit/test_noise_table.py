@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from phasegrad_hw.cli import Groups
-from phasegrad_hw.cli.noise import NoiseOptions, format_table, register, run_noise
+from phasegrad_hw.cli.noise import format_table, register
+from phasegrad_hw.studies import NoiseOptions, run_noise
 
 REPO = Path(__file__).resolve().parents[2]
 CMOS = REPO / "examples" / "devices" / "cmos-2-5-2.toml"

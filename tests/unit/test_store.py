@@ -235,8 +235,8 @@ def test_passwords_in_uris_are_not_stored(tmp_path: Path) -> None:
 
 async def test_run_recorder_hooks_record_a_training_run(tmp_path: Path) -> None:
     from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-    from phasegrad_hw.learning.controller import EPConfig
-    from phasegrad_hw.learning.loop import train_on_substrates
+    from phasegrad_hw.learning.controller import EPConfig, StepReport
+    from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
     from phasegrad_hw.store import RunRecorder
 
@@ -255,8 +255,8 @@ async def test_run_recorder_hooks_record_a_training_run(tmp_path: Path) -> None:
     data = synthetic_vowels(("a", "i"), n_per_class=5, seed=0)
     events: list[str] = []
 
-    class Probe:
-        def on_step(self, report: object) -> None:
+    class Probe(LoopObserver):
+        def on_step(self, report: StepReport) -> None:
             events.append("step")
 
         def on_epoch_end(self, state: LoopState) -> None:
@@ -264,17 +264,10 @@ async def test_run_recorder_hooks_record_a_training_run(tmp_path: Path) -> None:
 
     with RunStore(tmp_path / "runs.sqlite") as st:
         rid = st.create_run({"task": "tiny"}, "sim")
-        rec = RunRecorder(st, rid, step_every=3, telemetry=Probe())
+        rec = RunRecorder(st, rid, step_every=3)
         async with SimulatedSubstrate(model) as chip:
             res = await train_on_substrates(
-                [chip],
-                data,
-                Encoding(),
-                EPConfig(),
-                epochs=2,
-                seed=0,
-                on_step=rec.on_step,
-                on_epoch_end=rec.on_epoch_end,
+                [chip], data, Encoding(), EPConfig(), LoopOptions(epochs=2, seed=0), [rec, Probe()]
             )
         _, back = st.load_checkpoint(rid)
         steps = st.steps(rid)

@@ -91,7 +91,7 @@ def test_parallel_compiled_engine_is_identical() -> None:
 def test_engine_matches_hardware_loop_on_simulated_device(params: str, readout: str) -> None:
     from phasegrad_hw.backends.simulated import SimulatedSubstrate
     from phasegrad_hw.learning.controller import EPConfig
-    from phasegrad_hw.learning.loop import train_on_substrates
+    from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 
     model = vowel_2_5_2(np.random.default_rng(0))
     enc = Encoding(readout=readout)  # type: ignore[arg-type]
@@ -105,9 +105,8 @@ def test_engine_matches_hardware_loop_on_simulated_device(params: str, readout: 
                 [sub],
                 SMALL,
                 enc,
-                EPConfig(params=params, lr_omega=0.02, lr_k=0.02),  # type: ignore[arg-type]
-                epochs=2,
-                seed=seed,
+                EPConfig(params=params, lr_omega=0.02, lr_k=0.02),
+                LoopOptions(epochs=2, seed=seed),
             )
         return r.state.params.omega, r.state.params.coupling
 

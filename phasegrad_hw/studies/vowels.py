@@ -1,0 +1,207 @@
+"""The vowel study (``phasegrad-hw reproduce vowels``): the published ablation and the fix.
+
+Published set-up (arXiv 2604.10272, docs/design.md §2): 2+5+2 network, K = 2·U(0.5,1.5)
+(chain 2·U(0.5,1.0)), online SGD lr 1e-3, β = 0.1, margin 0.2, clip 2, 200 epochs, 80/20
+split; targets −m (correct) / +m (other); success = final test accuracy > 60 %. Ablation:
+ω-only, K-only, both, K on 7 random edges; random vs spectral init; readouts arg-max-cos
+(published) and nearest template — both read from the *same* trained networks.
+
+Designed set-ups (same network and task, own rows): ``mean_phase`` — targets, loss and
+decision on the outputs' common phase (class 0: all outputs at −m, class 1: at +m; decision:
+nearest template = sign of the mean output phase); ``difference`` — loss on the output
+phase difference with decision sign(θ_o1 − θ_o2) (reported as a negative control).
+
+All seeds and configurations sharing a loss are trained as one vectorised ensemble
+(:mod:`phasegrad_hw.engine.ensemble`); each member equals its own per-seed run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.studies.progress import EnsembleProgress
+
+if TYPE_CHECKING:
+    from phasegrad_hw.engine.ensemble import EnsembleResult
+    from phasegrad_hw.learning.tasks import Dataset, Encoding
+
+__all__ = ["INITS", "PARAMS", "SUCCESS", "VowelStudyOptions", "output_modes", "run_vowel_study"]
+
+Setup = Literal["published", "mean_phase", "difference"]
+ParamSet = Literal["omega", "K", "both", "K7"]
+Init = Literal["random", "spectral"]
+SETUPS: tuple[Setup, ...] = ("published", "mean_phase", "difference")
+PARAMS: tuple[ParamSet, ...] = ("omega", "K", "both", "K7")
+INITS: tuple[Init, ...] = ("random", "spectral")
+SUCCESS = 0.6  # a run "succeeds" above 60 % final test accuracy (the published criterion)
+
+
+class VowelStudyOptions(StrictModel):
+    """Validated study options: ``data`` a Hillenbrand-format CSV (vowel,F1,F2; synthetic
+    formants when None), ``task`` two vowels ("a,i"), ``seeds`` per configuration, ``hidden``
+    the hidden chain length; ``parallel`` spreads networks over CPU threads (same results)."""
+
+    data: Path | None = None
+    seeds: int = Field(default=100, ge=1, le=10_000)
+    epochs: int = Field(default=200, ge=1, le=10_000)
+    task: str = "a,i"
+    hidden: int = Field(default=5, ge=1, le=64)
+    setups: list[Setup] = Field(default_factory=lambda: list(SETUPS))
+    params: list[ParamSet] = Field(default_factory=lambda: list(PARAMS))
+    inits: list[Init] = Field(default_factory=lambda: list(INITS))
+    parallel: bool = False
+
+    @property
+    def classes(self) -> list[str]:
+        return [c.strip() for c in self.task.split(",") if c.strip()]
+
+
+def output_modes(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Evidence: how the two outputs move across test inputs (rad).
+
+    Common mode c = (θ_o1 + θ_o2)/2 and differential Δ = θ_o1 − θ_o2 per test sample;
+    returns the mean over members of their spread across inputs and of the class separation
+    |mean_class1 − mean_class0|, the per-class means, for c and for Δ, and the fraction of
+    members whose mean Δ is positive.
+    """
+    ok = np.all(np.isfinite(out), axis=(1, 2))
+    o = out[ok]
+    if len(o) == 0:
+        return {}
+    c = o.mean(axis=-1)
+    d = o[..., 0] - o[..., 1]
+    res = {}
+    for name, v in (("common", c), ("differential", d)):
+        res[f"{name}_std_rad"] = float(v.std(axis=1).mean())
+        res[f"{name}_class_separation_rad"] = float(
+            np.abs(v[:, y == 1].mean(axis=1) - v[:, y == 0].mean(axis=1)).mean()
+        )
+        res[f"{name}_class0_mean_rad"] = float(v[:, y == 0].mean())
+        res[f"{name}_class1_mean_rad"] = float(v[:, y == 1].mean())
+    # sign of the learned output offset Δ (θ_o1 − θ_o2): with arg-max cos it decides polarity
+    res["fraction_differential_positive"] = float((d.mean(axis=1) > 0).mean())
+    return res
+
+
+def _plan(o: VowelStudyOptions) -> dict[str, tuple[Encoding, list[str], list[tuple[str, str]]]]:
+    """Per set-up: training encoding, readouts evaluated, (params, init) configurations."""
+    from phasegrad_hw.learning.tasks import Encoding
+
+    grid: list[tuple[str, str]] = [(p, i) for p in o.params for i in o.inits]
+    return {
+        "published": (Encoding(readout="template"), ["argmax_cos", "template"], grid),
+        "mean_phase": (Encoding(readout="mean_phase"), ["mean_phase"], grid),
+        "difference": (
+            Encoding(readout="difference"),
+            ["difference"],
+            [(p, "random") for p in ("omega", "both") if p in o.params],
+        ),
+    }
+
+
+def _rows(
+    o: VowelStudyOptions,
+    data: Dataset,
+    setup: str,
+    readouts: list[str],
+    block: tuple[str, str, int, int],
+    res: EnsembleResult,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """One row per readout for the members ``a:b`` trained with (``pset``, ``init``)."""
+    from phasegrad_hw.learning.tasks import Encoding
+
+    pset, init, a, b = block
+    rows = []
+    for ro in readouts:
+        acc = res.accuracy(Encoding(readout=ro), data.y_test)[a:b]  # type: ignore[arg-type]
+        ok = acc > SUCCESS
+        rows.append(
+            {
+                "task": ",".join(o.classes),
+                "params": pset,
+                "init": init,
+                "readout": ro,
+                "loss": setup,
+                "hidden": o.hidden,
+                "seeds": o.seeds,
+                "epochs": o.epochs,
+                "success": int(ok.sum()),
+                "success_mean_acc": float(acc[ok].mean()) if ok.any() else None,
+                "success_std_acc": float(acc[ok].std()) if ok.any() else None,
+                "all_mean_acc": float(acc.mean()),
+                "inverted": int((acc < 1.0 - SUCCESS).sum()),
+                "skipped_samples": int(res.skipped[a:b].sum()),
+                "ensemble_seconds": seconds,
+            }
+        )
+    return rows
+
+
+def load_study_data(o: VowelStudyOptions) -> Dataset:
+    """The study's two-class data: the CSV if given, else synthetic formants."""
+    from phasegrad_hw.learning.tasks import load_vowels, synthetic_vowels
+
+    return load_vowels(o.data, o.classes) if o.data is not None else synthetic_vowels(o.classes)
+
+
+def run_vowel_study(
+    o: VowelStudyOptions,
+    *,
+    progress: EnsembleProgress | None = None,
+    log: Callable[[str], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train every configuration; returns ``{"rows": [...], "evidence": {...}, "seconds",
+    "data"}``. ``log`` receives one line per set-up; ``checkpoint`` the partial result after
+    each set-up (to save it)."""
+    from phasegrad_hw.device.presets import builder
+    from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
+
+    t_start = time.perf_counter()
+    data = load_study_data(o)
+    task = ",".join(o.classes)
+    build = builder(o.hidden)
+    seeds, epochs, parallel = list(range(o.seeds)), o.epochs, o.parallel
+    rows: list[dict[str, Any]] = []
+    evidence: dict[str, Any] = {}
+    plan = _plan(o)
+    for setup in o.setups:
+        enc, readouts, configs = plan[setup]
+        template = None
+        members: list[Any] = []
+        blocks: list[tuple[str, str, int, int]] = []
+        for pset, init in configs:
+            cfg = TrainConfig(epochs=epochs, params=pset, init=init)  # type: ignore[arg-type]
+            template, ms = members_from_builder(build, seeds, cfg)
+            blocks.append((pset, init, len(members), len(members) + len(ms)))
+            members += ms
+        assert template is not None
+        cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10), parallel=parallel)
+        ens = Ensemble(template, members, data, enc, cfg)
+        t0 = time.perf_counter()
+        label = f"{task} {setup} ({len(members)} networks)"
+        res = ens.run(None if progress is None else progress.track(label, epochs))
+        seconds = time.perf_counter() - t0
+        if log is not None:
+            log(f"{setup}: {len(members)} networks, {epochs} epochs in {seconds:.0f} s")
+        for block in blocks:
+            rows += _rows(o, data, setup, readouts, block, res, seconds)
+            evidence[f"{setup}/{block[0]}/{block[1]}"] = output_modes(
+                res.test_out[block[2] : block[3]], data.y_test
+            )
+        if checkpoint is not None:
+            checkpoint({"rows": rows, "evidence": evidence})
+    return {
+        "rows": rows,
+        "evidence": evidence,
+        "seconds": time.perf_counter() - t_start,
+        "data": str(o.data) if o.data is not None else "synthetic",
+    }
