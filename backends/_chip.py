@@ -48,7 +48,7 @@ from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
 
 # --------------------------------------------------------------------------- emulated chips
 # Physical parameters of the CMOS and optical emulators (phasegrad_hw.backends.cmos/optical).
-# Literature ranges are quoted per field (DESIGN.md §5); bounds outside them are still
+# Literature ranges are quoted per field (docs/design.md §5); bounds outside them are still
 # allowed where a user may want to explore what a chip must achieve, but never unphysical.
 
 

@@ -1,4 +1,4 @@
-"""Emulated CMOS ring-oscillator array with capacitive coupling (DESIGN.md §5).
+"""Emulated CMOS ring-oscillator array with capacitive coupling (docs/design.md §5).
 
 Physics around the core locked state (:mod:`phasegrad_hw.backends._chip`):
 
@@ -58,7 +58,7 @@ class AlphaPowerSpec(StrictModel):
     1990): f(V) ∝ (V − V_th)^α / V, α ≈ 1.3 in short-channel CMOS. ``f_center_hz`` is the
     frequency at ``bias_ref_v`` (ω = 0); ω (model units) = (f − f_center)/``freq_unit_hz``,
     so the model time unit is 1/(2π·freq_unit_hz) s. ``vth_mismatch_v`` rms per-oscillator
-    threshold mismatch (Pelgrom; a few mV gives the 1–3 % frequency spread of DESIGN.md §5)."""
+    threshold mismatch (Pelgrom; a few mV gives the 1–3 % frequency spread of docs/design.md §5)."""
 
     f_center_hz: float = Field(default=1.0e9, gt=1e6, le=100e9)
     freq_unit_hz: float = Field(default=20e6, gt=0.0, le=10e9)
@@ -133,7 +133,7 @@ class InjectionSpec(StrictModel):
 
 @register_model("cmos")
 class CMOSChipModel(_ChipModel):
-    """A CMOS ring-oscillator array with capacitive coupling (DESIGN.md §5).
+    """A CMOS ring-oscillator array with capacitive coupling (docs/design.md §5).
 
     Biases are supply/bias voltages (V, one per oscillator). See the section classes for the
     physics and literature ranges; the emulator is :mod:`phasegrad_hw.backends.cmos`.

@@ -1,4 +1,4 @@
-"""Emulated optical micro-resonator / coupled-laser chip (DESIGN.md §5).
+"""Emulated optical micro-resonator / coupled-laser chip (docs/design.md §5).
 
 Physics around the core locked state (:mod:`phasegrad_hw.backends._chip`):
 
@@ -138,7 +138,7 @@ class OpticalInjectionSpec(StrictModel):
 
 @register_model("optical")
 class OpticalChipModel(_ChipModel):
-    """Coupled optical micro-resonators / injection-locked lasers (DESIGN.md §5).
+    """Coupled optical micro-resonators / injection-locked lasers (docs/design.md §5).
 
     Biases are heater voltages (V). The emulator is :mod:`phasegrad_hw.backends.optical`.
     """

@@ -1,5 +1,5 @@
 """SCPI bench instruments through pyvisa (pyvisa-py, ``@py``): an SMU for the biases, a phase
-meter behind a multiplexer for the phases, an injection source for the nudge (DESIGN.md §6).
+meter behind a multiplexer for the phases, an injection source for the nudge (docs/design.md §6).
 
 The bench config (:class:`VisaBenchModel`, ``backend = "visa"``) holds the chip's topology,
 roles and limits, one :class:`InstrumentConfig` per instrument (VISA resource string,

@@ -1,13 +1,13 @@
 """Readout noise and the choice of β and averages for a trustworthy two-phase gradient.
 
-Model (DESIGN.md §2, "readout noise is the real enemy"). The centred estimate
+Model (docs/design.md §2, "readout noise is the real enemy"). The centred estimate
 ĝ = −wrap(θ^{+β} − θ^{−β})/(2β), each state averaged over A reads, has
 
 * a bias b(β) = c β² + O(β⁴) (the O(β²) error of a centred difference), and
 * noise of variance v(A)/(2β²) summed over channels, v(A) = σ_w²/A + σ_s² + σ_d² A: a white
   part σ_w² that averages down, a slow part σ_s² that does not (a wandering common phase
   under injection) and a drift part σ_d² A — a random-walk drift (ambient temperature,
-  DESIGN.md §5) moves the phases between the +β and the −β read by an amount that grows
+  docs/design.md §5) moves the phases between the +β and the −β read by an amount that grows
   with the time the reads take, so beyond A* = σ_w/σ_d more averaging makes the estimate
   *worse* (the regime an Allan-deviation plot shows). v(A) is measured as the spread of
   repeated centred differences θ^{+β} − θ^{−β} (clamped, β = β₁/2) at four A from 16 to the

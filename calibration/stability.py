@@ -1,7 +1,7 @@
 """Stability calibration: lock check, per-edge phase margins, the smallest eigenvalue of the
 identified reduced Laplacian, and the lock range per edge by a detuning sweep.
 
-Physics (DESIGN.md §2): a locked state is stable iff the reduced Laplacian −Ã of the phases
+Physics (docs/design.md §2): a locked state is stable iff the reduced Laplacian −Ã of the phases
 relative to the reference (J_ij = K_ij H'(θ_j − θ_i), Ã_ij = J_ij − J_ref,j, see
 :func:`phasegrad_hw.calibration.symmetry.relative_matrix`) has eigenvalues with positive
 real part (for symmetric K they are the non-zero eigenvalues of the graph Laplacian); for H = sin a

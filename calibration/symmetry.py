@@ -1,7 +1,7 @@
 """Coupling-symmetry calibration: phase response matrix, asymmetry, effective couplings per
 edge, and a test for a non-odd coupling function.
 
-Physics (DESIGN.md §2). Near a locked state the reduced system (reference pinned) responds
+Physics (docs/design.md §2). Near a locked state the reduced system (reference pinned) responds
 to a change of centred frequencies as dθ̃ = R̃ dω̃^c with R̃ = −J̃⁻¹, where
 J_ij = K_ij H'(θ_j − θ_i). With K symmetric and H odd, J and hence R̃ are symmetric; the
 phase-gradient identity needs exactly that.

@@ -1,4 +1,4 @@
-"""The phase-gradient identity on random Kuramoto networks (DESIGN.md §2).
+"""The phase-gradient identity on random Kuramoto networks (docs/design.md §2).
 
 For Erdős–Rényi networks (p = 0.6, K = 5·U(0.5, 1.5), ω ~ N(0, 0.3²)) the two-phase
 estimate −(θ^β − θ*)/β at β = 1e-4 is compared with finite differences on the centred

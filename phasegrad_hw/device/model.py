@@ -116,7 +116,7 @@ class CalibrationThresholds(StrictModel):
     ``max_asymmetry`` on ‖R − Rᵀ‖/‖R‖ of the phase response matrix (on the 2+5+2 chip
     ≈ ¼ of the per-edge asymmetry: 0.013 at 5 %, 0.05 at 20 %); ``max_edge_asymmetry`` on
     |k_ij − k_ji|/mean per edge (20 % random asymmetry costs ≈ 0.4 % gradient cosine, N = 15,
-    DESIGN.md §2); ``nonodd_z`` significance (in standard errors) and ``max_phase_lag_rad`` /
+    docs/design.md §2); ``nonodd_z`` significance (in standard errors) and ``max_phase_lag_rad`` /
     ``max_even_fraction`` effect sizes above which H is flagged non-odd;
     ``min_phase_margin_rad`` on π/2 − |Δθ| per edge; ``min_eigenvalue`` on the reduced
     Laplacian (model frequency units); ``max_drift_rad_per_read`` phase drift between reads;

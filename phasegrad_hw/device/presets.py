@@ -1,6 +1,6 @@
 """Layered oscillator network builders (inputs → hidden layers → outputs).
 
-The published vowel network (arXiv 2604.10272; DESIGN.md §2 and contracts) is 2+5+2:
+The published vowel network (arXiv 2604.10272; docs/design.md §2 and contracts) is 2+5+2:
 oscillators 0, 1 are inputs (0 is also the phase reference), 2…6 hidden (chained 2–3–4–5–6),
 7, 8 outputs. Edges: every input–hidden pair, every hidden–output pair, then the hidden chain,
 in that order. Couplings K = k_scale·U(0.5, 1.5) on the layer-to-layer edges and

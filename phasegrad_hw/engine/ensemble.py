@@ -46,7 +46,7 @@ EDGE_STREAM = 0xED6E  # rng stream that picks the K7 edge subset
 
 
 class TrainConfig(StrictModel):
-    """Training hyper-parameters (defaults: the published vowel setting, DESIGN.md §2)."""
+    """Training hyper-parameters (defaults: the published vowel setting, docs/design.md §2)."""
 
     epochs: int = Field(default=200, ge=0, le=100_000)
     beta: float = Field(default=0.1, gt=0.0, le=10.0)  # nudge strength (model units)

@@ -1,6 +1,6 @@
 """The asynchronous equilibrium-propagation controller (hardware in the loop).
 
-One step, per sample and substrate (DESIGN.md §2, §4; seed paper arXiv 2604.10272)::
+One step, per sample and substrate (docs/design.md §2, §4; seed paper arXiv 2604.10272)::
 
     set ω (inputs written in)  →  free read θ*  →  clamp(targets, β) read θ^β
     [centred: clamp(targets, β, direction=−1) read θ^{−β}]  →  release
@@ -56,7 +56,7 @@ __all__ = [
 class EPConfig(StrictModel):
     """Equilibrium-propagation settings (model units unless stated).
 
-    ``beta`` nudge strength (published 0.1); ``mode`` one-sided or centred (DESIGN.md §2);
+    ``beta`` nudge strength (published 0.1); ``mode`` one-sided or centred (docs/design.md §2);
     ``averages`` reads averaged per state; ``lr_omega``/``lr_k`` learning rates for ω and K
     (published 1e-3); ``params`` what learns; ``edges`` indices into ``model.edges`` of the
     learnable couplings (None: all); ``clip`` element-wise gradient clip (published 2);

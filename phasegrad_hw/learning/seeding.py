@@ -1,4 +1,4 @@
-"""Initial natural frequencies: random (published) or spectral seeding (DESIGN.md §2).
+"""Initial natural frequencies: random (published) or spectral seeding (docs/design.md §2).
 
 Spectral seeding for sparse layered binary classifiers: with v_i, λ_i the eigenpairs of the
 reduced graph Laplacian L̃ = D − K (reference row/column removed) and
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 Array = NDArray[np.float64]
 Init = Literal["random", "spectral"]
 RANDOM_OMEGA_RANGE = 0.3  # |ω| bound of the random init (model units)
-SPECTRAL_MAX_OMEGA = 0.3  # max|ω| after spectral seeding (DESIGN.md §2)
+SPECTRAL_MAX_OMEGA = 0.3  # max|ω| after spectral seeding (docs/design.md §2)
 
 
 def spectral_seed(K: ArrayLike, ref: int, out1: int, out2: int, inputs: Sequence[int]) -> Array:

@@ -1,7 +1,7 @@
 """Tasks: data sets, input encoding, clamp targets and classification readouts.
 
 A :class:`Dataset` holds features min–max scaled to [−1, 1] with the scaler fitted on the
-training split only (the published vowel setting, DESIGN.md §2, arXiv 2604.10272). An
+training split only (the published vowel setting, docs/design.md §2, arXiv 2604.10272). An
 :class:`Encoding` maps a task onto a device: input oscillator frequency ω = input_scale · x
 (model units), clamp targets for the output oscillators and the decision rule.
 
@@ -10,7 +10,7 @@ Readouts (decision rule + the loss the clamp targets descend):
 * ``template`` (default): targets −margin on the correct class' output, +margin on the
   others; loss ½Σ(θ_o − t)²; decision = nearest target template (wrapped distance).
 * ``argmax_cos``: the published readout, argmax_o cos θ_o, trained with the same fixed
-  templates. cos is even, so it cannot tell −margin from +margin (DESIGN.md §2).
+  templates. cos is even, so it cannot tell −margin from +margin (docs/design.md §2).
 * ``difference``: a loss on the output phase *differences* whose minimum is the decision
   rule: L = ½Σ_{j≠y}(θ_y − θ_j + 2·margin)² (``difference_loss="quadratic"``) or its
   one-sided hinge ½Σ max(0, θ_y − θ_j + 2·margin)²; decision = argmin_o θ_o (for two
@@ -49,7 +49,7 @@ Array = NDArray[np.float64]
 VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u")
 
 #: Per-vowel formant statistics (Hz) of the Hillenbrand et al. (1995) /hVd/ recordings as
-#: tabulated in DESIGN.md §2: n, mean F1, mean F2, sd F1, sd F2, corr(F1, F2).
+#: tabulated in docs/design.md §2: n, mean F1, mean F2, sd F1, sd F2, corr(F1, F2).
 VOWEL_STATS: dict[str, tuple[int, float, float, float, float, float]] = {
     "a": (136, 887.3, 1506.8, 136.7, 204.5, 0.650),
     "e": (139, 686.2, 2050.1, 100.7, 238.0, 0.537),
@@ -201,7 +201,7 @@ def synthetic_vowels(
     seed: int = 0,
 ) -> Dataset:
     """Formants drawn from bivariate normals with the per-vowel means, SDs and F1–F2
-    correlation of DESIGN.md §2 (Hillenbrand et al. 1995 statistics)."""
+    correlation of docs/design.md §2 (Hillenbrand et al. 1995 statistics)."""
     cl = _check_classes(classes)
     if n_per_class < 2:
         raise TaskError(f"n_per_class: {n_per_class} must be >= 2")

@@ -1,6 +1,6 @@
 """Kuramoto physics: coupling functions, right-hand side, Jacobian, energy, equilibria.
 
-Model (DESIGN.md §2), phases θ (rad), frequencies ω (rad per model time unit)::
+Model (docs/design.md §2), phases θ (rad), frequencies ω (rad per model time unit)::
 
     dθ_i/dt = ω_i + Σ_j K_ij H(θ_j − θ_i) + n_i(θ_i)
 

@@ -5,7 +5,7 @@
 * implicit (IFT): ∂L/∂ω^c = −J̃^{−T} e, e = ∂L/∂θ, on the reduced system (reference pinned);
 * finite differences on ω^c (each non-reference centred frequency perturbed by ±ε).
 
-Losses pair with nudges (DESIGN.md §2): ``linear`` nudge β(θ_tgt − θ) ↔ L = ½Σ(θ − θ_tgt)²;
+Losses pair with nudges (docs/design.md §2): ``linear`` nudge β(θ_tgt − θ) ↔ L = ½Σ(θ − θ_tgt)²;
 ``injection`` nudge β sin(θ_tgt − θ) ↔ L = Σ(1 − cos(θ − θ_tgt)). Gradients are arrays of
 length N with the reference entry 0 (its frequency is not a free parameter of the reduced
 system). Everything broadcasts over a leading batch axis.

@@ -1,6 +1,6 @@
 """Random network generators used by verification, benchmarks and tests.
 
-Erdős–Rényi coupling graphs follow the seed paper's identity check (DESIGN.md §2,
+Erdős–Rényi coupling graphs follow the seed paper's identity check (docs/design.md §2,
 arXiv 2604.10272): edge probability p, K_ij = K_ji = k_scale·U(0.5, 1.5) on each edge,
 ω ~ N(0, σ²). Draws are repeated until the graph is connected (a disconnected graph has no
 locked state in one rotating frame).

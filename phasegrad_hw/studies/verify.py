@@ -1,4 +1,4 @@
-"""Reproduction of the published gradient checks (DESIGN.md §2, seed paper arXiv 2604.10272).
+"""Reproduction of the published gradient checks (docs/design.md §2, seed paper arXiv 2604.10272).
 
 Pure functions that build the tables printed by ``phasegrad-hw verify``:
 

@@ -217,7 +217,7 @@ async def test_tdc_quantises_wraps_and_offsets() -> None:
 
 async def test_readout_noise_level_is_realistic() -> None:
     """Single-read rms of the default chip: TDC LSB/√12 + jitter + locked phase noise,
-    ≈ 0.01 rad at 1 GHz (DESIGN.md §5: 1 ps jitter ≈ 0.006 rad)."""
+    ≈ 0.01 rad at 1 GHz (docs/design.md §5: 1 ps jitter ≈ 0.006 rad)."""
     chip = CMOSSubstrate(BASE, seed=0)
     await chip.set_frequencies(OMEGA)
     r = await chip.read_phases(256)

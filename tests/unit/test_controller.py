@@ -216,7 +216,7 @@ async def test_step_gradient_matches_implicit_reference(
 
 
 async def test_centred_bias_is_second_order() -> None:
-    """At finite β the one-sided error is O(β) and the centred one O(β²) (DESIGN.md §2)."""
+    """At finite β the one-sided error is O(β) and the centred one O(β²) (docs/design.md §2)."""
     m = model_2_5_2(3)
     p = _params(m, 4)
     x = np.array([0.6, -0.9])
@@ -264,7 +264,7 @@ async def _noisy_cosines(model, p, x, t, beta, mode, averages, trials):  # type:
 async def test_readout_noise_degrades_cosine_as_predicted_and_centred_recovers(
     beta: float, averages: int
 ) -> None:
-    sigma = 0.01  # rad per single read: ≈0.5 ps jitter at 3 GHz (DESIGN.md §2)
+    sigma = 0.01  # rad per single read: ≈0.5 ps jitter at 3 GHz (docs/design.md §2)
     m = model_2_5_2(3, readout_noise_rad=sigma)
     clean = model_2_5_2(3)
     p = _params(m, 4)
