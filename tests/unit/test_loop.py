@@ -203,3 +203,44 @@ async def test_default_initial_parameters_come_from_seeding() -> None:
     exp = seeding.initial_parameters(m, np.random.default_rng(5), "random")
     assert np.array_equal(states[0].params.omega, exp.omega)
     assert np.array_equal(states[0].params.coupling, m.coupling_values())
+
+
+async def test_observers_run_in_order_each_with_its_own_copy() -> None:
+    m = model_tiny()
+    events: list[str] = []
+
+    class Mutator(LoopObserver):
+        def on_epoch_end(self, state: LoopState) -> None:
+            events.append(f"mutate{state.epoch}")
+            state.params.omega[:] = 42.0
+            state.history.clear()
+
+    class Keeper(LoopObserver):
+        def __init__(self) -> None:
+            self.states: list[LoopState] = []
+
+        def on_run_start(self, plan: RunPlan) -> None:
+            events.append(f"start{plan.first_epoch}-{plan.epochs}")
+
+        async def on_epoch_end(self, state: LoopState) -> None:
+            events.append(f"keep{state.epoch}")
+            self.states.append(state)
+
+    keeper = Keeper()
+    res = await train_on_substrates(
+        [SimulatedSubstrate(m)],
+        DATA,
+        Encoding(),
+        EPConfig(lr_omega=0.05),
+        LoopOptions(epochs=2, seed=2, params=_p0(m)),
+        [Mutator(), keeper],
+    )
+    assert events == ["start0-2", "mutate1", "keep1", "mutate2", "keep2"]
+    assert [len(s.history) for s in keeper.states] == [1, 2]
+    assert np.array_equal(keeper.states[-1].params.omega, res.state.params.omega)
+    assert not np.any(res.state.params.omega == 42.0)
+
+
+def test_loop_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="epochs: -1 must be >= 0"):
+        LoopOptions(epochs=-1)
