@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip
+from phasegrad_hw.backends.visa import VisaBench
+from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
 from phasegrad_hw.device.registry import load_device_model, open_substrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.instruments import BenchEmulator

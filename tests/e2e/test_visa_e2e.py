@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip
+from phasegrad_hw.backends.visa import VisaBench
+from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.presets import layered
 from phasegrad_hw.device.registry import load_device_model, open_substrate
