@@ -7,7 +7,7 @@ What an emulated instrument built on :class:`ScpiInstrument` understands:
   the pattern, e.g. ``VOLT``) or the long form (``VOLTAGE``); optional nodes in ``[...]``;
   nodes written ``NAME#`` take a numeric suffix (``SOUR2``), default 1, read strictly by
   :func:`phasegrad_hw.wire.scpi.parse_node` (a plain decimal integer, never cut: out of
-  range → ``-114``; a mnemonic over 12 letters → ``-112``);
+  range → ``-114``);
 * an optional leading ``:`` (start at the root); a unit without a leading colon that follows
   another unit in the same message is first tried relative to the previous unit's path
   (SCPI-1999 vol. 1 §6.2.4) and then from the root — real instruments differ here, so the

@@ -4,12 +4,12 @@ error codes and the error-queue reply format, status register bits, and the head
 (IEEE 488.2 §7.6.1, SCPI-1999 vol. 1 §6.2).
 
 Header grammar (strict): a header is ``[:]node[:node…][?]`` or a common command
-``*NAME[?]``; a node is a program mnemonic of 1…12 letters (IEEE 488.2 §7.6.1.4: longer →
-``-112``) optionally followed by a numeric suffix. A numeric suffix is a plain decimal
-integer ≥ 1 written with ASCII digits (``SOUR2``, ``SOUR02`` = 2); it is read whole, never
-cut: a suffix whose value lies outside what the node allows — including 0 and anything with
-more than :data:`MAX_SUFFIX_DIGITS` significant digits — is refused with ``-114`` (Header
-suffix out of range). Nothing here imports beyond the standard library.
+``*NAME[?]``; a node is a program mnemonic (letters) optionally followed by a numeric
+suffix. A numeric suffix is a plain decimal integer ≥ 1 written with ASCII digits
+(``SOUR2``, ``SOUR02`` = 2); it is read whole, never cut: a suffix whose value lies outside
+what the node allows — including 0 and anything with more than :data:`MAX_SUFFIX_DIGITS`
+significant digits — is refused with ``-114`` (Header suffix out of range). Nothing here
+imports beyond the standard library.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ ERROR_MESSAGES: dict[int, str] = {
     -104: "Data type error",
     -108: "Parameter not allowed",
     -109: "Missing parameter",
-    -112: "Program mnemonic too long",
     -113: "Undefined header",
     -114: "Header suffix out of range",
     -120: "Numeric data error",
@@ -59,8 +58,6 @@ QUES_PHASE_UNLOCKED = 64
 #: SCPI's "not a number" (SCPI-1999 vol. 1 §7.2.1.5).
 SCPI_NAN = 9.91e37
 ERROR_QUEUE_LENGTH = 16
-#: IEEE 488.2 §7.6.1.4: a program mnemonic has at most 12 characters.
-MAX_MNEMONIC = 12
 #: Significant digits a numeric suffix may have (larger values are out of every range).
 MAX_SUFFIX_DIGITS = 9
 
@@ -116,15 +113,13 @@ def parse_node(token: str) -> Node:
     """One header node (``SOUR2``, ``volt``) → :class:`Node`, strictly.
 
     Raises :class:`HeaderError`: ``-113`` for a node that is not letters + digits (a digit
-    inside the mnemonic, e.g. ``SO2UR``), ``-112`` for a mnemonic over 12 letters, ``-114``
-    for a suffix 0 or with more than :data:`MAX_SUFFIX_DIGITS` significant digits.
+    inside the mnemonic, e.g. ``SO2UR``), ``-114`` for a suffix 0 or with more than
+    :data:`MAX_SUFFIX_DIGITS` significant digits.
     """
     m = _NODE.fullmatch(token)
     if m is None:
         raise HeaderError(-113, f"{token[:20]!r} is not mnemonic + numeric suffix")
     word, digits = m.group(1).upper(), m.group(2)
-    if len(word) > MAX_MNEMONIC:
-        raise HeaderError(-112, f"{word[:20]} has more than {MAX_MNEMONIC} characters")
     if not digits:
         return Node(word, None)
     significant = digits.lstrip("0")
