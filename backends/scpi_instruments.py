@@ -43,8 +43,12 @@ MAX_SAMPLE_COUNT = 1_000_000
 
 
 # --------------------------------------------------------------------------- reply parsers
-def parse_text(reply: str) -> str:
-    return reply.strip()
+def parse_identity(reply: str) -> str:
+    """``*IDN?``: manufacturer,model,serial,firmware (non-empty)."""
+    t = reply.strip()
+    if not t:
+        raise ValueError("empty identification")
+    return t
 
 
 def parse_int(reply: str) -> int:
@@ -95,7 +99,7 @@ def _table(instrument: str, commands: list[Command]) -> CommandTable:
 def common_commands() -> list[Command]:
     """IEEE 488.2 common commands and the SCPI error queue (every instrument)."""
     return [
-        Command("identify", "*IDN?", parse=parse_text, doc="identification string"),
+        Command("identify", "*IDN?", parse=parse_identity, doc="identification string"),
         Command("reset", "*RST", doc="instrument reset state"),
         Command("clear_status", "*CLS", doc="clear error queue and event registers"),
         Command("event_enable", "*ESE {mask}", {"mask": Integer(0, 255)}),

@@ -371,7 +371,7 @@ class ScpiLink:
         for attempt in range(self.retries + 1):
             self.retries_used += attempt > 0
             try:
-                self.reconnect() if self._open else self._do_open()
+                self.reconnect() if self._open else self.open()
                 self.resync()
                 return self.raw_query("*IDN?", self.timeout_s).strip()
             except DeviceError:
@@ -384,7 +384,7 @@ class ScpiLink:
             f"{self.retries + 1} attempts: {type(last).__name__}: {last}"
         )
 
-    def _do_open(self) -> None:
+    def open(self) -> None:
         self.transport.open()
         self._open = True
 
@@ -392,7 +392,7 @@ class ScpiLink:
         log.warning("bench: reconnecting %s (%s)", self.name, self.transport.resource)
         self.transport.close()
         self._open = False
-        self._do_open()
+        self.open()
 
     def close(self) -> None:
         self.transport.close()

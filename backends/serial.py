@@ -125,8 +125,7 @@ class SerialSubstrate(OscillatorSubstrate):
     once); ``async with`` (re)connects and leaves the chip safe on exit. ``seed`` is unused
     (the board's chip has its own); the training loop reseeds via :meth:`reseed`.
     ``stream``: another byte stream than the pyserial port of ``url`` (e.g. the in-memory
-    link of :mod:`phasegrad_hw.testing.transcripts`); ``first_seq`` fixes the first
-    sequence number (default: from the clock).
+    links of :mod:`phasegrad_hw.testing.transcripts`).
     """
 
     def __init__(
@@ -136,7 +135,6 @@ class SerialSubstrate(OscillatorSubstrate):
         options: SerialOptions | None = None,
         seed: int | None = None,
         stream: ByteStream | None = None,
-        first_seq: int | None = None,
     ) -> None:
         self.url = url
         self.options = opts = options or SerialOptions()
@@ -144,9 +142,7 @@ class SerialSubstrate(OscillatorSubstrate):
             stream = PyserialStream(
                 url, baudrate=opts.baudrate, write_timeout_s=opts.timeout_s, open_s=opts.reconnect_s
             )
-        self.link = BoardLink(
-            stream, name=url, timeout_s=opts.timeout_s, retries=opts.retries, first_seq=first_seq
-        )
+        self.link = BoardLink(stream, name=url, timeout_s=opts.timeout_s, retries=opts.retries)
         self.link.restore = lambda: list(self._state.values())
         self._locks: dict[int, asyncio.Lock] = {}  # per event loop (a Lock binds to one)
         self._state: dict[str, str] = {}  # last confirmed setpoint lines
