@@ -1,8 +1,8 @@
 """NI-DAQmx bench (nidaqmx): analog outputs for the biases and the injection, counter
-two-edge-separation measurements for the phases (DESIGN.md §6).
+two-edge-separation measurements for the phases (docs/design.md §6).
 
 NOT RUN AGAINST A REAL NI DEVICE: the logic is tested against a stand-in for the part of the
-nidaqmx API used here (``tests/test_daqmx.py``), wired to the chip emulators.
+nidaqmx API used here (``tests/protocol/test_daqmx.py``), wired to the chip emulators.
 
 Wiring assumed (:class:`DaqmxBenchModel`, ``backend = "daqmx"``):
 
