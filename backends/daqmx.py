@@ -2,7 +2,7 @@
 two-edge-separation measurements for the phases (docs/design.md §6).
 
 NOT RUN AGAINST A REAL NI DEVICE: the logic is tested against a stand-in for the part of the
-nidaqmx API used here (``tests/test_daqmx.py``), wired to the chip emulators.
+nidaqmx API used here (``tests/protocol/test_daqmx.py``), wired to the chip emulators.
 
 Wiring assumed (:class:`DaqmxBenchModel`, ``backend = "daqmx"``):
 

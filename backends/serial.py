@@ -1,5 +1,10 @@
 """Host driver for the phasegrad controller board over pyserial (docs/protocol.md).
 
+Three layers: the link (:mod:`.board_link`: byte stream, framing, sequence numbers,
+retry/resync, reconnect, reboot detection), the board's command table
+(:mod:`.board_commands`: each command's line, argument validators and reply parser) and
+this substrate, which composes them (deferred setpoints, state to restore, safety).
+
 ``--device serial:///dev/ttyACM0`` (a real port or a pty), ``serial://HOST:PORT`` (pyserial
 ``socket://`` semantics), or any pyserial URL after ``serial://`` (``serial://rfc2217://…``);
 options as a query string, e.g. ``serial://127.0.0.1:7000?timeout_s=0.5&retries=5``.
@@ -35,11 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import logging
 import re
-import select
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -47,6 +50,13 @@ from urllib.parse import parse_qsl
 import numpy as np
 from pydantic import Field, ValidationError
 
+from phasegrad_hw.backends.board_commands import (
+    BoardReading,
+    board_commands,
+    bootstrap_commands,
+)
+from phasegrad_hw.backends.board_link import BoardLink, ByteStream, PyserialStream, boot_of
+from phasegrad_hw.backends.commands import Command, CommandTable
 from phasegrad_hw.config import StrictModel, format_validation_error
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
@@ -58,18 +68,7 @@ from phasegrad_hw.errors import (
     ProtocolError,
 )
 from phasegrad_hw.physics import Array
-from phasegrad_hw.wire.board import (
-    MAX_LINE,
-    RETRYABLE,
-    SEQ_MOD,
-    UNTRUSTED,
-    ErrorCode,
-    FrameError,
-    Reply,
-    Request,
-    fmt_float,
-    parse_reply,
-)
+from phasegrad_hw.wire.board import Reply
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +90,6 @@ class SerialOptions(StrictModel):
     pipeline: bool = Field(
         default=True, description="send setpoints together with the next exchange"
     )
-
-
-class _Retry(Exception):
-    """Internal: this attempt failed in a way another attempt may fix."""
-
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
 
 
 def pyserial_url(spec: str) -> str:
@@ -133,79 +124,110 @@ class SerialSubstrate(OscillatorSubstrate):
     Construction opens the port and reads the chip descriptor (so ``model`` is known at
     once); ``async with`` (re)connects and leaves the chip safe on exit. ``seed`` is unused
     (the board's chip has its own); the training loop reseeds via :meth:`reseed`.
+    ``stream``: another byte stream than the pyserial port of ``url`` (e.g. the in-memory
+    links of :mod:`phasegrad_hw.testing.transcripts`).
     """
 
     def __init__(
-        self, url: str, *, options: SerialOptions | None = None, seed: int | None = None
+        self,
+        url: str,
+        *,
+        options: SerialOptions | None = None,
+        seed: int | None = None,
+        stream: ByteStream | None = None,
     ) -> None:
         self.url = url
-        self.options = options or SerialOptions()
-        self._port: Any = None
-        self._seq = itertools.count(int(time.time() * 1000) % SEQ_MOD)
-        self._rx = bytearray()
+        self.options = opts = options or SerialOptions()
+        if stream is None:
+            stream = PyserialStream(
+                url, baudrate=opts.baudrate, write_timeout_s=opts.timeout_s, open_s=opts.reconnect_s
+            )
+        self.link = BoardLink(stream, name=url, timeout_s=opts.timeout_s, retries=opts.retries)
+        self.link.restore = lambda: list(self._state.values())
         self._locks: dict[int, asyncio.Lock] = {}  # per event loop (a Lock binds to one)
-        self._boot_id: int | None = None
-        self._need_restore = False
-        self._last_link_error = ""
-        self._state: dict[str, tuple[str, tuple[str, ...]]] = {}  # last confirmed setpoints
+        self._state: dict[str, str] = {}  # last confirmed setpoint lines
         # deferred setpoints, in call order (not merged: an emulated chip may care about the
         # path, e.g. thermal transients of every bias step)
-        self._pending: list[tuple[tuple[str, tuple[str, ...]], str]] = []
+        self._pending: list[tuple[str, str]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._deferred_error: Exception | None = None
-        self.stats = {
-            "exchanges": 0,
-            "retries": 0,
-            "stale": 0,
-            "damaged": 0,
-            "reconnects": 0,
-            "reboots": 0,
-        }
         self.descriptor: dict[str, Any] = {}
-        self._open_port()
+        self.link.open()
         try:
             self._fetch_descriptor()
             model = self._host_model()
         except BaseException:
-            self._close_port()
+            self.link.close()
             raise
         super().__init__(model)
         self.chip_model = self._typed_chip_model()
         self.capabilities = frozenset(
             Capability(c) for c in self.descriptor["capabilities"] if c in _WIRE_CAPS
         ) | ({Capability.RESEED} if self.descriptor.get("reseed") else set())
-        lim = [self.model.limits.bias.channel(i) for i in range(self.model.n)]
+        m = self.model
+        lim = [m.limits.bias.channel(i) for i in range(m.n)]
         self.dac_max = (1 << int(self.descriptor["dac_bits"])) - 1
         self._bias_min = np.array([c.min for c in lim])
         self._bias_lsb = np.array([(c.max - c.min) / self.dac_max for c in lim])
+        self.commands: CommandTable = board_commands(
+            n=m.n,
+            n_edges=len(m.edges),
+            n_outputs=len(m.roles.outputs),
+            dac_bits=int(self.descriptor["dac_bits"]),
+            beta_max=m.limits.beta_max,
+            max_averages=m.limits.max_averages,
+        )
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Exchanges, retries, stale and damaged replies, reconnects and reboots."""
+        return self.link.stats
 
     # -- descriptor ------------------------------------------------------------------
     def _fetch_descriptor(self) -> None:
+        boot = bootstrap_commands()
         try:
-            first = self._transact([("DESC?", ("0",))], restore=False)[0]
-            n = int(first.fields[1])
-            chunks = [first.fields[2]]
+            first = self._parsed(
+                boot.descriptor, self.link.transact([boot.descriptor(chunk=0)], restore=False)[0]
+            )
+            _, n, chunk = first
+            chunks = [chunk]
             if n > 1:
-                more: list[tuple[str, tuple[str, ...]]] = [
-                    ("DESC?", (str(k),)) for k in range(1, n)
+                more = [boot.descriptor(chunk=k) for k in range(1, n)]
+                chunks += [
+                    self._parsed(boot.descriptor, r)[2]
+                    for r in self.link.transact(more, restore=False)
                 ]
-                chunks += [r.fields[2] for r in self._transact(more, restore=False)]
             desc = json.loads(base64.b64decode("".join(chunks)))
             for key in ("model", "capabilities", "dac_bits"):
                 desc[key]
-        except (ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError) as exc:
+        except (
+            ValueError,
+            UnicodeDecodeError,
+            IndexError,
+            KeyError,
+            TypeError,
+            ProtocolError,
+        ) as exc:
             raise ProtocolError(
                 f"board at {self.url}: unreadable chip descriptor ({type(exc).__name__}: {exc})"
             ) from None
         self.descriptor = desc
-        ident = self._transact([("ID?", ())], restore=False)[0]
-        self._boot_id = self._boot_of(ident)
+        ident = self.link.transact([boot.identify()], restore=False)[0]
+        self.link.boot_id = boot_of(ident)
         log.info(
             "board %s: %s, %d oscillators",
             self.url,
             " ".join(ident.fields),
             self.descriptor["model"]["n_oscillators"],
         )
+
+    def _parsed(self, command: Command, reply: Reply) -> Any:
+        """A reply's values through ``command``'s parser (ProtocolError naming the board)."""
+        try:
+            return command.reply(" ".join(reply.fields))
+        except ProtocolError as exc:
+            raise ProtocolError(f"board at {self.url}: {exc}") from None
 
     def _host_model(self) -> DeviceModel:
         data = {k: v for k, v in self.descriptor["model"].items() if k in DeviceModel.model_fields}
@@ -232,299 +254,23 @@ class SerialSubstrate(OscillatorSubstrate):
                 log.debug("board %s: descriptor as %r model failed: %s", self.url, backend, exc)
         return self.model
 
-    @staticmethod
-    def _boot_of(reply: Reply) -> int:
-        for f in reply.fields:
-            if f.startswith("boot="):
-                return int(f[5:])
-        raise ProtocolError(f"reply {' '.join(reply.fields)!r} carries no boot id")
-
-    # -- transport (blocking; called in a worker thread) -------------------------------
-    def _open_port(self) -> None:
-        import serial  # pyserial; imported lazily
-
-        deadline = time.monotonic() + self.options.reconnect_s
-        while True:
-            try:
-                port = serial.serial_for_url(
-                    self.url,
-                    baudrate=self.options.baudrate,
-                    timeout=0,
-                    write_timeout=self.options.timeout_s,
-                )
-                break
-            except (serial.SerialException, OSError, ValueError) as exc:
-                if time.monotonic() >= deadline:
-                    raise DeviceTimeoutError(
-                        f"board at {self.url}: cannot open the port ({exc})"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            self._fd: int | None = int(port.fileno())
-        except (AttributeError, OSError, ValueError):  # Windows ports, loop://: poll instead
-            self._fd = None
-            port.timeout = 0.002
-        self._port = port
-        self._rx.clear()
-
-    def _close_port(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception:  # a dead link may fail to close cleanly
-                log.debug("closing %s failed", self.url, exc_info=True)
-
-    def _resync(self) -> None:
-        """Discard everything received so far (replies that will still come are stale)."""
-        self._rx.clear()
-        if self._port is not None:
-            try:
-                self._port.reset_input_buffer()
-            except Exception:
-                self._close_port()
-
-    def _readline(self, deadline: float) -> bytes:
-        while True:
-            nl = self._rx.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._rx[:nl])
-                del self._rx[: nl + 1]
-                return line
-            if len(self._rx) > 4 * MAX_LINE:  # no newline in sight: noise, not a reply
-                self._rx.clear()
-                self.stats["damaged"] += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Retry("no reply within the timeout", timeout=True)
-            if self._fd is None:
-                self._rx += self._port.read(max(1, self._port.in_waiting))
-                continue
-            ready, _, _ = select.select([self._fd], [], [], left)
-            if ready:
-                data = self._port.read(65536)
-                if not data:
-                    raise OSError("link closed by the board")
-                self._rx += data
-
-    def _exchange(self, cmds: list[tuple[str, tuple[str, ...]]]) -> list[Reply | None]:
-        """Send ``cmds`` in one write; collect their replies by sequence number.
-
-        Returns one entry per command, ``None`` where no usable reply came (lost, damaged,
-        or a retryable error). Stops waiting once every request is accounted for (answered
-        or matched by a damaged line), or when ``timeout_s`` passes without a valid reply.
-        Raises :class:`_Retry` when the board rebooted (nothing of this exchange counts).
-        """
-        reqs = [Request(next(self._seq) % SEQ_MOD, c, a) for c, a in cmds]
-        want = {r.seq: i for i, r in enumerate(reqs)}
-        out: list[Reply | None] = [None] * len(reqs)
-        deadline = time.monotonic() + self.options.timeout_s
-        pending, lost = len(reqs), 0
-        try:
-            self._port.write(b"".join(r.encode() for r in reqs))
-        except (OSError, ValueError) as exc:  # SerialException is an OSError
-            self._link_lost(exc)
-            return out
-        while pending > lost:
-            try:
-                line = self._readline(deadline)
-            except _Retry:
-                break
-            except (OSError, ValueError) as exc:
-                self._link_lost(exc)
-                break
-            if not line.strip(b"\r"):
-                continue
-            try:
-                rep = parse_reply(line)
-            except FrameError as exc:
-                self.stats["damaged"] += 1
-                lost += 1
-                log.debug("damaged reply line (%s)", exc)
-                continue
-            if rep.banner:
-                self.stats["reboots"] += 1
-                self._need_restore = True
-                raise _Retry(f"board rebooted ({' '.join(rep.fields)})")
-            if rep.seq == UNTRUSTED:  # the board could not read one of our lines
-                self.stats["damaged"] += 1
-                lost += 1
-                continue
-            idx = want.get(rep.seq) if isinstance(rep.seq, int) else None
-            if idx is None or out[idx] is not None:
-                self.stats["stale"] += 1
-                log.debug("discarding stale reply seq=%s", rep.seq)
-                continue
-            pending -= 1
-            deadline = time.monotonic() + self.options.timeout_s
-            if not rep.ok and rep.code in RETRYABLE:
-                continue  # our request arrived damaged: resend it
-            if rep.ok and reqs[idx].cmd == "R":
-                boot = self._boot_of(rep)
-                if boot != self._boot_id:
-                    self.stats["reboots"] += 1
-                    self._need_restore = True
-                    raise _Retry(f"reading from boot {boot}, not {self._boot_id} (board reset)")
-            out[idx] = rep
-        return out
-
-    def _link_lost(self, exc: BaseException) -> None:
-        log.info("board %s: link lost (%s)", self.url, exc)
-        self._last_link_error = str(exc)
-        self._close_port()
-
-    def _refused(self, cmd: str, rep: Reply) -> Exception:
-        text = f"board at {self.url} refused {cmd}: {rep.error}"
-        return LimitError(text) if rep.code == ErrorCode.OUT_OF_RANGE else DeviceError(text)
-
-    def _sync(self) -> None:
-        """Barrier after a failed attempt: a ``PING`` with a fresh sequence number, reading
-        (and discarding) everything up to its reply. The board works through its input in
-        order, so afterwards nothing of earlier attempts is still queued on either side —
-        retries cannot pile up behind a slow board. The deadline is extended while stale
-        replies keep arriving (the board is busy, not gone)."""
-        self._resync()
-        token = next(self._seq) % SEQ_MOD
-        self._port.write(Request(token, "PING", ()).encode())
-        deadline = time.monotonic() + self.options.timeout_s
-        while True:
-            line = self._readline(deadline)
-            try:
-                rep = parse_reply(line)
-            except FrameError:
-                continue
-            if rep.banner:
-                self.stats["reboots"] += 1
-                self._need_restore = True
-            elif rep.seq == token:
-                return
-            self.stats["stale"] += 1
-            deadline = time.monotonic() + self.options.timeout_s
-
-    def _check_boot(self) -> None:
-        """``ID?`` on a fresh link: a changed boot id means the board rebooted meanwhile."""
-        rep = self._exchange([("ID?", ())])[0]
-        if rep is None or not rep.ok:
-            raise _Retry("no identification on the new link", timeout=rep is None)
-        boot = self._boot_of(rep)
-        if self._boot_id is not None and boot != self._boot_id:
-            self.stats["reboots"] += 1
-            self._need_restore = True
-        self._boot_id = boot
-
-    def _restore(self) -> None:
-        """After a reboot or reconnect: learn the new boot id, re-send confirmed setpoints."""
-        cmds = [("ID?", ()), *self._state.values()]
-        replies = self._exchange(cmds)
-        for (cmd, _), rep in zip(cmds, replies, strict=True):
-            if rep is None:
-                raise _Retry("incomplete replies while restoring state")
-            if not rep.ok:
-                raise self._refused(cmd, rep)
-        assert replies[0] is not None
-        self._boot_id = self._boot_of(replies[0])
-        self._need_restore = False
-        log.info("board %s: state restored (boot %d)", self.url, self._boot_id)
-
-    def _transact(
-        self, cmds: list[tuple[str, tuple[str, ...]]], *, restore: bool = True
-    ) -> list[Reply]:
-        """One exchange with retries, resync, reconnect and state restore (blocking).
-
-        Replies are confirmed in order: after a partial exchange, the commands up to the
-        first missing reply stand (the board executes in order) and the rest is resent.
-        A refusal anywhere in the confirmed part ends the exchange with its error, so no
-        reading taken after a refused setpoint is ever returned.
-        """
-
-        self.stats["exchanges"] += 1
-        problem = ""
-        timeouts_only = True
-        done: list[Reply] = []
-        todo = cmds
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-                log.debug("board %s: retry %d (%s)", self.url, attempt, problem)
-            damaged = self.stats["damaged"]
-            try:
-                if self._port is None:
-                    self.stats["reconnects"] += 1
-                    self._open_port()
-                    self._check_boot()  # a new link: did the board keep its state?
-                elif attempt:
-                    self._sync()
-                if self._need_restore:
-                    done, todo = [], cmds  # nothing confirmed before a reboot counts
-                    if restore:
-                        self._restore()
-                    else:
-                        self._need_restore = False
-                out = self._exchange(todo)
-            except _Retry as exc:
-                problem = str(exc)
-                timeouts_only &= exc.timeout and self.stats["damaged"] == damaged
-                if self._need_restore:
-                    done, todo = [], cmds
-                self._resync()
-                continue
-            except (OSError, ValueError) as exc:  # reopening failed, or the link died again
-                problem = f"link lost ({exc})"  # unreachable: counts as not answering
-                self._close_port()
-                time.sleep(0.02)
-                continue
-            k = next((i for i, r in enumerate(out) if r is None), len(out))
-            for (cmd, _), rep in zip(todo[:k], out[:k], strict=True):
-                assert rep is not None
-                if not rep.ok:
-                    raise self._refused(cmd, rep)
-            done += [r for r in out[:k] if r is not None]
-            todo = todo[k:]
-            if not todo:
-                return done
-            if self._port is None:
-                problem = f"link lost ({self._last_link_error})"
-            elif self.stats["damaged"] > damaged:
-                timeouts_only = False
-                problem = f"damaged reply to {todo[0][0]}"
-            else:
-                problem = f"no reply to {todo[0][0]} within {self.options.timeout_s} s"
-        what = " ".join(c for c, _ in cmds[:4])
-        msg = (
-            f"board at {self.url}: {what}: no valid reply after "
-            f"{self.options.retries + 1} attempts "
-            f"(timeout {self.options.timeout_s} s each); last problem: {problem}"
-        )
-        if timeouts_only:
-            raise DeviceTimeoutError(msg)
-        raise ProtocolError(msg)
-
     def _safe_sync(self) -> None:
         """Best effort: one short attempt to put the chip safe (after a failure)."""
-        try:
-            if self._port is None:
-                self._open_port()
-            self._resync()
-            rep = self._exchange([("SAFE", ())])[0]
-            if rep is None or not rep.ok:
-                raise _Retry("no confirmation")
-        except Exception as exc:
-            log.error("board at %s: could not confirm SAFE after a failure (%s)", self.url, exc)
+        self.link.safe()
         self._state.pop("clamp", None)
         self._state.pop("bias", None)
 
-    async def _run(
-        self, cmds: list[tuple[str, tuple[str, ...]]], state_key: str | None = None
-    ) -> list[Reply]:
-        """Send any deferred setpoints plus ``cmds`` in one exchange; returns ``cmds``' replies."""
+    async def _run(self, lines: list[str], state_key: str | None = None) -> list[Reply]:
+        """Send any deferred setpoints plus ``lines`` in one exchange; returns ``lines``'
+        replies."""
         async with self._lock():
             if self._deferred_error is not None:
                 err, self._deferred_error = self._deferred_error, None
                 raise err
             pending, self._pending = self._pending, []
-            batch = [c for c, _ in pending] + cmds
+            batch = [c for c, _ in pending] + lines
             try:
-                replies = await asyncio.to_thread(self._transact, batch)
+                replies = await asyncio.to_thread(self.link.transact, batch)
             except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
                 if not isinstance(exc, LimitError):
                     await asyncio.to_thread(self._safe_sync)
@@ -534,16 +280,21 @@ class SerialSubstrate(OscillatorSubstrate):
                 if not key.startswith("!"):  # one-shot commands are not state to restore
                     self._state[key] = c
             if state_key is not None:
-                self._state[state_key] = cmds[-1]
+                self._state[state_key] = lines[-1]
             return replies[len(pending) :]
 
-    async def _set(self, key: str, cmd: tuple[str, tuple[str, ...]]) -> None:
+    async def _query(self, command: Command, line: str) -> Any:
+        """One query (with any deferred setpoints); its reply through the command's parser."""
+        rep = (await self._run([line]))[0]
+        return self._parsed(command, rep)
+
+    async def _set(self, key: str, line: str) -> None:
         """A setpoint: sent now, or (``pipeline``) with the next exchange — at the latest on
         the next turn of the event loop (:meth:`flush` waits for it)."""
         if not self.options.pipeline:
-            await self._run([cmd], key)
+            await self._run([line], key)
             return
-        self._pending.append((cmd, key))
+        self._pending.append((line, key))
         if len(self._pending) >= 32:  # a caller that never yields: do not let lines pile up
             await self._run([])
             return
@@ -575,21 +326,21 @@ class SerialSubstrate(OscillatorSubstrate):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> None:
-        if self._port is None:
+        if not self.link.is_open:
             async with self._lock():
-                await asyncio.to_thread(self._open_port)
-                self._need_restore = True
+                await asyncio.to_thread(self.link.open)
+                self.link.need_restore = True
 
     async def _disconnect(self) -> None:
         async with self._lock():
-            await asyncio.to_thread(self._close_port)
+            await asyncio.to_thread(self.link.close)
 
     async def make_safe(self) -> None:
         """One ``SAFE`` line: injection off, every bias at its safe value (deferred
         setpoints are dropped)."""
         self._pending.clear()
         self._deferred_error = None
-        await self._run([("SAFE", ())])
+        await self._run([self.commands.safe()])
         self._state.pop("clamp", None)
         self._state.pop("bias", None)
         self.clamped = False
@@ -598,18 +349,18 @@ class SerialSubstrate(OscillatorSubstrate):
         """Reseed the chip emulator's noise (ignored by boards whose chip has none)."""
         if not self.descriptor.get("reseed"):
             return
-        cmd = ("SEED", (str(int(seed)),))
+        line = self.commands.seed(seed=int(seed))
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no event loop: nothing else can be using the port
-            self._transact([cmd])
+            self.link.transact([line])
             return
         # inside a loop an exchange may be running in a worker thread: send with the next one
-        self._pending.append((cmd, "!seed"))
+        self._pending.append((line, "!seed"))
 
     # -- hooks -----------------------------------------------------------------------------
     async def _apply_frequencies(self, omega: Array) -> None:
-        await self._set("bias", ("W", tuple(map(fmt_float, omega))))
+        await self._set("bias", self.commands.set_frequencies(omega=omega))
 
     def bias_codes(self, values: Array) -> np.ndarray:
         """Bias (device unit) → DAC codes, code = round((v − min)/LSB), LSB = span/(2^bits − 1)."""
@@ -617,40 +368,27 @@ class SerialSubstrate(OscillatorSubstrate):
 
     async def _apply_biases(self, values: Array) -> None:
         codes = np.clip(self.bias_codes(values), 0, self.dac_max)
-        await self._set("bias", ("B", tuple(str(int(c)) for c in codes)))
+        await self._set("bias", self.commands.set_codes(codes=codes))
 
     async def _apply_couplings(self, values: Array) -> None:
-        await self._set("K", ("K", tuple(map(fmt_float, values))))
+        await self._set("K", self.commands.set_couplings(k=values))
 
     async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
-        await self._set("clamp", ("C", (fmt_float(beta), str(direction), *map(fmt_float, target))))
+        line = self.commands.clamp(beta=float(beta), direction=int(direction), targets=target)
+        await self._set("clamp", line)
 
     async def _apply_release(self) -> None:
-        await self._set("clamp", ("REL", ()))
+        await self._set("clamp", self.commands.release())
 
     async def _read(self, averages: int) -> PhaseReading:
-        rep = (await self._run([("R", (str(averages),))]))[0]
-        n = self.model.n
-        f = rep.fields
-        if len(f) != 4 + 2 * n:
-            raise ProtocolError(
-                f"board at {self.url}: phase reading has {len(f)} fields, expected {4 + 2 * n}"
-            )
-        try:
-            vals = np.array([float(x) for x in f[4:]])
-            return PhaseReading(
-                vals[:n], vals[n:], f[1] == "1", time.time(), int(f[2]), float(f[3])
-            )
-        except ValueError as exc:
-            raise ProtocolError(f"board at {self.url}: unreadable phase reading ({exc})") from None
+        c = self.commands
+        r: BoardReading = await self._query(c.read, c.read(averages=int(averages)))
+        return PhaseReading(r.phases, r.spread, r.locked, time.time(), r.averages, r.settle_s)
 
     async def _read_frequencies(self) -> Array:
-        rep = (await self._run([("F?", ())]))[0]
-        if len(rep.fields) != self.model.n:
-            raise ProtocolError(
-                f"board at {self.url}: frequency reading has {len(rep.fields)} fields"
-            )
-        return np.array([float(x) for x in rep.fields])
+        c = self.commands
+        freqs: Array = await self._query(c.frequencies, c.frequencies())
+        return freqs
 
     def __repr__(self) -> str:
         return f"SerialSubstrate({self.url!r})"

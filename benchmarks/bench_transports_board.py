@@ -1,5 +1,7 @@
 """EP steps per second: in-process CMOS emulator vs. the same chip behind the emulated
-controller board on a pty and on TCP (pyserial ``socket://``), 2+5+2 vowel chip.
+controller board on a pty, on TCP (pyserial ``socket://``) and on the in-memory link of
+``phasegrad_hw.testing.transcripts`` (driver and firmware in one process: the cost of the
+driver layers without a transport), 2+5+2 vowel chip.
 
 Writes ``benchmarks/results/transports_board.json`` with steps/s per path, the ratio to the
 in-process rate (acceptance: >= 0.25), round trips (exchanges) per step, and whether the
@@ -28,6 +30,7 @@ from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.testing.transcripts import FirmwareStream
 
 DEVICE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
 
@@ -56,13 +59,19 @@ async def main(steps: int, mode: str, averages: int, repeats: int) -> dict[str, 
     rates: dict[str, float] = {}
     finals: dict[str, Parameters] = {}
     per_step: dict[str, float] = {}
-    for path in ("in_process", "pty", "tcp"):
+    for path in ("in_process", "memory", "pty", "tcp"):
         best = 0.0
         for _ in range(repeats):  # best of N: the machine may be shared
             chip = open_substrate(DEVICE, seed=7)
             if path == "in_process":
                 async with chip:
                     rate, params = await _run(chip, cfg, steps)
+            elif path == "memory":
+                with FirmwareStream(BoardFirmware(chip)) as stream:
+                    sub = SerialSubstrate("memory://board", stream=stream)
+                    async with sub:
+                        rate, params = await _run(sub, cfg, steps)
+                        per_step[path] = sub.stats["exchanges"] / steps
             else:
                 server = LineServer(BoardFirmware(chip))
                 if path == "pty":

@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip
+from phasegrad_hw.backends.visa import VisaBench
+from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
 from phasegrad_hw.device.registry import load_device_model, open_substrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.instruments import BenchEmulator
@@ -96,6 +97,12 @@ def main() -> dict[str, Any]:
         default="async",
         help="driver I/O: wait on the event loop (default), in a worker thread, or blocking",
     )
+    ap.add_argument(
+        "--link",
+        choices=["auto", "socket", "pyvisa"],
+        default="auto",
+        help="driver link: its own socket for SOCKET resources (auto), or pyvisa-py",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -107,7 +114,7 @@ def main() -> dict[str, Any]:
             res = dict.fromkeys(("smu", "phase_meter", "injection"), "TCPIP::127.0.0.1::1::SOCKET")
             emu = BenchEmulator(bench_for_chip(chip, res), seed=0)
             with emu.running():
-                bench = VisaBench(emu.bench_config(io_mode=args.io_mode))
+                bench = VisaBench(emu.bench_config(io_mode=args.io_mode, link=args.link))
                 in_process, tcp = asyncio.run(
                     time_both(local, bench, args.mode, args.steps, args.repeats)
                 )
@@ -138,7 +145,9 @@ def main() -> dict[str, Any]:
                     proc.stdout.readline()
                 model = load_device_model(out)
                 assert isinstance(model, VisaBenchModel)
-                bench = VisaBench(model.model_copy(update={"io_mode": args.io_mode}))
+                bench = VisaBench(
+                    model.model_copy(update={"io_mode": args.io_mode, "link": args.link})
+                )
                 in_process, tcp = asyncio.run(
                     time_both(local, bench, args.mode, args.steps, args.repeats)
                 )
@@ -155,6 +164,7 @@ def main() -> dict[str, Any]:
         "repeats": args.repeats,
         "emulator": args.emulator,
         "io_mode": args.io_mode,
+        "link": args.link,
         "in_process_steps_per_s": 1.0 / in_process,
         "tcp_bench_steps_per_s": 1.0 / tcp,
         "tcp_fraction_of_in_process": in_process / tcp,

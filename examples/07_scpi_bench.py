@@ -15,7 +15,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
-from phasegrad_hw.backends.visa import VisaBench, bench_for_chip
+from phasegrad_hw.backends.visa import VisaBench
+from phasegrad_hw.backends.visa_config import bench_for_chip
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 from phasegrad_hw.physics.gradients import two_phase_gradient

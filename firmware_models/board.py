@@ -1,5 +1,5 @@
 """Firmware of the phasegrad controller board: the digital side of a board next to an
-oscillator chip (protocol: docs/protocol.md, framing: :mod:`.protocol`).
+oscillator chip (protocol: docs/protocol.md, framing: :mod:`phasegrad_hw.wire.board`).
 
 The board holds per-channel bias DAC codes (``dac_bits``, default 16, like the AD5676-class
 octal DACs used on such boards), the injection amplitude/phase registers of the output

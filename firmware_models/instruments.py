@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from phasegrad_hw.backends.visa import QUES_PHASE_UNLOCKED, VisaBenchModel
+from phasegrad_hw.backends.visa_config import VisaBenchModel
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
@@ -65,11 +65,11 @@ from phasegrad_hw.firmware_models.scpi import (
     number,
 )
 from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.scpi import QUES_CURRENT, QUES_PHASE_UNLOCKED
 
 log = logging.getLogger(__name__)
 
 InstrumentName = Literal["smu", "phase_meter", "injection"]
-QUES_CURRENT = 2  # QUEStionable bit 1: a channel tripped its current compliance
 
 
 # --------------------------------------------------------------------------- faults

@@ -5,7 +5,9 @@ What an emulated instrument built on :class:`ScpiInstrument` understands:
 * program messages of one or more units separated by ``;`` (one line, newline-terminated);
 * headers are case-insensitive and accept the short form (upper-case part of the spelling in
   the pattern, e.g. ``VOLT``) or the long form (``VOLTAGE``); optional nodes in ``[...]``;
-  nodes written ``NAME#`` take a numeric suffix (``SOUR2``), default 1;
+  nodes written ``NAME#`` take a numeric suffix (``SOUR2``), default 1, read strictly by
+  :func:`phasegrad_hw.wire.scpi.parse_node` (a plain decimal integer, never cut: out of
+  range → ``-114``);
 * an optional leading ``:`` (start at the root); a unit without a leading colon that follows
   another unit in the same message is first tried relative to the previous unit's path
   (SCPI-1999 vol. 1 §6.2.4) and then from the root — real instruments differ here, so the
@@ -34,42 +36,27 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from phasegrad_hw.wire.scpi import (
+    ERROR_MESSAGES,
+    ERROR_QUEUE_LENGTH,
+    ESR_CME,
+    ESR_DDE,
+    ESR_EXE,
+    ESR_OPC,
+    ESR_QYE,
+    HEADER,
+    STB_EAV,
+    STB_ESB,
+    STB_QUES,
+    STB_RQS,
+    HeaderError,
+    format_error,
+    parse_node,
+)
+
 log = logging.getLogger(__name__)
 
-#: Standard SCPI error codes used by the emulated instruments (SCPI-1999 vol. 2 §21.8).
-ERROR_MESSAGES: dict[int, str] = {
-    0: "No error",
-    -100: "Command error",
-    -101: "Invalid character",
-    -102: "Syntax error",
-    -103: "Invalid separator",
-    -104: "Data type error",
-    -108: "Parameter not allowed",
-    -109: "Missing parameter",
-    -113: "Undefined header",
-    -114: "Header suffix out of range",
-    -120: "Numeric data error",
-    -121: "Invalid character in number",
-    -131: "Invalid suffix",
-    -141: "Invalid character data",
-    -150: "String data error",
-    -200: "Execution error",
-    -221: "Settings conflict",
-    -222: "Data out of range",
-    -224: "Illegal parameter value",
-    -230: "Data corrupt or stale",
-    -300: "Device-specific error",
-    -350: "Queue overflow",
-    -363: "Input buffer overrun",
-}
-
-#: SCPI's "not a number" (SCPI-1999 vol. 1 §7.2.1.5).
-SCPI_NAN = 9.91e37
 MAX_LINE_BYTES = 65536
-ERROR_QUEUE_LENGTH = 16
-
-# Event status register bits (IEEE 488.2 §11.5.1)
-ESR_OPC, ESR_QYE, ESR_DDE, ESR_EXE, ESR_CME = 1, 4, 8, 16, 32
 
 
 class ScpiError(Exception):
@@ -268,12 +255,9 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
-_HEADER = re.compile(r"(:?)(\*?[A-Za-z][A-Za-z0-9]*(?::[A-Za-z][A-Za-z0-9]*)*)(\?)?")
-
-
 def _parse_unit(unit: str) -> _Parsed:
     s = unit.strip(" \t\r")
-    m = _HEADER.match(s)
+    m = HEADER.match(s)
     if not m:
         if s.startswith(":") and s[1:2] in ("", ":", " "):
             raise ScpiError(-102, f"empty header in {s[:20]!r}")
@@ -319,14 +303,6 @@ class ErrorQueue:
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def format_error(code: int, info: str = "") -> str:
-    """``-222,"Data out of range;VOLT 9 outside [0, 1]"`` (quotes in info become ')."""
-    text = ERROR_MESSAGES.get(code, "Error")
-    if info:
-        text += ";" + info.replace('"', "'").encode("ascii", "replace").decode("ascii")
-    return f'{code},"{text}"'
 
 
 class ScpiInstrument:
@@ -450,9 +426,9 @@ class ScpiInstrument:
             return str(value)
         if name == "*STB" and p.query:
             call.no_params()
-            stb = (4 if len(self.errors) else 0) | (8 if self.questionable() else 0)
-            stb |= 32 if self.esr & self.ese else 0
-            return str(stb | (64 if stb else 0))
+            stb = (STB_EAV if len(self.errors) else 0) | (STB_QUES if self.questionable() else 0)
+            stb |= STB_ESB if self.esr & self.ese else 0
+            return str(stb | (STB_RQS if stb else 0))
         raise ScpiError(-113, name + ("?" if p.query else ""))
 
     def _lookup(self, tokens: list[str]) -> tuple[_Entry, tuple[int, ...]] | None:
@@ -466,26 +442,29 @@ class ScpiInstrument:
 
     def _lookup_uncached(self, tokens: list[str]) -> tuple[_Entry, tuple[int, ...]] | None:
         names: list[str] = []
-        suffixes: list[str] = []
+        suffixes: list[int | None] = []
         for tok in tokens:
-            m = re.fullmatch(r"([A-Z]+)(\d*)", tok)
-            if not m or m.group(1) not in self._vocabulary:
+            try:
+                node = parse_node(tok)
+            except HeaderError as exc:
+                raise ScpiError(exc.code, exc.info) from None
+            if node.mnemonic not in self._vocabulary:
                 return None
-            names.append(self._vocabulary[m.group(1)])
-            suffixes.append(m.group(2))
+            names.append(self._vocabulary[node.mnemonic])
+            suffixes.append(node.suffix)
         entry = self._table.get(tuple(names))
         if entry is None:
             return None
         by_name = dict(zip(names, suffixes, strict=True))
         values: list[int] = []
         for n in entry.nodes:
-            digits = by_name.get(n.short, "")
-            if digits and not n.suffix:
-                raise ScpiError(-114, f"{n.short}{digits} takes no suffix")
+            given = by_name.get(n.short)
+            if given is not None and not n.suffix:
+                raise ScpiError(-114, f"{n.short}{given} takes no suffix")
             if n.suffix:
-                v = int(digits[:7]) if digits else 1
+                v = 1 if given is None else given
                 if not 1 <= v <= entry.suffix_max:
-                    raise ScpiError(-114, f"{n.short}{digits} (allowed 1..{entry.suffix_max})")
+                    raise ScpiError(-114, f"{n.short}{v} (allowed 1..{entry.suffix_max})")
                 values.append(v)
         return entry, tuple(values)
 

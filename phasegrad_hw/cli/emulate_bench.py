@@ -38,7 +38,7 @@ class EmulateBenchOptions(StrictModel):
 
 def build_emulator(opts: EmulateBenchOptions) -> Any:
     """The :class:`BenchEmulator` for ``opts.device`` (a chip file or a ``visa`` bench file)."""
-    from phasegrad_hw.backends.visa import VisaBenchModel, bench_for_chip
+    from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
     from phasegrad_hw.device.registry import load_device_model
     from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 

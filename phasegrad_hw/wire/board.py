@@ -12,14 +12,21 @@ One ASCII line per message, terminated by ``\\n`` (a trailing ``\\r`` is ignored
 ``seq`` is a decimal integer 0…65535 chosen by the host and echoed by the board; a reply
 to a line whose sequence number cannot be trusted (bad checksum, unparsable) carries ``-``.
 ``crc`` is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF; ``binascii.crc_hqx``) over every
-byte before the ``*``, as four upper-case hex digits. Floats are written with Python's
-shortest round-trip ``repr``, so a float64 crosses the wire bit-exactly.
+byte before the ``*``, as exactly four upper-case hex digits. Floats are written with
+Python's shortest round-trip ``repr``, so a float64 crosses the wire bit-exactly.
+
+Parsing is strict (docs/protocol.md, "Numbers"): the trailer must match ``[0-9A-F]{4}``
+(``*0x92``, ``* 077``, ``*8_66``, ``*92ab`` are MALFORMED); sequence numbers and integers
+are ASCII decimal digits with an optional sign (no ``_``, no whitespace, no other digit
+scripts); floats are decimal literals ``[+-]digits[.digits][e[+-]digits]`` — none of
+Python's extras (``0_1``, ``1e5_0``, ``inf``, ``nan``, ``infinity``, surrounding spaces).
 """
 
 from __future__ import annotations
 
 import binascii
 import math
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -27,6 +34,11 @@ MAX_LINE = 4096  # bytes; longer lines are discarded up to the next newline (ERR
 SEQ_MOD = 65536
 UNSOLICITED = "!"
 UNTRUSTED = "-"
+
+_CRC = re.compile(rb"[0-9A-F]{4}")
+_SEQ = re.compile(r"[0-9]{1,5}")
+_INT = re.compile(r"[+-]?[0-9]{1,12}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class ErrorCode(IntEnum):
@@ -81,10 +93,9 @@ def unframe(line: bytes) -> str:
     if star < 0 or len(line) - star != 5:
         raise FrameError(ErrorCode.MALFORMED, "missing *CRC16 trailer")
     body, tail = line[:star], line[star + 1 :]
-    try:
-        want = int(tail.decode("ascii"), 16)
-    except (UnicodeDecodeError, ValueError):
-        raise FrameError(ErrorCode.MALFORMED, "CRC trailer is not 4 hex digits") from None
+    if _CRC.fullmatch(tail) is None:
+        raise FrameError(ErrorCode.MALFORMED, "CRC trailer is not 4 upper-case hex digits")
+    want = int(tail, 16)
     if crc16(body) != want:
         raise FrameError(ErrorCode.CHECKSUM, f"CRC mismatch (got {want:04X})")
     try:
@@ -112,7 +123,7 @@ def parse_request(line: bytes) -> Request:
     parts = text.split()
     if len(parts) < 2:
         raise FrameError(ErrorCode.MALFORMED, "need '<seq> <command>'")
-    if not parts[0].isdigit() or int(parts[0]) >= SEQ_MOD:
+    if _SEQ.fullmatch(parts[0]) is None or int(parts[0]) >= SEQ_MOD:
         raise FrameError(
             ErrorCode.MALFORMED, f"sequence number {parts[0][:12]!r} not in 0…{SEQ_MOD - 1}"
         )
@@ -133,7 +144,7 @@ class Reply:
         if self.ok or self.banner:
             return None
         try:
-            return ErrorCode(int(self.fields[0]))
+            return ErrorCode(parse_int(self.fields[0], "code"))
         except (IndexError, ValueError):
             return ErrorCode.INTERNAL
 
@@ -157,7 +168,7 @@ def parse_reply(line: bytes) -> Reply:
     seq: int | str
     if seq_s in (UNTRUSTED, UNSOLICITED):
         seq = seq_s
-    elif seq_s.isdigit():
+    elif _SEQ.fullmatch(seq_s) is not None and int(seq_s) < SEQ_MOD:
         seq = int(seq_s)
     else:
         raise FrameError(ErrorCode.MALFORMED, f"bad sequence number {seq_s[:12]!r}")
@@ -189,20 +200,25 @@ def fmt_float(x: float) -> str:
 
 
 def parse_float(s: str, what: str) -> float:
-    """A finite float, or :class:`FrameError` BAD_NUMBER naming ``what``."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise FrameError(ErrorCode.BAD_NUMBER, f"{what}: {s[:24]!r} is not a number") from None
-    if not math.isfinite(v):
+    """A finite decimal float literal (see the module doc), or :class:`FrameError`
+    BAD_NUMBER naming ``what``."""
+    if _FLOAT.fullmatch(s) is None:
+        try:
+            special = not math.isfinite(float(s))  # Python's nan/inf spellings
+        except ValueError:
+            special = False
+        why = "is not finite" if special else "is not a number"
+        raise FrameError(ErrorCode.BAD_NUMBER, f"{what}: {s[:24]!r} {why}")
+    v = float(s)
+    if not math.isfinite(v):  # an exponent too large for a double
         raise FrameError(ErrorCode.BAD_NUMBER, f"{what}: {s[:24]!r} is not finite")
     return v
 
 
 def parse_int(s: str, what: str) -> int:
-    """A decimal integer (optional sign), or :class:`FrameError` BAD_NUMBER."""
-    t = s[1:] if s[:1] in "+-" else s
-    if not t.isdigit() or len(t) > 12:
+    """A decimal integer (optional sign, at most 12 ASCII digits), or :class:`FrameError`
+    BAD_NUMBER."""
+    if _INT.fullmatch(s) is None:
         raise FrameError(ErrorCode.BAD_NUMBER, f"{what}: {s[:24]!r} is not an integer")
     return int(s)
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-from phasegrad_hw.backends.visa import VisaBench, VisaBenchModel, bench_for_chip
+from phasegrad_hw.backends.visa import VisaBench
+from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.presets import layered
 from phasegrad_hw.device.registry import load_device_model, open_substrate
@@ -72,8 +73,10 @@ def assert_safe(e: BenchEmulator) -> None:
     assert np.array_equal(e.chip.effective_biases(), e.chip.safe), "biases not at safe values"
 
 
-def test_visa_matches_in_process_simulated(emu: BenchEmulator) -> None:
-    bench = VisaBench(emu.bench_config())
+@pytest.mark.parametrize("link", ["auto", "pyvisa"])
+def test_visa_matches_in_process_simulated(emu: BenchEmulator, link: str) -> None:
+    """Over the driver's own socket link (``auto`` for SOCKET resources) and over pyvisa-py."""
+    bench = VisaBench(emu.bench_config(link=link))
     got = asyncio.run(_run(bench))
     ref = asyncio.run(_run(SimulatedSubstrate(chip_model())))
     assert got.shape == (8, 9)
@@ -183,12 +186,14 @@ def test_fault_matrix_recovers_transparently(kind: str, inst: str, caplog: Any) 
         ("delay", "phase_meter"),
     ],
 )
-def test_fault_recovery_with_io_in_a_worker_thread(kind: str, inst: str) -> None:
-    """The same recovery with ``io_mode = "thread"`` (every query in the worker thread)."""
+@pytest.mark.parametrize("link", ["socket", "pyvisa"])
+def test_fault_recovery_with_io_in_a_worker_thread(kind: str, inst: str, link: str) -> None:
+    """The same recovery with ``io_mode = "thread"`` (every query in the worker thread),
+    over the driver's own socket and over a pyvisa-py resource (public API only)."""
     e = BenchEmulator(bench_for_chip(chip_model(), RES))
     with e.running():
         e.inject(Fault(kind=kind, instrument=inst, after=3, count=1, delay_s=0.6))
-        bench = VisaBench(fast_config(e, io_mode="thread"))
+        bench = VisaBench(fast_config(e, io_mode="thread", link=link))
         got = asyncio.run(_train(bench))
         assert bench.retries_used >= 1
         assert_safe(e)

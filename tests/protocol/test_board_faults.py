@@ -205,7 +205,7 @@ async def test_dtr_reset_on_reconnect_restores_state() -> None:
                 await s.set_frequencies(w)
                 await s.clamp([0.2, -0.1], 0.3)
             await sub.read_phases(1)
-            sub._close_port()  # the link drops without SAFE; reopening resets the board
+            sub.link.close()  # the link drops without SAFE; reopening resets the board
             boots = sub.stats["reboots"]
             got = await sub.read_phases(1)
             assert sub.stats["reconnects"] == 1 and sub.stats["reboots"] == boots + 1

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from phasegrad_hw.backends.board_link import PyserialStream
 from phasegrad_hw.backends.serial import SerialOptions, SerialSubstrate, open_uri, pyserial_url
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.device.model import DeviceModel
@@ -302,8 +303,8 @@ async def test_driver_poll_mode_without_fileno(recorded: tuple[Recorder, str]) -
     rec, url = recorded
     twin = SimulatedSubstrate(board_model())
     async with SerialSubstrate(url) as sub:
-        sub._fd = None
-        sub._port.timeout = 0.002
+        assert isinstance(sub.link.stream, PyserialStream)
+        sub.link.stream.poll()
         w = np.linspace(-1, 1, 9)
         for s in (sub, twin):
             await s.set_frequencies(w)

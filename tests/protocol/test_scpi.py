@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-from phasegrad_hw.backends.visa import VisaBenchModel, bench_for_chip
+from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
 from phasegrad_hw.device.presets import layered
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 from phasegrad_hw.firmware_models.scpi import (
-    ERROR_QUEUE_LENGTH,
     ScpiError,
     ScpiInstrument,
     channel_list,
     number,
 )
+from phasegrad_hw.wire.scpi import ERROR_QUEUE_LENGTH
 
 RES = {
     "smu": "TCPIP::127.0.0.1::1::SOCKET",

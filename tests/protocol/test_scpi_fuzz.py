@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phasegrad_hw.backends.visa import bench_for_chip
+from phasegrad_hw.backends.visa_config import bench_for_chip
 from phasegrad_hw.device.presets import layered
 from phasegrad_hw.firmware_models.instruments import BenchEmulator
-from phasegrad_hw.firmware_models.scpi import ERROR_MESSAGES
+from phasegrad_hw.wire.scpi import ERROR_MESSAGES
 
 RES = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in ("smu", "phase_meter", "injection")}
 FORBIDDEN = [b for b in range(256) if not (0x20 <= b <= 0x7E or b in (0x09, 0x0D, 0x0A))]
