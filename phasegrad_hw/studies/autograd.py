@@ -19,6 +19,7 @@ to float64 for the whole process (``jax_enable_x64``).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,10 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def _jax() -> tuple[Any, Any]:
-    """(jax, jax.numpy) with float64 enabled; a clear error without JAX."""
+    """(jax, jax.numpy) with float64 enabled; a clear error without JAX. Imported by name, so
+    type checking does not need JAX installed (it is an optional extra)."""
     try:
-        import jax
-        import jax.numpy as jnp
+        jax = importlib.import_module("jax")
+        jnp = importlib.import_module("jax.numpy")
     except ImportError:
         raise RuntimeError(
             "autograd: needs JAX (pip install 'phasegrad-hw[autograd]', CPU wheel)"
