@@ -25,9 +25,10 @@ methods of its own substrate, so a value outside the device limits is refused he
 * **Anonymous brokers.** Before serving, the agent checks whether the broker accepts a
   client without credentials; then it refuses to serve unless ``allow_anonymous``, and warns
   on every start when it is given.
-* **Stalled path probe.** At every connection the agent times a few QoS 1 publishes to its own
-  reply topic; far above the loopback figure it logs that the broker waits on Nagle + delayed
-  ACK (``set_tcp_nodelay true``).
+* **Stalled path probe.** At every connection the agent times a few QoS 1 exchanges between two
+  short-lived clients of its own; far above the loopback figure it logs that the broker waits
+  on Nagle + delayed ACK (``set_tcp_nodelay true``). Requests and replies travel at QoS 0, which
+  avoids the stall; the figure is also reported to controllers (``broker_probe_ms``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class AgentStats:
     """Counters: ``received`` messages, ``executed`` device operations, ``cached`` replies
     served again for a repeated last id, ``rejected`` invalid/out-of-limit/session-refused
     requests, ``dropped`` payloads nobody could be answered for (oversize, too deep, no
-    id/reply_to), ``retained`` retained requests ignored, ``errors`` device failures."""
+    id/reply_to), ``retained`` retained requests ignored, ``errors`` device failures;
+    ``made_safe`` whether the device was confirmed safe at stop, ``stop_s`` seconds from the
+    stop signal to that."""
 
     received: int = 0
     executed: int = 0
@@ -109,6 +112,8 @@ class AgentStats:
     errors: int = 0
     connections: int = 0
     ops: dict[str, int] = field(default_factory=dict)
+    made_safe: bool | None = None
+    stop_s: float | None = None
 
 
 @dataclass
@@ -201,7 +206,6 @@ class Agent:
         self.probe_ms: float | None = None  # median broker round trip of the last probe
         self._anonymous_checked = False
         self._throttle = _Throttle()
-        self._probe_waiter: asyncio.Future[None] | None = None
 
     # -- request handling (transport-free; unit-testable) -------------------------
     async def handle(self, raw: bytes) -> tuple[str, bytes] | None:
@@ -468,11 +472,10 @@ class Agent:
                     # retained request is recognised as one and never executed
                     opts = SubscribeOptions(qos=0, retainAsPublished=True)
                     await client.subscribe(self.topics.request, options=opts)
-                    await client.subscribe(self.topics.reply(self.client_id), qos=1)
                     await client.publish(self.topics.agent_status, b"online", qos=1, retain=True)
                     self.stats.connections += 1
                     delay = backoff_s[0]
-                    prober = asyncio.create_task(self._probe(client))
+                    prober = asyncio.create_task(self._probe())
                     self.ready.set()
                     log.info(
                         "agent %s (boot %s) serving on %s",
@@ -496,13 +499,8 @@ class Agent:
                 delay = min(delay * 2.0, backoff_s[1])
 
     async def _serve(self, client: Any) -> None:
-        probe_topic = self.topics.reply(self.client_id)
         cleared: set[str] = set()
         async for msg in client.messages:
-            if msg.topic.matches(probe_topic):
-                if self._probe_waiter is not None and not self._probe_waiter.done():
-                    self._probe_waiter.set_result(None)
-                continue
             payload = bytes(msg.payload)  # type: ignore[arg-type,unused-ignore]
             if msg.retain:  # retained: a stale copy, never a live request
                 if payload:
@@ -516,28 +514,45 @@ class Agent:
             if out is not None:
                 await client.publish(self.topics.reply(out[0]), out[1], qos=0)
 
-    async def _probe(self, client: Any) -> None:
-        """Time ``PROBES`` QoS 1 publishes to the agent's own reply topic (PUBACK and the
-        delivery leave the broker back to back: the pattern Nagle delays)."""
+    async def _probe(self) -> None:
+        """Time ``PROBES`` QoS 1 request/reply exchanges between two short-lived clients of
+        this agent (each reads its own reply topic): the message pattern that waits on Nagle +
+        delayed ACK (~40 ms) in a broker without ``set_tcp_nodelay``; ~1 ms otherwise."""
+        ping_id, pong_id = f"{self.client_id}-probe-a", f"{self.client_id}-probe-b"
+        ping_t, pong_t = self.topics.reply(ping_id), self.topics.reply(pong_id)
         times: list[float] = []
         try:
-            for _ in range(PROBES):
-                self._probe_waiter = asyncio.get_running_loop().create_future()
-                t0 = time.perf_counter()
-                await client.publish(self.topics.reply(self.client_id), b"probe", qos=1)
-                await asyncio.wait_for(self._probe_waiter, 2.0)
-                times.append((time.perf_counter() - t0) * 1e3)
-                await asyncio.sleep(0.01)
-        except Exception as exc:  # e.g. no read access to that topic: no figure
-            log.info("broker round-trip probe incomplete (%s)", type(exc).__name__)
-            if not times:
-                return
+            async with (
+                self.broker.client(ping_id, timeout_s=2.0) as a,
+                self.broker.client(pong_id, timeout_s=2.0) as b,
+            ):
+                await a.subscribe(ping_t, qos=1)
+                await b.subscribe(pong_t, qos=1)
+
+                async def echo() -> None:
+                    async for _ in b.messages:
+                        await b.publish(ping_t, b"pong", qos=1)
+
+                echoer = asyncio.create_task(echo())
+                try:
+                    replies = aiter(a.messages)
+                    for _ in range(PROBES):
+                        t0 = time.perf_counter()
+                        await a.publish(pong_t, b"ping", qos=1)
+                        await asyncio.wait_for(anext(replies), 2.0)
+                        times.append((time.perf_counter() - t0) * 1e3)
+                finally:
+                    echoer.cancel()
+        except Exception as exc:  # e.g. no read access to its reply topics: no figure
+            log.info("broker round-trip probe incomplete (%s: %s)", type(exc).__name__, exc)
+        if not times:
+            return
         self.probe_ms = statistics.median(times)
         if self.probe_ms > STALL_MS:
             log.warning(
-                "broker round trip %.1f ms (a loopback broker answers in ~1 ms): the broker "
-                "waits on Nagle + delayed ACK. Set `set_tcp_nodelay true` in mosquitto.conf; "
-                "requests and replies use QoS 0 and avoid most of it",
+                "broker round trip %.1f ms for QoS 1 messages (a loopback broker answers in "
+                "~1 ms): the broker waits on Nagle + delayed ACK. Set `set_tcp_nodelay true` in "
+                "mosquitto.conf; device requests and replies use QoS 0 and avoid the stall",
                 self.probe_ms,
             )
         else:
@@ -586,9 +601,11 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     sigs = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    signalled: list[float] = []
 
     def on_signal(sig: int) -> None:
         if not stop.is_set():
+            signalled.append(time.monotonic())
             log.info("agent stopping (%s)", signal.Signals(sig).name)
         stop.set()
 
@@ -613,6 +630,9 @@ async def serve_until_signal(
                     t.cancel()
                 await asyncio.wait({runner}, timeout=drain_s)
                 safe = await agent.make_safe(safe_s)
+                agent.stats.made_safe = safe
+                if signalled:
+                    agent.stats.stop_s = time.monotonic() - signalled[0]
                 log.info(
                     "agent served %.1f s; device %s: %s",
                     time.monotonic() - started,
