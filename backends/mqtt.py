@@ -207,11 +207,11 @@ class MqttSubstrate(OscillatorSubstrate):
     async def _disconnect(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            while not task.done():  # repeated: Python 3.11's wait_for may swallow a cancel
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.2)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("%s: connection task ended with %r", self.topics.base, task.exception())
         for p in self._pending.values():
             if not p.fut.done():
                 p.fut.set_exception(DeviceError(f"{self.topics.base}: connection closed"))
@@ -271,6 +271,7 @@ class MqttSubstrate(OscillatorSubstrate):
                         )
                     )
                     return
+                _reraise_cancellation()
                 self.last_error = str(exc)
                 log.warning(
                     "%s: broker connection lost (%s); retrying in %.2f s",
@@ -287,6 +288,7 @@ class MqttSubstrate(OscillatorSubstrate):
                         )
                     )
                     return
+                _reraise_cancellation()
                 self.last_error = str(exc)
                 log.warning(
                     "%s: broker connection lost (%s); retrying in %.2f s",
@@ -542,6 +544,15 @@ class MqttSubstrate(OscillatorSubstrate):
         does at every epoch start. Synchronous by contract: the reseed request is sent,
         in order, before the next device request."""
         self._pending_seed = int(seed)
+
+
+def _reraise_cancellation() -> None:
+    """Inside an ``except``: if the current task is being cancelled, raise CancelledError
+    (aiomqtt's ``__aexit__`` can replace a cancellation by an ``MqttError``; the reconnect
+    loop must not swallow it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _base_fields(model: DeviceModel) -> dict[str, Any]:

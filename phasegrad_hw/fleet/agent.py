@@ -205,6 +205,7 @@ class Agent:
         self.ack_timeout_s = 2.0  # s; no PUBACK within this = connection lost
         self.probe_ms: float | None = None  # median broker round trip of the last probe
         self._anonymous_checked = False
+        self._stopping = False
         self._throttle = _Throttle()
 
     # -- request handling (transport-free; unit-testable) -------------------------
@@ -453,15 +454,21 @@ class Agent:
             where,
         )
 
+    def stop(self) -> None:
+        """Make :meth:`run` return at its next message or reconnect (a cancellation alone can
+        be lost: Python 3.11's ``wait_for``, used by aiomqtt, may swallow one that coincides
+        with a completed publish — frequent under a flood)."""
+        self._stopping = True
+
     async def run(self, *, backoff_s: tuple[float, float] = (0.1, 5.0)) -> None:
-        """Serve until cancelled; reconnect with exponential backoff. Raises
+        """Serve until cancelled or :meth:`stop`; reconnect with exponential backoff. Raises
         :class:`ConfigError` for an anonymous broker (see :meth:`check_anonymous`)."""
         import aiomqtt
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         delay = backoff_s[0]
         will = aiomqtt.Will(self.topics.agent_status, b"offline", qos=1, retain=True)
-        while True:
+        while not self._stopping:
             try:
                 if not self._anonymous_checked:
                     await self.check_anonymous()
@@ -489,6 +496,9 @@ class Agent:
                         prober.cancel()
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
+                _reraise_cancellation()  # aiomqtt turns a cancelled disconnect into MqttError
+                if self._stopping:
+                    return
                 log.warning(
                     "agent %s: broker connection lost (%s); retrying in %.1f s",
                     self.topics.base,
@@ -501,6 +511,8 @@ class Agent:
     async def _serve(self, client: Any) -> None:
         cleared: set[str] = set()
         async for msg in client.messages:
+            if self._stopping:
+                return
             payload = bytes(msg.payload)  # type: ignore[arg-type,unused-ignore]
             if msg.retain:  # retained: a stale copy, never a live request
                 if payload:
@@ -626,6 +638,7 @@ async def serve_until_signal(
             try:
                 await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                agent.stop()
                 for t in (runner, stopper, announcer):
                     t.cancel()
                 await asyncio.wait({runner}, timeout=drain_s)
@@ -642,9 +655,24 @@ async def serve_until_signal(
                 if on_stopped is not None:
                     on_stopped(agent.stats)
                 await agent.stop_status(1.0)
+                for _ in range(50):  # a cancellation may have been lost: repeat it
+                    if runner.done():
+                        break
+                    runner.cancel()
+                    await asyncio.wait({runner}, timeout=0.1)
             if runner.done() and not runner.cancelled() and runner.exception() is not None:
                 raise runner.exception()  # type: ignore[misc]
     finally:
         for sig in sigs:
             loop.remove_signal_handler(sig)
     return agent.stats
+
+
+def _reraise_cancellation() -> None:
+    """Inside an ``except``: if the current task is being cancelled, raise CancelledError.
+    (aiomqtt's ``__aexit__`` can replace the cancellation by an ``MqttError`` — e.g. its
+    disconnect timing out under a flood —, which a reconnect loop would otherwise swallow,
+    serving on after a stop signal.)"""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
