@@ -33,7 +33,7 @@ def model() -> SimulatedDeviceModel:
     return SimulatedDeviceModel.model_validate(
         {
             "n_oscillators": 4,
-            "edges": [{"i": 0, "j": 1, "k": 1.0}, {"i": 1, "j": 2, "k": 1.0}, {"i": 2, "j": 3, "k": 1.0}],
+            "edges": [{"i": i, "j": i + 1, "k": 1.0} for i in range(3)],
             "roles": {"inputs": [0], "hidden": [1, 2], "outputs": [3]},
         }
     )
