@@ -472,3 +472,46 @@ def test_config_error_for_anonymous_in_process(tmp_path: Path) -> None:
             asyncio.run(go())
     finally:
         b.stop()
+
+
+# --------------------------------------------------------------------------- stalled paths
+async def test_stalled_broker_is_detected_and_the_request_path_avoids_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a mosquitto without ``set_tcp_nodelay`` the agent's QoS 1 probe waits on Nagle +
+    delayed ACK (≥ 40 ms by the kernel's delayed-ACK timer) and says what to change; the
+    controller's QoS 0 requests still work and are not judged stalled."""
+    b = Mosquitto(tmp_path / "default", nodelay=False)
+    b.start()
+    try:
+        spy = SpySubstrate(vowel_model(0.0))
+        with caplog.at_level("INFO"):
+            async with local_agent(b, spy) as agent:
+                for _ in range(100):
+                    if agent.probe_ms is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                cfg, _, _ = BrokerConfig.parse(b.uri("controller"))
+                sub = MqttSubstrate(cfg, NAME, model=spy.model)
+                async with sub:
+                    for _ in range(40):
+                        await sub.read_phases()
+        assert agent.probe_ms is not None and agent.probe_ms > 15.0
+        assert any("set_tcp_nodelay true" in r.getMessage() for r in caplog.records)
+        assert len(sub._overheads_ms) == 32 and sub.transit_ms is not None
+        assert not sub.stall_warned  # QoS 0 requests: no 40 ms wait per exchange
+    finally:
+        b.stop()
+
+
+def test_controller_judges_transit_time_not_agent_time(caplog: pytest.LogCaptureFixture) -> None:
+    sub = MqttSubstrate(BrokerConfig(host="unused"), NAME, model=vowel_model(0.0))
+    for _ in range(40):  # a slow device (30 ms per read) on a fast path: no warning
+        sub._watch_path("read_phases", 31.0, 30.0)
+    assert not sub.stall_warned
+    with caplog.at_level("WARNING"):
+        for _ in range(40):  # 45 ms in transit per request: warned once, with the fix
+            sub._watch_path("read_phases", 46.0, 1.0)
+    assert sub.stall_warned
+    warned = [r for r in caplog.records if "set_tcp_nodelay" in r.getMessage()]
+    assert len(warned) == 1 and "ms in transit" in warned[0].getMessage()
