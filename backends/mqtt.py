@@ -3,13 +3,21 @@
 ``--device mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?timeout=S&retry=S&prefix=P&tls=1&ca=…]``
 (credentials also from ``PHASEGRAD_HW_MQTT_USERNAME`` / ``PHASEGRAD_HW_MQTT_PASSWORD``).
 
-Every call is a request with a unique id (``{client}-{n}``) published with QoS 1 on the
-agent's request topic; the reply comes back on this client's own reply topic. A request is
-re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers
-repeats from its cache, so nothing is applied twice); if no reply arrives within ``timeout`` s
-the call raises :class:`DeviceTimeoutError`, and a reply that arrives later is dropped — it
-can never be taken for a later request, whose id differs. Limits are checked here (from the
-device model the agent reports) *and* again by the agent.
+Protocol 2 (docs/mqtt.md). ``connect`` opens a session with the agent (its reply gives the
+session nonce and the agent's boot id); every call is then a request with the nonce and the
+next integer id, published at QoS 0 on the agent's request topic (no PUBACK in the path, so
+nothing waits on Nagle + delayed ACK on a default-configured broker). The reply comes back on
+this client's own reply topic (its MQTT client id). A request is re-sent with the *same* id
+every ``retry`` s and after every reconnect (the agent answers a repeat of its last id from its
+cache, so nothing is applied twice); without a reply within ``timeout`` s the call raises
+:class:`DeviceTimeoutError`, and a late reply is dropped — never taken for a later request. A
+reply of another session is dropped too.
+
+Restarts: a reply with another boot id than the session's means the agent restarted and the
+device lost its state (ω, K, clamp): the call raises :class:`AgentRestartedError` and so does
+every later call — the step is aborted before any update, never completed on a device in
+another state. Limits are checked here (from the device model the agent reports) *and* again
+by the agent. Round trips far above the agent's own time are logged once with what to change.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ import concurrent.futures
 import itertools
 import json
 import logging
+import secrets
 import ssl
+import statistics
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,16 +52,21 @@ from phasegrad_hw.errors import (
 )
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import (
+    NONCE_HEX,
+    PROTOCOL_VERSION,
     BrokerConfig,
     EmptyResult,
     HelloResult,
+    OpenResult,
     PhaseResult,
     Reply,
     ReseedResult,
     Topics,
     VectorResult,
+    auth_failure,
     check_segment,
     parse_name,
+    reason_code,
 )
 
 log = logging.getLogger(__name__)
@@ -67,13 +83,26 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
+STALL_MS = 15.0  # ms of round trip beyond the agent's own time that mean a stalled path
+STALL_WINDOW = 32  # requests per judgement
+
+
+class AgentRestartedError(DeviceError):
+    """The agent answered with another boot id than the session's: it restarted and its
+    device lost the state this controller set (ω, K, clamp)."""
+
+
 @dataclass
 class _Pending:
-    """A request waiting for its reply; ``session`` = connection it was last sent on."""
+    """A request waiting for its reply; ``conn`` = connection it was last sent on, ``session``
+    the nonce it carries (a reply must echo it), ``sent`` when it was first sent (s)."""
 
     fut: asyncio.Future[Reply]
     payload: bytes
-    session: int = 0
+    session: str | None
+    conn: int = 0
+    sent: float = 0.0
+    resent: bool = False
 
 
 class RemoteOptions(StrictModel):
@@ -120,11 +149,18 @@ class MqttSubstrate(OscillatorSubstrate):
         self.seed = seed
         self.client_id = check_segment("client id", client_id or f"pg-{uuid.uuid4().hex[:16]}")
         self._ids = itertools.count(1)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[int, _Pending] = {}
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
-        self._sessions = 0
+        self.connections = 0  # broker connections made (reconnects add one each)
+        self._will_token = secrets.token_hex(NONCE_HEX // 2)
+        self.session: str | None = None  # the agent's session nonce (after connect)
+        self.boot: str | None = None  # the agent's boot id at open
+        self._restarted: AgentRestartedError | None = None
+        self._overheads_ms: deque[float] = deque(maxlen=STALL_WINDOW)
+        self.stall_warned = False
+        self.foreign_replies = 0
         self._remote_reseed = False
         self._pending_seed: int | None = None
         self._fatal: Exception | None = None
@@ -143,7 +179,8 @@ class MqttSubstrate(OscillatorSubstrate):
             self._connected = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
         try:
-            hello = self._result(HelloResult, await self._call("hello", {}), "hello")
+            opened = await self._call("open", {"will": self._will_token}, in_session=False)
+            hello: OpenResult = self._result(OpenResult, opened, "open")
             remote = model_from_agent(hello.model)
             if _base_fields(remote) != _base_fields(self.model):
                 raise ProtocolError(
@@ -156,17 +193,25 @@ class MqttSubstrate(OscillatorSubstrate):
             Capability(c) for c in hello.capabilities if c in Capability.__members__.values()
         ) | ({Capability.RESEED} if hello.reseed else set())
         self._remote_reseed = hello.reseed
+        self.session, self.boot, self._restarted = hello.session, hello.boot, None
+        if hello.broker_probe_ms is not None and hello.broker_probe_ms > STALL_MS:
+            log.warning(
+                "%s: the agent measured a %.0f ms broker round trip: the broker waits on "
+                "Nagle + delayed ACK; set `set_tcp_nodelay true` in mosquitto.conf",
+                self.topics.base,
+                hello.broker_probe_ms,
+            )
         if self.seed is not None:
             self.reseed(self.seed)
 
     async def _disconnect(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            while not task.done():  # repeated: Python 3.11's wait_for may swallow a cancel
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.2)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("%s: connection task ended with %r", self.topics.base, task.exception())
         for p in self._pending.values():
             if not p.fut.done():
                 p.fut.set_exception(DeviceError(f"{self.topics.base}: connection closed"))
@@ -176,23 +221,26 @@ class MqttSubstrate(OscillatorSubstrate):
         import aiomqtt
 
         delay = 0.05
+        # the last will: make_safe with the secret token this client's open registered
+        will = aiomqtt.Will(
+            self.topics.request,
+            json.dumps(
+                {
+                    "v": PROTOCOL_VERSION,
+                    "op": "make_safe",
+                    "id": 0,
+                    "reply_to": self.client_id,
+                    "will": self._will_token,
+                }
+            ).encode(),
+            qos=1,
+        )
         while True:
-            self._sessions += 1
-            will = aiomqtt.Will(
-                self.topics.request,
-                json.dumps(
-                    {
-                        "op": "make_safe",
-                        "id": f"will-{self.client_id}-{self._sessions}",
-                        "reply_to": self.client_id,
-                    }
-                ).encode(),
-                qos=1,
-            )
+            self.connections += 1
             try:
-                async with self.broker.client(f"{self.client_id}-{self._sessions}", will=will) as c:
-                    granted = await c.subscribe(self.topics.reply(self.client_id), qos=1)
-                    if any(_code(g) >= 0x80 for g in granted):
+                async with self.broker.client(self.client_id, will=will) as c:
+                    granted = await c.subscribe(self.topics.reply(self.client_id), qos=0)
+                    if any(reason_code(g) >= 0x80 for g in granted):
                         self._fail(
                             DeviceError(
                                 f"{self.broker.uri()}: not authorized to read "
@@ -215,7 +263,7 @@ class MqttSubstrate(OscillatorSubstrate):
                             continue
                         self._on_reply(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
             except aiomqtt.MqttCodeError as exc:
-                if _auth_failure(exc):
+                if auth_failure(exc):
                     self._fail(
                         DeviceError(
                             f"{self.broker.uri()}: the broker refused the login "
@@ -223,6 +271,7 @@ class MqttSubstrate(OscillatorSubstrate):
                         )
                     )
                     return
+                _reraise_cancellation()
                 self.last_error = str(exc)
                 log.warning(
                     "%s: broker connection lost (%s); retrying in %.2f s",
@@ -239,6 +288,7 @@ class MqttSubstrate(OscillatorSubstrate):
                         )
                     )
                     return
+                _reraise_cancellation()
                 self.last_error = str(exc)
                 log.warning(
                     "%s: broker connection lost (%s); retrying in %.2f s",
@@ -254,11 +304,12 @@ class MqttSubstrate(OscillatorSubstrate):
 
     async def _resend(self, client: Any, *, only_unsent: bool) -> None:
         for p in list(self._pending.values()):
-            if p.fut.done() or (only_unsent and p.session == self._sessions):
+            if p.fut.done() or (only_unsent and p.conn == self.connections):
                 continue
-            p.session = self._sessions
+            p.conn = self.connections
+            p.resent = True
             self.resends += 1
-            await client.publish(self.topics.request, p.payload, qos=1)
+            await client.publish(self.topics.request, p.payload, qos=0)
 
     def _fail(self, exc: Exception) -> None:
         """A permanent failure (refused login, ACL): every waiting and later call raises it."""
@@ -283,22 +334,41 @@ class MqttSubstrate(OscillatorSubstrate):
                 rep.id,
             )
             return
+        if entry.session is not None and rep.session != entry.session:
+            # the answer to someone else's request (e.g. a forged one naming this client)
+            self.foreign_replies += 1
+            log.warning("%s: reply %s of another session dropped", self.topics.base, rep.id)
+            return
         entry.fut.set_result(rep)
 
-    async def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, op: str, fields: dict[str, Any], *, in_session: bool = True
+    ) -> dict[str, Any]:
         """One request/reply round trip (see module docstring); raises the mapped error."""
         if self._task is None:
             raise DeviceError(f"{self.topics.base}: not connected (use `async with substrate`)")
         if self._fatal is not None:
             raise self._fatal
-        if self._pending_seed is not None and op not in ("hello", "reseed"):
+        if self._restarted is not None:
+            raise self._restarted
+        if in_session and self.session is None:
+            raise DeviceError(f"{self.topics.base}: no session (use `async with substrate`)")
+        if self._pending_seed is not None and in_session and op != "reseed":
             seed, self._pending_seed = self._pending_seed, None
             if self._remote_reseed:
                 self._result(ReseedResult, await self._call("reseed", {"seed": seed}), "reseed")
-        rid = f"{self.client_id}-{next(self._ids)}"
-        payload = json.dumps({"op": op, "id": rid, "reply_to": self.client_id, **fields}).encode()
+        rid = next(self._ids)
+        head: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "op": op,
+            "id": rid,
+            "reply_to": self.client_id,
+        }
+        if in_session:
+            head["session"] = self.session
+        payload = json.dumps({**head, **fields}).encode()
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        pending = self._pending[rid] = _Pending(fut, payload)
+        pending = self._pending[rid] = _Pending(fut, payload, self.session if in_session else None)
         deadline = time.monotonic() + self.timeout_s
         try:
             while not fut.done():
@@ -323,18 +393,22 @@ class MqttSubstrate(OscillatorSubstrate):
                         waiter.cancel()
                     continue
                 client = self._client
-                if client is not None and pending.session != self._sessions:
-                    pending.session = self._sessions
+                if client is not None and pending.conn != self.connections:
+                    pending.conn = self.connections
+                    if pending.sent:
+                        pending.resent = True
+                    else:
+                        pending.sent = time.perf_counter()
                     try:
                         await client.publish(
                             self.topics.request,
                             payload,
-                            qos=1,
+                            qos=0,
                             timeout=max(0.05, min(left, self.retry_s)),
                         )
                     except Exception as exc:  # broker went away mid-publish: wait and resend
                         log.debug("%s: publish of %s failed (%s)", self.topics.base, rid, exc)
-                        pending.session = -1
+                        pending.conn = -1
                         await asyncio.sleep(0.02)
                         continue
                 left = deadline - time.monotonic()
@@ -342,11 +416,22 @@ class MqttSubstrate(OscillatorSubstrate):
                     await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(left, self.retry_s)))
                 except TimeoutError:
                     if not fut.done():  # no reply yet: send the same id again
-                        pending.session = -1
+                        pending.conn = -1
                         self.resends += 1
             rep = fut.result()
         finally:
             self._pending.pop(rid, None)
+        if self.boot is not None and rep.boot != self.boot:
+            self._restarted = AgentRestartedError(
+                f"{self.topics.base}: the agent restarted during {op} (boot id "
+                f"{self.boot[:8]}… → {rep.boot[:8]}…): the device lost the state this "
+                "controller set (frequencies, couplings, clamp); the step is aborted with no "
+                "update — reconnect and resume from the last checkpoint"
+            )
+            log.error("%s", self._restarted)
+            raise self._restarted
+        if not pending.resent:
+            self._watch_path(op, (time.perf_counter() - pending.sent) * 1e3, rep.took_s * 1e3)
         if not rep.ok:
             err = rep.error
             kind = err.kind if err else "internal"
@@ -355,6 +440,32 @@ class MqttSubstrate(OscillatorSubstrate):
                 f"{self.topics.base}: {op} refused by the agent ({kind}): {text}"
             )
         return rep.result or {}
+
+    def _watch_path(self, op: str, rtt_ms: float, agent_ms: float) -> None:
+        """Judge the request/reply path: over ``STALL_WINDOW`` requests, a median round trip
+        this far above the agent's own time means the broker path stalls (logged once)."""
+        self._overheads_ms.append(rtt_ms - agent_ms)
+        if self.stall_warned or len(self._overheads_ms) < STALL_WINDOW:
+            return
+        median = statistics.median(self._overheads_ms)
+        if median > STALL_MS:
+            self.stall_warned = True
+            log.warning(
+                "%s: requests wait %.0f ms in transit (median of %d; the agent itself takes "
+                "%.1f ms for %s; a loopback broker needs ~1 ms). The broker or the network "
+                "delays small messages: set `set_tcp_nodelay true` in mosquitto.conf, and "
+                "check the path to the broker",
+                self.topics.base,
+                median,
+                len(self._overheads_ms),
+                agent_ms,
+                op,
+            )
+
+    @property
+    def transit_ms(self) -> float | None:
+        """Median time (ms) the recent requests spent outside the agent (network + broker)."""
+        return statistics.median(self._overheads_ms) if self._overheads_ms else None
 
     @staticmethod
     def _result(cls: type[BaseModel], data: dict[str, Any], op: str) -> Any:
@@ -418,8 +529,13 @@ class MqttSubstrate(OscillatorSubstrate):
         return np.asarray(r.values, dtype=np.float64)
 
     async def make_safe(self) -> None:
-        """Release and set safe biases on the remote device (skipped if never connected)."""
-        if self._task is None:
+        """Release and set safe biases on the remote device (skipped if never connected, and
+        after an agent restart: that device is in its start state and this controller has no
+        session with it)."""
+        if self._task is None or self.session is None:
+            return
+        if self._restarted is not None:
+            log.warning("%s: make_safe skipped: the agent restarted", self.topics.base)
             return
         await super().make_safe()
 
@@ -430,20 +546,18 @@ class MqttSubstrate(OscillatorSubstrate):
         self._pending_seed = int(seed)
 
 
+def _reraise_cancellation() -> None:
+    """Inside an ``except``: if the current task is being cancelled, raise CancelledError
+    (aiomqtt's ``__aexit__`` can replace a cancellation by an ``MqttError``; the reconnect
+    loop must not swallow it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _base_fields(model: DeviceModel) -> dict[str, Any]:
     """The fields every device model has (topology, roles, limits, coupling, nudge)."""
     return model.model_dump(include=set(DeviceModel.model_fields))
-
-
-def _auth_failure(exc: Exception) -> bool:
-    """CONNACK codes: v3 4/5 (bad credentials / not authorised), v5 0x86/0x87."""
-    rc = getattr(exc, "rc", None)
-    return rc is not None and _code(rc) in (4, 5, 0x86, 0x87)
-
-
-def _code(rc: Any) -> int:
-    """An MQTT return/reason code as an int (paho gives ints or ReasonCode objects)."""
-    return int(rc.value) if hasattr(rc, "value") else int(rc)
 
 
 def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0) -> DeviceModel:
@@ -460,7 +574,7 @@ def fetch_model(broker: BrokerConfig, topics: Topics, *, timeout_s: float = 10.0
         )
         sub._task = asyncio.create_task(sub._run())
         try:
-            hello = HelloResult.model_validate(await sub._call("hello", {}))
+            hello = HelloResult.model_validate(await sub._call("hello", {}, in_session=False))
         except DeviceTimeoutError:
             why = (
                 f"the broker is unreachable ({sub.last_error})"

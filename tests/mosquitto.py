@@ -2,12 +2,16 @@
 
 Users (password = ``<name>-pw``):
 
-* ``agent``      — reads device requests, writes replies and its status;
-* ``controller`` — writes device requests, reads its replies, publishes telemetry;
+* ``agent``      — reads device requests (and clears retained ones), writes replies and its
+  status;
+* ``controller`` — writes device requests, publishes telemetry;
 * ``watcher``    — reads telemetry and agent status only;
 * ``outsider``   — may use ``outside/#`` only (authenticated, but outside the device ACL).
 
-Anonymous clients are refused.
+Every client may read the reply topic named by its own MQTT client id (``pattern … %c``), so
+a controller reads its replies and no one else's (docs/mqtt.md). Anonymous clients are
+refused, unless ``anonymous=True`` (then they may use ``phasegrad/#``). ``nodelay=False``
+leaves out ``set_tcp_nodelay true`` (mosquitto's default configuration).
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from tests.conftest import require
 
 USERS = ("agent", "controller", "watcher", "outsider")
 ACL = """\
+pattern read phasegrad/+/+/rpc/rep/%c
+
 user agent
-topic read phasegrad/+/+/rpc/req
+topic readwrite phasegrad/+/+/rpc/req
 topic write phasegrad/+/+/rpc/rep/#
 topic readwrite phasegrad/+/+/agent
 
 user controller
 topic write phasegrad/+/+/rpc/req
-topic read phasegrad/+/+/rpc/rep/#
 topic read phasegrad/+/+/agent
 topic readwrite phasegrad/+/+/status
 topic readwrite phasegrad/+/+/metrics
@@ -75,7 +80,15 @@ def password(user: str) -> str:
 class Mosquitto:
     """One broker process with a generated config in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *, tls: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        tls: bool = False,
+        nodelay: bool = True,
+        anonymous: bool = False,
+    ) -> None:
         exe = shutil.which("mosquitto")
         passwd = shutil.which("mosquitto_passwd")
         require(
@@ -94,14 +107,14 @@ class Mosquitto:
             if k == 0:
                 args.insert(1, "-c")
             subprocess.run(args, check=True, capture_output=True)
-        (self.dir / "acl").write_text(ACL)
+        (self.dir / "acl").write_text(("topic readwrite phasegrad/#\n" if anonymous else "") + ACL)
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous false",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
             f"password_file {pw_file}",
             f"acl_file {self.dir / 'acl'}",
             "persistence false",
-            "set_tcp_nodelay true",
+            *(["set_tcp_nodelay true"] if nodelay else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",

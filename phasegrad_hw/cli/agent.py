@@ -1,10 +1,12 @@
 """``phasegrad-hw agent``: serve a device over MQTT request/response.
 
 ``phasegrad-hw agent --device DEVICE --broker mqtt://[USER:PASS@]HOST:PORT --name BENCH/DEVICE``
-opens DEVICE (a device file or URI), serves it as ``{prefix}/BENCH/DEVICE`` until SIGINT or
-SIGTERM, then leaves it safe (clamp released, safe biases). Credentials also come from
-``PHASEGRAD_HW_MQTT_USERNAME`` / ``PHASEGRAD_HW_MQTT_PASSWORD``. Prints one line
-``agent BENCH/DEVICE ready`` once it serves (scripts and tests wait for it).
+opens DEVICE (a device file or URI), serves it as ``{prefix}/BENCH/DEVICE`` until SIGINT,
+SIGTERM or SIGHUP, then leaves it safe (clamp released, safe biases) within 2 s and prints
+``agent stats {…}``. Credentials also come from ``PHASEGRAD_HW_MQTT_USERNAME`` /
+``PHASEGRAD_HW_MQTT_PASSWORD``; a broker that admits anonymous clients is refused unless
+``--allow-anonymous``. Prints one line ``agent BENCH/DEVICE ready`` once it serves (scripts
+and tests wait for it).
 """
 
 from __future__ import annotations
@@ -37,18 +39,17 @@ class AgentOptions(StrictModel):
     tls_key: Path | None = None
     tls_insecure: bool = False
     seed: int | None = None
+    allow_anonymous: bool = False
 
 
 def run_agent(opts: AgentOptions) -> None:
-    """Open the device, serve it until SIGINT/SIGTERM, leave it safe."""
+    """Open the device, serve it until SIGINT/SIGTERM/SIGHUP, leave it safe."""
     import asyncio
     import dataclasses
     import json
-    import signal
-    import time
 
     from phasegrad_hw.device.registry import open_substrate
-    from phasegrad_hw.fleet.agent import Agent
+    from phasegrad_hw.fleet.agent import Agent, serve_until_signal
     from phasegrad_hw.wire.mqtt import BrokerConfig
 
     broker, _, _ = BrokerConfig.parse(opts.broker, username=opts.username, password=opts.password)
@@ -60,38 +61,16 @@ def run_agent(opts: AgentOptions) -> None:
     if tls or opts.tls_insecure:
         broker = broker.model_copy(update={**tls, "tls": True, "insecure": opts.tls_insecure})
     substrate = open_substrate(opts.device, seed=opts.seed)
-    agent = Agent(substrate, broker, opts.name, prefix=opts.prefix)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        started = time.time()
-        async with substrate:
-            runner = asyncio.create_task(agent.run())
-
-            async def announce() -> None:
-                await agent.ready.wait()
-                typer.echo(f"agent {opts.name} ready", nl=True)
-
-            announcer = asyncio.create_task(announce())
-            try:
-                await runner
-            except asyncio.CancelledError:
-                log.info("agent stopping (signal)")
-            finally:
-                runner.cancel()
-                announcer.cancel()
-                log.info("agent served %.1f s: %s", time.time() - started, agent.stats)
-                typer.echo("agent stats " + json.dumps(dataclasses.asdict(agent.stats)))
-                await agent.stop_status()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:  # pragma: no cover - signal arrived before the handler
-        pass
+    agent = Agent(
+        substrate, broker, opts.name, prefix=opts.prefix, allow_anonymous=opts.allow_anonymous
+    )
+    asyncio.run(
+        serve_until_signal(
+            agent,
+            on_ready=lambda: typer.echo(f"agent {opts.name} ready"),
+            on_stopped=lambda st: typer.echo("agent stats " + json.dumps(dataclasses.asdict(st))),
+        )
+    )
 
 
 def register(groups: object) -> None:
@@ -112,8 +91,13 @@ def register(groups: object) -> None:
         tls_key: Path | None = typer.Option(None, "--tls-key", help="Client key."),
         tls_insecure: bool = typer.Option(False, "--tls-insecure", help="No server check."),
         seed: int | None = typer.Option(None, "--seed", help="Seed of an emulated device."),
+        allow_anonymous: bool = typer.Option(
+            False,
+            "--allow-anonymous",
+            help="Serve even on a broker that admits clients without credentials (warns).",
+        ),
     ) -> None:
-        """Serve a device over MQTT request/response until SIGINT/SIGTERM."""
+        """Serve a device over MQTT request/response until SIGINT/SIGTERM/SIGHUP."""
         try:
             opts = AgentOptions(
                 device=device,
@@ -127,6 +111,7 @@ def register(groups: object) -> None:
                 tls_key=tls_key,
                 tls_insecure=tls_insecure,
                 seed=seed,
+                allow_anonymous=allow_anonymous,
             )
             run_agent(opts)
         except ValidationError as exc:

@@ -5,15 +5,20 @@
   ``PHASEGRAD_HW_MQTT_PASSWORD``, TLS from ``?tls=1&ca=…&cert=…&key=…&insecure=1`` or
   ``PHASEGRAD_HW_MQTT_CA`` / ``_CERT`` / ``_KEY``.
 * :class:`Topics` — the topic layout ``{prefix}/{bench}/{device}/…``.
-* Request/reply payloads (Pydantic, validated on both ends): a request carries an ``id`` that
-  the agent uses for idempotency (a repeated id is answered from a cache, never re-applied)
-  and the client uses for correlation (a reply whose id has no waiting request is dropped).
+* Request/reply payloads of protocol 2 (Pydantic, strict JSON types, validated on both ends;
+  docs/mqtt.md is the specification): device requests carry the ``session`` nonce the agent
+  gave the controller at ``open`` and an integer ``id`` that must grow within the session
+  (a repeat of the last id is answered from the agent's cache, never re-applied; an older
+  id is refused); replies carry the agent's ``boot`` id, so a restarted agent is noticed.
+* Input limits applied *before* parsing (:func:`envelope_problem`: size, bracket depth) and
+  error texts that quote offending values as short excerpts only.
 
 The MQTT library (aiomqtt) is imported only when a client is made.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, TypeAdapter, ValidationError
+import numpy as np
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from phasegrad_hw.config import StrictModel, format_validation_error
 from phasegrad_hw.errors import ConfigError
@@ -37,7 +43,7 @@ ENV_CERT = "PHASEGRAD_HW_MQTT_CERT"
 ENV_KEY = "PHASEGRAD_HW_MQTT_KEY"
 DEFAULT_PREFIX = "phasegrad"
 SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 REDACTED = "***"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -139,9 +145,16 @@ class BrokerConfig(StrictModel):
         return cfg, parts.path.strip("/"), query
 
     def client(
-        self, identifier: str, *, will: aiomqtt.Will | None = None, timeout_s: float = 10.0
+        self,
+        identifier: str,
+        *,
+        will: aiomqtt.Will | None = None,
+        timeout_s: float = 10.0,
+        max_queued: int = 0,
     ) -> aiomqtt.Client:
-        """A new (not yet connected) aiomqtt client; MQTT v5, clean start."""
+        """A new (not yet connected) aiomqtt client; MQTT v5, clean start, TCP_NODELAY on its
+        socket. ``max_queued`` > 0 bounds the incoming queue (messages beyond it are dropped,
+        so a flood cannot exhaust memory); ``timeout_s`` bounds connect/publish/disconnect."""
         import socket
         import ssl
 
@@ -167,6 +180,7 @@ class BrokerConfig(StrictModel):
             protocol=aiomqtt.ProtocolVersion.V5,
             tls_params=tls_params,
             tls_insecure=self.insecure if self.tls else None,
+            max_queued_incoming_messages=max_queued,
             # small request/reply messages: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
@@ -219,67 +233,112 @@ class Topics:
 
 
 # --------------------------------------------------------------------------- payloads
-RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,96}$")]
-ClientId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+# Protocol 2 (docs/mqtt.md): every device request is bound to a session that the controller
+# opens; the agent answers with its boot id so a restarted agent is never mistaken for the
+# one that holds the device state.
+MAX_ID = 2**53 - 1  # ids are JSON integers every client language represents exactly
 MAX_VECTOR = 1_000_000
+MAX_DEPTH = 3  # a request is {…: [numbers]}: depth 2; anything deeper is refused unparsed
+EXCERPT_CHARS = 48  # an offending value is quoted with at most this many characters
+MAX_MESSAGE_CHARS = 400  # an error message (reply and log) is at most this long
+NONCE_HEX = 32  # session nonces, boot ids and last-will tokens: 128-bit, lower-case hex
+
+RequestId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+ClientId = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+Nonce = Annotated[str, Field(strict=True, pattern=rf"^[0-9a-f]{{{NONCE_HEX}}}$")]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Vector = Annotated[list[Number], Field(max_length=MAX_VECTOR)]
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NONCE_RE = re.compile(rf"^[0-9a-f]{{{NONCE_HEX}}}$")
 
 
-class _Request(StrictModel):
-    v: Literal[1] = 1
+class _Message(StrictModel):
+    """Strict JSON types: a number field takes only JSON numbers (no booleans, no strings)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Request(_Message):
+    v: Literal[2]
     id: RequestId
     reply_to: ClientId
 
 
+class _SessionRequest(_Request):
+    session: Nonce
+
+
 class Hello(_Request):
-    op: Literal["hello"] = "hello"
+    """Read-only: the device model, abilities and the agent's boot id (no session needed)."""
+
+    op: Literal["hello"]
 
 
-class SetFrequencies(_Request):
-    op: Literal["set_frequencies"] = "set_frequencies"
-    omega: list[float] = Field(max_length=MAX_VECTOR)
+class Open(_Request):
+    """Open a session for ``reply_to``; ``will`` is the secret token of its last will."""
+
+    op: Literal["open"]
+    will: Nonce
 
 
-class SetBiases(_Request):
-    op: Literal["set_biases"] = "set_biases"
-    values: list[float] = Field(max_length=MAX_VECTOR)
+class SetFrequencies(_SessionRequest):
+    op: Literal["set_frequencies"]
+    omega: Vector
 
 
-class SetCouplings(_Request):
-    op: Literal["set_couplings"] = "set_couplings"
-    values: list[float] = Field(max_length=MAX_VECTOR)
+class SetBiases(_SessionRequest):
+    op: Literal["set_biases"]
+    values: Vector
 
 
-class Clamp(_Request):
-    op: Literal["clamp"] = "clamp"
-    target: list[float] = Field(max_length=MAX_VECTOR)
-    beta: float
-    direction: Literal[1, -1] = 1
+class SetCouplings(_SessionRequest):
+    op: Literal["set_couplings"]
+    values: Vector
 
 
-class Release(_Request):
-    op: Literal["release"] = "release"
+class Clamp(_SessionRequest):
+    op: Literal["clamp"]
+    target: Vector
+    beta: Number
+    direction: Annotated[int, Field(strict=True, ge=-1, le=1)] = 1
 
 
-class ReadPhases(_Request):
-    op: Literal["read_phases"] = "read_phases"
-    averages: int = Field(default=1, ge=1)
+class Release(_SessionRequest):
+    op: Literal["release"]
 
 
-class ReadFrequencies(_Request):
-    op: Literal["read_frequencies"] = "read_frequencies"
+class ReadPhases(_SessionRequest):
+    op: Literal["read_phases"]
+    averages: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)] = 1
+
+
+class ReadFrequencies(_SessionRequest):
+    op: Literal["read_frequencies"]
 
 
 class MakeSafe(_Request):
-    op: Literal["make_safe"] = "make_safe"
+    """Release and set safe biases: inside a session (``session``), or as the controller's
+    last will (``will``: the token its ``open`` registered), which also closes the session."""
+
+    op: Literal["make_safe"]
+    session: Nonce | None = None
+    will: Nonce | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> MakeSafe:
+        if (self.session is None) == (self.will is None):
+            raise ValueError("make_safe needs exactly one of session, will")
+        return self
 
 
-class Reseed(_Request):
-    op: Literal["reseed"] = "reseed"
-    seed: int = Field(ge=0)
+class Reseed(_SessionRequest):
+    op: Literal["reseed"]
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
 
 
 Request = Annotated[
     Hello
+    | Open
     | SetFrequencies
     | SetBiases
     | SetCouplings
@@ -298,15 +357,21 @@ ErrorKind = Literal[
 ]
 
 
-class ErrorInfo(StrictModel):
+class ErrorInfo(_Message):
     kind: ErrorKind
     message: str
 
 
-class Reply(StrictModel):
-    v: Literal[1] = 1
+class Reply(_Message):
+    """``boot``: the agent's boot id; ``session``: the request's session, echoed (``None`` for
+    hello/open/invalid requests without one); ``took_s``: time the agent spent on it (s)."""
+
+    v: Literal[2] = 2
     id: RequestId
     ok: bool
+    boot: Nonce
+    session: Nonce | None = None
+    took_s: Annotated[float, Field(ge=0)] = 0.0
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None
 
@@ -317,6 +382,12 @@ class HelloResult(StrictModel):
     capabilities: list[str]
     reseed: bool
     agent: str
+    boot: Nonce
+    broker_probe_ms: float | None = None
+
+
+class OpenResult(HelloResult):
+    session: Nonce
 
 
 class PhaseResult(StrictModel):
@@ -340,9 +411,81 @@ class ReseedResult(StrictModel):
     supported: bool
 
 
-def parse_request(raw: bytes) -> Request:
-    """Validate a request payload; raises :class:`ConfigError` (one line per problem)."""
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an offending value is never echoed whole)."""
+    if isinstance(value, (list, dict)) and len(value) > limit:  # no giant repr() first
+        kind = "list" if isinstance(value, list) else "object"
+        return f"<{kind} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """An error message cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_validation_error(exc: ValidationError, source: str = "request: ", most: int = 3) -> str:
+    """The first ``most`` problems, ``path: excerpt — message``, each value quoted briefly."""
+    errs = exc.errors()
+    parts = []
+    for err in errs[:most]:
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{path}: {excerpt(err.get('input'))} — {msg}")
+    more = f" (+{len(errs) - most} more)" if len(errs) > most else ""
+    return clip_message(source + "; ".join(parts) + more)
+
+
+def envelope_problem(raw: bytes, max_bytes: int, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why ``raw`` must be dropped unparsed — too long, or brackets nested deeper than
+    ``max_depth`` (counted over every byte, strings included: no valid request has brackets in
+    a string) — or ``None``. Linear in the size; no recursion, no parse."""
+    if len(raw) > max_bytes:
+        return f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
+    a = np.frombuffer(raw, dtype=np.uint8)
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
+    depth = int(np.cumsum(step).max(initial=0))
+    if depth > max_depth:
+        return f"brackets nested {depth} deep (at most {max_depth})"
+    return None
+
+
+def parse_request(raw: bytes, max_bytes: int = 16 * MAX_VECTOR) -> Request:
+    """Validate a request payload: size and nesting first (unparsed), then the strict schema.
+    Raises :class:`ConfigError` with a short message (values quoted as excerpts only)."""
+    problem = envelope_problem(raw, max_bytes)
+    if problem is not None:
+        raise ConfigError(f"request: {problem}")
     try:
         return REQUEST.validate_json(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "request: ")) from None
+        raise ConfigError(short_validation_error(exc)) from None
+
+
+def salvage_ids(raw: bytes) -> tuple[int | None, str | None, str | None]:
+    """``(id, reply_to, session)`` of a payload that failed validation, each only if it is
+    well-formed (call after :func:`envelope_problem` passed: the parse is depth-bounded)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, None, None
+    if not isinstance(data, dict):
+        return None, None, None
+    rid, to, ses = data.get("id"), data.get("reply_to"), data.get("session")
+    ok_id = type(rid) is int and 0 <= rid <= MAX_ID
+    ok_to = isinstance(to, str) and _CLIENT_RE.fullmatch(to) is not None
+    ok_ses = isinstance(ses, str) and _NONCE_RE.fullmatch(ses) is not None
+    return (rid if ok_id else None), (to if ok_to else None), (ses if ok_ses else None)
+
+
+def auth_failure(exc: Exception) -> bool:
+    """CONNACK codes of a refused login: v3 4/5 (bad credentials / not authorised), v5
+    0x86/0x87."""
+    rc = getattr(exc, "rc", None)
+    return rc is not None and reason_code(rc) in (4, 5, 0x86, 0x87)
+
+
+def reason_code(rc: Any) -> int:
+    """An MQTT return/reason code as an int (paho gives ints or ReasonCode objects)."""
+    return int(rc.value) if hasattr(rc, "value") else int(rc)

@@ -262,7 +262,7 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
     stats = AGENT_STATS[-1]  # the agent process stopped cleanly and reported
     assert stats["connections"] >= 2 and stats["errors"] == 0
     print(f"broker restart: wall {walls[0]:.2f} s, client resends {sub.resends}, agent {stats}")
-    assert sub._sessions >= 2  # the controller reconnected
+    assert sub.connections >= 2  # the controller reconnected
     assert tm.stats.connects >= 2 and tm.stats.dropped == 0 and tm.stats.sent == tm.stats.queued
     metrics = [m for m in seen if m["topic"].endswith("/metrics")]
     assert metrics and metrics[-1]["epoch"] == epochs  # telemetry resumed after the restart
@@ -302,9 +302,11 @@ async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  
             except TimeoutError:
                 pass
             assert got == []
-        # only the controller's requests arrived (hello at open and connect; close = make_safe)
+        # only the controller's requests arrived (hello at open_uri, open at connect; close =
+        # make_safe)
         assert agent.stats.ops == {
-            "hello": 2,
+            "hello": 1,
+            "open": 1,
             "set_frequencies": 1,
             "read_phases": 1,
             "release": 1,
@@ -319,44 +321,46 @@ async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  
 async def test_malformed_and_out_of_limit_payloads_are_refused(broker: Mosquitto) -> None:  # noqa: F811
     spy = SpySubstrate(vowel_model(0.0))
     omega0 = spy.omega.copy()
-    bad = {
-        "b1": b"not json at all {",
-        "b2": {"op": "explode", "id": "b2", "reply_to": "ctl"},
-        "b3": {"op": "set_frequencies", "id": "b3", "reply_to": "ctl", "omega": [0.1] * 8},
-        "b4": {"op": "set_frequencies", "id": "b4", "reply_to": "ctl", "omega": [9.0] * 9},
-        "b5": {"op": "set_frequencies", "id": "b5", "reply_to": "ctl", "omega": ["x"] * 9},
-        "b6": {"op": "clamp", "id": "b6", "reply_to": "ctl", "target": [0.1, 0.1], "beta": 5.0},
-        "b7": {"op": "read_phases", "id": "b7", "reply_to": "ctl", "averages": 0},
-        "b8": {"op": "set_couplings", "id": "b8", "reply_to": "ctl", "values": [99.0] * 24},
-        "b9": {"op": "set_biases", "id": "b9", "reply_to": "ctl", "omega": [0.0] * 9},
-        "b10": {
-            "op": "set_frequencies",
-            "id": "b10",
-            "reply_to": "ctl",
-            "omega": [0.1] * 9,
-            "extra": 1,
-        },
-        "b11": {"op": "read_phases", "id": "b11", "reply_to": "../../x", "averages": 1},
-    }
-    expect = {
-        "b2": "invalid",
-        "b3": "limit",
-        "b4": "limit",
-        "b5": "invalid",
-        "b6": "limit",
-        "b7": "invalid",
-        "b8": "limit",
-        "b9": "invalid",
-        "b10": "invalid",
-    }
     async with local_agent(broker, spy) as agent:
         cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
-        replies: dict[str, Any] = {}
-        async with cfg.client("ctl-raw") as c:
-            await c.subscribe("phasegrad/lab/chip/rpc/rep/ctl", qos=1)
+        async with cfg.client("ctl") as c:  # reads rpc/rep/ctl: its own MQTT client id
+            await c.subscribe("phasegrad/lab/chip/rpc/rep/ctl", qos=0)
+            head = {"v": 2, "reply_to": "ctl"}
+            await c.publish(
+                "phasegrad/lab/chip/rpc/req",
+                json.dumps({**head, "op": "open", "id": 1, "will": "0" * 32}),
+            )
+            async with asyncio.timeout(5):
+                opened = json.loads(bytes((await anext(aiter(c.messages))).payload))  # type: ignore[arg-type,unused-ignore]
+            ses = {**head, "session": opened["result"]["session"]}
+            bad: dict[int, bytes | dict[str, Any]] = {
+                1: b"not json at all {",
+                2: {**ses, "op": "explode", "id": 2},
+                3: {**ses, "op": "set_frequencies", "id": 3, "omega": [0.1] * 8},
+                4: {**ses, "op": "set_frequencies", "id": 4, "omega": [9.0] * 9},
+                5: {**ses, "op": "set_frequencies", "id": 5, "omega": ["x"] * 9},
+                6: {**ses, "op": "clamp", "id": 6, "target": [0.1, 0.1], "beta": 5.0},
+                7: {**ses, "op": "read_phases", "id": 7, "averages": 0},
+                8: {**ses, "op": "set_couplings", "id": 8, "values": [99.0] * 24},
+                9: {**ses, "op": "set_biases", "id": 9, "omega": [0.0] * 9},
+                10: {**ses, "op": "set_frequencies", "id": 10, "omega": [0.1] * 9, "extra": 1},
+                11: {**ses, "op": "read_phases", "id": 11, "reply_to": "../../x", "averages": 1},
+            }
+            expect = {
+                2: "invalid",
+                3: "limit",
+                4: "limit",
+                5: "invalid",
+                6: "limit",
+                7: "invalid",
+                8: "limit",
+                9: "invalid",
+                10: "invalid",
+            }
+            replies: dict[int, Any] = {}
             for payload in bad.values():
                 raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                await c.publish("phasegrad/lab/chip/rpc/req", raw, qos=1)
+                await c.publish("phasegrad/lab/chip/rpc/req", raw)
             try:
                 async with asyncio.timeout(3):
                     async for m in c.messages:
@@ -366,14 +370,12 @@ async def test_malformed_and_out_of_limit_payloads_are_refused(broker: Mosquitto
                             break
             except TimeoutError:
                 pass
-        assert agent.stats.received == len(bad)
+        assert agent.stats.received == len(bad) + 1  # + the open
         assert agent.stats.rejected == len(bad)
     assert {k: r["error"]["kind"] for k, r in replies.items()} == expect
     assert all(not r["ok"] for r in replies.values())
-    assert (
-        "omega[0]: 9 is outside the device limit [-3.0, 3.0]" in replies["b4"]["error"]["message"]
-    )
-    assert "beta" in replies["b6"]["error"]["message"]
+    assert "omega[0]: 9 is outside the device limit [-3.0, 3.0]" in replies[4]["error"]["message"]
+    assert "beta" in replies[6]["error"]["message"]
     assert spy.calls == []  # nothing reached the device
     assert np.array_equal(spy.omega, omega0)
 
@@ -409,18 +411,26 @@ async def test_timeout_and_late_reply_never_taken_for_a_later_request(broker: Mo
 async def test_repeated_request_id_is_answered_from_cache() -> None:
     spy = SpySubstrate(vowel_model(0.0))
     agent = Agent(spy, BrokerConfig(host="unused"), NAME)
-    req = json.dumps(
-        {"op": "set_frequencies", "id": "c-1", "reply_to": "ctl", "omega": [0.2] * 9}
-    ).encode()
-    read = json.dumps({"op": "read_phases", "id": "c-2", "reply_to": "ctl"}).encode()
+
+    async def open_session(client: str) -> dict[str, Any]:
+        req = {"v": 2, "op": "open", "id": 1, "reply_to": client, "will": "1" * 32}
+        out = await agent.handle(json.dumps(req).encode())
+        assert out is not None
+        return {"v": 2, "reply_to": client, "session": json.loads(out[1])["result"]["session"]}
+
+    ses = await open_session("ctl")
+    req = json.dumps({**ses, "op": "set_frequencies", "id": 2, "omega": [0.2] * 9}).encode()
+    read = json.dumps({**ses, "op": "read_phases", "id": 3}).encode()
     first = await agent.handle(req)
-    again = await agent.handle(req)
     r1 = await agent.handle(read)
-    r2 = await agent.handle(read)
-    assert first == again and r1 == r2 and first is not None and r1 is not None
+    r2 = await agent.handle(read)  # the last id again: a retry, answered from the cache
+    assert r1 == r2 and first is not None and r1 is not None
+    again = await agent.handle(req)  # an older id: refused, not re-applied
+    assert again is not None and json.loads(again[1])["error"]["kind"] == "session"
     assert spy.calls == ["frequencies", "read"]
-    assert agent.stats.executed == 2 and agent.stats.cached == 2
-    other = await agent.handle(read.replace(b'"ctl"', b'"ctl2"'))  # same id, other client
+    assert agent.stats.executed == 2 and agent.stats.cached == 1
+    ses2 = await open_session("ctl2")  # same id in another client's session: its own request
+    other = await agent.handle(json.dumps({**ses2, "op": "read_phases", "id": 3}).encode())
     assert other is not None and other[0] == "ctl2" and spy.calls.count("read") == 2
 
 
@@ -474,7 +484,7 @@ async def main():
     async with sub:
         await sub.set_frequencies([0.1] * 9)
         await sub.clamp([0.2, -0.2], 0.5)
-        print(sub.client_id, flush=True)
+        print(sub.client_id, sub.session, flush=True)
         await asyncio.sleep(60)
 asyncio.run(main())
 """
@@ -492,7 +502,8 @@ async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquit
         )
         try:
             assert proc.stdout is not None
-            client = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            client, session = line.split()
             assert spy.clamped and np.all(spy.omega == 0.1)
             proc.send_signal(signal.SIGKILL)  # no clean disconnect: the broker sends the will
             await asyncio.to_thread(proc.wait, 10)
@@ -504,20 +515,20 @@ async def test_dead_controller_leaves_the_device_safe_and_fenced(broker: Mosquit
             if proc.poll() is None:
                 proc.kill()
         assert not spy.clamped and np.array_equal(spy.omega, spy.model.safe_biases())
-        assert client in agent.fenced
-        # the vanished client's session is fenced: a late request of it is refused
+        assert agent.sessions[client].closed  # the vanished client's session is closed
+        # ... so a late request of it is refused (sent under its client id and session)
         cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
-        async with cfg.client("late-ctl") as c:
+        async with cfg.client(client) as c:
             await c.subscribe(f"phasegrad/lab/chip/rpc/rep/{client}", qos=1)
+            late = {"v": 2, "op": "read_phases", "id": 10**6, "reply_to": client}
             await c.publish(
-                "phasegrad/lab/chip/rpc/req",
-                json.dumps({"op": "read_phases", "id": "late-1", "reply_to": client}),
-                qos=1,
+                "phasegrad/lab/chip/rpc/req", json.dumps({**late, "session": session}), qos=1
             )
             async with asyncio.timeout(5):
                 m = await anext(aiter(c.messages))
         rep = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
-        assert rep["id"] == "late-1" and rep["error"]["kind"] == "session"
+        assert rep["id"] == 10**6 and rep["error"]["kind"] == "session"
+        assert "last will" in rep["error"]["message"]
     assert spy.calls.count("read") == 0
 
 

@@ -1,0 +1,235 @@
+"""Property-based fuzzing of the MQTT agent's request handler (hypothesis), transport-free:
+random bytes, random JSON over the request schema with wrong types, deep nesting and huge
+values never crash it; it answers with a short, well-formed error reply (or drops what
+nobody can be answered for); nothing reaches the device unless the request is valid and in
+the session; the next valid request works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.device.substrate import PhaseReading
+from phasegrad_hw.fleet.agent import Agent
+from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.mqtt import MAX_ID, MAX_MESSAGE_CHARS, Reply
+from phasegrad_hw.wire.mqtt import BrokerConfig as _Broker
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+OPS = (
+    "hello open set_frequencies set_biases set_couplings clamp release read_phases "
+    "read_frequencies make_safe reseed".split()
+)
+NUMERIC = {"omega", "values", "target", "beta", "averages", "seed", "direction"}
+
+
+def model() -> SimulatedDeviceModel:
+    return SimulatedDeviceModel.model_validate(
+        {
+            "n_oscillators": 4,
+            "edges": [{"i": i, "j": i + 1, "k": 1.0} for i in range(3)],
+            "roles": {"inputs": [0], "hidden": [1, 2], "outputs": [3]},
+        }
+    )
+
+
+class Spy(SimulatedSubstrate):
+    """Records what reaches the device."""
+
+    def __init__(self) -> None:
+        super().__init__(model())
+        self.calls: list[str] = []
+
+    async def _apply_biases(self, values: Array) -> None:
+        self.calls.append("biases")
+        await super()._apply_biases(values)
+
+    async def _apply_frequencies(self, omega: Array) -> None:
+        self.calls.append("frequencies")
+        await super()._apply_frequencies(omega)
+
+    async def _apply_couplings(self, values: Array) -> None:
+        self.calls.append("couplings")
+        await super()._apply_couplings(values)
+
+    async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
+        self.calls.append("clamp")
+        await super()._apply_clamp(target, beta, direction)
+
+    async def _apply_release(self) -> None:
+        self.calls.append("release")
+        await super()._apply_release()
+
+    async def _read(self, averages: int) -> PhaseReading:
+        self.calls.append("read")
+        return await super()._read(averages)
+
+
+SPY = Spy()
+AGENT = Agent(SPY, _Broker(host="unused"), "fuzz/chip")
+LOOP = asyncio.new_event_loop()
+NEXT_ID = [0]
+
+
+def _run(coro: Any) -> Any:
+    return LOOP.run_until_complete(asyncio.wait_for(coro, timeout=5))
+
+
+def _open() -> str:
+    raw = json.dumps({"v": 2, "op": "open", "id": 1, "reply_to": "ctl", "will": "a" * 32})
+    out = _run(AGENT.handle(raw.encode()))
+    assert out is not None
+    return str(json.loads(out[1])["result"]["session"])
+
+
+SESSION = _open()
+
+
+def _next_id() -> int:
+    """An id above the session's high-water mark (a fuzzed request may have raised it; near
+    the top of the id range a new session is opened)."""
+    global SESSION
+    ses = AGENT.sessions.get("ctl")
+    if ses is None or ses.nonce != SESSION or ses.closed or ses.hwm > MAX_ID - 1000:
+        SESSION = _open()
+        ses = AGENT.sessions["ctl"]
+    NEXT_ID[0] = max(NEXT_ID[0], ses.hwm) + 1
+    return NEXT_ID[0]
+
+
+def _check_reply(out: tuple[str, bytes] | None) -> Reply | None:
+    """A reply is well-formed, bounded and names a valid client."""
+    if out is None:
+        return None
+    to, payload = out
+    rep = Reply.model_validate_json(payload)
+    assert rep.boot == AGENT.boot
+    if rep.error is not None:
+        assert len(rep.error.message) <= MAX_MESSAGE_CHARS
+    assert len(payload) <= 2048 or rep.ok  # an error reply never echoes a big request
+    assert 1 <= len(to) <= 64
+    return rep
+
+
+def _assert_next_valid_works() -> None:
+    before = len(SPY.calls)
+    rid = _next_id()
+    req = {
+        "v": 2,
+        "op": "read_phases",
+        "id": rid,
+        "reply_to": "ctl",
+        "session": SESSION,
+    }
+    rep = _check_reply(_run(AGENT.handle(json.dumps(req).encode())))
+    assert rep is not None and rep.ok, rep
+    assert SPY.calls[before:] == ["read"]
+
+
+@SETTINGS
+@given(st.binary(max_size=600))
+def test_random_bytes(raw: bytes) -> None:
+    before = len(SPY.calls)
+    rep = _check_reply(_run(AGENT.handle(raw)))
+    assert rep is None or not rep.ok  # random bytes are never a valid request in the session
+    assert len(SPY.calls) == before
+    _assert_next_valid_works()
+
+
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.lists(st.one_of(st.booleans(), st.text(max_size=5), st.floats(), st.integers()), max_size=6),
+)
+
+
+@st.composite
+def request_like(draw: st.DrawFn) -> dict[str, Any]:
+    """Requests over the schema: right and wrong types in every field, wrong sessions."""
+    op = draw(st.sampled_from(OPS))
+    n = 4
+    good: dict[str, Any] = {
+        "omega": draw(st.lists(st.floats(-0.5, 0.5), min_size=n, max_size=n)),
+        "values": draw(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=n)),
+        "target": [draw(st.floats(-1.0, 1.0))],
+        "beta": draw(st.floats(0.01, 0.2)),
+        "averages": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 10)),
+        "direction": draw(st.sampled_from([1, -1])),
+    }
+    req: dict[str, Any] = {"v": 2, "op": op, "id": _next_id(), "reply_to": "ctl"}
+    req["session"] = draw(st.sampled_from([SESSION, "b" * 32, "not-a-nonce"]))
+    for name in draw(st.sets(st.sampled_from(sorted(good)), max_size=3)):
+        req[name] = good[name]
+    for name in draw(st.sets(st.sampled_from([*sorted(req), *sorted(good)]), max_size=2)):
+        req[name] = draw(JUNK)  # a wrong type or value somewhere
+    if draw(st.booleans()):
+        req.pop(draw(st.sampled_from(sorted(req))), None)
+    return req
+
+
+def _typed_right(req: dict[str, Any]) -> bool:
+    """No boolean or string where a number belongs."""
+    for k in NUMERIC & req.keys():
+        vals = req[k] if isinstance(req[k], list) else [req[k]]
+        if any(isinstance(x, (bool, str)) or x is None for x in vals):
+            return False
+    return True
+
+
+@SETTINGS
+@given(request_like())
+def test_requests_over_the_schema(req: dict[str, Any]) -> None:
+    raw = json.dumps(req).encode()
+    before = len(SPY.calls)
+    rep = _check_reply(_run(AGENT.handle(raw)))
+    if rep is not None and rep.ok and req.get("op") not in ("hello", "open"):
+        assert req.get("session") == SESSION and _typed_right(req)
+    if req.get("session") != SESSION:
+        assert len(SPY.calls) == before  # another session's request never reaches the device
+    if not _typed_right(req):
+        assert len(SPY.calls) == before
+    _assert_next_valid_works()  # (re-opens the session if the fuzzed request replaced it)
+
+
+@SETTINGS
+@given(st.integers(4, 5000), st.sampled_from(["[", "{", '{"a":[']), st.booleans())
+def test_deep_nesting_is_dropped_unparsed(depth: int, opener: str, close: bool) -> None:
+    closer = {"[": "]", "{": "}", '{"a":[': "]}"}[opener]
+    raw = (opener * depth + (closer * depth if close else "")).encode()
+    assert _run(AGENT.handle(raw)) is None
+    _assert_next_valid_works()
+
+
+def test_huge_and_deep_payloads_are_dropped_and_bool_or_str_numbers_refused() -> None:
+    dropped = AGENT.stats.dropped
+    assert _run(AGENT.handle(b"[" * 1000 + b"]" * 1000)) is None  # the 2 KB attack
+    big = {"v": 2, "op": "set_frequencies", "id": _next_id(), "reply_to": "ctl"}
+    big |= {"session": SESSION, "omega": [0.1] * 500_000}  # ~2.5 MB
+    assert _run(AGENT.handle(json.dumps(big).encode())) is None
+    assert AGENT.stats.dropped == dropped + 2
+    before = len(SPY.calls)
+    for bad in ([True] * 4, ["0.1"] * 4, [0.1, 0.1, 0.1, None], [0.1, 0.1, 0.1, float("nan")]):
+        req = {"v": 2, "op": "set_frequencies", "id": _next_id(), "reply_to": "ctl"}
+        req |= {"session": SESSION, "omega": bad}
+        rep = _check_reply(_run(AGENT.handle(json.dumps(req).encode())))
+        assert rep is not None and not rep.ok and rep.error is not None
+        assert rep.error.kind == "invalid"
+    long = {"v": 2, "op": "set_frequencies", "id": _next_id(), "reply_to": "ctl"}
+    long |= {"session": SESSION, "omega": ["x" * 1200] * 3}  # big, but under the size limit
+    rep = _check_reply(_run(AGENT.handle(json.dumps(long).encode())))
+    assert rep is not None and rep.error is not None and len(rep.error.message) < 500
+    assert "x" * 100 not in rep.error.message  # quoted as an excerpt only
+    assert len(json.dumps(long)) < AGENT.max_payload_bytes  # it was parsed, not dropped
+    assert len(SPY.calls) == before
+    assert np.all(np.isfinite(SPY.omega))
+    _assert_next_valid_works()
