@@ -14,6 +14,7 @@ import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Dataset, Encoding
 from phasegrad_hw.physics.gradients import cosine
@@ -80,8 +81,8 @@ async def gradient_under_noise() -> tuple[float, float]:
     g[:2] = 0.0  # inputs do not learn
     out = []
     for cfg in (
-        EPConfig(beta=beta, lr_omega=0.0),
-        EPConfig(beta=10 * beta, mode="centred", lr_omega=0.0),
+        EPConfig(rule=EPRule(beta=beta, lr_omega=0.0)),
+        EPConfig(rule=EPRule(beta=10 * beta, mode="centred", lr_omega=0.0)),
     ):
         ctl = EPController([SimulatedSubstrate(m, seed=1)], cfg, p)
         cos = []
@@ -103,7 +104,7 @@ async def gradient_under_noise() -> tuple[float, float]:
 async def train_and_resume() -> None:
     m = tiny_device(0.01)
     data, enc = two_blobs(), Encoding()
-    cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", lr_omega=0.05))
     p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
     kw: dict[str, Any] = {"epochs": 6, "seed": 7}
     saved: dict[int, LoopState] = {}

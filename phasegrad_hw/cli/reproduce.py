@@ -91,6 +91,7 @@ def run_vowel_study(
     """Train every configuration and return ``{"rows": [...], "evidence": {...}}``."""
     from phasegrad_hw.device.presets import builder
     from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
+    from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.tasks import Encoding
 
     build = builder(hidden)
@@ -119,7 +120,13 @@ def run_vowel_study(
         members: list[Any] = []
         blocks: list[tuple[str, str, int, int]] = []
         for pset, init in configs:
-            cfg = TrainConfig(epochs=epochs, params=pset, init=init)  # type: ignore[arg-type]
+            k7 = pset == "K7"  # the couplings of 7 random edges learn
+            cfg = TrainConfig(
+                epochs=epochs,
+                init=init,
+                rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
+                k_subset=7 if k7 else None,
+            )
             template, ms = members_from_builder(build, seeds, cfg)
             blocks.append((pset, init, len(members), len(members) + len(ms)))
             members += ms

@@ -117,8 +117,9 @@ def run_demo(
     device = str(default_device_path() or f"{model.name} (built in code)")
     if engine == "engine":
         from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, member_for_model
+        from phasegrad_hw.learning.ep import EPRule
 
-        cfg = TrainConfig(epochs=epochs, lr_omega=lr, lr_k=lr, params=params)  # type: ignore[arg-type]
+        cfg = TrainConfig(epochs=epochs, rule=EPRule(lr_omega=lr, lr_k=lr, params=params))  # type: ignore[arg-type]
         ens = Ensemble(model, [member_for_model(model, seed, cfg)], data, enc, cfg)
         res = _with_progress(ens, epochs, progress)
         acc = float(res.test_accuracy[0])
@@ -126,6 +127,7 @@ def run_demo(
     else:
         from phasegrad_hw.backends.simulated import SimulatedSubstrate
         from phasegrad_hw.learning.controller import EPConfig
+        from phasegrad_hw.learning.ep import EPRule
         from phasegrad_hw.learning.loop import train_on_substrates
 
         async def go() -> tuple[float, int]:
@@ -134,7 +136,7 @@ def run_demo(
                     [sub],
                     data,
                     enc,
-                    EPConfig(lr_omega=lr, lr_k=lr, params=params),  # type: ignore[arg-type]
+                    EPConfig(rule=EPRule(lr_omega=lr, lr_k=lr, params=params)),  # type: ignore[arg-type]
                     epochs=epochs,
                     seed=seed,
                     progress=progress,
@@ -324,6 +326,7 @@ async def _train(
 ) -> dict[str, Any]:
     from phasegrad_hw.device.registry import open_substrate
     from phasegrad_hw.learning.controller import EPConfig
+    from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.loop import LoopState, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_task
 
@@ -331,7 +334,9 @@ async def _train(
     dataset = load_task(o.task, data, seed=o.seed)
     enc = Encoding(readout=o.readout)
     ep = EPConfig(
-        params=o.params, lr_omega=o.lr, lr_k=o.lr, beta=o.beta, mode=o.mode, averages=o.averages
+        rule=EPRule(
+            params=o.params, lr_omega=o.lr, lr_k=o.lr, beta=o.beta, mode=o.mode, averages=o.averages
+        )
     )
     rs: Any = None
     run_id = resume

@@ -12,6 +12,7 @@ from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.learning.controller import EPConfig, Parameters
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopState, seed_for, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding
 from tests.doubles import ScriptedSubstrate, blobs, model_tiny
@@ -26,7 +27,7 @@ def _p0(model, w_out: float = -0.6) -> Parameters:  # type: ignore[no-untyped-de
 
 async def test_short_run_learns() -> None:
     m = model_tiny(readout_noise_rad=0.01)
-    cfg = EPConfig(beta=0.1, lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.1, lr_omega=0.05))
     enc = Encoding()
     before = await train_on_substrates(
         [SimulatedSubstrate(m)], DATA, enc, cfg, epochs=0, seed=3, params=_p0(m)
@@ -54,7 +55,7 @@ async def test_short_run_learns() -> None:
 @pytest.mark.parametrize("devices", ["single", "batch2"])
 async def test_resume_from_mid_run_state_is_exact(devices: str) -> None:
     m = model_tiny(readout_noise_rad=0.02)  # noisy: exactness needs the per-epoch reseed
-    cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05, lr_k=0.02, params="both")
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", lr_omega=0.05, lr_k=0.02, params="both"))
     enc = Encoding()
 
     def subs() -> list[OscillatorSubstrate]:
@@ -97,7 +98,7 @@ async def test_sample_order_and_reseed_follow_the_seed() -> None:
         [sub],
         DATA,
         enc,
-        EPConfig(lr_omega=0.01),
+        EPConfig(rule=EPRule(lr_omega=0.01)),
         epochs=2,
         seed=seed,
         params=_p0(m),
@@ -134,7 +135,7 @@ async def test_progress_bar_sync_hook_and_validation() -> None:
         [SimulatedSubstrate(m)],
         DATA,
         Encoding(),
-        EPConfig(lr_omega=0.05),
+        EPConfig(rule=EPRule(lr_omega=0.05)),
         epochs=2,
         seed=1,
         params=_p0(m),
@@ -157,7 +158,7 @@ async def test_default_initial_parameters_come_from_seeding() -> None:
         [SimulatedSubstrate(m)],
         DATA,
         Encoding(),
-        EPConfig(lr_omega=0.0),
+        EPConfig(rule=EPRule(lr_omega=0.0)),
         epochs=1,
         seed=5,
         on_epoch_end=states.append,
