@@ -123,7 +123,7 @@ def run_vowel_study(
             k7 = pset == "K7"  # the couplings of 7 random edges learn
             cfg = TrainConfig(
                 epochs=epochs,
-                init=init,
+                init=init,  # type: ignore[arg-type]
                 rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
                 k_subset=7 if k7 else None,
             )
