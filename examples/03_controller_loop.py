@@ -90,7 +90,7 @@ async def gradient_under_noise() -> tuple[float, float]:
             rep = await ctl.step([Sample(x, t)])
             assert rep.grad_omega is not None
             cos.append(float(cosine(rep.grad_omega, g)))
-        mode, b = cfg.mode, cfg.beta
+        mode, b = cfg.rule.mode, cfg.rule.beta
         # noise per channel √2·σ/β one-sided, σ/(√2·β) centred
         noise = (np.sqrt(2) if mode == "one_sided" else 1 / np.sqrt(2)) * sigma / b
         print(

@@ -90,7 +90,8 @@ def run_vowel_study(
 ) -> dict[str, Any]:
     """Train every configuration and return ``{"rows": [...], "evidence": {...}}``."""
     from phasegrad_hw.device.presets import builder
-    from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
+    from phasegrad_hw.engine.ensemble import Ensemble
+    from phasegrad_hw.engine.members import TrainConfig, members_from_builder
     from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.tasks import Encoding
 

@@ -116,7 +116,8 @@ def run_demo(
     enc = Encoding(readout=readout, margin=margin)  # type: ignore[arg-type]
     device = str(default_device_path() or f"{model.name} (built in code)")
     if engine == "engine":
-        from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, member_for_model
+        from phasegrad_hw.engine.ensemble import Ensemble
+        from phasegrad_hw.engine.members import TrainConfig, member_for_model
         from phasegrad_hw.learning.ep import EPRule
 
         cfg = TrainConfig(epochs=epochs, rule=EPRule(lr_omega=lr, lr_k=lr, params=params))  # type: ignore[arg-type]

@@ -28,14 +28,18 @@ from phasegrad_hw.physics._kernels import (
     NUDGE_LINEAR,
     NUDGE_NONE,
     Graph,
+    Newton,
     Nudge,
     Stop,
     Work,
     edges_stable,
+    make_graph,
     make_work,
     newton,
+    newton_policy,
     wrap,
 )
+from phasegrad_hw.physics.policy import NEWTON
 
 
 class Status(IntEnum):
@@ -107,6 +111,50 @@ class EpochOut(NamedTuple):
     free_out: np.ndarray
     status: np.ndarray
     stop: np.ndarray
+
+
+class Fixed(NamedTuple):
+    """The argument groups that stay fixed over a training run."""
+
+    net: Net
+    rule: Rule
+    targets: Targets
+    newton: Newton
+
+
+def fixed_args(model, rule, encoding) -> Fixed:
+    """Kernel tuples for a device model, an :class:`~phasegrad_hw.learning.ep.EPRule` and an
+    encoding: topology and roles, the rule with the device limits as projection bounds, the
+    clamp-target encoding, and the Newton policy :data:`~phasegrad_hw.physics.policy.NEWTON`."""
+    edges = model.edge_index
+    roles = model.roles
+    outputs = np.asarray(roles.outputs, dtype=np.int64)
+    lim = model.limits
+    diff = encoding.readout == "difference"
+    return Fixed(
+        Net(
+            make_graph(model.n, edges[:, 0], edges[:, 1], roles.reference),
+            np.asarray(roles.inputs, dtype=np.int64),
+            outputs,
+        ),
+        Rule(
+            rule.beta,
+            rule.lr_omega,
+            rule.lr_k,
+            rule.clip,
+            rule.basin_jump_rad,
+            lim.omega.min,
+            lim.omega.max,
+            lim.coupling.min,
+            lim.coupling.max,
+        ),  # fmt: skip
+        Targets(
+            {"quadratic": 1, "hinge": 2}[encoding.difference_loss] if diff else 0,
+            np.ascontiguousarray(encoding.templates(len(outputs)), dtype=np.float64),
+            float(encoding.margin),
+        ),
+        newton_policy(NEWTON),
+    )
 
 
 class _Work(NamedTuple):

@@ -22,153 +22,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field
 
-from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
-from phasegrad_hw.learning.seeding import Init, initial_omega
+from phasegrad_hw.engine.members import Member, TrainConfig, members_from_builder
+from phasegrad_hw.engine.results import EnsembleResult, EpochSummary, accuracy_from_outputs
+from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPState, ep_update
 from phasegrad_hw.learning.tasks import Dataset, Encoding
 from phasegrad_hw.physics import Equilibrium, centred, solve_equilibrium, wrap
-from phasegrad_hw.physics.policy import NEWTON
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
-TOPOLOGY_STREAM = 0x7090  # rng stream (with the seed) that draws a member's couplings
-EDGE_STREAM = 0xED6E  # rng stream that picks the K7 edge subset
-
-
-class TrainConfig(StrictModel):
-    """Training settings (defaults: the published vowel setting, docs/design.md §2): the EP
-    ``rule`` (:class:`~phasegrad_hw.learning.ep.EPRule`; ``averages`` is unused, the engine
-    reads noiselessly) and the engine's own run settings."""
-
-    rule: EPRule = Field(default_factory=EPRule)
-    epochs: int = Field(default=200, ge=0, le=100_000)
-    # learn the couplings of only this many random edges (per seed; the published "K7")
-    k_subset: int | None = Field(default=None, ge=1)
-    init: Init = "random"
-    batch_size: int = Field(default=1, ge=1)  # 1 = online SGD (published)
-    test_every: int = Field(default=1, ge=1)  # evaluate the test split every n epochs (+ last)
-    parallel: bool = False  # compiled engine: spread members over CPU threads (same results)
-
-
-@dataclass
-class Member:
-    """One network of an ensemble: its seed, parameters and learnable subsets."""
-
-    seed: int
-    omega: Array  # (N,) natural frequencies (model units); input entries overwritten per sample
-    coupling: Array  # (E,) couplings on the template's edges
-    learn_omega: NDArray[np.bool_]  # (N,)
-    learn_k: NDArray[np.bool_]  # (E,)
-
-
-def learnable_masks(
-    model: DeviceModel, rule: EPRule, seed: int, k_subset: int | None = None
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """(ω mask, K mask) for the rule's parameter set; ``k_subset`` picks that many learnable
-    edges with the seed (else every edge learns)."""
-    n, E = model.n, len(model.edges)
-    lw = np.zeros(n, dtype=bool)
-    lk = np.zeros(E, dtype=bool)
-    if rule.learns_omega:
-        lw[model.roles.hidden + model.roles.outputs] = True
-    if rule.learns_coupling and k_subset is None:
-        lk[:] = True
-    elif rule.learns_coupling and k_subset is not None:
-        if k_subset > E:
-            raise ValueError(f"k_subset: {k_subset} exceeds the {E} edges of the device")
-        pick = np.random.default_rng([seed, EDGE_STREAM]).choice(E, k_subset, replace=False)
-        lk[pick] = True
-    return lw, lk
-
-
-def member_for_model(
-    model: DeviceModel,
-    seed: int,
-    config: TrainConfig,
-    omega: Array | None = None,
-    coupling: Array | None = None,
-) -> Member:
-    """A member on a fixed device model: couplings from the model, ω from
-    :func:`phasegrad_hw.learning.seeding.initial_omega` with ``default_rng(seed)`` (the loop's
-    rule)."""
-    k = model.coupling_values() if coupling is None else np.asarray(coupling, dtype=np.float64)
-    w = (
-        initial_omega(model, np.random.default_rng(seed), config.init, k)
-        if omega is None
-        else np.asarray(omega, dtype=np.float64).copy()
-    )
-    lw, lk = learnable_masks(model, config.rule, seed, config.k_subset)
-    return Member(seed, w, k.copy(), lw, lk)
-
-
-def members_from_builder(
-    builder: Callable[[np.random.Generator], DeviceModel], seeds: Sequence[int], config: TrainConfig
-) -> tuple[DeviceModel, list[Member]]:
-    """One member per seed, each with its own couplings drawn by ``builder`` from
-    ``default_rng([seed, TOPOLOGY_STREAM])``; returns (template model, members)."""
-    members: list[Member] = []
-    template: DeviceModel | None = None
-    for s in seeds:
-        model = builder(np.random.default_rng([s, TOPOLOGY_STREAM]))
-        if template is None:
-            template = model
-        elif model.edge_index.tolist() != template.edge_index.tolist():
-            raise ValueError("builder: members must share one topology")
-        members.append(member_for_model(model, s, config))
-    if template is None:
-        raise ValueError("seeds: at least one seed is required")
-    return template, members
-
-
-@dataclass
-class EpochSummary:
-    """Per-epoch summary over the ensemble (arrays have one entry per member)."""
-
-    epoch: int  # 1-based count of completed epochs
-    train_accuracy: Array  # running accuracy of the free states seen during the epoch
-    test_accuracy: Array | None  # None when the test split was not evaluated this epoch
-    skipped: NDArray[np.int64]  # skipped samples this epoch
-    seconds: float
-
-
-@dataclass
-class EnsembleResult:
-    """Trained parameters and accuracies of an ensemble run."""
-
-    seeds: list[int]
-    omega: Array  # (B, N)
-    coupling: Array  # (B, E)
-    test_out: Array  # (B, n_test, n_out) final free output phases (NaN where not locked)
-    test_accuracy: Array  # (B,) under the training encoding's readout
-    history: list[EpochSummary]
-    skipped_unlocked: NDArray[np.int64]  # (B,)
-    skipped_basin_jump: NDArray[np.int64]  # (B,)
-    seconds: float
-    steps: int = 0
-
-    @property
-    def skipped(self) -> NDArray[np.int64]:
-        return self.skipped_unlocked + self.skipped_basin_jump
-
-    def accuracy(self, encoding: Encoding, y_test: NDArray[np.int64]) -> Array:
-        """(B,) test accuracy of the final networks under any readout of ``encoding``."""
-        return accuracy_from_outputs(self.test_out, y_test, encoding)
-
-
-def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
-    """Accuracy per member; unlocked samples (NaN phases) count as wrong."""
-    bad = ~np.all(np.isfinite(out), axis=-1)
-    pred = encoding.predict(np.where(bad[..., None], 0.0, out))
-    right = (pred == y) & ~bad
-    return np.asarray(right.mean(axis=-1), dtype=np.float64)
 
 
 def _load_kernels() -> Any:
@@ -178,45 +45,6 @@ def _load_kernels() -> Any:
     except ImportError:
         return None
     return _training_numba
-
-
-@dataclass(frozen=True)
-class _KernelArgs:
-    """The compiled kernels' fixed argument groups of one ensemble."""
-
-    net: Any
-    rule: Any
-    targets: Any
-    newton: Any
-
-
-def _kernel_args(K: Any, ens: Ensemble) -> _KernelArgs:
-    """Topology and roles, the rule with the projection bounds, the clamp-target encoding
-    and the Newton policy (:data:`~phasegrad_hw.physics.policy.NEWTON`) as kernel tuples."""
-    from phasegrad_hw.physics._kernels import make_graph, newton_policy
-
-    rule = ens.cfg.rule
-    lim = ens.model.limits
-    enc = ens.enc
-    tmode = {"quadratic": 1, "hinge": 2}[enc.difference_loss] if enc.readout == "difference" else 0
-    return _KernelArgs(
-        K.Net(
-            make_graph(ens.n, ens.edges[:, 0], ens.edges[:, 1], ens.ref), ens.inputs, ens.outputs
-        ),
-        K.Rule(
-            rule.beta,
-            rule.lr_omega,
-            rule.lr_k,
-            rule.clip,
-            rule.basin_jump_rad,
-            lim.omega.min,
-            lim.omega.max,
-            lim.coupling.min,
-            lim.coupling.max,
-        ),  # fmt: skip
-        K.Targets(tmode, np.ascontiguousarray(enc.templates(len(ens.outputs))), float(enc.margin)),
-        newton_policy(NEWTON),
-    )
 
 
 class Ensemble:
@@ -292,7 +120,7 @@ class Ensemble:
             if compiled and self._kernels is None:
                 raise ValueError("compiled: True needs numba (pip install 'phasegrad-hw[fast]')")
         if self._kernels is not None:
-            self._k = _kernel_args(self._kernels, self)
+            self._k = self._kernels.fixed_args(template, config.rule, encoding)
 
     # -- physics helpers ------------------------------------------------------------
     def K_matrix(self, coupling: Array) -> Array:

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.device.presets import vowel_2_5_2
 from phasegrad_hw.device.substrate import PhaseReading
-from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, member_for_model
+from phasegrad_hw.engine.ensemble import Ensemble
+from phasegrad_hw.engine.members import TrainConfig, member_for_model
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, _Readings
 from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels

@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.device.presets import layered, vowel_2_5_2
-from phasegrad_hw.engine.ensemble import (
-    Ensemble,
-    TrainConfig,
-    member_for_model,
-    members_from_builder,
-    train_ensemble,
-    train_seeds,
-)
+from phasegrad_hw.engine.ensemble import Ensemble, train_ensemble, train_seeds
+from phasegrad_hw.engine.members import TrainConfig, member_for_model, members_from_builder
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.seeding import initial_omega, spectral_seed
 from phasegrad_hw.learning.tasks import Encoding, load_vowels, synthetic_vowels
