@@ -10,6 +10,10 @@ linear nudge, one sample per step — pinned to it by tests/unit/test_ep_rule.py
 whose fast solve fails is reported (:attr:`Status.FAST_FAILED`) and left untouched, so the
 engine redoes its step on the robust numpy/physics path.
 
+numba's on-disk cache (``cache=True``) is keyed on this file's content only: after a change to
+:mod:`phasegrad_hw.physics._kernels` (compiled into these kernels), delete this package's
+``__pycache__/*.nbi`` so the kernels are rebuilt.
+
 Arguments are grouped in NamedTuples (:class:`Net`, :class:`Rule`, :class:`Targets`,
 :class:`Members`, :class:`Epoch`, :class:`EpochOut`, the physics :class:`Newton` policy).
 """
@@ -159,8 +163,7 @@ def fixed_args(model, rule, encoding) -> Fixed:
 
 class _Work(NamedTuple):
     nw: Work  # the Newton solver's arrays
-    free: Nudge  # no nudge
-    nudged: Nudge  # linear nudge of strength β on the outputs toward tgt
+    nudge: Nudge  # linear nudge of strength β on the outputs toward tgt (free: unused)
     w: np.ndarray
     wc: np.ndarray
     fth: np.ndarray
@@ -179,8 +182,7 @@ def _workspace(net, beta):
     tgt = np.zeros(n)
     return _Work(
         make_work(n, g.ei.shape[0]),
-        Nudge(NUDGE_NONE, bet, tgt),
-        Nudge(NUDGE_LINEAR, bet, tgt),
+        Nudge(bet, tgt),
         np.empty(n),
         np.empty(n),
         np.empty(n),
@@ -202,13 +204,13 @@ def _stop(wc, kk, pol):
     for i in range(n):
         wmax = max(wmax, abs(wc[i]))
     floor = pol.floor_factor * EPS * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
-    return Stop(max(pol.tol, floor), 0.0, pol.fast_iters, False)
+    return Stop(max(pol.tol, floor), 0.0, pol.fast_iters)
 
 
 @njit(cache=True, inline="always")
-def _solve_fast(g, nw, wc, kk, th, nudge, pol, stop, reuse):
+def _solve_fast(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse):
     """Undamped Newton; True when converged with every edge at cos Δθ > 0. θ is wrapped."""
-    done, _ = newton(g, nw, wc, kk, th, nudge, pol, stop, reuse)
+    done, _ = newton(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse, False)
     # stability from the last evaluated sines/cosines: exact at θ when the residual test
     # ended the run, within step_done_rad of θ when a tiny step did
     stable = edges_stable(g, nw)
@@ -237,10 +239,11 @@ def solve_many(g, pol, W, k, theta0):
     ok = np.zeros(M, dtype=np.bool_)
     nw = make_work(n, g.ei.shape[0])
     wc = np.empty(n)
-    free = Nudge(NUDGE_NONE, np.zeros(n), np.zeros(n))
+    free = Nudge(np.zeros(n), np.zeros(n))
     for r in range(M):
         _centre(W[r], wc)
-        ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, pol, _stop(wc, k[r], pol), False)
+        stop = _stop(wc, k[r], pol)
+        ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
     return th, ok
 
 
@@ -326,15 +329,15 @@ def _member_step(b, net, rule, tg, pol, mem, warm, xin, yy, free_out, ws):
     for i in range(n):
         fth[i] = warm[i]
     stop = _stop(wc, kk, pol)
-    if not _solve_fast(g, ws.nw, wc, kk, fth, ws.free, pol, stop, False):
+    if not _solve_fast(g, ws.nw, wc, kk, fth, ws.nudge, NUDGE_NONE, pol, stop, False):
         return Status.FAST_FAILED
     for o in range(net.outputs.shape[0]):
         free_out[o] = fth[net.outputs[o]]
-    _set_targets(tg, net, fth, yy, ws.gout, ws.nudged.tgt)
+    _set_targets(tg, net, fth, yy, ws.gout, ws.nudge.tgt)
     for i in range(n):
         pth[i] = fth[i]
     # the nudged solve starts where the free one ended: its node sines/cosines are known
-    if not _solve_fast(g, ws.nw, wc, kk, pth, ws.nudged, pol, stop, True):
+    if not _solve_fast(g, ws.nw, wc, kk, pth, ws.nudge, NUDGE_LINEAR, pol, stop, True):
         return Status.FAST_FAILED
     for i in range(n):
         warm[i] = fth[i]

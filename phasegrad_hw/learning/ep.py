@@ -27,7 +27,10 @@ from pydantic import Field
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import Limits
 from phasegrad_hw.physics import CouplingFunction, wrap
-from phasegrad_hw.physics.gradients import coupling_gradient_two_phase, two_phase_gradient
+from phasegrad_hw.physics.gradients import (
+    coupling_gradient_two_phase,
+    two_phase_from_displacement,
+)
 
 Array = NDArray[np.float64]
 Mask = NDArray[np.bool_]
@@ -115,11 +118,19 @@ class EPUpdate:
     grad_coupling: Array
 
 
-def _masked_mean(g: Array, valid: Mask, learn: Mask) -> Array:
+def _masked_mean(g: Array, valid: Mask, all_valid: bool, learn: Mask) -> Array:
     """Mean of g (B, m, P) over valid samples (B, m), zero off ``learn`` (B, P)."""
-    den = np.maximum(valid.sum(axis=1), 1)[:, None].astype(np.float64)
-    mean = np.where(valid[..., None], g, 0.0).sum(axis=1) / den
+    if all_valid:
+        mean = g.sum(axis=1) / float(g.shape[1])
+    else:
+        den = np.maximum(valid.sum(axis=1), 1)[:, None].astype(np.float64)
+        mean = np.where(valid[..., None], g, 0.0).sum(axis=1) / den
     return np.where(learn, mean, 0.0)
+
+
+def _step(x: Array, lr: float, g: Array, clip: float, lo: float, hi: float) -> Array:
+    """Π(x − lr·clip(g)): clipped gradient step projected onto [lo, hi]."""
+    return np.minimum(np.maximum(x - lr * np.minimum(np.maximum(g, -clip), clip), lo), hi)
 
 
 def ep_update(rule: EPRule, readings: EPReadings, state: EPState, net: EPNetwork) -> EPUpdate:
@@ -130,28 +141,35 @@ def ep_update(rule: EPRule, readings: EPReadings, state: EPState, net: EPNetwork
     if centred and minus is None:
         raise ValueError("readings.minus: the centred rule needs the θ^{−β} readings")
     ok = np.asarray(readings.locked, dtype=bool)
-    jump = np.abs(wrap(plus - free)).max(axis=-1) > rule.basin_jump_rad
+    d_plus = wrap(plus - free)  # wrapped displacements (rad)
+    disp = np.abs(d_plus).max(axis=-1)
     if centred:
         assert minus is not None
-        jump |= np.abs(wrap(minus - free)).max(axis=-1) > rule.basin_jump_rad
-    jump &= ok
+        disp = np.maximum(disp, np.abs(wrap(minus - free)).max(axis=-1))
+    jump = (disp > rule.basin_jump_rad) & ok
     valid = ok & ~jump
+    all_valid = bool(valid.all())
     updated = valid.any(axis=1)
     m_ph = minus if centred else None
     learn_w = state.learn_omega & updated[:, None]
     learn_k = state.learn_coupling & updated[:, None]
     omega, coupling = state.omega, state.coupling
-    g_w = np.zeros_like(omega)
-    g_k = np.zeros_like(coupling)
     lim = net.limits
     if learn_w.any():
-        g = two_phase_gradient(free, plus, beta, m_ph, ref=net.reference)
-        g_w = _masked_mean(g, valid, state.learn_omega)
-        step = omega - rule.lr_omega * np.clip(g_w, -rule.clip, rule.clip)
-        omega = np.where(learn_w, np.clip(step, lim.omega.min, lim.omega.max), omega)
+        if m_ph is not None:
+            g = two_phase_from_displacement(wrap(plus - m_ph), 2.0 * beta, net.reference)
+        else:
+            g = two_phase_from_displacement(d_plus, beta, net.reference)
+        g_w = _masked_mean(g, valid, all_valid, state.learn_omega)
+        new = _step(omega, rule.lr_omega, g_w, rule.clip, lim.omega.min, lim.omega.max)
+        omega = np.where(learn_w, new, omega)
+    else:
+        g_w = np.zeros(omega.shape)
     if learn_k.any():
         gk = coupling_gradient_two_phase(free, plus, net.edges, beta, m_ph, net.coupling)
-        g_k = _masked_mean(gk, valid, state.learn_coupling)
-        step = coupling - rule.lr_k * np.clip(g_k, -rule.clip, rule.clip)
-        coupling = np.where(learn_k, np.clip(step, lim.coupling.min, lim.coupling.max), coupling)
+        g_k = _masked_mean(gk, valid, all_valid, state.learn_coupling)
+        new = _step(coupling, rule.lr_k, g_k, rule.clip, lim.coupling.min, lim.coupling.max)
+        coupling = np.where(learn_k, new, coupling)
+    else:
+        g_k = np.zeros(coupling.shape)
     return EPUpdate(omega, coupling, valid, ~ok, jump, updated, g_w, g_k)

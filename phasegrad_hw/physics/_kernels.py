@@ -82,12 +82,11 @@ def newton_policy(
 class Stop(NamedTuple):
     """When one Newton run stops: residual ``tol`` (max|F̃|, or ‖F̃‖ for the damped un-nudged
     run), rounding ``floor`` (damped: line-search acceptance and stall test), ``max_iter``
-    iterations, ``damped`` (line search) or not."""
+    iterations."""
 
     tol: float
     floor: float
     max_iter: int
-    damped: bool
 
 
 class Graph(NamedTuple):
@@ -106,9 +105,10 @@ class Graph(NamedTuple):
 
 
 class Nudge(NamedTuple):
-    """``kind`` NUDGE_*; ``bet`` (N,) signed strength (0 off the outputs); ``tgt`` (N,) rad."""
+    """``bet`` (N,) signed strength (0 off the outputs); ``tgt`` (N,) target phases (rad).
+    Its kind (NUDGE_*) is passed beside it, a constant at the engine's call sites so the
+    compiled code keeps only that branch."""
 
-    kind: int
     bet: np.ndarray
     tgt: np.ndarray
 
@@ -206,9 +206,10 @@ def wrap(x):
 
 
 @njit(cache=True, inline="always")
-def _evaluate(g, ws, w, kk, th, nudge, reuse):
+def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
     """F̃ at θ into ws.F (and K cos Δ, the nudge's diagonal, node sin/cos); returns
-    (max|F̃|, ‖F̃‖²) over the non-reference rows. ``reuse``: ws.sn/ws.cs already hold θ's."""
+    (max|F̃|, ‖F̃‖² if ``l2`` else 0) over the non-reference rows. ``reuse``: ws.sn/ws.cs
+    already hold θ's."""
     n = w.shape[0]
     F, sn, cs, kc = ws.F, ws.sn, ws.cs, ws.kc
     ref = g.ref
@@ -228,10 +229,10 @@ def _evaluate(g, ws, w, kk, th, nudge, reuse):
         kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
         F[i] += s
         F[j] -= s
-    if nudge.kind == NUDGE_LINEAR:
+    if kind == NUDGE_LINEAR:
         for i in range(n):
             F[i] += nudge.bet[i] * (nudge.tgt[i] - th[i])
-    elif nudge.kind == NUDGE_INJECTION:
+    elif kind == NUDGE_INJECTION:
         for i in range(n):
             d = nudge.tgt[i] - th[i]
             F[i] += nudge.bet[i] * math.sin(d)
@@ -241,12 +242,13 @@ def _evaluate(g, ws, w, kk, th, nudge, reuse):
     for i in range(n):
         if i != ref:
             res = max(res, abs(F[i]))
-            nrm += F[i] * F[i]
+            if l2:
+                nrm += F[i] * F[i]
     return res, nrm
 
 
 @njit(cache=True, inline="always")
-def _assemble(g, ws, nudge):
+def _assemble(g, ws, nudge, kind):
     """−J̃ at the last evaluated point into the lower triangle of ws.A."""
     A, kc, red = ws.A, ws.kc, g.red
     m = A.shape[0]
@@ -261,8 +263,8 @@ def _assemble(g, ws, nudge):
         if p >= 0:
             A[p, p] += c
             A[q, p] -= c
-    if nudge.kind != NUDGE_NONE:
-        diag = nudge.bet if nudge.kind == NUDGE_LINEAR else ws.nd
+    if kind != NUDGE_NONE:
+        diag = nudge.bet if kind == NUDGE_LINEAR else ws.nd
         for i in range(red.shape[0]):
             if i != g.ref:
                 A[red[i], red[i]] += diag[i]
@@ -359,11 +361,12 @@ def _lu_solve(A, x, L):
 
 
 @njit(cache=True, inline="always")
-def newton(g, ws, w, kk, th, nudge, pol, stop, reuse):
+def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
     """Newton iteration on θ (N,) in place (reference set to 0); returns (done, iterations).
 
     ``w`` (N,) frequencies, ``kk`` (E,) edge couplings, ``pol`` a :class:`Newton` (trust
-    region, line search, step test), ``stop`` a :class:`Stop`. Undamped: stop when
+    region, line search, step test), ``stop`` a :class:`Stop`; ``kind`` the nudge's NUDGE_*,
+    ``reuse`` see :func:`_evaluate`, ``damped`` line search or not. Undamped: stop when
     max|F̃| <= tol or a step is below ``step_done_rad``; a failed Cholesky returns
     (False, it). Damped: stop when the residual test passes (max|F̃| <= tol when nudged,
     ‖F̃‖ <= tol otherwise, as the numpy path) or the line search stalls at the rounding
@@ -374,22 +377,23 @@ def newton(g, ws, w, kk, th, nudge, pol, stop, reuse):
     th0 = th[ref]
     for i in range(n):
         th[i] -= th0
-    res, nrm = _evaluate(g, ws, w, kk, th, nudge, reuse)
-    damped = stop.damped
+    res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, reuse, damped)
     floor = stop.floor
-    l2 = damped and nudge.kind == NUDGE_NONE
+    l2 = damped and kind == NUDGE_NONE
     tol = stop.tol
     it = 0
     while it < stop.max_iter:
         if (nrm <= tol * tol) if l2 else (res <= tol):
             return True, it
-        _assemble(g, ws, nudge)
+        _assemble(g, ws, nudge, kind)
         rhs = ws.rhs
         for i in range(n):
             if i != ref:
                 rhs[red[i]] = ws.F[i]
-        if cholesky(ws.A, ws.L, 0.0):
-            _cholesky_solve(ws.L, rhs)
+        # undamped runs factor in place (−J̃ is not needed again)
+        L = ws.L if damped else ws.A
+        if cholesky(ws.A, L, 0.0):
+            _cholesky_solve(L, rhs)
         elif damped:
             _lu_solve(ws.A, rhs, ws.L)
         else:
@@ -408,7 +412,7 @@ def newton(g, ws, w, kk, th, nudge, pol, stop, reuse):
                 # the tolerance, so the extra residual evaluation is skipped
                 return True, it
             if it < stop.max_iter:
-                res, nrm = _evaluate(g, ws, w, kk, th, nudge, False)
+                res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
             continue
         trial = ws.trial
         alpha = 1.0
@@ -416,7 +420,7 @@ def newton(g, ws, w, kk, th, nudge, pol, stop, reuse):
         for _ls in range(pol.line_search_halvings):
             for i in range(n):
                 trial[i] = th[i] if i == ref else th[i] + alpha * (scale * rhs[red[i]])
-            rt, nt = _evaluate(g, ws, w, kk, trial, nudge, False)
+            rt, nt = _evaluate(g, ws, w, kk, trial, nudge, kind, False, True)
             if nt <= (1.0 - pol.armijo * alpha) * nrm or rt <= floor:
                 break
             alpha *= 0.5
@@ -534,9 +538,10 @@ def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol):
     else:
         scale = 1.0 + wmax + karow
     floor = pol.floor_factor * EPS * scale * math.sqrt(n)
-    nudge = Nudge(kind, bet, tg)
+    nudge = Nudge(bet, tg)
     ws = make_work(n, kk.shape[0])
-    _, it = newton(g, ws, w, kk, th, nudge, pol, Stop(pol.tol, floor, pol.max_iter, True), False)
+    stop = Stop(pol.tol, floor, pol.max_iter)
+    _, it = newton(g, ws, w, kk, th, nudge, kind, pol, stop, False, True)
     big = 0.0
     for i in range(n):
         big = max(big, abs(th[i]))
@@ -544,9 +549,9 @@ def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol):
         for i in range(n):
             if i != ref:
                 th[i] = wrap(th[i])
-    res, _ = _evaluate(g, ws, w, kk, th, nudge, False)
+    res, _ = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
     converged = res <= max(pol.tol, floor)
-    _assemble(g, ws, nudge)
+    _assemble(g, ws, nudge, kind)
     amax = 0.0
     for i in range(m):
         for j in range(i + 1):
