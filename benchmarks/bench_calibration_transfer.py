@@ -33,6 +33,7 @@ from phasegrad_hw.calibration.transfer import calibrate_transfer
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.learning.controller import EPConfig, Parameters
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, LoopResult, train_on_substrates
 from phasegrad_hw.learning.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 from phasegrad_hw.physics import centred
@@ -40,7 +41,7 @@ from phasegrad_hw.physics import centred
 REPO = Path(__file__).resolve().parents[1]
 CSV = REPO.parent / "shared" / "data" / "hillenbrand_vowels.csv"
 MISMATCH = 0.03  # σ(V_th)/V_th
-CFG = EPConfig(beta=0.2, mode="centred", averages=4, lr_omega=0.03)
+CFG = EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=4, lr_omega=0.03))
 ENC = Encoding(readout="mean_phase", margin=0.3)  # the train CLI defaults
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from tests.doubles import model_2_5_2  # noqa: E402
@@ -49,7 +50,9 @@ class InstantSubstrate(OscillatorSubstrate):
 
 async def _time_steps(subs: list[OscillatorSubstrate], mode: str, steps: int) -> float:
     m = subs[0].model
-    ctl = EPController(subs, EPConfig(mode=mode), Parameters(np.zeros(m.n), m.coupling_values()))  # type: ignore[arg-type]
+    ctl = EPController(
+        subs, EPConfig(rule=EPRule(mode=mode)), Parameters(np.zeros(m.n), m.coupling_values())
+    )  # type: ignore[arg-type]
     xs = np.random.default_rng(0).uniform(-1.5, 1.5, (steps * len(subs), 2))
     tgt = np.array([-0.2, 0.2])
     t0 = time.perf_counter()

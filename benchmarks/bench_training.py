@@ -33,7 +33,8 @@ from scipy.optimize import fsolve
 
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.presets import vowel_2_5_2
-from phasegrad_hw.engine.ensemble import TOPOLOGY_STREAM, TrainConfig, _load_kernels, train_seeds
+from phasegrad_hw.engine.ensemble import _load_kernels, train_seeds
+from phasegrad_hw.engine.members import TOPOLOGY_STREAM, TrainConfig
 from phasegrad_hw.learning.seeding import initial_omega
 from phasegrad_hw.learning.tasks import Dataset, Encoding, load_vowels, synthetic_vowels
 
@@ -57,7 +58,7 @@ def baseline_run(
     learn = np.zeros(n, dtype=bool)
     learn[model.roles.hidden + model.roles.outputs] = True
     beta = np.zeros(n)
-    beta[out] = cfg.beta
+    beta[out] = cfg.rule.beta
 
     def full(r: Array) -> Array:
         th = np.zeros(n)
@@ -83,13 +84,15 @@ def baseline_run(
             tgt = np.zeros(n)
             tgt[out] = enc.clamp_targets(int(data.y_train[i]), th[out])
             thb = equilibrium(w, tgt, th)
-            g = -(thb - th) / cfg.beta
+            g = -(thb - th) / cfg.rule.beta
             g[ref] = 0.0
-            if np.abs(thb - th).max() > cfg.basin_jump_rad:
+            if np.abs(thb - th).max() > cfg.rule.basin_jump_rad:
                 continue
             omega = np.where(
                 learn,
-                np.clip(omega - cfg.lr_omega * np.clip(g, -cfg.clip, cfg.clip), -3.0, 3.0),
+                np.clip(
+                    omega - cfg.rule.lr_omega * np.clip(g, -cfg.rule.clip, cfg.rule.clip), -3.0, 3.0
+                ),
                 omega,
             )
     right = 0

@@ -30,6 +30,7 @@ from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.testing.transcripts import FirmwareStream
 
 DEVICE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
@@ -49,7 +50,9 @@ async def _run(sub: OscillatorSubstrate, cfg: EPConfig, steps: int) -> tuple[flo
 
 
 async def main(steps: int, mode: str, averages: int, repeats: int) -> dict[str, object]:
-    cfg = EPConfig(mode=mode, averages=averages, params="both", lr_omega=0.02, lr_k=0.01)  # type: ignore[arg-type]
+    cfg = EPConfig(
+        rule=EPRule(mode=mode, averages=averages, params="both", lr_omega=0.02, lr_k=0.01)
+    )  # type: ignore[arg-type]
     out: dict[str, object] = {
         "device": DEVICE.name,
         "steps": steps,

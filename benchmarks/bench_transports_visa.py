@@ -34,6 +34,7 @@ from phasegrad_hw.device.registry import load_device_model, open_substrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.instruments import BenchEmulator
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 
 CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
 CLI = (
@@ -62,7 +63,7 @@ async def _run_steps(sub: OscillatorSubstrate, mode: str, steps: int) -> float:
     m = sub.model
     ctl = EPController(
         [sub],
-        EPConfig(mode=mode),  # type: ignore[arg-type]
+        EPConfig(rule=EPRule(mode=mode)),  # type: ignore[arg-type]
         Parameters(np.zeros(m.n), m.coupling_values()),
     )
     xs = np.random.default_rng(0).uniform(-1.0, 1.0, (steps, 2))

@@ -13,6 +13,7 @@ import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Dataset, Encoding
 from phasegrad_hw.physics.gradients import cosine
@@ -79,8 +80,8 @@ async def gradient_under_noise() -> tuple[float, float]:
     g[:2] = 0.0  # inputs do not learn
     out = []
     for cfg in (
-        EPConfig(beta=beta, lr_omega=0.0),
-        EPConfig(beta=10 * beta, mode="centred", lr_omega=0.0),
+        EPConfig(rule=EPRule(beta=beta, lr_omega=0.0)),
+        EPConfig(rule=EPRule(beta=10 * beta, mode="centred", lr_omega=0.0)),
     ):
         ctl = EPController([SimulatedSubstrate(m, seed=1)], cfg, p)
         cos = []
@@ -88,7 +89,7 @@ async def gradient_under_noise() -> tuple[float, float]:
             rep = await ctl.step([Sample(x, t)])
             assert rep.grad_omega is not None
             cos.append(float(cosine(rep.grad_omega, g)))
-        mode, b = cfg.mode, cfg.beta
+        mode, b = cfg.rule.mode, cfg.rule.beta
         # noise per channel √2·σ/β one-sided, σ/(√2·β) centred
         noise = (np.sqrt(2) if mode == "one_sided" else 1 / np.sqrt(2)) * sigma / b
         print(
@@ -102,7 +103,7 @@ async def gradient_under_noise() -> tuple[float, float]:
 async def train_and_resume() -> None:
     m = tiny_device(0.01)
     data, enc = two_blobs(), Encoding()
-    cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", lr_omega=0.05))
     p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
     saved: dict[int, LoopState] = {}
 

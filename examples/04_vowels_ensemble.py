@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from phasegrad_hw.device.presets import vowel_2_5_2
-from phasegrad_hw.engine.ensemble import TrainConfig, train_seeds
+from phasegrad_hw.engine.ensemble import train_seeds
+from phasegrad_hw.engine.members import TrainConfig
 from phasegrad_hw.learning.tasks import Encoding, load_vowels, synthetic_vowels
 
 CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hillenbrand_vowels.csv"

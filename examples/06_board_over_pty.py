@@ -23,6 +23,7 @@ from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 
 DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-2-5-2.toml"
 
@@ -31,7 +32,9 @@ async def train(sub: OscillatorSubstrate, steps: int = 30) -> tuple[Parameters, 
     m = sub.model
     start = Parameters(np.random.default_rng(0).uniform(-0.3, 0.3, m.n), m.coupling_values())
     ctl = EPController(
-        [sub], EPConfig(mode="centred", averages=4, params="both", lr_omega=0.05, lr_k=0.05), start
+        [sub],
+        EPConfig(rule=EPRule(mode="centred", averages=4, params="both", lr_omega=0.05, lr_k=0.05)),
+        start,
     )
     xs = np.random.default_rng(1).uniform(-1.0, 1.0, (steps, 2))
     t0 = time.perf_counter()

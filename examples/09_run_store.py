@@ -15,6 +15,7 @@ import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.learning.controller import EPConfig
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.store import RunRecorder, RunStore
@@ -68,7 +69,7 @@ async def train(
             [chip],
             data,
             Encoding(readout="difference"),
-            EPConfig(params="both", lr_omega=0.01, lr_k=0.01),
+            EPConfig(rule=EPRule(params="both", lr_omega=0.01, lr_k=0.01)),
             LoopOptions(epochs=EPOCHS, seed=1, start=start),
             [Crashing(store, run_id)],
         )

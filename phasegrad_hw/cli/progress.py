@@ -14,7 +14,7 @@ from rich.progress import Progress, TaskID
 from phasegrad_hw.learning.loop import LoopObserver
 
 if TYPE_CHECKING:
-    from phasegrad_hw.engine.ensemble import EpochSummary
+    from phasegrad_hw.engine.results import EpochSummary
     from phasegrad_hw.learning.controller import StepReport
     from phasegrad_hw.learning.loop import LoopState, RunPlan
 

@@ -1,133 +1,201 @@
 # mypy: disallow-untyped-defs=False
 """Optional compiled kernels for :mod:`phasegrad_hw.engine.ensemble` (used when numba is installed).
 
-They implement exactly the engine's fast path — undamped Newton on the edge list from a warm
-start (at most 12 iterations, 1 rad trust region, tolerance max(1e-12, rounding floor)),
-stability accepted when every edge has cos Δθ > 0 (a Newton step below 1e-7 rad counts as
-converged: the next residual is O(K·1e-14)) — and the engine's one-sided online update
-(H = sin, linear nudge). A member whose fast solve fails is reported (status 3) and left
-untouched, so the engine redoes its step on the robust numpy/physics path.
+The locked states come from the one compiled Newton, :func:`phasegrad_hw.physics._kernels.newton`,
+run undamped from a warm start (at most ``fast_iters`` iterations, ``trust_rad`` trust region,
+tolerance max(tol, rounding floor), numbers from ``NEWTON``), a state accepted when every
+edge has cos Δθ > 0. The update is the compiled copy of the EP rule
+(:func:`phasegrad_hw.learning.ep.ep_update`) for the engine's case — one-sided, H = sin,
+linear nudge, one sample per step — pinned to it by tests/unit/test_ep_rule.py. A member
+whose fast solve fails is reported (:attr:`Status.FAST_FAILED`) and left untouched, so the
+engine redoes its step on the robust numpy/physics path.
+
+numba's on-disk cache (``cache=True``) is keyed on this file's content only: after a change to
+:mod:`phasegrad_hw.physics._kernels` (compiled into these kernels), delete this package's
+``__pycache__/*.nbi`` so the kernels are rebuilt.
+
+Arguments are grouped in NamedTuples (:class:`Net`, :class:`Rule`, :class:`Targets`,
+:class:`Members`, :class:`Epoch`, :class:`EpochOut`, the physics :class:`Newton` policy).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
-from collections import namedtuple
+from enum import IntEnum
+from typing import NamedTuple
 
-import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir as llvm_ir
 from numba import njit, prange
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
-TWO_PI = 2.0 * math.pi
-FAST_ITERS = 12
-STEP_DONE = 1e-7  # Newton step (rad) below which the next residual is O(K·1e-14)
-
-
-def _libm_sincos() -> bool:
-    """Make C ``sincos`` callable from the kernels (glibc: the same values as sin and cos, one
-    shared argument reduction); False where the C library has none."""
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        addr = ctypes.cast(lib.sincos, ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return False
-    if not addr:
-        return False
-    llvm.add_symbol("sincos", addr)
-    return True
+from phasegrad_hw.physics._kernels import (
+    EPS,
+    NUDGE_LINEAR,
+    NUDGE_NONE,
+    Graph,
+    Newton,
+    Nudge,
+    Stop,
+    Work,
+    edges_stable,
+    make_graph,
+    make_work,
+    newton,
+    newton_policy,
+    wrap,
+)
+from phasegrad_hw.physics.policy import NEWTON
 
 
-if _libm_sincos():
+class Status(IntEnum):
+    """Outcome of one member step."""
 
-    @intrinsic
-    def _sincos(typingctx, x):
-        sig = types.UniTuple(types.float64, 2)(types.float64)
-
-        def codegen(context, builder, signature, args):
-            dbl = context.get_value_type(types.float64)
-            fnty = llvm_ir.FunctionType(
-                llvm_ir.VoidType(), [dbl, dbl.as_pointer(), dbl.as_pointer()]
-            )
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "sincos")
-            sp = cgutils.alloca_once(builder, dbl)
-            cp = cgutils.alloca_once(builder, dbl)
-            builder.call(fn, [args[0], sp, cp])
-            return context.make_tuple(
-                builder, signature.return_type, [builder.load(sp), builder.load(cp)]
-            )
-
-        return sig, codegen
-
-else:
-
-    @njit(cache=True)
-    def _sincos(x):
-        return math.sin(x), math.cos(x)
+    NOT_RUN = -1  # the epoch stopped before this step
+    UPDATED = 0  # valid pair: parameters updated
+    BASIN_JUMP = 2  # displacement above basin_jump_rad: skipped
+    FAST_FAILED = 3  # the fast solve failed: member untouched, redo on the robust path
 
 
-# preallocated per-call workspace (no heap allocation per member step)
-_Work = namedtuple("_Work", "red F kc J rhs w wc bet tgt fth pth gout sn cs dth elo ehi")
+class Net(NamedTuple):
+    """Topology (:class:`~phasegrad_hw.physics._kernels.Graph`) and roles (index arrays)."""
+
+    graph: Graph
+    inputs: np.ndarray
+    outputs: np.ndarray
+
+
+class Rule(NamedTuple):
+    """The EP rule's numbers (:class:`~phasegrad_hw.learning.ep.EPRule`) and the projection
+    bounds (device limits): β, learning rates, clip, basin-jump threshold (rad), ω and K
+    limits (model units)."""
+
+    beta: float
+    lr_w: float
+    lr_k: float
+    clip: float
+    basin: float
+    w_lo: float
+    w_hi: float
+    k_lo: float
+    k_hi: float
+
+
+class Targets(NamedTuple):
+    """Clamp targets: ``tmode`` 0 template table, 1 quadratic / 2 hinge phase-difference loss;
+    ``table`` (classes, n_out) rad; ``margin`` rad."""
+
+    tmode: int
+    table: np.ndarray
+    margin: float
+
+
+class Members(NamedTuple):
+    """Trainable state of every member (updated in place): ω (B, N), K (B, E), masks."""
+
+    omega: np.ndarray
+    coupling: np.ndarray
+    learn_w: np.ndarray
+    learn_k: np.ndarray
+
+
+class Epoch(NamedTuple):
+    """One epoch's inputs: input frequencies (n, n_in), labels (n,), order (B, T); warm
+    starts: theta_prev (B, N) last free state, cache (B, n, N) free state per sample."""
+
+    xin: np.ndarray
+    y: np.ndarray
+    order: np.ndarray
+    theta_prev: np.ndarray
+    cache: np.ndarray
+
+
+class EpochOut(NamedTuple):
+    """free_out (B, T, n_out) free output phases, status (B, T) :class:`Status`, stop (B,)
+    first failed step or −1."""
+
+    free_out: np.ndarray
+    status: np.ndarray
+    stop: np.ndarray
+
+
+class Fixed(NamedTuple):
+    """The argument groups that stay fixed over a training run."""
+
+    net: Net
+    rule: Rule
+    targets: Targets
+    newton: Newton
+
+
+def fixed_args(model, rule, encoding) -> Fixed:
+    """Kernel tuples for a device model, an :class:`~phasegrad_hw.learning.ep.EPRule` and an
+    encoding: topology and roles, the rule with the device limits as projection bounds, the
+    clamp-target encoding, and the Newton policy :data:`~phasegrad_hw.physics.policy.NEWTON`."""
+    edges = model.edge_index
+    roles = model.roles
+    outputs = np.asarray(roles.outputs, dtype=np.int64)
+    lim = model.limits
+    diff = encoding.readout == "difference"
+    return Fixed(
+        Net(
+            make_graph(model.n, edges[:, 0], edges[:, 1], roles.reference),
+            np.asarray(roles.inputs, dtype=np.int64),
+            outputs,
+        ),
+        Rule(
+            rule.beta,
+            rule.lr_omega,
+            rule.lr_k,
+            rule.clip,
+            rule.basin_jump_rad,
+            lim.omega.min,
+            lim.omega.max,
+            lim.coupling.min,
+            lim.coupling.max,
+        ),  # fmt: skip
+        Targets(
+            {"quadratic": 1, "hinge": 2}[encoding.difference_loss] if diff else 0,
+            np.ascontiguousarray(encoding.templates(len(outputs)), dtype=np.float64),
+            float(encoding.margin),
+        ),
+        newton_policy(NEWTON),
+    )
+
+
+class _Work(NamedTuple):
+    nw: Work  # the Newton solver's arrays
+    nudge: Nudge  # linear nudge of strength β on the outputs toward tgt (free: unused)
+    w: np.ndarray
+    wc: np.ndarray
+    fth: np.ndarray
+    pth: np.ndarray
+    gout: np.ndarray
+    dth: np.ndarray
 
 
 @njit(cache=True)
-def _workspace(n, ei, ej, n_out, ref, outputs, beta):
-    E = ei.shape[0]
-    red = np.empty(n, dtype=np.int64)
-    a = 0
-    for i in range(n):
-        if i == ref:
-            red[i] = -1
-        else:
-            red[i] = a
-            a += 1
-    # per edge, its reduced indices ordered (elo <= ehi; -1 for the reference): −J̃ is
-    # assembled in its lower triangle only, the part the Cholesky factorisation reads
-    elo = np.empty(E, dtype=np.int64)
-    ehi = np.empty(E, dtype=np.int64)
-    for e in range(E):
-        p, q = red[ei[e]], red[ej[e]]
-        elo[e] = min(p, q)
-        ehi[e] = max(p, q)
+def _workspace(net, beta):
+    g = net.graph
+    n = g.red.shape[0]
     bet = np.zeros(n)
-    for o in range(n_out):
-        bet[outputs[o]] = beta
+    for o in range(net.outputs.shape[0]):
+        bet[net.outputs[o]] = beta
+    tgt = np.zeros(n)
     return _Work(
-        red,
-        np.empty(n),
-        np.empty(E),
-        np.empty((n - 1, n - 1)),
-        np.empty(n - 1),
-        np.empty(n),
-        np.empty(n),
-        bet,
-        np.zeros(n),
-        np.empty(n),
-        np.empty(n),
-        np.empty(n_out),
+        make_work(n, g.ei.shape[0]),
+        Nudge(bet, tgt),
         np.empty(n),
         np.empty(n),
         np.empty(n),
-        elo,
-        ehi,
+        np.empty(n),
+        np.empty(net.outputs.shape[0]),
+        np.empty(n),
     )
 
 
 @njit(cache=True)
-def _wrap(x: float) -> float:
-    y = x + math.pi
-    if 0.0 <= y < TWO_PI:  # y % 2π == y exactly: skip the (slow) floating modulo
-        return y - math.pi
-    return (y % TWO_PI) - math.pi
-
-
-@njit(cache=True)
-def _tol(wc, kk):
-    """Residual tolerance max(1e-12, rounding floor) for centred frequencies wc, couplings kk."""
+def _stop(wc, kk, pol):
+    """Undamped stop: residual max(tol, rounding floor) for centred frequencies wc and edge
+    couplings kk (scale 1 + max|ω| + 2ΣK), at most ``fast_iters`` iterations."""
     n = wc.shape[0]
     ksum = 0.0
     wmax = 0.0
@@ -135,119 +203,20 @@ def _tol(wc, kk):
         ksum += kk[e]
     for i in range(n):
         wmax = max(wmax, abs(wc[i]))
-    floor = 64.0 * 2.220446049250313e-16 * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
-    return max(1e-12, floor)
+    floor = pol.floor_factor * EPS * (1.0 + wmax + 2.0 * ksum) * math.sqrt(n)
+    return Stop(max(pol.tol, floor), 0.0, pol.fast_iters)
 
 
 @njit(cache=True, inline="always")
-def _newton(
-    wc, kk, ei, ej, ref, th, bet, tgt, nudged, sn, cs, reuse, tol, red, F, kc, J, rhs, elo, ehi
-):
-    """In place on th (N,), reference pinned; returns True if converged and stable.
-
-    ``sn``/``cs`` (N,) receive the node sines/cosines of the last residual evaluation; with
-    ``reuse`` the first evaluation takes them as given (the nudged solve starts where the
-    free solve ended, so its trigonometry is already known). ``tol`` is :func:`_tol` of
-    (wc, kk); ``red`` … ``ehi`` are the :class:`_Work` arrays of those names (passed singly:
-    this is inlined into the member step, the hot loop)."""
-    n = wc.shape[0]
-    m = n - 1
-    E = kk.shape[0]
-    th0 = th[ref]
-    for i in range(n):
-        th[i] -= th0
-    done = False
-    for it in range(FAST_ITERS):
-        for i in range(n):
-            F[i] = wc[i]
-            if it == 0 and reuse:
-                continue
-            if i == ref:  # pinned at 0
-                sn[i] = 0.0
-                cs[i] = 1.0
-            else:
-                sn[i], cs[i] = _sincos(th[i])
-        for e in range(E):
-            i, j = ei[e], ej[e]
-            # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
-            s = kk[e] * (sn[j] * cs[i] - cs[j] * sn[i])
-            kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
-            F[i] += s
-            F[j] -= s
-        if nudged:
-            for i in range(n):
-                F[i] += bet[i] * (tgt[i] - th[i])
-        res = 0.0
-        for i in range(n):
-            if i != ref:
-                res = max(res, abs(F[i]))
-        done = res <= tol
-        if done:
-            break
-        # A = −J̃ (reduced weighted Laplacian + nudge): symmetric positive definite at a
-        # stable state; Cholesky, and a non-positive pivot sends the member to the robust path
-        for p in range(m):  # lower triangle only (all the factorisation reads)
-            for q in range(p + 1):
-                J[p, q] = 0.0
-        for e in range(E):
-            c = kc[e]
-            p = elo[e]
-            q = ehi[e]
-            J[q, q] += c
-            if p >= 0:
-                J[p, p] += c
-                J[q, p] -= c
-        if nudged:
-            for i in range(n):
-                if i != ref:
-                    J[red[i], red[i]] += bet[i]
-        for i in range(n):
-            if i != ref:
-                rhs[red[i]] = F[i]
-        for j in range(m):
-            d = J[j, j]
-            for q in range(j):
-                d -= J[j, q] * J[j, q]
-            if d <= 0.0:
-                return False
-            d = math.sqrt(d)
-            J[j, j] = d
-            for r in range(j + 1, m):
-                acc = J[r, j]
-                for q in range(j):
-                    acc -= J[r, q] * J[j, q]
-                J[r, j] = acc / d
-        for r in range(m):  # L z = F
-            acc = rhs[r]
-            for q in range(r):
-                acc -= J[r, q] * rhs[q]
-            rhs[r] = acc / J[r, r]
-        for r in range(m - 1, -1, -1):  # Lᵀ s = z
-            acc = rhs[r]
-            for q in range(r + 1, m):
-                acc -= J[q, r] * rhs[q]
-            rhs[r] = acc / J[r, r]
-        big = 0.0
-        for p in range(m):
-            big = max(big, abs(rhs[p]))
-        scale = 1.0 if big <= 1.0 else 1.0 / big
-        for i in range(n):
-            if i != ref:
-                th[i] += scale * rhs[red[i]]
-        if big <= STEP_DONE:
-            # quadratic convergence: the residual after this step is O(K·|s|²) ≈ 1e-14,
-            # below the tolerance, so the extra residual evaluation is skipped
-            done = True
-            break
+def _solve_fast(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse):
+    """Undamped Newton; True when converged with every edge at cos Δθ > 0. θ is wrapped."""
+    done, _ = newton(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse, False)
     # stability from the last evaluated sines/cosines: exact at θ when the residual test
-    # ended the loop, within 1e-7 rad of θ when a tiny step did
-    stable = True
-    for e in range(E):
-        if cs[ej[e]] * cs[ei[e]] + sn[ej[e]] * sn[ei[e]] <= 0.0:
-            stable = False
-    for i in range(n):
-        if i != ref:
-            th[i] = _wrap(th[i])
+    # ended the run, within step_done_rad of θ when a tiny step did
+    stable = edges_stable(g, nw)
+    for i in range(th.shape[0]):
+        if i != g.ref:
+            th[i] = wrap(th[i])
     return done and stable
 
 
@@ -263,463 +232,183 @@ def _centre(w, out):
 
 
 @njit(cache=True)
-def solve_many(W, k, theta0, ei, ej, ref):
+def solve_many(g, pol, W, k, theta0):
     """Free states (M, N) and ok flags for frequencies W (M, N), couplings k (M, E)."""
     M, n = W.shape
     th = theta0.copy()
     ok = np.zeros(M, dtype=np.bool_)
-    ws = _workspace(n, ei, ej, 1, ref, np.zeros(1, dtype=np.int64), 0.0)
+    nw = make_work(n, g.ei.shape[0])
+    wc = np.empty(n)
+    free = Nudge(np.zeros(n), np.zeros(n))
     for r in range(M):
-        _centre(W[r], ws.wc)
-        tol = _tol(ws.wc, k[r])
-        ok[r] = _newton(
-            ws.wc,
-            k[r],
-            ei,
-            ej,
-            ref,
-            th[r],
-            ws.bet,
-            ws.tgt,
-            False,
-            ws.sn,
-            ws.cs,
-            False,
-            tol,
-            ws.red,
-            ws.F,
-            ws.kc,
-            ws.J,
-            ws.rhs,
-            ws.elo,
-            ws.ehi,
-        )
+        _centre(W[r], wc)
+        stop = _stop(wc, k[r], pol)
+        ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
     return th, ok
 
 
 @njit(cache=True, inline="always")
-def _member_step(
-    b,
-    omega,
-    coupling,
-    warm,
-    learn_w,
-    learn_k,
-    xin,
-    yy,
-    ei,
-    ej,
-    ref,
-    inputs,
-    outputs,
-    beta,
-    lr_w,
-    lr_k,
-    clip,
-    basin,
-    w_lo,
-    w_hi,
-    k_lo,
-    k_hi,
-    tmode,
-    table,
-    margin,
-    free_out,
-    ws,
-):
-    """One online step of member b from one sample; warm (N,) is the warm start and receives
-    the free state. Returns 0 updated, 2 basin jump, 3 fast path failed (member untouched)."""
-    n = omega.shape[1]
-    E = coupling.shape[1]
-    n_out = outputs.shape[0]
-    w, wc, bet, tgt, fth, pth, gout = ws.w, ws.wc, ws.bet, ws.tgt, ws.fth, ws.pth, ws.gout
-    sn, cs = ws.sn, ws.cs
+def rule_step(rule, g, fth, pth, dth, omega, coupling, learn_w, learn_k):
+    """The EP rule for one member and one sample (one-sided, H = sin), in place on its ω (N,)
+    and K (E,): d = wrap(θ^β − θ*), skipped if max|d| > basin; g_ω = −d/β (reference 0),
+    g_K = [cos Δ* − cos Δ^β]/β; each clipped to ±clip, stepped and projected onto the limits
+    (learnable entries only)."""
+    n = fth.shape[0]
+    jump = 0.0
     for i in range(n):
-        w[i] = omega[b, i]
-    for a in range(inputs.shape[0]):
-        w[inputs[a]] = xin[a]
+        dth[i] = wrap(pth[i] - fth[i])
+        jump = max(jump, abs(dth[i]))
+    if jump > rule.basin:
+        return Status.BASIN_JUMP
+    clip = rule.clip
+    for i in range(n):
+        if learn_w[i] and i != g.ref:
+            gw = -dth[i] / rule.beta
+            gw = min(max(gw, -clip), clip)
+            omega[i] = min(max(omega[i] - rule.lr_w * gw, rule.w_lo), rule.w_hi)
+        elif learn_w[i]:
+            omega[i] = min(max(omega[i], rule.w_lo), rule.w_hi)
+    for e in range(coupling.shape[0]):
+        if learn_k[e]:
+            dp = pth[g.ej[e]] - pth[g.ei[e]]
+            df = fth[g.ej[e]] - fth[g.ei[e]]
+            gk = (math.cos(df) - math.cos(dp)) / rule.beta
+            gk = min(max(gk, -clip), clip)
+            coupling[e] = min(max(coupling[e] - rule.lr_k * gk, rule.k_lo), rule.k_hi)
+    return Status.UPDATED
+
+
+@njit(cache=True)
+def rule_update(rule, g, free, plus, mem, status):
+    """:func:`rule_step` for every member b from its readings free[b], plus[b] (N,)."""
+    dth = np.empty(free.shape[1])
+    for b in range(free.shape[0]):
+        status[b] = rule_step(
+            rule, g, free[b], plus[b], dth, mem.omega[b], mem.coupling[b], mem.learn_w[b],
+            mem.learn_k[b],
+        )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _set_targets(tg, net, fth, yy, gout, tgt):
+    """Clamp targets of the outputs for label yy at the free state fth (into tgt)."""
+    outputs = net.outputs
+    n_out = outputs.shape[0]
+    if tg.tmode == 0:
+        for o in range(n_out):
+            tgt[outputs[o]] = tg.table[yy, o]
+        return
+    oy = fth[outputs[yy]]
+    tot = 0.0
+    for o in range(n_out):
+        if o == yy:
+            continue
+        r = wrap(oy - fth[outputs[o]]) + 2.0 * tg.margin
+        if tg.tmode == 2 and r < 0.0:
+            r = 0.0
+        gout[o] = -r
+        tot += r
+    gout[yy] = tot
+    for o in range(n_out):
+        tgt[outputs[o]] = wrap(fth[outputs[o]] - gout[o])
+
+
+@njit(cache=True, inline="always")
+def _member_step(b, net, rule, tg, pol, mem, warm, xin, yy, free_out, ws):
+    """One online step of member b from one sample; warm (N,) is the warm start and receives
+    the free state. Returns a :class:`Status` (FAST_FAILED: member untouched)."""
+    g = net.graph
+    n = warm.shape[0]
+    w, wc, fth, pth = ws.w, ws.wc, ws.fth, ws.pth
+    kk = mem.coupling[b]
+    for i in range(n):
+        w[i] = mem.omega[b, i]
+    for a in range(net.inputs.shape[0]):
+        w[net.inputs[a]] = xin[a]
     _centre(w, wc)
     for i in range(n):
         fth[i] = warm[i]
-    tol = _tol(wc, coupling[b])
-    if not _newton(
-        wc,
-        coupling[b],
-        ei,
-        ej,
-        ref,
-        fth,
-        bet,
-        tgt,
-        False,
-        sn,
-        cs,
-        False,
-        tol,
-        ws.red,
-        ws.F,
-        ws.kc,
-        ws.J,
-        ws.rhs,
-        ws.elo,
-        ws.ehi,
-    ):
-        return 3
-    for o in range(n_out):
-        free_out[o] = fth[outputs[o]]
-    if tmode == 0:
-        for o in range(n_out):
-            tgt[outputs[o]] = table[yy, o]
-    else:
-        oy = fth[outputs[yy]]
-        tot = 0.0
-        for o in range(n_out):
-            if o == yy:
-                continue
-            r = _wrap(oy - fth[outputs[o]]) + 2.0 * margin
-            if tmode == 2 and r < 0.0:
-                r = 0.0
-            gout[o] = -r
-            tot += r
-        gout[yy] = tot
-        for o in range(n_out):
-            tgt[outputs[o]] = _wrap(fth[outputs[o]] - gout[o])
+    stop = _stop(wc, kk, pol)
+    if not _solve_fast(g, ws.nw, wc, kk, fth, ws.nudge, NUDGE_NONE, pol, stop, False):
+        return Status.FAST_FAILED
+    for o in range(net.outputs.shape[0]):
+        free_out[o] = fth[net.outputs[o]]
+    _set_targets(tg, net, fth, yy, ws.gout, ws.nudge.tgt)
     for i in range(n):
         pth[i] = fth[i]
-    if not _newton(
-        wc,
-        coupling[b],
-        ei,
-        ej,
-        ref,
-        pth,
-        bet,
-        tgt,
-        True,
-        sn,
-        cs,
-        True,
-        tol,
-        ws.red,
-        ws.F,
-        ws.kc,
-        ws.J,
-        ws.rhs,
-        ws.elo,
-        ws.ehi,
-    ):
-        return 3
+    # the nudged solve starts where the free one ended: its node sines/cosines are known
+    if not _solve_fast(g, ws.nw, wc, kk, pth, ws.nudge, NUDGE_LINEAR, pol, stop, True):
+        return Status.FAST_FAILED
     for i in range(n):
         warm[i] = fth[i]
-    dth = ws.dth
-    jump = 0.0
-    for i in range(n):
-        dth[i] = _wrap(pth[i] - fth[i])
-        jump = max(jump, abs(dth[i]))
-    if jump > basin:
-        return 2
-    for i in range(n):
-        if learn_w[b, i] and i != ref:
-            g = -dth[i] / beta
-            g = min(max(g, -clip), clip)
-            omega[b, i] = min(max(omega[b, i] - lr_w * g, w_lo), w_hi)
-        elif learn_w[b, i]:
-            omega[b, i] = min(max(omega[b, i], w_lo), w_hi)
-    for e in range(E):
-        if learn_k[b, e]:
-            dp = pth[ej[e]] - pth[ei[e]]
-            df = fth[ej[e]] - fth[ei[e]]
-            g = (math.cos(df) - math.cos(dp)) / beta
-            g = min(max(g, -clip), clip)
-            coupling[b, e] = min(max(coupling[b, e] - lr_k * g, k_lo), k_hi)
-    return 0
+    return rule_step(rule, g, fth, pth, ws.dth, mem.omega[b], kk, mem.learn_w[b], mem.learn_k[b])
 
 
 @njit(cache=True)
-def train_step(
-    omega,
-    coupling,
-    warm,
-    learn_w,
-    learn_k,
-    xin,
-    y,
-    ei,
-    ej,
-    ref,
-    inputs,
-    outputs,
-    beta,
-    lr_w,
-    lr_k,
-    clip,
-    basin,
-    w_lo,
-    w_hi,
-    k_lo,
-    k_hi,
-    tmode,
-    table,
-    margin,
-    free_out,
-    status,
-):
+def train_step(net, rule, tg, pol, mem, warm, xin, y, free_out, status):
     """One online step for every member (row b uses sample xin[b], y[b]; warm[b] is its warm
-    start and receives its free state). status: 0 updated, 2 basin jump, 3 fast path failed
-    (member untouched; redo on the robust path)."""
-    ws = _workspace(omega.shape[1], ei, ej, outputs.shape[0], ref, outputs, beta)
-    for b in range(omega.shape[0]):
-        status[b] = _member_step(
-            b,
-            omega,
-            coupling,
-            warm[b],
-            learn_w,
-            learn_k,
-            xin[b],
-            y[b],
-            ei,
-            ej,
-            ref,
-            inputs,
-            outputs,
-            beta,
-            lr_w,
-            lr_k,
-            clip,
-            basin,
-            w_lo,
-            w_hi,
-            k_lo,
-            k_hi,
-            tmode,
-            table,
-            margin,
-            free_out[b],
-            ws,
-        )
+    start and receives its free state); status[b] a :class:`Status`."""
+    ws = _workspace(net, rule.beta)
+    for b in range(mem.omega.shape[0]):
+        status[b] = _member_step(b, net, rule, tg, pol, mem, warm[b], xin[b], y[b], free_out[b], ws)
 
 
 @njit(cache=True)
-def _member_epoch(
-    b,
-    omega,
-    coupling,
-    theta_prev,
-    cache,
-    learn_w,
-    learn_k,
-    xin_all,
-    y_all,
-    order,
-    ei,
-    ej,
-    ref,
-    inputs,
-    outputs,
-    beta,
-    lr_w,
-    lr_k,
-    clip,
-    basin,
-    w_lo,
-    w_hi,
-    k_lo,
-    k_hi,
-    tmode,
-    table,
-    margin,
-    free_out,
-    status,
-    stop,
-):
-    """One member's online epoch: samples order[b, t] in turn, warm-started from
+def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
+    """One member's online epoch: samples ep.order[b, t] in turn, warm-started from
     ``cache[b, sample]`` (its free state for that sample last epoch) or else its last free
-    state. On a fast-path failure the member stops (stop[b] = t, member untouched from that
-    step on) so the engine finishes its epoch on the robust path. Members are independent."""
-    n = omega.shape[1]
-    T = order.shape[1]
+    state. On a fast-path failure the member stops (out.stop[b] = t, member untouched from
+    that step on) so the engine finishes its epoch on the robust path."""
+    n = mem.omega.shape[1]
     warm = np.empty(n)
-    ws = _workspace(n, ei, ej, outputs.shape[0], ref, outputs, beta)
-    stop[b] = -1
-    for t in range(T):
-        smp = order[b, t]
-        if math.isnan(cache[b, smp, 0]):
-            for i in range(n):
-                warm[i] = theta_prev[b, i]
-        else:
-            for i in range(n):
-                warm[i] = cache[b, smp, i]
+    ws = _workspace(net, rule.beta)
+    out.stop[b] = -1
+    for t in range(ep.order.shape[1]):
+        smp = ep.order[b, t]
+        src = ep.theta_prev[b] if math.isnan(ep.cache[b, smp, 0]) else ep.cache[b, smp]
+        for i in range(n):
+            warm[i] = src[i]
         st = _member_step(
-            b,
-            omega,
-            coupling,
-            warm,
-            learn_w,
-            learn_k,
-            xin_all[smp],
-            y_all[smp],
-            ei,
-            ej,
-            ref,
-            inputs,
-            outputs,
-            beta,
-            lr_w,
-            lr_k,
-            clip,
-            basin,
-            w_lo,
-            w_hi,
-            k_lo,
-            k_hi,
-            tmode,
-            table,
-            margin,
-            free_out[b, t],
-            ws,
+            b, net, rule, tg, pol, mem, warm, ep.xin[smp], ep.y[smp], out.free_out[b, t], ws
         )
-        status[b, t] = st
-        if st == 3:
-            stop[b] = t
+        out.status[b, t] = st
+        if st == Status.FAST_FAILED:
+            out.stop[b] = t
             break
         for i in range(n):
-            theta_prev[b, i] = warm[i]
-            cache[b, smp, i] = warm[i]
+            ep.theta_prev[b, i] = warm[i]
+            ep.cache[b, smp, i] = warm[i]
 
 
-@njit(cache=True)
-def train_epoch(
-    omega,
-    coupling,
-    theta_prev,
-    cache,
-    learn_w,
-    learn_k,
-    xin_all,
-    y_all,
-    order,
-    ei,
-    ej,
-    ref,
-    inputs,
-    outputs,
-    beta,
-    lr_w,
-    lr_k,
-    clip,
-    basin,
-    w_lo,
-    w_hi,
-    k_lo,
-    k_hi,
-    tmode,
-    table,
-    margin,
-    free_out,
-    status,
-    stop,
-):
-    """A whole online epoch for every member, one member after another."""
-    for b in range(omega.shape[0]):
-        _member_epoch(
-            b,
-            omega,
-            coupling,
-            theta_prev,
-            cache,
-            learn_w,
-            learn_k,
-            xin_all,
-            y_all,
-            order,
-            ei,
-            ej,
-            ref,
-            inputs,
-            outputs,
-            beta,
-            lr_w,
-            lr_k,
-            clip,
-            basin,
-            w_lo,
-            w_hi,
-            k_lo,
-            k_hi,
-            tmode,
-            table,
-            margin,
-            free_out,
-            status,
-            stop,
-        )
+def _make_train_epoch(parallel: bool):
+    """A whole online epoch for every member; ``parallel`` spreads members over threads
+    (identical results: members are independent and each runs sequentially)."""
+    members = prange if parallel else range
+
+    @njit(cache=True, parallel=parallel)
+    def train_epoch(net, rule, tg, pol, mem, ep, out):
+        # a parallel loop body takes arrays and scalars, not tuples holding arrays: the
+        # groups are taken apart here and rebuilt inside the loop (no copies)
+        ei, ej, red, elo, ehi, ref = net.graph
+        inputs, outputs = net.inputs, net.outputs
+        tmode, table, margin = tg
+        omega, coupling, learn_w, learn_k = mem
+        xin, y, order, theta_prev, cache = ep
+        free_out, status, stop = out
+        for b in members(omega.shape[0]):
+            _member_epoch(
+                b,
+                Net(Graph(ei, ej, red, elo, ehi, ref), inputs, outputs),
+                rule,
+                Targets(tmode, table, margin),
+                pol,
+                Members(omega, coupling, learn_w, learn_k),
+                Epoch(xin, y, order, theta_prev, cache),
+                EpochOut(free_out, status, stop),
+            )
+
+    return train_epoch
 
 
-@njit(cache=True, parallel=True)
-def train_epoch_parallel(
-    omega,
-    coupling,
-    theta_prev,
-    cache,
-    learn_w,
-    learn_k,
-    xin_all,
-    y_all,
-    order,
-    ei,
-    ej,
-    ref,
-    inputs,
-    outputs,
-    beta,
-    lr_w,
-    lr_k,
-    clip,
-    basin,
-    w_lo,
-    w_hi,
-    k_lo,
-    k_hi,
-    tmode,
-    table,
-    margin,
-    free_out,
-    status,
-    stop,
-):
-    """:func:`train_epoch` with members spread over threads (identical results: members are
-    independent and each runs sequentially)."""
-    for b in prange(omega.shape[0]):
-        _member_epoch(
-            b,
-            omega,
-            coupling,
-            theta_prev,
-            cache,
-            learn_w,
-            learn_k,
-            xin_all,
-            y_all,
-            order,
-            ei,
-            ej,
-            ref,
-            inputs,
-            outputs,
-            beta,
-            lr_w,
-            lr_k,
-            clip,
-            basin,
-            w_lo,
-            w_hi,
-            k_lo,
-            k_hi,
-            tmode,
-            table,
-            margin,
-            free_out,
-            status,
-            stop,
-        )
+train_epoch = _make_train_epoch(False)
+train_epoch_parallel = _make_train_epoch(True)

@@ -4,11 +4,9 @@ One step, per sample and substrate (docs/design.md §2, §4; seed paper arXiv 26
 
     set ω (inputs written in)  →  free read θ*  →  clamp(targets, β) read θ^β
     [centred: clamp(targets, β, direction=−1) read θ^{−β}]  →  release
-    g_ω = −wrap(θ^β − θ*)/β            (one-sided, O(β) bias)
-        = −wrap(θ^β − θ^{−β})/(2β)     (centred, O(β²) bias; half the readout-noise std)
-    g_K = [V(Δ^β) − V(Δ*)]/β           (V' = H; cos Δ* − cos Δ^β for H = sin)
-    ω ← Π_ω(ω − η_ω·clip(g_ω)),  K ← Π_K(K − η_K·clip(g_K))   (Π: projection onto limits)
 
+then the readings of the step go through the one EP rule, :func:`phasegrad_hw.learning.ep.ep_update`
+(two-phase gradient, validity, mean over valid samples, clip, step, projection onto the limits).
 With single-read phase noise σ (rad) and ``averages`` reads per state, the one-sided
 estimate's noise std per channel is ≈ √2·σ/(β·√averages); the centred one's is half that.
 
@@ -26,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -36,8 +34,9 @@ from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import ConfigError, LimitError
-from phasegrad_hw.physics import CouplingFunction, wrap
-from phasegrad_hw.physics.gradients import coupling_gradient_two_phase, loss
+from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
+from phasegrad_hw.physics import CouplingFunction
+from phasegrad_hw.physics.gradients import loss
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
@@ -54,24 +53,12 @@ __all__ = [
 
 
 class EPConfig(StrictModel):
-    """Equilibrium-propagation settings (model units unless stated).
+    """The hardware loop's settings: the EP ``rule`` (β, mode, averages, learning rates,
+    what learns, clip, basin jump; :class:`~phasegrad_hw.learning.ep.EPRule`) and ``edges``,
+    indices into ``model.edges`` of the learnable couplings (None: all)."""
 
-    ``beta`` nudge strength (published 0.1); ``mode`` one-sided or centred (docs/design.md §2);
-    ``averages`` reads averaged per state; ``lr_omega``/``lr_k`` learning rates for ω and K
-    (published 1e-3); ``params`` what learns; ``edges`` indices into ``model.edges`` of the
-    learnable couplings (None: all); ``clip`` element-wise gradient clip (published 2);
-    ``basin_jump_rad`` a wrapped displacement above this on any channel is a basin jump (rad).
-    """
-
-    beta: float = Field(default=0.1, gt=0.0)
-    mode: Literal["one_sided", "centred"] = "one_sided"
-    averages: int = Field(default=1, ge=1)
-    lr_omega: float = Field(default=1e-3, ge=0.0)
-    lr_k: float = Field(default=1e-3, ge=0.0)
-    params: Literal["omega", "K", "both"] = "omega"
+    rule: EPRule = Field(default_factory=EPRule)
     edges: list[int] | None = None
-    clip: float = Field(default=2.0, gt=0.0)
-    basin_jump_rad: float = Field(default=1.0, gt=0.0)
 
 
 @dataclass
@@ -213,21 +200,25 @@ class EPController:
             mask = mask.copy()
         mask[self._ref] = False  # the reference's frequency is not a free parameter
         self.learnable_omega = mask
-        self._w_mask = mask.astype(np.float64)
         self._edge_mask = self._edge_subset(config.edges, n_edges)
-        self._k_mask = self._edge_mask.astype(np.float64)
-        if config.params in ("K", "both"):
+        if config.rule.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
                     raise ConfigError(
-                        f"config.params: {config.params!r} needs couplings, but substrates[{k}] "
-                        f"({type(s).__name__}) cannot set couplings; use params='omega'"
+                        f"config.rule.params: {config.rule.params!r} needs couplings, but "
+                        f"substrates[{k}] ({type(s).__name__}) cannot set couplings; "
+                        "use params='omega'"
                     )
         H = model.coupling()
         # the K gradient needs the coupling potential; a non-odd H has none, so the ideal
         # (odd) part is assumed — the estimate is then biased, as on real hardware
-        self._H = H if H.is_odd else CouplingFunction(H.harmonics)
-        self._check_beta(config.beta)
+        self._net = EPNetwork(
+            self._edge_index,
+            self._ref,
+            H if H.is_odd else CouplingFunction(H.harmonics),
+            model.limits,
+        )
+        self._check_beta(config.rule.beta)
         self._written_k: list[Array | None] = [None] * len(self.substrates)
         self.stats = ControllerStats()
 
@@ -277,7 +268,7 @@ class EPController:
             raise ValueError(
                 f"batch: {len(batch)} samples but only {len(self.substrates)} substrates"
             )
-        cfg = self.config
+        cfg = self.config.rule
         self._check_beta(cfg.beta)
         if cfg.averages > min(s.model.limits.max_averages for s in self.substrates):
             raise LimitError(f"averages: {cfg.averages} exceeds a substrate's max_averages")
@@ -304,7 +295,7 @@ class EPController:
 
     async def _measure(self, k: int, prep: _Prepared) -> _Readings:
         sub = self.substrates[k]
-        cfg = self.config
+        cfg = self.config.rule
         await self._write_couplings(k)
         await sub.set_frequencies(prep.omega)
         free = await sub.read_phases(cfg.averages)
@@ -364,7 +355,7 @@ class EPController:
         async def run() -> PhaseReading:
             await self._write_couplings(device)
             await sub.set_frequencies(w)
-            return await sub.read_phases(self.config.averages)
+            return await sub.read_phases(self.config.rule.averages)
 
         try:
             return await run()
@@ -391,7 +382,7 @@ class EPController:
         phases = np.empty((len(x), self.model.n))
         locked = np.empty(len(x), dtype=bool)
         m = len(self.substrates)
-        avg = self.config.averages
+        avg = self.config.rule.averages
 
         def reader(k: int, w: Array) -> Callable[[], Awaitable[PhaseReading]]:
             async def run() -> PhaseReading:
@@ -421,82 +412,66 @@ class EPController:
 
     # -- gradient and update --------------------------------------------------------
     def _update(self, readings: list[_Readings]) -> StepReport:
-        cfg = self.config
-        beta = cfg.beta
-        n = len(readings)
-        if n == 1:
-            free = readings[0].free.phases[None, :]
-        else:
-            free = np.stack([r.free.phases for r in readings])
+        """The step's readings through the EP rule (one member, the step's samples)."""
+        rule = self.config.rule
+        n_ph = self.model.n
+        free = np.stack([r.free.phases for r in readings]).reshape(len(readings), n_ph)
         free_locked = np.array([r.free.locked for r in readings], dtype=bool)
-        valid = np.zeros(n, dtype=bool)
-        n_unlocked = n_jump = 0
-        learn_w = cfg.params in ("omega", "both")
-        learn_k = cfg.params in ("K", "both")
-        g_w_sum: Array | None = None
-        g_k_sum: Array | None = None
-        loss_sum = 0.0
-        for i, r in enumerate(readings):
-            plus, minus = r.plus, r.minus
-            if not (
+        locked = np.array(
+            [
                 r.free.locked
-                and plus is not None
-                and plus.locked
-                and (minus is None or minus.locked)
-            ):
-                n_unlocked += 1
-                continue
-            th0 = r.free.phases
-            d = wrap(plus.phases - th0)  # wrapped displacement θ^β − θ* (rad)
-            jump = float(np.abs(d).max())
-            if minus is not None:
-                jump = max(jump, float(np.abs(wrap(minus.phases - th0)).max()))
-            if jump > cfg.basin_jump_rad:
-                n_jump += 1
-                log.debug("sample %d skipped: basin jump, max |displacement| %.3f rad", i, jump)
-                continue
-            valid[i] = True
-            loss_sum += float(loss(th0, self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
-            m_ph = None if minus is None else minus.phases
-            if learn_w:
-                # two-phase estimate (gradients.two_phase_gradient), reusing the displacement
-                g = -d / beta if m_ph is None else -wrap(plus.phases - m_ph) / (2.0 * beta)
-                g_w_sum = g if g_w_sum is None else g_w_sum + g
-            if learn_k:
-                gk = coupling_gradient_two_phase(
-                    th0, plus.phases, self._edge_index, beta, m_ph, self._H
-                )
-                g_k_sum = gk if g_k_sum is None else g_k_sum + gk
+                and r.plus is not None
+                and r.plus.locked
+                and (r.minus is None or r.minus.locked)
+                for r in readings
+            ],
+            dtype=bool,
+        )
+        # phases of samples that are not locked are ignored by the rule (free as filler)
+        plus = np.stack([r.free.phases if r.plus is None else r.plus.phases for r in readings])
+        minus = None
+        if rule.mode == "centred":
+            minus = np.stack(
+                [r.free.phases if r.minus is None else r.minus.phases for r in readings]
+            )
+        p = self.params
+        learn_w = self.learnable_omega & rule.learns_omega
+        learn_k = self._edge_mask & rule.learns_coupling
+        upd = ep_update(
+            rule,
+            EPReadings(
+                free[None], plus[None], None if minus is None else minus[None], locked[None]
+            ),
+            EPState(p.omega[None], p.coupling[None], learn_w[None], learn_k[None]),
+            self._net,
+        )
+        valid = upd.valid[0]
+        n_unlocked = int(upd.unlocked[0].sum())
+        n_jump = int(upd.basin_jump[0].sum())
+        for i in np.flatnonzero(upd.basin_jump[0]):
+            log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
-        n_valid = int(valid.sum())
-        if n_valid == 0:
+        if not upd.updated[0]:
             return StepReport(
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
             )
-        new_omega, new_k = self.params.omega, self.params.coupling
-        g_w: Array | None = None
-        g_k: Array | None = None
-        if g_w_sum is not None:
-            g_w = g_w_sum * self._w_mask / n_valid  # zero off the learnable oscillators
-            lim = self.model.limits.omega
-            new_omega = np.clip(
-                self.params.omega - cfg.lr_omega * np.clip(g_w, -cfg.clip, cfg.clip),
-                lim.min,
-                lim.max,
-            )
-        if g_k_sum is not None:
-            g_k = g_k_sum * self._k_mask / n_valid
-            lim_k = self.model.limits.coupling
-            new_k = np.clip(
-                self.params.coupling - cfg.lr_k * np.clip(g_k, -cfg.clip, cfg.clip),
-                lim_k.min,
-                lim_k.max,
-            )
-        self.params = Parameters(new_omega, new_k)
+        loss_sum = 0.0
+        for i in np.flatnonzero(valid):
+            t = readings[i].targets
+            loss_sum += float(loss(free[i], self._outputs, t, self.model.nudge))  # type: ignore[arg-type]
+        self.params = Parameters(upd.omega[0], upd.coupling[0])
         self.stats.updates += 1
         return StepReport(
-            free, free_locked, valid, n_unlocked, n_jump, True, g_w, g_k, loss_sum / n_valid
+            free,
+            free_locked,
+            valid,
+            n_unlocked,
+            n_jump,
+            True,
+            upd.grad_omega[0] if rule.learns_omega else None,
+            upd.grad_coupling[0] if rule.learns_coupling else None,
+            loss_sum / int(valid.sum()),
         )
 
 

@@ -1,23 +1,43 @@
 # mypy: disallow-untyped-defs=False
-"""Optional compiled kernel for :func:`phasegrad_hw.physics.solve_equilibrium` (numba).
+"""The one compiled (numba) Newton solver for locked states (docs/design.md §2).
 
-One small dense network (N <= 64), H = a·sin, symmetric K, optional linear or injection nudge.
-The kernel is the numpy path written out in loops — the same damped Newton (1 rad trust
-region, 13-step backtracking line search, stall test, tolerances and rounding floor) as
-``physics._newton_small_sin`` (no nudge) and ``physics._newton_single`` (nudged), the same
-wrap rule and the same stability decision (Cholesky of −J̃ − 1e-10·max|J̃|·I). It also checks
-what the Python fast path leaves out (finite entries, β >= 0, symmetric K): any failed check
-returns a non-zero status and the caller takes the numpy path, which raises the usual errors.
+Equilibrium of dθ_i/dt = ω_i + Σ_e K_e sin(θ_j − θ_i) (edge list e = (i, j), symmetric K,
+H = a·sin folded into K) plus an optional nudge on the outputs — linear β(θ_tgt − θ) or
+injection β sin(θ_tgt − θ) — with the reference pinned at 0. Each iteration solves
+(−J̃) s = F̃, −J̃ the reduced weighted Laplacian K cos Δθ plus the nudge's diagonal, by
+Cholesky (SPD at a stable state), and limits the step to ``trust_rad`` (max-norm, rad).
+
+Two drivers share that iteration (:func:`newton`):
+
+* undamped (the training engine's fast path, :mod:`phasegrad_hw.engine._kernels`): at most
+  ``fast_iters`` full steps from a warm start, a step below ``step_done_rad`` ends it; a
+  non-positive Cholesky pivot gives up (the caller takes its robust path);
+* damped (:func:`solve_small`, the compiled path of ``solve_equilibrium`` for one small dense
+  network): Armijo backtracking on ‖F̃‖² (``armijo``, ``line_search_halvings``), LU and then
+  least squares when −J̃ is not positive definite, the rounding-floor stall test, and the
+  stability decision of the numpy path (Cholesky of −J̃ − shift·I, shift =
+  ``stability_shift``·max|J̃|).
+
+Every number comes from :data:`phasegrad_hw.physics.policy.NEWTON` through :class:`Newton`
+(see :func:`newton_policy`); nothing here hard-codes a tolerance.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
+from typing import NamedTuple
 
+import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
-EPS = 2.220446049250313e-16
+from phasegrad_hw.physics.policy import EPS, NEWTON, NewtonPolicy
+
 TWO_PI = 2.0 * math.pi
 
 STATUS_OK = 0
@@ -28,86 +48,275 @@ NUDGE_LINEAR = 1
 NUDGE_INJECTION = 2
 
 
-@njit(cache=True)
-def _evaluate(th, w, Ka, bet, tgt, kind, F, A):
-    """F̃ (n−1,) and −J̃ (n−1, n−1) at θ (reference at index 0, exact sin/cos of each
-    phase difference, each pair once: K is symmetric and H odd)."""
-    n = th.shape[0]
-    for i in range(1, n):
-        F[i - 1] = 0.0
-        A[i - 1, i - 1] = 0.0
-    for j in range(1, n):  # pairs (0, j): only row j belongs to the reduced system
-        d = th[j] - th[0]
-        s = Ka[j, 0] * math.sin(d)
-        c = Ka[j, 0] * math.cos(d)
-        F[j - 1] -= s
-        A[j - 1, j - 1] += c
-    for i in range(1, n):
-        ti = th[i]
-        for j in range(i + 1, n):
-            d = th[j] - ti
-            kij = Ka[i, j]
-            s = kij * math.sin(d)
-            c = kij * math.cos(d)
-            F[i - 1] += s
-            F[j - 1] -= s
-            A[i - 1, i - 1] += c
-            A[j - 1, j - 1] += c
-            A[i - 1, j - 1] = -c
-            A[j - 1, i - 1] = -c
-    for i in range(1, n):
-        F[i - 1] += w[i]
-    if kind == NUDGE_LINEAR:
-        for i in range(1, n):
-            F[i - 1] += bet[i] * (tgt[i] - th[i])
-            A[i - 1, i - 1] += bet[i]
-    elif kind == NUDGE_INJECTION:
-        for i in range(1, n):
-            d = tgt[i] - th[i]
-            F[i - 1] += bet[i] * math.sin(d)
-            A[i - 1, i - 1] += bet[i] * math.cos(d)
+class Newton(NamedTuple):
+    """Numbers of one Newton run (the fields of :class:`NewtonPolicy`, units there)."""
+
+    tol: float
+    max_iter: int
+    trust_rad: float
+    armijo: float
+    line_search_halvings: int
+    floor_factor: float
+    stability_shift: float
+    fast_iters: int
+    step_done_rad: float
+
+
+def newton_policy(
+    policy: NewtonPolicy = NEWTON, tol: float | None = None, max_iter: int | None = None
+) -> Newton:
+    """The kernels' copy of ``policy`` (``tol``/``max_iter`` override the policy's)."""
+    return Newton(
+        float(policy.tol if tol is None else tol),
+        int(policy.max_iter if max_iter is None else max_iter),
+        float(policy.trust_rad),
+        float(policy.armijo),
+        int(policy.line_search_halvings),
+        float(policy.floor_factor),
+        float(policy.stability_shift),
+        int(policy.fast_iters),
+        float(policy.step_done_rad),
+    )
+
+
+class Stop(NamedTuple):
+    """When one Newton run stops: residual ``tol`` (max|F̃|, or ‖F̃‖ for the damped un-nudged
+    run), rounding ``floor`` (damped: line-search acceptance and stall test), ``max_iter``
+    iterations."""
+
+    tol: float
+    floor: float
+    max_iter: int
+
+
+class Graph(NamedTuple):
+    """Edge list of one topology with the reduced (reference-removed) indexing.
+
+    ``ei``/``ej`` (E,) edge endpoints (Δ_e = θ_j − θ_i); ``red`` (N,) reduced index of each
+    oscillator (−1 for the reference); ``elo``/``ehi`` (E,) the edge's reduced indices ordered
+    (−J̃ is assembled in its lower triangle only, the part Cholesky reads); ``ref``."""
+
+    ei: np.ndarray
+    ej: np.ndarray
+    red: np.ndarray
+    elo: np.ndarray
+    ehi: np.ndarray
+    ref: int
+
+
+class Nudge(NamedTuple):
+    """``bet`` (N,) signed strength (0 off the outputs); ``tgt`` (N,) target phases (rad).
+    Its kind (NUDGE_*) is passed beside it, a constant at the engine's call sites so the
+    compiled code keeps only that branch."""
+
+    bet: np.ndarray
+    tgt: np.ndarray
+
+
+class Work(NamedTuple):
+    """Preallocated arrays of one solve (no heap allocation per Newton call)."""
+
+    F: np.ndarray  # (N,) residual
+    kc: np.ndarray  # (E,) K_e cos Δ_e
+    nd: np.ndarray  # (N,) nudge's diagonal of −J̃
+    sn: np.ndarray  # (N,) sin θ_i of the last evaluation
+    cs: np.ndarray  # (N,) cos θ_i of the last evaluation
+    A: np.ndarray  # (N−1, N−1) −J̃ (lower triangle)
+    L: np.ndarray  # (N−1, N−1) its factor
+    rhs: np.ndarray  # (N−1,) right-hand side, then the step
+    trial: np.ndarray  # (N,) line-search point
+
+
+def make_graph(n: int, ei: np.ndarray, ej: np.ndarray, ref: int) -> Graph:
+    """:class:`Graph` for ``n`` oscillators, edges (ei, ej) and reference ``ref``."""
+    red = np.full(n, -1, dtype=np.int64)
+    keep = np.arange(n) != ref
+    red[keep] = np.arange(n - 1)
+    ei = np.ascontiguousarray(ei, dtype=np.int64)
+    ej = np.ascontiguousarray(ej, dtype=np.int64)
+    p, q = red[ei], red[ej]
+    return Graph(ei, ej, red, np.minimum(p, q), np.maximum(p, q), int(ref))
 
 
 @njit(cache=True)
-def _cholesky(A, L, shift):
-    """Lower Cholesky factor of A − shift·I into L; False on a non-positive (or NaN) pivot."""
-    m = A.shape[0]
-    for j in range(m):
-        s = A[j, j] - shift
-        for k in range(j):
-            s -= L[j, k] * L[j, k]
-        if not s > 0.0:
-            return False
-        ljj = math.sqrt(s)
-        L[j, j] = ljj
-        for i in range(j + 1, m):
-            t = A[i, j]
-            for k in range(j):
-                t -= L[i, k] * L[j, k]
-            L[i, j] = t / ljj
+def make_work(n, n_edges):
+    m = n - 1
+    return Work(
+        np.empty(n),
+        np.empty(n_edges),
+        np.zeros(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty((m, m)),
+        np.empty((m, m)),
+        np.empty(m),
+        np.empty(n),
+    )
+
+
+def _libm_sincos() -> bool:
+    """Make C ``sincos`` callable from the kernels (glibc: the same values as sin and cos, one
+    shared argument reduction); False where the C library has none."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        addr = ctypes.cast(lib.sincos, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    if not addr:
+        return False
+    llvm.add_symbol("sincos", addr)
     return True
 
 
+if _libm_sincos():
+
+    @intrinsic
+    def _sincos(typingctx, x):
+        sig = types.UniTuple(types.float64, 2)(types.float64)
+
+        def codegen(context, builder, signature, args):
+            dbl = context.get_value_type(types.float64)
+            fnty = llvm_ir.FunctionType(
+                llvm_ir.VoidType(), [dbl, dbl.as_pointer(), dbl.as_pointer()]
+            )
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "sincos")
+            sp = cgutils.alloca_once(builder, dbl)
+            cp = cgutils.alloca_once(builder, dbl)
+            builder.call(fn, [args[0], sp, cp])
+            return context.make_tuple(
+                builder, signature.return_type, [builder.load(sp), builder.load(cp)]
+            )
+
+        return sig, codegen
+
+else:
+
+    @njit(cache=True)
+    def _sincos(x):
+        return math.sin(x), math.cos(x)
+
+
 @njit(cache=True)
-def _solve(A, b, x, L):
-    """x = A⁻¹ b: Cholesky, else LU with partial pivoting, else least squares (as numpy)."""
+def wrap(x):
+    """Angle in [−π, π) (rad)."""
+    y = x + math.pi
+    if 0.0 <= y < TWO_PI:  # y % 2π == y exactly: skip the (slow) floating modulo
+        return y - math.pi
+    return (y % TWO_PI) - math.pi
+
+
+@njit(cache=True, inline="always")
+def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
+    """F̃ at θ into ws.F (and K cos Δ, the nudge's diagonal, node sin/cos); returns
+    (max|F̃|, ‖F̃‖² if ``l2`` else 0) over the non-reference rows. ``reuse``: ws.sn/ws.cs
+    already hold θ's."""
+    n = w.shape[0]
+    F, sn, cs, kc = ws.F, ws.sn, ws.cs, ws.kc
+    ref = g.ref
+    for i in range(n):
+        F[i] = w[i]
+        if reuse:
+            continue
+        if i == ref:  # pinned at 0
+            sn[i] = 0.0
+            cs[i] = 1.0
+        else:
+            sn[i], cs[i] = _sincos(th[i])
+    for e in range(kk.shape[0]):
+        i, j = g.ei[e], g.ej[e]
+        # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
+        s = kk[e] * (sn[j] * cs[i] - cs[j] * sn[i])
+        kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
+        F[i] += s
+        F[j] -= s
+    if kind == NUDGE_LINEAR:
+        for i in range(n):
+            F[i] += nudge.bet[i] * (nudge.tgt[i] - th[i])
+    elif kind == NUDGE_INJECTION:
+        for i in range(n):
+            d = nudge.tgt[i] - th[i]
+            F[i] += nudge.bet[i] * math.sin(d)
+            ws.nd[i] = nudge.bet[i] * math.cos(d)
+    res = 0.0
+    nrm = 0.0
+    for i in range(n):
+        if i != ref:
+            res = max(res, abs(F[i]))
+            if l2:
+                nrm += F[i] * F[i]
+    return res, nrm
+
+
+@njit(cache=True, inline="always")
+def _assemble(g, ws, nudge, kind):
+    """−J̃ at the last evaluated point into the lower triangle of ws.A."""
+    A, kc, red = ws.A, ws.kc, g.red
     m = A.shape[0]
-    if _cholesky(A, L, 0.0):
-        for i in range(m):
-            t = b[i]
-            for k in range(i):
-                t -= L[i, k] * x[k]
-            x[i] = t / L[i, i]
-        for i in range(m - 1, -1, -1):
-            t = x[i]
-            for k in range(i + 1, m):
-                t -= L[k, i] * x[k]
-            x[i] = t / L[i, i]
-        return
-    for i in range(m):  # LU with row swaps (L holds the factors)
+    for p in range(m):
+        for q in range(p + 1):
+            A[p, q] = 0.0
+    for e in range(kc.shape[0]):
+        c = kc[e]
+        p = g.elo[e]
+        q = g.ehi[e]
+        A[q, q] += c
+        if p >= 0:
+            A[p, p] += c
+            A[q, p] -= c
+    if kind != NUDGE_NONE:
+        diag = nudge.bet if kind == NUDGE_LINEAR else ws.nd
+        for i in range(red.shape[0]):
+            if i != g.ref:
+                A[red[i], red[i]] += diag[i]
+
+
+@njit(cache=True, inline="always")
+def cholesky(A, L, shift):
+    """Lower Cholesky factor of A − shift·I (lower triangle of A read) into L; False on a
+    non-positive (or NaN) pivot."""
+    m = A.shape[0]
+    for j in range(m):
+        d = A[j, j] - shift
+        for q in range(j):
+            d -= L[j, q] * L[j, q]
+        if not d > 0.0:
+            return False
+        d = math.sqrt(d)
+        L[j, j] = d
+        for r in range(j + 1, m):
+            acc = A[r, j]
+            for q in range(j):
+                acc -= L[r, q] * L[j, q]
+            L[r, j] = acc / d
+    return True
+
+
+@njit(cache=True, inline="always")
+def _cholesky_solve(L, x):
+    """x ← (L Lᵀ)⁻¹ x in place."""
+    m = L.shape[0]
+    for r in range(m):  # L z = x
+        acc = x[r]
+        for q in range(r):
+            acc -= L[r, q] * x[q]
+        x[r] = acc / L[r, r]
+    for r in range(m - 1, -1, -1):  # Lᵀ s = z
+        acc = x[r]
+        for q in range(r + 1, m):
+            acc -= L[q, r] * x[q]
+        x[r] = acc / L[r, r]
+
+
+@njit(cache=True)
+def _lu_solve(A, x, L):
+    """x ← A⁻¹ x for symmetric A (lower triangle) that is not positive definite: LU with
+    partial pivoting (L holds the factors), else least squares."""
+    m = A.shape[0]
+    b = x.copy()
+    for i in range(m):
         for j in range(m):
-            L[i, j] = A[i, j]
-        x[i] = b[i]
+            L[i, j] = A[i, j] if j <= i else A[j, i]
+    full = L.copy()
     singular = False
     for k in range(m):
         p = k
@@ -146,164 +355,211 @@ def _solve(A, b, x, L):
                 finite = False
         if finite:
             return
-    sol = np.linalg.lstsq(A.copy(), b.copy(), rcond=EPS * m)[0]
+    sol = np.linalg.lstsq(full, b, rcond=EPS * m)[0]
     for i in range(m):
         x[i] = sol[i]
 
 
-@njit(cache=True)
-def _wrap(x):
-    return ((x + math.pi) % TWO_PI) - math.pi
+@njit(cache=True, inline="always")
+def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
+    """Newton iteration on θ (N,) in place (reference set to 0); returns (done, iterations).
 
-
-@njit(cache=True)
-def solve_small(w_in, K_in, a, th0_in, has_th0, beta_in, tgt_in, kind, sign, ref, tol, max_iter):
-    """Damped Newton for one small network; see the module docstring.
-
-    ``w_in`` (N,), ``K_in`` (N, N) symmetric, ``a`` the sine amplitude; ``th0_in`` (N,) used
-    when ``has_th0``; ``beta_in``/``tgt_in`` (N,) (ignored for ``kind`` NUDGE_NONE), ``sign``
-    the nudge direction ±1; ``ref`` the reference oscillator. Returns (status, θ (N,) with
-    θ_ref = 0 in the caller's order, −J̃ at θ (N−1, N−1), residual, iterations, converged,
-    Cholesky of the shifted −J̃ succeeded, shift). Only status is meaningful unless it is 0.
-    """
-    n = w_in.shape[0]
-    m = n - 1
-    th_out = np.zeros(n)
-    A = np.empty((m, m))
-    # ---- checks the Python fast path leaves to the kernel
+    ``w`` (N,) frequencies, ``kk`` (E,) edge couplings, ``pol`` a :class:`Newton` (trust
+    region, line search, step test), ``stop`` a :class:`Stop`; ``kind`` the nudge's NUDGE_*,
+    ``reuse`` see :func:`_evaluate`, ``damped`` line search or not. Undamped: stop when
+    max|F̃| <= tol or a step is below ``step_done_rad``; a failed Cholesky returns
+    (False, it). Damped: stop when the residual test passes (max|F̃| <= tol when nudged,
+    ‖F̃‖ <= tol otherwise, as the numpy path) or the line search stalls at the rounding
+    ``floor``. ws.F/ws.kc/ws.sn/ws.cs hold the last evaluated point (θ itself when damped)."""
+    n = w.shape[0]
+    red = g.red
+    ref = g.ref
+    th0 = th[ref]
     for i in range(n):
-        if not math.isfinite(w_in[i]):
-            return STATUS_FALLBACK, th_out, A, 0.0, 0, False, False, 0.0
-        for j in range(n):
-            if not math.isfinite(K_in[i, j]) or K_in[i, j] != K_in[j, i]:
-                return STATUS_FALLBACK, th_out, A, 0.0, 0, False, False, 0.0
-        if has_th0 and not math.isfinite(th0_in[i]):
-            return STATUS_FALLBACK, th_out, A, 0.0, 0, False, False, 0.0
-        if kind != NUDGE_NONE:
-            if not (math.isfinite(beta_in[i]) and math.isfinite(tgt_in[i])) or beta_in[i] < 0:
-                return STATUS_FALLBACK, th_out, A, 0.0, 0, False, False, 0.0
-    # ---- the reference moves to index 0
-    p = np.empty(n, dtype=np.int64)
-    p[0] = ref
-    for k in range(1, n):
-        p[k] = k - 1 if k <= ref else k
-    w = np.empty(n)
-    Ka = np.empty((n, n))
-    bet = np.zeros(n)
-    tgt = np.zeros(n)
-    th = np.zeros(n)
-    wmax = 0.0
-    krow = 0.0  # max row sum of |K| (nudged floor) and of |aK| (un-nudged floor)
-    karow = 0.0
-    for k in range(n):
-        w[k] = w_in[p[k]]
-        wmax = max(wmax, abs(w[k]))
-        r = 0.0
-        ra = 0.0
-        for q in range(n):
-            kv = K_in[p[k], p[q]]
-            Ka[k, q] = kv * a
-            r += abs(kv)
-            ra += abs(Ka[k, q])
-        krow = max(krow, r)
-        karow = max(karow, ra)
-    nudged = kind != NUDGE_NONE
-    bmax = 0.0
-    tmax = 0.0
-    if nudged:
-        for k in range(n):
-            bet[k] = beta_in[p[k]] * sign
-            tgt[k] = tgt_in[p[k]]
-            bmax = max(bmax, abs(bet[k]))
-            tmax = max(tmax, abs(tgt[k]))
-    if has_th0:
-        t0 = th0_in[ref]
-        for k in range(n):
-            th[k] = th0_in[p[k]] - t0
-    if nudged:
-        floor = 64.0 * EPS * (1.0 + wmax + krow + bmax * (1.0 + tmax)) * math.sqrt(n)
-    else:
-        floor = 64.0 * EPS * (1.0 + wmax + karow) * math.sqrt(n)
-    # ---- damped Newton
-    F = np.empty(m)
-    Ft = np.empty(m)
-    At = np.empty((m, m))
-    trial = np.empty(n)
-    step = np.empty(m)
-    L = np.empty((m, m))
-    _evaluate(th, w, Ka, bet, tgt, kind, F, A)
-    nrm = 0.0
-    res = 0.0
-    for i in range(m):
-        nrm += F[i] * F[i]
-        res = max(res, abs(F[i]))
-    tol2 = tol * tol
+        th[i] -= th0
+    res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, reuse, damped)
+    floor = stop.floor
+    l2 = damped and kind == NUDGE_NONE
+    tol = stop.tol
     it = 0
-    while it < max_iter:
-        if nudged:
-            if res <= tol:
-                break
-        elif not nrm > tol2:
-            break
-        _solve(A, F, step, L)  # (−J̃) s = F̃
-        ss = 0.0
+    while it < stop.max_iter:
+        if (nrm <= tol * tol) if l2 else (res <= tol):
+            return True, it
+        _assemble(g, ws, nudge, kind)
+        rhs = ws.rhs
+        for i in range(n):
+            if i != ref:
+                rhs[red[i]] = ws.F[i]
+        # undamped runs factor in place (−J̃ is not needed again)
+        L = ws.L if damped else ws.A
+        if cholesky(ws.A, L, 0.0):
+            _cholesky_solve(L, rhs)
+        elif damped:
+            _lu_solve(ws.A, rhs, ws.L)
+        else:
+            return False, it
         big = 0.0
-        for i in range(m):
-            ss += step[i] * step[i]
-            big = max(big, abs(step[i]))
-        if (nudged or ss > 1.0) and big > 1.0:
-            for i in range(m):
-                step[i] = step[i] / big  # trust region: ≤ 1 rad per step
+        for p in range(rhs.shape[0]):
+            big = max(big, abs(rhs[p]))
+        scale = 1.0 if big <= pol.trust_rad else pol.trust_rad / big
+        it += 1
+        if not damped:
+            for i in range(n):
+                if i != ref:
+                    th[i] += scale * rhs[red[i]]
+            if big <= pol.step_done_rad:
+                # quadratic convergence: the residual after this step is O(K·|s|²), below
+                # the tolerance, so the extra residual evaluation is skipped
+                return True, it
+            if it < stop.max_iter:
+                res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
+            continue
+        trial = ws.trial
         alpha = 1.0
-        nt = 0.0
-        rt = 0.0
-        for _ls in range(13):
-            trial[0] = th[0]
-            for i in range(m):
-                trial[i + 1] = th[i + 1] + alpha * step[i]
-            _evaluate(trial, w, Ka, bet, tgt, kind, Ft, At)
-            nt = 0.0
-            rt = 0.0
-            for i in range(m):
-                nt += Ft[i] * Ft[i]
-                rt = max(rt, abs(Ft[i]))
-            if nt <= (1.0 - 1e-4 * alpha) * nrm or rt <= floor:
+        rt = nt = 0.0
+        for _ls in range(pol.line_search_halvings):
+            for i in range(n):
+                trial[i] = th[i] if i == ref else th[i] + alpha * (scale * rhs[red[i]])
+            rt, nt = _evaluate(g, ws, w, kk, trial, nudge, kind, False, True)
+            if nt <= (1.0 - pol.armijo * alpha) * nrm or rt <= floor:
                 break
             alpha *= 0.5
         # a failed line search still takes the smallest step (escape plateaus)
-        it += 1
-        if nudged:
-            stalled = rt >= res and res <= floor
-        else:
-            stalled = nt >= nrm and nrm <= floor * floor * n
+        stalled = (nt >= nrm and nrm <= floor * floor * n) if l2 else (rt >= res and res <= floor)
         for i in range(n):
             th[i] = trial[i]
-        for i in range(m):
-            F[i] = Ft[i]
-            for j in range(m):
-                A[i, j] = At[i, j]
-        nrm = nt
-        res = rt
+        res, nrm = rt, nt
         if stalled:
             break
+    return False, it
+
+
+@njit(cache=True, inline="always")
+def edges_stable(g, ws):
+    """Every edge has cos Δθ > 0 at the last evaluated sines/cosines (with a connected graph,
+    positive K and a non-negative nudge: −J̃ positive definite, the state is stable)."""
+    sn, cs = ws.sn, ws.cs
+    for e in range(g.ei.shape[0]):
+        i, j = g.ei[e], g.ej[e]
+        if cs[j] * cs[i] + sn[j] * sn[i] <= 0.0:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _dense_graph(n, K, a, ref):
+    """Edge list (i < j, K_ij != 0), couplings a·K_ij and the reduced indexing of a dense K."""
+    E = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            if K[i, j] != 0.0:
+                E += 1
+    ei = np.empty(E, dtype=np.int64)
+    ej = np.empty(E, dtype=np.int64)
+    kk = np.empty(E)
+    e = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            if K[i, j] != 0.0:
+                ei[e] = i
+                ej[e] = j
+                kk[e] = a * K[i, j]
+                e += 1
+    red = np.empty(n, dtype=np.int64)
+    r = 0
+    for i in range(n):
+        red[i] = -1 if i == ref else r
+        r += i != ref
+    elo = np.empty(E, dtype=np.int64)
+    ehi = np.empty(E, dtype=np.int64)
+    for e in range(E):
+        elo[e] = min(red[ei[e]], red[ej[e]])
+        ehi[e] = max(red[ei[e]], red[ej[e]])
+    return Graph(ei, ej, red, elo, ehi, ref), kk
+
+
+@njit(cache=True)
+def _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
+    n = w.shape[0]
+    for i in range(n):
+        if not math.isfinite(w[i]):
+            return False
+        for j in range(n):
+            if not math.isfinite(K[i, j]) or K[i, j] != K[j, i]:
+                return False
+        if has_th0 and not math.isfinite(th0[i]):
+            return False
+        if kind != NUDGE_NONE:
+            if not (math.isfinite(beta[i]) and math.isfinite(tgt[i])) or beta[i] < 0:
+                return False
+    return True
+
+
+@njit(cache=True)
+def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol):
+    """Damped :func:`newton` for one small dense network (the compiled path of
+    ``solve_equilibrium``): ``w`` (N,), ``K`` (N, N) symmetric, ``a`` the sine amplitude;
+    ``th0`` (N,) used when ``has_th0``; ``beta``/``tgt`` (N,) (ignored for ``kind``
+    NUDGE_NONE), ``sign`` the nudge direction ±1; ``pol`` a :class:`Newton` (tol, max_iter
+    of this solve). Returns (status, θ (N,) with θ_ref = 0, −J̃ at θ (N−1, N−1, lower
+    triangle), residual, iterations, converged, Cholesky of −J̃ − shift·I succeeded, shift);
+    only status is meaningful unless it is STATUS_OK (a failed input check: take numpy)."""
+    n = w.shape[0]
+    m = n - 1
+    th = np.zeros(n)
+    if not _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
+        return STATUS_FALLBACK, th, np.empty((m, m)), 0.0, 0, False, False, 0.0
+    g, kk = _dense_graph(n, K, a, ref)
+    bet = np.zeros(n)
+    tg = np.zeros(n)
+    wmax = 0.0
+    krow = 0.0  # max row sum of |K| (nudged floor) and of |aK| (un-nudged floor)
+    karow = 0.0
+    bmax = 0.0
+    tmax = 0.0
+    for i in range(n):
+        wmax = max(wmax, abs(w[i]))
+        r = 0.0
+        ra = 0.0
+        for j in range(n):
+            r += abs(K[i, j])
+            ra += abs(a * K[i, j])
+        krow = max(krow, r)
+        karow = max(karow, ra)
+        if kind != NUDGE_NONE:
+            bet[i] = beta[i] * sign
+            tg[i] = tgt[i]
+            bmax = max(bmax, abs(bet[i]))
+            tmax = max(tmax, abs(tg[i]))
+        if has_th0:
+            th[i] = th0[i]
+    if kind != NUDGE_NONE:
+        scale = 1.0 + wmax + krow + bmax * (1.0 + tmax)
+    else:
+        scale = 1.0 + wmax + karow
+    floor = pol.floor_factor * EPS * scale * math.sqrt(n)
+    nudge = Nudge(bet, tg)
+    ws = make_work(n, kk.shape[0])
+    stop = Stop(pol.tol, floor, pol.max_iter)
+    _, it = newton(g, ws, w, kk, th, nudge, kind, pol, stop, False, True)
     big = 0.0
-    for i in range(1, n):
+    for i in range(n):
         big = max(big, abs(th[i]))
     if big >= math.pi:  # wrap only when needed (wrapping rounds)
-        for i in range(1, n):
-            th[i] = _wrap(th[i])
-        _evaluate(th, w, Ka, bet, tgt, kind, F, A)
-    res = 0.0
-    for i in range(m):
-        res = max(res, abs(F[i]))
-    converged = res <= max(tol, floor)
+        for i in range(n):
+            if i != ref:
+                th[i] = wrap(th[i])
+    res, _ = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
+    converged = res <= max(pol.tol, floor)
+    _assemble(g, ws, nudge, kind)
     amax = 0.0
     for i in range(m):
-        for j in range(m):
-            amax = max(amax, abs(A[i, j]))
-    shift = 1e-10 * (amax + 1e-300)
-    chol_ok = _cholesky(A, L, shift)
-    th[0] = 0.0
-    for k in range(n):
-        th_out[p[k]] = th[k]
-    return STATUS_OK, th_out, A, res, it, converged, chol_ok, shift
+        for j in range(i + 1):
+            amax = max(amax, abs(ws.A[i, j]))
+    shift = pol.stability_shift * (amax + 1e-300)
+    chol_ok = cholesky(ws.A, ws.L, shift)
+    for i in range(m):  # the full symmetric matrix for the caller
+        for j in range(i + 1, m):
+            ws.A[i, j] = ws.A[j, i]
+    th[ref] = 0.0
+    return STATUS_OK, th, ws.A, res, it, converged, chol_ok, shift

@@ -11,9 +11,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind
+from phasegrad_hw.physics.policy import NEWTON
 from phasegrad_hw.physics.result import Equilibrium
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +21,7 @@ _F64 = np.dtype(np.float64)
 _EMPTY = np.zeros(0)
 _NUDGE_CODE = {"linear": 1, "injection": 2}
 _compiled_state: list[Callable[..., Any] | None] = []
+_policies: dict[tuple[float, int], Any] = {}
 
 
 def _compiled_kernel() -> Callable[..., Any] | None:
@@ -34,6 +34,20 @@ def _compiled_kernel() -> Callable[..., Any] | None:
         else:
             _compiled_state.append(solve_small)
     return _compiled_state[0]
+
+
+def _policy(tol: float, max_iter: int) -> Any:
+    """The kernel's :class:`~phasegrad_hw.physics._kernels.Newton` (the policy in
+    :data:`~phasegrad_hw.physics.policy.NEWTON` with this solve's tol and max_iter)."""
+    key = (tol, max_iter)
+    pol = _policies.get(key)
+    if pol is None:
+        from phasegrad_hw.physics._kernels import newton_policy
+
+        if len(_policies) > 64:
+            _policies.clear()
+        pol = _policies[key] = newton_policy(NEWTON, tol, max_iter)
+    return pol
 
 
 def _fast_vector(x: ArrayLike | None, n: int) -> Array | None:
@@ -104,8 +118,7 @@ def _solve_compiled(
         kind,
         float(direction),
         int(ref),
-        float(tol),
-        max_iter,
+        _policy(float(tol), max_iter),
     )
     if status != 0:
         return None

@@ -94,13 +94,23 @@ def two_phase_gradient(
     if theta_minus is None:
         free = _as_float_array("theta_free", theta_free)
         _same_shape("theta_free", free, plus)
-        g = -wrap(plus - free) / beta
+        d, scale = wrap(plus - free), beta
     else:
         minus = _as_float_array("theta_minus", theta_minus)
         _same_shape("theta_minus", minus, plus)
-        g = -wrap(plus - minus) / (2.0 * beta)
+        d, scale = wrap(plus - minus), 2.0 * beta
+    return two_phase_from_displacement(
+        d, scale, None if ref is None else _check_ref(ref, d.shape[-1])
+    )
+
+
+def two_phase_from_displacement(d: Array, scale: float, ref: int | None) -> Array:
+    """−d/scale with the reference entry 0: the two-phase estimate from the wrapped
+    displacement d = wrap(θ^β − θ*) (scale β) or wrap(θ^{+β} − θ^{−β}) (scale 2β), rad;
+    no validation (the EP rule's hot path, :func:`phasegrad_hw.learning.ep.ep_update`)."""
+    g = -d / scale
     if ref is not None:
-        g[..., _check_ref(ref, g.shape[-1])] = 0.0
+        g[..., ref] = 0.0
     return g
 
 

@@ -90,9 +90,11 @@ def run_demo(
     device = str(default_device_path() or f"{model.name} (built in code)")
     epochs, seed, lr, params = o.epochs, o.seed, o.lr, o.params
     if o.engine == "engine":
-        from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, member_for_model
+        from phasegrad_hw.engine.ensemble import Ensemble
+        from phasegrad_hw.engine.members import TrainConfig, member_for_model
+        from phasegrad_hw.learning.ep import EPRule
 
-        cfg = TrainConfig(epochs=epochs, lr_omega=lr, lr_k=lr, params=params)
+        cfg = TrainConfig(epochs=epochs, rule=EPRule(lr_omega=lr, lr_k=lr, params=params))
         ens = Ensemble(model, [member_for_model(model, seed, cfg)], data, enc, cfg)
         res = ens.run(None if progress is None else progress.track("training", epochs))
         acc = float(res.test_accuracy[0])
@@ -100,6 +102,7 @@ def run_demo(
     else:
         from phasegrad_hw.backends.simulated import SimulatedSubstrate
         from phasegrad_hw.learning.controller import EPConfig
+        from phasegrad_hw.learning.ep import EPRule
         from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 
         async def go() -> tuple[float, int]:
@@ -108,7 +111,7 @@ def run_demo(
                     [sub],
                     data,
                     enc,
-                    EPConfig(lr_omega=lr, lr_k=lr, params=params),
+                    EPConfig(rule=EPRule(lr_omega=lr, lr_k=lr, params=params)),
                     LoopOptions(epochs=epochs, seed=seed, train_eval="online"),
                     observers,
                 )

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from phasegrad_hw.engine.ensemble import EpochSummary
+    from phasegrad_hw.engine.results import EpochSummary
 
 __all__ = ["EnsembleProgress"]
 

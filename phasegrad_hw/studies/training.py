@@ -81,6 +81,7 @@ async def train_device(
     """
     from phasegrad_hw.device.registry import open_substrate
     from phasegrad_hw.learning.controller import EPConfig
+    from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_task
     from phasegrad_hw.store import RunRecorder, RunStore
@@ -89,7 +90,9 @@ async def train_device(
     dataset = load_task(o.task, data, seed=o.seed)
     enc = Encoding(readout=o.readout)
     ep = EPConfig(
-        params=o.params, lr_omega=o.lr, lr_k=o.lr, beta=o.beta, mode=o.mode, averages=o.averages
+        rule=EPRule(
+            params=o.params, lr_omega=o.lr, lr_k=o.lr, beta=o.beta, mode=o.mode, averages=o.averages
+        )
     )
     watchers: list[LoopObserver] = []
     rs = RunStore(store) if store is not None else None

@@ -29,7 +29,7 @@ from phasegrad_hw.config import StrictModel
 from phasegrad_hw.studies.progress import EnsembleProgress
 
 if TYPE_CHECKING:
-    from phasegrad_hw.engine.ensemble import EnsembleResult
+    from phasegrad_hw.engine.results import EnsembleResult
     from phasegrad_hw.learning.tasks import Dataset, Encoding
 
 __all__ = ["INITS", "PARAMS", "SUCCESS", "VowelStudyOptions", "output_modes", "run_vowel_study"]
@@ -163,7 +163,9 @@ def run_vowel_study(
     "data"}``. ``log`` receives one line per set-up; ``checkpoint`` the partial result after
     each set-up (to save it)."""
     from phasegrad_hw.device.presets import builder
-    from phasegrad_hw.engine.ensemble import Ensemble, TrainConfig, members_from_builder
+    from phasegrad_hw.engine.ensemble import Ensemble
+    from phasegrad_hw.engine.members import TrainConfig, members_from_builder
+    from phasegrad_hw.learning.ep import EPRule
 
     t_start = time.perf_counter()
     data = load_study_data(o)
@@ -179,7 +181,13 @@ def run_vowel_study(
         members: list[Any] = []
         blocks: list[tuple[str, str, int, int]] = []
         for pset, init in configs:
-            cfg = TrainConfig(epochs=epochs, params=pset, init=init)  # type: ignore[arg-type]
+            k7 = pset == "K7"  # the couplings of 7 random edges learn
+            cfg = TrainConfig(
+                epochs=epochs,
+                init=init,  # type: ignore[arg-type]
+                rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
+                k_subset=7 if k7 else None,
+            )
             template, ms = members_from_builder(build, seeds, cfg)
             blocks.append((pset, init, len(members), len(members) + len(ms)))
             members += ms

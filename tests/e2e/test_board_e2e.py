@@ -22,6 +22,7 @@ from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, load_vowels
 from tests.conftest import REPO, require
@@ -131,7 +132,9 @@ async def test_training_through_pty_equals_in_process(vowels_csv: Path) -> None:
     DAC and thermal drift included). CI-sized: 2 epochs."""
     require(CMOS_DEVICE.exists(), f"CMOS device file {CMOS_DEVICE}")
     ds = load_vowels(vowels_csv, ("a", "i"), seed=0)  # the full 80/20 split
-    cfg = EPConfig(beta=0.1, mode="centred", averages=4, lr_omega=0.02, params="both", lr_k=0.01)
+    cfg = EPConfig(
+        rule=EPRule(beta=0.1, mode="centred", averages=4, lr_omega=0.02, params="both", lr_k=0.01)
+    )
     enc = Encoding()
     chip = open_substrate(CMOS_DEVICE, seed=3)
     server, uri = _serve(chip, "pty")

@@ -23,6 +23,7 @@ from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError, LimitError, SubstrateError
 from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from tests.conftest import REPO, VOWELS_CSV, require
 
 RES = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in ("smu", "phase_meter", "injection")}
@@ -230,7 +231,7 @@ def test_cancelled_read_does_not_leave_a_stale_reply(emu: BenchEmulator) -> None
 async def _train(sub: OscillatorSubstrate, steps: int = 4) -> np.ndarray:
     model = sub.model
     params = Parameters(np.zeros(model.n), model.coupling_values())
-    cfg = EPConfig(beta=0.1, lr_omega=0.05, mode="centred")
+    cfg = EPConfig(rule=EPRule(beta=0.1, lr_omega=0.05, mode="centred"))
     rng = np.random.default_rng(3)
     history = []
     async with sub:
@@ -254,7 +255,7 @@ def test_persistent_fault_ends_in_clear_error_and_safe_device(inst: str) -> None
 
         async def run() -> tuple[Parameters, Parameters]:
             async with bench:
-                ctl = EPController([bench], EPConfig(beta=0.1, lr_omega=0.05), params)
+                ctl = EPController([bench], EPConfig(rule=EPRule(beta=0.1, lr_omega=0.05)), params)
                 await ctl.step([Sample(np.array([0.3, -0.2]), np.array([-0.2, 0.2]))])
                 before = ctl.params.copy()
                 # only the instrument under test stops answering (reconnects too)
@@ -335,7 +336,7 @@ def test_training_through_the_bench_matches_in_process() -> None:
 
     data = load_vowels(VOWELS_CSV, ("a", "i"), seed=0)
     enc = Encoding()
-    cfg = EPConfig(beta=0.1, lr_omega=0.01, averages=2)
+    cfg = EPConfig(rule=EPRule(beta=0.1, lr_omega=0.01, averages=2))
     chip = load_device_model(CMOS_FILE)
 
     async def train(sub: OscillatorSubstrate) -> Any:

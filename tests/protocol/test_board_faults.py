@@ -18,11 +18,12 @@ from phasegrad_hw.errors import DeviceTimeoutError, ProtocolError
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import FaultConfig, LineServer
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from tests.conftest import require
 from tests.protocol.test_board_protocol import board_model
 
 TOL = 1e-9
-CFG = EPConfig(beta=0.1, mode="centred", lr_omega=0.05, params="both", lr_k=0.02)
+CFG = EPConfig(rule=EPRule(beta=0.1, mode="centred", lr_omega=0.05, params="both", lr_k=0.02))
 
 # Periodic faults (every N-th line) need N above the lines of one attempt (sync + restore +
 # exchange, about 10 here); a board that resets more often than that cannot be used.

@@ -21,6 +21,7 @@ from phasegrad_hw.calibration.transfer import (
 from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError, LimitError
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred
 from tests.unit.test_calibration_common import cmos_model, is_safe, optical_model, pty_board
 
@@ -237,7 +238,7 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
     from phasegrad_hw.learning.tasks import Encoding, load_vowels
 
     data = load_vowels(vowels_csv)
-    cfg = EPConfig(beta=0.2, mode="centred", averages=4, lr_omega=0.03)
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=4, lr_omega=0.03))
     enc = Encoding(readout="mean_phase", margin=0.3)
 
     def chip(seed: int) -> CMOSSubstrate:  # the mismatch draw comes from the model's seed

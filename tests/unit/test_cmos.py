@@ -23,6 +23,7 @@ from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.device.substrate import Capability
 from phasegrad_hw.errors import LimitError, LockLostError
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred, solve_equilibrium, wrap
 from phasegrad_hw.physics.gradients import cosine, finite_difference_gradient, two_phase_gradient
 
@@ -396,7 +397,7 @@ FAILURES = {
 async def test_failure_modes_are_detected_by_the_controller(mode: str) -> None:
     m = chip_model(failures=FAILURES[mode])
     chip = CMOSSubstrate(m, seed=1)
-    cfg = EPConfig(beta=0.2, mode="centred", averages=4, lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=4, lr_omega=0.05))
     p0 = Parameters(OMEGA.copy(), m.coupling_values())
     rng = np.random.default_rng(0)
     async with chip:
@@ -424,7 +425,7 @@ async def test_no_failures_means_no_skips() -> None:
     chip = CMOSSubstrate(BASE, seed=1)
     ctl = EPController(
         [chip],
-        EPConfig(beta=0.2, mode="centred", averages=4),
+        EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=4)),
         Parameters(OMEGA.copy(), BASE.coupling_values()),
     )
     rng = np.random.default_rng(0)
@@ -458,7 +459,7 @@ async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None
 
     m = tiny_chip_model()
     data = blobs(40, 20, seed=0)
-    cfg = EPConfig(beta=0.2, mode="centred", averages=16, lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=16, lr_omega=0.05))
     p0 = Parameters(np.array([0.0, 0.0, 0.0, -0.6, 0.6]), m.coupling_values())
     enc = Encoding()
     async with CMOSSubstrate(m, seed=1) as chip:

@@ -18,6 +18,7 @@ from phasegrad_hw.errors import (
     ProtocolError,
 )
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred, solve_equilibrium
 from phasegrad_hw.physics.gradients import (
     cosine,
@@ -72,7 +73,9 @@ async def test_failure_between_free_and_nudged_read_leaves_params_and_device_saf
     inner = SimulatedSubstrate(m)
     sub = ScriptedSubstrate(inner, **script)
     p0 = _params(m)
-    ctl = EPController([sub], EPConfig(mode=mode, lr_omega=0.1, lr_k=0.1, params="both"), p0)
+    ctl = EPController(
+        [sub], EPConfig(rule=EPRule(mode=mode, lr_omega=0.1, lr_k=0.1, params="both")), p0
+    )
     with pytest.raises(error):
         await ctl.step([_sample()])
     assert np.array_equal(ctl.params.omega, p0.omega)
@@ -95,7 +98,7 @@ async def test_failure_on_one_of_parallel_substrates_makes_all_safe() -> None:
         ScriptedSubstrate(SimulatedSubstrate(m)),
     ]
     p0 = _params(m)
-    ctl = EPController(subs, EPConfig(lr_omega=0.1), p0)
+    ctl = EPController(subs, EPConfig(rule=EPRule(lr_omega=0.1)), p0)
     with pytest.raises(DeviceTimeoutError):
         await ctl.step([_sample(0.1), _sample(0.2), _sample(0.3)])
     assert np.array_equal(ctl.params.omega, p0.omega)
@@ -109,7 +112,7 @@ async def test_cancellation_mid_step_leaves_params_and_device_safe(n_subs: int) 
     hang = HangingSubstrate(SimulatedSubstrate(m), on_read=2)
     subs = [hang] + [ScriptedSubstrate(SimulatedSubstrate(m)) for _ in range(n_subs - 1)]
     p0 = _params(m)
-    ctl = EPController(subs, EPConfig(lr_omega=0.1), p0)
+    ctl = EPController(subs, EPConfig(rule=EPRule(lr_omega=0.1)), p0)
     task = asyncio.create_task(ctl.step([_sample(0.1 * k) for k in range(n_subs)]))
     await asyncio.wait_for(hang.hanging.wait(), 5.0)
     assert hang.clamp_active  # cancelled while nudged, between free and nudged read
@@ -128,7 +131,7 @@ async def test_unlocked_and_basin_jump_samples_are_skipped_and_counted() -> None
     # nudged read; step 4: clean (reads 6, 7)
     sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={1, 3}, jump_reads={5: 1.5})
     p0 = _params(m)
-    cfg = EPConfig(lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(lr_omega=0.05))
     ctl = EPController([sub], cfg, p0)
     reps = [await ctl.step([_sample()]) for _ in range(4)]
     assert [r.updated for r in reps] == [False, False, False, True]
@@ -161,7 +164,7 @@ async def test_basin_jump_threshold() -> None:
     m = model_2_5_2(0)
     below = ScriptedSubstrate(SimulatedSubstrate(m), jump_reads={2: 0.9})
     above = ScriptedSubstrate(SimulatedSubstrate(m), jump_reads={2: 1.1})
-    cfg = EPConfig(basin_jump_rad=1.0)
+    cfg = EPConfig(rule=EPRule(basin_jump_rad=1.0))
     r_below = await EPController([below], cfg, _params(m)).step([_sample()])
     r_above = await EPController([above], cfg, _params(m)).step([_sample()])
     assert r_below.updated and r_below.skipped_basin_jump == 0
@@ -176,7 +179,7 @@ async def test_parallel_step_averages_only_valid_samples() -> None:
         ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={2}),
         SimulatedSubstrate(m),
     ]
-    cfg = EPConfig(beta=0.05, lr_omega=0.01)
+    cfg = EPConfig(rule=EPRule(beta=0.05, lr_omega=0.01))
     ctl = EPController(subs, cfg, _params(m))
     rep = await ctl.step(xs)
     assert list(rep.valid) == [True, False, True] and rep.skipped_unlocked == 1
@@ -198,7 +201,9 @@ async def test_step_gradient_matches_implicit_reference(
     p = _params(m, 4)
     x = np.array([0.6, -0.9])
     beta = 1e-3
-    ctl = EPController([SimulatedSubstrate(m)], EPConfig(beta=beta, mode=mode, params="both"), p)
+    ctl = EPController(
+        [SimulatedSubstrate(m)], EPConfig(rule=EPRule(beta=beta, mode=mode, params="both")), p
+    )
     rep = await ctl.step([Sample(x, TARGET)])
     g, gk = _exact(m, p, x, TARGET)
     g[~ctl.learnable_omega] = 0.0
@@ -224,7 +229,9 @@ async def test_centred_bias_is_second_order() -> None:
     errs = {}
     for mode in ("one_sided", "centred"):
         for beta in (0.2, 0.1):
-            ctl = EPController([SimulatedSubstrate(m)], EPConfig(beta=beta, mode=mode), p)
+            ctl = EPController(
+                [SimulatedSubstrate(m)], EPConfig(rule=EPRule(beta=beta, mode=mode)), p
+            )
             rep = await ctl.step([Sample(x, TARGET)])
             assert rep.grad_omega is not None
             errs[mode, beta] = np.linalg.norm(rep.grad_omega - np.where(ctl.learnable_omega, g, 0))
@@ -251,7 +258,9 @@ def _predicted_cosine(
 
 async def _noisy_cosines(model, p, x, t, beta, mode, averages, trials):  # type: ignore[no-untyped-def]
     sub = SimulatedSubstrate(model, seed=11)
-    ctl = EPController([sub], EPConfig(beta=beta, mode=mode, averages=averages, lr_omega=0.0), p)
+    ctl = EPController(
+        [sub], EPConfig(rule=EPRule(beta=beta, mode=mode, averages=averages, lr_omega=0.0)), p
+    )
     grads = []
     for _ in range(trials):
         rep = await ctl.step([Sample(x, t)])
@@ -276,7 +285,7 @@ async def test_readout_noise_degrades_cosine_as_predicted_and_centred_recovers(
     G, mask = await _noisy_cosines(m, p, x, t, beta, "one_sided", averages, trials)
     g = np.where(mask, g, 0.0)
     s_pred = np.sqrt(2) * sigma / (beta * np.sqrt(averages))
-    ctl0 = EPController([SimulatedSubstrate(clean)], EPConfig(beta=beta), p)
+    ctl0 = EPController([SimulatedSubstrate(clean)], EPConfig(rule=EPRule(beta=beta)), p)
     g_beta = (await ctl0.step([Sample(x, t)])).grad_omega  # noise-free estimate at this β
     assert g_beta is not None
     resid = (G - g_beta)[:, mask]
@@ -290,7 +299,9 @@ async def test_readout_noise_degrades_cosine_as_predicted_and_centred_recovers(
     # centred at 10× larger β: noise std σ/(√2·β·√averages), bias O(β²)
     beta_c = 10 * beta
     Gc, _ = await _noisy_cosines(m, p, x, t, beta_c, "centred", averages, trials)
-    ctl1 = EPController([SimulatedSubstrate(clean)], EPConfig(beta=beta_c, mode="centred"), p)
+    ctl1 = EPController(
+        [SimulatedSubstrate(clean)], EPConfig(rule=EPRule(beta=beta_c, mode="centred")), p
+    )
     gc_beta = (await ctl1.step([Sample(x, t)])).grad_omega
     assert gc_beta is not None
     s_c = sigma / (np.sqrt(2) * beta_c * np.sqrt(averages))
@@ -308,7 +319,9 @@ async def test_parallel_substrates_average_single_device_gradients() -> None:
         _sample(-0.4, 0.6, np.array([0.2, -0.2])),
         _sample(0.9, 0.3, np.array([-0.2, 0.2])),
     ]
-    cfg = EPConfig(beta=0.1, mode="centred", lr_omega=0.01, lr_k=0.01, params="both", averages=2)
+    cfg = EPConfig(
+        rule=EPRule(beta=0.1, mode="centred", lr_omega=0.01, lr_k=0.01, params="both", averages=2)
+    )
     p0 = _params(m)
     singles_w, singles_k = [], []
     for k, s in enumerate(xs):
@@ -359,7 +372,7 @@ async def test_simulated_chip_reads_equal_single_substrate_reads() -> None:
 async def test_projection_onto_device_limits_and_clipping() -> None:
     m = model_2_5_2(0)
     p = _params(m)
-    cfg = EPConfig(beta=0.1, lr_omega=1e5, lr_k=1e5, params="both", clip=0.5)
+    cfg = EPConfig(rule=EPRule(beta=0.1, lr_omega=1e5, lr_k=1e5, params="both", clip=0.5))
     ctl = EPController([SimulatedSubstrate(m)], cfg, p)
     rep = await ctl.step([_sample()])
     assert rep.grad_omega is not None and rep.grad_coupling is not None
@@ -407,9 +420,9 @@ async def test_beta_beyond_device_limit_is_refused() -> None:
     m = model_2_5_2(0, limits={"beta_max": 0.5})
     sub = ScriptedSubstrate(SimulatedSubstrate(m))
     with pytest.raises(LimitError, match="beta"):
-        EPController([sub], EPConfig(beta=0.6), _params(m))
-    ctl = EPController([sub], EPConfig(beta=0.5), _params(m))
-    ctl.config.beta = 0.7
+        EPController([sub], EPConfig(rule=EPRule(beta=0.6)), _params(m))
+    ctl = EPController([sub], EPConfig(rule=EPRule(beta=0.5)), _params(m))
+    ctl.config.rule.beta = 0.7
     with pytest.raises(LimitError, match="beta: 0.7"):
         await ctl.step([_sample()])
     with pytest.raises(LimitError, match=r"omega\[0\]: 9 is outside the device limit"):
@@ -437,13 +450,13 @@ async def test_callable_targets_get_free_output_phases() -> None:
 async def test_couplings_written_only_when_changed() -> None:
     m = model_2_5_2(0)
     a = ScriptedSubstrate(SimulatedSubstrate(m))
-    ctl = EPController([a], EPConfig(params="omega"), _params(m))
+    ctl = EPController([a], EPConfig(rule=EPRule(params="omega")), _params(m))
     for _ in range(3):
         await ctl.step([_sample()])
     await ctl.infer(np.array([0.1, 0.1]))
     assert a.names().count("couplings") == 1
     b = ScriptedSubstrate(SimulatedSubstrate(m))
-    ctl_k = EPController([b], EPConfig(params="K", lr_k=0.01), _params(m))
+    ctl_k = EPController([b], EPConfig(rule=EPRule(params="K", lr_k=0.01)), _params(m))
     for _ in range(3):
         await ctl_k.step([_sample()])
     assert b.names().count("couplings") == 3
@@ -456,8 +469,8 @@ async def test_coupling_learning_needs_a_device_that_sets_couplings() -> None:
     sub = ScriptedSubstrate(SimulatedSubstrate(m))
     sub.capabilities = frozenset()
     with pytest.raises(ConfigError, match="params: 'K' needs couplings"):
-        EPController([sub], EPConfig(params="K"), _params(m))
-    ctl = EPController([sub], EPConfig(params="omega"), _params(m))
+        EPController([sub], EPConfig(rule=EPRule(params="K")), _params(m))
+    ctl = EPController([sub], EPConfig(rule=EPRule(params="omega")), _params(m))
     await ctl.step([_sample()])
     assert "couplings" not in sub.names()
 
@@ -469,7 +482,7 @@ async def test_edge_subset_and_learnable_mask() -> None:
     mask[[7, 8]] = True
     ctl = EPController(
         [SimulatedSubstrate(m)],
-        EPConfig(params="both", edges=[3, 11], lr_k=0.1, lr_omega=0.1),
+        EPConfig(edges=[3, 11], rule=EPRule(params="both", lr_k=0.1, lr_omega=0.1)),
         p0,
         learnable_omega=mask,
     )
@@ -561,7 +574,7 @@ async def test_bad_callable_target_refused_after_free_read_and_device_made_safe(
     m = model_2_5_2(0)
     sub = ScriptedSubstrate(SimulatedSubstrate(m))
     p0 = _params(m)
-    ctl = EPController([sub], EPConfig(lr_omega=0.1), p0)
+    ctl = EPController([sub], EPConfig(rule=EPRule(lr_omega=0.1)), p0)
     with pytest.raises(LimitError, match=r"target\[1\]: nan is not finite"):
         await ctl.step([Sample(np.array([0.3, 0.1]), lambda out: np.array([0.0, np.nan]))])
     assert "clamp" not in sub.names() and sub.is_safe
@@ -577,7 +590,7 @@ async def test_centred_minus_reading_is_checked_too(
     m = model_2_5_2(0)
     sub = ScriptedSubstrate(SimulatedSubstrate(m), **script)  # read 3 = the −β read
     p0 = _params(m)
-    ctl = EPController([sub], EPConfig(mode="centred", lr_omega=0.1), p0)
+    ctl = EPController([sub], EPConfig(rule=EPRule(mode="centred", lr_omega=0.1)), p0)
     rep = await ctl.step([_sample()])
     assert not rep.updated and (rep.skipped_unlocked, rep.skipped_basin_jump) == counts
     assert np.array_equal(ctl.params.omega, p0.omega)
@@ -588,7 +601,7 @@ async def test_cancellation_while_batched_reads_wait_leaves_all_chips_safe() -> 
     m = model_2_5_2(0)
     batch = SimulatedBatch(m, 3)
     p0 = _params(m)
-    ctl = EPController(batch.chips, EPConfig(lr_omega=0.1), p0)
+    ctl = EPController(batch.chips, EPConfig(rule=EPRule(lr_omega=0.1)), p0)
     task = asyncio.create_task(ctl.step([_sample(0.1 * k) for k in range(3)]))
     # wait until the free reads are solved and the chips are nudged, then cancel
     while not all(c._clamp is not None for c in batch.chips):
@@ -600,5 +613,7 @@ async def test_cancellation_while_batched_reads_wait_leaves_all_chips_safe() -> 
     assert np.array_equal(ctl.params.omega, p0.omega)
     assert all(c._clamp is None and np.array_equal(c.omega, m.safe_biases()) for c in batch.chips)
     # the batch still works afterwards
-    rep = await EPController(batch.chips, EPConfig(lr_omega=0.1), p0).step([_sample(0.2)] * 3)
+    rep = await EPController(batch.chips, EPConfig(rule=EPRule(lr_omega=0.1)), p0).step(
+        [_sample(0.2)] * 3
+    )
     assert rep.updated and rep.n_valid == 3

@@ -13,6 +13,7 @@ from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import (
     LoopObserver,
     LoopOptions,
@@ -56,7 +57,7 @@ def _p0(model, w_out: float = -0.6) -> Parameters:  # type: ignore[no-untyped-de
 
 async def test_short_run_learns() -> None:
     m = model_tiny(readout_noise_rad=0.01)
-    cfg = EPConfig(beta=0.1, lr_omega=0.05)
+    cfg = EPConfig(rule=EPRule(beta=0.1, lr_omega=0.05))
     enc = Encoding()
     before = await train_on_substrates(
         [SimulatedSubstrate(m)], DATA, enc, cfg, LoopOptions(epochs=0, seed=3, params=_p0(m))
@@ -82,7 +83,7 @@ async def test_short_run_learns() -> None:
 @pytest.mark.parametrize("devices", ["single", "batch2"])
 async def test_resume_from_mid_run_state_is_exact(devices: str) -> None:
     m = model_tiny(readout_noise_rad=0.02)  # noisy: exactness needs the per-epoch reseed
-    cfg = EPConfig(beta=0.2, mode="centred", lr_omega=0.05, lr_k=0.02, params="both")
+    cfg = EPConfig(rule=EPRule(beta=0.2, mode="centred", lr_omega=0.05, lr_k=0.02, params="both"))
     enc = Encoding()
 
     def subs() -> list[OscillatorSubstrate]:
@@ -129,7 +130,7 @@ async def test_sample_order_and_reseed_follow_the_seed() -> None:
         [sub],
         DATA,
         enc,
-        EPConfig(lr_omega=0.01),
+        EPConfig(rule=EPRule(lr_omega=0.01)),
         LoopOptions(epochs=2, seed=seed, params=_p0(m), train_eval="online"),
     )
     freq = np.array([c[1][:2] for c in sub.calls if c[0] == "frequencies"])
@@ -168,7 +169,7 @@ async def test_progress_observer_sync_hook_and_validation() -> None:
             [SimulatedSubstrate(m)],
             DATA,
             Encoding(),
-            EPConfig(lr_omega=0.05),
+            EPConfig(rule=EPRule(lr_omega=0.05)),
             LoopOptions(epochs=2, seed=1, params=_p0(m)),
             [hooks, bar],
         )
@@ -196,7 +197,7 @@ async def test_default_initial_parameters_come_from_seeding() -> None:
         [SimulatedSubstrate(m)],
         DATA,
         Encoding(),
-        EPConfig(lr_omega=0.0),
+        EPConfig(rule=EPRule(lr_omega=0.0)),
         LoopOptions(epochs=1, seed=5),
         [Hooks(on_epoch_end=states.append)],
     )
@@ -231,7 +232,7 @@ async def test_observers_run_in_order_each_with_its_own_copy() -> None:
         [SimulatedSubstrate(m)],
         DATA,
         Encoding(),
-        EPConfig(lr_omega=0.05),
+        EPConfig(rule=EPRule(lr_omega=0.05)),
         LoopOptions(epochs=2, seed=2, params=_p0(m)),
         [Mutator(), keeper],
     )

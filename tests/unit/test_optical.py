@@ -21,6 +21,7 @@ from phasegrad_hw.device.frequency_map import CurveMap
 from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.errors import LimitError
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred, wrap
 from phasegrad_hw.physics.gradients import cosine, finite_difference_gradient, two_phase_gradient
 
@@ -222,7 +223,7 @@ async def test_failures_detected_by_the_controller(failure: dict[str, Any]) -> N
     chip = OpticalSubstrate(m, seed=1)
     ctl = EPController(
         [chip],
-        EPConfig(beta=0.2, mode="centred", averages=4, lr_omega=0.05),
+        EPConfig(rule=EPRule(beta=0.2, mode="centred", averages=4, lr_omega=0.05)),
         Parameters(OMEGA.copy(), m.coupling_values()),
     )
     rng = np.random.default_rng(0)

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.device.presets import layered, vowel_2_5_2
-from phasegrad_hw.engine.ensemble import (
-    Ensemble,
-    TrainConfig,
-    member_for_model,
-    members_from_builder,
-    train_ensemble,
-    train_seeds,
-)
+from phasegrad_hw.engine.ensemble import Ensemble, train_ensemble, train_seeds
+from phasegrad_hw.engine.members import TrainConfig, member_for_model, members_from_builder
+from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.seeding import initial_omega, spectral_seed
 from phasegrad_hw.learning.tasks import Encoding, load_vowels, synthetic_vowels
 from phasegrad_hw.physics import centred, solve_equilibrium
@@ -42,7 +37,13 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 def test_ensemble_equals_per_seed_runs(
     params: str, readout: str, batch: int, compiled: bool | None
 ) -> None:
-    cfg = TrainConfig(epochs=2, params=params, batch_size=batch, lr_omega=0.01, lr_k=0.01)  # type: ignore[arg-type]
+    k7 = params == "K7"  # the published "K7": couplings of 7 random edges learn
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=batch,
+        rule=EPRule(params="K" if k7 else params, lr_omega=0.01, lr_k=0.01),  # type: ignore[arg-type]
+        k_subset=7 if k7 else None,
+    )
     enc = Encoding(readout=readout)  # type: ignore[arg-type]
     seeds = [0, 1, 2, 3]
     ens = train_seeds(vowel_2_5_2, seeds, SMALL, enc, cfg, compiled=compiled)
@@ -64,7 +65,7 @@ def test_compiled_kernels_match_the_numpy_path(readout: str) -> None:
     from tests.conftest import require
 
     require(HAVE_NUMBA, "numba (the compiled training kernels, extra 'fast')")
-    cfg = TrainConfig(epochs=3, params="both", lr_omega=0.02, lr_k=0.02)
+    cfg = TrainConfig(epochs=3, rule=EPRule(params="both", lr_omega=0.02, lr_k=0.02))
     enc = Encoding(readout=readout)  # type: ignore[arg-type]
     a = train_seeds(vowel_2_5_2, [0, 1, 2], SMALL, enc, cfg, compiled=True)
     b = train_seeds(vowel_2_5_2, [0, 1, 2], SMALL, enc, cfg, compiled=False)
@@ -77,7 +78,7 @@ def test_parallel_compiled_engine_is_identical() -> None:
     from tests.conftest import require
 
     require(HAVE_NUMBA, "numba (the compiled training kernels, extra 'fast')")
-    cfg = TrainConfig(epochs=2, params="both", lr_omega=0.02, lr_k=0.02)
+    cfg = TrainConfig(epochs=2, rule=EPRule(params="both", lr_omega=0.02, lr_k=0.02))
     enc = Encoding(readout="mean_phase")
     a = train_seeds(vowel_2_5_2, [0, 1, 2, 3, 4], SMALL, enc, cfg)
     b = train_seeds(
@@ -96,7 +97,7 @@ def test_engine_matches_hardware_loop_on_simulated_device(params: str, readout: 
     model = vowel_2_5_2(np.random.default_rng(0))
     enc = Encoding(readout=readout)  # type: ignore[arg-type]
     seed = 5
-    cfg = TrainConfig(epochs=2, params=params, lr_omega=0.02, lr_k=0.02)  # type: ignore[arg-type]
+    cfg = TrainConfig(epochs=2, rule=EPRule(params=params, lr_omega=0.02, lr_k=0.02))  # type: ignore[arg-type]
     res = train_ensemble(model, [member_for_model(model, seed, cfg)], SMALL, enc, cfg)
 
     async def loop() -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +106,7 @@ def test_engine_matches_hardware_loop_on_simulated_device(params: str, readout: 
                 [sub],
                 SMALL,
                 enc,
-                EPConfig(params=params, lr_omega=0.02, lr_k=0.02),
+                EPConfig(rule=EPRule(params=params, lr_omega=0.02, lr_k=0.02)),
                 LoopOptions(epochs=2, seed=seed),
             )
         return r.state.params.omega, r.state.params.coupling
@@ -199,7 +200,7 @@ def test_unlockable_samples_are_skipped_and_counted() -> None:
 
 
 def test_deterministic_under_a_seed() -> None:
-    cfg = TrainConfig(epochs=1, lr_omega=0.01)
+    cfg = TrainConfig(epochs=1, rule=EPRule(lr_omega=0.01))
     a = train_seeds(vowel_2_5_2, [11], SMALL, Encoding(), cfg)
     b = train_seeds(vowel_2_5_2, [11], SMALL, Encoding(), cfg)
     np.testing.assert_array_equal(a.omega, b.omega)
