@@ -218,10 +218,10 @@ def free_residual(
     th = np.asarray(theta, dtype=np.float64)
     i, j = net.edges[:, 0], net.edges[:, 1]
     s = k * np.sin(th[:, j] - th[:, i])  # force on i from j; j feels −s
-    F = np.zeros_like(th)
-    np.add.at(F, (slice(None), i), s)
-    np.add.at(F, (slice(None), j), -s)
-    Ff = F[:, net.n_held :] + w
+    FT = np.zeros((net.n, th.shape[0]))  # oscillator-major, so np.add.at takes an index array
+    np.add.at(FT, i, s.T)
+    np.add.at(FT, j, -s.T)
+    Ff: Array = FT[net.n_held :].T + w
     if loss is not None and beta:
         Ff[:, -net.n_out :] -= direction * beta * loss.grad(th[:, net.outputs])
     return Ff
@@ -241,9 +241,10 @@ def free_jacobian(
     B, h = th.shape[0], net.n_held
     i, j = net.edges[:, 0], net.edges[:, 1]
     c = k * np.cos(th[:, j] - th[:, i])
-    J = np.zeros((B, net.n, net.n))
-    np.add.at(J, (slice(None), i, j), c)
-    np.add.at(J, (slice(None), j, i), c)
+    JT = np.zeros((net.n * net.n, B))  # flat (row, col) index first, for np.add.at
+    np.add.at(JT, i * net.n + j, c.T)
+    np.add.at(JT, j * net.n + i, c.T)
+    J = np.ascontiguousarray(JT.T).reshape(B, net.n, net.n)
     diag = -J.sum(axis=2)
     J = J[:, h:, h:].copy()
     idx = np.arange(net.n_free)
@@ -280,6 +281,11 @@ class _OneHidden:
         self.u = b_bias.view(K) @ np.exp(1j * np.asarray(net.bias_phases_rad))  # (n_out,)
         self.loss = loss
         self.nudge = direction * beta if loss is not None else 0.0
+
+    def feed_forward(self) -> Array:
+        """Start for the outputs: each layer locked to the layer below, back-action ignored."""
+        th_h = _lock_to(self.z, self.w_h)
+        return _lock_to(np.exp(1j * th_h) @ self.W.T + self.u, self.w_o)
 
     def evaluate(self, th_o: Array, rows: IntArray) -> _State:
         """Reduced residual, hidden phases and Jacobian parts at output phases ``th_o``."""
@@ -373,6 +379,9 @@ def solve_layered(
 
     ``omega`` (n_free,), ``K`` (n_edges,) shared by the batch; ``theta0`` a warm start (B, n)
     (only its output entries are used: the hidden layer is solved exactly given the outputs);
+    without it the start is the feed-forward state (each layer locked to the one below, the
+    back-action of the outputs on the hidden layer ignored) — a deterministic start, so the
+    free state is a function of the parameters and the input;
     ``loss`` with ``beta`` >= 0 nudges the outputs by −direction·β·∂L/∂θ_out (``direction`` −1
     gives the −β state of a centred estimate). Newton numbers (tolerance, iterations, trust
     region, Armijo factor and halvings, rounding floor, stability shift) come from ``NEWTON``
@@ -402,13 +411,14 @@ def solve_layered(
     pol = NEWTON
     tol_ = pol.tol if tol is None else float(tol)
     iters = pol.max_iter if max_iter is None else int(max_iter)
-    th_o = np.zeros((B, n_o))
-    if theta0 is not None:
+    sys_ = _OneHidden(net, w, k, held, loss, beta, direction)
+    if theta0 is None:
+        th_o = sys_.feed_forward()
+    else:
         t0 = np.asarray(theta0, dtype=np.float64)
         if t0.shape != (B, net.n):
             raise ValueError(f"theta0: shape {t0.shape} must be ({B}, {net.n})")
         th_o = wrap(t0[:, net.outputs])
-    sys_ = _OneHidden(net, w, k, held, loss, beta, direction)
     # rounding floor: scale = 1 + max|ω| + largest coupling row sum (+ nudge force)
     rowsum = np.zeros(net.n)
     np.add.at(rowsum, net.edges[:, 0], np.abs(k))
@@ -484,12 +494,19 @@ def solve_layered(
 
     def margin() -> Array:
         Jf = free_jacobian(net, k, theta, loss, beta, direction)
-        out: Array = np.linalg.eigvalsh(-Jf)[:, 0]
+        out: Array = np.asarray(np.linalg.eigvalsh(-Jf)[:, 0], dtype=np.float64)
         return out
 
     if not converged.all():
         log.debug("solve_layered: %d of %d samples not converged", (~converged).sum(), B)
     return Equilibrium(theta, res_out, its, converged, stable, margin)
+
+
+def _lock_to(field: NDArray[np.complex128], omega: Array) -> Array:
+    """Stable phase of oscillators of detuning ω in a field Σ K e^{iφ}: arg + arcsin(ω/|field|)."""
+    r = np.maximum(np.abs(field), 1e-300)
+    out: Array = np.angle(field) + np.arcsin(np.clip(omega / r, -1.0, 1.0))
+    return out
 
 
 def _residual(st: _State) -> Array:
@@ -539,7 +556,7 @@ def ep_gradient(
         raise ValueError(f"span: {span!r} must be > 0")
     ta = np.asarray(theta_a, dtype=np.float64)
     tb = np.asarray(theta_b, dtype=np.float64)
-    g_w = -wrap(ta[:, net.n_held :] - tb[:, net.n_held :]) / span
+    g_w: Array = -wrap(ta[:, net.n_held :] - tb[:, net.n_held :]) / span
     g_k = -(edge_cos(net, ta) - edge_cos(net, tb)) / span
     return g_w, g_k
 
@@ -556,9 +573,9 @@ def implicit_gradient(
     J = free_jacobian(net, K, th)
     e = np.zeros((th.shape[0], net.n_free))
     e[:, -net.n_out :] = loss.grad(th[:, net.outputs])
-    lam_f = np.linalg.solve(np.swapaxes(J, 1, 2), e[:, :, None])[:, :, 0]
+    lam_f = np.asarray(np.linalg.solve(np.swapaxes(J, 1, 2), e[:, :, None])[:, :, 0], np.float64)
     lam = np.zeros_like(th)
     lam[:, net.n_held :] = lam_f
     i, j = net.edges[:, 0], net.edges[:, 1]
-    g_k = -(lam[:, i] - lam[:, j]) * np.sin(th[:, j] - th[:, i])
+    g_k: Array = -(lam[:, i] - lam[:, j]) * np.sin(th[:, j] - th[:, i])
     return -lam_f, g_k

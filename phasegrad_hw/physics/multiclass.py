@@ -78,9 +78,7 @@ class SoftmaxCE:
             raise ValueError(
                 f"theta_out: shape {theta_out.shape} does not fit {self.labels.shape[0]} labels"
             )
-        if self.labels.size and (
-            self.labels.min() < 0 or self.labels.max() >= theta_out.shape[1]
-        ):
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= theta_out.shape[1]):
             raise ValueError(f"labels: need values in [0, {theta_out.shape[1]})")
 
     def _parts(self, theta_out: Array) -> tuple[Array, Array, Array]:
