@@ -19,6 +19,13 @@ force itself (``nudge="loss"``) or, as on hardware, a linear clamp toward target
 the loss gradient at the free state (``nudge="clamp"``, :func:`~phasegrad_hw.physics.multiclass.
 clamp_targets`).
 
+Defaults (measured on digits, seed 0, 30 epochs, test accuracy at the best validation epoch):
+loss scale s = 2 / 4 / 6 → 90.6 / 95.0 / 95.3 %; learning the frequencies as well (lr 3e-3,
+s = 4) → 94.2 % with ≈ 30 unlocked samples per epoch (a hidden oscillator whose |ω_h| exceeds
+its field |Z_h| for some input cannot lock), so by default ω stays 0 and the two bias
+oscillators carry the biases; β = 0.02 centred, Adam lr 3e-3 × 0.93 per epoch, batch 32,
+init K ~ N(0, 1/fan_in).
+
 Locking safeguards (after every update, documented choice):
 
 * frequency bound — each free oscillator keeps |ω_f| <= ``omega_lock_frac``·Σ_j |K_fj| (locking
@@ -76,10 +83,10 @@ class LayeredConfig(StrictModel):
     beta: float = Field(default=0.02, gt=0.0, le=10.0)  # nudge strength (model units)
     mode: Literal["centred", "one_sided"] = "centred"
     nudge: Literal["loss", "clamp"] = "loss"
-    loss_scale: float = Field(default=2.0, gt=0.0)  # s in softmax(s·sin θ_out)
+    loss_scale: float = Field(default=6.0, gt=0.0)  # s in softmax(s·sin θ_out)
     optimizer: Literal["adam", "momentum", "sgd"] = "adam"
     lr_k: float = Field(default=3e-3, ge=0.0)  # coupling learning rate
-    lr_omega: float = Field(default=3e-3, ge=0.0)  # frequency learning rate
+    lr_omega: float = Field(default=0.0, ge=0.0)  # frequency learning rate (0: ω stays 0)
     lr_decay: float = Field(default=0.93, gt=0.0, le=1.0)  # factor per epoch
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     adam_b1: float = Field(default=0.9, ge=0.0, lt=1.0)

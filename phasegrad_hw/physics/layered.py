@@ -277,6 +277,8 @@ class _OneHidden:
         n_h = net.hidden[0]
         self.w_h, self.w_o = omega[:n_h], omega[n_h:]
         self.W = b_out.view(K)  # (n_out, n_h)
+        n_o = self.W.shape[0]
+        self.WW = (self.W[:, None, :] * self.W[None, :, :]).reshape(n_o * n_o, n_h).T.copy()
         self.z = np.exp(1j * held) @ b_in.view(K).T  # (B, n_h) field of the held oscillators
         self.u = b_bias.view(K) @ np.exp(1j * np.asarray(net.bias_phases_rad))  # (n_out,)
         self.loss = loss
@@ -313,9 +315,21 @@ class _OneHidden:
 
     def schur(self, st: _State, rows: IntArray) -> Array:
         """S = J_oo − J_oh D⁻¹ J_ho (b, n_out, n_out) at an evaluated state."""
-        M = self.coupling_oh(st)
-        S: Array = -np.matmul(M / st.D[:, None, :], np.swapaxes(M, 1, 2))
-        idx = np.arange(S.shape[1])
+        # (J_oh D⁻¹ J_ho)_oq = Σ_h K_oh K_qh cos(θ_h − θ_o) cos(θ_h − θ_q)/D_h
+        #   = ½ Re[e^{−i(θ_o+θ_q)} P_oq] + ½ cos(θ_o − θ_q) Q_oq,
+        # P = K diag(e^{2iθ_h}/D) Kᵀ, Q = K diag(1/D) Kᵀ: one (3b, n_h) @ (n_h, n_out²) product
+        b, n_o = st.F.shape
+        inv = 1.0 / st.D
+        e2 = st.eh * st.eh * inv
+        stack = np.stack([e2.real, e2.imag, inv], axis=1).reshape(3 * b, -1)  # (3b, n_h)
+        prod = (stack @ self.WW).reshape(b, 3, n_o, n_o)
+        ec = st.eo.conj()
+        pair = ec[:, :, None] * ec[:, None, :]
+        cos_oq = (st.eo[:, :, None] * ec[:, None, :]).real
+        S: Array = -0.5 * (
+            pair.real * prod[:, 0] - pair.imag * prod[:, 1] + cos_oq * prod[:, 2]
+        )
+        idx = np.arange(n_o)
         S[:, idx, idx] -= st.greal
         if self.loss is not None and self.nudge:
             S -= self.nudge * self.loss.take(rows).hessian(st.th_o)
@@ -515,19 +529,26 @@ def _residual(st: _State) -> Array:
 
 
 def _chol_ok(A: Array) -> NDArray[np.bool_]:
-    """Per matrix of a stack: is it positive definite (Cholesky succeeds)?"""
-    try:
-        np.linalg.cholesky(A)
-        return np.ones(A.shape[0], dtype=bool)
-    except np.linalg.LinAlgError:
-        out = np.zeros(A.shape[0], dtype=bool)
-        for b in range(A.shape[0]):
-            try:
-                np.linalg.cholesky(A[b])
-                out[b] = True
-            except np.linalg.LinAlgError:
-                pass
-        return out
+    """Per matrix of a stack (b, n, n): does a Cholesky factorisation succeed (positive
+    definite)? Column-by-column, vectorised over the stack (n is the small output count)."""
+    b, n = A.shape[0], A.shape[1]
+    L = np.zeros_like(A)
+    ok = np.ones(b, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # a failed row may overflow: not PD
+        _chol_columns(A, L, ok, n)
+    return ok
+
+
+def _chol_columns(A: Array, L: Array, ok: NDArray[np.bool_], n: int) -> None:
+    for k in range(n):
+        lk = L[:, k, :k]
+        d = A[:, k, k] - (lk * lk).sum(axis=1)
+        ok &= d > 0
+        piv = np.sqrt(np.where(d > 0, d, 1.0))
+        L[:, k, k] = piv
+        if k + 1 < n:
+            below = A[:, k + 1 :, k] - np.matmul(L[:, k + 1 :, :k], lk[:, :, None])[:, :, 0]
+            L[:, k + 1 :, k] = below / piv[:, None]
 
 
 # --------------------------------------------------------------------------- gradients
