@@ -106,7 +106,7 @@ def accuracy_runs(seeds: list[int], epochs: int | None) -> dict[str, Any]:
     """Full runs with the default configuration, one per seed."""
     per: list[dict[str, Any]] = []
     for seed in seeds:
-        cfg = LayeredConfig(seed=seed) if epochs is None else LayeredConfig(seed=seed, epochs=epochs)
+        cfg = LayeredConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))
         t0 = time.perf_counter()
         run = train_layered(cfg)
         row = {

@@ -326,9 +326,7 @@ class _OneHidden:
         ec = st.eo.conj()
         pair = ec[:, :, None] * ec[:, None, :]
         cos_oq = (st.eo[:, :, None] * ec[:, None, :]).real
-        S: Array = -0.5 * (
-            pair.real * prod[:, 0] - pair.imag * prod[:, 1] + cos_oq * prod[:, 2]
-        )
+        S: Array = -0.5 * (pair.real * prod[:, 0] - pair.imag * prod[:, 1] + cos_oq * prod[:, 2])
         idx = np.arange(n_o)
         S[:, idx, idx] -= st.greal
         if self.loss is not None and self.nudge:
