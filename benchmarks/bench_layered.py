@@ -1,0 +1,159 @@
+"""Layered chip-scale numerics (docs/design.md §8): solver throughput, epoch time, accuracy.
+
+* equilibria per second, 64 inputs + 2 bias + 64 hidden + 10 outputs, batched: free states
+  (feed-forward start) plus the +β and −β nudged states (warm-started from the free state) of
+  the digits training split, at parameters after one training epoch; batch 32 (as in training)
+  and the whole split in one call (target ≥ 10 000 per second on one core);
+* seconds per digits epoch of :func:`phasegrad_hw.engine.layered.train_layered` (1 437 training
+  samples, no validation split, centred, batch 32): CPU time (``time.process_time``) and wall
+  time of the training pass (target ≤ 1.5 s CPU on one core);
+* with ``--train``: full runs with the default configuration, test accuracy per seed (target:
+  mean ≥ 95 %, every seed ≥ 94 %).
+
+BLAS and numba are restricted to one thread before numpy is imported. Usage::
+
+    python benchmarks/bench_layered.py [--out benchmarks/results/layered.json] [--train]
+        [--seeds 0 1 2 3 4] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from phasegrad_hw.engine.layered import (  # noqa: E402
+    LayeredConfig,
+    digits_data,
+    train_layered,
+)
+from phasegrad_hw.physics.layered import solve_layered  # noqa: E402
+from phasegrad_hw.physics.multiclass import SoftmaxCE  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def equilibria_rate(repeats: int = 3) -> dict[str, Any]:
+    """Free + ±β nudged equilibria per CPU second on the digits training split."""
+    cfg = LayeredConfig(epochs=1, val_fraction=0.0)
+    data = digits_data(cfg.seed, 0.0)
+    run = train_layered(cfg, data)
+    net, w, K = run.net, run.omega, run.K
+    x, y = data.train.phases, data.train.labels
+    out: dict[str, Any] = {"samples": int(y.size), "beta": cfg.beta}
+    for name, batch in (("batch_32", 32), ("one_call", y.size)):
+        best_cpu, best_wall = np.inf, np.inf
+        ok = 0
+        iters = [0, 0]
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            ok = 0
+            iters = [0, 0]
+            for s in range(0, y.size, batch):
+                xs, loss = x[s : s + batch], SoftmaxCE(y[s : s + batch], cfg.loss_scale)
+                free = solve_layered(net, w, K, xs)
+                plus = solve_layered(net, w, K, xs, theta0=free.theta, loss=loss, beta=cfg.beta)
+                minus = solve_layered(
+                    net, w, K, xs, theta0=free.theta, loss=loss, beta=cfg.beta, direction=-1
+                )
+                ok += int((free.ok & plus.ok & minus.ok).sum())
+                iters[0] += int(free.iterations.sum())
+                iters[1] += int(plus.iterations.sum() + minus.iterations.sum())
+            best_cpu = min(best_cpu, time.process_time() - c0)
+            best_wall = min(best_wall, time.perf_counter() - t0)
+        n_eq = 3 * y.size
+        out[name] = {
+            "equilibria": n_eq,
+            "cpu_s": best_cpu,
+            "wall_s": best_wall,
+            "per_cpu_second": n_eq / best_cpu,
+            "per_wall_second": n_eq / best_wall,
+            "locked_fraction": ok / y.size,
+            "mean_iterations_free": iters[0] / y.size,
+            "mean_iterations_nudged": iters[1] / (2 * y.size),
+        }
+        print(f"{name}: {n_eq / best_cpu:,.0f} equilibria per CPU s ({n_eq / best_wall:,.0f} wall)")
+    return out
+
+
+def epoch_time(epochs: int = 3) -> dict[str, Any]:
+    """CPU and wall seconds of the training pass of a digits epoch (1 437 samples)."""
+    cfg = LayeredConfig(epochs=epochs, val_fraction=0.0)
+    run = train_layered(cfg)
+    cpu = [h.cpu_s for h in run.history]
+    wall = [h.wall_s for h in run.history]
+    print(f"epoch: median {np.median(cpu):.3f} s CPU, {np.median(wall):.3f} s wall")
+    return {
+        "train_samples": int(digits_data(0, 0.0).train.labels.size),
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "median_cpu_s": float(np.median(cpu)),
+        "median_wall_s": float(np.median(wall)),
+    }
+
+
+def accuracy_runs(seeds: list[int], epochs: int | None) -> dict[str, Any]:
+    """Full runs with the default configuration, one per seed."""
+    per: list[dict[str, Any]] = []
+    for seed in seeds:
+        cfg = LayeredConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))
+        t0 = time.perf_counter()
+        run = train_layered(cfg)
+        row = {
+            "seed": seed,
+            "test_accuracy": run.test_accuracy,
+            "val_accuracy": run.val_accuracy,
+            "best_epoch": run.best_epoch,
+            "final_test_accuracy": run.history[-1].test_accuracy,
+            "unlocked_per_epoch": [h.unlocked for h in run.history],
+            "median_epoch_cpu_s": float(np.median([h.cpu_s for h in run.history])),
+            "median_epoch_wall_s": float(np.median([h.wall_s for h in run.history])),
+            "run_wall_s": time.perf_counter() - t0,
+        }
+        per.append(row)
+        print(f"seed {seed}: test {run.test_accuracy:.4f} (epoch {run.best_epoch})")
+    acc = np.array([r["test_accuracy"] for r in per])
+    return {
+        "config": LayeredConfig(epochs=epochs or LayeredConfig().epochs).model_dump(
+            exclude={"seed"}
+        ),
+        "per_seed": per,
+        "mean_test_accuracy": float(acc.mean()),
+        "min_test_accuracy": float(acc.min()),
+        "target_met": bool(acc.mean() >= 0.95 and acc.min() >= 0.94),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=RESULTS / "layered.json")
+    ap.add_argument("--train", action="store_true", help="full runs, accuracy per seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of the --train runs")
+    args = ap.parse_args()
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "equilibria": equilibria_rate(),
+        "epoch": epoch_time(),
+    }
+    if args.train:
+        report["training"] = accuracy_runs(args.seeds, args.epochs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Batched equilibrium-propagation trainer for layered oscillator networks (docs/design.md §8).
+
+Set-up: inputs as held phases φ = (π/2)·x with x scaled to [0, 1] per feature (min–max fitted
+on the training split only; values outside the training range are clipped), two bias
+oscillators held at 0 and π/2, one hidden layer, outputs read by argmax sin θ_out, loss the
+softmax cross-entropy on s·sin θ_out (:mod:`phasegrad_hw.physics.multiclass`), signed couplings.
+The [0, 1] range keeps every held phase in one quadrant; an input at 0 sits at the phase of the
+first bias oscillator (measured against [−1, 1]: no better, see the report of issue #12).
+
+Per mini-batch: free states (from the feed-forward start, as in evaluation, so training and
+decision see the same state; optionally warm-started from each sample's last one), nudged
+states at +β and −β (centred, default) or +β (one-sided), warm-started from the free state; a
+sample counts when all its states are stable locks and no output moved more than
+``basin_jump_rad`` (else it is skipped and counted as unlocked). The EP gradients of the valid
+samples (:func:`phasegrad_hw.physics.layered.ep_gradient`) are averaged and applied by Adam,
+momentum or SGD, with separate learning rates for couplings and frequencies, decoupled weight
+decay on the couplings and an exponential learning-rate decay per epoch. The nudge is the loss
+force itself (``nudge="loss"``) or, as on hardware, a linear clamp toward targets derived from
+the loss gradient at the free state (``nudge="clamp"``, :func:`~phasegrad_hw.physics.multiclass.
+clamp_targets`).
+
+Defaults (measured on digits, seed 0, 30 epochs, test accuracy at the best validation epoch):
+loss scale s = 2 / 4 / 6 → 90.6 / 95.0 / 95.3 %; learning the frequencies as well (lr 3e-3,
+s = 4) → 94.2 % with ≈ 30 unlocked samples per epoch (a hidden oscillator whose |ω_h| exceeds
+its field |Z_h| for some input cannot lock), so by default ω stays 0 and the two bias
+oscillators carry the biases; β = 0.02 centred, Adam lr 3e-3 × 0.93 per epoch, batch 32,
+init K ~ N(0, 1/fan_in), 40 epochs (5 seeds: 30 epochs gave 93.9–96.7 %, mean 95.8 %; 40 epochs
+94.2–96.7 %, mean 95.7 %, benchmarks/bench_layered.py --train).
+
+Locking safeguards (after every update, documented choice):
+
+* frequency bound — each free oscillator keeps |ω_f| <= ``omega_lock_frac``·Σ_j |K_fj| (locking
+  needs the detuning below the total coupling that can pull it; an oscillator beyond that
+  bound cannot lock for any input);
+* held-link projection — a held oscillator follows its injection of strength
+  ``injection_strength`` only while the pull of the oscillators coupled to it is smaller:
+  Σ_f |K_xf| <= ``held_load_frac``·``injection_strength`` (its phase error from the back-action
+  is then below arcsin(held_load_frac)); a held oscillator whose load exceeds the bound has all
+  its couplings scaled down to it. With the defaults the bound rarely binds on the digits task.
+
+Unlocked samples are reported per epoch; an epoch in which no training sample locks raises
+:class:`NoLockError`. Data split: scikit-learn ``load_digits`` (1 797 8×8 images, no
+download), 80/20 stratified train/test split with a fixed ``random_state`` (0) shared by every
+seed; the validation split (``val_fraction`` of the training split, stratified) depends on the
+seed. The best epoch by validation accuracy is kept (the last one without a validation split).
+Seeds: one integer drives the couplings' initialisation, the validation split and the sample
+order (numpy ``default_rng`` streams [seed, k]).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from phasegrad_hw.config import StrictModel
+from phasegrad_hw.physics.coupling import Array, wrap
+from phasegrad_hw.physics.layered import LayeredNetwork, ep_gradient, solve_layered
+from phasegrad_hw.physics.multiclass import OutputLoss, SoftmaxCE, clamp_targets, decide
+
+log = logging.getLogger(__name__)
+IntArray = NDArray[np.int64]
+
+INIT_STREAM, VAL_STREAM, ORDER_STREAM = 1, 2, 3
+TEST_SPLIT_STATE = 0  # random_state of the fixed train/test split
+
+
+class NoLockError(RuntimeError):
+    """No training sample of an epoch reached a stable lock: training cannot continue."""
+
+
+class LayeredConfig(StrictModel):
+    """Hyper-parameters of :func:`train_layered` (defaults tuned on digits, see module doc)."""
+
+    hidden: int = Field(default=64, ge=1)
+    epochs: int = Field(default=40, ge=0, le=10_000)
+    batch_size: int = Field(default=32, ge=1)
+    beta: float = Field(default=0.02, gt=0.0, le=10.0)  # nudge strength (model units)
+    mode: Literal["centred", "one_sided"] = "centred"
+    nudge: Literal["loss", "clamp"] = "loss"
+    loss_scale: float = Field(default=6.0, gt=0.0)  # s in softmax(s·sin θ_out)
+    optimizer: Literal["adam", "momentum", "sgd"] = "adam"
+    lr_k: float = Field(default=3e-3, ge=0.0)  # coupling learning rate
+    lr_omega: float = Field(default=0.0, ge=0.0)  # frequency learning rate (0: ω stays 0)
+    lr_decay: float = Field(default=0.93, gt=0.0, le=1.0)  # factor per epoch
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    adam_b1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    adam_b2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    adam_eps: float = Field(default=1e-8, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)  # decoupled, on couplings
+    init_scale: float = Field(default=1.0, gt=0.0)  # K ~ N(0, (init_scale/√fan_in)²)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    basin_jump_rad: float = Field(default=1.0, gt=0.0)
+    omega_lock_frac: float = Field(default=0.9, gt=0.0, le=1.0)
+    injection_strength: float = Field(default=20.0, gt=0.0)  # held oscillators' injection
+    held_load_frac: float = Field(default=0.5, gt=0.0, lt=1.0)
+    warm_start: bool = False  # free states from each sample's last one (else feed-forward)
+    eval_batch: int = Field(default=512, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Held-phase inputs (rad) and labels of one split."""
+
+    phases: Array  # (n, n_in)
+    labels: IntArray  # (n,)
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    train: Split
+    val: Split
+    test: Split
+
+
+def digits_data(seed: int = 0, val_fraction: float = 0.1) -> DigitsData:
+    """scikit-learn digits as held phases (π/2)·x, x ∈ [0, 1] (min–max fitted on train)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(
+        X, y, test_size=0.2, stratify=y, random_state=TEST_SPLIT_STATE
+    )
+    Xva, yva = Xtr[:0], ytr[:0]
+    if val_fraction > 0:
+        state = int(np.random.default_rng([seed, VAL_STREAM]).integers(2**31))
+        Xtr, Xva, ytr, yva = train_test_split(
+            Xtr, ytr, test_size=val_fraction, stratify=ytr, random_state=state
+        )
+    lo, hi = Xtr.min(axis=0), Xtr.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+
+    def enc(x: Array, lab: Array) -> Split:
+        u = np.clip((x - lo) / span, 0.0, 1.0)
+        return Split(0.5 * math.pi * u, np.asarray(lab, dtype=np.int64))
+
+    return DigitsData(enc(Xtr, ytr), enc(Xva, yva), enc(Xte, yte))
+
+
+def init_params(net: LayeredNetwork, init_scale: float, seed: int) -> tuple[Array, Array]:
+    """(ω, K): ω = 0, K per block ~ N(0, (init_scale/√fan_in)²), fan_in = inputs of a row."""
+    rng = np.random.default_rng([seed, INIT_STREAM])
+    K = np.empty(net.n_edges)
+    fan_in = np.zeros(net.n)
+    for b in net.blocks:
+        fan_in[b.rows] += b.cols.size
+    for b in net.blocks:
+        n = b.rows.size * b.cols.size
+        std = init_scale / np.sqrt(fan_in[b.rows])
+        K[b.start : b.stop] = (
+            rng.standard_normal(n).reshape(b.rows.size, -1) * std[:, None]
+        ).ravel()
+    return np.zeros(net.n_free), K
+
+
+def project_locking(
+    net: LayeredNetwork,
+    omega: Array,
+    K: Array,
+    omega_lock_frac: float,
+    injection_strength: float,
+    held_load_frac: float,
+) -> tuple[Array, Array, int, int]:
+    """Apply the two locking safeguards (module doc); returns (ω, K, #ω clipped, #held scaled)."""
+    i, j = net.edges[:, 0], net.edges[:, 1]
+    a = np.abs(K)
+    load = np.zeros(net.n)
+    np.add.at(load, j, a)  # held oscillators are always the lower end of their edges
+    cap = held_load_frac * injection_strength
+    over = np.flatnonzero(load[net.held] > cap)
+    if over.size:
+        factor = np.ones(net.n)
+        factor[net.held[over]] = cap / load[net.held[over]]
+        K = K * factor[j]
+        a = np.abs(K)
+    rowsum = np.zeros(net.n)
+    np.add.at(rowsum, i, a)
+    np.add.at(rowsum, j, a)
+    bound = omega_lock_frac * rowsum[net.n_held :]
+    clipped = int((np.abs(omega) > bound).sum())
+    return np.clip(omega, -bound, bound), K, clipped, int(over.size)
+
+
+class _Optimizer:
+    """Adam / momentum / SGD on one parameter vector with its own learning rate."""
+
+    def __init__(self, cfg: LayeredConfig, size: int) -> None:
+        self.cfg = cfg
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+        self.t = 0
+
+    def step(self, g: Array, lr: float) -> Array:
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return lr * g
+        if c.optimizer == "momentum":
+            self.m = c.momentum * self.m + g
+            return lr * self.m
+        self.t += 1
+        self.m = c.adam_b1 * self.m + (1 - c.adam_b1) * g
+        self.v = c.adam_b2 * self.v + (1 - c.adam_b2) * g * g
+        mh = self.m / (1 - c.adam_b1**self.t)
+        vh = self.v / (1 - c.adam_b2**self.t)
+        out: Array = lr * mh / (np.sqrt(vh) + c.adam_eps)
+        return out
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float  # mean loss of the locked training samples at their free states
+    unlocked: int  # training samples skipped (no stable lock, or a basin jump)
+    val_accuracy: float
+    test_accuracy: float
+    cpu_s: float  # process time of the training pass (not the evaluation)
+    wall_s: float
+    lr_k: float
+
+
+@dataclass
+class LayeredRun:
+    """Result of :func:`train_layered`: the kept parameters and the per-epoch history."""
+
+    net: LayeredNetwork
+    config: LayeredConfig
+    omega: Array
+    K: Array
+    best_epoch: int
+    test_accuracy: float  # at the kept parameters
+    val_accuracy: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def predict(
+    net: LayeredNetwork, omega: Array, K: Array, phases: Array, batch: int = 512
+) -> tuple[IntArray, NDArray[np.bool_]]:
+    """(decision, locked) per sample: free states from the feed-forward start."""
+    pred = np.empty(phases.shape[0], dtype=np.int64)
+    ok = np.empty(phases.shape[0], dtype=bool)
+    for s in range(0, phases.shape[0], batch):
+        eq = solve_layered(net, omega, K, phases[s : s + batch])
+        pred[s : s + batch] = decide(eq.theta[:, net.outputs])
+        ok[s : s + batch] = eq.ok
+    return pred, ok
+
+
+def accuracy(net: LayeredNetwork, omega: Array, K: Array, split: Split, batch: int = 512) -> float:
+    """Fraction of samples decided correctly (a sample that does not lock counts as wrong)."""
+    if split.labels.size == 0:
+        return float("nan")
+    pred, ok = predict(net, omega, K, split.phases, batch)
+    return float(np.mean((pred == split.labels) & ok))
+
+
+def train_layered(cfg: LayeredConfig, data: DigitsData | None = None) -> LayeredRun:
+    """Train a (n_in + 2 bias) → hidden → 10 network on ``data`` (digits by default)."""
+    d = data if data is not None else digits_data(cfg.seed, cfg.val_fraction)
+    n_out = int(max(d.train.labels.max(), d.test.labels.max())) + 1
+    net = LayeredNetwork(d.train.phases.shape[1], (cfg.hidden,), n_out)
+    omega, K = init_params(net, cfg.init_scale, cfg.seed)
+    opt_w, opt_k = _Optimizer(cfg, omega.size), _Optimizer(cfg, K.size)
+    n_train = d.train.labels.size
+    cache = np.zeros((n_train, net.n))  # warm starts: each sample's last free state
+    has_val = d.val.labels.size > 0
+    best = (-1.0, -1, omega.copy(), K.copy())
+    history: list[EpochRecord] = []
+    out_idx = net.outputs
+    for epoch in range(cfg.epochs):
+        lr_k = cfg.lr_k * cfg.lr_decay**epoch
+        lr_w = cfg.lr_omega * cfg.lr_decay**epoch
+        order = np.random.default_rng([cfg.seed, ORDER_STREAM, epoch]).permutation(n_train)
+        t_cpu, t_wall = time.process_time(), time.perf_counter()
+        unlocked, loss_sum, n_ok = 0, 0.0, 0
+        for s in range(0, n_train, cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            x, y = d.train.phases[idx], d.train.labels[idx]
+            if cfg.warm_start:
+                free = solve_layered(net, omega, K, x, theta0=cache[idx])
+                cache[idx] = np.where(free.ok[:, None], free.theta, 0.0)
+            else:
+                free = solve_layered(net, omega, K, x)
+            ce = SoftmaxCE(y, cfg.loss_scale)
+            nud: OutputLoss = ce
+            beta = cfg.beta
+            th_out = free.theta[:, out_idx]
+            if cfg.nudge == "clamp":
+                nud = clamp_targets(th_out, ce.grad(th_out))
+            plus = solve_layered(net, omega, K, x, theta0=free.theta, loss=nud, beta=beta)
+            if cfg.mode == "centred":
+                other = solve_layered(
+                    net, omega, K, x, theta0=free.theta, loss=nud, beta=beta, direction=-1
+                )
+                span = 2.0 * beta
+            else:
+                other, span = free, beta
+            jump = np.maximum(
+                np.abs(wrap(plus.theta[:, out_idx] - th_out)).max(axis=1),
+                np.abs(wrap(other.theta[:, out_idx] - th_out)).max(axis=1),
+            )
+            valid = free.ok & plus.ok & other.ok & (jump < cfg.basin_jump_rad)
+            unlocked += int((~valid).sum())
+            if not valid.any():
+                continue
+            n_ok += int(valid.sum())
+            loss_sum += float(ce.value(th_out)[valid].sum())
+            g_w, g_k = ep_gradient(net, plus.theta[valid], other.theta[valid], span)
+            omega = omega - opt_w.step(g_w.mean(axis=0), lr_w)
+            K = K - opt_k.step(g_k.mean(axis=0), lr_k) - lr_k * cfg.weight_decay * K
+            omega, K, _, _ = project_locking(
+                net, omega, K, cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac
+            )
+        cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
+        if n_ok == 0:
+            raise NoLockError(
+                f"epoch {epoch}: none of {n_train} training samples gave stable free and nudged "
+                f"locks without a basin jump (β={cfg.beta}, lr_k={lr_k:.3g}, basin_jump_rad="
+                f"{cfg.basin_jump_rad}); lower the learning rates, β or init_scale"
+            )
+        val_acc = accuracy(net, omega, K, d.val, cfg.eval_batch) if has_val else float("nan")
+        test_acc = accuracy(net, omega, K, d.test, cfg.eval_batch)
+        rec = EpochRecord(epoch, loss_sum / n_ok, unlocked, val_acc, test_acc, cpu, wall, lr_k)
+        history.append(rec)
+        log.info(
+            "epoch %d loss %.4f unlocked %d val %.4f test %.4f cpu %.2fs wall %.2fs",
+            epoch, rec.train_loss, unlocked, val_acc, test_acc, cpu, wall,
+        )  # fmt: skip
+        score = val_acc if has_val else float(epoch)
+        if score >= best[0]:
+            best = (score, epoch, omega.copy(), K.copy())
+    _, best_epoch, w_best, k_best = best
+    if best_epoch < 0:
+        w_best, k_best = omega, K
+    rec_best = history[best_epoch] if best_epoch >= 0 else None
+    return LayeredRun(
+        net,
+        cfg,
+        w_best,
+        k_best,
+        best_epoch,
+        rec_best.test_accuracy if rec_best else accuracy(net, omega, K, d.test, cfg.eval_batch),
+        rec_best.val_accuracy if rec_best else float("nan"),
+        history,
+    )
