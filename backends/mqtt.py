@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.model import DEVICE_MODELS, DeviceModel
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import (
     ConfigError,
@@ -85,8 +85,17 @@ class RemoteOptions(StrictModel):
 
 
 def model_from_agent(data: dict[str, Any]) -> DeviceModel:
-    """The agent's device model: its registered class if known here, else the base fields."""
-    cls = DEVICE_MODELS.get(str(data.get("backend")))
+    """The agent's device model: its backend's model class when that backend is installed
+    here (:mod:`phasegrad_hw.device.registry`), else the base fields."""
+    from phasegrad_hw.device.registry import file_backends, model_class
+
+    backend = data.get("backend")
+    cls: type[DeviceModel] | None = None
+    if backend in file_backends():
+        try:
+            cls = model_class(backend)
+        except ImportError as exc:  # its optional dependencies are missing here
+            log.debug("agent's %r model class is not importable here: %s", backend, exc)
     try:
         if cls is not None:
             return cls.model_validate(data)
@@ -491,7 +500,7 @@ _PLACEHOLDER = DeviceModel.model_validate(
 
 
 def open_uri(uri: str, seed: int | None = None) -> MqttSubstrate:
-    """``devices.URI_SCHEMES['mqtt']``: parse the URI, fetch the model from the agent."""
+    """Registry URI opener (``mqtt://``): parse the URI, fetch the model from the agent."""
     broker, path, query = BrokerConfig.parse(uri, field="--device")
     try:
         opts = RemoteOptions.model_validate(query)

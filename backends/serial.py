@@ -116,7 +116,7 @@ def pyserial_url(spec: str) -> str:
 
 
 def open_uri(uri: str, seed: int | None = None) -> SerialSubstrate:
-    """Entry of ``devices.URI_SCHEMES``: ``serial://PATH`` or ``serial://HOST:PORT[?opts]``."""
+    """Registry URI opener: ``serial://PATH`` or ``serial://HOST:PORT[?opts]``."""
     base, _, query = uri.partition("?")
     try:
         options = SerialOptions.model_validate(dict(parse_qsl(query, strict_parsing=bool(query))))
@@ -220,13 +220,12 @@ class SerialSubstrate(OscillatorSubstrate):
     def _typed_chip_model(self) -> DeviceModel:
         """The descriptor as its emulator's own model class (e.g. with the CMOS transfer-curve
         parameters) when that backend is installed here; else the generic model."""
-        from phasegrad_hw.device.registry import FILE_BACKENDS, _resolve
+        from phasegrad_hw.device.registry import file_backends
 
         data = self.descriptor["model"]
         backend = data.get("backend")
-        if backend in FILE_BACKENDS:
+        if backend in file_backends():
             try:
-                _resolve(FILE_BACKENDS[backend])  # registers the backend's model class
                 return DeviceModel.from_dict(data)
             except Exception as exc:  # optional detail: the generic model is enough to drive it
                 log.debug("board %s: descriptor as %r model failed: %s", self.url, backend, exc)

@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import FrequencyMap
-from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.registry import chip_nominal_map
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import (
@@ -79,7 +79,6 @@ class InstrumentConfig(StrictModel):
     channels: list[int]
 
 
-@register_model("visa")
 class VisaBenchModel(DeviceModel):
     """A bench of SCPI instruments around one chip (the chip's topology/roles/limits on top).
 
@@ -752,5 +751,5 @@ class _Fatal(SubstrateError):
 
 
 def open_bench(model: VisaBenchModel, seed: int | None = None) -> VisaBench:
-    """``FILE_BACKENDS`` factory: a (not yet connected) bench substrate."""
+    """Registry opener: a (not yet connected) bench substrate."""
     return VisaBench(model, seed)
