@@ -309,6 +309,8 @@ class MqttSubstrate(OscillatorSubstrate):
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = _Pending(fut, payload)
         deadline = time.monotonic() + self.timeout_s
+        task = asyncio.current_task()
+        cancels = (task, task.cancelling() if task is not None else 0)
         try:
             while not fut.done():
                 left = deadline - time.monotonic()
@@ -341,18 +343,19 @@ class MqttSubstrate(OscillatorSubstrate):
                             qos=1,
                             timeout=max(0.05, min(left, self.retry_s)),
                         )
+                        _raise_swallowed_cancel(cancels)
                     except Exception as exc:  # broker went away mid-publish: wait and resend
                         log.debug("%s: publish of %s failed (%s)", self.topics.base, rid, exc)
                         pending.session = -1
                         await asyncio.sleep(0.02)
                         continue
                 left = deadline - time.monotonic()
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(left, self.retry_s)))
-                except TimeoutError:
-                    if not fut.done():  # no reply yet: send the same id again
-                        pending.session = -1
-                        self.resends += 1
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
+                # that arrives together with the reply (the caller's task would run on)
+                await asyncio.wait({fut}, timeout=max(0.0, min(left, self.retry_s)))
+                if not fut.done():  # no reply yet: send the same id again
+                    pending.session = -1
+                    self.resends += 1
             rep = fut.result()
         finally:
             self._pending.pop(rid, None)
@@ -437,6 +440,15 @@ class MqttSubstrate(OscillatorSubstrate):
         does at every epoch start. Synchronous by contract: the reseed request is sent,
         in order, before the next device request."""
         self._pending_seed = int(seed)
+
+
+def _raise_swallowed_cancel(cancels: tuple[asyncio.Task[Any] | None, int]) -> None:
+    """Re-raise a cancellation of ``task`` that an ``asyncio.wait_for`` swallowed (Python 3.11
+    returns the result when the awaited operation finishes together with the cancel; aiomqtt's
+    publish waits that way), so a cancelled caller stops instead of running on."""
+    task, before = cancels
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
 
 
 def _base_fields(model: DeviceModel) -> dict[str, Any]:
