@@ -7,10 +7,13 @@ agent (mqtt)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +22,7 @@ from numpy.typing import ArrayLike
 
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.device.registry import open_substrate
-from phasegrad_hw.device.substrate import Capability, PhaseReading
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.testing.contract import ContractReport, check_substrate_contract
 from phasegrad_hw.testing.networks import model_2_5_2
 from tests.conftest import REPO, require
@@ -209,3 +212,99 @@ async def test_the_suite_catches_a_broken_backend(
 
     with pytest.raises(AssertionError, match=f"substrate contract, {rule}"):
         await check_substrate_contract(make)
+
+
+# --------------------------------------------------------------------------- no probing
+# Abilities are declared (``capabilities``), never probed: no getattr/hasattr on a substrate
+# or chip anywhere in the library. A call is flagged when its object is named like a
+# substrate, is ``self`` inside a substrate class, or its attribute is a substrate member.
+LIBRARY = [REPO / d for d in ("phasegrad_hw", "backends", "calibration", "firmware_models")]
+SUBSTRATE_NAME = re.compile(
+    r"^_?(sub|subs|substrate|substrates|chip|chips|device|devices|inner|twin|remote|bench)$"
+)
+SUBSTRATE_MEMBERS = {
+    n for n in dir(OscillatorSubstrate) if not n.startswith("__") and n != "model"
+} | {c.value for c in Capability}
+# getattr/hasattr calls that are not ability probing, with the reason (path, call text)
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def _substrate_classes() -> set[str]:
+    for root in LIBRARY:
+        for path in root.rglob("*.py"):
+            if path.name == "__main__.py":  # (runs the CLI)
+                continue
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts if rel.parts[0] == "phasegrad_hw" else ("phasegrad_hw", *rel.parts)
+            name = ".".join(p for p in parts if p != "__init__")
+            importlib.import_module(name)
+    found: set[str] = set()
+    todo: list[type] = [OscillatorSubstrate]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def probes(source: str, substrate_classes: set[str]) -> list[str]:
+    """The getattr/hasattr calls in ``source`` that look at a substrate (unparsed)."""
+    hits: list[str] = []
+
+    def visit(node: ast.AST, in_substrate: bool) -> None:
+        if isinstance(node, ast.ClassDef):
+            bases = {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in node.bases}
+            in_substrate = bool(bases & substrate_classes) or node.name in substrate_classes
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and len(node.args) >= 2
+        ):
+            obj, attr = node.args[0], node.args[1]
+            last = ast.unparse(obj).rsplit(".", 1)[-1]
+            literal = attr.value if isinstance(attr, ast.Constant) else None
+            if (
+                SUBSTRATE_NAME.match(last)
+                or (last == "self" and in_substrate)
+                or literal in SUBSTRATE_MEMBERS
+            ):
+                hits.append(ast.unparse(node))
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_substrate)
+
+    visit(ast.parse(source), False)
+    return hits
+
+
+def test_no_ability_probing_in_the_library() -> None:
+    classes = _substrate_classes()
+    assert {"SimulatedSubstrate", "EmulatedChip", "VisaBench", "MqttSubstrate"} <= classes
+    found = []
+    for root in LIBRARY:
+        for path in sorted(root.rglob("*.py")):
+            rel = str(path.relative_to(REPO))
+            for call in probes(path.read_text(), classes):
+                if (rel, call) not in ALLOWED:
+                    found.append(f"{rel}: {call}")
+    assert found == [], "declare abilities in `capabilities` instead of probing:\n" + "\n".join(
+        found
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'fn = getattr(sub, "reseed", None)',
+        'ok = hasattr(self.chip, "true_state")',
+        'caps = getattr(s, "capabilities", frozenset())',
+        'class B(SimulatedSubstrate):\n    def f(self):\n        return getattr(self, "x", 0)',
+    ],
+)
+def test_the_probe_check_flags_reintroduced_probing(source: str) -> None:
+    assert probes(source, {"SimulatedSubstrate"}) != []
+
+
+def test_the_probe_check_leaves_config_lookups_alone() -> None:
+    source = "v = getattr(e, end)\nc = getattr(self.model, name).timeout_s\nhasattr(obj, 'x')"
+    assert probes(source, {"SimulatedSubstrate"}) == []
