@@ -41,7 +41,8 @@ import logging
 import re
 import select
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -72,6 +73,7 @@ from phasegrad_hw.wire.board import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _WIRE_CAPS = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}
@@ -99,6 +101,18 @@ class _Retry(Exception):
     def __init__(self, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+async def _port_io(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread. A cancelled caller still waits for the thread to
+    finish before the cancellation propagates, so the port lock is never released while an
+    exchange is still running on the port (the next exchange, or a close, would race it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
 
 
 def pyserial_url(spec: str) -> str:
@@ -523,10 +537,10 @@ class SerialSubstrate(OscillatorSubstrate):
             pending, self._pending = self._pending, []
             batch = [c for c, _ in pending] + cmds
             try:
-                replies = await asyncio.to_thread(self._transact, batch)
+                replies = await _port_io(self._transact, batch)
             except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
                 if not isinstance(exc, LimitError):
-                    await asyncio.to_thread(self._safe_sync)
+                    await _port_io(self._safe_sync)
                     self.clamped = False
                 raise
             for c, key in pending:
@@ -576,12 +590,12 @@ class SerialSubstrate(OscillatorSubstrate):
     async def connect(self) -> None:
         if self._port is None:
             async with self._lock():
-                await asyncio.to_thread(self._open_port)
+                await _port_io(self._open_port)
                 self._need_restore = True
 
     async def _disconnect(self) -> None:
         async with self._lock():
-            await asyncio.to_thread(self._close_port)
+            await _port_io(self._close_port)
 
     async def make_safe(self) -> None:
         """One ``SAFE`` line: injection off, every bias at its safe value (deferred
