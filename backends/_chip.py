@@ -36,7 +36,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
 from phasegrad_hw.config import StrictModel
@@ -271,9 +270,6 @@ class EmulatedChip(OscillatorSubstrate):
 
     def _reset_slow(self) -> None:
         """Reset temperature/ambient state (called by :meth:`reseed`)."""
-
-    def _counter_noise_hz(self) -> float:
-        return 1.0 / self.model_gate_s()
 
     def model_gate_s(self) -> float:
         return float(getattr(self.model, "counter_gate_s", 1e-3))
@@ -683,9 +679,3 @@ def quantise(x: Array, lo: float, hi: float, bits: int) -> Array:
     steps = (1 << bits) - 1
     code = np.clip(np.round((x - lo) / (hi - lo) * steps), 0, steps)
     return lo + code * (hi - lo) / steps
-
-
-def outputs_mask(n: int, outputs: NDArray[np.int64]) -> Array:
-    m = np.zeros(n)
-    m[outputs] = 1.0
-    return m

@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
-from phasegrad_hw.device.model import BiasLimits, CouplingSpec, Limits, Range, register_model
+from phasegrad_hw.device.model import BiasLimits, CouplingSpec, Limits, Range
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -131,7 +131,6 @@ class InjectionSpec(StrictModel):
     gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
 
 
-@register_model("cmos")
 class CMOSChipModel(_ChipModel):
     """A CMOS ring-oscillator array with capacitive coupling (docs/design.md §5).
 
@@ -342,8 +341,3 @@ class CMOSSubstrate(EmulatedChip):
         time_s = np.mod(time_s, period)
         code = np.round(time_s / t.lsb_s)
         return np.asarray(np.mod(2.0 * np.pi * f * code * t.lsb_s + np.pi, 2.0 * np.pi) - np.pi)
-
-
-def open_cmos(model: CMOSChipModel, seed: int | None = None) -> CMOSSubstrate:
-    """Device-file opener (``FILE_BACKENDS['cmos']``)."""
-    return CMOSSubstrate(model, seed)

@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import FrequencyMap
-from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.registry import chip_nominal_map
 from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError
@@ -59,7 +59,6 @@ class CounterSpec(StrictModel):
     second_terminal: str = Field(min_length=1)
 
 
-@register_model("daqmx")
 class DaqmxBenchModel(DeviceModel):
     """An NI-DAQmx bench around one chip. Voltages in V, times in s, frequencies in Hz."""
 
@@ -309,7 +308,7 @@ class DaqmxBench(OscillatorSubstrate):
 
 
 def open_daqmx(model: DaqmxBenchModel, seed: int | None = None) -> DaqmxBench:
-    """``FILE_BACKENDS`` factory."""
+    """Registry opener (``BACKENDS["daqmx"]``)."""
     return DaqmxBench(model, seed)
 
 

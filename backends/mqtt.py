@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.model import DEVICE_MODELS, DeviceModel
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import (
     ConfigError,
@@ -114,8 +114,17 @@ class RemoteOptions(StrictModel):
 
 
 def model_from_agent(data: dict[str, Any]) -> DeviceModel:
-    """The agent's device model: its registered class if known here, else the base fields."""
-    cls = DEVICE_MODELS.get(str(data.get("backend")))
+    """The agent's device model: its backend's model class when that backend is installed
+    here (:mod:`phasegrad_hw.device.registry`), else the base fields."""
+    from phasegrad_hw.device.registry import file_backends, model_class
+
+    backend = data.get("backend")
+    cls: type[DeviceModel] | None = None
+    if backend in file_backends():
+        try:
+            cls = model_class(backend)
+        except ImportError as exc:  # its optional dependencies are missing here
+            log.debug("agent's %r model class is not importable here: %s", backend, exc)
     try:
         if cls is not None:
             return cls.model_validate(data)
@@ -370,6 +379,8 @@ class MqttSubstrate(OscillatorSubstrate):
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = _Pending(fut, payload, self.session if in_session else None)
         deadline = time.monotonic() + self.timeout_s
+        task = asyncio.current_task()
+        cancels = (task, task.cancelling() if task is not None else 0)
         try:
             while not fut.done():
                 left = deadline - time.monotonic()
@@ -406,18 +417,19 @@ class MqttSubstrate(OscillatorSubstrate):
                             qos=0,
                             timeout=max(0.05, min(left, self.retry_s)),
                         )
+                        _raise_swallowed_cancel(cancels)
                     except Exception as exc:  # broker went away mid-publish: wait and resend
                         log.debug("%s: publish of %s failed (%s)", self.topics.base, rid, exc)
                         pending.conn = -1
                         await asyncio.sleep(0.02)
                         continue
                 left = deadline - time.monotonic()
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(left, self.retry_s)))
-                except TimeoutError:
-                    if not fut.done():  # no reply yet: send the same id again
-                        pending.conn = -1
-                        self.resends += 1
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
+                # that arrives together with the reply (the caller's task would run on)
+                await asyncio.wait({fut}, timeout=max(0.0, min(left, self.retry_s)))
+                if not fut.done():  # no reply yet: send the same id again
+                    pending.conn = -1
+                    self.resends += 1
             rep = fut.result()
         finally:
             self._pending.pop(rid, None)
@@ -555,6 +567,15 @@ def _reraise_cancellation() -> None:
         raise asyncio.CancelledError
 
 
+def _raise_swallowed_cancel(cancels: tuple[asyncio.Task[Any] | None, int]) -> None:
+    """Re-raise a cancellation of ``task`` that an ``asyncio.wait_for`` swallowed (Python 3.11
+    returns the result when the awaited operation finishes together with the cancel; aiomqtt's
+    publish waits that way), so a cancelled caller stops instead of running on."""
+    task, before = cancels
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+
+
 def _base_fields(model: DeviceModel) -> dict[str, Any]:
     """The fields every device model has (topology, roles, limits, coupling, nudge)."""
     return model.model_dump(include=set(DeviceModel.model_fields))
@@ -605,7 +626,7 @@ _PLACEHOLDER = DeviceModel.model_validate(
 
 
 def open_uri(uri: str, seed: int | None = None) -> MqttSubstrate:
-    """``devices.URI_SCHEMES['mqtt']``: parse the URI, fetch the model from the agent."""
+    """Registry URI opener (``mqtt://``): parse the URI, fetch the model from the agent."""
     broker, path, query = BrokerConfig.parse(uri, field="--device")
     try:
         opts = RemoteOptions.model_validate(query)

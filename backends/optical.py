@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
-from phasegrad_hw.device.model import BiasLimits, Limits, register_model
+from phasegrad_hw.device.model import BiasLimits, Limits
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -136,7 +136,6 @@ class OpticalInjectionSpec(StrictModel):
     gain_mismatch: float = Field(default=0.01, ge=0.0, le=0.5)
 
 
-@register_model("optical")
 class OpticalChipModel(_ChipModel):
     """Coupled optical micro-resonators / injection-locked lasers (docs/design.md §5).
 

@@ -44,7 +44,8 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -71,6 +72,7 @@ from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.board import Reply
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _WIRE_CAPS = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}
@@ -92,6 +94,18 @@ class SerialOptions(StrictModel):
     )
 
 
+async def _port_io(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread. A cancelled caller still waits for the thread to
+    finish before the cancellation propagates, so the port lock is never released while an
+    exchange is still running on the port (the next exchange, or a close, would race it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
+
+
 def pyserial_url(spec: str) -> str:
     """``serial://…`` (or a bare path / host:port) → the URL for ``serial.serial_for_url``."""
     rest = spec.removeprefix("serial://")
@@ -107,7 +121,7 @@ def pyserial_url(spec: str) -> str:
 
 
 def open_uri(uri: str, seed: int | None = None) -> SerialSubstrate:
-    """Entry of ``devices.URI_SCHEMES``: ``serial://PATH`` or ``serial://HOST:PORT[?opts]``."""
+    """Registry URI opener: ``serial://PATH`` or ``serial://HOST:PORT[?opts]``."""
     base, _, query = uri.partition("?")
     try:
         options = SerialOptions.model_validate(dict(parse_qsl(query, strict_parsing=bool(query))))
@@ -242,13 +256,12 @@ class SerialSubstrate(OscillatorSubstrate):
     def _typed_chip_model(self) -> DeviceModel:
         """The descriptor as its emulator's own model class (e.g. with the CMOS transfer-curve
         parameters) when that backend is installed here; else the generic model."""
-        from phasegrad_hw.device.registry import FILE_BACKENDS, _resolve
+        from phasegrad_hw.device.registry import file_backends
 
         data = self.descriptor["model"]
         backend = data.get("backend")
-        if backend in FILE_BACKENDS:
+        if backend in file_backends():
             try:
-                _resolve(FILE_BACKENDS[backend])  # registers the backend's model class
                 return DeviceModel.from_dict(data)
             except Exception as exc:  # optional detail: the generic model is enough to drive it
                 log.debug("board %s: descriptor as %r model failed: %s", self.url, backend, exc)
@@ -270,10 +283,10 @@ class SerialSubstrate(OscillatorSubstrate):
             pending, self._pending = self._pending, []
             batch = [c for c, _ in pending] + lines
             try:
-                replies = await asyncio.to_thread(self.link.transact, batch)
+                replies = await _port_io(self.link.transact, batch)
             except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
                 if not isinstance(exc, LimitError):
-                    await asyncio.to_thread(self._safe_sync)
+                    await _port_io(self._safe_sync)
                     self.clamped = False
                 raise
             for c, key in pending:
@@ -328,12 +341,12 @@ class SerialSubstrate(OscillatorSubstrate):
     async def connect(self) -> None:
         if not self.link.is_open:
             async with self._lock():
-                await asyncio.to_thread(self.link.open)
+                await _port_io(self.link.open)
                 self.link.need_restore = True
 
     async def _disconnect(self) -> None:
         async with self._lock():
-            await asyncio.to_thread(self.link.close)
+            await _port_io(self.link.close)
 
     async def make_safe(self) -> None:
         """One ``SAFE`` line: injection off, every bias at its safe value (deferred

@@ -18,13 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.physics import Array, CouplingFunction, centred, solve_equilibrium, wrap
 from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
 
 
-@register_model("simulated")
 class SimulatedDeviceModel(DeviceModel):
     """The ideal device on the core physics, with optional seeded readout noise.
 

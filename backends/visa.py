@@ -406,5 +406,5 @@ class _Fatal(SubstrateError):
 
 
 def open_bench(model: VisaBenchModel, seed: int | None = None) -> VisaBench:
-    """``FILE_BACKENDS`` factory: a (not yet connected) bench substrate."""
+    """Registry opener: a (not yet connected) bench substrate."""
     return VisaBench(model, seed)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.model import DeviceModel, register_model
+from phasegrad_hw.device.model import DeviceModel
 
 INSTRUMENTS = ("smu", "phase_meter", "injection")
 #: A raw socket resource (VISA syntax ``TCPIP[board]::host::port::SOCKET``).
@@ -37,7 +37,6 @@ class InstrumentConfig(StrictModel):
     channels: list[int]
 
 
-@register_model("visa")
 class VisaBenchModel(DeviceModel):
     """A bench of SCPI instruments around one chip (the chip's topology/roles/limits on top).
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
@@ -29,7 +27,7 @@ from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters,
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
-from tests.doubles import model_2_5_2  # noqa: E402
+from phasegrad_hw.testing.networks import model_2_5_2
 
 
 class InstantSubstrate(OscillatorSubstrate):

@@ -525,7 +525,7 @@ class InjectionSource(ScpiInstrument):
 def build_chip(bench: VisaBenchModel, seed: int | None = None) -> OscillatorSubstrate:
     """The emulated chip behind a bench: ``bench.chip`` via its backend, else the ideal
     simulated device on the bench's own topology."""
-    from phasegrad_hw.device.registry import FILE_BACKENDS, _resolve
+    from phasegrad_hw.device.registry import open_model
 
     chip_model = bench.chip_model()
     if chip_model is None:
@@ -535,8 +535,7 @@ def build_chip(bench: VisaBenchModel, seed: int | None = None) -> OscillatorSubs
         return SimulatedSubstrate(
             SimulatedDeviceModel.model_validate({**data, "backend": "simulated"}), seed
         )
-    sub: OscillatorSubstrate = _resolve(FILE_BACKENDS[chip_model.backend])(chip_model, seed)
-    return sub
+    return open_model(chip_model, seed)
 
 
 class BenchEmulator:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 class LineService(Protocol):
     """What a served firmware model provides."""
 
+    async def power_on(self) -> None: ...
+
     async def handle_line(self, line: bytes | None) -> bytes | None: ...
 
     async def reboot(self) -> bytes: ...
@@ -203,9 +205,7 @@ class LineServer:
         worker = asyncio.create_task(self._worker())
         try:
             try:
-                power_on = getattr(self.service, "power_on", None)
-                if power_on is not None:
-                    await power_on()
+                await self.service.power_on()
                 cleanup = await (self._open_pty() if kind == "pty" else self._open_tcp(host, port))
             except BaseException as exc:
                 self._error = exc

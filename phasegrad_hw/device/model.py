@@ -8,7 +8,6 @@ reaches a device (:class:`phasegrad_hw.device.substrate.LimitError`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -137,17 +136,6 @@ class CalibrationThresholds(StrictModel):
 
 
 M = TypeVar("M", bound="DeviceModel")
-DEVICE_MODELS: dict[str, type[DeviceModel]] = {}
-
-
-def register_model(backend: str) -> Callable[[type[M]], type[M]]:
-    """Class decorator: device files whose ``backend`` is ``backend`` load into this class."""
-
-    def deco(cls: type[M]) -> type[M]:
-        DEVICE_MODELS[backend] = cls
-        return cls
-
-    return deco
 
 
 class DeviceModel(StrictModel):
@@ -345,14 +333,13 @@ class DeviceModel(StrictModel):
 
     @classmethod
     def from_dict(cls: type[M], data: dict[str, Any], source: str = "") -> M:
+        """Validate ``data``; on the base class the model class is picked from its ``backend``
+        (:mod:`phasegrad_hw.device.registry`). ``source`` prefixes every error line."""
         target: type[DeviceModel] = cls
         if cls is DeviceModel:
-            backend = data.get("backend")
-            if backend not in DEVICE_MODELS:
-                raise ConfigError(
-                    f"{source}backend: {backend!r} — allowed: {', '.join(sorted(DEVICE_MODELS))}"
-                )
-            target = DEVICE_MODELS[backend]
+            from phasegrad_hw.device.registry import model_class
+
+            target = model_class(data.get("backend"), source=source)
         try:
             return target.model_validate(data)  # type: ignore[return-value]
         except ValidationError as exc:

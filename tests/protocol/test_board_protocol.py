@@ -159,6 +159,9 @@ class Recorder:
             reply = self.tamper(line, reply)
         return reply
 
+    async def power_on(self) -> None:
+        await self.fw.power_on()
+
     async def reboot(self) -> bytes:
         return await self.fw.reboot()
 

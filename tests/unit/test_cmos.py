@@ -437,7 +437,7 @@ async def test_no_failures_means_no_skips() -> None:
 # --------------------------------------------------------------------------- training (CI size)
 def tiny_chip_model() -> CMOSChipModel:
     """The loop tests' 5-oscillator network as a CMOS chip with the realistic defaults."""
-    from tests.doubles import model_tiny
+    from phasegrad_hw.testing.networks import model_tiny
 
     t = model_tiny()
     return CMOSChipModel.model_validate(
@@ -455,7 +455,7 @@ def tiny_chip_model() -> CMOSChipModel:
 async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None:
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding
-    from tests.doubles import blobs
+    from phasegrad_hw.testing.networks import blobs
 
     m = tiny_chip_model()
     data = blobs(40, 20, seed=0)

@@ -26,7 +26,8 @@ from phasegrad_hw.physics.gradients import (
     implicit_gradient,
     loss_grad_theta,
 )
-from tests.doubles import FaultySubstrate, HangingSubstrate, ScriptedSubstrate, model_2_5_2
+from phasegrad_hw.testing.doubles import FaultySubstrate, HangingSubstrate, ScriptedSubstrate
+from phasegrad_hw.testing.networks import model_2_5_2
 
 TARGET = np.array([-0.2, 0.2])
 

@@ -23,7 +23,8 @@ from phasegrad_hw.learning.loop import (
     train_on_substrates,
 )
 from phasegrad_hw.learning.tasks import Encoding
-from tests.doubles import ScriptedSubstrate, blobs, model_tiny
+from phasegrad_hw.testing.doubles import ScriptedSubstrate
+from phasegrad_hw.testing.networks import blobs, model_tiny
 
 DATA = blobs(40, 20, seed=0)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,51 @@ def test_unknown_backend_names_the_allowed_ones(tmp_path: Path) -> None:
     msg = _error(tmp_path, d)
     assert msg.startswith("chip.toml: backend: 'cmoss' — allowed: ")
     assert "cmos" in msg and "optical" in msg
+
+
+# -- the one backend registry ----------------------------------------------------------
+def test_every_registry_entry_resolves() -> None:
+    from phasegrad_hw.device import registry
+
+    for name, entry in registry.BACKENDS.items():
+        if entry.model is not None:
+            cls = registry.model_class(name)
+            assert issubclass(cls, DeviceModel) and cls.model_fields["backend"].default == name
+        for ref in (entry.opener, entry.uri_opener, entry.nominal_map):
+            if ref is not None:
+                assert callable(registry._resolve(ref)), ref
+        assert (entry.model is None) == (entry.opener is None), name
+        assert (entry.uri_opener is None) == (not entry.schemes), name
+    assert registry.uri_schemes() == {"serial": "serial", "mqtt": "mqtt"}
+    assert registry.file_backends() == ["cmos", "daqmx", "optical", "simulated", "visa"]
+
+
+def test_device_files_load_without_importing_a_backend_first() -> None:
+    """No import side effects: a fresh interpreter loads a CMOS file into its class, and
+    importing the registry imports no backend."""
+    code = (
+        "import sys\n"
+        "from phasegrad_hw.device import registry\n"
+        "assert not [m for m in sys.modules if m.startswith('phasegrad_hw.backends')]\n"
+        f"m = registry.load_device_model({str(CMOS)!r})\n"
+        "print(type(m).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "CMOSChipModel"
+
+
+def test_bench_chip_backend_names_the_allowed_ones() -> None:
+    from phasegrad_hw.device.registry import chip_model
+
+    with pytest.raises(ConfigError) as info:
+        chip_model({"backend": "visa"}, bench="visa")
+    assert str(info.value) == "chip.backend: 'visa' — allowed: cmos, optical, simulated"
+
+
+def test_remote_models_use_the_registry() -> None:
+    from phasegrad_hw.backends.mqtt import model_from_agent
+
+    data = load_device_model(CMOS).model_dump(mode="json")
+    assert type(model_from_agent(data)) is CMOSChipModel
+    generic = model_from_agent({**data, "backend": "elsewhere"})
+    assert type(generic) is DeviceModel and generic.n == 9

@@ -1,0 +1,16 @@
+"""Public test helpers for backend authors, the project's tests, examples and benchmarks.
+
+Never imported by the library itself (an import-linter contract keeps it that way).
+
+* :mod:`~phasegrad_hw.testing.contract` — :func:`check_substrate_contract`, the executable
+  substrate contract (docs/design.md §4) to run against any backend's substrate factory;
+* :mod:`~phasegrad_hw.testing.doubles` — fault-injecting substrate doubles (recording,
+  failing, hanging wrappers around any substrate);
+* :mod:`~phasegrad_hw.testing.daqmx` — a stand-in for the nidaqmx API, wired to an emulated
+  chip, so the DAQ driver runs without NI hardware;
+* :mod:`~phasegrad_hw.testing.networks` — small devices and tasks (2+5+2, tiny, blobs).
+
+A ``transcripts`` module (in-memory transcripts of a driver's link, to test a driver
+without its instrument) belongs here too; its drivers plug into
+:func:`check_substrate_contract` through the factory like any other substrate.
+"""

@@ -1,0 +1,311 @@
+"""The substrate contract suite (:func:`phasegrad_hw.testing.contract.check_substrate_contract`)
+over all seven backends: the in-process emulators (simulated, cmos, optical), the controller
+board driver against the board firmware over a pty and over TCP (serial), the SCPI bench
+driver against the emulated instruments over TCP with pyvisa-py (visa), the NI-DAQmx driver
+against the nidaqmx stand-in (daqmx), and a remote device through a real mosquitto and an
+agent (mqtt)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from numpy.typing import ArrayLike
+
+from phasegrad_hw.backends.simulated import SimulatedSubstrate
+from phasegrad_hw.device.registry import open_substrate
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.testing.contract import ContractReport, check_substrate_contract
+from phasegrad_hw.testing.networks import model_2_5_2
+from tests.conftest import REPO, require
+from tests.mosquitto import Mosquitto, broker  # noqa: F401  (fixture)
+
+DEVICES = REPO / "examples" / "devices"
+EMULATED = frozenset(Capability)  # the emulators declare every optional ability
+
+
+def chip(noise: float = 0.0) -> SimulatedSubstrate:
+    """The emulated 2+5+2 chip behind the driver backends (seeded readout noise)."""
+    return SimulatedSubstrate(model_2_5_2(3, readout_noise_rad=noise), seed=5)
+
+
+def assert_complete(report: ContractReport, caps: frozenset[Capability]) -> None:
+    assert report.passed == [
+        "read_phases",
+        "clamp",
+        "limits",
+        "frequency_map",
+        "abilities",
+        "safe_exit",
+        "cancelled",
+        "timeout",
+    ]
+    assert report.capabilities == caps
+
+
+# --------------------------------------------------------------------------- in-process
+async def test_simulated() -> None:
+    report = await check_substrate_contract(lambda: chip(0.005))
+    assert_complete(report, EMULATED)
+
+
+@pytest.mark.parametrize("name", ["cmos-2-5-2.toml", "optical-2-5-2.toml"])
+async def test_emulated_chips(name: str) -> None:
+    report = await check_substrate_contract(lambda: open_substrate(DEVICES / name, seed=2))
+    assert_complete(report, EMULATED)
+
+
+# --------------------------------------------------------------------------- drivers
+@pytest.fixture(params=["pty", "tcp"])
+def board(request: pytest.FixtureRequest) -> Iterator[tuple[SimulatedSubstrate, str]]:
+    from phasegrad_hw.firmware_models.board import BoardFirmware
+    from phasegrad_hw.firmware_models.server import LineServer
+
+    behind = chip(0.005)
+    server = LineServer(BoardFirmware(behind))
+    if request.param == "pty":
+        require(hasattr(os, "openpty"), "pseudo-terminals (POSIX)")
+        uri = f"serial://{server.start_pty()}"
+    else:
+        host, port = server.start_tcp()
+        uri = f"serial://{host}:{port}"
+    try:
+        yield behind, uri
+    finally:
+        server.stop()
+
+
+async def test_serial_board(board: tuple[SimulatedSubstrate, str]) -> None:
+    behind, uri = board
+    report = await check_substrate_contract(lambda: open_substrate(uri), observer=behind)
+    assert_complete(report, EMULATED - {Capability.EXACT_GRADIENT})
+
+
+async def test_visa_bench() -> None:
+    """Without an observer: the bench is reconnected to read what it left behind (its
+    connect resets the instruments, so tests/e2e/test_visa_e2e.py also checks the
+    instruments' own state after every exit)."""
+    require(importlib.util.find_spec("pyvisa_py") is not None, "pyvisa-py")
+    from phasegrad_hw.backends.visa import VisaBench
+    from phasegrad_hw.backends.visa_config import bench_for_chip
+    from phasegrad_hw.firmware_models.instruments import BenchEmulator
+
+    resources = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in ("smu", "phase_meter", "injection")}
+    behind = chip(0.005)
+    emu = BenchEmulator(bench_for_chip(behind.model, resources), chip=behind)
+    with emu.running():
+        report = await check_substrate_contract(lambda: VisaBench(emu.bench_config()))
+    assert_complete(report, frozenset({Capability.RESEED}))  # the emulated chip's noise
+
+
+async def test_daqmx_stand_in() -> None:
+    from phasegrad_hw.backends.daqmx import DaqmxBench, daqmx_bench_for_chip
+    from phasegrad_hw.testing.daqmx import FakeSystem, fake_nidaqmx
+
+    behind = chip(0.005)
+    bench = daqmx_bench_for_chip(behind.model)
+    system = FakeSystem(behind, bench.measured_frequency_hz, bench.injection_v_per_beta)
+    try:
+        report = await check_substrate_contract(
+            lambda: DaqmxBench(bench, daqmx=fake_nidaqmx(system)), observer=behind
+        )
+    finally:
+        system.close()
+    assert_complete(report, frozenset())
+
+
+async def test_mqtt_remote(broker: Mosquitto) -> None:  # noqa: F811
+    """Through a real mosquitto to an agent serving the emulated chip (same event loop)."""
+    from phasegrad_hw.backends.mqtt import MqttSubstrate
+    from phasegrad_hw.fleet.agent import Agent
+    from phasegrad_hw.wire.mqtt import BrokerConfig
+
+    behind = chip(0.005)
+    agent_cfg, _, _ = BrokerConfig.parse(broker.uri("agent"))
+    agent = Agent(behind, agent_cfg, "lab/chip")
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+
+    try:
+        report = await check_substrate_contract(
+            lambda: MqttSubstrate(cfg, "lab/chip", model=behind.model, timeout_s=10.0),
+            observer=behind,
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert_complete(
+        report, frozenset({Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.RESEED})
+    )
+
+
+# --------------------------------------------------------------------------- broken backends
+# The suite must fail on a backend that breaks a rule (each one below breaks exactly one).
+class _NoSafeClose(SimulatedSubstrate):
+    async def make_safe(self) -> None:  # forgets the biases and the clamp
+        return None
+
+
+class _Clipping(SimulatedSubstrate):
+    async def set_biases(self, values: ArrayLike) -> None:  # clips instead of refusing
+        lim = self.model.limits.bias
+        await self._apply_biases(np.clip(np.asarray(values, dtype=np.float64), lim.min, lim.max))
+
+
+class _SilentReseed(SimulatedSubstrate):
+    capabilities = frozenset({Capability.COUPLINGS, Capability.FREQUENCY_COUNTER})
+
+    def reseed(self, seed: int) -> None:  # not declared, yet does not refuse
+        return None
+
+
+class _SwallowsCancel(SimulatedSubstrate):
+    swallowed = False
+
+    async def _read(self, averages: int) -> PhaseReading:
+        try:
+            await asyncio.sleep(0.001)
+        except asyncio.CancelledError:
+            if self.swallowed:  # (only once, so the test can end the session)
+                raise
+            self.swallowed = True  # runs on
+        return await super()._read(averages)
+
+
+class _IgnoresMap(SimulatedSubstrate):
+    async def set_frequencies(self, omega: ArrayLike) -> None:  # bypasses frequency_map
+        await self._apply_frequencies(self.model.check_frequencies(omega))
+
+
+@pytest.mark.parametrize(
+    "cls, rule",
+    [
+        (_NoSafeClose, "safe_exit"),
+        (_Clipping, "limits: bias"),
+        (_SilentReseed, "abilities: expected DeviceError"),
+        (_SwallowsCancel, "cancelled: the cancelled session still runs"),
+        (_IgnoresMap, "frequency_map"),
+    ],
+)
+async def test_the_suite_catches_a_broken_backend(
+    cls: type[SimulatedSubstrate], rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phasegrad_hw.device.frequency_map import IDENTITY
+    from phasegrad_hw.testing import contract
+
+    monkeypatch.setattr(contract, "_CANCEL_BOUND_S", 1.0)
+
+    def make() -> SimulatedSubstrate:
+        sub = cls(model_2_5_2(3))
+        if cls is _IgnoresMap:
+            sub.frequency_map = IDENTITY  # biases in model units are the frequencies
+        return sub
+
+    with pytest.raises(AssertionError, match=f"substrate contract, {rule}"):
+        await check_substrate_contract(make)
+
+
+# --------------------------------------------------------------------------- no probing
+# Abilities are declared (``capabilities``), never probed: no getattr/hasattr on a substrate
+# or chip anywhere in the library. A call is flagged when its object is named like a
+# substrate, is ``self`` inside a substrate class, or its attribute is a substrate member.
+LIBRARY = [REPO / d for d in ("phasegrad_hw", "backends", "calibration", "firmware_models")]
+SUBSTRATE_NAME = re.compile(
+    r"^_?(sub|subs|substrate|substrates|chip|chips|device|devices|inner|twin|remote|bench)$"
+)
+SUBSTRATE_MEMBERS = {
+    n for n in dir(OscillatorSubstrate) if not n.startswith("__") and n != "model"
+} | {c.value for c in Capability}
+# getattr/hasattr calls that are not ability probing, with the reason (path, call text)
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def _substrate_classes() -> set[str]:
+    for root in LIBRARY:
+        for path in root.rglob("*.py"):
+            if path.name == "__main__.py":  # (runs the CLI)
+                continue
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts if rel.parts[0] == "phasegrad_hw" else ("phasegrad_hw", *rel.parts)
+            name = ".".join(p for p in parts if p != "__init__")
+            importlib.import_module(name)
+    found: set[str] = set()
+    todo: list[type] = [OscillatorSubstrate]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def probes(source: str, substrate_classes: set[str]) -> list[str]:
+    """The getattr/hasattr calls in ``source`` that look at a substrate (unparsed)."""
+    hits: list[str] = []
+
+    def visit(node: ast.AST, in_substrate: bool) -> None:
+        if isinstance(node, ast.ClassDef):
+            bases = {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in node.bases}
+            in_substrate = bool(bases & substrate_classes) or node.name in substrate_classes
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and len(node.args) >= 2
+        ):
+            obj, attr = node.args[0], node.args[1]
+            last = ast.unparse(obj).rsplit(".", 1)[-1]
+            literal = attr.value if isinstance(attr, ast.Constant) else None
+            if (
+                SUBSTRATE_NAME.match(last)
+                or (last == "self" and in_substrate)
+                or literal in SUBSTRATE_MEMBERS
+            ):
+                hits.append(ast.unparse(node))
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_substrate)
+
+    visit(ast.parse(source), False)
+    return hits
+
+
+def test_no_ability_probing_in_the_library() -> None:
+    classes = _substrate_classes()
+    assert {"SimulatedSubstrate", "EmulatedChip", "VisaBench", "MqttSubstrate"} <= classes
+    found = []
+    for root in LIBRARY:
+        for path in sorted(root.rglob("*.py")):
+            rel = str(path.relative_to(REPO))
+            for call in probes(path.read_text(), classes):
+                if (rel, call) not in ALLOWED:
+                    found.append(f"{rel}: {call}")
+    assert found == [], "declare abilities in `capabilities` instead of probing:\n" + "\n".join(
+        found
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'fn = getattr(sub, "reseed", None)',
+        'ok = hasattr(self.chip, "true_state")',
+        'caps = getattr(s, "capabilities", frozenset())',
+        'class B(SimulatedSubstrate):\n    def f(self):\n        return getattr(self, "x", 0)',
+    ],
+)
+def test_the_probe_check_flags_reintroduced_probing(source: str) -> None:
+    assert probes(source, {"SimulatedSubstrate"}) != []
+
+
+def test_the_probe_check_leaves_config_lookups_alone() -> None:
+    source = "v = getattr(e, end)\nc = getattr(self.model, name).timeout_s\nhasattr(obj, 'x')"
+    assert probes(source, {"SimulatedSubstrate"}) == []
