@@ -62,7 +62,7 @@ def merge_results(parts: Sequence[EnsembleResult]) -> EnsembleResult:
             EpochSummary(
                 epochs[0].epoch,
                 np.concatenate([e.train_accuracy for e in epochs]),
-                None if any(t is None for t in tests) else np.concatenate(tests),  # type: ignore[arg-type]
+                None if any(t is None for t in tests) else np.concatenate(tests),
                 np.concatenate([e.skipped for e in epochs]),
                 max(e.seconds for e in epochs),
             )

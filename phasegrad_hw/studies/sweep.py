@@ -29,7 +29,8 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,7 +74,12 @@ PATH_OPTIONS = ("device", "data", "transfer")
 def _options_model(study: Study) -> type[BaseModel]:
     from phasegrad_hw.studies import NoiseOptions, TrainOptions, VowelStudyOptions
 
-    return {"train": TrainOptions, "vowels": VowelStudyOptions, "noise": NoiseOptions}[study]
+    models: dict[str, type[BaseModel]] = {
+        "train": TrainOptions,
+        "vowels": VowelStudyOptions,
+        "noise": NoiseOptions,
+    }
+    return models[study]
 
 
 class Distribution(StrictModel):
@@ -527,7 +533,7 @@ class _Driver:
 
     def _gather(
         self, jobs: dict[Any, tuple[Trial, int | None]]
-    ) -> Iterable[tuple[Trial, int | None, dict[str, Any] | None, str | None]]:
+    ) -> Generator[tuple[Trial, int | None, dict[str, Any] | None, str | None], None, None]:
         """Yield (trial, epochs, payload, error) as tasks finish; Ctrl-C cancels the rest."""
         pending = list(jobs)
         try:
@@ -600,18 +606,18 @@ class _Driver:
         return TrialResult(t, summary, r.state, score, r.run_id, pruned_at=pruned, resumed=True)
 
     def run_flat(self) -> None:
-        jobs = {}
+        jobs: dict[Any, tuple[Trial, int | None]] = {}
         for t in self.trials:
             if t.key in self.rec and self.rec[t.key].status == "finished":
                 self._emit(self._from_store(t, -1))
             else:
                 jobs[self._submit(t, None, None)] = (t, None)
-        for t, _, payload, err in self._gather(jobs):
-            self._emit(
-                self._failed(t, err or "")
-                if payload is None
-                else self._record(t, payload, -1, finish=True)
-            )
+        with closing(self._gather(jobs)) as arrivals:
+            for t, _, payload, err in arrivals:
+                if payload is None:
+                    self._emit(self._failed(t, err or ""))
+                else:
+                    self._emit(self._record(t, payload, -1, finish=True))
 
     def run_asha(self) -> None:
         assert self.spec.asha is not None
@@ -620,7 +626,7 @@ class _Driver:
         for k, budget in enumerate(rungs):
             last = k == len(rungs) - 1
             scores: dict[int, float] = {}
-            jobs = {}
+            jobs: dict[Any, tuple[Trial, int | None]] = {}
             for t in active:
                 r = self.rec.get(t.key)
                 done = 0 if r is None or r.state is None else r.state.epoch
@@ -631,14 +637,15 @@ class _Driver:
                     continue
                 start = None if r is None else r.state
                 jobs[self._submit(t, start, budget)] = (t, budget)
-            for t, _, payload, err in self._gather(jobs):
-                if payload is None:
-                    self._emit(self._failed(t, err or ""))
-                    continue
-                res = self._record(t, payload, budget, finish=last)
-                scores[t.index] = res.score
-                if last:
-                    self._emit(res)
+            with closing(self._gather(jobs)) as arrivals:
+                for t, _, payload, err in arrivals:
+                    if payload is None:
+                        self._emit(self._failed(t, err or ""))
+                        continue
+                    res = self._record(t, payload, budget, finish=last)
+                    scores[t.index] = res.score
+                    if last:
+                        self._emit(res)
             alive = [t for t in active if t.index in scores and t.key in self.rec]
             if last:
                 break
