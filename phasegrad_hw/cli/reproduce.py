@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ def register(groups: Groups) -> None:
         parallel: bool = typer.Option(
             True, "--parallel/--serial", help="Spread networks over CPU threads (same results)."
         ),
+        executor: str = typer.Option(
+            "local",
+            help="local (this process) or ray (seeds spread over the Ray cluster at "
+            "RAY_ADDRESS, else a local Ray instance; same results; docs/cluster.md).",
+        ),
     ) -> None:
         """Reproduce the published vowel ablation (and the designed fix)."""
         from rich.console import Console
@@ -74,10 +80,30 @@ def register(groups: Groups) -> None:
 
             typer.echo(format_validation_error(exc, "--"), err=True)
             raise typer.Exit(2) from None
+        if executor not in ("local", "ray"):
+            typer.echo(f"--executor: {executor!r} — allowed: local, ray", err=True)
+            raise typer.Exit(2)
         con = Console()
-        with RichProgress(con) as bar:
+        with contextlib.ExitStack() as stack:
+            ens = None
+            if executor == "ray":
+                from phasegrad_hw.errors import ConfigError
+                from phasegrad_hw.fleet.cluster import Cluster
+                from phasegrad_hw.studies.executor import RayEnsembleExecutor
+
+                try:
+                    stack.enter_context(Cluster())
+                except ConfigError as exc:
+                    typer.echo(str(exc), err=True)
+                    raise typer.Exit(2) from None
+                ens = RayEnsembleExecutor()
+            bar = stack.enter_context(RichProgress(con))
             result = run_vowel_study(
-                o, progress=bar, log=con.print, checkpoint=lambda part: _dump(json_path, part)
+                o,
+                progress=bar,
+                log=con.print,
+                checkpoint=lambda part: _dump(json_path, part),
+                executor=ens,
             )
         _dump(json_path, result)
         tab = Table(

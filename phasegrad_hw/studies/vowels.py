@@ -31,6 +31,7 @@ from phasegrad_hw.studies.progress import EnsembleProgress
 if TYPE_CHECKING:
     from phasegrad_hw.engine.results import EnsembleResult
     from phasegrad_hw.learning.tasks import Dataset, Encoding
+    from phasegrad_hw.studies.executor import EnsembleExecutor
 
 __all__ = ["INITS", "PARAMS", "SUCCESS", "VowelStudyOptions", "output_modes", "run_vowel_study"]
 
@@ -158,10 +159,13 @@ def run_vowel_study(
     progress: EnsembleProgress | None = None,
     log: Callable[[str], None] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    executor: EnsembleExecutor | None = None,
 ) -> dict[str, Any]:
     """Train every configuration; returns ``{"rows": [...], "evidence": {...}, "seconds",
     "data"}``. ``log`` receives one line per set-up; ``checkpoint`` the partial result after
-    each set-up (to save it)."""
+    each set-up (to save it); ``executor`` trains each set-up's ensemble elsewhere (e.g.
+    :class:`~phasegrad_hw.studies.executor.RayEnsembleExecutor`: same members, same rows;
+    no per-epoch progress) instead of in this process."""
     from phasegrad_hw.device.presets import builder
     from phasegrad_hw.engine.ensemble import Ensemble
     from phasegrad_hw.engine.members import TrainConfig, members_from_builder
@@ -196,7 +200,10 @@ def run_vowel_study(
         ens = Ensemble(template, members, data, enc, cfg)
         t0 = time.perf_counter()
         label = f"{task} {setup} ({len(members)} networks)"
-        res = ens.run(None if progress is None else progress.track(label, epochs))
+        if executor is None:
+            res = ens.run(None if progress is None else progress.track(label, epochs))
+        else:
+            res = executor.run(ens)
         seconds = time.perf_counter() - t0
         if log is not None:
             log(f"{setup}: {len(members)} networks, {epochs} epochs in {seconds:.0f} s")
