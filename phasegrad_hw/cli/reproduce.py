@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from phasegrad_hw.cli import Groups
+from phasegrad_hw.cli import Groups, fail
 
 
 def _dump(path: Path | None, result: dict[str, Any]) -> None:
@@ -53,6 +53,7 @@ def register(groups: Groups) -> None:
         from rich.table import Table
 
         from phasegrad_hw.cli.progress import RichProgress
+        from phasegrad_hw.cli.signals import Interrupted, interruptible
         from phasegrad_hw.studies import VowelStudyOptions, run_vowel_study
 
         try:
@@ -72,13 +73,18 @@ def register(groups: Groups) -> None:
         except ValidationError as exc:
             from phasegrad_hw.config import format_validation_error
 
-            typer.echo(format_validation_error(exc, "--"), err=True)
-            raise typer.Exit(2) from None
+            fail(format_validation_error(exc, "--"))
+        if o.data is not None and not Path(o.data).is_file():
+            fail(f"--data: {o.data} does not exist (a Hillenbrand-format CSV: vowel,F1,F2)")
         con = Console()
-        with RichProgress(con) as bar:
-            result = run_vowel_study(
-                o, progress=bar, log=con.print, checkpoint=lambda part: _dump(json_path, part)
-            )
+        try:
+            with RichProgress(con) as bar, interruptible():
+                result = run_vowel_study(
+                    o, progress=bar, log=con.print, checkpoint=lambda part: _dump(json_path, part)
+                )
+        except Interrupted as exc:
+            kept = f"; rows finished so far are in {json_path}" if json_path else ""
+            fail(f"reproduce vowels: {exc}{kept}", exc.exit_code)
         _dump(json_path, result)
         tab = Table(
             title=f"vowels {result['rows'][0]['task']} (2+{o.hidden}+2), "

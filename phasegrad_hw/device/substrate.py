@@ -112,7 +112,10 @@ class OscillatorSubstrate(ABC):
         return "device" if self.frequency_map is None else self.frequency_map.source
 
     async def _bounded(self, op: str, aw: Awaitable[T]) -> T:
-        """Await one backend operation, at most ``operation_timeout_s`` seconds."""
+        """Await one backend operation, at most ``operation_timeout_s`` seconds. Yields to the
+        event loop first, so a cancellation (a signal in the command line) reaches callers
+        within one operation even on in-process emulators, whose awaits never suspend."""
+        await asyncio.sleep(0)
         try:
             async with asyncio.timeout(self.operation_timeout_s):
                 return await aw
