@@ -11,6 +11,9 @@ dropped SSH session) stop a command cleanly instead of killing it.
 * :func:`interruptible` does the same for synchronous work (no device, e.g. the vectorised
   vowel study): inside it, a signal raises :class:`Interrupted` in the main thread.
 
+Once a signal has arrived, log records below ERROR are no longer shown (the library's
+warnings about the abandoned step): the command reports the interruption in one line.
+
 Exit status of an interrupted command: 128 + signal number (130 for Ctrl-C).
 """
 
@@ -42,10 +45,25 @@ class Interrupted(Exception):
         return 128 + self.signum
 
 
+class _QuietAfterSignal(logging.Filter):
+    """Drops records below ERROR once a signal has been received."""
+
+    def __init__(self, received: list[int]) -> None:
+        super().__init__()
+        self.received = received
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.received or record.levelno >= logging.ERROR
+
+
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` to completion like :func:`asyncio.run`, but a signal of :data:`SIGNALS`
     cancels it and raises :class:`Interrupted` (see the module docstring)."""
     received: list[int] = []
+    quiet = _QuietAfterSignal(received)
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(quiet)
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()
@@ -55,9 +73,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         def on_signal(signum: int) -> None:
             received.append(signum)
             if len(received) == 1:
-                log.warning("%s: stopping (device will be left safe)", signal.Signals(signum).name)
+                log.info("%s: stopping (device will be left safe)", signal.Signals(signum).name)
             else:
-                log.warning("second signal: aborting the remaining clean-up")
+                log.info("second signal: aborting the remaining clean-up")
             task.cancel()
 
         for s in SIGNALS:
@@ -67,6 +85,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         finally:
             for s in SIGNALS:
                 loop.remove_signal_handler(s)
+                if received:  # the command is on its way out: more signals change nothing
+                    signal.signal(s, signal.SIG_IGN)
 
     try:
         return asyncio.run(guarded())
@@ -74,6 +94,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         if received:
             raise Interrupted(received[0]) from None
         raise
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
 
 
 @contextmanager

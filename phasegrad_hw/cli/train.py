@@ -135,10 +135,12 @@ def register(groups: Groups) -> None:
             None, help="Hillenbrand-format CSV (vowel,F1,F2) [default: synthetic formants]."
         ),
         params: str | None = typer.Option(
-            None, help=f"Parameters that learn: {_choices('params')} [default: both]."
+            None,
+            help=f"Parameters that learn: {_choices('params')} [default: both, or omega on a "
+            "device that cannot set couplings].",
         ),
         epochs: int | None = typer.Option(
-            None, help="Total epochs (counting those of a resumed run) [default: 30]."
+            None, help="Total epochs (counting those of a resumed run) [default: 20]."
         ),
         seed: int | None = typer.Option(
             None, help="Seed (initial ω, data split, sample order) [default: 0]."
@@ -249,6 +251,12 @@ def register(groups: Groups) -> None:
         explicit = {k: v for k, v in given.items() if v is not None}
         if data is not None and not data.is_file():
             fail(f"--data: {data} does not exist (a Hillenbrand-format CSV: vowel,F1,F2)")
+        # stored runs name files absolutely: resume and evaluate work from any directory
+        data = data.resolve() if data is not None else None
+        for key in ("device", "transfer", "noise"):
+            v = explicit.get(key)
+            if v is not None and "://" not in v and v not in ("auto", "none") and Path(v).exists():
+                explicit[key] = str(Path(v).resolve())
         changes: dict[str, Any] = {}
         saved: dict[str, Any] = {}
         if resume is not None:
@@ -287,7 +295,8 @@ def register(groups: Groups) -> None:
         if r.task.startswith("vowels") and data is None:
             what = "synthetic formants"
         con.print(
-            f"train {r.task} ({what}) on {r.device}: readout {r.readout}, params {r.params}, "
+            f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
+            f"params {r.params or 'both (omega if no couplings)'}, "
             f"lr {r.lr:g}, β {r.beta:g} {r.mode} × {r.averages} avg, margin {r.margin:g} rad, "
             f"{r.epochs} epochs, seed {r.seed}; store "
             f"{store_path if store_path is not None else 'none (--no-store)'}",

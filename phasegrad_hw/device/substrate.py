@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -115,7 +115,12 @@ class OscillatorSubstrate(ABC):
         """Await one backend operation, at most ``operation_timeout_s`` seconds. Yields to the
         event loop first, so a cancellation (a signal in the command line) reaches callers
         within one operation even on in-process emulators, whose awaits never suspend."""
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if isinstance(aw, Coroutine):
+                aw.close()  # never started: no "was never awaited" warning
+            raise
         try:
             async with asyncio.timeout(self.operation_timeout_s):
                 return await aw

@@ -10,7 +10,7 @@ each substrate that declares ``Capability.RESEED`` (noisy emulators) is reseeded
 therefore reproduces the uninterrupted run exactly.
 
 Interruptible on every backend: the loop yields to the event loop once per EP step
-(``await asyncio.sleep(0)``), so a cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line)
+(``await asyncio.sleep(0)``, and a cancellation an inner await swallowed is raised again), so a cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line)
 reaches it within one step even when every await of an in-process emulator completes without
 suspending. A cancelled step updates nothing that is kept: state is only handed to observers
 (the run store) at the end of a complete epoch.
@@ -208,7 +208,7 @@ class _Epoch:
         skipped = correct = 0
         losses: list[float] = []
         for b in range(0, n_train, n_sub):
-            await asyncio.sleep(0)  # a cancellation point per step, on every backend
+            await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + n_sub]
             batch = [
                 Sample(self.w_train[i], partial(self.encoding.clamp_targets, int(self.y_train[i])))
@@ -224,6 +224,17 @@ class _Epoch:
             for obs in self.observers:
                 obs.on_step(rep)
         return skipped, correct, float(np.mean(losses)) if losses else None
+
+
+async def _checkpoint() -> None:
+    """Yield to the event loop once (a cancellation reaches the loop here even when every
+    await of an in-process emulator completes without suspending), and re-raise a
+    cancellation that an inner await swallowed (Python 3.11's ``wait_for`` returns a result
+    that completed together with the cancellation): the task still counts it as pending."""
+    await asyncio.sleep(0)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _notify_epoch_end(observers: Sequence[LoopObserver], state: LoopState) -> None:

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 20
 OPERATOR_ENV = "PHASEGRAD_HW_OPERATOR"
 # options that define what a run computes (a resumed run must keep them)
 RUN_DEFINING = (
@@ -80,7 +80,8 @@ RUN_DEFINING = (
 class TrainOptions(StrictModel):
     """Validated training options (stored with the run; ``resume`` reuses them). ``lr`` is
     the learning rate of ω and K (model units), ``beta`` the nudge strength, ``averages``
-    the reads averaged per state, ``margin`` the target phase magnitude (rad). ``beta``,
+    the reads averaged per state, ``margin`` the target phase magnitude (rad). ``params``
+    None: ω and K (``both``) on a device that can set couplings, else ω only. ``beta``,
     ``mode`` and ``averages`` left None come from the noise map (``noise``: auto, none or a
     path) or their defaults (0.1, one_sided, 1); ``transfer`` the bias map (auto, none or a
     path). Non-finite numbers are refused."""
@@ -89,7 +90,7 @@ class TrainOptions(StrictModel):
 
     device: str = Field(min_length=1)
     task: str = Field(default="vowels:a,i", min_length=1)
-    params: Literal["omega", "K", "both"] = "both"
+    params: Literal["omega", "K", "both"] | None = None
     epochs: int = Field(default=DEFAULT_EPOCHS, ge=0, le=100_000)
     seed: int = Field(default=0, ge=0)
     readout: Literal["mean_phase", "template", "argmax_cos", "difference"] = "mean_phase"
@@ -386,21 +387,22 @@ async def train_device(
     device safe and marks the run ``interrupted`` at its last complete epoch.
     """
     from phasegrad_hw.device.registry import open_substrate
+    from phasegrad_hw.device.substrate import Capability
     from phasegrad_hw.learning.controller import EPConfig, Parameters
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_task
     from phasegrad_hw.store import RunRecorder, RunStore
 
     o = setup.options
-    assert o.beta is not None and o.averages is not None and o.mode is not None
+    beta, averages, mode = o.beta, o.averages, o.mode
+    assert beta is not None and averages is not None and mode is not None
     ses = session if session is not None else TrainSession()
     ses.store = store
     t0 = time.perf_counter()
     dataset = load_task(o.task, data, seed=o.seed)
     enc = Encoding(readout=o.readout, margin=o.margin)
-    ep = EPConfig(
-        params=o.params, lr_omega=o.lr, lr_k=o.lr, beta=o.beta, mode=o.mode, averages=o.averages
-    )
+    tpath = setup.transfer.path if setup.transfer is not None else "none"
+    sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
     start_params: Parameters | None = None
     if init_from is not None:
         _, init_state = load_run_parameters(init_store or store, init_from)
@@ -410,45 +412,59 @@ async def train_device(
     rs = RunStore(store) if store is not None else None
     run_id = resume
     start: LoopState | None = None
+    saved: dict[str, Any] = {}
     tm = None
     try:
-        if rs is not None:
-            if resume is not None:
-                saved, start = rs.load_checkpoint(resume)
-                ses.epoch = start.epoch
-                if changes:
-                    hist = [*saved.get("changes", []), {"at_epoch": start.epoch, **changes}]
-                    rs.update_config(resume, {**saved, "changes": hist})
-                rs.set_status(resume, "running")
-                notify(f"resuming run {resume} at epoch {start.epoch}")
-            else:
-                device_file = None if "://" in o.device else Path(o.device)
-                config = {
-                    "options": o.model_dump(),
-                    "data": str(data) if data else None,
-                    "data_file": _file_record(data),
-                    "device_file": _file_record(device_file),
-                    "maps": setup.maps(),
-                    "init_from": init_from,
-                    **provenance(operator),
-                }
-                run_id = rs.create_run(config, o.device)
-            assert run_id is not None
-            ses.run_id = run_id
-            watchers.append(RunRecorder(rs, run_id))
+        if rs is not None and resume is not None:  # a damaged store fails before the device
+            saved, start = rs.load_checkpoint(resume)
+            ses.epoch = start.epoch
         if telemetry is not None:
             from phasegrad_hw.fleet.telemetry import open_telemetry
 
             tm = open_telemetry(telemetry)
             await tm.start()  # never blocks training: a bounded queue, sent in the background
             watchers.append(tm)
-        tpath = setup.transfer.path if setup.transfer is not None else "none"
-        sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
-        src = sub.map_source
-        notify(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
-        ses.status = "running"
         async with sub:
             ses.device_opened = True
+            if o.params is None:  # a remote device declares its abilities once connected
+                can_k = Capability.COUPLINGS in sub.capabilities
+                o = o.model_copy(update={"params": "both" if can_k else "omega"})
+                if not can_k:
+                    notify("params: omega (this device cannot set couplings)")
+            assert o.params is not None
+            ep = EPConfig(
+                params=o.params,
+                lr_omega=o.lr,
+                lr_k=o.lr,
+                beta=beta,
+                mode=mode,
+                averages=averages,
+            )
+            if rs is not None:
+                if resume is not None and start is not None:
+                    if changes:
+                        hist = [*saved.get("changes", []), {"at_epoch": start.epoch, **changes}]
+                        rs.update_config(resume, {**saved, "changes": hist})
+                    rs.set_status(resume, "running")
+                    notify(f"resuming run {resume} at epoch {start.epoch}")
+                else:
+                    device_file = None if "://" in o.device else Path(o.device)
+                    config = {
+                        "options": o.model_dump(),
+                        "data": str(data) if data else None,
+                        "data_file": _file_record(data),
+                        "device_file": _file_record(device_file),
+                        "maps": setup.maps(),
+                        "init_from": init_from,
+                        **provenance(operator),
+                    }
+                    run_id = rs.create_run(config, o.device)
+                assert run_id is not None
+                ses.run_id = run_id
+                watchers.append(RunRecorder(rs, run_id))
+            src = sub.map_source
+            notify(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
+            ses.status = "running"
             opts = LoopOptions(
                 epochs=o.epochs, seed=o.seed, init=o.init, start=start, params=start_params
             )
