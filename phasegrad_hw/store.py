@@ -20,7 +20,8 @@ with one line naming the file and what to do; :meth:`RunStore.check` runs SQLite
 ``PRAGMA integrity_check`` and verifies every checkpoint checksum.
 
 Stored dataclasses carry a stable type tag (``"__type__": "LoopState"``, table
-:data:`TYPE_TAGS`), not a module path, so moving a class does not orphan old runs; checkpoints written by 0.1.0 (module paths) still load.
+:data:`TYPE_TAGS`), not a module path, so moving a class does not orphan old runs;
+checkpoints written by 0.1.0 (module paths) still load.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ each substrate that declares ``Capability.RESEED`` (noisy emulators) is reseeded
 therefore reproduces the uninterrupted run exactly.
 
 Interruptible on every backend: the loop yields to the event loop once per EP step
-(``await asyncio.sleep(0)``, and a cancellation an inner await swallowed is raised again), so a cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line)
-reaches it within one step even when every await of an in-process emulator completes without
+(``await asyncio.sleep(0)``; a cancellation an inner await swallowed is raised again), so a
+cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line) reaches it within one step even when every await of an in-process emulator completes without
 suspending. A cancelled step updates nothing that is kept: state is only handed to observers
 (the run store) at the end of a complete epoch.
 

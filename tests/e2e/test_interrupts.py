@@ -6,7 +6,6 @@ finishes with the parameters of an uninterrupted run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
