@@ -11,12 +11,10 @@ therefore reproduces the uninterrupted run exactly.
 
 Interruptible on every backend: the loop yields to the event loop once per EP step
 (``await asyncio.sleep(0)``; a cancellation an inner await swallowed is raised again), so a
-cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line) reaches it within one step even when every await of an in-process emulator completes without
-suspending. A cancelled step updates nothing that is kept: state is only handed to observers
-(the run store) at the end of a complete epoch.
-
-What happens around the loop (progress display, run store, telemetry) is done by
-:class:`LoopObserver` objects; the loop itself only trains and measures.
+cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line) reaches it within one step even
+when every await of an in-process emulator completes without suspending. A cancelled step
+updates nothing that is kept: state is only handed to observers (the run store) at the end
+of a complete epoch.
 """
 
 from __future__ import annotations
