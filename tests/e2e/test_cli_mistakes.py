@@ -107,9 +107,7 @@ def test_emulate_board_on_a_busy_port(device_copy: Path) -> None:
 def good_store(tmp_path_factory: pytest.TempPathFactory, device_copy: Path) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("store")
     store = d / "runs.sqlite"
-    proc = cli(
-        "train", "--device", str(device_copy), "--epochs", "2", "--store", str(store)
-    )
+    proc = cli("train", "--device", str(device_copy), "--epochs", "2", "--store", str(store))
     assert proc.returncode == 0, proc.stderr
     with RunStore(store) as st:
         (run,) = st.list_runs()
@@ -254,9 +252,7 @@ def test_resume_refuses_conflicting_options(
     other = tmp_path / "other-map.json"
     other.write_text("{}")
     assert_one_line(
-        cli(
-            "train", "--resume", run_id, "--store", str(store), "--transfer", str(other)
-        ),
+        cli("train", "--resume", run_id, "--store", str(store), "--transfer", str(other)),
         "--transfer",
     )
     # allowed explicitly: recorded with the run
