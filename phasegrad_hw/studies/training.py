@@ -256,6 +256,16 @@ def _file_record(path: Path | None) -> dict[str, Any] | None:
     }
 
 
+def _same_file(key: str, a: Any, b: Any) -> bool:
+    """Two spellings of one file (``device``, ``transfer``, ``noise``)."""
+    if key not in ("device", "transfer", "noise"):
+        return False
+    words = ("auto", "none")
+    if any("://" in str(x) or str(x) in words for x in (a, b)):
+        return False
+    return Path(str(a)).resolve() == Path(str(b)).resolve()
+
+
 def resume_options(
     store: Path | None,
     run_id: str,
@@ -285,7 +295,7 @@ def resume_options(
             if before is not None and Path(str(value)).resolve() != Path(str(before)).resolve():
                 changes["data"] = [before, str(value)]
             continue
-        if key in old and old[key] != value:
+        if key in old and old[key] != value and not _same_file(key, old[key], value):
             changes[key] = [old[key], value]
     if changes and not allow_changes:
         name, (a, b) = next(iter(changes.items()))
