@@ -1,15 +1,16 @@
 """Shared test fixtures and helpers.
 
 Hermetic: the run store every command uses by default is a per-session temporary file
-(``PHASEGRAD_HW_STORE``, inherited by child processes), the operator is fixed, and
-:func:`checkout_stays_clean` fails the session when the checkout gained files (numba cache
-files in ``__pycache__`` excepted).
+(``PHASEGRAD_HW_STORE``, inherited by child processes), the operator is fixed, hypothesis keeps
+its files in the system temporary directory, and :func:`hermetic_session` fails the session
+when the checkout gained files (numba cache files in ``__pycache__`` excepted).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 VOWELS_CSV = SHARED_DATA / "hillenbrand_vowels.csv"
 REQUIRE_ALL = os.environ.get("PHASEGRAD_HW_REQUIRE_ALL") == "1"
+
+try:  # hypothesis keeps its example database and caches outside the checkout
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "phasegrad-hw-hypothesis")
+except ImportError:
+    pass
 
 
 def require(condition: bool, what: str) -> None:
