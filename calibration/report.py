@@ -14,25 +14,34 @@ Figures (matplotlib, Agg backend, imported only when figures are drawn):
 
 Nothing is written partially: figures are drawn into a temporary directory inside the
 output directory and renamed into place together with the JSON only when all of them exist.
+
+Maps that training uses are saved next to the device file — the transfer map as
+``<stem>.transfer.json``, the noise choice (:class:`NoiseSettings`: β, averages, estimate
+mode) as ``<stem>.noise.json`` — except when the device file lies inside the package's own
+``examples/`` folder (:func:`map_home`): then they stay in the output directory and
+``train`` is pointed at them with ``--transfer DIR/transfer.json --noise DIR/noise.json``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field, ValidationError
 
 from phasegrad_hw.calibration.noise import NoiseResult
 from phasegrad_hw.calibration.stability import StabilityResult
 from phasegrad_hw.calibration.symmetry import SymmetryResult, SymmetrySummary
 from phasegrad_hw.calibration.transfer import TransferResult
-from phasegrad_hw.config import StrictModel, atomic_write_text
+from phasegrad_hw.config import StrictModel, atomic_write_text, format_validation_error
 from phasegrad_hw.device.model import CalibrationThresholds
+from phasegrad_hw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +170,79 @@ class CalibrationReport(StrictModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+# --------------------------------------------------------------------------- noise map
+class NoiseSettings(StrictModel):
+    """What ``calibrate noise`` chose for a device and ``train`` uses (docs/design.md §2:
+    readout noise is the real enemy): nudge strength ``beta`` (model units), reads averaged
+    per state ``averages``, estimate ``mode`` (the routine verifies centred differences), and
+    the gradient cosine it predicted and measured. Non-finite numbers are refused."""
+
+    model_config = ConfigDict(**StrictModel.model_config, allow_inf_nan=False)
+
+    device: str
+    created: str
+    beta: float = Field(gt=0.0, le=10.0)
+    averages: int = Field(ge=1, le=1_000_000)
+    mode: Literal["one_sided", "centred"] = "centred"
+    predicted_cosine: float | None = None
+    measured_cosine: float | None = None
+
+    @classmethod
+    def from_result(cls, device: str, created: str, nz: NoiseResult) -> NoiseSettings:
+        return cls(
+            device=device,
+            created=created,
+            beta=nz.beta,
+            averages=nz.averages,
+            mode="centred",
+            predicted_cosine=nz.predicted_cosine,
+            measured_cosine=nz.measured_cosine,
+        )
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> NoiseSettings:
+        """Read a noise map; any problem → :class:`ConfigError` (one line, field named)."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"--noise: {p}: cannot read ({exc.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--noise: {p}: not valid JSON ({exc})") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = format_validation_error(exc, f"--noise: {p}: ").splitlines()[0]
+            raise ConfigError(first) from None
+
+
+def noise_path(device_file: str | Path) -> Path:
+    """Where a device file's noise map lives: ``<stem>.noise.json`` next to it."""
+    p = Path(device_file)
+    return p.with_name(p.stem + ".noise.json")
+
+
+def examples_dir() -> Path:
+    """The package's own example folder (a source checkout's ``examples/``)."""
+    import phasegrad_hw
+
+    return Path(phasegrad_hw.__file__).resolve().parents[1] / "examples"
+
+
+def map_home(device: str) -> Path | None:
+    """The device file next to which calibration maps are saved, or None: a URI, or a file
+    inside :func:`examples_dir` (the package's examples are never written to)."""
+    if "://" in device:
+        return None
+    p = Path(device).resolve()
+    if p.is_relative_to(examples_dir()):
+        return None
+    return p
 
 
 # --------------------------------------------------------------------------- figures

@@ -1,7 +1,9 @@
 """SQLite run store: runs with their full config, per-epoch metrics, optional per-step
 diagnostics, parameter checkpoints and calibration reports.
 
-One file (default ``phasegrad-hw-runs.sqlite`` in the working directory), WAL journal,
+One file per user by default (:func:`default_store_path`: ``$PHASEGRAD_HW_STORE``, else
+``$XDG_DATA_HOME/phasegrad-hw/runs.sqlite``, i.e. ``~/.local/share/phasegrad-hw/runs.sqlite``),
+so every command finds the same runs from any working directory; WAL journal,
 ``synchronous=FULL``. Every write is one transaction: a checkpoint (the whole
 :class:`~phasegrad_hw.learning.loop.LoopState`: parameters, epoch, history, skip count) and the
 epoch metrics it carries are committed together or not at all, so a crash (even SIGKILL) leaves the
@@ -10,28 +12,37 @@ load. Step diagnostics are buffered in memory and written in the checkpoint's tr
 a run resumed after a crash never holds steps of the epoch it replays twice.
 
 States are stored as JSON; float64 values round-trip exactly (shortest repr), so a resumed
-run continues from bit-identical parameters. Stored dataclasses carry a stable type tag
-(``"__type__": "LoopState"``, table :data:`TYPE_TAGS`), not a module path, so moving a class
-does not orphan old runs; checkpoints written by 0.1.0 (module paths) still load.
+run continues from bit-identical parameters.
+
+A damaged or foreign file (not SQLite, truncated, garbage pages, a directory, locked, a
+checkpoint that does not decode or whose checksum does not match) raises :class:`StoreError`
+with one line naming the file and what to do; :meth:`RunStore.check` runs SQLite's
+``PRAGMA integrity_check`` and verifies every checkpoint checksum.
+
+Stored dataclasses carry a stable type tag (``"__type__": "LoopState"``, table
+:data:`TYPE_TAGS`), not a module path, so moving a class does not orphan old runs;
+checkpoints written by 0.1.0 (module paths) still load.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -42,8 +53,21 @@ if TYPE_CHECKING:
     from phasegrad_hw.learning.loop import LoopState, RunPlan
 
 log = logging.getLogger(__name__)
-DEFAULT_PATH = "phasegrad-hw-runs.sqlite"
+STORE_ENV = "PHASEGRAD_HW_STORE"
 SCHEMA_VERSION = 1
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_store_path() -> Path:
+    """The run store every command uses unless told otherwise: ``$PHASEGRAD_HW_STORE``, else
+    ``$XDG_DATA_HOME/phasegrad-hw/runs.sqlite`` (``~/.local/share/…`` without XDG)."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "phasegrad-hw" / "runs.sqlite"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,7 +94,42 @@ CREATE TABLE IF NOT EXISTS calibrations (
 
 
 class StoreError(ValueError):
-    """A run or checkpoint that does not exist, is ambiguous or is corrupt."""
+    """A run or checkpoint that does not exist, is ambiguous or is corrupt; a store file that
+    is not a run store, is damaged or locked. The message is one line naming the file."""
+
+
+def _sqlite_problem(path: Path, exc: sqlite3.Error) -> StoreError:
+    """One line for a SQLite failure on ``path``: what it means and what to do."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return StoreError(
+            f"{path}: the run store is locked by another process (a run still writing?); "
+            "wait for it to finish or pass another --store"
+        )
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return StoreError(
+            f"{path}: not a readable run store ({text}); move it away or pass another --store "
+            "(`phasegrad-hw runs check` tells what is damaged)"
+        )
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return StoreError(f"{path}: cannot write the run store ({text}); pass another --store")
+    return StoreError(f"{path}: run store error ({text}); check the file or pass another --store")
+
+
+def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn SQLite errors of a :class:`RunStore` method into :class:`StoreError` (one line)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            store = args[0]
+            assert isinstance(store, RunStore)
+            raise _sqlite_problem(store.path, exc) from None
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------- encoding
@@ -187,23 +246,61 @@ def new_run_id() -> str:
 class RunStore:
     """The run store (see module docstring). Thread-safe; one connection per store object."""
 
-    def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
-        self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            raise StoreError(f"--store: directory {self.path.parent} does not exist")
+    def __init__(
+        self, path: str | Path | None = None, *, create: bool = True, timeout_s: float = 30.0
+    ) -> None:
+        """Open (``create``: or create) the store at ``path`` (default
+        :func:`default_store_path`); ``timeout_s`` how long to wait for another writer's lock."""
+        self.path = Path(path) if path is not None else default_store_path()
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a run store; pass --store FILE")
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"{self.path}: no run store here (no run recorded yet?)")
+            if path is None or self.path == default_store_path():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            elif not self.path.parent.exists():
+                raise StoreError(f"--store: directory {self.path.parent} does not exist")
+        elif self.path.stat().st_size > 0:
+            with self.path.open("rb") as fh:
+                head = fh.read(16)
+            if head != b"SQLite format 3\x00":
+                raise StoreError(
+                    f"{self.path}: not a run store (not an SQLite database); pass another --store"
+                )
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
         self._steps: dict[str, list[tuple[int, float, str]]] = {}
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _sqlite_problem(self.path, exc) from None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _sqlite_problem(self.path, exc) from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        db = self._db
+        db.row_factory = sqlite3.Row
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path}: an SQLite database but not a phasegrad-hw run store "
+                f"(tables {', '.join(sorted(tables)[:4])}); pass another --store"
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
         for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-            self._db.execute(stmt)
-        with self._tx() as db:
-            db.execute(
+            db.execute(stmt)
+        with self._tx() as tx:
+            tx.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
 
@@ -230,6 +327,7 @@ class RunStore:
             self._db.execute("COMMIT")
 
     # -- contract -------------------------------------------------------------------
+    @_guarded
     def create_run(self, config: dict[str, Any], device: str) -> str:
         """Record a new run with its full config; returns its id. Passwords inside URIs
         (``mqtt://user:secret@…``) are stored as ``***`` (resume then takes the password
@@ -246,6 +344,7 @@ class RunStore:
         log.info("run %s created (%s)", rid, device)
         return rid
 
+    @_guarded
     def save_checkpoint(self, run_id: str, state: LoopState) -> None:
         """Parameters + epoch metrics + buffered step diagnostics, in one transaction."""
         rid = self.resolve(run_id)
@@ -269,6 +368,7 @@ class RunStore:
             db.execute("UPDATE runs SET updated_s = ? WHERE id = ?", (now, rid))
         self._steps.pop(rid, None)
 
+    @_guarded
     def load_checkpoint(self, run_id: str) -> tuple[dict[str, Any], LoopState]:
         """The run's config and its latest checkpointed state."""
         rid = self.resolve(run_id)
@@ -281,27 +381,63 @@ class RunStore:
             ).fetchone()
         if row is None:
             raise StoreError(
-                f"run {rid}: no checkpoint yet (it stopped before its first epoch "
-                "ended); start it again instead of resuming"
+                f"{self.path}: run {rid}: no checkpoint yet (it stopped before its first "
+                "epoch ended); start it again instead of resuming"
             )
-        if hashlib.sha256(row["state"].encode()).hexdigest() != row["sha256"]:
-            raise StoreError(
-                f"run {rid}: checkpoint of epoch {row['epoch']} is corrupt (checksum mismatch)"
-            )
-        state = decode(json.loads(row["state"]))
+        state = self._decode_state(rid, row)
         self._steps.pop(rid, None)  # steps buffered after the checkpoint are replayed
         return json.loads(run["config"]), state
 
-    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
-        """Mark the run finished with a summary (final accuracy, seconds, …)."""
+    def _decode_state(self, rid: str, row: sqlite3.Row) -> LoopState:
+        """A checkpoint row's state, its checksum verified; damage → :class:`StoreError`."""
+        if hashlib.sha256(str(row["state"]).encode()).hexdigest() != row["sha256"]:
+            raise StoreError(
+                f"{self.path}: run {rid}: checkpoint of epoch {row['epoch']} is corrupt "
+                "(checksum mismatch); resume is impossible, start the run again"
+            )
+        try:
+            state = decode(json.loads(row["state"]))
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise StoreError(
+                f"{self.path}: run {rid}: checkpoint of epoch {row['epoch']} does not decode "
+                f"({type(exc).__name__}); start the run again"
+            ) from None
+        return state
+
+    @_guarded
+    def check(self) -> list[str]:
+        """Problems found: SQLite ``PRAGMA integrity_check`` plus every checkpoint's checksum
+        and decoding (an empty list: the store is sound)."""
+        with self._lock:
+            rows = self._db.execute("PRAGMA integrity_check").fetchall()
+            problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+            cks = self._db.execute(
+                "SELECT run_id, epoch, state, sha256 FROM checkpoints ORDER BY run_id, epoch"
+            ).fetchall()
+        for r in cks:
+            try:
+                self._decode_state(str(r["run_id"]), r)
+            except StoreError as exc:
+                problems.append(str(exc).removeprefix(f"{self.path}: "))
+        return problems
+
+    @_guarded
+    def finish_run(
+        self,
+        run_id: str,
+        summary: dict[str, Any],
+        status: Literal["finished", "interrupted", "failed"] = "finished",
+    ) -> None:
+        """Mark the run ``status`` with a summary (final accuracy, seconds, …)."""
         rid = self.resolve(run_id)
         with self._tx() as db:
             db.execute(
-                "UPDATE runs SET status = 'finished', summary = ?, updated_s = ? WHERE id = ?",
-                (_dumps(summary), time.time(), rid),
+                "UPDATE runs SET status = ?, summary = ?, updated_s = ? WHERE id = ?",
+                (status, _dumps(summary), time.time(), rid),
             )
 
     # -- more ---------------------------------------------------------------------------
+    @_guarded
     def set_status(
         self, run_id: str, status: Literal["running", "failed", "interrupted", "finished"]
     ) -> None:
@@ -311,15 +447,27 @@ class RunStore:
                 "UPDATE runs SET status = ?, updated_s = ? WHERE id = ?", (status, time.time(), rid)
             )
 
+    @_guarded
     def run_config(self, run_id: str) -> dict[str, Any]:
         """The config a run was created with."""
         row = self._one("SELECT config FROM runs WHERE id = ?", self.resolve(run_id))
         return json.loads(row["config"])  # type: ignore[no-any-return,unused-ignore]
 
+    @_guarded
+    def update_config(self, run_id: str, config: dict[str, Any]) -> None:
+        """Replace a run's config (e.g. to record the changes a resume was allowed)."""
+        rid = self.resolve(run_id)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET config = ?, updated_s = ? WHERE id = ?",
+                (redact(_dumps(config)), time.time(), rid),
+            )
+
     def record_step(self, run_id: str, epoch: int, data: Mapping[str, Any]) -> None:
         """Buffer one step's diagnostics; written with the next checkpoint."""
         self._steps.setdefault(run_id, []).append((int(epoch), time.time(), _dumps(data)))
 
+    @_guarded
     def save_calibration(
         self, device: str, kind: str, report: Mapping[str, Any] | Any, run_id: str | None = None
     ) -> int:
@@ -333,6 +481,7 @@ class RunStore:
             )
             return int(cur.lastrowid or 0)
 
+    @_guarded
     def calibrations(self, device: str | None = None) -> list[dict[str, Any]]:
         q, args = "SELECT * FROM calibrations", ()  # type: tuple[str, tuple[str, ...]]
         if device is not None:
@@ -341,6 +490,7 @@ class RunStore:
             rows = self._db.execute(q + " ORDER BY id", args).fetchall()
         return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
 
+    @_guarded
     def resolve(self, run_id: str) -> str:
         """A full run id from an id or a unique prefix of one."""
         with self._lock:
@@ -352,11 +502,18 @@ class RunStore:
         if run_id in ids:
             return run_id
         if not ids:
-            raise StoreError(f"run {run_id!r}: not in {self.path}")
+            raise StoreError(
+                f"{self.path}: run {run_id!r}: not in this store "
+                "(`phasegrad-hw runs list` shows its runs)"
+            )
         if len(ids) > 1:
-            raise StoreError(f"run {run_id!r}: ambiguous prefix ({', '.join(ids)}, …)")
+            raise StoreError(
+                f"{self.path}: run {run_id!r} is an ambiguous prefix ({', '.join(ids)}, …); "
+                "give more of the id"
+            )
         return ids[0]
 
+    @_guarded
     def list_runs(self) -> list[dict[str, Any]]:
         """All runs, newest first, with their last checkpointed epoch."""
         with self._lock:
@@ -369,6 +526,7 @@ class RunStore:
             {**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else None} for r in rows
         ]
 
+    @_guarded
     def run(self, run_id: str) -> dict[str, Any]:
         """One run: metadata, config, summary, epoch metrics, checkpoint epochs, step count."""
         rid = self.resolve(run_id)
@@ -398,6 +556,7 @@ class RunStore:
             "steps": n_steps,
         }
 
+    @_guarded
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
         """Per-epoch metrics (one dict per epoch record, all its fields)."""
         with self._lock:
@@ -406,6 +565,7 @@ class RunStore:
             ).fetchall()
         return [json.loads(r["data"]) for r in rows]
 
+    @_guarded
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
@@ -422,6 +582,7 @@ class RunStore:
             for r in rows
         ]
 
+    @_guarded
     def export(self, run_id: str, fmt: Literal["json", "csv"] = "json") -> str:
         """JSON: everything about the run incl. the latest parameters. CSV: epoch metrics."""
         info = self.run(run_id)

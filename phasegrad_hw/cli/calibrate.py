@@ -11,13 +11,18 @@ report JSON there as well; its ``symmetry`` part is ``{"asymmetry", "uncertainty
 
 A transfer map saved next to a device file (``<stem>.transfer.json``) is installed before
 the other routines run (``--no-use-transfer`` to skip); ``transfer`` (and ``all``) save the
-new map there (``--no-save-transfer`` to skip) and in DIR. Exit code 0 when every check
-passed, 1 when a check failed, 2 on bad input or a device error (the device is left safe).
+new map in DIR and next to the device file, ``noise`` (and ``all``) save the chosen β,
+averages and mode (``noise.json``, ``<stem>.noise.json``) the same way — ``train`` picks
+both up. Maps are never written next to a device file inside the package's own
+``examples/`` folder (nor with ``--no-save-maps``): they stay in DIR and the command prints
+the ``train`` options that use them. Every file written is printed. Exit code 0 when every
+check passed, 1 when a check failed, 2 on bad input or a device error (the device is left
+safe), 128 + n on signal n (SIGINT, SIGTERM, SIGHUP; the device is left safe, nothing is
+written).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Literal
@@ -25,6 +30,7 @@ from typing import Literal
 import typer
 from pydantic import Field, ValidationError
 
+from phasegrad_hw.cli import fail, user_error
 from phasegrad_hw.config import StrictModel, format_validation_error
 from phasegrad_hw.errors import ConfigError
 
@@ -46,18 +52,26 @@ class CalibrateOptions(StrictModel):
     save_transfer: bool = True
 
 
-async def run(opts: CalibrateOptions, progress: bool = True) -> int:
-    """Open, calibrate, write; returns the exit code (0 pass, 1 a check failed)."""
+async def run(
+    opts: CalibrateOptions, progress: bool = True, opened: list[bool] | None = None
+) -> int:
+    """Open, calibrate, write; returns the exit code (0 pass, 1 a check failed).
+    ``opened`` gets ``True`` appended once the device is connected."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from phasegrad_hw.calibration.report import run_calibration, save_report
+    from phasegrad_hw.calibration.report import (
+        NoiseSettings,
+        map_home,
+        noise_path,
+        run_calibration,
+        save_report,
+    )
     from phasegrad_hw.device.frequency_map import transfer_path
     from phasegrad_hw.device.registry import open_substrate
 
     use = opts.use_transfer and opts.routine != "transfer"
     sub = open_substrate(opts.device, seed=opts.seed, transfer="auto" if use else None)
-    device_file = Path(opts.device) if "://" not in opts.device else None
-    tpath = transfer_path(device_file) if device_file is not None else None
+    home = map_home(opts.device) if opts.save_transfer else None
     with Progress(
         TextColumn("{task.description:<40}"),
         BarColumn(),
@@ -71,15 +85,38 @@ async def run(opts: CalibrateOptions, progress: bool = True) -> int:
             bar.update(task, description=message[:40], completed=min(max(fraction, 0.0), 1.0))
 
         async with sub:
+            if opened is not None:
+                opened.append(True)
             report = await run_calibration(sub, opts.routine, seed=opts.seed, progress=tick)
-    save_report(report, opts.out, opts.json_path, figures=opts.figures)
+    written = save_report(report, opts.out, opts.json_path, figures=opts.figures)
+    use_with: list[str] = []
     if report.transfer is not None:
-        report.transfer.map.save(opts.out / "transfer.json")
-        if opts.save_transfer and tpath is not None:
-            report.transfer.map.save(tpath)
+        written.append(opts.out / "transfer.json")
+        report.transfer.map.save(written[-1])
+        if home is not None:
+            written.append(transfer_path(home))
+            report.transfer.map.save(written[-1])
+        else:
+            use_with.append(f"--transfer {opts.out / 'transfer.json'}")
+    if report.noise is not None:
+        ns = NoiseSettings.from_result(report.device, report.created, report.noise)
+        written.append(opts.out / "noise.json")
+        ns.save(written[-1])
+        if home is not None:
+            written.append(noise_path(home))
+            ns.save(written[-1])
+        else:
+            use_with.append(f"--noise {opts.out / 'noise.json'}")
     typer.echo(report.summary_text())
-    also = f" and {opts.json_path}" if opts.json_path else ""
-    typer.echo(f"wrote {opts.out}/report.json{also}")
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if use_with and "://" not in opts.device:
+        why = "inside the package's examples" if opts.save_transfer else "--no-save-maps"
+        typer.echo(
+            f"maps not saved next to the device file ({why}); train with {' '.join(use_with)}"
+        )
+    elif use_with:
+        typer.echo(f"train with {' '.join(use_with)}")
     return 0 if report.passed else 1
 
 
@@ -109,13 +146,16 @@ def register(groups: object) -> None:
             ),
             save_transfer: bool = typer.Option(
                 True,
-                "--save-transfer/--no-save-transfer",
-                help="Save a new transfer map next to the device file.",
+                "--save-maps/--no-save-maps",
+                help="Save the transfer and noise maps next to the device file (never inside "
+                "the package's examples folder).",
             ),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
         ) -> None:
+            from phasegrad_hw.cli.signals import Interrupted, run_async
             from phasegrad_hw.errors import SubstrateError
 
+            opened: list[bool] = []
             try:
                 opts = CalibrateOptions(
                     routine=routine,
@@ -127,15 +167,15 @@ def register(groups: object) -> None:
                     use_transfer=use_transfer,
                     save_transfer=save_transfer,
                 )
-                code = asyncio.run(run(opts, progress))
+                code = run_async(run(opts, progress, opened))
             except ValidationError as exc:
-                typer.echo(format_validation_error(exc, f"calibrate {routine}: "), err=True)
-                raise typer.Exit(2) from None
-            except (ConfigError, SubstrateError, ValueError, RuntimeError) as exc:
-                typer.echo(
-                    f"calibrate {routine}: {exc} (device left safe; nothing written)", err=True
-                )
-                raise typer.Exit(2) from None
+                fail(format_validation_error(exc, f"calibrate {routine}: "))
+            except Interrupted as exc:
+                safe = " (device left safe)" if opened else ""
+                fail(f"calibrate {routine}: {exc}{safe}; nothing written", exc.exit_code)
+            except (ConfigError, SubstrateError, ValueError, RuntimeError, OSError) as exc:
+                safe = " (device left safe)" if opened else ""
+                fail(f"calibrate {routine}: {user_error(exc) or exc}{safe}; nothing written")
             raise typer.Exit(code)
 
     for r in ("symmetry", "stability", "transfer", "noise", "all"):

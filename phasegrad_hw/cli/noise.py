@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from phasegrad_hw.cli import Groups
+from phasegrad_hw.cli import Groups, fail
 from phasegrad_hw.config import format_validation_error
 from phasegrad_hw.errors import ConfigError
 
@@ -43,18 +43,19 @@ def register(groups: Groups) -> None:
         repeats: int = typer.Option(8, "--repeats", help="Estimates per point and cell."),
     ) -> None:
         """Gradient cosine (two-phase vs exact) over β × averages × (one-sided, centred)."""
+        from phasegrad_hw.cli.signals import Interrupted, run_async
         from phasegrad_hw.errors import SubstrateError
         from phasegrad_hw.studies import NoiseOptions, run_noise
 
         try:
             opts = NoiseOptions(device=device, seed=seed, settings=settings, repeats=repeats)
-            result = run_noise(opts)
+            result = run_async(run_noise(opts))
         except ValidationError as exc:
-            typer.echo(format_validation_error(exc, "reproduce noise: "), err=True)
-            raise typer.Exit(2) from None
+            fail(format_validation_error(exc, "reproduce noise: "))
+        except Interrupted as exc:
+            fail(f"reproduce noise: {exc} (device left safe); nothing written", exc.exit_code)
         except (ConfigError, SubstrateError) as exc:
-            typer.echo(f"reproduce noise: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(f"reproduce noise: {exc}")
         typer.echo(format_table(result))
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from phasegrad_hw.cli import Groups
+from phasegrad_hw.cli import Groups, fail
 
 
 def _dump(path: Path | None, result: dict[str, Any]) -> None:
@@ -59,6 +59,7 @@ def register(groups: Groups) -> None:
         from rich.table import Table
 
         from phasegrad_hw.cli.progress import RichProgress
+        from phasegrad_hw.cli.signals import Interrupted, interruptible
         from phasegrad_hw.studies import VowelStudyOptions, run_vowel_study
 
         try:
@@ -78,33 +79,37 @@ def register(groups: Groups) -> None:
         except ValidationError as exc:
             from phasegrad_hw.config import format_validation_error
 
-            typer.echo(format_validation_error(exc, "--"), err=True)
-            raise typer.Exit(2) from None
+            fail(format_validation_error(exc, "--"))
+        if o.data is not None and not Path(o.data).is_file():
+            fail(f"--data: {o.data} does not exist (a Hillenbrand-format CSV: vowel,F1,F2)")
         if executor not in ("local", "ray"):
-            typer.echo(f"--executor: {executor!r} — allowed: local, ray", err=True)
-            raise typer.Exit(2)
+            fail(f"--executor: {executor!r} — allowed: local, ray")
         con = Console()
-        with contextlib.ExitStack() as stack:
-            ens = None
-            if executor == "ray":
-                from phasegrad_hw.errors import ConfigError
-                from phasegrad_hw.fleet.cluster import Cluster
-                from phasegrad_hw.studies.executor import RayEnsembleExecutor
+        try:
+            with contextlib.ExitStack() as stack:
+                ens = None
+                if executor == "ray":
+                    from phasegrad_hw.errors import ConfigError
+                    from phasegrad_hw.fleet.cluster import Cluster
+                    from phasegrad_hw.studies.executor import RayEnsembleExecutor
 
-                try:
-                    stack.enter_context(Cluster())
-                except ConfigError as exc:
-                    typer.echo(str(exc), err=True)
-                    raise typer.Exit(2) from None
-                ens = RayEnsembleExecutor()
-            bar = stack.enter_context(RichProgress(con))
-            result = run_vowel_study(
-                o,
-                progress=bar,
-                log=con.print,
-                checkpoint=lambda part: _dump(json_path, part),
-                executor=ens,
-            )
+                    try:
+                        stack.enter_context(Cluster())
+                    except ConfigError as exc:
+                        fail(str(exc))
+                    ens = RayEnsembleExecutor()
+                bar = stack.enter_context(RichProgress(con))
+                stack.enter_context(interruptible())
+                result = run_vowel_study(
+                    o,
+                    progress=bar,
+                    log=con.print,
+                    checkpoint=lambda part: _dump(json_path, part),
+                    executor=ens,
+                )
+        except Interrupted as exc:
+            kept = f"; rows finished so far are in {json_path}" if json_path else ""
+            fail(f"reproduce vowels: {exc}{kept}", exc.exit_code)
         _dump(json_path, result)
         tab = Table(
             title=f"vowels {result['rows'][0]['task']} (2+{o.hidden}+2), "

@@ -1,17 +1,26 @@
-"""``phasegrad-hw demo`` and ``phasegrad-hw train``: option parsing and printing around
-:func:`phasegrad_hw.studies.run_demo` and :func:`phasegrad_hw.studies.train_device`."""
+"""``phasegrad-hw demo``, ``train`` and ``evaluate``: option parsing and printing around
+:func:`phasegrad_hw.studies.run_demo`, :func:`~phasegrad_hw.studies.training.train_device` and
+:func:`~phasegrad_hw.studies.training.evaluate_run`.
+
+``train`` prints one line saying what it runs before it starts, keeps every run in the run
+store (default :func:`phasegrad_hw.store.default_store_path`; ``--store`` to choose,
+``--no-store`` to opt out), shows a live curve on a terminal and one line per epoch off one
+(and in ``--log-file``), and stops cleanly on SIGINT, SIGTERM and SIGHUP
+(:mod:`phasegrad_hw.cli.signals`): device safe, run ``interrupted``, how to resume printed.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import BaseModel, ValidationError
 
-from phasegrad_hw.cli import Groups
+from phasegrad_hw.cli import Groups, fail, one_line, user_error
 
 
 def _validate(cls: type[BaseModel], **kw: Any) -> Any:
@@ -20,8 +29,7 @@ def _validate(cls: type[BaseModel], **kw: Any) -> Any:
     except ValidationError as exc:
         from phasegrad_hw.config import format_validation_error
 
-        typer.echo(format_validation_error(exc, "--"), err=True)
-        raise typer.Exit(2) from None
+        fail(format_validation_error(exc, "--"))
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -29,6 +37,21 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
+
+
+def _choices(name: str) -> str:
+    from phasegrad_hw.studies.training import choices
+
+    return ", ".join(choices(name))
+
+
+def _resume_command(run_id: str, store: Path | None) -> str:
+    from phasegrad_hw.store import default_store_path
+
+    cmd = ["phasegrad-hw", "train", "--resume", run_id]
+    if store is not None and store != default_store_path():
+        cmd += ["--store", str(store)]
+    return shlex.join(cmd)
 
 
 def register(groups: Groups) -> None:
@@ -54,9 +77,12 @@ def register(groups: Groups) -> None:
         margin: float = typer.Option(0.3, help="Target phase margin (rad)."),
     ) -> None:
         """Train /a/ vs /i/ on the default simulated 2+5+2 device with synthetic formants."""
+        import asyncio
+
         from rich.console import Console
 
-        from phasegrad_hw.cli.progress import RichProgress
+        from phasegrad_hw.cli.progress import EpochLines, RichProgress
+        from phasegrad_hw.cli.signals import Interrupted, interruptible, run_async
         from phasegrad_hw.studies import DemoOptions, run_demo
 
         o = _validate(
@@ -74,8 +100,16 @@ def register(groups: Groups) -> None:
             f"[bold]phasegrad-hw demo[/]: /a/ vs /i/ (synthetic formants), {o.epochs} epochs, "
             f"{o.engine}, params {o.params}, readout {o.readout}"
         )
-        with RichProgress(con) as bar:
-            res = run_demo(o, observers=[bar], progress=bar)
+        try:
+            with RichProgress(con, enabled=con.is_terminal) as bar:
+                watch = [bar] if con.is_terminal else [EpochLines(sys.stdout)]
+                if o.engine == "engine":  # no device: a signal may stop it anywhere
+                    with interruptible():
+                        res = asyncio.run(run_demo(o, observers=watch, progress=bar))
+                else:
+                    res = run_async(run_demo(o, observers=watch, progress=bar))
+        except Interrupted as exc:
+            fail(f"demo: {exc}; nothing kept (device left safe)", exc.exit_code)
         _write_json(json_path, res)
         con.print(f"device: {res['device']}")
         con.print(
@@ -87,41 +121,118 @@ def register(groups: Groups) -> None:
 
     @app.command()
     def train(
-        device: str = typer.Option(..., help="Device file (TOML/YAML/JSON) or URI."),
-        task: str = typer.Option("vowels:a,i", help="vowels:a,i (any of a,e,i,o,u), xor, digits."),
-        data: Path | None = typer.Option(None, help="Hillenbrand-format CSV (else synthetic)."),
-        params: str = typer.Option("omega", help="omega, K or both."),
-        epochs: int = typer.Option(200, help="Total epochs."),
-        seed: int = typer.Option(0, help="Seed (initial ω, data split, sample order)."),
-        json_path: Path | None = typer.Option(None, "--json", help="Write the result JSON here."),
-        store: Path | None = typer.Option(None, help="Run store (SQLite); checkpoint every epoch."),
-        resume: str | None = typer.Option(None, help="Resume this run id from --store."),
-        readout: str = typer.Option("template", help="template, argmax_cos or difference."),
-        init: str = typer.Option("random", help="random or spectral."),
-        lr: float = typer.Option(1e-3, help="Learning rate (ω and K)."),
-        beta: float = typer.Option(0.1, help="Nudge strength β."),
-        mode: str = typer.Option("one_sided", help="one_sided or centred."),
-        averages: int = typer.Option(1, help="Reads averaged per state."),
+        device: str | None = typer.Option(
+            None,
+            help="Device file (TOML/YAML/JSON; backend simulated, cmos, optical, visa, daqmx) "
+            "or URI (serial://PATH, serial://HOST:PORT, mqtt://…); required unless --resume.",
+        ),
+        task: str | None = typer.Option(
+            None,
+            help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,… "
+            "[default: vowels:a,i]",
+        ),
+        data: Path | None = typer.Option(
+            None, help="Hillenbrand-format CSV (vowel,F1,F2) [default: synthetic formants]."
+        ),
+        params: str | None = typer.Option(
+            None,
+            help=f"Parameters that learn: {_choices('params')} [default: both, or omega on a "
+            "device that cannot set couplings].",
+        ),
+        epochs: int | None = typer.Option(
+            None, help="Total epochs (counting those of a resumed run) [default: 20]."
+        ),
+        seed: int | None = typer.Option(
+            None, help="Seed (initial ω, data split, sample order) [default: 0]."
+        ),
+        readout: str | None = typer.Option(
+            None,
+            help=f"Targets, loss and decision rule: {_choices('readout')} [default: mean_phase].",
+        ),
+        init: str | None = typer.Option(
+            None, help=f"Initial ω: {_choices('init')} [default: random]."
+        ),
+        lr: float | None = typer.Option(
+            None, help="Learning rate of ω and K (model units) [default: 0.03]."
+        ),
+        beta: float | None = typer.Option(
+            None, help="Nudge strength β [default: the noise map's, else 0.1]."
+        ),
+        mode: str | None = typer.Option(
+            None,
+            help=f"Gradient estimate: {_choices('mode')} [default: the noise map's, else "
+            "one_sided].",
+        ),
+        averages: int | None = typer.Option(
+            None, help="Reads averaged per state [default: the noise map's, else 1]."
+        ),
+        margin: float | None = typer.Option(
+            None, help="Target phase magnitude m, rad [default: 0.2]."
+        ),
+        transfer: str | None = typer.Option(
+            None,
+            help="Bias map: auto (<device>.transfer.json next to the device file, if saved by "
+            "`calibrate transfer`), none (nominal curve) or a map's path [default: auto].",
+        ),
+        noise: str | None = typer.Option(
+            None,
+            help="β/averages/mode from: auto (<device>.noise.json, if saved by `calibrate "
+            "noise`), none, or a noise map's path [default: auto].",
+        ),
+        store: Path | None = typer.Option(
+            None,
+            help="Run store (SQLite) [default: $PHASEGRAD_HW_STORE, else "
+            "~/.local/share/phasegrad-hw/runs.sqlite]; checkpoint every epoch.",
+        ),
+        no_store: bool = typer.Option(False, "--no-store", help="Keep nothing of this run."),
+        resume: str | None = typer.Option(None, help="Resume this run id (or unique prefix)."),
+        allow_changes: bool = typer.Option(
+            False,
+            "--allow-changes",
+            help="With --resume: accept options that differ from the run's (recorded).",
+        ),
+        init_from: str | None = typer.Option(
+            None, "--init-from", help="Start from the final ω and K of this stored run."
+        ),
+        operator: str | None = typer.Option(
+            None, help="Who runs it [default: $PHASEGRAD_HW_OPERATOR, else $USER]."
+        ),
+        json_path: Path | None = typer.Option(
+            None, "--json", help="Write the result (options, history, parameters) here."
+        ),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="Draw the training curve to this PNG (needs matplotlib)."
+        ),
+        log_file: Path | None = typer.Option(
+            None, "--log-file", help="Append one time-stamped line per epoch to this file."
+        ),
         telemetry: str | None = typer.Option(
             None,
             help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
             "epoch metrics and step diagnostics over MQTT.",
         ),
-        transfer: str = typer.Option(
-            "auto",
-            help="Bias map: auto (<device>.transfer.json next to the device file if "
-            "saved by `calibrate transfer`), none (nominal curve) or a map's path.",
-        ),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
 
-        from phasegrad_hw.cli.progress import RichProgress
-        from phasegrad_hw.errors import ConfigError, SubstrateError
-        from phasegrad_hw.studies import TrainOptions, resume_options, train_device
+        from phasegrad_hw.cli.progress import EpochLines, RichProgress
+        from phasegrad_hw.cli.signals import Interrupted, run_async
+        from phasegrad_hw.errors import ConfigError
+        from phasegrad_hw.store import default_store_path
+        from phasegrad_hw.studies.training import (
+            TrainOptions,
+            TrainSession,
+            check_resumed_maps,
+            prepare,
+            resume_options,
+            train_device,
+        )
 
         con = Console()
-        cfg: dict[str, Any] = {
+        if no_store and (resume is not None or store is not None):
+            fail("--no-store: cannot be combined with --store or --resume")
+        store_path = None if no_store else (store or default_store_path())
+        given: dict[str, Any] = {
             "device": device,
             "task": task,
             "params": params,
@@ -133,14 +244,38 @@ def register(groups: Groups) -> None:
             "beta": beta,
             "mode": mode,
             "averages": averages,
+            "margin": margin,
             "transfer": transfer,
+            "noise": noise,
         }
+        explicit = {k: v for k, v in given.items() if v is not None}
+        if data is not None and not data.is_file():
+            fail(f"--data: {data} does not exist (a Hillenbrand-format CSV: vowel,F1,F2)")
+        # stored runs name files absolutely: resume and evaluate work from any directory
+        data = data.resolve() if data is not None else None
+        for key in ("device", "transfer", "noise"):
+            v = explicit.get(key)
+            if v is not None and "://" not in v and v not in ("auto", "none") and Path(v).exists():
+                explicit[key] = str(Path(v).resolve())
+        changes: dict[str, Any] = {}
+        saved: dict[str, Any] = {}
         if resume is not None:
-            if store is None:
-                typer.echo("--resume: needs --store PATH (the run store holding the run)", err=True)
-                raise typer.Exit(2)
-            cfg, saved_data = resume_options(store, resume, cfg)
-            data = data if data is not None else saved_data
+            if init_from is not None:
+                fail("--init-from: cannot be combined with --resume")
+            try:
+                cfg, saved_data, changes, saved = resume_options(
+                    store_path,
+                    resume,
+                    {**explicit, "data": data},
+                    allow_changes=allow_changes,
+                )
+            except Exception as exc:
+                fail(f"train: {user_error(exc) or exc}")
+            data = saved_data
+        else:
+            if device is None:
+                fail("--device: required (a device file or URI), unless --resume RUN")
+            cfg = explicit
         o = _validate(TrainOptions, **cfg)
         if telemetry is not None:  # a bad URI fails now, not after the device is open
             from phasegrad_hw.fleet.telemetry import open_telemetry
@@ -148,29 +283,130 @@ def register(groups: Groups) -> None:
             try:
                 open_telemetry(telemetry)
             except ConfigError as exc:
-                typer.echo(str(exc), err=True)
-                raise typer.Exit(2) from None
+                fail(str(exc))
         try:
-            with RichProgress(con) as bar:
-                run = train_device(
-                    o,
-                    data=data,
-                    store=store,
-                    resume=resume,
-                    telemetry=telemetry,
-                    observers=[bar],
-                    notify=con.print,
+            setup = prepare(o)
+            if resume is not None:
+                check_resumed_maps(setup, saved, allow_changes)
+        except ConfigError as exc:
+            fail(f"train: {exc}")
+        r = setup.options
+        what = f"data {data}" if data is not None else "synthetic data"
+        if r.task.startswith("vowels") and data is None:
+            what = "synthetic formants"
+        con.print(
+            f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
+            f"params {r.params or 'both (omega if no couplings)'}, "
+            f"lr {r.lr:g}, β {r.beta:g} {r.mode} × {r.averages} avg, margin {r.margin:g} rad, "
+            f"{r.epochs} epochs, seed {r.seed}; store "
+            f"{store_path if store_path is not None else 'none (--no-store)'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for note in setup.notes:
+            con.print(note, highlight=False, soft_wrap=True)
+        if changes:
+            con.print(f"resume with changes (recorded): {changes}", highlight=False)
+        session = TrainSession()
+        log_stream = None
+        try:
+            if log_file is not None:
+                log_stream = log_file.open("a")
+            with RichProgress(con, enabled=con.is_terminal) as bar:
+                watch: list[Any] = [bar] if con.is_terminal else [EpochLines(sys.stdout)]
+                if log_stream is not None:
+                    watch.append(EpochLines(log_stream, stamp=True))
+                res = run_async(
+                    train_device(
+                        setup,
+                        data=data,
+                        store=store_path,
+                        resume=resume,
+                        init_from=init_from,
+                        init_store=store or default_store_path(),
+                        changes=changes,
+                        operator=operator,
+                        telemetry=telemetry,
+                        observers=watch,
+                        notify=lambda m: con.print(m, highlight=False, soft_wrap=True),
+                        session=session,
+                    )
                 )
-                res = asyncio.run(run)
-        except (ConfigError, SubstrateError) as exc:
-            typer.echo(f"train: {exc} (device left safe)", err=True)
-            raise typer.Exit(2) from None
+        except Interrupted as exc:
+            safe = " (device left safe)" if session.device_opened else ""
+            if session.run_id is not None:
+                fail(
+                    f"train: {exc} at epoch {session.epoch}; run {session.run_id} kept as "
+                    f"interrupted{safe}; resume: "
+                    f"{_resume_command(session.run_id, store_path)}",
+                    exc.exit_code,
+                )
+            fail(f"train: {exc}{safe}; nothing kept (--no-store)", exc.exit_code)
+        except Exception as exc:
+            msg = user_error(exc)
+            if msg is None:
+                raise
+            safe = " (device left safe)" if session.device_opened else ""
+            kept = f"; run {session.run_id} marked failed" if session.run_id else ""
+            fail(f"train: {msg}{safe}{kept}")
+        finally:
+            if log_stream is not None:
+                log_stream.close()
         _write_json(json_path, res)
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
             f"{res['epochs']} epochs in {res['seconds']:.1f} s ({res['skipped_samples']} skipped)"
         )
         if "run_id" in res:
-            con.print(f"run id: {res['run_id']} (store {store})")
+            con.print(f"run id: {res['run_id']} (store {store_path})", highlight=False)
         if json_path is not None:
-            con.print(f"results written to {json_path}")
+            con.print(f"results written to {json_path}", highlight=False)
+        if plot is not None:
+            from phasegrad_hw.cli.runs import draw_curve
+
+            try:
+                draw_curve(res["history"], plot, f"{r.task} on {Path(r.device).name}")
+            except ImportError:
+                fail("--plot: needs matplotlib (pip install 'phasegrad-hw[plots]')")
+            con.print(f"training curve written to {plot}", highlight=False)
+
+    @app.command()
+    def evaluate(
+        run: str = typer.Option(..., "--run", help="Stored run whose final ω and K to load."),
+        device: str = typer.Option(..., "--device", help="Device file or URI to load them on."),
+        store: Path | None = typer.Option(
+            None, help="Run store [default: $PHASEGRAD_HW_STORE, else the per-user store]."
+        ),
+        transfer: str = typer.Option(
+            "auto", help="Bias map: auto, none or a map's path [default: auto]."
+        ),
+        data: Path | None = typer.Option(None, help="CSV [default: the run's own]."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+    ) -> None:
+        """Measure a stored run's parameters on a chip (same task, split and encoding)."""
+        from phasegrad_hw.cli.signals import Interrupted, run_async
+        from phasegrad_hw.studies.training import EvaluateOptions, TrainSession, evaluate_run
+
+        eo = _validate(EvaluateOptions, run=run, device=device, transfer=transfer)
+        if data is not None and not data.is_file():
+            fail(f"--data: {data} does not exist")
+        session = TrainSession()
+        try:
+            res = run_async(evaluate_run(eo, store=store, data=data, session=session))
+        except Interrupted as exc:
+            safe = " (device left safe)" if session.device_opened else ""
+            fail(f"evaluate: {exc}{safe}", exc.exit_code)
+        except Exception as exc:
+            msg = user_error(exc)
+            if msg is None:
+                raise
+            safe = " (device left safe)" if session.device_opened else ""
+            fail(f"evaluate: {one_line(msg)}{safe}")
+        _write_json(json_path, res)
+        stored = res["stored_test_accuracy"]
+        typer.echo(
+            f"run {res['run']} (epoch {res['epoch']}) on {res['device']} "
+            f"(bias map {res['map_source']}): test accuracy {100 * res['test_accuracy']:.1f} %, "
+            f"train {100 * res['train_accuracy']:.1f} %"
+            + ("" if stored is None else f" (stored: test {100 * stored:.1f} %)")
+        )

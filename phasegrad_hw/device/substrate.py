@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -112,7 +112,15 @@ class OscillatorSubstrate(ABC):
         return "device" if self.frequency_map is None else self.frequency_map.source
 
     async def _bounded(self, op: str, aw: Awaitable[T]) -> T:
-        """Await one backend operation, at most ``operation_timeout_s`` seconds."""
+        """Await one backend operation, at most ``operation_timeout_s`` seconds. Yields to the
+        event loop first, so a cancellation (a signal in the command line) reaches callers
+        within one operation even on in-process emulators, whose awaits never suspend."""
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if isinstance(aw, Coroutine):
+                aw.close()  # never started: no "was never awaited" warning
+            raise
         try:
             async with asyncio.timeout(self.operation_timeout_s):
                 return await aw

@@ -9,12 +9,17 @@ each substrate that declares ``Capability.RESEED`` (noisy emulators) is reseeded
 :func:`seed_for` ``(seed, e, device_index)``. A run resumed from a :class:`LoopState`
 therefore reproduces the uninterrupted run exactly.
 
-What happens around the loop (progress display, run store, telemetry) is done by
-:class:`LoopObserver` objects; the loop itself only trains and measures.
+Interruptible on every backend: the loop yields to the event loop once per EP step
+(``await asyncio.sleep(0)``; a cancellation an inner await swallowed is raised again), so a
+cancellation (Ctrl-C, SIGTERM, SIGHUP in the command line) reaches it within one step even
+when every await of an in-process emulator completes without suspending. A cancelled step
+updates nothing that is kept: state is only handed to observers (the run store) at the end
+of a complete epoch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -43,6 +48,7 @@ __all__ = [
     "LoopResult",
     "LoopState",
     "RunPlan",
+    "evaluate_parameters",
     "seed_for",
     "train_on_substrates",
 ]
@@ -51,13 +57,16 @@ __all__ = [
 @dataclass
 class EpochRecord:
     """Metrics after one epoch: accuracies in [0, 1], ``skipped`` samples of this epoch,
-    ``seconds`` its wall time. ``epoch`` counts from 1 (the number of epochs done)."""
+    ``seconds`` its wall time, ``loss`` the mean over the epoch's steps of the encoding's loss
+    at the free state (rad²; None when no step had a valid sample, and in checkpoints
+    written before the loss was recorded). ``epoch`` counts from 1 (the number of epochs done)."""
 
     epoch: int
     train_accuracy: float
     test_accuracy: float
     skipped: int
     seconds: float
+    loss: float | None = None
 
 
 @dataclass
@@ -187,14 +196,17 @@ class _Epoch:
     y_train: NDArray[np.int64]
     observers: Sequence[LoopObserver]
 
-    async def run(self, seed: int, e: int, online: bool) -> tuple[int, int]:
-        """Train epoch ``e``; returns (skipped samples, correct online predictions)."""
+    async def run(self, seed: int, e: int, online: bool) -> tuple[int, int, float | None]:
+        """Train epoch ``e``; returns (skipped samples, correct online predictions, mean loss
+        of the steps with a valid sample, rad²)."""
         n_train, n_sub = len(self.y_train), len(self.substrates)
         outputs = self.ctl.model.outputs
         _reseed(self.substrates, seed, e)
         order = np.random.default_rng([seed, e]).permutation(n_train)
         skipped = correct = 0
+        losses: list[float] = []
         for b in range(0, n_train, n_sub):
+            await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + n_sub]
             batch = [
                 Sample(self.w_train[i], partial(self.encoding.clamp_targets, int(self.y_train[i])))
@@ -202,12 +214,25 @@ class _Epoch:
             ]
             rep = await self.ctl.step(batch)
             skipped += rep.skipped_unlocked + rep.skipped_basin_jump
+            if np.isfinite(rep.loss):
+                losses.append(float(rep.loss))
             if online:
                 pred = self.encoding.predict(rep.free_phases[:, outputs])
                 correct += int(np.sum(pred == self.y_train[idx]))
             for obs in self.observers:
                 obs.on_step(rep)
-        return skipped, correct
+        return skipped, correct, float(np.mean(losses)) if losses else None
+
+
+async def _checkpoint() -> None:
+    """Yield to the event loop once (a cancellation reaches the loop here even when every
+    await of an in-process emulator completes without suspending), and re-raise a
+    cancellation that an inner await swallowed (Python 3.11's ``wait_for`` returns a result
+    that completed together with the cancellation): the task still counts it as pending."""
+    await asyncio.sleep(0)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _notify_epoch_end(observers: Sequence[LoopObserver], state: LoopState) -> None:
@@ -248,17 +273,24 @@ async def train_on_substrates(
         obs.on_run_start(plan)
     for e in range(state.epoch, options.epochs):
         t_epoch = time.perf_counter()
-        skipped, correct = await epoch.run(options.seed, e, online)
+        skipped, correct, loss = await epoch.run(options.seed, e, online)
         if online:
             train_acc = correct / n_train if n_train else float("nan")
         else:
             train_acc = await _accuracy(ctl, encoding, x_train, y_train)
         test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
-        rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch)
+        rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss)
         state = LoopState(
             e + 1, ctl.params.copy(), [*state.history, rec], state.skipped_samples + skipped
         )
-        log.debug("epoch %d: train %.3f test %.3f skipped %d", e + 1, train_acc, test_acc, skipped)
+        log.debug(
+            "epoch %d: train %.3f test %.3f loss %s skipped %d",
+            e + 1,
+            train_acc,
+            test_acc,
+            loss,
+            skipped,
+        )
         await _notify_epoch_end(observers, state)
     if state.history:
         final = state.history[-1].test_accuracy
@@ -274,3 +306,20 @@ async def train_on_substrates(
         state.skipped_samples,
     )
     return LoopResult(state, final, seconds)
+
+
+async def evaluate_parameters(
+    substrates: Sequence[OscillatorSubstrate],
+    dataset: Dataset,
+    encoding: Encoding,
+    params: Parameters,
+    config: EPConfig | None = None,
+) -> tuple[float, float]:
+    """(train, test) accuracy in [0, 1] of ``params`` (e.g. a stored run's final ω and K)
+    loaded onto connected ``substrates``: free reads only, nothing learns."""
+    ctl = EPController(substrates, config or EPConfig(), params.copy())
+    x_train = np.asarray(dataset.x_train, dtype=np.float64)
+    y_train = np.asarray(dataset.y_train, dtype=np.int64)
+    train = await _accuracy(ctl, encoding, x_train, y_train)
+    test = await _accuracy(ctl, encoding, dataset.x_test, np.asarray(dataset.y_test, np.int64))
+    return train, test

@@ -9,7 +9,6 @@ and the vectorised engine (``engine="engine"``) apply the same update rule.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,14 +72,15 @@ class DemoOptions(StrictModel):
     margin: float = Field(default=0.3, gt=0.0, lt=1.5)
 
 
-def run_demo(
+async def run_demo(
     o: DemoOptions,
     *,
     observers: Sequence[LoopObserver] = (),
     progress: EnsembleProgress | None = None,
 ) -> dict[str, Any]:
     """Train /a/ vs /i/ on the default device; returns the demo JSON dict. ``observers``
-    watch the hardware loop (``engine="loop"``), ``progress`` the engine."""
+    watch the hardware loop (``engine="loop"``), ``progress`` the engine. The engine runs
+    synchronously inside this coroutine (no device, nothing to leave safe)."""
     from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 
     t0 = time.perf_counter()
@@ -105,19 +105,16 @@ def run_demo(
         from phasegrad_hw.learning.ep import EPRule
         from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 
-        async def go() -> tuple[float, int]:
-            async with SimulatedSubstrate(model, seed=seed) as sub:
-                r = await train_on_substrates(
-                    [sub],
-                    data,
-                    enc,
-                    EPConfig(rule=EPRule(lr_omega=lr, lr_k=lr, params=params)),
-                    LoopOptions(epochs=epochs, seed=seed, train_eval="online"),
-                    observers,
-                )
-            return r.final_test_accuracy, r.state.skipped_samples
-
-        acc, skipped = asyncio.run(go())
+        async with SimulatedSubstrate(model, seed=seed) as sub:
+            r = await train_on_substrates(
+                [sub],
+                data,
+                enc,
+                EPConfig(rule=EPRule(lr_omega=lr, lr_k=lr, params=params)),
+                LoopOptions(epochs=epochs, seed=seed, train_eval="online"),
+                observers,
+            )
+        acc, skipped = r.final_test_accuracy, r.state.skipped_samples
     return {
         "final_test_accuracy": acc,
         "epochs": epochs,

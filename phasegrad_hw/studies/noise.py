@@ -14,7 +14,6 @@ targets ``target_offset_rad`` from the free outputs with random signs) it repeat
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -130,13 +129,11 @@ async def noise_table(substrate: OscillatorSubstrate, opts: NoiseOptions) -> dic
     }
 
 
-def run_noise(opts: NoiseOptions) -> dict[str, Any]:
-    """Open ``opts.device`` (seeded with ``opts.seed``), measure :func:`noise_table`, close."""
+async def run_noise(opts: NoiseOptions) -> dict[str, Any]:
+    """Open ``opts.device`` (seeded with ``opts.seed``), measure :func:`noise_table`, close
+    (the device is left safe however the coroutine ends, cancellation included)."""
     from phasegrad_hw.device.registry import open_substrate
 
-    async def main() -> dict[str, Any]:
-        sub = open_substrate(opts.device, seed=opts.seed)
-        async with sub:
-            return await noise_table(sub, opts)
-
-    return asyncio.run(main())
+    sub = open_substrate(opts.device, seed=opts.seed)
+    async with sub:
+        return await noise_table(sub, opts)

@@ -320,7 +320,7 @@ def _train(
     """``train`` without the user's store: a run continued from ``start`` (a successive-halving
     rung) is resumed from a private temporary store the worker deletes afterwards."""
     from phasegrad_hw.store import RunStore
-    from phasegrad_hw.studies.training import TrainOptions, train_device
+    from phasegrad_hw.studies.training import TrainOptions, prepare, train_device
 
     o = TrainOptions.model_validate(options)
     keep = _LastState()
@@ -333,7 +333,7 @@ def _train(
                 resume = rs.create_run({"options": o.model_dump(), "data": data}, o.device)
                 rs.save_checkpoint(resume, start)
         run = train_device(
-            o, data=csv, store=store, resume=resume, observers=[keep], notify=log.debug
+            prepare(o), data=csv, store=store, resume=resume, observers=[keep], notify=log.debug
         )
         out = asyncio.run(run)
     out.pop("run_id", None)
@@ -356,7 +356,7 @@ def run_trial(
         return run_vowel_study(VowelStudyOptions.model_validate(options)), None
     from phasegrad_hw.studies.noise import NoiseOptions, run_noise
 
-    return run_noise(NoiseOptions.model_validate(options)), None
+    return asyncio.run(run_noise(NoiseOptions.model_validate(options))), None
 
 
 def _maybe_fault(fault: str | None, index: int) -> None:

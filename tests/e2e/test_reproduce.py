@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def test_demo_json_shape(tmp_path: Path) -> None:
 def test_demo_engine_and_loop_agree() -> None:
     from phasegrad_hw.studies import DemoOptions, run_demo
 
-    a = run_demo(DemoOptions(epochs=2, seed=3, engine="engine"))
-    b = run_demo(DemoOptions(epochs=2, seed=3, engine="loop"))
+    a = asyncio.run(run_demo(DemoOptions(epochs=2, seed=3, engine="engine")))
+    b = asyncio.run(run_demo(DemoOptions(epochs=2, seed=3, engine="loop")))
     assert a["final_test_accuracy"] == b["final_test_accuracy"]
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ def _rows(result: dict[str, Any]) -> dict[tuple[float, int, str], dict[str, Any]
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, Any]:
-    return run_noise(NoiseOptions(device=str(CMOS), seed=3, settings=3, repeats=4))
+    return asyncio.run(run_noise(NoiseOptions(device=str(CMOS), seed=3, settings=3, repeats=4)))
 
 
 def test_table_has_every_cell(table: dict[str, Any]) -> None:
@@ -55,9 +56,9 @@ def test_expected_shape(table: dict[str, Any]) -> None:
 
 
 def test_reproducible_under_a_seed(table: dict[str, Any]) -> None:
-    again = run_noise(NoiseOptions(device=str(CMOS), seed=3, settings=3, repeats=4))
+    again = asyncio.run(run_noise(NoiseOptions(device=str(CMOS), seed=3, settings=3, repeats=4)))
     assert again["rows"] == table["rows"]
-    other = run_noise(NoiseOptions(device=str(CMOS), seed=4, settings=3, repeats=4))
+    other = asyncio.run(run_noise(NoiseOptions(device=str(CMOS), seed=4, settings=3, repeats=4)))
     assert other["rows"] != table["rows"]
 
 
