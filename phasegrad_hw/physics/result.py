@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,10 +13,9 @@ from phasegrad_hw.physics.coupling import Array
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
+SolverPath = Literal["dense", "edge", "sparse", "compiled"]
 
 
-# --------------------------------------------------------------------------- equilibria
 class Equilibrium:
     """Result of :func:`solve_equilibrium`.
 
@@ -23,14 +23,15 @@ class Equilibrium:
     ``converged`` Newton reached the tolerance; ``stable`` the reduced Jacobian J̃ is negative
     definite (all eigenvalues with negative real part); ``margin`` the smallest eigenvalue of
     −J̃ (its smallest real part if J̃ is not symmetric) — the distance from losing stability.
-    ``ok`` is converged and stable. Arrays carry the batch shape of the input.
+    ``ok`` is converged and stable. Arrays carry the batch shape of the input. ``path`` names
+    the solver that ran ("dense", "edge", "sparse" or "compiled"; None if not recorded).
 
     ``margin`` may be passed as an array or as a zero-argument callable; a callable is
     evaluated on first access (the solver decides ``stable`` from a Cholesky factorisation and
     only pays for the eigenvalue when someone asks for it).
     """
 
-    __slots__ = ("theta", "residual", "iterations", "converged", "stable", "_margin")
+    __slots__ = ("theta", "residual", "iterations", "converged", "stable", "_margin", "path")
 
     def __init__(
         self,
@@ -40,6 +41,8 @@ class Equilibrium:
         converged: NDArray[np.bool_],
         stable: NDArray[np.bool_],
         margin: Array | Callable[[], Array],
+        *,
+        path: SolverPath | None = None,
     ) -> None:
         self.theta = theta
         self.residual = residual
@@ -47,6 +50,7 @@ class Equilibrium:
         self.converged = converged
         self.stable = stable
         self._margin = margin
+        self.path: SolverPath | None = path
 
     @property
     def margin(self) -> Array:
@@ -62,5 +66,5 @@ class Equilibrium:
         return (
             f"Equilibrium(theta={self.theta!r}, residual={self.residual!r}, "
             f"iterations={self.iterations!r}, converged={self.converged!r}, "
-            f"stable={self.stable!r})"
+            f"stable={self.stable!r}, path={self.path!r})"
         )

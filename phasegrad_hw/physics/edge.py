@@ -1,0 +1,227 @@
+"""Edge path: Newton on the edge list of a network with symmetric couplings and odd H.
+
+With the incidence matrix S (N, E) (S[i_e, e] = −1, S[j_e, e] = +1) the phase differences
+are D = θ S (Δ_e = θ_j − θ_i), the reduced system F̃ = [ω − S (k H(D)) + n(θ)]_keep and its
+Newton matrix −J̃ = [S diag(k H'(D)) Sᵀ − diag(n'(θ))]_keep — trigonometry on the E edges
+only, batched over rows (samples, chips, members). ``damped`` follows the policy's Armijo
+line search (docs/design.md §2); undamped, the iteration is the fast warm-started Newton of
+the retry ladder (:mod:`phasegrad_hw.physics.ladder`). Stability is checked on the result:
+positive edge weights k·H'(Δ) on a connected graph and a nudge that does not push away make
+−J̃ a grounded weighted Laplacian plus a non-negative diagonal, hence positive definite;
+otherwise the smallest eigenvalue of −J̃ decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from phasegrad_hw.physics.coupling import SIN, Array, CouplingFunction, NudgeKind, wrap
+from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy, backtrack, stalled, trust_region
+from phasegrad_hw.physics.result import Equilibrium
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EdgeNetwork:
+    """Undirected edges e = (ei[e], ej[e]) of N oscillators, reference ``ref`` pinned at 0."""
+
+    n: int
+    ei: NDArray[np.int64]
+    ej: NDArray[np.int64]
+    ref: int = 0
+    S: Array = field(init=False, repr=False, compare=False)
+    keep: NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    Sk: Array = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        m = len(self.ei)
+        S = np.zeros((self.n, m))
+        S[self.ei, np.arange(m)] = -1.0
+        S[self.ej, np.arange(m)] = 1.0
+        object.__setattr__(self, "S", S)
+        keep = np.flatnonzero(np.arange(self.n) != self.ref)
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "Sk", S[keep])
+
+    @classmethod
+    def from_matrix(
+        cls, K: Array | sp.spmatrix | sp.sparray, ref: int = 0
+    ) -> tuple[EdgeNetwork, Array]:
+        """Edges of the upper triangle of a symmetric K (N, N) or (B, N, N) — the union of the
+        rows' non-zero patterns — and their couplings (B, E); raises ValueError if K is not
+        symmetric."""
+        Km = np.asarray(K.toarray() if sp.issparse(K) else K, dtype=np.float64)
+        Kb = Km if Km.ndim == 3 else Km[None]
+        if not np.array_equal(Kb, np.swapaxes(Kb, 1, 2)):
+            raise ValueError("K: the edge path needs a symmetric coupling matrix")
+        i, j = np.nonzero(np.triu((Kb != 0).any(axis=0), 1))
+        return cls(Kb.shape[-1], i.astype(np.int64), j.astype(np.int64), ref), Kb[:, i, j]
+
+    def dense(self, k: Array) -> Array:
+        """(B, N, N) symmetric coupling matrices from edge couplings k (B, E)."""
+        K = np.zeros((len(k), self.n, self.n))
+        K[:, self.ei, self.ej] = k
+        K[:, self.ej, self.ei] = k
+        return K
+
+
+@dataclass(frozen=True)
+class _EdgeSystem:
+    """One batch of rows: frequencies W (B, N), couplings k (B, E), signed β and targets."""
+
+    net: EdgeNetwork
+    W: Array
+    k: Array
+    H: CouplingFunction
+    beta: Array | None
+    target: Array | None
+    nudge: NudgeKind
+
+    def subset(self, rows: NDArray[np.intp]) -> _EdgeSystem:
+        b, t = self.beta, self.target
+        return _EdgeSystem(
+            self.net, self.W[rows], self.k[rows], self.H,
+            None if b is None else b[rows], None if t is None else t[rows], self.nudge,
+        )  # fmt: skip
+
+    def force(self, th: Array) -> tuple[Array, tuple[Array, ...]]:
+        """F̃ (B, N−1) and the cache (D, nudge derivative n') for :meth:`neg_jacobian`."""
+        S = self.net.S
+        D = th @ S
+        F = self.W - (self.k * self.H.value(D)) @ S.T
+        nd = np.zeros_like(th)
+        if self.beta is not None and self.target is not None:
+            d = self.target - th
+            if self.nudge == "linear":
+                F = F + self.beta * d
+                nd = np.broadcast_to(-self.beta, th.shape).copy()
+            else:
+                F = F + self.beta * np.sin(d)
+                nd = -self.beta * np.cos(d)
+        return F[:, self.net.keep], (D, nd)
+
+    def neg_jacobian(self, cache: tuple[Array, ...]) -> Array:
+        """−J̃ (B, N−1, N−1) = S̃ diag(k H'(D)) S̃ᵀ − diag(n')."""
+        D, nd = cache
+        Sk = self.net.Sk
+        A = np.matmul(Sk * (self.k * self.H.derivative(D))[:, None, :], Sk.T)
+        idx = np.arange(len(self.net.keep))
+        A[:, idx, idx] -= nd[:, self.net.keep]
+        return A
+
+    def floor(self, policy: NewtonPolicy) -> Array:
+        scale = 1.0 + np.abs(self.W).max(axis=1) + 2.0 * np.abs(self.k).sum(axis=1)
+        if self.beta is not None and self.target is not None:
+            scale = scale + np.abs(self.beta).max(axis=1) * (1.0 + np.abs(self.target).max(axis=1))
+        return np.asarray(policy.rounding_floor(scale, self.net.n), dtype=np.float64)
+
+
+def solve_edges(
+    net: EdgeNetwork,
+    W: Array,
+    k: Array,
+    theta0: Array | None = None,
+    coupling: CouplingFunction = SIN,
+    *,
+    beta: Array | None = None,
+    target: Array | None = None,
+    nudge: NudgeKind = "linear",
+    damped: bool = True,
+    tol: float = NEWTON.tol,
+    max_iter: int | None = None,
+    policy: NewtonPolicy = NEWTON,
+) -> Equilibrium:
+    """Locked states of B rows on the edge list (rad, θ_ref = 0).
+
+    ``W`` (B, N) frequencies in the rotating frame; ``k`` (B, E) edge couplings; ``theta0``
+    (B, N) warm start (None: zeros); ``beta`` (B, N) *signed* nudge strength (direction
+    folded in) with ``target`` (B, N). ``damped`` False is the fast undamped iteration (at
+    most ``policy.fast_iters`` steps unless ``max_iter`` says otherwise). H must be odd.
+    """
+    if not coupling.is_odd:
+        raise ValueError("coupling: the edge path needs an odd H (no phase lag or offsets)")
+    sys = _EdgeSystem(net, W, k, coupling, beta, target, nudge)
+    steps = (policy.max_iter if damped else policy.fast_iters) if max_iter is None else max_iter
+    B = len(W)
+    th = np.zeros(W.shape) if theta0 is None else theta0 - theta0[:, net.ref : net.ref + 1]
+    floor = sys.floor(policy)
+    goal = np.maximum(tol, floor)
+    F, cache = sys.force(th)
+    res = np.abs(F).max(axis=1)
+    iters = np.zeros(B, dtype=np.int64)
+    active = res > goal
+    singular = np.zeros(B, dtype=bool)
+    while active.any() and int(iters[active].max()) < steps:
+        a = np.flatnonzero(active)
+        s = sys if len(a) == B else sys.subset(a)
+        ca = cache if len(a) == B else tuple(x[a] for x in cache)
+        try:
+            step = np.linalg.solve(s.neg_jacobian(ca), F[a][..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a disconnected graph has no locked state
+            singular[a] = True
+            break
+        step = trust_region(step, policy)
+        if damped:
+            trial, Ft, ct = backtrack(
+                partial(_trial, s, th[a], step), np.einsum("bi,bi->b", F[a], F[a]), floor[a],
+                policy,
+            )  # fmt: skip
+        else:
+            trial, Ft, ct = _trial(s, th[a], step, np.arange(len(a)), 1.0)
+        new_res = np.abs(Ft).max(axis=1)
+        stop = stalled(new_res, res[a], floor[a])
+        th[a], F[a], res[a] = trial, Ft, new_res
+        for x, y in zip(cache, ct, strict=True):
+            x[a] = y
+        iters[a] += 1
+        active[a] = (new_res > goal[a]) & ~stop & (iters[a] < steps)
+    return _finish(sys, th, res, iters, floor, tol, singular, policy)
+
+
+def _trial(
+    s: _EdgeSystem, tha: Array, step: Array, rows: NDArray[np.intp], alpha: float
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """State, F̃ and cache of ``rows`` after a step of length ``alpha``."""
+    sr = s if len(rows) == len(tha) else s.subset(rows)
+    t = tha[rows]
+    t[:, s.net.keep] += step[rows] if alpha == 1.0 else alpha * step[rows]
+    return (t, *sr.force(t))
+
+
+def _finish(
+    sys: _EdgeSystem,
+    th: Array,
+    res: Array,
+    iters: NDArray[np.int64],
+    floor: Array,
+    tol: float,
+    singular: NDArray[np.bool_],
+    policy: NewtonPolicy,
+) -> Equilibrium:
+    """Convergence, stability (sufficient edge test, else eigenvalues) and wrapping."""
+    finite = np.all(np.isfinite(th), axis=1)
+    converged = (res <= np.maximum(tol, floor)) & finite & ~singular
+    _, (D, nd) = sys.force(np.where(finite[:, None], th, 0.0))
+    stable = np.all(sys.k * sys.H.derivative(D) > 0.0, axis=1) & ~np.any(nd > 0.0, axis=1)
+    A = sys.neg_jacobian((D, nd))
+    check = np.flatnonzero(converged & ~stable)
+    if check.size:  # eigenvalues of −J̃ for the rows the sufficient test cannot clear
+        Ac = A[check]
+        thresh = policy.stability_threshold(np.abs(Ac).max(axis=(1, 2)))
+        stable[check] = np.linalg.eigvalsh(Ac)[:, 0] > thresh
+    keep = sys.net.keep
+    wrapped = np.flatnonzero(np.abs(th[:, keep]).max(axis=1) >= np.pi)
+    if wrapped.size:  # wrap only when needed (wrapping rounds)
+        th[np.ix_(wrapped, keep)] = wrap(th[np.ix_(wrapped, keep)])
+
+    def margin() -> Array:
+        return np.asarray(np.linalg.eigvalsh(A)[:, 0])
+
+    return Equilibrium(th, res, iters, converged, stable, margin, path="edge")

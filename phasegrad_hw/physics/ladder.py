@@ -1,0 +1,119 @@
+"""The retry ladder for locked states under changing settings (docs/design.md §2).
+
+A device read, a training sample or a chip's clock frame needs the locked state *near* the
+previous one: (1) the fast undamped edge Newton from the warm start (when the network is on
+an edge list with symmetric couplings and odd H), (2) damped Newton
+(:func:`~phasegrad_hw.physics.solve_equilibrium`) from the warm start for the rows that
+failed, (3) damped Newton from a cold start (θ = 0) for the rows still without a stable
+lock — a cold start can find the stable state a warm start jumped past.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from phasegrad_hw.physics.coupling import SIN, Array, CouplingFunction, NudgeKind
+from phasegrad_hw.physics.edge import EdgeNetwork, solve_edges
+from phasegrad_hw.physics.equilibrium import solve_equilibrium
+from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy
+
+log = logging.getLogger(__name__)
+
+FAST, WARM, COLD, FAILED = 0, 1, 2, -1  # ladder stages (``Locked.stage``)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """Ladder result: ``theta`` (B, N) rad (the warm damped state where no lock was found),
+    ``ok`` (B,) a stable converged lock, ``stage`` (B,) the rung that found it (FAST, WARM,
+    COLD; FAILED)."""
+
+    theta: Array
+    ok: NDArray[np.bool_]
+    stage: NDArray[np.int8]
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """Nudge of the rows: strength ``beta`` (B, N) >= 0 toward ``target`` (B, N) rad, ``kind``
+    linear or injection, ``direction`` +1 toward the target, −1 away."""
+
+    beta: Array
+    target: Array
+    kind: NudgeKind = "linear"
+    direction: int = 1
+
+
+def solve_locked(
+    W: Array,
+    theta0: Array,
+    coupling: CouplingFunction = SIN,
+    *,
+    K: Array | None = None,
+    edges: EdgeNetwork | None = None,
+    k: Array | None = None,
+    ref: int = 0,
+    nudge: Nudge | None = None,
+    frame: Literal["pinned", "free"] = "pinned",
+    tol: float = NEWTON.tol,
+    max_iter: int = NEWTON.max_iter,
+    policy: NewtonPolicy = NEWTON,
+) -> Locked:
+    """Locked states of B rows by the ladder: frequencies ``W`` (B, N) in the solve frame,
+    warm starts ``theta0`` (B, N); couplings as dense ``K`` (B, N, N) and/or as ``edges`` with
+    edge couplings ``k`` (B, E) (the fast rung runs only with ``edges``/``k``, the damped
+    rungs use ``K`` or build it from the edges). ``frame`` as in :func:`solve_equilibrium`.
+    """
+    if K is None and (edges is None or k is None):
+        raise ValueError("K: give the coupling matrices or the edges with their couplings")
+    B = len(W)
+    theta = np.array(theta0, dtype=np.float64, copy=True)
+    ok = np.zeros(B, dtype=bool)
+    stage = np.full(B, FAILED, dtype=np.int8)
+    if edges is not None and k is not None and coupling.is_odd:
+        sb = None if nudge is None else nudge.beta * float(nudge.direction)
+        eq = solve_edges(
+            edges, W, k, theta0, coupling,
+            beta=sb, target=None if nudge is None else nudge.target,
+            nudge="linear" if nudge is None else nudge.kind, damped=False, tol=tol,
+            policy=policy,
+        )  # fmt: skip
+        ok = np.asarray(eq.ok, dtype=bool).copy()
+        theta[ok] = eq.theta[ok]
+        stage[ok] = FAST
+    for rung, warm in ((WARM, True), (COLD, False)):
+        rows = np.flatnonzero(~ok)
+        if rows.size == 0:
+            break
+        Kr = K[rows] if K is not None else edges.dense(k[rows])  # type: ignore[union-attr,index]
+        kw = {} if nudge is None else {
+            "beta": nudge.beta[rows], "target": nudge.target[rows], "nudge": nudge.kind,
+            "direction": nudge.direction,
+        }  # fmt: skip
+        th0 = theta0[rows] if warm else None
+        if rows.size == 1:  # one network: the single-network paths (compiled when eligible)
+            kw = {key: v[0] if isinstance(v, np.ndarray) else v for key, v in kw.items()}
+            eq = solve_equilibrium(
+                W[rows[0]], Kr[0], coupling, theta0=None if th0 is None else th0[0], ref=ref,
+                tol=tol, max_iter=max_iter, frame=frame, policy=policy, **kw,
+            )  # fmt: skip
+            good = np.atleast_1d(np.asarray(eq.ok, dtype=bool))
+            got = np.atleast_2d(eq.theta)
+        else:
+            eq = solve_equilibrium(
+                W[rows], Kr, coupling, theta0=th0, ref=ref, tol=tol, max_iter=max_iter,
+                frame=frame, policy=policy, **kw,
+            )  # fmt: skip
+            good, got = np.asarray(eq.ok, dtype=bool), eq.theta
+        if warm:  # rows that find no lock report the warm damped state (what a read shows)
+            theta[rows] = got
+        else:
+            theta[rows[good]] = got[good]
+        ok[rows[good]] = True
+        stage[rows[good]] = rung
+    return Locked(theta, ok, stage)
