@@ -20,8 +20,10 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from scipy.sparse.csgraph import connected_components
 
 from phasegrad_hw.physics.coupling import SIN, Array, CouplingFunction, NudgeKind, wrap
+from phasegrad_hw.physics.dense import _linear_solve
 from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy, backtrack, stalled, trust_region
 from phasegrad_hw.physics.result import Equilibrium
 
@@ -39,6 +41,9 @@ class EdgeNetwork:
     S: Array = field(init=False, repr=False, compare=False)
     keep: NDArray[np.intp] = field(init=False, repr=False, compare=False)
     Sk: Array = field(init=False, repr=False, compare=False)
+    diag: NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    connected: bool = field(init=False, repr=False, compare=False)
+    rows: slice | NDArray[np.intp] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         m = len(self.ei)
@@ -48,7 +53,12 @@ class EdgeNetwork:
         object.__setattr__(self, "S", S)
         keep = np.flatnonzero(np.arange(self.n) != self.ref)
         object.__setattr__(self, "keep", keep)
+        # the reduced rows as a slice when the reference is oscillator 0 (views, no copies)
+        object.__setattr__(self, "rows", slice(1, None) if self.ref == 0 else keep)
         object.__setattr__(self, "Sk", S[keep])
+        object.__setattr__(self, "diag", np.arange(len(keep)))
+        adj = sp.coo_matrix((np.ones(m), (self.ei, self.ej)), shape=(self.n, self.n))
+        object.__setattr__(self, "connected", connected_components(adj, directed=False)[0] == 1)
 
     @classmethod
     def from_matrix(
@@ -72,7 +82,7 @@ class EdgeNetwork:
         return K
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _EdgeSystem:
     """One batch of rows: frequencies W (B, N), couplings k (B, E), signed β and targets."""
 
@@ -92,28 +102,32 @@ class _EdgeSystem:
         )  # fmt: skip
 
     def force(self, th: Array) -> tuple[Array, tuple[Array, ...]]:
-        """F̃ (B, N−1) and the cache (D, nudge derivative n') for :meth:`neg_jacobian`."""
-        S = self.net.S
-        D = th @ S
-        F = self.W - (self.k * self.H.value(D)) @ S.T
-        nd = np.zeros_like(th)
-        if self.beta is not None and self.target is not None:
-            d = self.target - th
-            if self.nudge == "linear":
-                F = F + self.beta * d
-                nd = np.broadcast_to(-self.beta, th.shape).copy()
-            else:
-                F = F + self.beta * np.sin(d)
-                nd = -self.beta * np.cos(d)
-        return F[:, self.net.keep], (D, nd)
+        """F̃ (B, N−1) and the cache for :meth:`neg_jacobian`: the edge weights k·H'(Δ)
+        (B, E) and, nudged, the nudge derivative n' on the reduced rows (B, N−1)."""
+        net = self.net
+        Hv, Hd = self.H.value_and_derivative(th @ net.S)
+        F = self.W - (self.k * Hv) @ net.S.T
+        if self.beta is None or self.target is None:
+            return F[:, net.rows], (self.k * Hd,)
+        d = self.target - th
+        if self.nudge == "linear":
+            F += self.beta * d
+            nd = -self.beta[:, net.rows]
+        else:
+            F += self.beta * np.sin(d)
+            nd = -(self.beta * np.cos(d))[:, net.rows]
+        return F[:, net.rows], (self.k * Hd, nd)
 
     def neg_jacobian(self, cache: tuple[Array, ...]) -> Array:
-        """−J̃ (B, N−1, N−1) = S̃ diag(k H'(D)) S̃ᵀ − diag(n')."""
-        D, nd = cache
+        """−J̃ (B, N−1, N−1) = S̃ diag(k H'(Δ)) S̃ᵀ − diag(n')."""
         Sk = self.net.Sk
-        A = np.matmul(Sk * (self.k * self.H.derivative(D))[:, None, :], Sk.T)
-        idx = np.arange(len(self.net.keep))
-        A[:, idx, idx] -= nd[:, self.net.keep]
+        if len(cache[0]) == 1:  # one row: a plain 2-D product (no stacked-matmul overhead)
+            A = ((Sk * cache[0]) @ Sk.T)[None]
+        else:
+            A = np.matmul(Sk * cache[0][:, None, :], Sk.T)
+        if len(cache) == 2:
+            idx = self.net.diag
+            A[:, idx, idx] -= cache[1]
         return A
 
     def floor(self, policy: NewtonPolicy) -> Array:
@@ -157,71 +171,80 @@ def solve_edges(
     res = np.abs(F).max(axis=1)
     iters = np.zeros(B, dtype=np.int64)
     active = res > goal
-    singular = np.zeros(B, dtype=bool)
-    while active.any() and int(iters[active].max()) < steps:
+    for _ in range(steps):  # a row stops for good, so every active row has made `_` steps
         a = np.flatnonzero(active)
-        s = sys if len(a) == B else sys.subset(a)
-        ca = cache if len(a) == B else tuple(x[a] for x in cache)
-        try:
-            step = np.linalg.solve(s.neg_jacobian(ca), F[a][..., None])[..., 0]
-        except np.linalg.LinAlgError:  # a disconnected graph has no locked state
-            singular[a] = True
+        if a.size == 0:
             break
-        step = trust_region(step, policy)
+        full = a.size == B
+        s = sys if full else sys.subset(a)
+        tha, Fa = (th, F) if full else (th[a], F[a])
+        A = s.neg_jacobian(cache if full else tuple(x[a] for x in cache))
+        # (−J̃) s = F̃; a singular −J̃ (disconnected graph) gets the least-squares step, a
+        # non-finite step a NaN residual (the row stops, not converged)
+        step = trust_region(_linear_solve(A, Fa, True), policy)
         if damped:
-            trial, Ft, ct = backtrack(
-                partial(_trial, s, th[a], step), np.einsum("bi,bi->b", F[a], F[a]), floor[a],
-                policy,
-            )  # fmt: skip
+            norm0 = np.einsum("bi,bi->b", Fa, Fa)
+            trial, Ft, ct = backtrack(partial(_trial, s, tha, step), norm0, floor[a], policy)
         else:
-            trial, Ft, ct = _trial(s, th[a], step, np.arange(len(a)), 1.0)
+            trial, Ft, ct = _trial(s, tha, step, a, 1.0)
         new_res = np.abs(Ft).max(axis=1)
-        stop = stalled(new_res, res[a], floor[a])
+        if full:
+            go = new_res > goal
+            if damped:
+                go &= ~stalled(new_res, res, floor)
+            th, F, cache, res, active = trial, Ft, ct, new_res, go
+            iters += 1
+            continue
+        go = new_res > goal[a]
+        if damped:
+            go &= ~stalled(new_res, res[a], floor[a])
         th[a], F[a], res[a] = trial, Ft, new_res
         for x, y in zip(cache, ct, strict=True):
             x[a] = y
         iters[a] += 1
-        active[a] = (new_res > goal[a]) & ~stop & (iters[a] < steps)
-    return _finish(sys, th, res, iters, floor, tol, singular, policy)
+        active[a] = go
+    return _finish(sys, th, cache, (res, iters, floor), tol, policy)
 
 
 def _trial(
     s: _EdgeSystem, tha: Array, step: Array, rows: NDArray[np.intp], alpha: float
 ) -> tuple[Array, Array, tuple[Array, ...]]:
-    """State, F̃ and cache of ``rows`` after a step of length ``alpha``."""
-    sr = s if len(rows) == len(tha) else s.subset(rows)
-    t = tha[rows]
-    t[:, s.net.keep] += step[rows] if alpha == 1.0 else alpha * step[rows]
+    """State, F̃ and cache of ``rows`` (indices into ``tha``) after a step of length ``alpha``."""
+    if len(rows) == len(tha):
+        sr, t, sp_ = s, tha.copy(), step
+    else:
+        sr, t, sp_ = s.subset(rows), tha[rows], step[rows]
+    t[:, s.net.rows] += sp_ if alpha == 1.0 else alpha * sp_
     return (t, *sr.force(t))
 
 
 def _finish(
     sys: _EdgeSystem,
     th: Array,
-    res: Array,
-    iters: NDArray[np.int64],
-    floor: Array,
+    cache: tuple[Array, ...],
+    counts: tuple[Array, NDArray[np.int64], Array],
     tol: float,
-    singular: NDArray[np.bool_],
     policy: NewtonPolicy,
 ) -> Equilibrium:
     """Convergence, stability (sufficient edge test, else eigenvalues) and wrapping."""
-    finite = np.all(np.isfinite(th), axis=1)
-    converged = (res <= np.maximum(tol, floor)) & finite & ~singular
-    _, (D, nd) = sys.force(np.where(finite[:, None], th, 0.0))
-    stable = np.all(sys.k * sys.H.derivative(D) > 0.0, axis=1) & ~np.any(nd > 0.0, axis=1)
-    A = sys.neg_jacobian((D, nd))
+    res, iters, floor = counts
+    converged = res <= np.maximum(tol, floor)  # (a NaN residual is not converged)
+    stable = np.all(cache[0] > 0.0, axis=1) & sys.net.connected
+    if len(cache) == 2:
+        stable &= ~np.any(cache[1] > 0.0, axis=1)
     check = np.flatnonzero(converged & ~stable)
     if check.size:  # eigenvalues of −J̃ for the rows the sufficient test cannot clear
-        Ac = A[check]
+        sc = sys if check.size == len(th) else sys.subset(check)
+        Ac = sc.neg_jacobian(cache if sc is sys else tuple(x[check] for x in cache))
         thresh = policy.stability_threshold(np.abs(Ac).max(axis=(1, 2)))
         stable[check] = np.linalg.eigvalsh(Ac)[:, 0] > thresh
-    keep = sys.net.keep
-    wrapped = np.flatnonzero(np.abs(th[:, keep]).max(axis=1) >= np.pi)
-    if wrapped.size:  # wrap only when needed (wrapping rounds)
+    if np.abs(th).max() >= np.pi:  # wrap only the rows that need it (wrapping rounds)
+        keep = sys.net.keep
+        wrapped = np.flatnonzero(np.abs(th[:, keep]).max(axis=1) >= np.pi)
         th[np.ix_(wrapped, keep)] = wrap(th[np.ix_(wrapped, keep)])
 
     def margin() -> Array:
-        return np.asarray(np.linalg.eigvalsh(A)[:, 0])
+        A = sys.neg_jacobian(cache)
+        return np.asarray(np.linalg.eigvalsh(np.where(np.isfinite(A), A, 0.0))[:, 0])
 
     return Equilibrium(th, res, iters, converged, stable, margin, path="edge")

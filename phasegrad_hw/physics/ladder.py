@@ -72,9 +72,9 @@ def solve_locked(
     if K is None and (edges is None or k is None):
         raise ValueError("K: give the coupling matrices or the edges with their couplings")
     B = len(W)
-    theta = np.array(theta0, dtype=np.float64, copy=True)
-    ok = np.zeros(B, dtype=bool)
     stage = np.full(B, FAILED, dtype=np.int8)
+    ok = np.zeros(B, dtype=bool)
+    eq = None
     if edges is not None and k is not None and coupling.is_odd:
         sb = None if nudge is None else nudge.beta * float(nudge.direction)
         eq = solve_edges(
@@ -83,9 +83,13 @@ def solve_locked(
             nudge="linear" if nudge is None else nudge.kind, damped=False, tol=tol,
             policy=policy,
         )  # fmt: skip
-        ok = np.asarray(eq.ok, dtype=bool).copy()
-        theta[ok] = eq.theta[ok]
+        ok = eq.converged & eq.stable
         stage[ok] = FAST
+        if ok.all():
+            return Locked(eq.theta, ok, stage)
+    theta = np.array(theta0, dtype=np.float64, copy=True)
+    if eq is not None:
+        theta[ok] = eq.theta[ok]
     for rung, warm in ((WARM, True), (COLD, False)):
         rows = np.flatnonzero(~ok)
         if rows.size == 0:

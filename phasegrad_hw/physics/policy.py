@@ -60,9 +60,9 @@ NEWTON = NewtonPolicy()
 def trust_region(step: Array, policy: NewtonPolicy = NEWTON, lo: int = 0) -> Array:
     """Scale each row of ``step`` (B, M) so that max |step[:, lo:]| <= ``trust_rad`` (columns
     before ``lo`` are not phases, e.g. the collective frequency of the free frame)."""
-    big = np.abs(step[:, lo:]).max(axis=1, keepdims=True)
-    if float(big.max()) <= policy.trust_rad:
+    if float(np.abs(step[:, lo:]).max()) <= policy.trust_rad:
         return step
+    big = np.abs(step[:, lo:]).max(axis=1, keepdims=True)
     return step * np.minimum(1.0, policy.trust_rad / np.maximum(big, 1e-300))
 
 
