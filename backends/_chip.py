@@ -43,8 +43,9 @@ from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import LockLostError
-from phasegrad_hw.physics import Array, jacobian, rhs, solve_equilibrium, wrap
+from phasegrad_hw.physics import Array, jacobian, rhs, wrap
 from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
+from phasegrad_hw.physics.ladder import Nudge, solve_locked
 
 # --------------------------------------------------------------------------- emulated chips
 # Physical parameters of the CMOS and optical emulators (phasegrad_hw.backends.cmos/optical).
@@ -351,33 +352,6 @@ class EmulatedChip(OscillatorSubstrate):
             return f[keep] - f[r], J[keep][:, keep] - J[r, keep][None, :]
         return f[keep], J[keep][:, keep]
 
-    def _newton(
-        self,
-        th0: Array,
-        w: Array,
-        rkw: dict[str, Any],
-        tol: float,
-        free_ref: bool,
-        max_iter: int = 12,
-    ) -> Array | None:
-        """Plain Newton from ``th0`` with small steps; None if it does not converge."""
-        th = np.asarray(th0, dtype=np.float64).copy()
-        th -= th[self.ref]
-        keep = self.keep
-        for _ in range(max_iter):
-            R, A = self._system(th, w, rkw, free_ref)
-            if float(np.abs(R).max()) <= tol:
-                th[keep] = wrap(th[keep])
-                return th
-            try:
-                step = np.linalg.solve(A, -R)
-            except np.linalg.LinAlgError:
-                return None
-            if not np.all(np.isfinite(step)) or float(np.abs(step).max()) > 0.5:
-                return None
-            th[keep] += step
-        return None
-
     def _rkw(self, clamp: bool = True) -> dict[str, Any]:
         kw = self._nudge_kwargs() if clamp else {}
         if not kw:
@@ -388,59 +362,28 @@ class EmulatedChip(OscillatorSubstrate):
             "nudge": self.model.nudge,
         }
 
-    def _core(self, w: Array, rkw: dict[str, Any], start: Array | None, tol: float) -> Array | None:
-        """The core damped Newton on the pinned system (warm, then cold start)."""
-        kw = self._nudge_kwargs() if rkw else {}
-        for th0 in (start, None):
-            eq = solve_equilibrium(
-                w,
-                self.K,
-                self.H,
-                theta0=th0,
-                ref=self.ref,
-                nudge=self.model.nudge,
-                tol=tol,
-                max_iter=_MAX_ITER,
-                **kw,
-            )
-            if eq.converged:
-                return np.asarray(eq.theta)
-        return None
+    def _ladder(
+        self, w: Array, start: Array, tol: float, *, free: bool, clamp: bool = False
+    ) -> Array | None:
+        """The physics retry ladder (:func:`~phasegrad_hw.physics.ladder.solve_locked`:
+        damped Newton from ``start``, then from a cold start) on the free frame (Ω solved,
+        ``free``) or on the pinned system at ``w`` (already in the clock frame) with the
+        present clamp; None when no stable lock is found."""
+        nudge = None
+        if clamp and self._clamp is not None:
+            b, t, d = self._clamp
+            nudge = Nudge(b[None], t[None], self.model.nudge, d)
+        res = solve_locked(
+            w[None], start[None], self.H, K=self.K[None], ref=self.ref, nudge=nudge,
+            frame="free" if free else "pinned", tol=tol, max_iter=_MAX_ITER,
+        )  # fmt: skip
+        return res.theta[0] if res.ok[0] else None
 
     def _free_frame(self, w: Array, start: Array, tol: float) -> tuple[Array, float] | None:
         """Free locked state and collective frequency Ω (model units), or None."""
-        th = self._newton(start, w, {}, tol, free_ref=True)
+        th = self._ladder(w, start, tol, free=True)
         if th is None:
-            # core solve at a trial Ω, then a secant on Ω until the reference's own
-            # equation holds as well; polished by Newton on the co-rotation residual
-            n, r = self.n, self.ref
-
-            def g(om: float, th0: Array | None) -> tuple[float, Array] | None:
-                t = self._core(w - om, {}, th0, tol)
-                if t is None:
-                    return None
-                return float(rhs(t, w - om, self.K, self.H)[r]), t
-
-            om0 = float(np.mean(rhs(start - start[r], w, self.K, self.H)))
-            got = g(om0, start)
-            if got is None:
-                return None
-            g0, th_c = got
-            om1 = om0 + g0 / n
-            for _ in range(12):
-                got = g(om1, th_c)
-                if got is None:
-                    return None
-                g1, th_c = got
-                if abs(g1) <= tol:
-                    break
-                slope = (g1 - g0) / (om1 - om0) if om1 != om0 else -float(n)
-                if not np.isfinite(slope) or slope >= 0:
-                    slope = -float(n)
-                om0, g0, om1 = om1, g1, om1 - g1 / slope
-            th = self._newton(th_c, w, {}, tol, free_ref=True)
-            if th is None:
-                return None
+            return None
         return th, float(rhs(th, w, self.K, self.H)[self.ref])
 
     def solve_state(
@@ -453,11 +396,10 @@ class EmulatedChip(OscillatorSubstrate):
         """Locked state θ (rad, θ_ref = 0) under the present settings and its linearisation
         (None: no stable locked state — the phases slip).
 
-        Free state: Newton on the co-rotation residual (fast path from the warm start; the
-        core damped Newton plus a secant on Ω otherwise); it sets the clock frame Ω. Nudged
-        state: the pinned system at ω − Ω (fast Newton from the predicted state, else the
-        core solver). Locked = converged and every eigenvalue of the pinned Jacobian has a
-        negative real part.
+        Free state: the physics ladder on the free frame (all N equations f_k = Ω, θ_ref = 0,
+        Ω solved with the phases; warm, then cold); it sets the clock frame Ω. Nudged
+        state: the ladder on the pinned system at ω − Ω from the predicted state. Locked =
+        converged and every eigenvalue of the pinned Jacobian has a negative real part.
         """
         w = np.asarray(self._true_frequencies() if omega is None else omega, dtype=np.float64)
         rkw = self._rkw(clamp)
@@ -469,10 +411,7 @@ class EmulatedChip(OscillatorSubstrate):
             th, self._frame_omega = free
             self._frame_at = (w.copy(), th.copy(), None)
         if rkw:
-            wf = w - self._tracked_frame(w)
-            th_n = self._newton(start, wf, rkw, tol, free_ref=False)
-            if th_n is None:
-                th_n = self._core(wf, rkw, start, tol)
+            th_n = self._ladder(w - self._tracked_frame(w), start, tol, free=False, clamp=True)
             if th_n is None:
                 return self.theta.copy(), None
             th = th_n
