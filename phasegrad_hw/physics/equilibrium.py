@@ -71,26 +71,14 @@ def solve_equilibrium(
     relative-phase dynamics (dense path). For symmetric K and odd H, Ω = mean(ω) and the
     free state is the pinned state at centred frequencies (any path).
 
-    ``method`` picks the path; ``Equilibrium.path`` records the one that ran:
-
-    * ``"dense"`` — dense damped Newton, one network or a batch (any K, any H);
-    * ``"edge"`` — damped Newton on the edge list of a symmetric K (odd H): trigonometry on
-      the edges only, batched over rows;
-    * ``"sparse"`` — one large network, sparse iterative linear algebra;
-    * ``"compiled"`` — the numba kernel for one small network (N <= 64, H = a·sin, symmetric
-      K, float64 arrays, the default policy); ValueError if not available;
-    * ``"auto"`` — compiled when eligible, sparse for a scipy.sparse K, dense otherwise.
+    ``method`` picks the path (``Equilibrium.path`` records the one that ran): ``"dense"``
+    (one network or a batch, any K and H); ``"edge"`` (the edge list of a symmetric K, odd
+    H: trigonometry on the edges only, batched); ``"sparse"`` (one large network, iterative
+    linear algebra); ``"compiled"`` (numba kernel: one network, N <= 64, H = a·sin, symmetric
+    K, float64 arrays, default policy; ValueError if not available); ``"auto"`` (compiled
+    when eligible, sparse for a scipy.sparse K, dense otherwise).
     """
-    if direction not in (1, -1):
-        raise ValueError(f"direction: {direction!r} must be +1 (toward target) or -1 (away)")
-    if frame not in ("pinned", "free"):
-        raise ValueError(f"frame: {frame!r} is not a frame; use 'pinned' or 'free'")
-    if nudge not in ("linear", "injection"):
-        raise ValueError(f"nudge: {nudge!r} is not a nudge kind; use 'linear' or 'injection'")
-    if not (tol > 0 and max_iter >= 1):
-        raise ValueError(f"tol/max_iter: need tol > 0 and max_iter >= 1, got {tol}, {max_iter}")
-    if method not in METHODS:
-        raise ValueError(f"method: {method!r} is not a solver path; use one of {METHODS}")
+    _check_options(direction, frame, nudge, tol, max_iter, method)
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
@@ -121,8 +109,24 @@ def solve_equilibrium(
     prob = _Problem.build(omega, K, theta0, ref, nud)
     if method == "edge":
         return prob.solve_edge(coupling, tol=tol, max_iter=max_iter, policy=policy)
-    free = frame == "free"
-    return prob.solve_dense(coupling, tol=tol, max_iter=max_iter, free=free, policy=policy)
+    return prob.solve_dense(
+        coupling, tol=tol, max_iter=max_iter, free=frame == "free", policy=policy
+    )
+
+
+def _check_options(
+    direction: int, frame: str, nudge: str, tol: float, max_iter: int, method: str
+) -> None:
+    if direction not in (1, -1):
+        raise ValueError(f"direction: {direction!r} must be +1 (toward target) or -1 (away)")
+    if frame not in ("pinned", "free"):
+        raise ValueError(f"frame: {frame!r} is not a frame; use 'pinned' or 'free'")
+    if nudge not in ("linear", "injection"):
+        raise ValueError(f"nudge: {nudge!r} is not a nudge kind; use 'linear' or 'injection'")
+    if not (tol > 0 and max_iter >= 1):
+        raise ValueError(f"tol/max_iter: need tol > 0 and max_iter >= 1, got {tol}, {max_iter}")
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not a solver path; use one of {METHODS}")
 
 
 def _is_symmetric(K: ArrayLike | sp.spmatrix | sp.sparray, coupling: CouplingFunction) -> bool:
