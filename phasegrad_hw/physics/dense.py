@@ -45,7 +45,11 @@ class _DenseModel:
         self.free = free
         self.lo = 0 if free else 1  # first state entry Newton updates (0: Ω in slot 0)
         self.w, self.K, self.coupling = w, K, coupling
-        self.bet, self.tgt, self.nudge = (None, None, "linear") if nudge is None else nudge
+        self.bet: Array | None = None
+        self.tgt: Array | None = None
+        self.nudge: NudgeKind = "linear"
+        if nudge is not None:
+            self.bet, self.tgt, self.nudge = nudge
         self.fast = len(coupling.harmonics) == 1 and coupling.is_odd
         self.Ka = K * coupling.harmonics[0] if self.fast else K
         n = w.shape[-1]

@@ -67,7 +67,7 @@ class EdgeNetwork:
         """Edges of the upper triangle of a symmetric K (N, N) or (B, N, N) — the union of the
         rows' non-zero patterns — and their couplings (B, E); raises ValueError if K is not
         symmetric."""
-        Km = np.asarray(K.toarray() if sp.issparse(K) else K, dtype=np.float64)
+        Km = np.asarray(sp.csr_matrix(K).toarray() if sp.issparse(K) else K, dtype=np.float64)
         Kb = Km if Km.ndim == 3 else Km[None]
         if not np.array_equal(Kb, np.swapaxes(Kb, 1, 2)):
             raise ValueError("K: the edge path needs a symmetric coupling matrix")

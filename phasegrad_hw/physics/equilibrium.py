@@ -100,7 +100,7 @@ def solve_equilibrium(
     if method == "sparse" or (method == "auto" and sp.issparse(K)):
         if frame == "free":
             raise ValueError("frame: 'free' with asymmetric K or non-odd H needs the dense path")
-        Ks = K if sp.issparse(K) else sp.csr_matrix(_as_float_array("K", K))  # type: ignore[arg-type]
+        Ks = K if sp.issparse(K) else sp.csr_matrix(_as_float_array("K", K))
         b, t, kind, d = nud
         return _solve_sparse(
             omega, Ks, coupling, theta0=theta0, ref=ref, beta=b, target=t, nudge=kind,

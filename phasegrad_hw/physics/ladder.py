@@ -95,25 +95,18 @@ def solve_locked(
         if rows.size == 0:
             break
         Kr = K[rows] if K is not None else edges.dense(k[rows])  # type: ignore[union-attr,index]
-        kw = {} if nudge is None else {
-            "beta": nudge.beta[rows], "target": nudge.target[rows], "nudge": nudge.kind,
-            "direction": nudge.direction,
-        }  # fmt: skip
-        th0 = theta0[rows] if warm else None
-        if rows.size == 1:  # one network: the single-network paths (compiled when eligible)
-            kw = {key: v[0] if isinstance(v, np.ndarray) else v for key, v in kw.items()}
-            eq = solve_equilibrium(
-                W[rows[0]], Kr[0], coupling, theta0=None if th0 is None else th0[0], ref=ref,
-                tol=tol, max_iter=max_iter, frame=frame, policy=policy, **kw,
-            )  # fmt: skip
-            good = np.atleast_1d(np.asarray(eq.ok, dtype=bool))
-            got = np.atleast_2d(eq.theta)
-        else:
-            eq = solve_equilibrium(
-                W[rows], Kr, coupling, theta0=th0, ref=ref, tol=tol, max_iter=max_iter,
-                frame=frame, policy=policy, **kw,
-            )  # fmt: skip
-            good, got = np.asarray(eq.ok, dtype=bool), eq.theta
+        pick = rows[0] if rows.size == 1 else rows  # one network: the single-network paths
+        th0 = theta0[pick] if warm else None
+        eq = solve_equilibrium(
+            W[pick], Kr[0] if rows.size == 1 else Kr, coupling, theta0=th0, ref=ref,
+            beta=None if nudge is None else nudge.beta[pick],
+            target=None if nudge is None else nudge.target[pick],
+            nudge="linear" if nudge is None else nudge.kind,
+            direction=1 if nudge is None else nudge.direction,
+            tol=tol, max_iter=max_iter, frame=frame, policy=policy,
+        )  # fmt: skip
+        good = np.atleast_1d(np.asarray(eq.ok, dtype=bool))
+        got = np.atleast_2d(eq.theta)
         if warm:  # rows that find no lock report the warm damped state (what a read shows)
             theta[rows] = got
         else:
