@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -92,10 +92,15 @@ class _SparseSystem:
     beta: Array | None
     target: Array | None
     nudge: NudgeKind
+    keep: NDArray[np.intp] = field(init=False)
+    inner: NDArray[np.bool_] = field(init=False)  # edges off the reference
+    remap: NDArray[np.intp] = field(init=False)  # oscillator → reduced index
 
-    @property
-    def keep(self) -> NDArray[np.intp]:
-        return np.flatnonzero(np.arange(self.net.n) != self.r)
+    def __post_init__(self) -> None:
+        n, r, net = self.net.n, self.r, self.net
+        object.__setattr__(self, "keep", np.flatnonzero(np.arange(n) != r))
+        object.__setattr__(self, "inner", (net.rows != r) & (net.cols != r))
+        object.__setattr__(self, "remap", np.cumsum(np.arange(n) != r) - 1)
 
     def force(self, t: Array) -> Array:
         F = self.net.residual(t, self.w, self.coupling)
@@ -104,15 +109,14 @@ class _SparseSystem:
 
     def jacobian(self, t: Array) -> tuple[sp.csr_matrix, Array]:
         """J̃ (sparse, reduced) and the edge weights K_e H'(Δ_e) at θ."""
-        net, n, r = self.net, self.net.n, self.r
+        net, n = self.net, self.net.n
         d = t[net.cols] - t[net.rows]
         wts = net.weights * self.coupling.derivative(d)
         diag: Array = -np.bincount(net.rows, wts, minlength=n).astype(np.float64)
         nt = _nudge_terms(t, self.beta, self.target, self.nudge)
         if nt is not None:
             diag = diag + nt[1]
-        inner = (net.rows != r) & (net.cols != r)
-        remap = np.cumsum(np.arange(n) != r) - 1
+        inner, remap = self.inner, self.remap
         m = n - 1
         rows = np.concatenate([remap[net.rows[inner]], np.arange(m)])
         cols = np.concatenate([remap[net.cols[inner]], np.arange(m)])
