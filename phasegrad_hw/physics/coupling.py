@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 Array = NDArray[np.float64]
 NudgeKind = Literal["linear", "injection"]
-_EPS = float(np.finfo(np.float64).eps)
 
 
 # --------------------------------------------------------------------------- validation
