@@ -9,9 +9,11 @@ row sum) [+ nudge terms], in rad per model time unit. A solution is stable when 
 shift·I is positive definite with shift = ``stability_shift``·max|J̃| (Cholesky), or, for a
 non-symmetric J̃, when every eigenvalue's real part is below −shift.
 
-Every path (dense, edge, sparse, compiled) takes its numbers from :data:`NEWTON`, and the
-pieces of the iteration they share — trust region, Armijo backtracking over a batch of
-rows, the stall test — live here once (:func:`trust_region`, :func:`backtrack`).
+The dense, edge and sparse paths take their numbers from the policy they are given
+(:data:`NEWTON` by default), and the pieces of the iteration they share — trust region,
+Armijo backtracking over a batch of rows, the stall test — live here once
+(:func:`trust_region`, :func:`backtrack`, :func:`stalled`). The compiled kernel has the
+default numbers built in, so the dispatcher uses it only with :data:`NEWTON`.
 """
 
 from __future__ import annotations
