@@ -212,7 +212,9 @@ def newton_dense(
 ) -> Equilibrium:
     """Damped Newton over a batch (B, N) (reference at index 0); only unconverged rows keep
     iterating. One small network (N <= 64) evaluates H exactly throughout; otherwise the
-    product formulas iterate and the exact evaluation polishes once every row has stopped."""
+    product formulas iterate and the exact evaluation polishes once every row has stopped.
+    ``stable`` is decided lazily, on first access (a caller that judges lock itself never
+    pays for it)."""
     B, N = th0.shape
     exact = not model.fast or (B == 1 and N <= _EXACT_MAX_N)
     th = th0 - th0[:, :1]
@@ -233,7 +235,19 @@ def newton_dense(
         active = (res > tol) & (iters < max_iter)
         if not active.any():
             break
-    return _finish(model, th, F, cache, iters, tol, symmetric, policy)
+    return _finish(model, (th, F, cache, res), iters, tol, symmetric, policy)
+
+
+def _active_rows(active: NDArray[np.bool_]) -> NDArray[np.intp] | None:
+    """Indices of the active rows; None when every row is active (the whole batch is worked
+    on in place, no gathers), an empty array when none is."""
+    if len(active) == 1:
+        return None if active[0] else _NONE
+    a = np.flatnonzero(active)
+    return None if a.size == len(active) else a
+
+
+_NONE = np.zeros(0, dtype=np.intp)
 
 
 def _iterate(
@@ -249,31 +263,37 @@ def _iterate(
     policy: NewtonPolicy,
 ) -> tuple[Array, Array, tuple[Array, ...]]:
     """Newton steps on the ``active`` rows until each converges, stalls or runs out of
-    iterations; updates ``res``/``iters``/``active`` in place."""
+    iterations (an active row always has iterations left); updates ``res``/``iters``/
+    ``active`` in place."""
     th, F, cache, res = state
-    B, lo = len(th), model.lo
-    while active.any() and int(iters[active].max()) < max_iter:
-        a = np.flatnonzero(active)
-        full = len(a) == B
-        m = model if full else model.subset(a)
-        tha = th if full else th[a]
-        Fa = F if full else F[a]
-        ca = cache if full else tuple(x[a] for x in cache)
+    lo = model.lo
+    while True:
+        a = _active_rows(active)
+        if a is not None and a.size == 0:
+            break
+        if a is None:
+            m, tha, Fa, ca, ra = model, th, F, cache, res
+        else:
+            m, tha, Fa, ra = model.subset(a), th[a], F[a], res[a]
+            ca = tuple(x[a] for x in cache)
         step = _linear_solve(m.neg_jacobian(tha, ca), Fa, symmetric)  # (−J̃) s = F̃
         step = trust_region(step, policy, 1 - lo)
         evaluate = partial(_trial, m, tha, step, exact)
         trial, Ft, ct = backtrack(evaluate, np.einsum("bi,bi->b", Fa, Fa), m.floor, policy)
         new_res = np.abs(Ft).max(axis=1)
-        stop = stalled(new_res, res[a], m.floor)
-        if full:
+        go = (new_res > tol) & ~stalled(new_res, ra, m.floor)
+        if a is None:
             th, F, cache = trial, Ft, ct
-        else:
-            th[a], F[a] = trial, Ft
-            for x, y in zip(cache, ct, strict=True):
-                x[a] = y
+            res[:] = new_res
+            iters += 1
+            active &= go & (iters < max_iter)
+            continue
+        th[a], F[a] = trial, Ft
+        for x, y in zip(cache, ct, strict=True):
+            x[a] = y
         res[a] = new_res
         iters[a] += 1
-        active[a] = (new_res > tol) & ~stop & (iters[a] < max_iter)
+        active[a] = go & (iters[a] < max_iter)
     return th, F, cache
 
 
@@ -281,33 +301,47 @@ def _trial(
     m: _DenseModel, tha: Array, step: Array, exact: bool, rows: NDArray[np.intp], alpha: float
 ) -> tuple[Array, Array, tuple[Array, ...]]:
     """State, F̃ and cache of ``rows`` after a step of length ``alpha``."""
-    mr = m if len(rows) == len(tha) else m.subset(rows)
-    t = tha[rows]
-    t[:, m.lo :] += step[rows] if alpha == 1.0 else alpha * step[rows]
+    if len(rows) == len(tha):
+        mr, t, sr = m, tha.copy(), step
+    else:
+        mr, t, sr = m.subset(rows), tha[rows], step[rows]
+    t[:, m.lo :] += sr if alpha == 1.0 else alpha * sr
     return (t, *mr.force(t, exact))
 
 
 def _finish(
     model: _DenseModel,
-    th: Array,
-    F: Array,
-    cache: tuple[Array, ...],
+    state: tuple[Array, Array, tuple[Array, ...], Array],
     iters: NDArray[np.int64],
     tol: float,
     symmetric: bool,
     policy: NewtonPolicy,
 ) -> Equilibrium:
     """Wrap (only rows that need it: wrapping rounds), residual on the exact evaluation,
-    convergence and stability."""
+    convergence; stability decided on first access of ``stable`` (it needs −J at θ only)."""
+    th, F, cache, res = state
     wrapped = np.abs(th[:, 1:]).max(axis=1) >= np.pi
-    if wrapped.any():
+    rewrap = bool(wrapped.any())
+    if rewrap:
         th[wrapped, 1:] = wrap(th[wrapped, 1:])
-    if wrapped.any() or len(cache) != 1:
+    if rewrap or len(cache) != 1:
         F, cache = model.force(th, True)
-    res = np.abs(F).max(axis=1)
+        res = np.abs(F).max(axis=1)
     converged = res <= np.maximum(tol, model.floor)
-    stable, margin = stability(
-        model.stability_matrix(th, cache), symmetric and not model.free, policy
-    )
+    x = th.copy()  # the state the stability check reads (θ_0 slot: Ω in free mode)
     th[:, 0] = 0.0
-    return Equilibrium(th, res, iters, converged, stable, margin, path="dense")
+    judged: list[tuple[NDArray[np.bool_], Array | Callable[[], Array]]] = []
+
+    def decide() -> tuple[NDArray[np.bool_], Array | Callable[[], Array]]:
+        if not judged:
+            A = model.stability_matrix(x, cache)
+            judged.append(stability(A, symmetric and not model.free, policy))
+        return judged[0]
+
+    def margin() -> Array:
+        mg = decide()[1]
+        return np.asarray(mg() if callable(mg) else mg, dtype=np.float64)
+
+    return Equilibrium(
+        th, res, iters, converged, lambda: decide()[0], margin, path="dense"
+    )

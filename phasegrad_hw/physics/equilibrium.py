@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -214,11 +215,9 @@ class _Problem:
             eq.theta = eq.theta[:, np.argsort(self.perm)]
         if not self.single:
             return eq
-        lazy = eq._margin
-        margin = (lambda: np.asarray(lazy())[0]) if callable(lazy) else np.asarray(lazy)[0]
         return Equilibrium(
             eq.theta[0], np.asarray(eq.residual[0]), np.asarray(eq.iterations[0]),
-            np.asarray(eq.converged[0]), np.asarray(eq.stable[0]), margin, path=eq.path,
+            np.asarray(eq.converged[0]), _first(eq._stable), _first(eq._margin), path=eq.path,
         )  # fmt: skip
 
     def solve_dense(
@@ -244,3 +243,13 @@ class _Problem:
             nudge=self.kind, damped=True, tol=tol, max_iter=max_iter, policy=policy,
         )  # fmt: skip
         return self.result(eq)
+
+
+_T = TypeVar("_T", bound=np.generic)
+
+
+def _first(x: NDArray[_T] | Callable[[], NDArray[_T]]) -> NDArray[_T] | Callable[[], NDArray[_T]]:
+    """Row 0 of a batch-of-one result field, kept lazy when it is (evaluated on access)."""
+    if callable(x):
+        return lambda: np.asarray(x())[0]
+    return np.asarray(x)[0]

@@ -6,6 +6,11 @@ an edge list with symmetric couplings and odd H), (2) damped Newton
 (:func:`~phasegrad_hw.physics.solve_equilibrium`) from the warm start for the rows that
 failed, (3) damped Newton from a cold start (θ = 0) for the rows still without a stable
 lock — a cold start can find the stable state a warm start jumped past.
+
+A rung accepts a row when its state is converged and stable (``accept="stable"``), or, for a
+caller that judges lock from its own linearisation (an emulated chip, which needs the
+eigen-decomposition of the Jacobian anyway), when it is converged (``accept="converged"``):
+the damped rungs then never compute a stability check nobody reads.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ FAST, WARM, COLD, FAILED = 0, 1, 2, -1  # ladder stages (``Locked.stage``)
 @dataclass(frozen=True)
 class Locked:
     """Ladder result: ``theta`` (B, N) rad (the warm damped state where no lock was found),
-    ``ok`` (B,) a stable converged lock, ``stage`` (B,) the rung that found it (FAST, WARM,
+    ``ok`` (B,) a stable converged lock (converged only, for ``accept="converged"``), ``stage`` (B,) the rung that found it (FAST, WARM,
     COLD; FAILED)."""
 
     theta: Array
@@ -63,11 +68,14 @@ def solve_locked(
     tol: float = NEWTON.tol,
     max_iter: int = NEWTON.max_iter,
     policy: NewtonPolicy = NEWTON,
+    accept: Literal["stable", "converged"] = "stable",
 ) -> Locked:
     """Locked states of B rows by the ladder: frequencies ``W`` (B, N) in the solve frame,
     warm starts ``theta0`` (B, N); couplings as dense ``K`` (B, N, N) and/or as ``edges`` with
     edge couplings ``k`` (B, E) (the fast rung runs only with ``edges``/``k``, the damped
     rungs use ``K`` or build it from the edges). ``frame`` as in :func:`solve_equilibrium`.
+    ``accept`` what a rung must reach for a row to be done (``Locked.ok``): "stable" (a
+    converged, stable lock) or "converged" (stability left to the caller).
     """
     if K is None and (edges is None or k is None):
         raise ValueError("K: give the coupling matrices or the edges with their couplings")
@@ -83,7 +91,7 @@ def solve_locked(
             nudge="linear" if nudge is None else nudge.kind, damped=False, tol=tol,
             policy=policy,
         )  # fmt: skip
-        ok = eq.converged & eq.stable
+        ok = eq.converged & eq.stable if accept == "stable" else eq.converged.copy()
         stage[ok] = FAST
         if ok.all():
             return Locked(eq.theta, ok, stage)
@@ -105,7 +113,7 @@ def solve_locked(
             direction=1 if nudge is None else nudge.direction,
             tol=tol, max_iter=max_iter, frame=frame, policy=policy,
         )  # fmt: skip
-        good = np.atleast_1d(np.asarray(eq.ok, dtype=bool))
+        good = np.atleast_1d(np.asarray(eq.ok if accept == "stable" else eq.converged, dtype=bool))
         got = np.atleast_2d(eq.theta)
         if warm:  # rows that find no lock report the warm damped state (what a read shows)
             theta[rows] = got

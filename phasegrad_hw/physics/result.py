@@ -26,12 +26,14 @@ class Equilibrium:
     ``ok`` is converged and stable. Arrays carry the batch shape of the input. ``path`` names
     the solver that ran ("dense", "edge", "sparse" or "compiled"; None if not recorded).
 
-    ``margin`` may be passed as an array or as a zero-argument callable; a callable is
-    evaluated on first access (the solver decides ``stable`` from a Cholesky factorisation and
-    only pays for the eigenvalue when someone asks for it).
+    ``stable`` and ``margin`` may be passed as arrays or as zero-argument callables; a
+    callable is evaluated once, on first access, and its value kept: a caller that judges
+    stability itself (an emulated chip decides lock from its own linearisation) never pays
+    for the solver's check, and the solver decides ``stable`` from a Cholesky factorisation
+    without paying for the eigenvalue unless someone asks for ``margin``.
     """
 
-    __slots__ = ("theta", "residual", "iterations", "converged", "stable", "_margin", "path")
+    __slots__ = ("theta", "residual", "iterations", "converged", "_stable", "_margin", "path")
 
     def __init__(
         self,
@@ -39,7 +41,7 @@ class Equilibrium:
         residual: Array,
         iterations: NDArray[np.int64] | Array,
         converged: NDArray[np.bool_],
-        stable: NDArray[np.bool_],
+        stable: NDArray[np.bool_] | Callable[[], NDArray[np.bool_]],
         margin: Array | Callable[[], Array],
         *,
         path: SolverPath | None = None,
@@ -48,9 +50,15 @@ class Equilibrium:
         self.residual = residual
         self.iterations = iterations
         self.converged = converged
-        self.stable = stable
+        self._stable = stable
         self._margin = margin
         self.path: SolverPath | None = path
+
+    @property
+    def stable(self) -> NDArray[np.bool_]:
+        if callable(self._stable):
+            self._stable = np.asarray(self._stable(), dtype=np.bool_)
+        return self._stable
 
     @property
     def margin(self) -> Array:
