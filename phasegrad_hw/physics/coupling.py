@@ -84,25 +84,27 @@ class CouplingFunction:
     def value(self, phi: ArrayLike) -> Array:
         """H(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        out = self.harmonics[0] * np.sin(p - self.phase_lag)
+        lag = self.phase_lag
+        out = self.harmonics[0] * np.sin(p - lag if lag else p)
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
-                out = out + a * np.sin(k * p - self.phase_lag)
+                out += a * np.sin(k * p - lag if lag else k * p)
         if self.offset:
-            out = out + self.offset
+            out += self.offset
         if self.cos_offset:
-            out = out + self.cos_offset * np.cos(p)
+            out += self.cos_offset * np.cos(p)
         return out
 
     def derivative(self, phi: ArrayLike) -> Array:
         """H'(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        out = self.harmonics[0] * np.cos(p - self.phase_lag)
+        lag = self.phase_lag
+        out = self.harmonics[0] * np.cos(p - lag if lag else p)
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
-                out = out + k * a * np.cos(k * p - self.phase_lag)
+                out += k * a * np.cos(k * p - lag if lag else k * p)
         if self.cos_offset:
-            out = out - self.cos_offset * np.sin(p)
+            out -= self.cos_offset * np.sin(p)
         return out
 
     def value_and_derivative(self, phi: Array) -> tuple[Array, Array]:
@@ -217,12 +219,12 @@ def _nudge_args(
     if beta is None:
         return None, None
     b = _as_float_array("beta", beta)
-    if np.any(b < 0):
+    if (b < 0).any():
         raise ValueError(f"beta: {b[b < 0].ravel()[0]} is negative; nudge strength must be >= 0")
     t = _as_float_array("target", 0.0 if target is None else target)
-    try:
-        bb = np.broadcast_to(b, shape)
-        tt = np.broadcast_to(t, shape)
+    try:  # (arrays of the right shape as they are: broadcast_to is slow for small arrays)
+        bb = b if b.shape == shape else np.broadcast_to(b, shape)
+        tt = t if t.shape == shape else np.broadcast_to(t, shape)
     except ValueError as exc:
         raise ValueError(f"beta/target: shapes {b.shape}, {t.shape} do not fit {shape}") from exc
     return bb * float(direction), tt

@@ -53,12 +53,12 @@ class _DenseModel:
         self.fast = len(coupling.harmonics) == 1 and coupling.is_odd
         self.Ka = K * coupling.harmonics[0] if self.fast else K
         n = w.shape[-1]
-        self.diag = np.arange(n - 1)
+        self.idx = np.arange(n)
         kb = np.abs(K).sum(axis=-1).max(axis=-1)
-        scale = 1.0 + np.abs(w).max(axis=-1) + kb
+        scale = 1.0 + np.abs(w).max(axis=-1) + kb  # (B,): w is (B, N)
         if self.bet is not None and self.tgt is not None:
             scale = scale + np.abs(self.bet).max(axis=-1) * (1.0 + np.abs(self.tgt).max(axis=-1))
-        self.floor = np.broadcast_to(policy.rounding_floor(scale, n), w.shape[:1])
+        self.floor = np.asarray(policy.rounding_floor(scale, n), dtype=np.float64)
 
     def subset(self, idx: NDArray[np.intp]) -> _DenseModel:
         m = object.__new__(_DenseModel)
@@ -67,7 +67,7 @@ class _DenseModel:
         m.Ka = self.Ka[idx] if self.Ka.ndim == 3 else self.Ka
         m.bet = None if self.bet is None else self.bet[idx]
         m.tgt = None if self.tgt is None else self.tgt[idx]
-        m.diag, m.floor = self.diag, self.floor[idx]
+        m.idx, m.floor = self.idx, self.floor[idx]
         m.free, m.lo = self.free, self.lo
         return m
 
@@ -127,9 +127,9 @@ class _DenseModel:
             t = x.copy()
             t[..., 0] = 0.0
             d = d + (self.bet if self.nudge == "linear" else self.bet * np.cos(self.tgt - t))
-        A = -Wm
-        n = A.shape[-1]
-        A[..., np.arange(n), np.arange(n)] = d
+        A = np.negative(Wm, out=Wm)  # (Wm is a fresh product)
+        idx = self.idx
+        A[..., idx, idx] = d
         return A
 
     def neg_jacobian(self, x: Array, cache: tuple[Array, ...]) -> Array:
@@ -166,7 +166,7 @@ def _linear_solve(A: Array, b: Array, symmetric: bool) -> Array:
             if info == 0:
                 return np.asarray(x)[None]
         _, _, x, info = lapack.dgesv(A[0], b[0])
-        if info == 0 and np.all(np.isfinite(x)):
+        if info == 0 and np.isfinite(x).all():
             return np.asarray(x)[None]
         return np.asarray(np.linalg.lstsq(A[0], b[0], rcond=None)[0])[None]
     try:
@@ -223,7 +223,7 @@ def newton_dense(
     iters = np.zeros(B, dtype=np.int64)
     active = res > tol
     while True:
-        th, F, cache = _iterate(
+        th, F, cache, res = _iterate(
             model, (th, F, cache, res), iters, active,
             exact=exact, symmetric=symmetric, tol=tol, max_iter=max_iter, policy=policy,
         )  # fmt: skip
@@ -261,10 +261,10 @@ def _iterate(
     tol: float,
     max_iter: int,
     policy: NewtonPolicy,
-) -> tuple[Array, Array, tuple[Array, ...]]:
+) -> tuple[Array, Array, tuple[Array, ...], Array]:
     """Newton steps on the ``active`` rows until each converges, stalls or runs out of
-    iterations (an active row always has iterations left); updates ``res``/``iters``/
-    ``active`` in place."""
+    iterations (an active row always has iterations left); returns (θ, F̃, cache, residual)
+    and updates ``iters``/``active`` in place."""
     th, F, cache, res = state
     lo = model.lo
     while True:
@@ -281,10 +281,11 @@ def _iterate(
         evaluate = partial(_trial, m, tha, step, exact)
         trial, Ft, ct = backtrack(evaluate, np.einsum("bi,bi->b", Fa, Fa), m.floor, policy)
         new_res = np.abs(Ft).max(axis=1)
-        go = (new_res > tol) & ~stalled(new_res, ra, m.floor)
+        go = new_res > tol
+        if (new_res >= ra).any():
+            go &= ~stalled(new_res, ra, m.floor)
         if a is None:
-            th, F, cache = trial, Ft, ct
-            res[:] = new_res
+            th, F, cache, res = trial, Ft, ct, new_res
             iters += 1
             active &= go & (iters < max_iter)
             continue
@@ -294,7 +295,7 @@ def _iterate(
         res[a] = new_res
         iters[a] += 1
         active[a] = go & (iters[a] < max_iter)
-    return th, F, cache
+    return th, F, cache, res
 
 
 def _trial(

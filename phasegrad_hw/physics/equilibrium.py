@@ -182,10 +182,10 @@ class _Problem:
         if N < 2:
             raise ValueError(f"omega: {N} oscillator(s); need at least 2")
         th0 = np.zeros(w.shape)
-        if theta0 is not None:
+        if theta0 is not None:  # (read only by the solvers: no copy when the shape fits)
             t0 = _as_float_array("theta0", theta0)
             try:
-                th0 = np.array(np.broadcast_to(t0, w.shape))
+                th0 = t0 if t0.shape == w.shape else np.array(np.broadcast_to(t0, w.shape))
             except ValueError as exc:
                 raise ValueError(f"theta0: shape {t0.shape} does not fit omega {w.shape}") from exc
         beta, target, kind, direction = nud

@@ -30,13 +30,15 @@ from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy
 log = logging.getLogger(__name__)
 
 FAST, WARM, COLD, FAILED = 0, 1, 2, -1  # ladder stages (``Locked.stage``)
+_ONE = np.zeros(1, dtype=np.intp)  # the rows of a batch of one
+_NONE = np.zeros(0, dtype=np.intp)
 
 
 @dataclass(frozen=True)
 class Locked:
     """Ladder result: ``theta`` (B, N) rad (the warm damped state where no lock was found),
-    ``ok`` (B,) a stable converged lock (converged only, for ``accept="converged"``), ``stage`` (B,) the rung that found it (FAST, WARM,
-    COLD; FAILED)."""
+    ``ok`` (B,) a stable converged lock (converged only, for ``accept="converged"``),
+    ``stage`` (B,) the rung that found it (FAST, WARM, COLD; FAILED)."""
 
     theta: Array
     ok: NDArray[np.bool_]
@@ -99,14 +101,18 @@ def solve_locked(
     if eq is not None:
         theta[ok] = eq.theta[ok]
     for rung, warm in ((WARM, True), (COLD, False)):
-        rows = np.flatnonzero(~ok)
+        rows = (_ONE if not ok[0] else _NONE) if B == 1 else np.flatnonzero(~ok)
         if rows.size == 0:
             break
-        Kr = K[rows] if K is not None else edges.dense(k[rows])  # type: ignore[union-attr,index]
         pick = rows[0] if rows.size == 1 else rows  # one network: the single-network paths
+        if K is not None:
+            Kr = K[pick]
+        else:
+            Kd = edges.dense(k[rows])  # type: ignore[union-attr,index]
+            Kr = Kd[0] if rows.size == 1 else Kd
         th0 = theta0[pick] if warm else None
         eq = solve_equilibrium(
-            W[pick], Kr[0] if rows.size == 1 else Kr, coupling, theta0=th0, ref=ref,
+            W[pick], Kr, coupling, theta0=th0, ref=ref,
             beta=None if nudge is None else nudge.beta[pick],
             target=None if nudge is None else nudge.target[pick],
             nudge="linear" if nudge is None else nudge.kind,

@@ -68,6 +68,8 @@ def trust_region(step: Array, policy: NewtonPolicy = NEWTON, lo: int = 0) -> Arr
     return step * np.minimum(1.0, policy.trust_rad / np.maximum(big, 1e-300))
 
 
+_ROWS = np.arange(64)  # row indices of small batches (read only)
+
 Evaluate = Callable[[NDArray[np.intp], float], tuple[Array, Array, tuple[Array, ...]]]
 
 
@@ -82,9 +84,11 @@ def backtrack(
     ``line_search_trials`` lengths the smallest is taken anyway (escapes plateaus).
     Returns (state, F̃, cache) of every row.
     """
-    rows = np.arange(len(norm0))
+    rows = _ROWS[: len(norm0)] if len(norm0) <= len(_ROWS) else np.arange(len(norm0))
     trial, F, cache = evaluate(rows, 1.0)
     good = np.einsum("bi,bi->b", F, F) <= (1.0 - policy.armijo) * norm0
+    if good.all():  # the full Newton step decreases every row (the usual case)
+        return trial, F, cache
     good |= np.abs(F).max(axis=1) <= floor
     p = np.flatnonzero(~good)
     alpha = 1.0
