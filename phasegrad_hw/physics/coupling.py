@@ -44,6 +44,16 @@ def _check_ref(ref: int, n: int) -> int:
     return int(ref)
 
 
+def diagonal_view(A: Array) -> Array:
+    """Writable view (..., n) of the diagonals of a stack of square matrices (..., n, n) laid
+    out contiguously (a fresh product: basic slicing, no fancy-index gathers); raises if A is
+    not contiguous rather than writing into a copy."""
+    n = A.shape[-1]
+    flat = A.view()
+    flat.shape = (*A.shape[:-2], n * n)  # AttributeError if this needs a copy
+    return flat[..., :: n + 1]
+
+
 def wrap(x: ArrayLike) -> Array:
     """Wrap angles (rad) to [−π, π): the angle of e^{ix}."""
     return np.remainder(np.asarray(x, dtype=np.float64) + np.pi, 2.0 * np.pi) - np.pi
@@ -111,6 +121,8 @@ class CouplingFunction:
         """(H(φ), H'(φ)); the pure-sine case shares one pass."""
         if len(self.harmonics) == 1 and self.is_odd:
             a = self.harmonics[0]
+            if a == 1.0:
+                return np.sin(phi), np.cos(phi)
             return a * np.sin(phi), a * np.cos(phi)
         return self.value(phi), self.derivative(phi)
 
@@ -181,13 +193,12 @@ def jacobian(
     """∂(dθ_i/dt)/∂θ_j: K_ij H'(θ_j − θ_i) off the diagonal, minus the row sum on it."""
     th = np.asarray(theta, dtype=np.float64)
     W = np.asarray(K, dtype=np.float64) * coupling.derivative(phase_differences(th))
-    n = th.shape[-1]
-    idx = np.arange(n)
-    W[..., idx, idx] = 0.0
-    W[..., idx, idx] = -W.sum(axis=-1)
+    diag = diagonal_view(W)
+    diag[...] = 0.0
+    diag[...] = -W.sum(axis=-1)
     nt = _nudge_terms(th, _opt(beta), _opt(target), nudge)
     if nt is not None:
-        W[..., idx, idx] += nt[1]
+        diag += nt[1]
     return W
 
 

@@ -15,8 +15,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind, wrap
-from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy, backtrack, stalled, trust_region
+from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind, diagonal_view, wrap
+from phasegrad_hw.physics.policy import (
+    NEWTON,
+    NewtonPolicy,
+    active_rows,
+    backtrack,
+    stalled,
+    trust_region,
+)
 from phasegrad_hw.physics.result import Equilibrium
 
 log = logging.getLogger(__name__)
@@ -53,7 +60,6 @@ class _DenseModel:
         self.fast = len(coupling.harmonics) == 1 and coupling.is_odd
         self.Ka = K * coupling.harmonics[0] if self.fast else K
         n = w.shape[-1]
-        self.idx = np.arange(n)
         kb = np.abs(K).sum(axis=-1).max(axis=-1)
         scale = 1.0 + np.abs(w).max(axis=-1) + kb  # (B,): w is (B, N)
         if self.bet is not None and self.tgt is not None:
@@ -67,7 +73,7 @@ class _DenseModel:
         m.Ka = self.Ka[idx] if self.Ka.ndim == 3 else self.Ka
         m.bet = None if self.bet is None else self.bet[idx]
         m.tgt = None if self.tgt is None else self.tgt[idx]
-        m.idx, m.floor = self.idx, self.floor[idx]
+        m.floor = self.floor[idx]
         m.free, m.lo = self.free, self.lo
         return m
 
@@ -128,8 +134,7 @@ class _DenseModel:
             t[..., 0] = 0.0
             d = d + (self.bet if self.nudge == "linear" else self.bet * np.cos(self.tgt - t))
         A = np.negative(Wm, out=Wm)  # (Wm is a fresh product)
-        idx = self.idx
-        A[..., idx, idx] = d
+        diagonal_view(A)[...] = d
         return A
 
     def neg_jacobian(self, x: Array, cache: tuple[Array, ...]) -> Array:
@@ -184,14 +189,18 @@ def stability(
     Symmetric A: a Cholesky factorisation of A − shift·I decides (the margin, the smallest
     eigenvalue, is computed lazily); otherwise the eigenvalues of A are computed.
     """
-    thresh = policy.stability_threshold(np.abs(A).max(axis=(1, 2)))
+    thresh = np.asarray(policy.stability_threshold(np.abs(A).max(axis=(1, 2))))
     if symmetric:
-        shifted = A - np.asarray(thresh)[:, None, None] * np.eye(A.shape[-1])
-        try:
-            np.linalg.cholesky(shifted)
-            stable = np.ones(len(A), dtype=bool)
-        except np.linalg.LinAlgError:
-            stable = np.linalg.eigvalsh(A)[:, 0] > thresh
+        shifted = A.copy()  # (contiguous, also for a slice of −J)
+        diagonal_view(shifted)[...] -= thresh[:, None]
+        if len(A) == 1:  # one matrix: LAPACK directly (info > 0: not positive definite)
+            stable = np.array([lapack.dpotrf(shifted[0])[1] == 0])
+        else:
+            try:
+                np.linalg.cholesky(shifted)
+                stable = np.ones(len(A), dtype=bool)
+            except np.linalg.LinAlgError:
+                stable = np.linalg.eigvalsh(A)[:, 0] > thresh
 
         def margin() -> Array:
             return np.asarray(np.linalg.eigvalsh(A)[:, 0])
@@ -238,18 +247,6 @@ def newton_dense(
     return _finish(model, (th, F, cache, res), iters, tol, symmetric, policy)
 
 
-def _active_rows(active: NDArray[np.bool_]) -> NDArray[np.intp] | None:
-    """Indices of the active rows; None when every row is active (the whole batch is worked
-    on in place, no gathers), an empty array when none is."""
-    if len(active) == 1:
-        return None if active[0] else _NONE
-    a = np.flatnonzero(active)
-    return None if a.size == len(active) else a
-
-
-_NONE = np.zeros(0, dtype=np.intp)
-
-
 def _iterate(
     model: _DenseModel,
     state: tuple[Array, Array, tuple[Array, ...], Array],
@@ -268,7 +265,7 @@ def _iterate(
     th, F, cache, res = state
     lo = model.lo
     while True:
-        a = _active_rows(active)
+        a = active_rows(active)
         if a is not None and a.size == 0:
             break
         if a is None:

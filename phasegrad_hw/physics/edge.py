@@ -8,7 +8,7 @@ line search (docs/design.md §2); undamped, the iteration is the fast warm-start
 the retry ladder (:mod:`phasegrad_hw.physics.ladder`). Stability is checked on the result:
 positive edge weights k·H'(Δ) on a connected graph and a nudge that does not push away make
 −J̃ a grounded weighted Laplacian plus a non-negative diagonal, hence positive definite;
-otherwise the smallest eigenvalue of −J̃ decides.
+otherwise −J̃ itself decides (:func:`~phasegrad_hw.physics.dense.stability`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,23 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.csgraph import connected_components
 
-from phasegrad_hw.physics.coupling import SIN, Array, CouplingFunction, NudgeKind, wrap
-from phasegrad_hw.physics.dense import _linear_solve
-from phasegrad_hw.physics.policy import NEWTON, NewtonPolicy, backtrack, stalled, trust_region
+from phasegrad_hw.physics.coupling import (
+    SIN,
+    Array,
+    CouplingFunction,
+    NudgeKind,
+    diagonal_view,
+    wrap,
+)
+from phasegrad_hw.physics.dense import _linear_solve, stability
+from phasegrad_hw.physics.policy import (
+    NEWTON,
+    NewtonPolicy,
+    active_rows,
+    backtrack,
+    stalled,
+    trust_region,
+)
 from phasegrad_hw.physics.result import Equilibrium
 
 log = logging.getLogger(__name__)
@@ -41,7 +55,6 @@ class EdgeNetwork:
     S: Array = field(init=False, repr=False, compare=False)
     keep: NDArray[np.intp] = field(init=False, repr=False, compare=False)
     Sk: Array = field(init=False, repr=False, compare=False)
-    diag: NDArray[np.intp] = field(init=False, repr=False, compare=False)
     connected: bool = field(init=False, repr=False, compare=False)
     rows: slice | NDArray[np.intp] = field(init=False, repr=False, compare=False)
 
@@ -56,7 +69,6 @@ class EdgeNetwork:
         # the reduced rows as a slice when the reference is oscillator 0 (views, no copies)
         object.__setattr__(self, "rows", slice(1, None) if self.ref == 0 else keep)
         object.__setattr__(self, "Sk", S[keep])
-        object.__setattr__(self, "diag", np.arange(len(keep)))
         adj = sp.coo_matrix((np.ones(m), (self.ei, self.ej)), shape=(self.n, self.n))
         object.__setattr__(self, "connected", connected_components(adj, directed=False)[0] == 1)
 
@@ -93,6 +105,11 @@ class _EdgeSystem:
     beta: Array | None
     target: Array | None
     nudge: NudgeKind
+    nd_lin: Array | None = field(init=False, default=None)  # n' of a linear nudge: −β̃
+
+    def __post_init__(self) -> None:
+        if self.beta is not None and self.target is not None and self.nudge == "linear":
+            self.nd_lin = -self.beta[:, self.net.rows]
 
     def subset(self, rows: NDArray[np.intp]) -> _EdgeSystem:
         b, t = self.beta, self.target
@@ -110,9 +127,9 @@ class _EdgeSystem:
         if self.beta is None or self.target is None:
             return F[:, net.rows], (self.k * Hd,)
         d = self.target - th
-        if self.nudge == "linear":
+        if self.nd_lin is not None:
             F += self.beta * d
-            nd = -self.beta[:, net.rows]
+            nd = self.nd_lin
         else:
             F += self.beta * np.sin(d)
             nd = -(self.beta * np.cos(d))[:, net.rows]
@@ -126,8 +143,7 @@ class _EdgeSystem:
         else:
             A = np.matmul(Sk * cache[0][:, None, :], Sk.T)
         if len(cache) == 2:
-            idx = self.net.diag
-            A[:, idx, idx] -= cache[1]
+            diagonal_view(A)[...] -= cache[1]
         return A
 
     def floor(self, policy: NewtonPolicy) -> Array:
@@ -163,54 +179,56 @@ def solve_edges(
         raise ValueError("coupling: the edge path needs an odd H (no phase lag or offsets)")
     sys = _EdgeSystem(net, W, k, coupling, beta, target, nudge)
     steps = (policy.max_iter if damped else policy.fast_iters) if max_iter is None else max_iter
-    B = len(W)
     th = np.zeros(W.shape) if theta0 is None else theta0 - theta0[:, net.ref : net.ref + 1]
     floor = sys.floor(policy)
     goal = np.maximum(tol, floor)
     F, cache = sys.force(th)
     res = np.abs(F).max(axis=1)
-    iters = np.zeros(B, dtype=np.int64)
+    iters = np.zeros(len(W), dtype=np.int64)
     active = res > goal
     for _ in range(steps):  # a row stops for good, so every active row has made `_` steps
-        a = np.flatnonzero(active)
-        if a.size == 0:
+        a = active_rows(active)
+        if a is not None and a.size == 0:
             break
-        full = a.size == B
-        s = sys if full else sys.subset(a)
-        tha, Fa = (th, F) if full else (th[a], F[a])
-        A = s.neg_jacobian(cache if full else tuple(x[a] for x in cache))
+        s = sys if a is None else sys.subset(a)
+        tha, Fa = (th, F) if a is None else (th[a], F[a])
+        A = s.neg_jacobian(cache if a is None else tuple(x[a] for x in cache))
         # (−J̃) s = F̃; a singular −J̃ (disconnected graph) gets the least-squares step, a
         # non-finite step a NaN residual (the row stops, not converged)
         step = trust_region(_linear_solve(A, Fa, True), policy)
+        fl = floor if a is None else floor[a]
         if damped:
             norm0 = np.einsum("bi,bi->b", Fa, Fa)
-            trial, Ft, ct = backtrack(partial(_trial, s, tha, step), norm0, floor[a], policy)
+            trial, Ft, ct = backtrack(partial(_trial, s, tha, step), norm0, fl, policy)
         else:
-            trial, Ft, ct = _trial(s, tha, step, a, 1.0)
+            trial, Ft, ct = _trial(s, tha, step, _FULL, 1.0)
         new_res = np.abs(Ft).max(axis=1)
-        if full:
-            go = new_res > goal
-            if damped:
-                go &= ~stalled(new_res, res, floor)
-            th, F, cache, res, active = trial, Ft, ct, new_res, go
+        ra = res if a is None else res[a]
+        go = new_res > (goal if a is None else goal[a])
+        if damped and (new_res >= ra).any():
+            go &= ~stalled(new_res, ra, fl)
+        if a is None:
+            th, F, cache, res = trial, Ft, ct, new_res
             iters += 1
+            active = go
             continue
-        go = new_res > goal[a]
-        if damped:
-            go &= ~stalled(new_res, res[a], floor[a])
         th[a], F[a], res[a] = trial, Ft, new_res
         for x, y in zip(cache, ct, strict=True):
             x[a] = y
         iters[a] += 1
         active[a] = go
-    return _finish(sys, th, cache, (res, iters, floor), tol, policy)
+    return _finish(sys, th, cache, (res, iters, goal), policy)
+
+
+_FULL = np.zeros(0, dtype=np.intp)  # placeholder rows for an undamped step on every row
 
 
 def _trial(
     s: _EdgeSystem, tha: Array, step: Array, rows: NDArray[np.intp], alpha: float
 ) -> tuple[Array, Array, tuple[Array, ...]]:
-    """State, F̃ and cache of ``rows`` (indices into ``tha``) after a step of length ``alpha``."""
-    if len(rows) == len(tha):
+    """State, F̃ and cache of ``rows`` (indices into ``tha``; every row when ``rows`` is
+    empty or all of them) after a step of length ``alpha``."""
+    if len(rows) == 0 or len(rows) == len(tha):
         sr, t, sp_ = s, tha.copy(), step
     else:
         sr, t, sp_ = s.subset(rows), tha[rows], step[rows]
@@ -223,21 +241,22 @@ def _finish(
     th: Array,
     cache: tuple[Array, ...],
     counts: tuple[Array, NDArray[np.int64], Array],
-    tol: float,
     policy: NewtonPolicy,
 ) -> Equilibrium:
     """Convergence, stability (sufficient edge test, else eigenvalues) and wrapping."""
-    res, iters, floor = counts
-    converged = res <= np.maximum(tol, floor)  # (a NaN residual is not converged)
-    stable = np.all(cache[0] > 0.0, axis=1) & sys.net.connected
+    res, iters, goal = counts
+    converged = res <= goal  # (a NaN residual is not converged)
+    stable = (cache[0] > 0.0).all(axis=1)
+    if not sys.net.connected:
+        stable[:] = False
     if len(cache) == 2:
-        stable &= ~np.any(cache[1] > 0.0, axis=1)
-    check = np.flatnonzero(converged & ~stable)
-    if check.size:  # eigenvalues of −J̃ for the rows the sufficient test cannot clear
+        stable &= ~(cache[1] > 0.0).any(axis=1)
+    unclear = converged & ~stable
+    if unclear.any():  # −J̃ itself (Cholesky) for the rows the sufficient test cannot clear
+        check = np.flatnonzero(unclear)
         sc = sys if check.size == len(th) else sys.subset(check)
         Ac = sc.neg_jacobian(cache if sc is sys else tuple(x[check] for x in cache))
-        thresh = policy.stability_threshold(np.abs(Ac).max(axis=(1, 2)))
-        stable[check] = np.linalg.eigvalsh(Ac)[:, 0] > thresh
+        stable[check] = stability(Ac, True, policy)[0]
     if np.abs(th).max() >= np.pi:  # wrap only the rows that need it (wrapping rounds)
         keep = sys.net.keep
         wrapped = np.flatnonzero(np.abs(th[:, keep]).max(axis=1) >= np.pi)

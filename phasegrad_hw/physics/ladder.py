@@ -82,7 +82,8 @@ def solve_locked(
     if K is None and (edges is None or k is None):
         raise ValueError("K: give the coupling matrices or the edges with their couplings")
     B = len(W)
-    stage = np.full(B, FAILED, dtype=np.int8)
+    stage = np.empty(B, dtype=np.int8)
+    stage.fill(FAILED)
     ok = np.zeros(B, dtype=bool)
     eq = None
     if edges is not None and k is not None and coupling.is_odd:

@@ -69,6 +69,7 @@ def trust_region(step: Array, policy: NewtonPolicy = NEWTON, lo: int = 0) -> Arr
 
 
 _ROWS = np.arange(64)  # row indices of small batches (read only)
+_ROWS.flags.writeable = False
 
 Evaluate = Callable[[NDArray[np.intp], float], tuple[Array, Array, tuple[Array, ...]]]
 
@@ -108,6 +109,15 @@ def backtrack(
             x[q] = y[ok]
         p = p[~ok]
     return trial, F, cache
+
+
+def active_rows(active: NDArray[np.bool_]) -> NDArray[np.intp] | None:
+    """Indices of the ``active`` rows of a batch; None when every row is active (the caller
+    works on the whole batch in place, no gathers), an empty array when none is."""
+    if len(active) == 1:
+        return None if active[0] else _ROWS[:0]
+    a = np.flatnonzero(active)
+    return None if a.size == len(active) else a
 
 
 def stalled(new_res: Array, res: Array, floor: Array) -> NDArray[np.bool_]:
