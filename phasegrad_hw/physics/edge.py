@@ -147,9 +147,12 @@ class _EdgeSystem:
         return A
 
     def floor(self, policy: NewtonPolicy) -> Array:
-        scale = 1.0 + np.abs(self.W).max(axis=1) + 2.0 * np.abs(self.k).sum(axis=1)
+        scale = np.abs(self.k).sum(axis=1)
+        scale *= 2.0
+        scale += np.abs(self.W).max(axis=1)
+        scale += 1.0
         if self.beta is not None and self.target is not None:
-            scale = scale + np.abs(self.beta).max(axis=1) * (1.0 + np.abs(self.target).max(axis=1))
+            scale += np.abs(self.beta).max(axis=1) * (1.0 + np.abs(self.target).max(axis=1))
         return np.asarray(policy.rounding_floor(scale, self.net.n), dtype=np.float64)
 
 

@@ -45,7 +45,7 @@ class NewtonPolicy:
     def rounding_floor(self, scale: float | Array, n: int) -> float | Array:
         """Smallest residual float64 resolves for an n-oscillator system of this ``scale``
         (scalar or one value per row)."""
-        return self.floor_factor * EPS * scale * math.sqrt(n)
+        return scale * (self.floor_factor * EPS * math.sqrt(n))
 
     def target(self, scale: float, n: int, tol: float | None = None) -> float:
         """Residual at which iteration stops: max(tol, rounding floor)."""
