@@ -94,21 +94,52 @@ class _SparseSystem:
     nudge: NudgeKind
     keep: NDArray[np.intp] = field(init=False)
     inner: NDArray[np.bool_] = field(init=False)  # edges off the reference
-    remap: NDArray[np.intp] = field(init=False)  # oscillator → reduced index
+    ipos: NDArray[np.intp] = field(init=False)  # CSR slot of each inner edge of J̃
+    dpos: NDArray[np.intp] = field(init=False)  # CSR slot of each diagonal entry of J̃
+    indices: NDArray[np.int32] = field(init=False)  # CSR column indices of J̃
+    indptr: NDArray[np.int32] = field(init=False)  # CSR row pointers of J̃
 
     def __post_init__(self) -> None:
+        """The sparsity pattern of J̃ (inner edges plus the diagonal; the network has no
+        self-couplings, so no duplicates) in CSR order, once per solve: the diagonal merged
+        into the (row, col)-sorted edge list, or a sort if the edges come unsorted."""
         n, r, net = self.net.n, self.r, self.net
-        object.__setattr__(self, "keep", np.flatnonzero(np.arange(n) != r))
-        object.__setattr__(self, "inner", (net.rows != r) & (net.cols != r))
-        object.__setattr__(self, "remap", np.cumsum(np.arange(n) != r) - 1)
+        m = n - 1
+        keep = np.flatnonzero(np.arange(n) != r)
+        inner = (net.rows != r) & (net.cols != r)
+        remap = np.cumsum(np.arange(n) != r) - 1  # oscillator → reduced index
+        ri, ci = remap[net.rows[inner]], remap[net.cols[inner]]
+        key = ri * m + ci
+        diag = np.arange(m)
+        if np.all(key[1:] > key[:-1]):
+            dpos = np.searchsorted(key, diag * (m + 1)) + diag
+            free = np.ones(len(key) + m, dtype=bool)
+            free[dpos] = False
+            ipos = np.flatnonzero(free)
+        else:
+            order = np.argsort(np.concatenate([key, diag * (m + 1)]), kind="stable")
+            slot = np.empty_like(order)
+            slot[order] = np.arange(len(order))
+            ipos, dpos = slot[: len(key)], slot[len(key) :]
+        cols = np.empty(len(key) + m, dtype=np.int64)
+        cols[ipos], cols[dpos] = ci, diag
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ri, minlength=m) + 1, out=indptr[1:])
+        itype = np.int32 if len(cols) < np.iinfo(np.int32).max else np.int64
+        for name, value in (
+            ("keep", keep), ("inner", inner), ("ipos", ipos), ("dpos", dpos),
+            ("indices", cols.astype(itype)), ("indptr", indptr.astype(itype)),
+        ):  # fmt: skip
+            object.__setattr__(self, name, value)
 
     def force(self, t: Array) -> Array:
         F = self.net.residual(t, self.w, self.coupling)
         nt = _nudge_terms(t, self.beta, self.target, self.nudge)
         return (F if nt is None else F + nt[0])[self.keep]
 
-    def jacobian(self, t: Array) -> tuple[sp.csr_matrix, Array]:
-        """J̃ (sparse, reduced) and the edge weights K_e H'(Δ_e) at θ."""
+    def jacobian(self, t: Array, sign: float = 1.0) -> tuple[sp.csr_matrix, Array]:
+        """``sign``·J̃ (sparse, reduced; −1 gives the Newton matrix −J̃) and the edge weights
+        K_e H'(Δ_e) at θ."""
         net, n = self.net, self.net.n
         d = t[net.cols] - t[net.rows]
         wts = net.weights * self.coupling.derivative(d)
@@ -116,17 +147,18 @@ class _SparseSystem:
         nt = _nudge_terms(t, self.beta, self.target, self.nudge)
         if nt is not None:
             diag = diag + nt[1]
-        inner, remap = self.inner, self.remap
         m = n - 1
-        rows = np.concatenate([remap[net.rows[inner]], np.arange(m)])
-        cols = np.concatenate([remap[net.cols[inner]], np.arange(m)])
-        vals = np.concatenate([wts[inner], diag[self.keep]])
-        return sp.csr_matrix((vals, (rows, cols)), shape=(m, m)), wts
+        vals = np.empty(len(self.indices))
+        vals[self.ipos] = wts[self.inner]
+        vals[self.dpos] = diag[self.keep]
+        if sign != 1.0:
+            vals *= sign
+        return sp.csr_matrix((vals, self.indices, self.indptr), shape=(m, m)), wts
 
     def newton_step(self, t: Array, F: Array, res: float, use_cg: bool) -> Array | None:
         """Solve (−J̃) s = F̃ iteratively (Jacobi-preconditioned CG or GMRES to a relative
         accuracy that tightens with the residual); None if the solve diverged."""
-        A = -self.jacobian(t)[0]
+        A = self.jacobian(t, -1.0)[0]
         pre = spla.LinearOperator(A.shape, matvec=lambda x, d=1.0 / A.diagonal(): d * x)
         rt = max(1e-13, min(1e-3, 1e-2 * res))
         if use_cg:

@@ -187,3 +187,24 @@ def test_edge_fast_mode_stops_after_fast_iters() -> None:
     want = ph.solve_equilibrium(w, K, method="dense")
     assert eq.ok[0] and eq.path == "edge"
     np.testing.assert_allclose(eq.theta[0], want.theta, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_sparse_jacobian_pattern_matches_the_dense_jacobian(shuffled: bool) -> None:
+    """The CSR pattern of J̃ is built once per solve (diagonal merged into the sorted edge
+    list, or sorted when the edges come unsorted); values equal the dense jacobian."""
+    from phasegrad_hw.physics.sparse import _SparseSystem
+
+    w, K, b, t = _case(3, 23)
+    net = ph.SparseNetwork.from_matrix(sp.csr_matrix(K))
+    if shuffled:
+        p = np.random.default_rng(0).permutation(len(net.rows))
+        net = ph.SparseNetwork(net.n, net.rows[p], net.cols[p], net.weights[p], net.symmetric)
+    theta = np.random.default_rng(1).normal(0.0, 0.5, 23)
+    for r in (0, 7):
+        sys = _SparseSystem(net, w, ph.SIN, r, -b, t, "injection")
+        J = sys.jacobian(theta)[0]
+        keep = np.flatnonzero(np.arange(23) != r)
+        want = ph.jacobian(theta, K, beta=-b, target=t, nudge="injection")[np.ix_(keep, keep)]
+        np.testing.assert_allclose(J.toarray(), want, rtol=0, atol=1e-12)
+        np.testing.assert_allclose((-sys.jacobian(theta, -1.0)[0]).toarray(), want, atol=1e-12)
