@@ -340,6 +340,4 @@ def _finish(
         mg = decide()[1]
         return np.asarray(mg() if callable(mg) else mg, dtype=np.float64)
 
-    return Equilibrium(
-        th, res, iters, converged, lambda: decide()[0], margin, path="dense"
-    )
+    return Equilibrium(th, res, iters, converged, lambda: decide()[0], margin, path="dense")

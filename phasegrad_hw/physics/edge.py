@@ -246,10 +246,10 @@ def _finish(
     counts: tuple[Array, NDArray[np.int64], Array],
     policy: NewtonPolicy,
 ) -> Equilibrium:
-    """Convergence, stability (sufficient edge test, else eigenvalues) and wrapping."""
+    """Convergence, stability (sufficient edge test, else −J̃ itself) and wrapping."""
     res, iters, goal = counts
     converged = res <= goal  # (a NaN residual is not converged)
-    stable = (cache[0] > 0.0).all(axis=1)
+    stable: NDArray[np.bool_] = np.asarray((cache[0] > 0.0).all(axis=1))
     if not sys.net.connected:
         stable[:] = False
     if len(cache) == 2:

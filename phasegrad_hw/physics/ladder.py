@@ -120,6 +120,13 @@ def solve_locked(
             direction=1 if nudge is None else nudge.direction,
             tol=tol, max_iter=max_iter, frame=frame, policy=policy,
         )  # fmt: skip
+        if B == 1:  # one row: scalar bookkeeping
+            one = bool(eq.ok if accept == "stable" else eq.converged)
+            if warm or one:  # (rows without a lock report the warm damped state)
+                theta[0] = eq.theta
+            if one:
+                ok[0], stage[0] = True, rung
+            continue
         good = np.atleast_1d(np.asarray(eq.ok if accept == "stable" else eq.converged, dtype=bool))
         got = np.atleast_2d(eq.theta)
         if warm:  # rows that find no lock report the warm damped state (what a read shows)
