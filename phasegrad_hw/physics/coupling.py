@@ -95,7 +95,10 @@ class CouplingFunction:
         """H(φ)."""
         p = np.asarray(phi, dtype=np.float64)
         lag = self.phase_lag
-        out = self.harmonics[0] * np.sin(p - lag if lag else p)
+        a1 = self.harmonics[0]
+        out = np.sin(p - lag if lag else p)
+        if a1 != 1.0:
+            out *= a1
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
                 out += a * np.sin(k * p - lag if lag else k * p)
@@ -109,7 +112,10 @@ class CouplingFunction:
         """H'(φ)."""
         p = np.asarray(phi, dtype=np.float64)
         lag = self.phase_lag
-        out = self.harmonics[0] * np.cos(p - lag if lag else p)
+        a1 = self.harmonics[0]
+        out = np.cos(p - lag if lag else p)
+        if a1 != 1.0:
+            out *= a1
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
                 out += k * a * np.cos(k * p - lag if lag else k * p)
