@@ -122,4 +122,5 @@ def _solve_compiled(
         np.asarray(conv),
         np.asarray(stable),
         margin,
+        path="compiled",
     )

@@ -83,15 +83,20 @@ def solve_equilibrium(
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
+    if (
+        type(omega) is np.ndarray
+        and type(K) is np.ndarray
+        and omega.ndim == 1
+        and (method == "auto" or method == "compiled")
+        and policy is NEWTON
+        and frame == "pinned"
+    ):
+        fast = _solve_compiled(
+            omega, K, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
+        )
+        if fast is not None:
+            return fast
     nud = (beta, target, nudge, direction)
-    if method in ("auto", "compiled") and policy is NEWTON and frame == "pinned":
-        if type(omega) is np.ndarray and type(K) is np.ndarray and omega.ndim == 1:
-            fast = _solve_compiled(
-                omega, K, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
-            )
-            if fast is not None:
-                fast.path = "compiled"
-                return fast
     if method == "compiled":
         _Problem.build(omega, K, theta0, ref, nud)  # bad input raises its usual error
         raise ValueError(
