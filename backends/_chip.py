@@ -42,8 +42,9 @@ from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import LockLostError
-from phasegrad_hw.physics import Array, jacobian, rhs, solve_equilibrium, wrap
+from phasegrad_hw.physics import Array, jacobian, rhs, wrap
 from phasegrad_hw.physics.gradients import implicit_gradient, loss_grad_theta
+from phasegrad_hw.physics.ladder import Nudge, solve_locked
 
 # --------------------------------------------------------------------------- emulated chips
 # Physical parameters of the CMOS and optical emulators (phasegrad_hw.backends.cmos/optical).
@@ -334,46 +335,6 @@ class EmulatedChip(OscillatorSubstrate):
         return {"beta": b, "target": t, "direction": d}
 
     # -- locked states -------------------------------------------------------------
-    def _system(
-        self, th: Array, w: Array, rkw: dict[str, Any], free_ref: bool
-    ) -> tuple[Array, Array]:
-        """Residual and Jacobian on the non-reference phases. ``free_ref``: the free array's
-        co-rotation R_k = f_k − f_ref; else the reference-pinned system F_k = f_k (w already
-        in the clock frame)."""
-        keep, r = self.keep, self.ref
-        f = rhs(th, w, self.K, self.H, **rkw)
-        J = jacobian(th, self.K, self.H, **rkw)
-        if free_ref:
-            return f[keep] - f[r], J[keep][:, keep] - J[r, keep][None, :]
-        return f[keep], J[keep][:, keep]
-
-    def _newton(
-        self,
-        th0: Array,
-        w: Array,
-        rkw: dict[str, Any],
-        tol: float,
-        free_ref: bool,
-        max_iter: int = 12,
-    ) -> Array | None:
-        """Plain Newton from ``th0`` with small steps; None if it does not converge."""
-        th = np.asarray(th0, dtype=np.float64).copy()
-        th -= th[self.ref]
-        keep = self.keep
-        for _ in range(max_iter):
-            R, A = self._system(th, w, rkw, free_ref)
-            if float(np.abs(R).max()) <= tol:
-                th[keep] = wrap(th[keep])
-                return th
-            try:
-                step = np.linalg.solve(A, -R)
-            except np.linalg.LinAlgError:
-                return None
-            if not np.all(np.isfinite(step)) or float(np.abs(step).max()) > 0.5:
-                return None
-            th[keep] += step
-        return None
-
     def _rkw(self, clamp: bool = True) -> dict[str, Any]:
         kw = self._nudge_kwargs() if clamp else {}
         if not kw:
@@ -384,59 +345,30 @@ class EmulatedChip(OscillatorSubstrate):
             "nudge": self.model.nudge,
         }
 
-    def _core(self, w: Array, rkw: dict[str, Any], start: Array | None, tol: float) -> Array | None:
-        """The core damped Newton on the pinned system (warm, then cold start)."""
-        kw = self._nudge_kwargs() if rkw else {}
-        for th0 in (start, None):
-            eq = solve_equilibrium(
-                w,
-                self.K,
-                self.H,
-                theta0=th0,
-                ref=self.ref,
-                nudge=self.model.nudge,
-                tol=tol,
-                max_iter=_MAX_ITER,
-                **kw,
-            )
-            if eq.converged:
-                return np.asarray(eq.theta)
-        return None
+    def _ladder(
+        self, w: Array, start: Array, tol: float, *, free: bool, clamp: bool = False
+    ) -> Array | None:
+        """The physics retry ladder (:func:`~phasegrad_hw.physics.ladder.solve_locked`:
+        damped Newton from ``start``, then from a cold start) on the free frame (Ω solved,
+        ``free``) or on the pinned system at ``w`` (already in the clock frame) with the
+        present clamp; None when Newton does not converge. Lock (stability) is judged by
+        the caller from :meth:`_linearise`, whose eigen-decomposition the readout needs
+        anyway, so the ladder accepts a converged state and checks no stability itself."""
+        nudge = None
+        if clamp and self._clamp is not None:
+            b, t, d = self._clamp
+            nudge = Nudge(b[None], t[None], self.model.nudge, d)
+        res = solve_locked(
+            w[None], start[None], self.H, K=self.K[None], ref=self.ref, nudge=nudge,
+            frame="free" if free else "pinned", tol=tol, max_iter=_MAX_ITER, accept="converged",
+        )  # fmt: skip
+        return res.theta[0] if res.ok[0] else None
 
     def _free_frame(self, w: Array, start: Array, tol: float) -> tuple[Array, float] | None:
         """Free locked state and collective frequency Ω (model units), or None."""
-        th = self._newton(start, w, {}, tol, free_ref=True)
+        th = self._ladder(w, start, tol, free=True)
         if th is None:
-            # core solve at a trial Ω, then a secant on Ω until the reference's own
-            # equation holds as well; polished by Newton on the co-rotation residual
-            n, r = self.n, self.ref
-
-            def g(om: float, th0: Array | None) -> tuple[float, Array] | None:
-                t = self._core(w - om, {}, th0, tol)
-                if t is None:
-                    return None
-                return float(rhs(t, w - om, self.K, self.H)[r]), t
-
-            om0 = float(np.mean(rhs(start - start[r], w, self.K, self.H)))
-            got = g(om0, start)
-            if got is None:
-                return None
-            g0, th_c = got
-            om1 = om0 + g0 / n
-            for _ in range(12):
-                got = g(om1, th_c)
-                if got is None:
-                    return None
-                g1, th_c = got
-                if abs(g1) <= tol:
-                    break
-                slope = (g1 - g0) / (om1 - om0) if om1 != om0 else -float(n)
-                if not np.isfinite(slope) or slope >= 0:
-                    slope = -float(n)
-                om0, g0, om1 = om1, g1, om1 - g1 / slope
-            th = self._newton(th_c, w, {}, tol, free_ref=True)
-            if th is None:
-                return None
+            return None
         return th, float(rhs(th, w, self.K, self.H)[self.ref])
 
     def solve_state(
@@ -449,11 +381,10 @@ class EmulatedChip(OscillatorSubstrate):
         """Locked state θ (rad, θ_ref = 0) under the present settings and its linearisation
         (None: no stable locked state — the phases slip).
 
-        Free state: Newton on the co-rotation residual (fast path from the warm start; the
-        core damped Newton plus a secant on Ω otherwise); it sets the clock frame Ω. Nudged
-        state: the pinned system at ω − Ω (fast Newton from the predicted state, else the
-        core solver). Locked = converged and every eigenvalue of the pinned Jacobian has a
-        negative real part.
+        Free state: the physics ladder on the free frame (all N equations f_k = Ω, θ_ref = 0,
+        Ω solved with the phases; warm, then cold); it sets the clock frame Ω. Nudged
+        state: the ladder on the pinned system at ω − Ω from the predicted state. Locked =
+        converged and every eigenvalue of the pinned Jacobian has a negative real part.
         """
         w = np.asarray(self._true_frequencies() if omega is None else omega, dtype=np.float64)
         rkw = self._rkw(clamp)
@@ -465,10 +396,7 @@ class EmulatedChip(OscillatorSubstrate):
             th, self._frame_omega = free
             self._frame_at = (w.copy(), th.copy(), None)
         if rkw:
-            wf = w - self._tracked_frame(w)
-            th_n = self._newton(start, wf, rkw, tol, free_ref=False)
-            if th_n is None:
-                th_n = self._core(wf, rkw, start, tol)
+            th_n = self._ladder(w - self._tracked_frame(w), start, tol, free=False, clamp=True)
             if th_n is None:
                 return self.theta.copy(), None
             th = th_n
@@ -534,8 +462,9 @@ class EmulatedChip(OscillatorSubstrate):
         """Linearised dynamics around the locked state: A the pinned reduced Jacobian, noise
         rate diag(D_k) on the non-reference oscillators (the reference follows the clock;
         clock jitter belongs to the readout)."""
-        _, A = self._system(theta, self._true_frequencies(), self._rkw(clamp), free_ref=False)
-        return _Linearised(A, self._diffusion()[self.keep])
+        keep = self.keep
+        A = jacobian(theta, self.K, self.H, **self._rkw(clamp))[keep][:, keep]
+        return _Linearised(A, self._diffusion()[keep])
 
     def _lock_settle_s(self, margin: float) -> float:
         """Lock settling (s): max(lock_cycles/f, ln(1/tol)/λ) — grows as the stability margin

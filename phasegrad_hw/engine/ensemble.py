@@ -2,9 +2,9 @@
 
 Many independent networks ("members": one seed each, with its own couplings K, frequencies
 ω, learnable subset and sample order) are trained in lockstep: every training step solves
-the free and the nudged locked states of all members in one batched damped-Newton call
-(:func:`phasegrad_hw.physics.solve_equilibrium`). Each member's arithmetic is row-wise
-independent, so an ensemble gives the same parameters as running its members one by one
+the free and the nudged locked states of all members in one batched call of the physics
+retry ladder (:func:`phasegrad_hw.physics.ladder.solve_locked`). Each member's arithmetic is
+row-wise independent, so an ensemble gives the same parameters as running its members one by one
 (tested to 1e-12).
 
 Update rule (the published online SGD of arXiv 2604.10272, and the hardware loop's rule):
@@ -32,7 +32,9 @@ from phasegrad_hw.engine.members import Member, TrainConfig, members_from_builde
 from phasegrad_hw.engine.results import EnsembleResult, EpochSummary, accuracy_from_outputs
 from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPState, ep_update
 from phasegrad_hw.learning.tasks import Dataset, Encoding
-from phasegrad_hw.physics import Equilibrium, centred, solve_equilibrium, wrap
+from phasegrad_hw.physics import centred
+from phasegrad_hw.physics.edge import EdgeNetwork
+from phasegrad_hw.physics.ladder import Nudge, solve_locked
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
@@ -49,8 +51,6 @@ def _load_kernels() -> Any:
 
 class Ensemble:
     """Lockstep trainer for members sharing one topology (``template``)."""
-
-    FAST_ITERS = 12
 
     def __init__(
         self,
@@ -101,13 +101,7 @@ class Ensemble:
         # previous epoch (parameters move little per epoch), else from the last free state
         self._cache = np.full((B, len(dataset.y_train), self.n), np.nan)
         self._xin: Array | None = None
-        S = np.zeros((self.n, len(self.edges)))
-        S[self.edges[:, 0], np.arange(len(self.edges))] = -1.0
-        S[self.edges[:, 1], np.arange(len(self.edges))] = 1.0
-        self._S = S  # Δ_e = θ_j − θ_i = (θ S)_e
-        self._keep = np.flatnonzero(np.arange(self.n) != self.ref)
-        self._Sk = S[self._keep]
-        self._diag = np.arange(self.n - 1)
+        self._edges = EdgeNetwork(self.n, self.edges[:, 0], self.edges[:, 1], self.ref)
         self.unlocked = np.zeros(B, dtype=np.int64)
         self.jumps = np.zeros(B, dtype=np.int64)
         self.steps = 0
@@ -125,104 +119,27 @@ class Ensemble:
     # -- physics helpers ------------------------------------------------------------
     def K_matrix(self, coupling: Array) -> Array:
         """(B, N, N) symmetric coupling matrices from (B, E) edge values."""
-        K = np.zeros((coupling.shape[0], self.n, self.n))
-        i, j = self.edges[:, 0], self.edges[:, 1]
-        K[:, i, j] = coupling
-        K[:, j, i] = coupling
-        return K
-
-    def _solve(
-        self, W: Array, K: Array, theta0: Array, target: Array | None = None, direction: int = 1
-    ) -> Equilibrium:
-        """Robust path: damped Newton of :func:`solve_equilibrium`, retried from a cold start."""
-        beta = None
-        if target is not None:
-            beta = np.zeros(self.n)
-            beta[self.outputs] = self.cfg.rule.beta
-
-        def run(rows: NDArray[np.int64] | slice, th0: Array | None) -> Equilibrium:
-            return solve_equilibrium(
-                centred(W[rows]),
-                K[rows],
-                self.H,
-                theta0=th0,
-                ref=self.ref,
-                beta=beta,
-                target=None if target is None else target[rows],
-                direction=direction,
-            )
-
-        eq = run(slice(None), theta0)
-        bad = np.flatnonzero(~eq.ok)
-        if bad.size:  # a cold start can find the stable state a warm start jumped past
-            eq2 = run(bad, None)
-            fix = eq2.ok
-            for name in ("theta", "residual", "iterations", "converged", "stable", "margin"):
-                getattr(eq, name)[bad[fix]] = getattr(eq2, name)[fix]
-        return eq
+        return self._edges.dense(coupling)
 
     def solve(
         self, W: Array, k: Array, theta0: Array, target: Array | None = None, direction: int = 1
     ) -> tuple[Array, NDArray[np.bool_]]:
         """Locked states (M, N) and ok flags (M,) for frequencies W (M, N), couplings k (M, E).
 
-        Fast path for small layered networks: undamped Newton on the edge list (trig on the E
-        edges only) from the warm start, at most ``FAST_ITERS`` iterations with a 1 rad trust
-        region; a converged state whose edges all have |Δθ| < π/2 is stable (a connected graph
-        with positive weights K cos Δθ and a non-negative nudge: −J̃ is positive definite).
-        Rows that fail either test go to the robust :func:`solve_equilibrium` path, which checks
-        stability by eigenvalues. ``target`` (M, N) with nudge β on the outputs, ``direction``
-        ±1 as in :func:`solve_equilibrium`.
+        The physics retry ladder (:func:`phasegrad_hw.physics.ladder.solve_locked`): the fast
+        undamped edge Newton from the warm start, then damped Newton warm, then cold, with
+        stability checked on every result. ``target`` (M, N) with nudge β on the outputs,
+        ``direction`` ±1 as in :func:`~phasegrad_hw.physics.solve_equilibrium`.
         """
-        M = W.shape[0]
-        Wc = centred(W)
-        S = self._S
-        keep = self._keep
-        th = theta0 - theta0[:, self.ref : self.ref + 1]
-        bet = None
+        nudge = None
         if target is not None:
-            bet = np.zeros(self.n)
-            bet[self.outputs] = self.cfg.rule.beta * direction
-        floor = (
-            64.0
-            * np.finfo(np.float64).eps
-            * (1.0 + np.abs(Wc).max(axis=1) + 2.0 * k.sum(axis=1))
-            * np.sqrt(self.n)
+            beta = np.zeros((len(W), self.n))
+            beta[:, self.outputs] = self.cfg.rule.beta
+            nudge = Nudge(beta, target, "linear", direction)
+        res = solve_locked(
+            centred(W), theta0, self.H, edges=self._edges, k=k, ref=self.ref, nudge=nudge
         )
-        tol = np.maximum(1e-12, floor)
-        done = np.zeros(M, dtype=bool)
-        for _ in range(self.FAST_ITERS):
-            D = th @ S
-            ks = k * np.sin(D)
-            F = Wc - ks @ S.T
-            if bet is not None and target is not None:
-                F = F + bet * (target - th)
-            done = np.abs(F[:, keep]).max(axis=1) <= tol
-            if done.all():
-                break
-            kc = k * np.cos(D)
-            Sk = self._Sk
-            J = -np.matmul(Sk * kc[:, None, :], Sk.T)
-            if bet is not None:
-                J[:, self._diag, self._diag] -= bet[keep]
-            step = np.linalg.solve(J, -F[:, keep, None])[..., 0]
-            big = np.abs(step).max(axis=1, keepdims=True)
-            step *= np.minimum(1.0, 1.0 / np.maximum(big, 1e-300))
-            step[done] = 0.0
-            th[:, keep] += step
-        D = th @ S
-        stable = np.all(np.cos(D) > 0.0, axis=1) & (direction == 1 or target is None)
-        ok = done & stable
-        th[:, keep] = wrap(th[:, keep])
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            Km = self.K_matrix(k[bad])
-            eq = self._solve(
-                W[bad], Km, theta0[bad], None if target is None else target[bad], direction
-            )
-            th[bad] = eq.theta
-            ok[bad] = eq.ok
-        return th, ok
+        return res.theta, res.ok
 
     def _frequencies(self, x: Array, omega: Array | None = None) -> Array:
         """(B, m, N) frequencies for inputs x (B, m, d)."""

@@ -13,7 +13,7 @@ Two drivers share that iteration (:func:`newton`):
   ``fast_iters`` full steps from a warm start, a step below ``step_done_rad`` ends it; a
   non-positive Cholesky pivot gives up (the caller takes its robust path);
 * damped (:func:`solve_small`, the compiled path of ``solve_equilibrium`` for one small dense
-  network): Armijo backtracking on ‖F̃‖² (``armijo``, ``line_search_halvings``), LU and then
+  network): Armijo backtracking on ‖F̃‖² (``armijo``, ``line_search_trials``), LU and then
   least squares when −J̃ is not positive definite, the rounding-floor stall test, and the
   stability decision of the numpy path (Cholesky of −J̃ − shift·I, shift =
   ``stability_shift``·max|J̃|).
@@ -55,7 +55,7 @@ class Newton(NamedTuple):
     max_iter: int
     trust_rad: float
     armijo: float
-    line_search_halvings: int
+    line_search_trials: int
     floor_factor: float
     stability_shift: float
     fast_iters: int
@@ -71,7 +71,7 @@ def newton_policy(
         int(policy.max_iter if max_iter is None else max_iter),
         float(policy.trust_rad),
         float(policy.armijo),
-        int(policy.line_search_halvings),
+        int(policy.line_search_trials),
         float(policy.floor_factor),
         float(policy.stability_shift),
         int(policy.fast_iters),
@@ -417,7 +417,7 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
         trial = ws.trial
         alpha = 1.0
         rt = nt = 0.0
-        for _ls in range(pol.line_search_halvings):
+        for _ls in range(pol.line_search_trials):
             for i in range(n):
                 trial[i] = th[i] if i == ref else th[i] + alpha * (scale * rhs[red[i]])
             rt, nt = _evaluate(g, ws, w, kk, trial, nudge, kind, False, True)

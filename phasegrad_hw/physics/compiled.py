@@ -135,4 +135,5 @@ def _solve_compiled(
         np.asarray(conv),
         np.asarray(stable),
         margin,
+        path="compiled",
     )

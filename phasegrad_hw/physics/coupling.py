@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 Array = NDArray[np.float64]
 NudgeKind = Literal["linear", "injection"]
-_EPS = float(np.finfo(np.float64).eps)
 
 
 # --------------------------------------------------------------------------- validation
@@ -45,6 +44,16 @@ def _check_ref(ref: int, n: int) -> int:
     return int(ref)
 
 
+def diagonal_view(A: Array) -> Array:
+    """Writable view (..., n) of the diagonals of a stack of square matrices (..., n, n) laid
+    out contiguously (a fresh product: basic slicing, no fancy-index gathers); raises if A is
+    not contiguous rather than writing into a copy."""
+    n = A.shape[-1]
+    flat = A.view()
+    flat.shape = (*A.shape[:-2], n * n)  # AttributeError if this needs a copy
+    return flat[..., :: n + 1]
+
+
 def wrap(x: ArrayLike) -> Array:
     """Wrap angles (rad) to [−π, π): the angle of e^{ix}."""
     return np.remainder(np.asarray(x, dtype=np.float64) + np.pi, 2.0 * np.pi) - np.pi
@@ -53,7 +62,7 @@ def wrap(x: ArrayLike) -> Array:
 def centred(omega: ArrayLike) -> Array:
     """Frequencies in the frame rotating at their mean: ω^c = ω − mean(ω) (last axis)."""
     w = np.asarray(omega, dtype=np.float64)
-    return w - w.mean(axis=-1, keepdims=True)
+    return w - w.sum(axis=-1, keepdims=True) / w.shape[-1]  # (= mean, without its overhead)
 
 
 # --------------------------------------------------------------------------- coupling
@@ -85,31 +94,41 @@ class CouplingFunction:
     def value(self, phi: ArrayLike) -> Array:
         """H(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        out = self.harmonics[0] * np.sin(p - self.phase_lag)
+        lag = self.phase_lag
+        a1 = self.harmonics[0]
+        out = np.sin(p - lag if lag else p)
+        if a1 != 1.0:
+            out *= a1
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
-                out = out + a * np.sin(k * p - self.phase_lag)
+                out += a * np.sin(k * p - lag if lag else k * p)
         if self.offset:
-            out = out + self.offset
+            out += self.offset
         if self.cos_offset:
-            out = out + self.cos_offset * np.cos(p)
+            out += self.cos_offset * np.cos(p)
         return out
 
     def derivative(self, phi: ArrayLike) -> Array:
         """H'(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        out = self.harmonics[0] * np.cos(p - self.phase_lag)
+        lag = self.phase_lag
+        a1 = self.harmonics[0]
+        out = np.cos(p - lag if lag else p)
+        if a1 != 1.0:
+            out *= a1
         for k, a in enumerate(self.harmonics[1:], start=2):
             if a:
-                out = out + k * a * np.cos(k * p - self.phase_lag)
+                out += k * a * np.cos(k * p - lag if lag else k * p)
         if self.cos_offset:
-            out = out - self.cos_offset * np.sin(p)
+            out -= self.cos_offset * np.sin(p)
         return out
 
     def value_and_derivative(self, phi: Array) -> tuple[Array, Array]:
         """(H(φ), H'(φ)); the pure-sine case shares one pass."""
         if len(self.harmonics) == 1 and self.is_odd:
             a = self.harmonics[0]
+            if a == 1.0:
+                return np.sin(phi), np.cos(phi)
             return a * np.sin(phi), a * np.cos(phi)
         return self.value(phi), self.derivative(phi)
 
@@ -180,13 +199,12 @@ def jacobian(
     """∂(dθ_i/dt)/∂θ_j: K_ij H'(θ_j − θ_i) off the diagonal, minus the row sum on it."""
     th = np.asarray(theta, dtype=np.float64)
     W = np.asarray(K, dtype=np.float64) * coupling.derivative(phase_differences(th))
-    n = th.shape[-1]
-    idx = np.arange(n)
-    W[..., idx, idx] = 0.0
-    W[..., idx, idx] = -W.sum(axis=-1)
+    diag = diagonal_view(W)
+    diag[...] = 0.0
+    diag[...] = -W.sum(axis=-1)
     nt = _nudge_terms(th, _opt(beta), _opt(target), nudge)
     if nt is not None:
-        W[..., idx, idx] += nt[1]
+        diag += nt[1]
     return W
 
 
@@ -218,12 +236,12 @@ def _nudge_args(
     if beta is None:
         return None, None
     b = _as_float_array("beta", beta)
-    if np.any(b < 0):
+    if (b < 0).any():
         raise ValueError(f"beta: {b[b < 0].ravel()[0]} is negative; nudge strength must be >= 0")
     t = _as_float_array("target", 0.0 if target is None else target)
-    try:
-        bb = np.broadcast_to(b, shape)
-        tt = np.broadcast_to(t, shape)
+    try:  # (arrays of the right shape as they are: broadcast_to is slow for small arrays)
+        bb = b if b.shape == shape else np.broadcast_to(b, shape)
+        tt = t if t.shape == shape else np.broadcast_to(t, shape)
     except ValueError as exc:
         raise ValueError(f"beta/target: shapes {b.shape}, {t.shape} do not fit {shape}") from exc
     return bb * float(direction), tt

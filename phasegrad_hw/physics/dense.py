@@ -1,28 +1,43 @@
-"""Dense damped Newton on the reduced system, one network or a batch (B, N)."""
+"""Dense path: damped Newton on the reduced system for one network or a batch (B, N).
+
+One implementation for both: a single network is a batch of one. The iteration (trust
+region, Armijo backtracking, stall test, tolerances) is the policy's
+(:mod:`phasegrad_hw.physics.policy`, docs/design.md §2).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from phasegrad_hw.physics.coupling import _EPS, Array, CouplingFunction, NudgeKind, wrap
+from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind, diagonal_view, wrap
+from phasegrad_hw.physics.policy import (
+    NEWTON,
+    NewtonPolicy,
+    active_rows,
+    backtrack,
+    stalled,
+    trust_region,
+)
 from phasegrad_hw.physics.result import Equilibrium
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
+_EXACT_MAX_N = 64  # one network up to this size evaluates H on every phase difference
 
 
 class _DenseModel:
-    """F̃ and −J̃ of the reduced system (reference at index 0) for (…, N) phases.
+    """F̃ and −J̃ of the reduced system (reference at index 0) for (B, N) phases.
 
     For H = a·sin the N² trigonometric evaluations are avoided with
     sin(θ_j − θ_i) = s_j c_i − c_j s_i and cos(θ_j − θ_i) = c_i c_j + s_i s_j, so one Newton
-    iteration is two matrix–vector products, one outer product and one factorisation.
+    iteration is two matrix–vector products, one outer product and one factorisation; the
+    exact evaluation on the phase differences (no cancellation) polishes the result.
     """
 
     def __init__(
@@ -30,24 +45,26 @@ class _DenseModel:
         w: Array,
         K: Array,
         coupling: CouplingFunction,
-        bet: Array | None,
-        tgt: Array | None,
-        nudge: NudgeKind,
+        nudge: tuple[Array, Array, NudgeKind] | None,
         free: bool = False,
+        policy: NewtonPolicy = NEWTON,
     ) -> None:
         self.free = free
         self.lo = 0 if free else 1  # first state entry Newton updates (0: Ω in slot 0)
         self.w, self.K, self.coupling = w, K, coupling
-        self.bet, self.tgt, self.nudge = bet, tgt, nudge
+        self.bet: Array | None = None
+        self.tgt: Array | None = None
+        self.nudge: NudgeKind = "linear"
+        if nudge is not None:
+            self.bet, self.tgt, self.nudge = nudge
         self.fast = len(coupling.harmonics) == 1 and coupling.is_odd
         self.Ka = K * coupling.harmonics[0] if self.fast else K
         n = w.shape[-1]
-        self.diag = np.arange(n - 1)
         kb = np.abs(K).sum(axis=-1).max(axis=-1)
-        scale = 1.0 + np.abs(w).max(axis=-1) + kb
-        if bet is not None and tgt is not None:
-            scale = scale + np.abs(bet).max(axis=-1) * (1.0 + np.abs(tgt).max(axis=-1))
-        self.floor = 64.0 * _EPS * scale * np.sqrt(n)  # rounding floor of F̃
+        scale = 1.0 + np.abs(w).max(axis=-1) + kb  # (B,): w is (B, N)
+        if self.bet is not None and self.tgt is not None:
+            scale = scale + np.abs(self.bet).max(axis=-1) * (1.0 + np.abs(self.tgt).max(axis=-1))
+        self.floor = np.asarray(policy.rounding_floor(scale, n), dtype=np.float64)
 
     def subset(self, idx: NDArray[np.intp]) -> _DenseModel:
         m = object.__new__(_DenseModel)
@@ -56,43 +73,32 @@ class _DenseModel:
         m.Ka = self.Ka[idx] if self.Ka.ndim == 3 else self.Ka
         m.bet = None if self.bet is None else self.bet[idx]
         m.tgt = None if self.tgt is None else self.tgt[idx]
-        m.diag, m.floor = self.diag, self.floor[idx]
+        m.floor = self.floor[idx]
         m.free, m.lo = self.free, self.lo
         return m
 
-    def force(self, th: Array | None, exact: bool = False) -> tuple[Array, tuple[Array, ...]]:
-        """F̃ (…, N−1) and a cache for :meth:`neg_jacobian` at the same θ (None: θ = 0).
+    def force(self, x: Array, exact: bool) -> tuple[Array, tuple[Array, ...]]:
+        """F̃ (B, N−1) — in free mode (B, N): F − Ω — and a cache for :meth:`neg_jacobian`.
 
-        ``exact`` evaluates H on the N² phase differences (no cancellation; used for small N
-        and to polish the last iterations); otherwise H = a·sin uses the product formulas.
+        ``exact`` evaluates H on the N² phase differences (cache (D,)); otherwise H = a·sin
+        uses the product formulas (cache (s, c)).
         """
-        if self.free:  # state x: slot 0 holds Ω, θ_0 = 0
-            assert th is not None
-            x = th
-            th = x.copy()
-            th[..., 0] = 0.0
-            G, cache = self._force_full(th, exact)
-            if self.bet is not None and self.tgt is not None:
-                # nudge relative to the reference: its reaction acts on the reference, so the
-                # net nudge force is zero and symmetric networks keep Ω = 0 (pinned = free)
-                d = self.tgt[..., 1:] - th[..., 1:]
-                nf = self.bet[..., 1:] * (d if self.nudge == "linear" else np.sin(d))
-                G[..., 0] -= nf.sum(axis=-1)
-            return G - x[..., :1], cache
-        F, cache = self._force_full(th, exact)
-        return F[..., 1:], cache
+        if not self.free:
+            F, cache = self._force_full(x, exact)
+            return F[..., 1:], cache
+        th = x.copy()  # state x: slot 0 holds Ω, θ_0 = 0
+        th[..., 0] = 0.0
+        G, cache = self._force_full(th, exact)
+        if self.bet is not None and self.tgt is not None:
+            # nudge relative to the reference: its reaction acts on the reference, so the
+            # net nudge force is zero and symmetric networks keep Ω = 0 (pinned = free)
+            d = self.tgt[..., 1:] - th[..., 1:]
+            nf = self.bet[..., 1:] * (d if self.nudge == "linear" else np.sin(d))
+            G[..., 0] -= nf.sum(axis=-1)
+        return G - x[..., :1], cache
 
-    def _force_full(self, th: Array | None, exact: bool) -> tuple[Array, tuple[Array, ...]]:
-        if th is None:  # θ = 0: H(0) = 0 for odd H
-            if not self.coupling.is_odd:
-                return self._force_full(np.zeros(self.w.shape), exact)
-            F = self.w
-            cache: tuple[Array, ...] = ()
-            if self.bet is not None:
-                assert self.tgt is not None
-                d = self.tgt
-                F = F + self.bet * (d if self.nudge == "linear" else np.sin(d))
-            return F, cache
+    def _force_full(self, th: Array, exact: bool) -> tuple[Array, tuple[Array, ...]]:
+        cache: tuple[Array, ...]
         if self.fast and not exact:
             s, c = np.sin(th), np.cos(th)
             Ks = (self.Ka @ s[..., None])[..., 0]
@@ -106,358 +112,95 @@ class _DenseModel:
             else:
                 F = self.w + (self.K * self.coupling.value(D)).sum(axis=-1)
             cache = (D,)
-        if self.bet is not None:
-            assert self.tgt is not None
+        if self.bet is not None and self.tgt is not None:
             d = self.tgt - th
             F = F + self.bet * (d if self.nudge == "linear" else np.sin(d))
         return F, cache
 
-    def neg_jacobian(self, th: Array | None, cache: tuple[Array, ...]) -> Array:
-        """Newton matrix −∂F̃/∂x: −J̃ (…, N−1, N−1), the reduced weighted Laplacian plus the
-        nudge's diagonal; in free mode (…, N, N): −J with its θ_0 column replaced by ∂/∂Ω = 1."""
-        if self.free:
-            A = self.neg_full(th, cache)
-            if self.bet is not None and self.tgt is not None and th is not None:
-                d = self.tgt[..., 1:] - th[..., 1:]
-                nd = -self.bet[..., 1:] * (1.0 if self.nudge == "linear" else np.cos(d))
-                A[..., 0, 1:] += nd  # −∂(−Σ_j n_j)/∂θ_j = ∂n_j/∂θ_j
-            A[..., :, 0] = 1.0
-            return A
+    def neg_full(self, x: Array, cache: tuple[Array, ...]) -> Array:
+        """−J (B, N, N) of the full system at θ (θ_0 = 0), nudge diagonal included."""
         if len(cache) == 2:
             s, c = cache
             C = c[..., :, None] * c[..., None, :]
             C += s[..., :, None] * s[..., None, :]
             Wm = self.Ka * C
-        elif len(cache) == 1:
-            Wm = (
-                self.Ka * np.cos(cache[0])
-                if self.fast
-                else self.K * self.coupling.derivative(cache[0])
-            )
-        else:  # θ = 0
-            Wm = self.K * float(self.coupling.derivative(0.0))
-        d = Wm.sum(axis=-1) - np.diagonal(Wm, axis1=-2, axis2=-1)
-        if self.bet is not None:
-            assert self.tgt is not None
-            t = np.zeros(self.w.shape) if th is None else th
-            d = d + (self.bet if self.nudge == "linear" else self.bet * np.cos(self.tgt - t))
-        A = -Wm[..., 1:, 1:]
-        A[..., self.diag, self.diag] = d[..., 1:]
-        return A
-
-    def neg_full(self, x: Array | None, cache: tuple[Array, ...]) -> Array:
-        """−J (…, N, N) of the full system at θ (θ_0 = 0)."""
-        if len(cache) == 2:
-            s, c = cache
-            C = c[..., :, None] * c[..., None, :]
-            C += s[..., :, None] * s[..., None, :]
-            Wm = self.Ka * C
-        elif len(cache) == 1:
-            Wm = (
-                self.Ka * np.cos(cache[0])
-                if self.fast
-                else self.K * self.coupling.derivative(cache[0])
-            )
+        elif self.fast:
+            Wm = self.Ka * np.cos(cache[0])
         else:
-            Wm = self.K * float(self.coupling.derivative(0.0))
+            Wm = self.K * self.coupling.derivative(cache[0])
         d = Wm.sum(axis=-1) - np.diagonal(Wm, axis1=-2, axis2=-1)
-        if self.bet is not None:
-            assert self.tgt is not None
-            t = np.zeros(self.w.shape) if x is None else x.copy()
+        if self.bet is not None and self.tgt is not None:
+            t = x.copy()
             t[..., 0] = 0.0
             d = d + (self.bet if self.nudge == "linear" else self.bet * np.cos(self.tgt - t))
-        A = -Wm
-        n = A.shape[-1]
-        A[..., np.arange(n), np.arange(n)] = d
+        A = np.negative(Wm, out=Wm)  # (Wm is a fresh product)
+        diagonal_view(A)[...] = d
+        return A
+
+    def neg_jacobian(self, x: Array, cache: tuple[Array, ...]) -> Array:
+        """Newton matrix −∂F̃/∂x: −J̃ (B, N−1, N−1), the reduced weighted Laplacian plus the
+        nudge's diagonal; in free mode (B, N, N): −J with its θ_0 column replaced by ∂/∂Ω = 1."""
+        A = self.neg_full(x, cache)
+        if not self.free:
+            return A[..., 1:, 1:]
+        if self.bet is not None and self.tgt is not None:
+            d = self.tgt[..., 1:] - x[..., 1:]
+            nd = -self.bet[..., 1:] * (1.0 if self.nudge == "linear" else np.cos(d))
+            A[..., 0, 1:] += nd  # −∂(−Σ_j n_j)/∂θ_j = ∂n_j/∂θ_j
+        A[..., :, 0] = 1.0
         return A
 
     def stability_matrix(self, x: Array, cache: tuple[Array, ...]) -> Array:
-        """−(Jacobian of the relative-phase dynamics) (…, N−1, N−1).
+        """−(Jacobian of the relative-phase dynamics) (B, N−1, N−1).
 
         Pinned mode: −J̃. Free mode (asymmetric K or non-odd H): relative phases
         φ_i = θ_i − θ_0 obey dφ_i/dt = F_i − F_0, so −J_φ = (−J)[1:, 1:] − (−J)[0, 1:].
         """
-        if not self.free:
-            return self.neg_jacobian(x, cache)
         A = self.neg_full(x, cache)
+        if not self.free:
+            return A[..., 1:, 1:]
         return A[..., 1:, 1:] - A[..., :1, 1:]
 
 
-def _solve_single(A: Array, b: Array, symmetric: bool) -> Array:
-    """Solve A x = b (one small dense system) through LAPACK with little overhead."""
-    if symmetric:
-        _, x, info = lapack.dposv(A, b)
-        if info == 0:
-            return np.asarray(x)
-    _, _, x, info = lapack.dgesv(A, b)
-    if info == 0 and np.all(np.isfinite(x)):
-        return np.asarray(x)
-    return np.asarray(np.linalg.lstsq(A, b, rcond=None)[0])
-
-
-def _newton_small_sin(
-    w: Array, Ka: Array, th0: Array | None, tol: float, max_iter: int, symmetric: bool
-) -> Equilibrium:
-    """Damped Newton for one small un-nudged network with H = a·sin (reference at index 0).
-
-    Same algorithm as :func:`_newton_single`, written with as few numpy calls as possible:
-    on the N−1 non-reference rows, F̃_i = ω_i + Σ_j aK_ij sin(θ_j − θ_i) and
-    −J̃ = diag(Σ_j W_ij − aK_ii) − W, W_ij = aK_ij cos(θ_j − θ_i), are formed in one pass
-    (exact sin/cos of each difference, no product-formula cancellation), so the Jacobian at
-    the accepted point — needed for the next step and for the stability check — is free.
-    """
-    n = w.shape[0]
-    w1 = w[1:]
-    Ka1 = Ka[1:]
-    kdiag1 = np.diagonal(Ka1, offset=1)  # a K_ii (cos 0 = 1), excluded from the row sums
-    floor = (
-        64.0
-        * _EPS
-        * (1.0 + float(np.abs(w).max()) + float(np.abs(Ka).sum(axis=1).max()))
-        * np.sqrt(n)
-    )
-
-    def evaluate(t: Array) -> tuple[Array, Array]:
-        D = t[None, :] - t[1:, None]
-        Wm = Ka1 * np.cos(D)
-        A = -Wm[:, 1:]
-        A.flat[::n] = _add(Wm, axis=1) - kdiag1
-        return w1 + _add(Ka1 * np.sin(D), axis=1), A
-
-    if th0 is None:
-        th = np.zeros(n)
-        F = w1
-        A = -Ka1[:, 1:]
-        A.flat[::n] = _add(Ka1, axis=1) - kdiag1
-    else:
-        th = th0 - th0[0]
-        F, A = evaluate(th)
-    nrm = float(F @ F)
-    tol2 = tol * tol
-    it = 0
-    while nrm > tol2 and it < max_iter:
-        step = _solve_single(A, F, symmetric)  # (−J̃) s = F̃
-        if float(step @ step) > 1.0:
-            big = float(_max(np.abs(step)))
-            if big > 1.0:
-                step = step / big  # trust region: ≤ 1 rad per step
-        alpha = 1.0
-        for _ls in range(13):
-            trial = th.copy()
-            trial[1:] += step if alpha == 1.0 else alpha * step
-            Ft, At = evaluate(trial)
-            nt = float(Ft @ Ft)
-            if nt <= (1.0 - 1e-4 * alpha) * nrm or float(_max(np.abs(Ft))) <= floor:
-                break
-            alpha *= 0.5
-        it += 1
-        stalled = nt >= nrm and nrm <= floor * floor * n
-        th, F, A, nrm = trial, Ft, At, nt
-        if stalled:
-            break
-    if float(_max(np.abs(th))) >= np.pi:  # wrap only when needed (wrapping rounds)
-        th[1:] = wrap(th[1:])
-        F, A = evaluate(th)
-    res = float(_max(np.abs(F)))
-    stable, margin = _stability_single(A, symmetric)
-    return Equilibrium(
-        th,
-        np.asarray(res),
-        np.asarray(it),
-        np.asarray(res <= max(tol, floor)),
-        np.asarray(stable),
-        margin,
-    )
-
-
-_add = np.add.reduce
-_max = np.maximum.reduce
-
-
-def _stability_single(A: Array, symmetric: bool) -> tuple[bool, Array | Callable[[], Array]]:
-    """(stable, margin) for one −J̃; see :func:`_stability`."""
-    thresh = 1e-10 * (float(_max(np.abs(A), axis=None)) + 1e-300)
-    if symmetric:
-        S = A.copy()
-        S.flat[:: A.shape[0] + 1] -= thresh
-        info = lapack.dpotrf(S)[1]
-        stable = info == 0 or bool(np.linalg.eigvalsh(A)[0] > thresh)
-
-        def margin() -> Array:
-            return np.asarray(np.linalg.eigvalsh(A)[0])
-
-        return stable, margin
-    mg = float(np.linalg.eigvals(A).real.min())
-    return mg > thresh, np.asarray(mg)
-
-
-def _newton_single(
-    model: _DenseModel, th0: Array | None, tol: float, max_iter: int, symmetric: bool
-) -> Equilibrium:
-    """Damped Newton for one network (lean: a handful of numpy calls per iteration).
-
-    Small networks (N <= 64) evaluate H on all phase differences; larger ones iterate with the
-    product formulas and switch to the exact evaluation once the residual is small.
-    """
-    n = model.w.shape[-1]
-    exact = n <= 64 or not model.fast
-    floor = float(model.floor)
-    lo = model.lo
-    th = np.zeros(n) if th0 is None else th0 - th0[0]
-    F, cache = model.force(th0 if th0 is None and not model.free else th, exact)
-    res = float(np.abs(F).max())
-    it = 0
-    while it < max_iter:
-        if res <= tol:
-            if exact:
-                break
-            exact = True
-            F, cache = model.force(th, True)
-            res = float(np.abs(F).max())
-            continue
-        A = model.neg_jacobian(th, cache) if cache else model.neg_jacobian(None, cache)
-        step = _solve_single(A, F, symmetric)  # J̃ s = −F̃  ⇔  (−J̃) s = F̃
-        big = float(np.abs(step[1 - lo :]).max())
-        if big > 1.0:
-            step = step / big  # trust region: ≤ 1 rad per step
-        norm0 = float(F @ F)
-        alpha = 1.0
-        for _ls in range(13):
-            trial = th.copy()
-            trial[lo:] += alpha * step
-            Ft, ct = model.force(trial, exact)
-            rt = float(np.abs(Ft).max())
-            if float(Ft @ Ft) <= (1.0 - 1e-4 * alpha) * norm0 or rt <= floor:
-                break
-            alpha *= 0.5
-        # a failed line search still takes the smallest step (escape plateaus)
-        it += 1
-        stalled = rt >= res and res <= floor
-        th, F, cache, res = trial, Ft, ct, rt
-        if stalled:
-            if exact:
-                break
-            exact = True
-            F, cache = model.force(th, True)
-            res = float(np.abs(F).max())
-    if float(np.abs(th[1:]).max()) >= np.pi:  # wrap only when needed (wrapping rounds)
-        th[1:] = wrap(th[1:])
-        F, cache = model.force(th, True)
-        res = float(np.abs(F).max())
-    elif len(cache) != 1:
-        F, cache = model.force(th, True)
-        res = float(np.abs(F).max())
-    converged = res <= max(tol, floor)
-    A = model.stability_matrix(th, cache)
-    stable, margin = _stability(A[None], symmetric and not model.free)
-    th[0] = 0.0
-    return Equilibrium(
-        th,
-        np.asarray(res),
-        np.asarray(it),
-        np.asarray(converged),
-        stable[0],
-        (lambda: margin()[0]) if callable(margin) else margin[0],
-    )
-
-
-def _newton_batched(
-    model: _DenseModel, th0: Array, tol: float, max_iter: int, symmetric: bool
-) -> Equilibrium:
-    """Damped Newton over a batch (B, N); only unconverged samples keep iterating."""
-    B, N = th0.shape
-    th = th0 - th0[:, :1]
-    lo = model.lo
-    iters = np.zeros(B, dtype=np.int64)
-    F, cache = model.force(th)
-    res = np.abs(F).max(axis=1)
-    active = res > tol
-    for _ in range(max_iter):
-        if not active.any():
-            break
-        a = np.flatnonzero(active)
-        full = len(a) == B
-        m = model if full else model.subset(a)
-        tha = th if full else th[a]
-        Fa = F if full else F[a]
-        ca = cache if full else tuple(x[a] for x in cache)
-        A = m.neg_jacobian(tha, ca)
-        step = _batched_solve(A, Fa)
-        big = np.abs(step[:, 1 - lo :]).max(axis=1, keepdims=True)
-        step *= np.minimum(1.0, 1.0 / np.maximum(big, 1e-300))
-        norm0 = np.einsum("bi,bi->b", Fa, Fa)
-        trial = tha.copy()
-        trial[:, lo:] += step
-        Ft, ct = m.force(trial)
-        good = np.einsum("bi,bi->b", Ft, Ft) <= (1.0 - 1e-4) * norm0
-        good |= np.abs(Ft).max(axis=1) <= m.floor
-        if not good.all():  # backtracking, only for the samples whose full step failed
-            p = np.flatnonzero(~good)
-            alpha = 1.0
-            for ls in range(12):
-                alpha *= 0.5
-                mp = m.subset(p)
-                tp = tha[p].copy()
-                tp[:, lo:] += alpha * step[p]
-                Fp, cp = mp.force(tp)
-                ok = np.einsum("bi,bi->b", Fp, Fp) <= (1.0 - 1e-4 * alpha) * norm0[p]
-                ok |= np.abs(Fp).max(axis=1) <= mp.floor
-                if ls == 11:
-                    ok[:] = True  # a failed line search still takes the smallest step
-                q = p[ok]
-                trial[q] = tp[ok]
-                Ft[q] = Fp[ok]
-                for x, y in zip(ct, cp, strict=True):
-                    x[q] = y[ok]
-                p = p[~ok]
-                if len(p) == 0:
-                    break
-        new_res = np.abs(Ft).max(axis=1)
-        stalled = (new_res >= res[a]) & (res[a] <= model.floor[a])
-        if full:
-            th, F, cache = trial, Ft, ct
-        else:
-            th[a] = trial
-            F[a] = Ft
-            for x, y in zip(cache, ct, strict=True):
-                x[a] = y
-        res[a] = new_res
-        iters[a] += 1
-        active[a] = (new_res > tol) & ~stalled
-    th[:, 1:] = wrap(th[:, 1:])
-    F, cache = model.force(th, True)
-    res = np.abs(F).max(axis=1)
-    converged = res <= np.maximum(tol, model.floor)
-    stable, margin = _stability(model.stability_matrix(th, cache), symmetric and not model.free)
-    th[:, 0] = 0.0
-    return Equilibrium(th, res, iters, converged, stable, margin)
-
-
-def _batched_solve(A: Array, b: Array) -> Array:
+def _linear_solve(A: Array, b: Array, symmetric: bool) -> Array:
+    """Solve A x = b for a stack (B, n, n); one system goes straight to LAPACK (Cholesky
+    first when symmetric), a singular one to least squares."""
+    if len(A) == 1:
+        if symmetric:
+            _, x, info = lapack.dposv(A[0], b[0])
+            if info == 0:
+                return np.asarray(x)[None]
+        _, _, x, info = lapack.dgesv(A[0], b[0])
+        if info == 0 and np.isfinite(x).all():
+            return np.asarray(x)[None]
+        return np.asarray(np.linalg.lstsq(A[0], b[0], rcond=None)[0])[None]
     try:
         return np.asarray(np.linalg.solve(A, b[..., None])[..., 0], dtype=np.float64)
     except np.linalg.LinAlgError:
-        out = np.empty_like(b)
-        for k in range(len(b)):
-            out[k] = np.linalg.lstsq(A[k], b[k], rcond=None)[0]
-        return out
+        return np.stack([np.linalg.lstsq(A[k], b[k], rcond=None)[0] for k in range(len(b))])
 
 
-def _stability(A: Array, symmetric: bool) -> tuple[NDArray[np.bool_], Array | Callable[[], Array]]:
-    """(stable, margin) for −J̃ stacks A (B, n, n); stable iff min eigenvalue > 1e-10·max|A|.
+def stability(
+    A: Array, symmetric: bool, policy: NewtonPolicy = NEWTON
+) -> tuple[NDArray[np.bool_], Array | Callable[[], Array]]:
+    """(stable, margin) for −J̃ stacks A (B, n, n): stable iff the smallest eigenvalue (real
+    part) exceeds the policy's shift·max|A|.
 
-    Symmetric A: a Cholesky factorisation of A − 1e-10·max|A|·I decides (the margin, the
-    smallest eigenvalue, is computed lazily); otherwise the eigenvalues of A are computed.
+    Symmetric A: a Cholesky factorisation of A − shift·I decides (the margin, the smallest
+    eigenvalue, is computed lazily); otherwise the eigenvalues of A are computed.
     """
-    scale = np.abs(A).max(axis=(1, 2)) + 1e-300
-    thresh = 1e-10 * scale
+    thresh = np.asarray(policy.stability_threshold(np.abs(A).max(axis=(1, 2))))
     if symmetric:
-        shifted = A - thresh[:, None, None] * np.eye(A.shape[-1])
-        try:
-            np.linalg.cholesky(shifted)
-            stable = np.ones(len(A), dtype=bool)
-        except np.linalg.LinAlgError:
-            stable = np.linalg.eigvalsh(A)[:, 0] > thresh
+        shifted = A.copy()  # (contiguous, also for a slice of −J)
+        diagonal_view(shifted)[...] -= thresh[:, None]
+        if len(A) == 1:  # one matrix: LAPACK directly (info > 0: not positive definite)
+            stable = np.array([lapack.dpotrf(shifted[0])[1] == 0])
+        else:
+            try:
+                np.linalg.cholesky(shifted)
+                stable = np.ones(len(A), dtype=bool)
+            except np.linalg.LinAlgError:
+                stable = np.linalg.eigvalsh(A)[:, 0] > thresh
 
         def margin() -> Array:
             return np.asarray(np.linalg.eigvalsh(A)[:, 0])
@@ -465,3 +208,136 @@ def _stability(A: Array, symmetric: bool) -> tuple[NDArray[np.bool_], Array | Ca
         return stable, margin
     mg = np.linalg.eigvals(A).real.min(axis=1)
     return mg > thresh, mg
+
+
+def newton_dense(
+    model: _DenseModel,
+    th0: Array,
+    *,
+    tol: float,
+    max_iter: int,
+    symmetric: bool,
+    policy: NewtonPolicy = NEWTON,
+) -> Equilibrium:
+    """Damped Newton over a batch (B, N) (reference at index 0); only unconverged rows keep
+    iterating. One small network (N <= 64) evaluates H exactly throughout; otherwise the
+    product formulas iterate and the exact evaluation polishes once every row has stopped.
+    ``stable`` is decided lazily, on first access (a caller that judges lock itself never
+    pays for it)."""
+    B, N = th0.shape
+    exact = not model.fast or (B == 1 and N <= _EXACT_MAX_N)
+    th = th0 - th0[:, :1]
+    F, cache = model.force(th, exact)
+    res = np.abs(F).max(axis=1)
+    iters = np.zeros(B, dtype=np.int64)
+    active = res > tol
+    while True:
+        th, F, cache, res = _iterate(
+            model, (th, F, cache, res), iters, active,
+            exact=exact, symmetric=symmetric, tol=tol, max_iter=max_iter, policy=policy,
+        )  # fmt: skip
+        if exact:
+            break
+        exact = True  # polish: the product formulas lose digits to cancellation at large N
+        F, cache = model.force(th, True)
+        res = np.abs(F).max(axis=1)
+        active = (res > tol) & (iters < max_iter)
+        if not active.any():
+            break
+    return _finish(model, (th, F, cache, res), iters, tol, symmetric, policy)
+
+
+def _iterate(
+    model: _DenseModel,
+    state: tuple[Array, Array, tuple[Array, ...], Array],
+    iters: NDArray[np.int64],
+    active: NDArray[np.bool_],
+    *,
+    exact: bool,
+    symmetric: bool,
+    tol: float,
+    max_iter: int,
+    policy: NewtonPolicy,
+) -> tuple[Array, Array, tuple[Array, ...], Array]:
+    """Newton steps on the ``active`` rows until each converges, stalls or runs out of
+    iterations (an active row always has iterations left); returns (θ, F̃, cache, residual)
+    and updates ``iters``/``active`` in place."""
+    th, F, cache, res = state
+    lo = model.lo
+    while True:
+        a = active_rows(active)
+        if a is not None and a.size == 0:
+            break
+        if a is None:
+            m, tha, Fa, ca, ra = model, th, F, cache, res
+        else:
+            m, tha, Fa, ra = model.subset(a), th[a], F[a], res[a]
+            ca = tuple(x[a] for x in cache)
+        step = _linear_solve(m.neg_jacobian(tha, ca), Fa, symmetric)  # (−J̃) s = F̃
+        step = trust_region(step, policy, 1 - lo)
+        evaluate = partial(_trial, m, tha, step, exact)
+        trial, Ft, ct = backtrack(evaluate, np.einsum("bi,bi->b", Fa, Fa), m.floor, policy)
+        new_res = np.abs(Ft).max(axis=1)
+        go = new_res > tol
+        if (new_res >= ra).any():
+            go &= ~stalled(new_res, ra, m.floor)
+        if a is None:
+            th, F, cache, res = trial, Ft, ct, new_res
+            iters += 1
+            active &= go & (iters < max_iter)
+            continue
+        th[a], F[a] = trial, Ft
+        for x, y in zip(cache, ct, strict=True):
+            x[a] = y
+        res[a] = new_res
+        iters[a] += 1
+        active[a] = go & (iters[a] < max_iter)
+    return th, F, cache, res
+
+
+def _trial(
+    m: _DenseModel, tha: Array, step: Array, exact: bool, rows: NDArray[np.intp], alpha: float
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """State, F̃ and cache of ``rows`` after a step of length ``alpha``."""
+    if len(rows) == len(tha):
+        mr, t, sr = m, tha.copy(), step
+    else:
+        mr, t, sr = m.subset(rows), tha[rows], step[rows]
+    t[:, m.lo :] += sr if alpha == 1.0 else alpha * sr
+    return (t, *mr.force(t, exact))
+
+
+def _finish(
+    model: _DenseModel,
+    state: tuple[Array, Array, tuple[Array, ...], Array],
+    iters: NDArray[np.int64],
+    tol: float,
+    symmetric: bool,
+    policy: NewtonPolicy,
+) -> Equilibrium:
+    """Wrap (only rows that need it: wrapping rounds), residual on the exact evaluation,
+    convergence; stability decided on first access of ``stable`` (it needs −J at θ only)."""
+    th, F, cache, res = state
+    wrapped = np.abs(th[:, 1:]).max(axis=1) >= np.pi
+    rewrap = bool(wrapped.any())
+    if rewrap:
+        th[wrapped, 1:] = wrap(th[wrapped, 1:])
+    if rewrap or len(cache) != 1:
+        F, cache = model.force(th, True)
+        res = np.abs(F).max(axis=1)
+    converged = res <= np.maximum(tol, model.floor)
+    x = th.copy()  # the state the stability check reads (θ_0 slot: Ω in free mode)
+    th[:, 0] = 0.0
+    judged: list[tuple[NDArray[np.bool_], Array | Callable[[], Array]]] = []
+
+    def decide() -> tuple[NDArray[np.bool_], Array | Callable[[], Array]]:
+        if not judged:
+            A = model.stability_matrix(x, cache)
+            judged.append(stability(A, symmetric and not model.free, policy))
+        return judged[0]
+
+    def margin() -> Array:
+        mg = decide()[1]
+        return np.asarray(mg() if callable(mg) else mg, dtype=np.float64)
+
+    return Equilibrium(th, res, iters, converged, lambda: decide()[0], margin, path="dense")

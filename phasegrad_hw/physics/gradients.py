@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
-from scipy.linalg import solve_triangular
 
 from phasegrad_hw.physics.coupling import (
     SIN,
@@ -31,7 +30,6 @@ from phasegrad_hw.physics.coupling import (
 from phasegrad_hw.physics.equilibrium import solve_equilibrium
 
 Edges = NDArray[np.int64]
-_EPS = float(np.finfo(np.float64).eps)
 
 
 def loss(
@@ -234,7 +232,8 @@ def finite_difference_gradient(
 ) -> Array:
     """Centred finite differences of L(θ*(ω^c)) on each non-reference centred frequency.
 
-    All 2(N−1) perturbed equilibria are solved in one batched, warm-started call. Raises
+    All 2(N−1) perturbed equilibria are solved in one batched call warm-started from the
+    unperturbed state (dense K). Raises
     RuntimeError if any perturbed state fails to lock (the derivative would be meaningless).
     """
     w = _as_float_array("omega_c", omega_c)
@@ -250,67 +249,14 @@ def finite_difference_gradient(
     W = np.repeat(w[None, :], 2 * len(ks), axis=0)
     W[np.arange(len(ks)), ks] += eps
     W[len(ks) + np.arange(len(ks)), ks] -= eps
-    th = _chord_equilibria(W, K, coupling, _as_float_array("theta0", theta0), r)
-    if th is None:
-        eq = solve_equilibrium(W, K, coupling, ref=r, theta0=theta0)
-        if not np.all(eq.ok):
-            raise RuntimeError(
-                "finite_difference_gradient: a perturbed state did not lock; reduce eps"
-            )
-        th = eq.theta
+    eq = solve_equilibrium(W, K, coupling, ref=r, theta0=theta0)
+    if not np.all(eq.ok):
+        raise RuntimeError("finite_difference_gradient: a perturbed state did not lock; reduce eps")
+    th = eq.theta
     Lv = loss(th, outputs, target, kind)
     g = np.zeros(n)
     g[ks] = (Lv[: len(ks)] - Lv[len(ks) :]) / (2.0 * eps)
     return g
-
-
-def _chord_equilibria(
-    W: Array,
-    K: ArrayLike,
-    coupling: CouplingFunction,
-    theta0: Array,
-    ref: int,
-    tol: float = 1e-12,
-    max_iter: int = 30,
-) -> Array | None:
-    """Equilibria of many slightly perturbed copies of one locked, stable network.
-
-    Chord Newton: −J̃ is factored once at the unperturbed state θ0 (which must be a stable
-    equilibrium) and reused, θ ← θ + (−J̃₀)⁻¹ F̃(θ), converging linearly at a rate ~‖Δω‖.
-    Only for a dense symmetric K with odd H; returns None (caller falls back to the full
-    solver) otherwise, or if some copy does not reach ``tol`` (residual evaluated exactly).
-    """
-    if sp.issparse(K) or not coupling.is_odd:
-        return None
-    Km = np.asarray(K, dtype=np.float64)
-    if Km.ndim != 2 or not np.array_equal(Km, Km.T) or theta0.shape != W.shape[1:]:
-        return None
-    n = W.shape[1]
-    keep = np.arange(n) != ref
-    J = jacobian(theta0, Km, coupling)[keep][:, keep]
-    try:
-        cho = np.linalg.cholesky(-J)
-    except np.linalg.LinAlgError:
-        return None
-    th = np.repeat((theta0 - theta0[ref])[None, :], len(W), axis=0)
-    sine = len(coupling.harmonics) == 1
-    Ka = Km * coupling.harmonics[0]
-    floor = 64.0 * _EPS * (1.0 + np.abs(W).max() + np.abs(Km).sum(axis=1).max()) * np.sqrt(n)
-    prev = np.inf
-    for _ in range(max_iter):
-        if sine:  # Σ_j aK_ij sin(θ_j − θ_i) = c_i (aK s)_i − s_i (aK c)_i, two BLAS products
-            s, c = np.sin(th), np.cos(th)
-            F = (W + c * (s @ Ka.T) - s * (c @ Ka.T))[:, keep]
-        else:
-            D = th[:, None, :] - th[:, :, None]
-            F = (W + (Km * coupling.value(D)).sum(axis=-1))[:, keep]
-        res = float(np.abs(F).max())
-        if res <= tol or (res >= prev and res <= floor):
-            return th
-        prev = res
-        y = solve_triangular(cho, F.T, lower=True)
-        th[:, keep] += solve_triangular(cho.T, y, lower=False).T
-    return None
 
 
 def cosine(a: ArrayLike, b: ArrayLike) -> Array:

@@ -396,7 +396,7 @@ def solve_layered(
     free state is a function of the parameters and the input;
     ``loss`` with ``beta`` >= 0 nudges the outputs by −direction·β·∂L/∂θ_out (``direction`` −1
     gives the −β state of a centred estimate). Newton numbers (tolerance, iterations, trust
-    region, Armijo factor and halvings, rounding floor, stability shift) come from ``NEWTON``
+    region, Armijo factor and line-search trials, rounding floor, stability shift) come from ``NEWTON``
     unless ``tol`` / ``max_iter`` are given.
 
     Each step solves (−S + μI)·δ = F_o with μ = 0 where −S is positive definite (plain Newton)
@@ -466,14 +466,14 @@ def solve_layered(
         slope = -(cur.F * step).sum(axis=1)  # dE_r/dα at α = 0 (< 0: descent)
         alpha = np.ones(act.size)
         pend = np.arange(act.size)
-        for h in range(pol.line_search_halvings + 1):
+        for h in range(pol.line_search_trials):
             rows = act[pend]
             trial = sys_.evaluate(cur.th_o[pend] + alpha[pend, None] * step[pend], rows)
             a = alpha[pend]
             dE = sys_.energy_change(trial, cur.take(pend))
             ok_e = dE <= pol.armijo * a * slope[pend]
             ok_f = pd[pend] & ((trial.F * trial.F).sum(axis=1) <= (1.0 - pol.armijo * a) * f2[pend])
-            last = h == pol.line_search_halvings
+            last = h == pol.line_search_trials - 1
             take = trial.can & (ok_e | ok_f | last)
             st.put(rows[take], trial, take)
             if last:
