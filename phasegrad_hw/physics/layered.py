@@ -396,8 +396,8 @@ def solve_layered(
     free state is a function of the parameters and the input;
     ``loss`` with ``beta`` >= 0 nudges the outputs by −direction·β·∂L/∂θ_out (``direction`` −1
     gives the −β state of a centred estimate). Newton numbers (tolerance, iterations, trust
-    region, Armijo factor and line-search trials, rounding floor, stability shift) come from ``NEWTON``
-    unless ``tol`` / ``max_iter`` are given.
+    region, Armijo factor and line-search trials, rounding floor, stability shift) come from
+    ``NEWTON`` unless ``tol`` / ``max_iter`` are given.
 
     Each step solves (−S + μI)·δ = F_o with μ = 0 where −S is positive definite (plain Newton)
     and μ just above −λ_min(−S) elsewhere (a descent direction of the reduced energy, so the
