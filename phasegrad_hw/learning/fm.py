@@ -101,7 +101,7 @@ def fm_signals(
     wm = nominal[labels] * (1.0 + rng.uniform(-jitter, jitter, n))
     phase0 = rng.uniform(0.0, 2.0 * np.pi, n)
     chi = rng.uniform(0.0, 2.0 * np.pi, n)
-    t = sample_dt * np.arange(int(round(duration / sample_dt)) + 1)
+    t: Array = sample_dt * np.arange(int(round(duration / sample_dt)) + 1, dtype=np.float64)
     m = (depth / wm)[:, None] * np.sin(wm[:, None] * t + chi[:, None])
     classes = tuple(f"fm{f:.2f}" for f in nominal)
     log.debug("fm_signals: %d classes %s, %d samples, T = %d", n_classes, classes, n, t.size)
