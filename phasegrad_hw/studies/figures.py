@@ -121,7 +121,7 @@ def asymmetry_figure(rows: Rows, path: Path | str) -> Path:
     if pub:
         px, py = zip(*pub, strict=True)
         ax.plot(px, py, "kx", markersize=9, label="published (arXiv 2604.10272)")
-    ax.set_xlabel("random coupling asymmetry |K_ij − K_ji| scale (%)")
+    ax.set_xlabel("relative coupling asymmetry, antisymmetric perturbation of K (%)")
     ax.set_ylabel("cosine(two-phase, true gradient) (dimensionless)")
     ax.set_title("identity under asymmetric coupling, N = 15")
     ax.grid(True, alpha=0.3)
