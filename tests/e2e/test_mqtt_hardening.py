@@ -142,6 +142,7 @@ async def test_same_credentials_cannot_forge_replay_or_steer(broker: Mosquitto) 
             await mal.c.subscribe("phasegrad/lab/chip/rpc/rep/#", qos=0)
             await victim.set_frequencies(np.full(9, 0.05))
             await victim.clamp([0.1, -0.1], 0.5)
+            await victim.flush()  # one batch: set_frequencies + clamp
             assert spy.clamped
             nxt = next(victim._ids)  # the id the victim will use next (peeked, then re-queued)
             victim._ids = iter(range(nxt, 10**9))  # type: ignore[assignment]
@@ -160,7 +161,8 @@ async def test_same_credentials_cannot_forge_replay_or_steer(broker: Mosquitto) 
             await asyncio.sleep(0.3)
             assert spy.clamped  # no forged make_safe/release reached the device
             w = np.linspace(-0.2, 0.2, 9)
-            await victim.set_frequencies(w)  # the victim's real request with that id ...
+            await victim.set_frequencies(w)
+            await victim.flush()  # the victim's real request with that id ...
             assert np.allclose(spy.omega, w)  # ... is applied, not answered from a cache
             # the forged requests' error replies reached the victim's topic and were dropped
             assert victim.late_replies + victim.foreign_replies == 3
