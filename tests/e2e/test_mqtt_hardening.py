@@ -25,7 +25,8 @@ import pytest
 from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.fleet.agent import Agent
-from phasegrad_hw.learning.controller import Parameters
+from phasegrad_hw.learning.controller import Parameters, StepReport
+from phasegrad_hw.learning.loop import LoopObserver
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.conftest import REPO
 from tests.e2e.test_mqtt_remote import (
@@ -439,14 +440,15 @@ def _restart_run(
         killer = threading.Thread(target=restart, daemon=True)
         steps = [0]
 
-        def on_step(_: Any) -> None:
-            steps[0] += 1
-            if steps[0] == kill_step:
-                killer.start()
+        class Killer(LoopObserver):
+            def on_step(self, report: StepReport) -> None:
+                steps[0] += 1
+                if steps[0] == kill_step:
+                    killer.start()
 
         async def go() -> Parameters:
             async with sub:
-                return await train(sub, epochs, on_step=on_step)
+                return await train(sub, epochs, [Killer()])
 
         try:
             return "identical", asyncio.run(go())
