@@ -639,16 +639,15 @@ class MqttSubstrate(OscillatorSubstrate):
             self._queue.clear()
             return
         queued = len(self._queue)
-        try:
-            _, failed, error = await self._send_all([MAKE_SAFE])
-            if error is not None and queued and (failed is None or failed < queued):
-                # a queued write stopped the batch before make_safe ran: send it alone
-                log.warning("%s: %s; making the device safe", self.topics.base, error)
-                await self._send([MAKE_SAFE])
-            if error is not None:
-                raise error
-        finally:
+        _, failed, error = await self._send_all([MAKE_SAFE])
+        if error is not None and failed is not None and failed < queued:
+            # a queued write stopped the batch before make_safe ran: send it alone
+            log.warning("%s: %s; making the device safe", self.topics.base, error)
+            await self._send([MAKE_SAFE])
             self.clamped = False
+        if error is not None:
+            raise error
+        self.clamped = False
 
     def reseed(self, seed: int) -> None:
         """Reseed the remote device's noise generator (if it has one), as the training loop
