@@ -3,15 +3,21 @@
 ``--device mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?timeout=S&retry=S&prefix=P&tls=1&ca=…]``
 (credentials also from ``PHASEGRAD_HW_MQTT_USERNAME`` / ``PHASEGRAD_HW_MQTT_PASSWORD``).
 
-Protocol 2 (docs/mqtt.md). ``connect`` opens a session with the agent (its reply gives the
-session nonce and the agent's boot id); every call is then a request with the nonce and the
-next integer id, published at QoS 0 on the agent's request topic (no PUBACK in the path, so
-nothing waits on Nagle + delayed ACK on a default-configured broker). The reply comes back on
-this client's own reply topic (its MQTT client id). A request is re-sent with the *same* id
-every ``retry`` s and after every reconnect (the agent answers a repeat of its last id from its
-cache, so nothing is applied twice); without a reply within ``timeout`` s the call raises
-:class:`DeviceTimeoutError`, and a late reply is dropped — never taken for a later request. A
-reply of another session is dropped too.
+Protocol 2 with ``batch`` (docs/mqtt.md). ``connect`` opens a session with the agent (its reply
+gives the session nonce and the agent's boot id). Writes (``set_frequencies``, ``set_biases``,
+``set_couplings``, ``clamp``, ``release``) are limit-checked here by the base class and then
+*queued*, not sent: the next read (``read_phases``, ``read_frequencies``), ``make_safe``/``close``
+or :meth:`MqttSubstrate.flush` sends the queue and itself as one ``batch`` request, which the
+agent executes in order — one round trip per EP phase. An error of a queued write (the agent
+checks limits again, with its own frequency map) is raised by that read/flush at the latest,
+naming the operation; the first failing operation stops the batch. Every request carries the
+session nonce and the next integer id, published at QoS 0 on the agent's request topic (no
+PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured broker).
+The reply comes back on this client's own reply topic (its MQTT client id). A request is
+re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers a
+repeat of its last id from its cache, so nothing is applied twice); without a reply within
+``timeout`` s the call raises :class:`DeviceTimeoutError`, and a late reply is dropped —
+never taken for a later request. A reply of another session is dropped too.
 
 Restarts: a reply with another boot id than the session's means the agent restarted and the
 device lost its state (ω, K, clamp): the call raises :class:`AgentRestartedError` and so does
@@ -52,19 +58,22 @@ from phasegrad_hw.errors import (
 )
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import (
+    BATCH,
+    MAX_BATCH_OPS,
     NONCE_HEX,
     PROTOCOL_VERSION,
+    BatchResult,
     BrokerConfig,
-    EmptyResult,
+    ErrorInfo,
     HelloResult,
     OpenResult,
     PhaseResult,
     Reply,
-    ReseedResult,
     Topics,
     VectorResult,
     auth_failure,
     check_segment,
+    max_request_bytes,
     parse_name,
     reason_code,
 )
@@ -85,6 +94,8 @@ _ERRORS: dict[str, type[Exception]] = {
 
 STALL_MS = 15.0  # ms of round trip beyond the agent's own time that mean a stalled path
 STALL_WINDOW = 32  # requests per judgement
+ENVELOPE_BYTES = 512  # a batch's bytes besides its operations (v, op, id, reply_to, session)
+MAKE_SAFE: dict[str, Any] = {"op": "make_safe"}
 
 
 class AgentRestartedError(DeviceError):
@@ -171,7 +182,7 @@ class MqttSubstrate(OscillatorSubstrate):
         self.stall_warned = False
         self.foreign_replies = 0
         self._remote_reseed = False
-        self._pending_seed: int | None = None
+        self._queue: list[dict[str, Any]] = []  # checked writes waiting for the next batch
         self._fatal: Exception | None = None
         self.late_replies = 0
         self.last_error: str | None = None  # the last broker connection error, for messages
@@ -180,6 +191,7 @@ class MqttSubstrate(OscillatorSubstrate):
         if model is None:
             model = fetch_model(broker, self.topics, timeout_s=min(timeout_s, 10.0))
         super().__init__(model)
+        self._max_bytes = max_request_bytes(model.n, len(model.edges))
 
     # -- connection -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -195,6 +207,11 @@ class MqttSubstrate(OscillatorSubstrate):
                 raise ProtocolError(
                     f"{self.topics.base}: the agent's device model differs from this one"
                 )
+            if BATCH not in hello.capabilities:
+                raise ProtocolError(
+                    f"{self.topics.base}: the agent ({hello.agent}) does not execute batch "
+                    "requests; update it to phasegrad-hw-agent/2.1 or later"
+                )
         except BaseException:
             await self._disconnect()  # no connection task left behind
             raise
@@ -203,6 +220,7 @@ class MqttSubstrate(OscillatorSubstrate):
         ) | ({Capability.RESEED} if hello.reseed else set())
         self._remote_reseed = hello.reseed
         self.session, self.boot, self._restarted = hello.session, hello.boot, None
+        self._queue.clear()
         if hello.broker_probe_ms is not None and hello.broker_probe_ms > STALL_MS:
             log.warning(
                 "%s: the agent measured a %.0f ms broker round trip: the broker waits on "
@@ -225,6 +243,13 @@ class MqttSubstrate(OscillatorSubstrate):
             if not p.fut.done():
                 p.fut.set_exception(DeviceError(f"{self.topics.base}: connection closed"))
         self._pending.clear()
+        if self._queue:
+            log.warning(
+                "%s: %d queued operation(s) dropped at disconnect",
+                self.topics.base,
+                len(self._queue),
+            )
+            self._queue.clear()
 
     async def _run(self) -> None:
         import aiomqtt
@@ -350,10 +375,9 @@ class MqttSubstrate(OscillatorSubstrate):
             return
         entry.fut.set_result(rep)
 
-    async def _call(
-        self, op: str, fields: dict[str, Any], *, in_session: bool = True
-    ) -> dict[str, Any]:
-        """One request/reply round trip (see module docstring); raises the mapped error."""
+    def _check_usable(self, *, in_session: bool = True) -> None:
+        """Raise at once what would fail any request: not connected, a permanent failure, a
+        restarted agent, no session."""
         if self._task is None:
             raise DeviceError(f"{self.topics.base}: not connected (use `async with substrate`)")
         if self._fatal is not None:
@@ -362,10 +386,30 @@ class MqttSubstrate(OscillatorSubstrate):
             raise self._restarted
         if in_session and self.session is None:
             raise DeviceError(f"{self.topics.base}: no session (use `async with substrate`)")
-        if self._pending_seed is not None and in_session and op != "reseed":
-            seed, self._pending_seed = self._pending_seed, None
-            if self._remote_reseed:
-                self._result(ReseedResult, await self._call("reseed", {"seed": seed}), "reseed")
+
+    async def _call(
+        self, op: str, fields: dict[str, Any], *, in_session: bool = True
+    ) -> dict[str, Any]:
+        """One request of ``op`` (``hello``, ``open``), its result; raises the mapped error."""
+        rep = await self._exchange(op, fields, op, in_session=in_session)
+        if not rep.ok:
+            raise self._error(op, rep.error)
+        return rep.result or {}
+
+    def _error(self, op: str, err: ErrorInfo | None) -> Exception:
+        kind = err.kind if err else "internal"
+        text = err.message if err else "?"
+        return _ERRORS.get(kind, DeviceError)(
+            f"{self.topics.base}: {op} refused by the agent ({kind}): {text}"
+        )
+
+    async def _exchange(
+        self, op: str, fields: dict[str, Any], label: str, *, in_session: bool = True
+    ) -> Reply:
+        """One request/reply round trip (see module docstring): re-sent with the same id until
+        answered or ``timeout``; a reply with another boot id raises
+        :class:`AgentRestartedError`. ``label`` names the request in messages."""
+        self._check_usable(in_session=in_session)
         rid = next(self._ids)
         head: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
@@ -386,7 +430,7 @@ class MqttSubstrate(OscillatorSubstrate):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeviceTimeoutError(
-                        f"{self.topics.base}: {op} (request {rid}) not answered within "
+                        f"{self.topics.base}: {label} (request {rid}) not answered within "
                         f"{self.timeout_s:g} s"
                         + (
                             ""
@@ -435,23 +479,93 @@ class MqttSubstrate(OscillatorSubstrate):
             self._pending.pop(rid, None)
         if self.boot is not None and rep.boot != self.boot:
             self._restarted = AgentRestartedError(
-                f"{self.topics.base}: the agent restarted during {op} (boot id "
+                f"{self.topics.base}: the agent restarted during {label} (boot id "
                 f"{self.boot[:8]}… → {rep.boot[:8]}…): the device lost the state this "
                 "controller set (frequencies, couplings, clamp); the step is aborted with no "
                 "update — reconnect and resume from the last checkpoint"
             )
             log.error("%s", self._restarted)
+            self._queue.clear()
             raise self._restarted
         if not pending.resent:
-            self._watch_path(op, (time.perf_counter() - pending.sent) * 1e3, rep.took_s * 1e3)
-        if not rep.ok:
-            err = rep.error
-            kind = err.kind if err else "internal"
-            text = err.message if err else "?"
-            raise _ERRORS.get(kind, DeviceError)(
-                f"{self.topics.base}: {op} refused by the agent ({kind}): {text}"
-            )
-        return rep.result or {}
+            self._watch_path(label, (time.perf_counter() - pending.sent) * 1e3, rep.took_s * 1e3)
+        return rep
+
+    # -- batching: writes wait for the next read ----------------------------------------
+    async def _enqueue(self, op: dict[str, Any]) -> None:
+        """Queue a write (already limit-checked by the base class) for the next batch; a full
+        queue is sent first as a write-only batch."""
+        self._check_usable()
+        if len(self._queue) >= MAX_BATCH_OPS - 1:  # leave room for the read that follows
+            await self.flush()
+        self._queue.append(op)
+
+    async def flush(self) -> None:
+        """Send the queued writes now (one write-only batch) and wait for the agent to have
+        applied them; raises the error of the first that failed."""
+        if self._queue:
+            await self._send([])
+
+    async def _send(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The queued writes, then ``ops``, in as few batches as the limits allow (in order);
+        returns the results of the last batch (its last entry is the last operation's)."""
+        results, _, error = await self._send_all(ops)
+        if error is not None:
+            raise error
+        return results
+
+    async def _send_all(
+        self, ops: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], int | None, Exception | None]:
+        """Like :meth:`_send`, but returns ``(results, failed, error)``: ``failed`` is the index
+        (in queue + ``ops``) of the operation that stopped it, if the agent named one."""
+        self._check_usable()
+        todo, self._queue = [*self._queue, *ops], []
+        results: list[dict[str, Any]] = []
+        done = 0
+        for chunk in self._chunks(todo):
+            results, failed, error = await self._batch(chunk)
+            if error is not None:
+                return results, None if failed is None else done + failed, error
+            done += len(chunk)
+        return results, None, None
+
+    def _chunks(self, ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Split ``ops`` into batches of at most ``MAX_BATCH_OPS`` operations and the agent's
+        request size (:func:`~phasegrad_hw.wire.mqtt.max_request_bytes`)."""
+        if len(ops) <= 1:
+            return [ops] if ops else []
+        budget = self._max_bytes - ENVELOPE_BYTES
+        out: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for op in ops:
+            size = len(json.dumps(op)) + 2
+            if out[-1] and (len(out[-1]) >= MAX_BATCH_OPS or used + size > budget):
+                out.append([])
+                used = 0
+            out[-1].append(op)
+            used += size
+        return out
+
+    async def _batch(
+        self, ops: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], int | None, Exception | None]:
+        """One ``batch`` request: ``(results, failed index or None, mapped error or None)``."""
+        label = " + ".join(str(o["op"]) for o in ops)
+        rep = await self._exchange(BATCH, {"ops": ops}, label)
+        data: BatchResult | None = (
+            None if rep.result is None else self._result(BatchResult, rep.result, "batch")
+        )
+        if rep.ok:
+            if data is None or data.failed is not None or len(data.results) != len(ops):
+                raise ProtocolError(
+                    f"agent reply to batch: {0 if data is None else len(data.results)} "
+                    f"results for {len(ops)} operations"
+                )
+            return data.results, None, None
+        failed = data.failed if data is not None else None
+        name = str(ops[failed]["op"]) if failed is not None and failed < len(ops) else label
+        return [] if data is None else data.results, failed, self._error(name, rep.error)
 
     def _watch_path(self, op: str, rtt_ms: float, agent_ms: float) -> None:
         """Judge the request/reply path: over ``STALL_WINDOW`` requests, a median round trip
@@ -486,42 +600,27 @@ class MqttSubstrate(OscillatorSubstrate):
         except ValidationError as exc:
             raise ProtocolError(f"agent reply to {op}: {exc.errors()[0]['msg']}") from None
 
-    # -- hooks --------------------------------------------------------------------------
+    # -- hooks: writes are queued (the base class has checked them), reads send the batch --
     async def _apply_frequencies(self, omega: Array) -> None:
-        self._result(
-            EmptyResult,
-            await self._call("set_frequencies", {"omega": omega.tolist()}),
-            "set_frequencies",
-        )
+        await self._enqueue({"op": "set_frequencies", "omega": omega.tolist()})
 
     async def _apply_biases(self, values: Array) -> None:
-        self._result(
-            EmptyResult, await self._call("set_biases", {"values": values.tolist()}), "set_biases"
-        )
+        await self._enqueue({"op": "set_biases", "values": values.tolist()})
 
     async def _apply_couplings(self, values: Array) -> None:
-        self._result(
-            EmptyResult,
-            await self._call("set_couplings", {"values": values.tolist()}),
-            "set_couplings",
-        )
+        await self._enqueue({"op": "set_couplings", "values": values.tolist()})
 
     async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
-        self._result(
-            EmptyResult,
-            await self._call(
-                "clamp", {"target": target.tolist(), "beta": beta, "direction": direction}
-            ),
-            "clamp",
+        await self._enqueue(
+            {"op": "clamp", "target": target.tolist(), "beta": beta, "direction": direction}
         )
 
     async def _apply_release(self) -> None:
-        self._result(EmptyResult, await self._call("release", {}), "release")
+        await self._enqueue({"op": "release"})
 
     async def _read(self, averages: int) -> PhaseReading:
-        r: PhaseResult = self._result(
-            PhaseResult, await self._call("read_phases", {"averages": averages}), "read_phases"
-        )
+        out = await self._send([{"op": "read_phases", "averages": averages}])
+        r: PhaseResult = self._result(PhaseResult, out[-1], "read_phases")
         n = self.model.n
         if len(r.phases) != n or len(r.spread) != n:
             raise ProtocolError(f"agent reply to read_phases: {len(r.phases)} phases, expected {n}")
@@ -535,27 +634,41 @@ class MqttSubstrate(OscillatorSubstrate):
         )
 
     async def _read_frequencies(self) -> Array:
-        r: VectorResult = self._result(
-            VectorResult, await self._call("read_frequencies", {}), "read_frequencies"
-        )
+        out = await self._send([{"op": "read_frequencies"}])
+        r: VectorResult = self._result(VectorResult, out[-1], "read_frequencies")
         return np.asarray(r.values, dtype=np.float64)
 
     async def make_safe(self) -> None:
-        """Release and set safe biases on the remote device (skipped if never connected, and
-        after an agent restart: that device is in its start state and this controller has no
-        session with it)."""
+        """Send the queued writes and the agent's ``make_safe`` (release, safe biases) in one
+        batch. If a queued write fails first (the batch stops there), ``make_safe`` is sent
+        alone, then that error is raised. Skipped if never connected, and after an agent
+        restart (that device is in its start state; this controller has no session with it)."""
         if self._task is None or self.session is None:
+            self._queue.clear()
             return
         if self._restarted is not None:
             log.warning("%s: make_safe skipped: the agent restarted", self.topics.base)
+            self._queue.clear()
             return
-        await super().make_safe()
+        queued = len(self._queue)
+        _, failed, error = await self._send_all([MAKE_SAFE])
+        if error is not None and failed is not None and failed < queued:
+            # a queued write stopped the batch before make_safe ran: send it alone
+            log.warning("%s: %s; making the device safe", self.topics.base, error)
+            await self._send([MAKE_SAFE])
+            self.clamped = False
+        if error is not None:
+            raise error
+        self.clamped = False
 
     def reseed(self, seed: int) -> None:
         """Reseed the remote device's noise generator (if it has one), as the training loop
-        does at every epoch start. Synchronous by contract: the reseed request is sent,
-        in order, before the next device request."""
-        self._pending_seed = int(seed)
+        does at every epoch start. Synchronous by contract: the reseed is queued and goes, in
+        order, with the next batch (before connecting: applied at connect)."""
+        if self.session is None:
+            self.seed = int(seed)
+        elif self._remote_reseed:
+            self._queue.append({"op": "reseed", "seed": int(seed)})
 
 
 def _reraise_cancellation() -> None:

@@ -11,11 +11,16 @@ names one. Writes ``benchmarks/results/bench_mqtt.json``:
   same run on a mosquitto with its *default* configuration (no ``set_tcp_nodelay``) and on a
   tuned one (``set_tcp_nodelay true``), each with the agent's own broker probe (QoS 1
   exchange, ms), which shows the Nagle + delayed-ACK stall the QoS 0 request path avoids.
+  A remote EP step is two requests (writes go with the next read in one ``batch``: free
+  phase, nudged phase). CPU ms per step of this process (controller) and of each agent.
 * ``train_cli``: ``phasegrad-hw train --device mqtt://…`` over the default-configured broker vs
-  the same device file in-process, seconds per epoch (synthetic vowel task, 2+5+2).
+  the same device file in-process, seconds per epoch (synthetic vowel task, 2+5+2), in
+  alternating repeats (medians; the machine may be shared), with the CPU seconds per epoch of
+  the training process and of the agent.
+* ``load_average``: the 1-minute load average before and after.
 
     python benchmarks/bench_mqtt.py [--epochs 3] [--repeats 5] [--steps 300] [--out DIR]
-        [--skip-throughput] [--cli-epochs 2]
+        [--skip-throughput] [--cli-epochs 2] [--cli-repeats 3]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,17 +117,31 @@ async def throughput(
     return n / dt, n / dc
 
 
-async def step_latency(sub: Any, steps: int) -> list[float]:
+async def step_latency(sub: Any, steps: int) -> tuple[list[float], float]:
+    """Wall ms of each EP step, and the CPU s this process spent on all of them."""
     m = sub.model
     ctl = EPController([sub], EPConfig(), Parameters(np.zeros(m.n), m.coupling_values()))
     xs = np.random.default_rng(0).uniform(-1.0, 1.0, (steps, 2))
     tgt = np.array([-0.2, 0.2])
     out = []
+    c0 = time.process_time()
     for s in range(steps):
         t0 = time.perf_counter()
         await ctl.step([Sample(xs[s], tgt)])
         out.append((time.perf_counter() - t0) * 1e3)
-    return out
+    return out, time.process_time() - c0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc; 10 ms resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 async def read_latency(sub: Any, n: int) -> list[float]:
@@ -161,14 +181,21 @@ def start_agent(dev: Path, uri: str) -> subprocess.Popen[str]:
 
 
 async def remote_latency(
-    model: SimulatedDeviceModel, brokers: dict[str, BrokerConfig], steps: int, blocks: int = 10
+    model: SimulatedDeviceModel,
+    brokers: dict[str, BrokerConfig],
+    agents: dict[str, int],
+    steps: int,
+    blocks: int = 10,
 ) -> dict[str, Any]:
-    """EP step and read round trip (ms) through each broker's agent and in-process,
-    interleaved in ``blocks`` rounds so that load phases of a shared machine hit all alike."""
+    """EP step and read round trip (ms) through each broker's agent (process ids ``agents``)
+    and in-process, interleaved in ``blocks`` rounds so that load phases of a shared machine
+    hit all alike; CPU ms per EP step of this process and of the agent."""
     subs = {k: MqttSubstrate(b, NAME, model=model) for k, b in brokers.items()}
     local = SimulatedSubstrate(model)
     per = max(1, steps // blocks)
     ep: dict[str, list[float]] = {k: [] for k in [*subs, "in_process"]}
+    cpu: dict[str, float] = {k: 0.0 for k in ep}
+    agent_cpu: dict[str, float] = {k: 0.0 for k in subs}
     reads: dict[str, list[float]] = {k: [] for k in subs}
     for sub in subs.values():
         await sub.connect()
@@ -179,16 +206,27 @@ async def remote_latency(
         for _ in range(blocks):
             for k, sub in subs.items():
                 reads[k] += await read_latency(sub, per)
-                ep[k] += await step_latency(sub, per)
-            ep["in_process"] += await step_latency(local, per)
+                a0 = cpu_s(agents[k])
+                wall, c = await step_latency(sub, per)
+                agent_cpu[k] += cpu_s(agents[k]) - a0
+                ep[k] += wall
+                cpu[k] += c
+            wall, c = await step_latency(local, per)
+            ep["in_process"] += wall
+            cpu["in_process"] += c
     finally:
         for sub in subs.values():
             await sub.close()
         await local.close()
-    out: dict[str, Any] = {"in_process": {"ep_step": summary(ep["in_process"])}}
+    n = per * blocks
+    out: dict[str, Any] = {
+        "in_process": {"ep_step": summary(ep["in_process"]), "cpu_ms": 1e3 * cpu["in_process"] / n}
+    }
     for k, sub in subs.items():
         out[k] = {
             "ep_step": summary(ep[k]),
+            "controller_cpu_ms": 1e3 * cpu[k] / n,
+            "agent_cpu_ms": 1e3 * agent_cpu[k] / n,
             "read_phases_round_trip": summary(reads[k]),
             "transit_ms": sub.transit_ms,
             "agent_broker_probe_qos1_ms": hellos[k].get("broker_probe_ms"),
@@ -197,9 +235,14 @@ async def remote_latency(
     return out
 
 
-def train_cli(device: str, work: Path, name: str, epochs: int) -> dict[str, Any]:
-    """``phasegrad-hw train`` (synthetic vowels a,i) in a fresh process: seconds per epoch."""
+def train_cli(
+    device: str, work: Path, name: str, epochs: int, agent: int | None = None
+) -> dict[str, Any]:
+    """``phasegrad-hw train`` (synthetic vowels a,i) in a fresh process: seconds per epoch,
+    CPU seconds per epoch of that process (start-up included) and of the agent ``agent``."""
     out = work / f"{name}.json"
+    c0 = children_cpu_s()
+    a0 = cpu_s(agent) if agent is not None else 0.0
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "phasegrad_hw.cli", "train", "--device", device]
@@ -210,6 +253,8 @@ def train_cli(device: str, work: Path, name: str, epochs: int) -> dict[str, Any]
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     wall = time.perf_counter() - t0
+    cpu = children_cpu_s() - c0
+    agent_cpu = cpu_s(agent) - a0 if agent is not None else None
     if proc.returncode != 0:
         raise RuntimeError(f"train {name} failed: {proc.stderr[-2000:]}")
     res = json.loads(out.read_text())
@@ -217,7 +262,49 @@ def train_cli(device: str, work: Path, name: str, epochs: int) -> dict[str, Any]
         "seconds": res["seconds"],
         "seconds_per_epoch": res["seconds"] / epochs,
         "process_wall_s": wall,
+        "process_cpu_s_per_epoch": cpu / epochs,
+        "agent_cpu_s_per_epoch": None if agent_cpu is None else agent_cpu / epochs,
         "final_test_accuracy": res["final_test_accuracy"],
+    }
+
+
+def train_cli_pairs(
+    dev: Path, uri: str, agent_uri: str, work: Path, epochs: int, repeats: int
+) -> dict[str, Any]:
+    """Alternating remote / in-process ``train`` runs; medians and the median paired ratio."""
+    runs: dict[str, list[dict[str, Any]]] = {"remote": [], "in_process": []}
+    agent = start_agent(dev, agent_uri)
+    try:
+        for k in range(repeats):
+            first, second = ("remote", "in_process") if k % 2 == 0 else ("in_process", "remote")
+            for which in (first, second):
+                if which == "remote":
+                    runs[which].append(train_cli(uri, work, f"remote{k}", epochs, agent.pid))
+                else:
+                    runs[which].append(train_cli(str(dev), work, f"local{k}", epochs))
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    accuracies = {r["final_test_accuracy"] for rs in runs.values() for r in rs}
+
+    def med(which: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[which])
+
+    return {
+        "epochs": epochs,
+        "repeats": repeats,
+        "remote_seconds_per_epoch": med("remote", "seconds_per_epoch"),
+        "in_process_seconds_per_epoch": med("in_process", "seconds_per_epoch"),
+        "ratio_per_epoch": statistics.median(
+            r["seconds_per_epoch"] / h["seconds_per_epoch"]
+            for r, h in zip(runs["remote"], runs["in_process"], strict=True)
+        ),
+        "remote_process_cpu_s_per_epoch": med("remote", "process_cpu_s_per_epoch"),
+        "in_process_process_cpu_s_per_epoch": med("in_process", "process_cpu_s_per_epoch"),
+        "agent_cpu_s_per_epoch": med("remote", "agent_cpu_s_per_epoch"),
+        "same_final_accuracy": len(accuracies) == 1,
+        "runs": runs,
+        "note": "ratio: median over repeats of remote / the adjacent in-process run",
     }
 
 
@@ -257,7 +344,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--broker", default=None, help="mqtt://USER:PASS@HOST:PORT (default: own)")
     ap.add_argument("--skip-throughput", action="store_true", help="Remote figures only.")
-    ap.add_argument("--cli-epochs", type=int, default=2)
+    ap.add_argument("--cli-epochs", type=int, default=3)
+    ap.add_argument("--cli-repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 
@@ -278,18 +366,23 @@ def main() -> None:
     dev = work / "dev.toml"
     model.save(dev)
     first = BrokerConfig.parse(next(iter(brokers.values()))[0])[0]
-    result: dict[str, Any] = {"device": "simulated 2+5+2, noise 0.01 rad"}
+    result: dict[str, Any] = {
+        "device": "simulated 2+5+2, noise 0.01 rad",
+        "load_average_1min": {"start": os.getloadavg()[0]},
+        "cpus": os.cpu_count(),
+    }
     try:
         # -- throughput with/without telemetry (alternating repeats) --------------------
         if not args.skip_throughput:
             result["throughput"] = throughputs(model, first, args.epochs, args.repeats)
         # -- remote EP step latency, per broker configuration (interleaved) --------------
-        agents = [start_agent(dev, uri_agent) for _, uri_agent in brokers.values()]
+        agents = {k: start_agent(dev, uri_agent) for k, (_, uri_agent) in brokers.items()}
         try:
             cfgs = {k: BrokerConfig.parse(uri)[0] for k, (uri, _) in brokers.items()}
-            remote = asyncio.run(remote_latency(model, cfgs, args.steps))
+            pids = {k: a.pid for k, a in agents.items()}
+            remote = asyncio.run(remote_latency(model, cfgs, pids, args.steps))
         finally:
-            for agent in agents:
+            for agent in agents.values():
                 agent.terminate()
                 agent.wait(10)
         if "default" in remote and "tuned" in remote:
@@ -299,20 +392,18 @@ def main() -> None:
         # -- train CLI over the default broker vs in-process -----------------------------
         label = "default" if "default" in brokers else next(iter(brokers))
         uri_ctl, uri_agent = brokers[label]
-        agent = start_agent(dev, uri_agent)
-        try:
-            over = train_cli(uri_ctl.rstrip("/") + f"/{NAME}", work, "remote", args.cli_epochs)
-        finally:
-            agent.terminate()
-            agent.wait(10)
-        here = train_cli(str(dev), work, "local", args.cli_epochs)
         result["train_cli"] = {
             "broker": label,
-            "epochs": args.cli_epochs,
-            "remote": over,
-            "in_process": here,
-            "ratio_per_epoch": over["seconds_per_epoch"] / here["seconds_per_epoch"],
+            **train_cli_pairs(
+                dev,
+                uri_ctl.rstrip("/") + f"/{NAME}",
+                uri_agent,
+                work,
+                args.cli_epochs,
+                args.cli_repeats,
+            ),
         }
+        result["load_average_1min"]["end"] = os.getloadavg()[0]
     finally:
         for b in owned:
             b.stop()
@@ -332,16 +423,25 @@ def main() -> None:
     for label, v in r.items():
         if isinstance(v, dict) and "read_phases_round_trip" in v:
             print(
-                f"{label} broker: EP step {v['ep_step']['median_ms']:.2f} ms, read round trip "
-                f"{v['read_phases_round_trip']['median_ms']:.2f} ms, agent QoS 1 probe "
-                f"{v['agent_broker_probe_qos1_ms']} ms"
+                f"{label} broker: EP step {v['ep_step']['median_ms']:.2f} ms (CPU "
+                f"{v['controller_cpu_ms']:.2f} ms controller + {v['agent_cpu_ms']:.2f} ms agent), "
+                f"read round trip {v['read_phases_round_trip']['median_ms']:.2f} ms, agent "
+                f"QoS 1 probe {v['agent_broker_probe_qos1_ms']} ms"
             )
-    print(f"in-process EP step {r['in_process']['ep_step']['median_ms']:.2f} ms")
+    ip = r["in_process"]
+    print(f"in-process EP step {ip['ep_step']['median_ms']:.2f} ms (CPU {ip['cpu_ms']:.2f} ms)")
+    if "default_vs_tuned_ep_step" in r:
+        print(f"default / tuned EP step: {r['default_vs_tuned_ep_step']:.2f}")
     c = result["train_cli"]
     print(
-        f"train CLI over the {c['broker']} broker: {c['remote']['seconds_per_epoch']:.2f} s/epoch "
-        f"vs in-process {c['in_process']['seconds_per_epoch']:.2f} s/epoch "
-        f"(x{c['ratio_per_epoch']:.2f})  -> {path}"
+        f"train CLI over the {c['broker']} broker ({c['repeats']} alternating pairs, "
+        f"{c['epochs']} epochs): {c['remote_seconds_per_epoch']:.2f} s/epoch vs in-process "
+        f"{c['in_process_seconds_per_epoch']:.2f} s/epoch (x{c['ratio_per_epoch']:.2f}); CPU "
+        f"s/epoch: remote controller {c['remote_process_cpu_s_per_epoch']:.2f} + agent "
+        f"{c['agent_cpu_s_per_epoch']:.2f}, in-process "
+        f"{c['in_process_process_cpu_s_per_epoch']:.2f}; load average "
+        f"{result['load_average_1min']['start']:.1f} -> {result['load_average_1min']['end']:.1f}"
+        f"  -> {path}"
     )
 
 

@@ -14,6 +14,10 @@ methods of its own substrate, so a value outside the device limits is refused he
   reply); older ids, ids of another session, unknown sessions are refused (``session``
   error). Nothing is forgotten that would let a replay through: a session evicted from the
   table is refused as unknown, never reopened by a replay.
+* **Batches.** A ``batch`` request lists up to ``MAX_BATCH_OPS`` device operations; they run
+  in order with nothing in between (requests are handled one at a time), the first failure
+  stops the batch and the reply names it (its index and op). The batch is one request for the
+  session rules (one id, one cached reply): a retried batch is never re-applied.
 * **Boot id.** A random id per agent start, in every reply: a controller notices a restart
   (its device state is gone) instead of continuing silently.
 * **Last will.** ``open`` registers a secret will token; the controller's MQTT last will is a
@@ -55,36 +59,41 @@ from phasegrad_hw.errors import (
     ProtocolError,
 )
 from phasegrad_hw.wire.mqtt import (
+    BATCH,
     NONCE_HEX,
+    Batch,
     BrokerConfig,
-    Clamp,
+    ClampOp,
     ErrorInfo,
     ErrorKind,
     Hello,
     MakeSafe,
+    MakeSafeOp,
     Open,
-    ReadFrequencies,
-    ReadPhases,
-    Release,
+    Operation,
+    ReadFrequenciesOp,
+    ReadPhasesOp,
+    ReleaseOp,
     Reply,
     Request,
-    Reseed,
-    SetBiases,
-    SetCouplings,
-    SetFrequencies,
+    ReseedOp,
+    SetBiasesOp,
+    SetCouplingsOp,
+    SetFrequenciesOp,
     Topics,
     auth_failure,
     check_segment,
     clip_message,
     envelope_problem,
     excerpt,
+    max_request_bytes,
     parse_name,
     parse_request,
     salvage_ids,
 )
 
 log = logging.getLogger(__name__)
-AGENT_VERSION = "phasegrad-hw-agent/2"
+AGENT_VERSION = "phasegrad-hw-agent/2.1"  # protocol 2 + batch
 REMOTE_CAPABILITIES = (Capability.COUPLINGS, Capability.FREQUENCY_COUNTER)
 STALL_MS = 15.0  # ms; a loopback broker round trip is ~1 ms, Nagle + delayed ACK add ~40 ms
 PROBES = 5
@@ -96,7 +105,8 @@ ANONYMOUS_HELP = (
 
 @dataclass
 class AgentStats:
-    """Counters: ``received`` messages, ``executed`` device operations, ``cached`` replies
+    """Counters: ``received`` messages, ``executed`` device operations (each operation of a
+    batch counts; ``ops`` counts per op, ``batch`` included), ``cached`` replies
     served again for a repeated last id, ``rejected`` invalid/out-of-limit/session-refused
     requests, ``dropped`` payloads nobody could be answered for (oversize, too deep, no
     id/reply_to), ``retained`` retained requests ignored, ``errors`` device failures;
@@ -172,8 +182,8 @@ class _Throttle:
 class Agent:
     """Serves ``substrate`` as ``bench/device`` on a broker (see module docstring).
 
-    ``max_payload_bytes`` defaults to what the largest valid request for this device needs
-    (a vector of ``max(N, E)`` numbers) with a wide margin; ``max_sessions`` bounds the
+    ``max_payload_bytes`` defaults to :func:`~phasegrad_hw.wire.mqtt.max_request_bytes`
+    (a batch with one ω and one coupling vector, with a wide margin); ``max_sessions`` bounds the
     session table (the least recently used session is evicted and then refused as unknown).
     """
 
@@ -197,7 +207,7 @@ class Agent:
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.max_sessions = max_sessions
         m = substrate.model
-        self.max_payload_bytes = max_payload_bytes or 4096 + 32 * max(m.n, len(m.edges))
+        self.max_payload_bytes = max_payload_bytes or max_request_bytes(m.n, len(m.edges))
         self.allow_anonymous = allow_anonymous
         self.stats = AgentStats()
         self.client_id = check_segment("client id", client_id or f"agent-{bench}-{device}")
@@ -268,7 +278,7 @@ class Agent:
             boot=self.boot,
             session=session,
             took_s=time.perf_counter() - t0,
-            result=result if error is None else None,
+            result=result,
             error=error,
         )
         return rep.model_dump_json().encode()
@@ -286,7 +296,10 @@ class Agent:
         s = self.substrate
         return {
             "model": s.model.model_dump(mode="json"),
-            "capabilities": [c.value for c in REMOTE_CAPABILITIES if c in s.capabilities],
+            "capabilities": [
+                *(c.value for c in REMOTE_CAPABILITIES if c in s.capabilities),
+                BATCH,
+            ],
             "reseed": Capability.RESEED in s.capabilities,
             "agent": AGENT_VERSION,
             "boot": self.boot,
@@ -361,26 +374,47 @@ class Agent:
         return ses.reply
 
     async def _execute(self, req: Request, session: str, t0: float) -> bytes:
+        assert not isinstance(req, (Hello, Open)), "answered before any session check"
+        if isinstance(req, Batch):
+            return await self._execute_batch(req, session, t0)
         try:
             result = await self._dispatch(req)
-        except (LimitError, ValueError) as exc:
+        except Exception as exc:
+            err = await self._failure(exc, req.id, req.op)
+            return self._reply(req.id, session, t0, error=err)
+        return self._reply(req.id, session, t0, result=result)
+
+    async def _execute_batch(self, req: Batch, session: str, t0: float) -> bytes:
+        """The operations in order, nothing else in between; the first failure stops the batch
+        and is reported with its index (the results of the operations before it included)."""
+        self._count(req.op)
+        results: list[dict[str, Any]] = []
+        for i, op in enumerate(req.ops):
+            try:
+                results.append(await self._dispatch(op))
+            except Exception as exc:
+                err = await self._failure(exc, req.id, f"batch operation {i} ({op.op})")
+                where = f"operation {i} ({op.op}) of {len(req.ops)}: "
+                err = ErrorInfo(kind=err.kind, message=where + err.message)
+                return self._reply(
+                    req.id, session, t0, result={"results": results, "failed": i}, error=err
+                )
+        return self._reply(req.id, session, t0, result={"results": results})
+
+    async def _failure(self, exc: Exception, rid: int, what: str) -> ErrorInfo:
+        """Count and log a failed operation; a device failure (not a refused value) leaves the
+        device safe. Returns the error to report."""
+        if isinstance(exc, (LimitError, ValueError)):
             self.stats.rejected += 1
             kind: ErrorKind = error_kind(exc) if isinstance(exc, LimitError) else "invalid"
             self._throttle(
-                logging.WARNING,
-                "request %s (%s) refused: %s",
-                req.id,
-                req.op,
-                clip_message(str(exc)),
+                logging.WARNING, "request %s (%s) refused: %s", rid, what, clip_message(str(exc))
             )
-            return self._reply(req.id, session, t0, error=ErrorInfo(kind=kind, message=str(exc)))
-        except Exception as exc:  # device failure: report it and leave the device safe
-            self.stats.errors += 1
-            log.error("request %s (%s) failed: %s", req.id, req.op, clip_message(str(exc)))
-            await self._make_safe_quietly()
-            err = ErrorInfo(kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}")
-            return self._reply(req.id, session, t0, error=err)
-        return self._reply(req.id, session, t0, result=result)
+            return ErrorInfo(kind=kind, message=str(exc))
+        self.stats.errors += 1
+        log.error("request %s (%s) failed: %s", rid, what, clip_message(str(exc)))
+        await self._make_safe_quietly()
+        return ErrorInfo(kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}")
 
     async def _make_safe_quietly(self) -> None:
         try:
@@ -388,23 +422,25 @@ class Agent:
         except Exception as exc:  # logged; the reply reports the original failure
             log.error("make_safe after a failure also failed: %s", clip_message(str(exc)))
 
-    async def _dispatch(self, req: Request) -> dict[str, Any]:
+    async def _dispatch(self, req: Operation) -> dict[str, Any]:
+        """One device operation (a request of that op, or an entry of a batch) on the
+        substrate's public, validated methods."""
         s = self.substrate
         self._count(req.op)
         self.stats.executed += 1
-        if isinstance(req, SetFrequencies):
+        if isinstance(req, SetFrequenciesOp):
             await s.set_frequencies(req.omega)
-        elif isinstance(req, SetBiases):
+        elif isinstance(req, SetBiasesOp):
             await s.set_biases(req.values)
-        elif isinstance(req, SetCouplings):
+        elif isinstance(req, SetCouplingsOp):
             await s.set_couplings(req.values)
-        elif isinstance(req, Clamp):
+        elif isinstance(req, ClampOp):
             await s.clamp(req.target, req.beta, req.direction)
-        elif isinstance(req, Release):
+        elif isinstance(req, ReleaseOp):
             await s.release()
-        elif isinstance(req, MakeSafe):
+        elif isinstance(req, MakeSafeOp):
             await s.make_safe()
-        elif isinstance(req, ReadPhases):
+        elif isinstance(req, ReadPhasesOp):
             r = await s.read_phases(req.averages)
             return {
                 "phases": r.phases.tolist(),
@@ -414,9 +450,9 @@ class Agent:
                 "averages": r.averages,
                 "settle_s": r.settle_s,
             }
-        elif isinstance(req, ReadFrequencies):
+        elif isinstance(req, ReadFrequenciesOp):
             return {"values": (await s.read_frequencies()).tolist()}
-        elif isinstance(req, Reseed):
+        elif isinstance(req, ReseedOp):
             supported = Capability.RESEED in s.capabilities
             if supported:
                 s.reseed(req.seed)

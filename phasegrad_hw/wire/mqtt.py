@@ -235,10 +235,13 @@ class Topics:
 # --------------------------------------------------------------------------- payloads
 # Protocol 2 (docs/mqtt.md): every device request is bound to a session that the controller
 # opens; the agent answers with its boot id so a restarted agent is never mistaken for the
-# one that holds the device state.
+# one that holds the device state. ``batch`` (agents that list it in ``capabilities``) is a
+# backward-compatible addition: one request, one id, several operations.
 MAX_ID = 2**53 - 1  # ids are JSON integers every client language represents exactly
 MAX_VECTOR = 1_000_000
-MAX_DEPTH = 3  # a request is {…: [numbers]}: depth 2; anything deeper is refused unparsed
+MAX_DEPTH = 4  # {…: [numbers]} is depth 2, a batch {"ops": [{…: [numbers]}]} 4; deeper: dropped
+MAX_BATCH_OPS = 16  # operations in one batch
+BATCH = "batch"  # the capability (in ``hello``) of an agent that executes batches
 EXCERPT_CHARS = 48  # an offending value is quoted with at most this many characters
 MAX_MESSAGE_CHARS = 400  # an error message (reply and log) is at most this long
 NONCE_HEX = 32  # session nonces, boot ids and last-will tokens: 128-bit, lower-case hex
@@ -281,46 +284,108 @@ class Open(_Request):
     will: Nonce
 
 
-class SetFrequencies(_SessionRequest):
+# Device operations: the fields of each, without the envelope. A request of that ``op`` is the
+# envelope (v, id, reply_to, session) plus these fields; a ``batch`` lists them bare.
+class SetFrequenciesOp(_Message):
+    """Natural frequencies ω (N,), model units."""
+
     op: Literal["set_frequencies"]
     omega: Vector
 
 
-class SetBiases(_SessionRequest):
+class SetBiasesOp(_Message):
+    """Raw biases (N,) in the device's physical unit."""
+
     op: Literal["set_biases"]
     values: Vector
 
 
-class SetCouplings(_SessionRequest):
+class SetCouplingsOp(_Message):
+    """Couplings on the model's edges (E,), model units."""
+
     op: Literal["set_couplings"]
     values: Vector
 
 
-class Clamp(_SessionRequest):
+class ClampOp(_Message):
+    """Nudge the outputs toward ``target`` (rad) with strength ``beta``; ``direction`` −1
+    pushes away (the −β state)."""
+
     op: Literal["clamp"]
     target: Vector
     beta: Number
     direction: Annotated[int, Field(strict=True, ge=-1, le=1)] = 1
 
 
-class Release(_SessionRequest):
+class ReleaseOp(_Message):
     op: Literal["release"]
 
 
-class ReadPhases(_SessionRequest):
+class ReadPhasesOp(_Message):
     op: Literal["read_phases"]
     averages: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)] = 1
 
 
-class ReadFrequencies(_SessionRequest):
+class ReadFrequenciesOp(_Message):
     op: Literal["read_frequencies"]
 
 
-class MakeSafe(_Request):
+class ReseedOp(_Message):
+    op: Literal["reseed"]
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+
+
+class MakeSafeOp(_Message):
+    """Release the clamp and set safe biases (the device's own safe state)."""
+
+    op: Literal["make_safe"]
+
+
+Operation = (
+    SetFrequenciesOp
+    | SetBiasesOp
+    | SetCouplingsOp
+    | ClampOp
+    | ReleaseOp
+    | ReadPhasesOp
+    | ReadFrequenciesOp
+    | ReseedOp
+    | MakeSafeOp
+)
+
+
+class SetFrequencies(_SessionRequest, SetFrequenciesOp):
+    pass
+
+
+class SetBiases(_SessionRequest, SetBiasesOp):
+    pass
+
+
+class SetCouplings(_SessionRequest, SetCouplingsOp):
+    pass
+
+
+class Clamp(_SessionRequest, ClampOp):
+    pass
+
+
+class Release(_SessionRequest, ReleaseOp):
+    pass
+
+
+class ReadPhases(_SessionRequest, ReadPhasesOp):
+    pass
+
+
+class ReadFrequencies(_SessionRequest, ReadFrequenciesOp):
+    pass
+
+
+class MakeSafe(_Request, MakeSafeOp):
     """Release and set safe biases: inside a session (``session``), or as the controller's
     last will (``will``: the token its ``open`` registered), which also closes the session."""
 
-    op: Literal["make_safe"]
     session: Nonce | None = None
     will: Nonce | None = None
 
@@ -331,9 +396,20 @@ class MakeSafe(_Request):
         return self
 
 
-class Reseed(_SessionRequest):
-    op: Literal["reseed"]
-    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+class Reseed(_SessionRequest, ReseedOp):
+    pass
+
+
+class Batch(_SessionRequest):
+    """1 … :data:`MAX_BATCH_OPS` device operations, executed in order as one request (one id,
+    one reply); the first that fails stops the batch. Result ``{"results": [one per
+    operation]}``; on a failure ``{"results": [those before it], "failed": its index}``."""
+
+    op: Literal["batch"]
+    ops: Annotated[
+        list[Annotated[Operation, Field(discriminator="op")]],
+        Field(min_length=1, max_length=MAX_BATCH_OPS),
+    ]
 
 
 Request = Annotated[
@@ -347,7 +423,8 @@ Request = Annotated[
     | ReadPhases
     | ReadFrequencies
     | MakeSafe
-    | Reseed,
+    | Reseed
+    | Batch,
     Field(discriminator="op"),
 ]
 REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
@@ -399,6 +476,14 @@ class PhaseResult(StrictModel):
     settle_s: float = Field(ge=0)
 
 
+class BatchResult(StrictModel):
+    """``results``: one result per executed operation; ``failed``: index of the operation
+    that stopped the batch (only in an error reply)."""
+
+    results: list[dict[str, Any]]
+    failed: int | None = Field(default=None, ge=0)
+
+
 class VectorResult(StrictModel):
     values: list[float]
 
@@ -409,6 +494,14 @@ class EmptyResult(StrictModel):
 
 class ReseedResult(StrictModel):
     supported: bool
+
+
+def max_request_bytes(n: int, e: int) -> int:
+    """Largest request payload (bytes) an agent of a device with ``n`` oscillators and ``e``
+    edges accepts: room for one ω vector and one coupling vector in one batch (a JSON number
+    takes at most 32 bytes) plus 4096 for everything else. A controller splits a longer
+    batch into several, in order."""
+    return 4096 + 32 * (n + e)
 
 
 def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:

@@ -25,7 +25,8 @@ import pytest
 from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.fleet.agent import Agent
-from phasegrad_hw.learning.controller import Parameters
+from phasegrad_hw.learning.controller import Parameters, StepReport
+from phasegrad_hw.learning.loop import LoopObserver
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.conftest import REPO
 from tests.e2e.test_mqtt_remote import (
@@ -142,6 +143,7 @@ async def test_same_credentials_cannot_forge_replay_or_steer(broker: Mosquitto) 
             await mal.c.subscribe("phasegrad/lab/chip/rpc/rep/#", qos=0)
             await victim.set_frequencies(np.full(9, 0.05))
             await victim.clamp([0.1, -0.1], 0.5)
+            await victim.flush()  # one batch: set_frequencies + clamp
             assert spy.clamped
             nxt = next(victim._ids)  # the id the victim will use next (peeked, then re-queued)
             victim._ids = iter(range(nxt, 10**9))  # type: ignore[assignment]
@@ -160,7 +162,8 @@ async def test_same_credentials_cannot_forge_replay_or_steer(broker: Mosquitto) 
             await asyncio.sleep(0.3)
             assert spy.clamped  # no forged make_safe/release reached the device
             w = np.linspace(-0.2, 0.2, 9)
-            await victim.set_frequencies(w)  # the victim's real request with that id ...
+            await victim.set_frequencies(w)
+            await victim.flush()  # the victim's real request with that id ...
             assert np.allclose(spy.omega, w)  # ... is applied, not answered from a cache
             # the forged requests' error replies reached the victim's topic and were dropped
             assert victim.late_replies + victim.foreign_replies == 3
@@ -437,14 +440,15 @@ def _restart_run(
         killer = threading.Thread(target=restart, daemon=True)
         steps = [0]
 
-        def on_step(_: Any) -> None:
-            steps[0] += 1
-            if steps[0] == kill_step:
-                killer.start()
+        class Killer(LoopObserver):
+            def on_step(self, report: StepReport) -> None:
+                steps[0] += 1
+                if steps[0] == kill_step:
+                    killer.start()
 
         async def go() -> Parameters:
             async with sub:
-                return await train(sub, epochs, on_step=on_step)
+                return await train(sub, epochs, [Killer()])
 
         try:
             return "identical", asyncio.run(go())

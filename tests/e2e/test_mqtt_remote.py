@@ -302,15 +302,15 @@ async def test_credentials_and_acl_keep_others_out(broker: Mosquitto) -> None:  
             except TimeoutError:
                 pass
             assert got == []
-        # only the controller's requests arrived (hello at open_uri, open at connect; close =
-        # make_safe)
+        # only the controller's requests arrived (hello at open_uri, open at connect; the
+        # write went with the read in one batch; close = a batch of make_safe)
         assert agent.stats.ops == {
             "hello": 1,
             "open": 1,
+            "batch": 2,
             "set_frequencies": 1,
             "read_phases": 1,
-            "release": 1,
-            "set_biases": 1,
+            "make_safe": 1,
         }
     assert spy.calls.count("frequencies") == 1  # only the controller's
     with pytest.raises(aiomqtt.MqttError):
@@ -484,6 +484,7 @@ async def main():
     async with sub:
         await sub.set_frequencies([0.1] * 9)
         await sub.clamp([0.2, -0.2], 0.5)
+        await sub.flush()  # the queued writes reach the device
         print(sub.client_id, sub.session, flush=True)
         await asyncio.sleep(60)
 asyncio.run(main())

@@ -18,13 +18,13 @@ from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubst
 from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
-from phasegrad_hw.wire.mqtt import MAX_ID, MAX_MESSAGE_CHARS, Reply
+from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, MAX_DEPTH, MAX_ID, MAX_MESSAGE_CHARS, Reply
 from phasegrad_hw.wire.mqtt import BrokerConfig as _Broker
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPS = (
     "hello open set_frequencies set_biases set_couplings clamp release read_phases "
-    "read_frequencies make_safe reseed".split()
+    "read_frequencies make_safe reseed batch".split()
 )
 NUMERIC = {"omega", "values", "target", "beta", "averages", "seed", "direction"}
 
@@ -112,7 +112,10 @@ def _check_reply(out: tuple[str, bytes] | None) -> Reply | None:
     assert rep.boot == AGENT.boot
     if rep.error is not None:
         assert len(rep.error.message) <= MAX_MESSAGE_CHARS
-    assert len(payload) <= 2048 or rep.ok  # an error reply never echoes a big request
+    if not rep.ok:  # an error reply never echoes a big request (a failed batch's reply
+        # carries the results of the operations before the failure: those aside)
+        results = 0 if rep.result is None else len(json.dumps(rep.result, separators=(",", ":")))
+        assert len(payload) - results <= 2048
     assert 1 <= len(to) <= 64
     return rep
 
@@ -202,11 +205,113 @@ def test_requests_over_the_schema(req: dict[str, Any]) -> None:
 
 
 @SETTINGS
-@given(st.integers(4, 5000), st.sampled_from(["[", "{", '{"a":[']), st.booleans())
+@given(st.integers(MAX_DEPTH + 1, 5000), st.sampled_from(["[", "{", '{"a":[']), st.booleans())
 def test_deep_nesting_is_dropped_unparsed(depth: int, opener: str, close: bool) -> None:
     closer = {"[": "]", "{": "}", '{"a":[': "]}"}[opener]
     raw = (opener * depth + (closer * depth if close else "")).encode()
+    dropped = AGENT.stats.dropped
     assert _run(AGENT.handle(raw)) is None
+    assert AGENT.stats.dropped == dropped + 1
+    _assert_next_valid_works()
+
+
+# --------------------------------------------------------------------------- batches
+# (op, fields) of operations that pass the schema and the device limits, with the hooks they
+# reach on the device (Spy.calls); ones that pass the schema but not the limits; and ones the
+# schema refuses (a whole batch containing one runs nothing).
+@st.composite
+def good_op(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
+    op = draw(st.sampled_from(OPS[2:11]))
+    fields: dict[str, Any] = {
+        "set_frequencies": {"omega": draw(st.lists(st.floats(-0.5, 0.5), min_size=4, max_size=4))},
+        "set_biases": {"values": draw(st.lists(st.floats(-1.0, 1.0), min_size=4, max_size=4))},
+        "set_couplings": {"values": draw(st.lists(st.floats(0.5, 2.0), min_size=3, max_size=3))},
+        "clamp": {"target": [draw(st.floats(-1.0, 1.0))], "beta": draw(st.floats(0.01, 0.2))},
+        "read_phases": {"averages": draw(st.integers(1, 3))},
+        "reseed": {"seed": draw(st.integers(0, 10))},
+    }.get(op, {})
+    calls = {
+        "set_frequencies": ["frequencies"],
+        "set_biases": ["biases"],
+        "set_couplings": ["couplings"],
+        "clamp": ["clamp"],
+        "release": ["release"],
+        "read_phases": ["read"],
+        "make_safe": ["release", "biases"],
+    }.get(op, [])
+    return {"op": op, **fields}, calls
+
+
+LIMIT_OPS = [
+    {"op": "set_frequencies", "omega": [0.1, 5.0, 0.1, 0.1]},
+    {"op": "set_biases", "values": [0.0, 0.0, -7.5, 0.0]},
+    {"op": "set_couplings", "values": [1.0, 9.0, 1.0]},
+    {"op": "set_couplings", "values": [1.0, 1.0]},
+    {"op": "clamp", "target": [0.1], "beta": 5.0},
+    {"op": "clamp", "target": [0.1, 0.2], "beta": 0.1},
+    {"op": "read_phases", "averages": 10**6},
+]
+INVALID_OPS = [
+    {"op": "set_frequencies", "omega": [0.1, True, 0.1, 0.1]},
+    {"op": "set_biases", "values": ["0.1"] * 4},
+    {"op": "read_phases", "averages": 0},
+    {"op": "release", "extra": 1},
+    {"op": "hello"},
+    {"op": "batch", "ops": []},
+    {"op": "make_safe", "will": "a" * 32},
+    {"op": "explode"},
+    {"values": [0.1] * 4},
+    [],
+]
+
+
+@st.composite
+def batch_like(draw: st.DrawFn) -> tuple[list[Any], list[str] | None, int | None]:
+    """A batch; the device calls it should cause (None: refused whole) and the index of the
+    operation that should stop it (None: none)."""
+    ops: list[Any] = []
+    calls: list[str] = []
+    failed: int | None = None
+    valid = True
+    for i in range(draw(st.integers(1, MAX_BATCH_OPS + 3))):
+        kind = draw(st.sampled_from(["good"] * 8 + ["limit", "invalid"]))
+        if kind == "good":
+            op, c = draw(good_op())
+            if failed is None:
+                calls += c
+        elif kind == "limit":
+            op = draw(st.sampled_from(LIMIT_OPS))
+            failed = i if failed is None else failed
+        else:
+            op, valid = draw(st.sampled_from(INVALID_OPS)), False
+        ops.append(op)
+    if len(ops) > MAX_BATCH_OPS:
+        valid = False
+    return ops, calls if valid else None, failed if valid else None
+
+
+@SETTINGS
+@given(batch_like())
+def test_batches_run_in_order_up_to_the_first_failure(
+    case: tuple[list[Any], list[str] | None, int | None],
+) -> None:
+    ops, calls, failed = case
+    req = {"v": 2, "op": "batch", "id": _next_id(), "reply_to": "ctl", "session": SESSION}
+    before = len(SPY.calls)
+    rep = _check_reply(_run(AGENT.handle(json.dumps(req | {"ops": ops}).encode())))
+    assert rep is not None
+    if calls is None:  # refused whole: nothing reached the device
+        assert rep.error is not None and rep.error.kind == "invalid" and rep.result is None
+        assert len(SPY.calls) == before
+    else:
+        assert SPY.calls[before:] == calls
+        assert rep.result is not None
+        if failed is None:
+            assert rep.ok and len(rep.result["results"]) == len(ops)
+        else:
+            assert not rep.ok and rep.error is not None and rep.error.kind == "limit"
+            assert rep.result["failed"] == failed and len(rep.result["results"]) == failed
+            assert rep.error.message.startswith(f"operation {failed} ({ops[failed]['op']}) of")
     _assert_next_valid_works()
 
 
