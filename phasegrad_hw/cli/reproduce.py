@@ -129,5 +129,31 @@ def register(groups: Groups) -> None:
                 str(r["inverted"]),
             )
         con.print(tab)
+        _print_statistics(con, result)
         if json_path is not None:
             con.print(f"rows written to {json_path}")
+
+
+def _print_statistics(con: Any, result: dict[str, Any]) -> None:
+    """The significance tests and the logistic-regression baseline of a vowel study."""
+    from rich.table import Table
+
+    tab = Table(title="significance (published set-up, arg-max-cos readout)")
+    for col in ("comparison", "test", "statistic", "p-value", "n"):
+        tab.add_column(col)
+    for name, tests in result.get("statistics", {}).items():
+        for test in [tests] if "p_value" in tests else tests.values():
+            tab.add_row(
+                name,
+                test["test"],
+                f"{test['statistic']:.4g}",
+                f"{test['p_value']:.3g}",
+                "/".join(str(n) for n in test["n"]),
+            )
+    con.print(tab)
+    lr = result.get("logistic_regression")
+    if lr is not None:
+        con.print(
+            f"logistic regression on the same split: train {100 * lr['train_accuracy']:.1f} %, "
+            f"test {100 * lr['test_accuracy']:.1f} %"
+        )

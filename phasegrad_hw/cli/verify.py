@@ -44,6 +44,12 @@ def register(groups: Groups) -> None:
             help="Comma-separated network sizes for the identity table.",
         ),
         json_path: Path | None = typer.Option(None, "--json", help="Write all tables as JSON."),
+        autograd: bool = typer.Option(
+            False,
+            "--autograd",
+            help="Also check the identity with JAX differentiating an unrolled Newton solver "
+            "(independent of the implicit and finite-difference code; extra 'autograd').",
+        ),
     ) -> None:
         """Reproduce the published gradient checks (identity, finite β, asymmetry, phase lag)."""
         from pydantic import ValidationError
@@ -64,6 +70,8 @@ def register(groups: Groups) -> None:
                 doc = v.run_all(opts.sizes)
         except ImportError:
             doc = v.run_all(opts.sizes)
+        if autograd:
+            doc["autograd"] = _autograd_rows(opts.sizes)
         seconds = time.perf_counter() - t0
         con = Console(width=max(120, Console().width))
         specs = [
@@ -88,6 +96,14 @@ def register(groups: Groups) -> None:
                 ["phase_lag", "mean_cos", "std_cos"],
             ),
         ]
+        if autograd:
+            specs.append(
+                (
+                    "Automatic differentiation (JAX, unrolled Newton) vs implicit gradient",
+                    "autograd",
+                    ["N", "rel_error_warm", "rel_error_perturbed", "residual", "iterations"],
+                )
+            )
         for title, key, cols in specs:
             tab = Table(title=title)
             for c in cols:
@@ -104,3 +120,16 @@ def _fmt(x: object) -> str:
     if isinstance(x, float):
         return f"{x:.15f}" if 0.9 < x <= 1.0 + 1e-12 else f"{x:.3g}"
     return "-" if x is None else str(x)
+
+
+def _autograd_rows(sizes: list[int]) -> list[dict[str, object]]:
+    """The autograd table, or a one-line error (exit 2) when JAX is not installed."""
+    from dataclasses import asdict
+
+    from phasegrad_hw.studies.autograd import autograd_table
+
+    try:
+        return [asdict(r) for r in autograd_table(sizes)]
+    except RuntimeError as exc:  # JAX missing
+        typer.echo(f"verify --autograd: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,6 +142,7 @@ def _rows(
                 "inverted": int((acc < 1.0 - SUCCESS).sum()),
                 "skipped_samples": int(res.skipped[a:b].sum()),
                 "ensemble_seconds": seconds,
+                "accuracies": acc.tolist(),  # per seed, in seed order
             }
         )
     return rows
@@ -214,9 +216,62 @@ def run_vowel_study(
             )
         if checkpoint is not None:
             checkpoint({"rows": rows, "evidence": evidence})
+    from phasegrad_hw.studies.baselines import logistic_regression
+
     return {
         "rows": rows,
         "evidence": evidence,
+        "statistics": significance(rows),
+        "logistic_regression": asdict(logistic_regression(data)),
         "seconds": time.perf_counter() - t_start,
         "data": str(o.data) if o.data is not None else "synthetic",
     }
+
+
+def _find(rows: list[dict[str, Any]], **match: str) -> dict[str, Any] | None:
+    for r in rows:
+        if all(r[k] == v for k, v in match.items()):
+            return r
+    return None
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Fisher's exact test on the success counts; Welch's t and Mann–Whitney U on the test
+    accuracies of the converged seeds (accuracy above ``SUCCESS``), when each side has two."""
+    from phasegrad_hw.studies.stats import fisher_exact, mann_whitney_u, welch_t
+
+    out: dict[str, Any] = {
+        "fisher_exact": asdict(fisher_exact(a["success"], a["seeds"], b["success"], b["seeds"]))
+    }
+    ca = [x for x in a["accuracies"] if x > SUCCESS]
+    cb = [x for x in b["accuracies"] if x > SUCCESS]
+    if len(ca) >= 2 and len(cb) >= 2 and (np.ptp(ca) > 0 or np.ptp(cb) > 0):
+        out["welch_t"] = asdict(welch_t(ca, cb))
+        out["mann_whitney_u"] = asdict(mann_whitney_u(ca, cb))
+    return out
+
+
+def significance(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """p-values of the published comparisons (published set-up, arg-max-cos readout): ω vs K
+    (random init) and random vs spectral init (ω), each by Fisher's exact test on success
+    counts and by Welch's t and Mann–Whitney U on converged accuracies; Cochran's Q across every
+    set-up row on the per-seed success (all rows share the seeds)."""
+    from phasegrad_hw.studies.stats import cochran_q
+
+    pub = {"loss": "published", "readout": "argmax_cos"}
+    tests: dict[str, Any] = {}
+    for name, a, b in (
+        ("omega_vs_K", {"params": "omega", "init": "random"}, {"params": "K", "init": "random"}),
+        (
+            "random_vs_spectral",
+            {"params": "omega", "init": "random"},
+            {"params": "omega", "init": "spectral"},
+        ),
+    ):
+        ra, rb = _find(rows, **pub, **a), _find(rows, **pub, **b)
+        if ra is not None and rb is not None:
+            tests[name] = _compare(ra, rb)
+    success = np.array([[x > SUCCESS for x in r["accuracies"]] for r in rows], dtype=float).T
+    if success.shape[1] >= 2 and success.shape[0] >= 2:
+        tests["cochran_q"] = asdict(cochran_q(success))
+    return tests

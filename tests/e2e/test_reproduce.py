@@ -185,3 +185,31 @@ def test_reproduce_rows_shape(tmp_path: Path) -> None:
     assert {r["readout"] for r in rows} == {"argmax_cos", "template", "mean_phase", "difference"}
     ev = d["evidence"]["published/omega/random"]
     assert ev["common_class_separation_rad"] > 0 and ev["differential_std_rad"] >= 0
+
+
+def test_reproduce_reports_significance_and_the_logistic_baseline(tmp_path: Path) -> None:
+    """The JSON carries the study's p-values (Fisher, Welch, Mann–Whitney per comparison;
+    Cochran's Q across set-ups) recomputed here from the per-seed accuracies it stores."""
+    from phasegrad_hw.studies.stats import cochran_q, fisher_exact
+
+    out = tmp_path / "rows.json"
+    r = CliRunner().invoke(
+        _app(),
+        ["reproduce", "vowels", "--seeds", "4", "--epochs", "3", "--setups", "published",
+         "--params", "omega,K", "--json", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "significance" in r.output and "logistic regression" in r.output
+    d = json.loads(out.read_text())
+    rows, st = d["rows"], d["statistics"]
+    assert all(len(row["accuracies"]) == 4 for row in rows)
+    w = next(x for x in rows if x["params"] == "omega" and x["init"] == "random"
+             and x["readout"] == "argmax_cos")  # fmt: skip
+    k = next(x for x in rows if x["params"] == "K" and x["init"] == "random"
+             and x["readout"] == "argmax_cos")  # fmt: skip
+    want = fisher_exact(w["success"], 4, k["success"], 4)
+    assert st["omega_vs_K"]["fisher_exact"]["p_value"] == want.p_value
+    ok = [[a > 0.6 for a in row["accuracies"]] for row in rows]
+    assert st["cochran_q"]["p_value"] == cochran_q(list(zip(*ok, strict=True))).p_value
+    lr = d["logistic_regression"]
+    assert 0.5 < lr["test_accuracy"] <= 1.0 and 0.5 < lr["train_accuracy"] <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from phasegrad_hw.cli import build_app
 from phasegrad_hw.studies import verify as v
+from tests.conftest import require
 
 
 def test_identity_rows_meet_published_precision() -> None:
@@ -45,6 +47,18 @@ def test_cli_verify_json(tmp_path: Path) -> None:
     assert all({"N", "cos_tp_fd", "cos_tp_ift", "residual"} <= set(r) for r in doc["identity"])
     assert all(r["cos_tp_fd"] >= 0.999999 for r in doc["identity"])
     assert {"asymmetry", "mean_cos", "std_cos"} <= set(doc["asymmetry"][0])
+
+
+def test_cli_verify_autograd_agrees_with_the_implicit_gradient(tmp_path: Path) -> None:
+    require(importlib.util.find_spec("jax") is not None, "jax (extra 'autograd')")
+    out = tmp_path / "v.json"
+    res = CliRunner().invoke(
+        build_app(), ["verify", "--sizes", "6,15", "--autograd", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["autograd"]
+    assert [r["N"] for r in rows] == [6, 15]
+    assert all(r["rel_error_warm"] <= 1e-10 and r["rel_error_perturbed"] <= 1e-10 for r in rows)
 
 
 def test_cli_rejects_bad_sizes() -> None:
