@@ -29,6 +29,8 @@ def _split(text: str) -> list[str]:
 
 
 def register(groups: Groups) -> None:
+    register_fm(groups)
+
     @groups.reproduce.command("vowels")
     def vowels(
         data: Path | None = typer.Option(
@@ -52,6 +54,9 @@ def register(groups: Groups) -> None:
             "local",
             help="local (this process) or ray (seeds spread over the Ray cluster at "
             "RAY_ADDRESS, else a local Ray instance; same results; docs/cluster.md).",
+        ),
+        plot: Path | None = typer.Option(
+            None, help="Write the ablation and seeding figures (PNG) into this folder."
         ),
     ) -> None:
         """Reproduce the published vowel ablation (and the designed fix)."""
@@ -130,6 +135,7 @@ def register(groups: Groups) -> None:
             )
         con.print(tab)
         _print_statistics(con, result)
+        _write_plots(con, plot, {"vowels": result})
         if json_path is not None:
             con.print(f"rows written to {json_path}")
 
@@ -157,3 +163,41 @@ def _print_statistics(con: Any, result: dict[str, Any]) -> None:
             f"logistic regression on the same split: train {100 * lr['train_accuracy']:.1f} %, "
             f"test {100 * lr['test_accuracy']:.1f} %"
         )
+
+
+def _write_plots(con: Any, directory: Path | None, results: dict[str, Any]) -> None:
+    """Figures of ``results`` into ``directory`` (each file named), if asked."""
+    if directory is None:
+        return
+    from phasegrad_hw.studies.figures import write_figures
+
+    for path in write_figures(results, directory):
+        con.print(f"wrote {path}")
+
+
+def register_fm(groups: Groups) -> None:
+    @groups.reproduce.command("fm")
+    def fm(
+        seeds: int = typer.Option(5, help="Seeds (data draw, split and EP initialisation)."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+        plot: Path | None = typer.Option(None, help="Write the FM figure (PNG) into this folder."),
+    ) -> None:
+        """The driven sensor bank on the published FM set-up: EP beside logistic regression
+        on the same lock/beat coherence features, and the published numbers."""
+        from rich.console import Console
+
+        from phasegrad_hw.studies.fm import run_fm_study
+
+        if not 1 <= seeds <= 1000:
+            fail(f"--seeds: {seeds} — allowed 1…1000")
+        con = Console()
+        result = run_fm_study(seeds)
+        ep, lr = result["ep"], result["logistic_regression"]
+        con.print(
+            f"EP on the driven bank: {100 * ep['mean_test_accuracy']:.1f} % mean test accuracy "
+            f"(per seed {', '.join(f'{100 * a:.1f}' for a in ep['per_seed'])}); logistic "
+            f"regression on the same features: {100 * lr['mean_test_accuracy']:.1f} %; "
+            f"published: {result['published']}"
+        )
+        _dump(json_path, result)
+        _write_plots(con, plot, {"fm": result})

@@ -50,6 +50,9 @@ def register(groups: Groups) -> None:
             help="Also check the identity with JAX differentiating an unrolled Newton solver "
             "(independent of the implicit and finite-difference code; extra 'autograd').",
         ),
+        plot: Path | None = typer.Option(
+            None, help="Write the identity, finite-β and asymmetry figures (PNG) into this folder."
+        ),
     ) -> None:
         """Reproduce the published gradient checks (identity, finite β, asymmetry, phase lag)."""
         from pydantic import ValidationError
@@ -112,6 +115,11 @@ def register(groups: Groups) -> None:
                 tab.add_row(*[_fmt(row[c]) for c in cols])
             con.print(tab)
         con.print(f"verify took {seconds:.1f} s")
+        if plot is not None:
+            from phasegrad_hw.studies.figures import write_figures
+
+            for path in write_figures({"verify": doc}, plot):
+                con.print(f"wrote {path}")
         if opts.json_path is not None:
             opts.json_path.write_text(json.dumps(doc, indent=2))
 

@@ -61,6 +61,14 @@ def test_cli_verify_autograd_agrees_with_the_implicit_gradient(tmp_path: Path) -
     assert all(r["rel_error_warm"] <= 1e-10 and r["rel_error_perturbed"] <= 1e-10 for r in rows)
 
 
+def test_cli_verify_plot_writes_the_figures(tmp_path: Path) -> None:
+    res = CliRunner().invoke(build_app(), ["verify", "--sizes", "6,10", "--plot", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    for name in ("identity", "finite_beta", "asymmetry"):
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
 def test_cli_rejects_bad_sizes() -> None:
     res = CliRunner().invoke(build_app(), ["verify", "--sizes", "2,10"])
     assert res.exit_code != 0 and "2" in res.output
