@@ -182,6 +182,7 @@ class EmulatedChip(OscillatorSubstrate):
     transfer calibration assigns a measured one).
     """
 
+    operation_timeout_s = None  # computation in this process: nothing to time out
     capabilities = frozenset(
         {
             Capability.COUPLINGS,

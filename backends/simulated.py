@@ -64,6 +64,7 @@ def _solve_rows(
 class SimulatedSubstrate(OscillatorSubstrate):
     """Ideal oscillator network. Biases are frequencies (model units)."""
 
+    operation_timeout_s = None  # computation in this process: nothing to time out
     capabilities = frozenset(
         {
             Capability.COUPLINGS,

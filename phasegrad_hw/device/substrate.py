@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -93,7 +93,7 @@ class OscillatorSubstrate(ABC):
     model: DeviceModel
     capabilities: frozenset[Capability] = frozenset()
     frequency_map: FrequencyMap | None
-    operation_timeout_s: float = DEFAULT_TIMEOUT_S
+    operation_timeout_s: float | None = DEFAULT_TIMEOUT_S  # None: in-process computation
 
     def __init__(self, model: DeviceModel) -> None:
         self.model = model
@@ -112,15 +112,11 @@ class OscillatorSubstrate(ABC):
         return "device" if self.frequency_map is None else self.frequency_map.source
 
     async def _bounded(self, op: str, aw: Awaitable[T]) -> T:
-        """Await one backend operation, at most ``operation_timeout_s`` seconds. Yields to the
-        event loop first, so a cancellation (a signal in the command line) reaches callers
-        within one operation even on in-process emulators, whose awaits never suspend."""
-        try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            if isinstance(aw, Coroutine):
-                aw.close()  # never started: no "was never awaited" warning
-            raise
+        """Await one backend operation, at most ``operation_timeout_s`` seconds. A backend
+        whose operations are computation in this process (the emulators) sets it to None:
+        nothing there waits on anything outside, so no timer is armed."""
+        if self.operation_timeout_s is None:
+            return await aw
         try:
             async with asyncio.timeout(self.operation_timeout_s):
                 return await aw
@@ -225,12 +221,17 @@ class OscillatorSubstrate(ABC):
                 f"averages: {averages!r} is out of range; "
                 f"allowed 1…{self.model.limits.max_averages}"
             )
+        # a read is where every loop of the library passes: yield to the event loop here, so a
+        # cancellation (a signal in the command line) is delivered even on in-process
+        # emulators, whose awaits never suspend
+        await asyncio.sleep(0)
         return await self._bounded("read_phases", self._read(int(averages)))
 
     async def read_frequencies(self) -> Array:
         """Free-running frequency of each oscillator (model units); needs ``frequency_counter``."""
         if Capability.FREQUENCY_COUNTER not in self.capabilities:
             raise DeviceError(f"{type(self).__name__}: this device has no frequency counter")
+        await asyncio.sleep(0)  # a cancellation point, as in read_phases
         return await self._bounded("read_frequencies", self._read_frequencies())
 
     # -- optional abilities (declared in ``capabilities``; the base raises) ---------------

@@ -80,9 +80,12 @@ def test_resume_through_the_cli_reaches_what_0_1_0_reached(copy: Path) -> None:
     with RunStore(copy / "run.sqlite") as st:
         _, state = st.load_checkpoint(RUN)
     assert state.epoch == EXPECTED["epoch"] == 4
-    # bitwise, as 0.1.0 resumed it
-    assert state.params.omega.tolist() == EXPECTED["omega"]
-    assert state.params.coupling.tolist() == EXPECTED["coupling"]
+    # what 0.1.0 reached: the locked-state solvers were unified since (one edge-list Newton,
+    # one retry ladder), which reorders floating-point sums, so agreement is to rounding (two
+    # epochs of updates: ~1e-16 here), not bit for bit; resume-equals-uninterrupted within one
+    # release stays bitwise (tests/e2e/test_resume.py)
+    np.testing.assert_allclose(state.params.omega, EXPECTED["omega"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(state.params.coupling, EXPECTED["coupling"], rtol=0, atol=1e-12)
     assert json.loads(out.read_text())["final_test_accuracy"] == EXPECTED["final_test_accuracy"]
     # new checkpoints (epochs 3, 4) carry type tags, not module paths; old ones are untouched
     states = _states(copy / "run.sqlite")
