@@ -473,9 +473,9 @@ class EPController:
             )
         loss_sum = 0.0
         n_valid = 0
-        for i, r in enumerate(readings):
-            if valid[i]:
-                loss_sum += float(loss(free[i], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
+        for k, r in enumerate(readings):
+            if valid[k]:
+                loss_sum += float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
                 n_valid += 1
         self.params = Parameters(upd.omega[0], upd.coupling[0])
         self.stats.updates += 1
