@@ -15,14 +15,19 @@ numba's on-disk cache (``cache=True``) is keyed on this file's content only: aft
 ``__pycache__/*.nbi`` so the kernels are rebuilt.
 
 Arguments are grouped in NamedTuples (:class:`Net`, :class:`Rule`, :class:`Targets`,
-:class:`Members`, :class:`Epoch`, :class:`EpochOut`, the physics :class:`Newton` policy).
+:class:`Members`, :class:`Epoch`, :class:`EpochOut`). The Newton policy (``NEWTON``) is not an
+argument: the entry points are compiled for it (:func:`compiled_for`), so its numbers are
+constants the compiler folds, and the hot path takes arrays out of their groups once, outside
+its loops (each extraction is a reference-count update).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -118,18 +123,20 @@ class EpochOut(NamedTuple):
 
 
 class Fixed(NamedTuple):
-    """The argument groups that stay fixed over a training run."""
+    """The argument groups that stay fixed over a training run, and the kernels compiled for
+    the Newton policy."""
 
     net: Net
     rule: Rule
     targets: Targets
-    newton: Newton
+    kernels: Kernels
 
 
 def fixed_args(model, rule, encoding) -> Fixed:
     """Kernel tuples for a device model, an :class:`~phasegrad_hw.learning.ep.EPRule` and an
     encoding: topology and roles, the rule with the device limits as projection bounds, the
-    clamp-target encoding, and the Newton policy :data:`~phasegrad_hw.physics.policy.NEWTON`."""
+    clamp-target encoding, and the kernels compiled for the Newton policy
+    :data:`~phasegrad_hw.physics.policy.NEWTON`."""
     edges = model.edge_index
     roles = model.roles
     outputs = np.asarray(roles.outputs, dtype=np.int64)
@@ -157,7 +164,7 @@ def fixed_args(model, rule, encoding) -> Fixed:
             np.ascontiguousarray(encoding.templates(len(outputs)), dtype=np.float64),
             float(encoding.margin),
         ),
-        newton_policy(NEWTON),
+        compiled_for(newton_policy(NEWTON)),
     )
 
 
@@ -176,9 +183,10 @@ class _Work(NamedTuple):
 def _workspace(net, beta):
     g = net.graph
     n = g.red.shape[0]
+    outputs = net.outputs
     bet = np.zeros(n)
-    for o in range(net.outputs.shape[0]):
-        bet[net.outputs[o]] = beta
+    for o in range(outputs.shape[0]):
+        bet[outputs[o]] = beta
     tgt = np.zeros(n)
     return _Work(
         make_work(n, g.ei.shape[0]),
@@ -187,12 +195,12 @@ def _workspace(net, beta):
         np.empty(n),
         np.empty(n),
         np.empty(n),
-        np.empty(net.outputs.shape[0]),
+        np.empty(outputs.shape[0]),
         np.empty(n),
     )
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _stop(wc, kk, pol):
     """Undamped stop: residual max(tol, rounding floor) for centred frequencies wc and edge
     couplings kk (scale 1 + max|ω| + 2ΣK), at most ``fast_iters`` iterations."""
@@ -214,13 +222,14 @@ def _solve_fast(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse):
     # stability from the last evaluated sines/cosines: exact at θ when the residual test
     # ended the run, within step_done_rad of θ when a tiny step did
     stable = edges_stable(g, nw)
+    ref = g.ref
     for i in range(th.shape[0]):
-        if i != g.ref:
+        if i != ref:
             th[i] = wrap(th[i])
     return done and stable
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _centre(w, out):
     n = w.shape[0]
     mu = 0.0
@@ -231,50 +240,38 @@ def _centre(w, out):
         out[i] = w[i] - mu
 
 
-@njit(cache=True)
-def solve_many(g, pol, W, k, theta0):
-    """Free states (M, N) and ok flags for frequencies W (M, N), couplings k (M, E)."""
-    M, n = W.shape
-    th = theta0.copy()
-    ok = np.zeros(M, dtype=np.bool_)
-    nw = make_work(n, g.ei.shape[0])
-    wc = np.empty(n)
-    free = Nudge(np.zeros(n), np.zeros(n))
-    for r in range(M):
-        _centre(W[r], wc)
-        stop = _stop(wc, k[r], pol)
-        ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
-    return th, ok
-
-
 @njit(cache=True, inline="always")
-def rule_step(rule, g, fth, pth, dth, omega, coupling, learn_w, learn_k):
-    """The EP rule for one member and one sample (one-sided, H = sin), in place on its ω (N,)
-    and K (E,): d = wrap(θ^β − θ*), skipped if max|d| > basin; g_ω = −d/β (reference 0),
-    g_K = [cos Δ* − cos Δ^β]/β; each clipped to ±clip, stepped and projected onto the limits
-    (learnable entries only)."""
+def rule_step(rule, g, fth, pth, dth, b, omega, coupling, learn_w, learn_k):
+    """The EP rule for one member b and one sample (one-sided, H = sin), in place on row b of
+    ω (B, N) and K (B, E): d = wrap(θ^β − θ*), skipped if max|d| > basin; g_ω = −d/β
+    (reference 0), g_K = [cos Δ* − cos Δ^β]/β; each clipped to ±clip, stepped and projected
+    onto the limits (learnable entries only)."""
     n = fth.shape[0]
     jump = 0.0
     for i in range(n):
-        dth[i] = wrap(pth[i] - fth[i])
-        jump = max(jump, abs(dth[i]))
+        d = wrap(pth[i] - fth[i])
+        dth[i] = d
+        jump = max(jump, abs(d))
     if jump > rule.basin:
         return Status.BASIN_JUMP
-    clip = rule.clip
+    beta, clip = rule.beta, rule.clip
+    lr_w, w_lo, w_hi = rule.lr_w, rule.w_lo, rule.w_hi
+    lr_k, k_lo, k_hi = rule.lr_k, rule.k_lo, rule.k_hi
+    ref, ei, ej = g.ref, g.ei, g.ej
     for i in range(n):
-        if learn_w[i] and i != g.ref:
-            gw = -dth[i] / rule.beta
+        if learn_w[b, i] and i != ref:
+            gw = -dth[i] / beta
             gw = min(max(gw, -clip), clip)
-            omega[i] = min(max(omega[i] - rule.lr_w * gw, rule.w_lo), rule.w_hi)
-        elif learn_w[i]:
-            omega[i] = min(max(omega[i], rule.w_lo), rule.w_hi)
-    for e in range(coupling.shape[0]):
-        if learn_k[e]:
-            dp = pth[g.ej[e]] - pth[g.ei[e]]
-            df = fth[g.ej[e]] - fth[g.ei[e]]
-            gk = (math.cos(df) - math.cos(dp)) / rule.beta
+            omega[b, i] = min(max(omega[b, i] - lr_w * gw, w_lo), w_hi)
+        elif learn_w[b, i]:
+            omega[b, i] = min(max(omega[b, i], w_lo), w_hi)
+    for e in range(coupling.shape[1]):
+        if learn_k[b, e]:
+            dp = pth[ej[e]] - pth[ei[e]]
+            df = fth[ej[e]] - fth[ei[e]]
+            gk = (math.cos(df) - math.cos(dp)) / beta
             gk = min(max(gk, -clip), clip)
-            coupling[e] = min(max(coupling[e] - rule.lr_k * gk, rule.k_lo), rule.k_hi)
+            coupling[b, e] = min(max(coupling[b, e] - lr_k * gk, k_lo), k_hi)
     return Status.UPDATED
 
 
@@ -282,29 +279,29 @@ def rule_step(rule, g, fth, pth, dth, omega, coupling, learn_w, learn_k):
 def rule_update(rule, g, free, plus, mem, status):
     """:func:`rule_step` for every member b from its readings free[b], plus[b] (N,)."""
     dth = np.empty(free.shape[1])
+    omega, coupling, learn_w, learn_k = mem
     for b in range(free.shape[0]):
-        status[b] = rule_step(
-            rule, g, free[b], plus[b], dth, mem.omega[b], mem.coupling[b], mem.learn_w[b],
-            mem.learn_k[b],
-        )  # fmt: skip
+        status[b] = rule_step(rule, g, free[b], plus[b], dth, b, omega, coupling, learn_w, learn_k)
 
 
 @njit(cache=True, inline="always")
-def _set_targets(tg, net, fth, yy, gout, tgt):
+def _set_targets(tg, outputs, fth, yy, gout, tgt):
     """Clamp targets of the outputs for label yy at the free state fth (into tgt)."""
-    outputs = net.outputs
     n_out = outputs.shape[0]
-    if tg.tmode == 0:
+    tmode = tg.tmode
+    if tmode == 0:
+        table = tg.table
         for o in range(n_out):
-            tgt[outputs[o]] = tg.table[yy, o]
+            tgt[outputs[o]] = table[yy, o]
         return
+    margin = tg.margin
     oy = fth[outputs[yy]]
     tot = 0.0
     for o in range(n_out):
         if o == yy:
             continue
-        r = wrap(oy - fth[outputs[o]]) + 2.0 * tg.margin
-        if tg.tmode == 2 and r < 0.0:
+        r = wrap(oy - fth[outputs[o]]) + 2.0 * margin
+        if tmode == 2 and r < 0.0:
             r = 0.0
         gout[o] = -r
         tot += r
@@ -318,42 +315,36 @@ def _member_step(b, net, rule, tg, pol, mem, warm, xin, yy, free_out, ws):
     """One online step of member b from one sample; warm (N,) is the warm start and receives
     the free state. Returns a :class:`Status` (FAST_FAILED: member untouched)."""
     g = net.graph
-    n = warm.shape[0]
+    inputs, outputs = net.inputs, net.outputs
+    omega, coupling = mem.omega, mem.coupling
+    nw, nudge = ws.nw, ws.nudge
     w, wc, fth, pth = ws.w, ws.wc, ws.fth, ws.pth
-    kk = mem.coupling[b]
+    n = warm.shape[0]
+    kk = coupling[b]
     for i in range(n):
-        w[i] = mem.omega[b, i]
-    for a in range(net.inputs.shape[0]):
-        w[net.inputs[a]] = xin[a]
+        w[i] = omega[b, i]
+    for a in range(inputs.shape[0]):
+        w[inputs[a]] = xin[a]
     _centre(w, wc)
     for i in range(n):
         fth[i] = warm[i]
     stop = _stop(wc, kk, pol)
-    if not _solve_fast(g, ws.nw, wc, kk, fth, ws.nudge, NUDGE_NONE, pol, stop, False):
+    if not _solve_fast(g, nw, wc, kk, fth, nudge, NUDGE_NONE, pol, stop, False):
         return Status.FAST_FAILED
-    for o in range(net.outputs.shape[0]):
-        free_out[o] = fth[net.outputs[o]]
-    _set_targets(tg, net, fth, yy, ws.gout, ws.nudge.tgt)
+    for o in range(outputs.shape[0]):
+        free_out[o] = fth[outputs[o]]
+    _set_targets(tg, outputs, fth, yy, ws.gout, nudge.tgt)
     for i in range(n):
         pth[i] = fth[i]
     # the nudged solve starts where the free one ended: its node sines/cosines are known
-    if not _solve_fast(g, ws.nw, wc, kk, pth, ws.nudge, NUDGE_LINEAR, pol, stop, True):
+    if not _solve_fast(g, nw, wc, kk, pth, nudge, NUDGE_LINEAR, pol, stop, True):
         return Status.FAST_FAILED
     for i in range(n):
         warm[i] = fth[i]
-    return rule_step(rule, g, fth, pth, ws.dth, mem.omega[b], kk, mem.learn_w[b], mem.learn_k[b])
+    return rule_step(rule, g, fth, pth, ws.dth, b, omega, coupling, mem.learn_w, mem.learn_k)
 
 
-@njit(cache=True)
-def train_step(net, rule, tg, pol, mem, warm, xin, y, free_out, status):
-    """One online step for every member (row b uses sample xin[b], y[b]; warm[b] is its warm
-    start and receives its free state); status[b] a :class:`Status`."""
-    ws = _workspace(net, rule.beta)
-    for b in range(mem.omega.shape[0]):
-        status[b] = _member_step(b, net, rule, tg, pol, mem, warm[b], xin[b], y[b], free_out[b], ws)
-
-
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
     """One member's online epoch: samples ep.order[b, t] in turn, warm-started from
     ``cache[b, sample]`` (its free state for that sample last epoch) or else its last free
@@ -362,53 +353,121 @@ def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
     n = mem.omega.shape[1]
     warm = np.empty(n)
     ws = _workspace(net, rule.beta)
-    out.stop[b] = -1
-    for t in range(ep.order.shape[1]):
-        smp = ep.order[b, t]
-        src = ep.theta_prev[b] if math.isnan(ep.cache[b, smp, 0]) else ep.cache[b, smp]
-        for i in range(n):
-            warm[i] = src[i]
-        st = _member_step(
-            b, net, rule, tg, pol, mem, warm, ep.xin[smp], ep.y[smp], out.free_out[b, t], ws
-        )
-        out.status[b, t] = st
+    xin, y, order, theta_prev, cache = ep
+    free_out, status, stop = out
+    stop[b] = -1
+    for t in range(order.shape[1]):
+        smp = order[b, t]
+        if math.isnan(cache[b, smp, 0]):
+            for i in range(n):
+                warm[i] = theta_prev[b, i]
+        else:
+            for i in range(n):
+                warm[i] = cache[b, smp, i]
+        st = _member_step(b, net, rule, tg, pol, mem, warm, xin[smp], y[smp], free_out[b, t], ws)
+        status[b, t] = st
         if st == Status.FAST_FAILED:
-            out.stop[b] = t
+            stop[b] = t
             break
         for i in range(n):
-            ep.theta_prev[b, i] = warm[i]
-            ep.cache[b, smp, i] = warm[i]
+            theta_prev[b, i] = warm[i]
+            cache[b, smp, i] = warm[i]
 
 
-def _make_train_epoch(parallel: bool):
-    """A whole online epoch for every member; ``parallel`` spreads members over threads
-    (identical results: members are independent and each runs sequentially)."""
-    members = prange if parallel else range
+class Kernels(NamedTuple):
+    """The engine's entry points compiled for one Newton ``policy``, whose numbers are
+    compile-time constants in them (numba folds them; its on-disk cache keys on them, as the
+    kernels' closure contents, so a changed :data:`~phasegrad_hw.physics.policy.NEWTON`
+    recompiles).
 
-    @njit(cache=True, parallel=parallel)
-    def train_epoch(net, rule, tg, pol, mem, ep, out):
-        # a parallel loop body takes arrays and scalars, not tuples holding arrays: the
-        # groups are taken apart here and rebuilt inside the loop (no copies)
-        ei, ej, red, elo, ehi, ref = net.graph
-        inputs, outputs = net.inputs, net.outputs
-        tmode, table, margin = tg
-        omega, coupling, learn_w, learn_k = mem
-        xin, y, order, theta_prev, cache = ep
-        free_out, status, stop = out
-        for b in members(omega.shape[0]):
-            _member_epoch(
-                b,
-                Net(Graph(ei, ej, red, elo, ehi, ref), inputs, outputs),
-                rule,
-                Targets(tmode, table, margin),
-                pol,
-                Members(omega, coupling, learn_w, learn_k),
-                Epoch(xin, y, order, theta_prev, cache),
-                EpochOut(free_out, status, stop),
-            )
+    ``solve_many(graph, W, k, theta0)``: free states (M, N) and ok flags for frequencies
+    W (M, N), couplings k (M, E). ``train_step(net, rule, targets, members, warm, xin, y,
+    free_out, status)``: one online step for every member (row b uses sample xin[b], y[b];
+    warm[b] is its warm start and receives its free state; status[b] a :class:`Status`).
+    ``train_epoch(net, rule, targets, members, epoch, out)``: a whole online epoch of every
+    member (:class:`Epoch` in, :class:`EpochOut` out); ``train_epoch_parallel`` the same with
+    members spread over threads (identical results: members are independent and each runs
+    sequentially)."""
+
+    policy: Newton
+    solve_many: Callable[..., Any]
+    train_step: Callable[..., Any]
+    train_epoch: Callable[..., Any]
+    train_epoch_parallel: Callable[..., Any]
+
+
+@njit(cache=True)
+def _member_epoch_call(b, net, rule, tg, pol, mem, ep, out):
+    """:func:`_member_epoch` as a called function (numba's parallel loops cannot take it
+    inlined); ``pol`` is then a run-time argument."""
+    _member_epoch(b, net, rule, tg, pol, mem, ep, out)
+
+
+def _make_train_epoch(pol: Newton, parallel: bool) -> Callable[..., Any]:
+    if parallel:
+
+        @njit(cache=True, parallel=True)
+        def train_epoch_parallel(net, rule, tg, mem, ep, out):
+            # a parallel loop body takes arrays and scalars, not tuples holding arrays: the
+            # groups are taken apart here and rebuilt inside the loop (no copies)
+            ei, ej, red, elo, ehi, ref = net.graph
+            inputs, outputs = net.inputs, net.outputs
+            tmode, table, margin = tg
+            omega, coupling, learn_w, learn_k = mem
+            xin, y, order, theta_prev, cache = ep
+            free_out, status, stop = out
+            for b in prange(omega.shape[0]):
+                _member_epoch_call(
+                    b,
+                    Net(Graph(ei, ej, red, elo, ehi, ref), inputs, outputs),
+                    rule,
+                    Targets(tmode, table, margin),
+                    pol,
+                    Members(omega, coupling, learn_w, learn_k),
+                    Epoch(xin, y, order, theta_prev, cache),
+                    EpochOut(free_out, status, stop),
+                )
+
+        return train_epoch_parallel
+
+    @njit(cache=True)
+    def train_epoch(net, rule, tg, mem, ep, out):
+        for b in range(mem.omega.shape[0]):
+            _member_epoch(b, net, rule, tg, pol, mem, ep, out)
 
     return train_epoch
 
 
-train_epoch = _make_train_epoch(False)
-train_epoch_parallel = _make_train_epoch(True)
+@functools.cache
+def compiled_for(pol: Newton) -> Kernels:
+    """The :class:`Kernels` for policy ``pol`` (one set per policy and process)."""
+
+    @njit(cache=True)
+    def solve_many(g, W, k, theta0):
+        M, n = W.shape
+        th = theta0.copy()
+        ok = np.zeros(M, dtype=np.bool_)
+        nw = make_work(n, g.ei.shape[0])
+        wc = np.empty(n)
+        free = Nudge(np.zeros(n), np.zeros(n))
+        for r in range(M):
+            _centre(W[r], wc)
+            stop = _stop(wc, k[r], pol)
+            ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
+        return th, ok
+
+    @njit(cache=True)
+    def train_step(net, rule, tg, mem, warm, xin, y, free_out, status):
+        ws = _workspace(net, rule.beta)
+        for b in range(mem.omega.shape[0]):
+            status[b] = _member_step(
+                b, net, rule, tg, pol, mem, warm[b], xin[b], y[b], free_out[b], ws
+            )
+
+    return Kernels(
+        pol,
+        solve_many,
+        train_step,
+        _make_train_epoch(pol, False),
+        _make_train_epoch(pol, True),
+    )

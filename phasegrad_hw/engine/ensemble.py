@@ -155,7 +155,7 @@ class Ensemble:
         k = np.repeat(self.coupling, m, axis=0)
         th0 = np.zeros((B * m, self.n)) if theta0 is None else np.repeat(theta0, m, axis=0)
         if self._kernels is not None:
-            th, ok = self._kernels.solve_many(self._k.net.graph, self._k.newton, W, k, th0)
+            th, ok = self._k.kernels.solve_many(self._k.net.graph, W, k, th0)
             bad = np.flatnonzero(~ok)
             if bad.size:
                 th[bad], ok[bad] = self.solve(W[bad], k[bad], th0[bad])
@@ -188,8 +188,8 @@ class Ensemble:
         warm = self._cache[members, idx[:, 0]]
         miss = np.isnan(warm[:, 0])
         warm[miss] = self.theta_prev[miss]
-        K.train_step(
-            ka.net, ka.rule, ka.targets, ka.newton, self._members(), warm, x, y, free_out, status
+        ka.kernels.train_step(
+            ka.net, ka.rule, ka.targets, self._members(), warm, x, y, free_out, status
         )
         self.jumps += status == K.Status.BASIN_JUMP
         seen = status != K.Status.FAST_FAILED
@@ -281,8 +281,8 @@ class Ensemble:
             self.theta_prev,
             self._cache,
         )
-        fn = K.train_epoch_parallel if self.cfg.parallel else K.train_epoch
-        fn(ka.net, ka.rule, ka.targets, ka.newton, self._members(), epoch, out)
+        fn = ka.kernels.train_epoch_parallel if self.cfg.parallel else ka.kernels.train_epoch
+        fn(ka.net, ka.rule, ka.targets, self._members(), epoch, out)
         self.jumps += (out.status == K.Status.BASIN_JUMP).sum(axis=1)
         self.steps += n
         free_out: Array = out.free_out

@@ -201,6 +201,8 @@ class EPController:
         mask[self._ref] = False  # the reference's frequency is not a free parameter
         self.learnable_omega = mask
         self._edge_mask = self._edge_subset(config.edges, n_edges)
+        self._no_omega = np.zeros((1, n), dtype=bool)  # masks of a rule that does not learn ω/K
+        self._no_coupling = np.zeros((1, n_edges), dtype=bool)
         if config.rule.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
@@ -415,41 +417,54 @@ class EPController:
         """The step's readings through the EP rule (one member, the step's samples)."""
         rule = self.config.rule
         n_ph = self.model.n
-        free = np.stack([r.free.phases for r in readings]).reshape(len(readings), n_ph)
+        m = len(readings)
+        centred = rule.mode == "centred"
+        # phases of samples that are not locked are ignored by the rule (free as filler)
+        minus = None
+        if m == 1:
+            r = readings[0]
+            free = np.asarray(r.free.phases, dtype=np.float64).reshape(1, n_ph)
+            plus = np.asarray((r.free if r.plus is None else r.plus).phases, dtype=np.float64)
+            plus = plus.reshape(1, 1, n_ph)
+            if centred:
+                minus = np.asarray((r.free if r.minus is None else r.minus).phases, np.float64)
+                minus = minus.reshape(1, 1, n_ph)
+        else:
+            free = np.stack([r.free.phases for r in readings]).reshape(m, n_ph)
+            plus = np.stack([(r.free if r.plus is None else r.plus).phases for r in readings])
+            plus = plus[None]
+            if centred:
+                minus = np.stack(
+                    [(r.free if r.minus is None else r.minus).phases for r in readings]
+                )[None]
         free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         locked = np.array(
             [
-                r.free.locked
-                and r.plus is not None
-                and r.plus.locked
-                and (r.minus is None or r.minus.locked)
-                for r in readings
+                [
+                    r.free.locked
+                    and r.plus is not None
+                    and r.plus.locked
+                    and (r.minus is None or r.minus.locked)
+                    for r in readings
+                ]
             ],
             dtype=bool,
         )
-        # phases of samples that are not locked are ignored by the rule (free as filler)
-        plus = np.stack([r.free.phases if r.plus is None else r.plus.phases for r in readings])
-        minus = None
-        if rule.mode == "centred":
-            minus = np.stack(
-                [r.free.phases if r.minus is None else r.minus.phases for r in readings]
-            )
         p = self.params
-        learn_w = self.learnable_omega & rule.learns_omega
-        learn_k = self._edge_mask & rule.learns_coupling
+        learn_w = self.learnable_omega[None] if rule.learns_omega else self._no_omega
+        learn_k = self._edge_mask[None] if rule.learns_coupling else self._no_coupling
         upd = ep_update(
             rule,
-            EPReadings(
-                free[None], plus[None], None if minus is None else minus[None], locked[None]
-            ),
-            EPState(p.omega[None], p.coupling[None], learn_w[None], learn_k[None]),
+            EPReadings(free[None], plus, minus, locked),
+            EPState(p.omega[None], p.coupling[None], learn_w, learn_k),
             self._net,
         )
         valid = upd.valid[0]
-        n_unlocked = int(upd.unlocked[0].sum())
-        n_jump = int(upd.basin_jump[0].sum())
-        for i in np.flatnonzero(upd.basin_jump[0]):
-            log.debug("sample %d skipped: basin jump", i)
+        n_unlocked = int(np.count_nonzero(upd.unlocked))
+        n_jump = int(np.count_nonzero(upd.basin_jump))
+        if n_jump:
+            for i in np.flatnonzero(upd.basin_jump[0]):
+                log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
         if not upd.updated[0]:
@@ -457,9 +472,11 @@ class EPController:
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
             )
         loss_sum = 0.0
-        for i in np.flatnonzero(valid):
-            t = readings[i].targets
-            loss_sum += float(loss(free[i], self._outputs, t, self.model.nudge))  # type: ignore[arg-type]
+        n_valid = 0
+        for k, r in enumerate(readings):
+            if valid[k]:
+                loss_sum += float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
+                n_valid += 1
         self.params = Parameters(upd.omega[0], upd.coupling[0])
         self.stats.updates += 1
         return StepReport(
@@ -471,7 +488,7 @@ class EPController:
             True,
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
-            loss_sum / int(valid.sum()),
+            loss_sum / n_valid,
         )
 
 

@@ -17,8 +17,7 @@ compiled copy of it for its case (tests/unit/test_ep_rule.py pins the three toge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,8 +65,7 @@ class EPRule(StrictModel):
         return self.params in ("K", "both")
 
 
-@dataclass(frozen=True)
-class EPReadings:
+class EPReadings(NamedTuple):
     """Phase readings (rad) of B members × m samples: ``free`` θ*, ``plus`` θ^β, ``minus``
     θ^{−β} (centred mode, else None), each (B, m, N); ``locked`` (B, m) every phase of the
     sample locked (entries of unlocked samples are ignored)."""
@@ -78,8 +76,7 @@ class EPReadings:
     locked: Mask
 
 
-@dataclass(frozen=True)
-class EPState:
+class EPState(NamedTuple):
     """Parameters of B members: ``omega`` (B, N), ``coupling`` (B, E), and which entries
     learn: ``learn_omega`` (B, N), ``learn_coupling`` (B, E)."""
 
@@ -89,8 +86,7 @@ class EPState:
     learn_coupling: Mask
 
 
-@dataclass(frozen=True)
-class EPNetwork:
+class EPNetwork(NamedTuple):
     """What the rule needs of the device: ``edges`` (E, 2) index pairs (i, j) with
     Δ = θ_j − θ_i, the ``reference`` oscillator, the odd coupling function ``coupling`` (its
     potential gives g_K) and the ``limits`` the parameters are projected onto."""
@@ -101,8 +97,7 @@ class EPNetwork:
     limits: Limits
 
 
-@dataclass(frozen=True)
-class EPUpdate:
+class EPUpdate(NamedTuple):
     """Result of one update: new ``omega`` (B, N) and ``coupling`` (B, E); ``valid``,
     ``unlocked`` and ``basin_jump`` (B, m) per sample; ``updated`` (B,) at least one valid
     sample; ``grad_omega`` (B, N) and ``grad_coupling`` (B, E) the valid samples' mean
@@ -134,12 +129,17 @@ def _step(x: Array, lr: float, g: Array, clip: float, lo: float, hi: float) -> A
 
 
 def ep_update(rule: EPRule, readings: EPReadings, state: EPState, net: EPNetwork) -> EPUpdate:
-    """One EP update of B members from m samples each (module docstring); vectorised."""
+    """One EP update of B members from m samples each (module docstring); vectorised.
+
+    The inputs are taken as given (the callers validated them: float64 phases, bool masks,
+    shapes as documented)."""
     free, plus, minus = readings.free, readings.plus, readings.minus
-    beta = rule.beta
     centred = rule.mode == "centred"
     if centred and minus is None:
         raise ValueError("readings.minus: the centred rule needs the θ^{−β} readings")
+    if free.shape[0] == 1 and free.shape[1] == 1:
+        return _update_one(rule, readings, state, net, centred)
+    beta = rule.beta
     ok = np.asarray(readings.locked, dtype=bool)
     d_plus = wrap(plus - free)  # wrapped displacements (rad)
     disp = np.abs(d_plus).max(axis=-1)
@@ -173,3 +173,53 @@ def ep_update(rule: EPRule, readings: EPReadings, state: EPState, net: EPNetwork
     else:
         g_k = np.zeros(coupling.shape)
     return EPUpdate(omega, coupling, valid, ~ok, jump, updated, g_w, g_k)
+
+
+def _update_one(
+    rule: EPRule, readings: EPReadings, state: EPState, net: EPNetwork, centred: bool
+) -> EPUpdate:
+    """:func:`ep_update` for one member and one sample (a single device's step): the same
+    arithmetic on the (1, N) and (1, E) rows — the mean over one valid sample is its
+    gradient — with the sample's validity as Python scalars (fewer array operations)."""
+    f, p = readings.free[0, 0], readings.plus[0, 0]
+    d_plus = wrap(p - f)  # wrapped displacement (rad)
+    disp = np.abs(d_plus).max()
+    m_ph = None
+    if centred:
+        assert readings.minus is not None
+        m_ph = readings.minus[0, 0]
+        disp = max(disp, np.abs(wrap(m_ph - f)).max())
+    ok = bool(readings.locked[0, 0])
+    jump = ok and bool(disp > rule.basin_jump_rad)
+    valid = ok and not jump
+    omega, coupling = state.omega, state.coupling
+    lim = net.limits
+    learn = state.learn_omega
+    if valid:  # (an all-False mask leaves ω as it is; not worth a test on one row)
+        if m_ph is not None:
+            g = two_phase_from_displacement(wrap(p - m_ph), 2.0 * rule.beta, net.reference)
+        else:
+            g = two_phase_from_displacement(d_plus, rule.beta, net.reference)
+        g_w = np.where(learn, g, 0.0)
+        new = _step(omega, rule.lr_omega, g_w, rule.clip, lim.omega.min, lim.omega.max)
+        omega = np.where(learn, new, omega)
+    else:
+        g_w = np.zeros(omega.shape)
+    learn = state.learn_coupling
+    if valid and learn.any():
+        gk = coupling_gradient_two_phase(f, p, net.edges, rule.beta, m_ph, net.coupling)
+        g_k = np.where(learn, gk, 0.0)
+        new = _step(coupling, rule.lr_k, g_k, rule.clip, lim.coupling.min, lim.coupling.max)
+        coupling = np.where(learn, new, coupling)
+    else:
+        g_k = np.zeros(coupling.shape)
+    return EPUpdate(
+        omega,
+        coupling,
+        np.array([[valid]]),
+        np.array([[not ok]]),
+        np.array([[jump]]),
+        np.array([valid]),
+        g_w,
+        g_k,
+    )

@@ -205,14 +205,18 @@ def wrap(x):
     return (y % TWO_PI) - math.pi
 
 
+# The per-iteration helpers below take the arrays they use, not their groups: every array
+# handed to an inlined function, or taken out of a tuple, costs an atomic reference-count
+# update, which the compiler cannot remove across the loops in between. :func:`newton` takes
+# its groups apart once per call.
+
+
 @njit(cache=True, inline="always")
-def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
-    """F̃ at θ into ws.F (and K cos Δ, the nudge's diagonal, node sin/cos); returns
-    (max|F̃|, ‖F̃‖² if ``l2`` else 0) over the non-reference rows. ``reuse``: ws.sn/ws.cs
-    already hold θ's."""
+def _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, l2):
+    """F̃ at θ into F (and K cos Δ into kc, the injection nudge's diagonal into nd, node
+    sin/cos into sn/cs; ``bet``/``tgt`` the nudge); returns (max|F̃|, ‖F̃‖² if ``l2`` else
+    0) over the non-reference rows. ``reuse``: sn/cs already hold θ's."""
     n = w.shape[0]
-    F, sn, cs, kc = ws.F, ws.sn, ws.cs, ws.kc
-    ref = g.ref
     for i in range(n):
         F[i] = w[i]
         if reuse:
@@ -223,7 +227,7 @@ def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
         else:
             sn[i], cs[i] = _sincos(th[i])
     for e in range(kk.shape[0]):
-        i, j = g.ei[e], g.ej[e]
+        i, j = ei[e], ej[e]
         # sin(θj − θi) and cos(θj − θi) from per-node sines/cosines (N, not E, trig calls)
         s = kk[e] * (sn[j] * cs[i] - cs[j] * sn[i])
         kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
@@ -231,12 +235,12 @@ def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
         F[j] -= s
     if kind == NUDGE_LINEAR:
         for i in range(n):
-            F[i] += nudge.bet[i] * (nudge.tgt[i] - th[i])
+            F[i] += bet[i] * (tgt[i] - th[i])
     elif kind == NUDGE_INJECTION:
         for i in range(n):
-            d = nudge.tgt[i] - th[i]
-            F[i] += nudge.bet[i] * math.sin(d)
-            ws.nd[i] = nudge.bet[i] * math.cos(d)
+            d = tgt[i] - th[i]
+            F[i] += bet[i] * math.sin(d)
+            nd[i] = bet[i] * math.cos(d)
     res = 0.0
     nrm = 0.0
     for i in range(n):
@@ -248,25 +252,24 @@ def _evaluate(g, ws, w, kk, th, nudge, kind, reuse, l2):
 
 
 @njit(cache=True, inline="always")
-def _assemble(g, ws, nudge, kind):
-    """−J̃ at the last evaluated point into the lower triangle of ws.A."""
-    A, kc, red = ws.A, ws.kc, g.red
+def _assemble(red, ref, elo, ehi, kc, diag, A, kind):
+    """−J̃ at the last evaluated point (edge weights kc, nudge diagonal ``diag``: β for the
+    linear nudge, nd for injection) into the lower triangle of A."""
     m = A.shape[0]
     for p in range(m):
         for q in range(p + 1):
             A[p, q] = 0.0
     for e in range(kc.shape[0]):
         c = kc[e]
-        p = g.elo[e]
-        q = g.ehi[e]
+        p = elo[e]
+        q = ehi[e]
         A[q, q] += c
         if p >= 0:
             A[p, p] += c
             A[q, p] -= c
     if kind != NUDGE_NONE:
-        diag = nudge.bet if kind == NUDGE_LINEAR else ws.nd
         for i in range(red.shape[0]):
-            if i != g.ref:
+            if i != ref:
                 A[red[i], red[i]] += diag[i]
 
 
@@ -372,12 +375,16 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
     ‖F̃‖ <= tol otherwise, as the numpy path) or the line search stalls at the rounding
     ``floor``. ws.F/ws.kc/ws.sn/ws.cs hold the last evaluated point (θ itself when damped)."""
     n = w.shape[0]
-    red = g.red
-    ref = g.ref
+    ei, ej, red, elo, ehi, ref = g
+    F, kc, nd, sn, cs, A, L, rhs, trial = ws
+    bet, tgt = nudge
+    diag = bet if kind == NUDGE_LINEAR else nd
+    if not damped:
+        L = A  # undamped runs factor in place (−J̃ is not needed again)
     th0 = th[ref]
     for i in range(n):
         th[i] -= th0
-    res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, reuse, damped)
+    res, nrm = _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, damped)
     floor = stop.floor
     l2 = damped and kind == NUDGE_NONE
     tol = stop.tol
@@ -385,17 +392,14 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
     while it < stop.max_iter:
         if (nrm <= tol * tol) if l2 else (res <= tol):
             return True, it
-        _assemble(g, ws, nudge, kind)
-        rhs = ws.rhs
+        _assemble(red, ref, elo, ehi, kc, diag, A, kind)
         for i in range(n):
             if i != ref:
-                rhs[red[i]] = ws.F[i]
-        # undamped runs factor in place (−J̃ is not needed again)
-        L = ws.L if damped else ws.A
-        if cholesky(ws.A, L, 0.0):
+                rhs[red[i]] = F[i]
+        if cholesky(A, L, 0.0):
             _cholesky_solve(L, rhs)
         elif damped:
-            _lu_solve(ws.A, rhs, ws.L)
+            _lu_solve(A, rhs, L)
         else:
             return False, it
         big = 0.0
@@ -412,15 +416,18 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
                 # the tolerance, so the extra residual evaluation is skipped
                 return True, it
             if it < stop.max_iter:
-                res, nrm = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
+                res, nrm = _evaluate(
+                    ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, False, False
+                )
             continue
-        trial = ws.trial
         alpha = 1.0
         rt = nt = 0.0
         for _ls in range(pol.line_search_trials):
             for i in range(n):
                 trial[i] = th[i] if i == ref else th[i] + alpha * (scale * rhs[red[i]])
-            rt, nt = _evaluate(g, ws, w, kk, trial, nudge, kind, False, True)
+            rt, nt = _evaluate(
+                ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, trial, kind, False, True
+            )
             if nt <= (1.0 - pol.armijo * alpha) * nrm or rt <= floor:
                 break
             alpha *= 0.5
@@ -439,11 +446,12 @@ def edges_stable(g, ws):
     """Every edge has cos Δθ > 0 at the last evaluated sines/cosines (with a connected graph,
     positive K and a non-negative nudge: −J̃ positive definite, the state is stable)."""
     sn, cs = ws.sn, ws.cs
-    for e in range(g.ei.shape[0]):
-        i, j = g.ei[e], g.ej[e]
-        if cs[j] * cs[i] + sn[j] * sn[i] <= 0.0:
-            return False
-    return True
+    ei, ej = g.ei, g.ej
+    unstable = False
+    for e in range(ei.shape[0]):  # no early exit: the loop vectorises
+        i, j = ei[e], ej[e]
+        unstable |= cs[j] * cs[i] + sn[j] * sn[i] <= 0.0
+    return not unstable
 
 
 @njit(cache=True)
@@ -549,9 +557,12 @@ def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol):
         for i in range(n):
             if i != ref:
                 th[i] = wrap(th[i])
-    res, _ = _evaluate(g, ws, w, kk, th, nudge, kind, False, False)
+    res, _ = _evaluate(
+        g.ei, g.ej, ref, ws.F, ws.sn, ws.cs, ws.kc, ws.nd, bet, tg, w, kk, th, kind, False, False
+    )
     converged = res <= max(pol.tol, floor)
-    _assemble(g, ws, nudge, kind)
+    diag = bet if kind == NUDGE_LINEAR else ws.nd
+    _assemble(g.red, ref, g.elo, g.ehi, ws.kc, diag, ws.A, kind)
     amax = 0.0
     for i in range(m):
         for j in range(i + 1):
