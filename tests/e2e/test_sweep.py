@@ -89,7 +89,7 @@ def _plan(path: Path) -> tuple[Any, list[Any]]:
 def _serial(options: dict[str, Any], epochs: int | None = None) -> Any:
     """The same trial run directly in this process (no Ray, no store)."""
     from phasegrad_hw.learning.loop import LoopObserver
-    from phasegrad_hw.studies.training import TrainOptions, train_device
+    from phasegrad_hw.studies.training import TrainOptions, prepare, train_device
 
     class Last(LoopObserver):
         state: Any = None
@@ -99,7 +99,7 @@ def _serial(options: dict[str, Any], epochs: int | None = None) -> Any:
 
     o = TrainOptions.model_validate({**options, **({"epochs": epochs} if epochs else {})})
     last = Last()
-    out = asyncio.run(train_device(o, observers=[last]))
+    out = asyncio.run(train_device(prepare(o), observers=[last]))
     return out, last.state
 
 
