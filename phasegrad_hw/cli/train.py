@@ -88,7 +88,13 @@ def register(groups: Groups) -> None:
     @app.command()
     def train(
         device: str = typer.Option(..., help="Device file (TOML/YAML/JSON) or URI."),
-        task: str = typer.Option("vowels:a,i", help="vowels:a,i (any of a,e,i,o,u), xor, digits."),
+        task: str = typer.Option(
+            "vowels:a,i",
+            help="vowels:a,i (any of a,e,i,o,u), xor, digits, csv:PATH, mnist:DIR.",
+        ),
+        label_column: str | None = typer.Option(
+            None, help="csv:PATH tasks: the label column (default: the last column)."
+        ),
         data: Path | None = typer.Option(None, help="Hillenbrand-format CSV (else synthetic)."),
         params: str = typer.Option("omega", help="omega, K or both."),
         epochs: int = typer.Option(200, help="Total epochs."),
@@ -118,6 +124,7 @@ def register(groups: Groups) -> None:
 
         from phasegrad_hw.cli.progress import RichProgress
         from phasegrad_hw.errors import ConfigError, SubstrateError
+        from phasegrad_hw.learning.tasks import TaskError
         from phasegrad_hw.studies import TrainOptions, resume_options, train_device
 
         con = Console()
@@ -134,6 +141,7 @@ def register(groups: Groups) -> None:
             "mode": mode,
             "averages": averages,
             "transfer": transfer,
+            "label_column": label_column,
         }
         if resume is not None:
             if store is None:
@@ -165,7 +173,12 @@ def register(groups: Groups) -> None:
         except (ConfigError, SubstrateError) as exc:
             typer.echo(f"train: {exc} (device left safe)", err=True)
             raise typer.Exit(2) from None
+        except TaskError as exc:  # raised before any device is opened
+            typer.echo(f"train: {exc}", err=True)
+            raise typer.Exit(2) from None
         _write_json(json_path, res)
+        if "summary" in res:
+            con.print(res["summary"])
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
             f"{res['epochs']} epochs in {res['seconds']:.1f} s ({res['skipped_samples']} skipped)"

@@ -43,6 +43,7 @@ class TrainOptions(StrictModel):
     mode: Literal["one_sided", "centred"] = "one_sided"
     averages: int = Field(default=1, ge=1)
     transfer: str = Field(default="auto", min_length=1)
+    label_column: str | None = None  # csv:PATH tasks: the label column (default: the last)
 
 
 def resume_options(
@@ -85,9 +86,18 @@ async def train_device(
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_task
     from phasegrad_hw.store import RunRecorder, RunStore
+    from phasegrad_hw.studies import layered_training as lt
 
+    model = lt.device_model_of(o.device)  # task checks before any device is opened
+    if lt.is_held_input(model):
+        assert model is not None
+        return lt.train_held_inputs(
+            o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
+        )
     t0 = time.perf_counter()
-    dataset = load_task(o.task, data, seed=o.seed)
+    dataset = load_task(o.task, data, seed=o.seed, label_column=o.label_column)
+    if model is not None:
+        lt.check_task_fits(dataset, model)
     enc = Encoding(readout=o.readout)
     ep = EPConfig(
         rule=EPRule(
