@@ -1,7 +1,8 @@
 """Batched equilibrium-propagation trainer for layered oscillator networks (docs/design.md §8).
 
 Set-up: inputs as held phases φ = (π/2)·x with x scaled to [0, 1] per feature (min–max fitted
-on the training split only; values outside the training range are clipped), two bias
+on the training split only; values outside the training range are clipped; a feature constant
+on the training split sits at π/4, :func:`phase_data`), two bias
 oscillators held at 0 and π/2, one hidden layer, outputs read by argmax sin θ_out, loss the
 softmax cross-entropy on s·sin θ_out (:mod:`phasegrad_hw.physics.multiclass`), signed couplings.
 The [0, 1] range keeps every held phase in one quadrant; an input at 0 sits at the phase of the
@@ -39,10 +40,12 @@ Locking safeguards (after every update, documented choice):
   its couplings scaled down to it. With the defaults the bound rarely binds on the digits task.
 
 Unlocked samples are reported per epoch; an epoch in which no training sample locks raises
-:class:`NoLockError`. Data split: scikit-learn ``load_digits`` (1 797 8×8 images, no
+:class:`NoLockError`. Data split (:func:`phasegrad_hw.learning.tasks.split_fixed`, the one
+used by ``train --task digits``): scikit-learn ``load_digits`` (1 797 8×8 images, no
 download), 80/20 stratified train/test split with a fixed ``random_state`` (0) shared by every
 seed; the validation split (``val_fraction`` of the training split, stratified) depends on the
-seed. The best epoch by validation accuracy is kept (the last one without a validation split).
+seed. A device file with held inputs gives the network, bias phases, injection strength and
+coupling limits (:func:`layered_from_device`; updates are clipped to the limits). The best epoch by validation accuracy is kept (the last one without a validation split).
 Seeds: one integer drives the couplings' initialisation, the validation split and the sample
 order (numpy ``default_rng`` streams [seed, k]).
 """
