@@ -29,7 +29,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from phasegrad_hw.config import (
     CONFIG_SUFFIXES,
@@ -111,6 +118,15 @@ class EdgeSpec(DeviceFileModel):
     k: float
     k_ji: float | None = None
     invertible: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_plain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``invertible`` is written only where it is true: the dump of an ordinary edge (and
+        so every existing device file and board descriptor) stays as it was."""
+        out: dict[str, Any] = handler(self)
+        if not self.invertible:
+            out.pop("invertible", None)
+        return out
 
 
 class Roles(DeviceFileModel):
