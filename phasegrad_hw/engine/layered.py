@@ -47,7 +47,8 @@ used by ``train --task digits``): scikit-learn ``load_digits`` (1 797 8×8 image
 download), 80/20 stratified train/test split with a fixed ``random_state`` (0) shared by every
 seed; the validation split (``val_fraction`` of the training split, stratified) depends on the
 seed. A device file with held inputs gives the network, bias phases, injection strength and
-coupling limits (:func:`layered_from_device`; updates are clipped to the limits). The best epoch by validation accuracy is kept (the last one without a validation split).
+coupling limits (:func:`layered_from_device`; updates are clipped to the limits). The best
+epoch by validation accuracy is kept (the last one without a validation split).
 Seeds: one integer drives the couplings' initialisation, the validation split and the sample
 order (numpy ``default_rng`` streams [seed, k]).
 """
