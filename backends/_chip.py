@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import LockLostError
 from phasegrad_hw.physics import Array, jacobian, rhs, wrap
@@ -52,7 +51,7 @@ from phasegrad_hw.physics.ladder import Nudge, solve_locked
 # allowed where a user may want to explore what a chip must achieve, but never unphysical.
 
 
-class FailureSpec(StrictModel):
+class FailureSpec(DeviceFileModel):
     """Switchable failure modes (all off by default).
 
     ``lock_loss_probability`` per read: the chip drops out of lock for that read (a supply
@@ -76,7 +75,7 @@ class FailureSpec(StrictModel):
     stuck_probability: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
-class SettlingSpec(StrictModel):
+class SettlingSpec(DeviceFileModel):
     """Settling after a step: ``lock_cycles`` oscillation periods at least (5–50 cycles for
     injection-/coupling-locked ring oscillators), longer near the locking edge where the
     stability margin λ → 0: settle = max(lock_cycles/f, ln(1/tolerance)/λ). ``sleep`` really

@@ -39,9 +39,8 @@ from numpy.typing import ArrayLike
 from pydantic import Field, model_validator
 
 from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
-from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
-from phasegrad_hw.device.model import BiasLimits, CouplingSpec, Limits, Range
+from phasegrad_hw.device.model import BiasLimits, CouplingSpec, DeviceFileModel, Limits, Range
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -53,7 +52,7 @@ __all__ = [
 ]
 
 
-class AlphaPowerSpec(StrictModel):
+class AlphaPowerSpec(DeviceFileModel):
     """Ring-oscillator bias → frequency, alpha-power law (Sakurai & Newton, IEEE JSSC 25(2),
     1990): f(V) ∝ (V − V_th)^α / V, α ≈ 1.3 in short-channel CMOS. ``f_center_hz`` is the
     frequency at ``bias_ref_v`` (ω = 0); ω (model units) = (f − f_center)/``freq_unit_hz``,
@@ -68,14 +67,14 @@ class AlphaPowerSpec(StrictModel):
     bias_ref_v: float = Field(default=1.0, gt=0.0, le=5.0)
 
 
-class DACSpec(StrictModel):
+class DACSpec(DeviceFileModel):
     """A bias DAC: ``bits`` (5–16 in published oscillator arrays) over ``range_v`` (V)."""
 
     bits: int = Field(default=16, ge=5, le=24)
     range_v: Range = Range(min=0.8, max=1.2)
 
 
-class CapacitorSpec(StrictModel):
+class CapacitorSpec(DeviceFileModel):
     """Capacitive coupling: K_ij = ``k_per_ff``·C_ij (model units per fF). ``mismatch`` rms
     relative capacitor mismatch (a few % for fF-scale MOM caps), ``direction_mismatch``
     independent rms errors of K_ij and K_ji (asymmetric loading of the two ring taps);
@@ -87,7 +86,7 @@ class CapacitorSpec(StrictModel):
     lsb_ff: float = Field(default=0.05, ge=0.0)
 
 
-class PhaseNoiseSpec(StrictModel):
+class PhaseNoiseSpec(DeviceFileModel):
     """Free-running phase noise L(Δf) (dBc/Hz) at offset ``offset_hz`` (white FM region;
     −85…−105 dBc/Hz at 1 MHz for GHz ring oscillators, Hajimiri & Lee, IEEE JSSC 34(6), 1999).
     Phase diffusion constant D = 4π²·Δf²·10^(L/10) rad²/s."""
@@ -96,7 +95,7 @@ class PhaseNoiseSpec(StrictModel):
     offset_hz: float = Field(default=1e6, gt=0.0)
 
 
-class TDCSpec(StrictModel):
+class TDCSpec(DeviceFileModel):
     """Time-to-digital converter against the reference oscillator: ``lsb_s`` (1–20 ps),
     rms ``jitter_s`` per conversion, per-channel fixed offsets of rms ``offset_sigma_s``,
     ``skew_s`` sampling skew between consecutive channels (channels read one after another),
@@ -109,7 +108,7 @@ class TDCSpec(StrictModel):
     read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
 
 
-class ThermalSpec(StrictModel):
+class ThermalSpec(DeviceFileModel):
     """Chip temperature: Ornstein–Uhlenbeck with rms ``sigma_c`` (°C) and correlation time
     ``tau_s`` (a slow random walk on shorter times). Frequency coefficient
     ``tempco_ppm_per_c`` (−1000…−3000 ppm/°C for ring oscillators) with per-oscillator relative
@@ -121,7 +120,7 @@ class ThermalSpec(StrictModel):
     tau_s: float = Field(default=10.0, gt=0.0)
 
 
-class InjectionSpec(StrictModel):
+class InjectionSpec(DeviceFileModel):
     """Clamp by injecting the reference: amplitude DAC of ``amplitude_bits`` over
     [0, limits.beta_max] (β), phase DAC of ``phase_bits`` over 2π (target); per-output
     injection gain error of rms ``gain_mismatch``."""
@@ -306,7 +305,14 @@ class CMOSSubstrate(EmulatedChip):
         K = np.zeros((self.n, self.n))
         K[e[:, 0], e[:, 1]] = base * (1.0 + self.dir_err[:, 0])
         K[e[:, 1], e[:, 0]] = base * self._k_ratio * (1.0 + self.dir_err[:, 1])
-        return np.clip(K, 0.0, None)
+        # a capacitor cannot go negative; an invertible edge (inverted tap of the differential
+        # ring, a π shift) carries the sign (docs/design.md §8)
+        floor = np.zeros((self.n, self.n))
+        neg = np.where(self.model.invertible_mask(), -np.inf, 0.0)
+        floor[e[:, 0], e[:, 1]] = neg
+        floor[e[:, 1], e[:, 0]] = neg
+        out: Array = np.maximum(K, floor)
+        return out
 
     def _clamp_physics(
         self, target: Array, beta: float, direction: int

@@ -39,9 +39,8 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import FrequencyMap
-from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 from phasegrad_hw.device.registry import chip_nominal_map
 from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class CounterSpec(StrictModel):
+class CounterSpec(DeviceFileModel):
     """One counter: physical channel and the two terminals (reference, oscillator)."""
 
     counter: str = Field(min_length=1)

@@ -40,9 +40,8 @@ from numpy.typing import ArrayLike
 from pydantic import Field, model_validator
 
 from phasegrad_hw.backends._chip import EmulatedChip, _ChipModel, ou_step, quantise
-from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.frequency_map import CurveMap, FrequencyMap
-from phasegrad_hw.device.model import BiasLimits, Limits
+from phasegrad_hw.device.model import BiasLimits, DeviceFileModel, Limits
 from phasegrad_hw.physics import Array
 
 __all__ = [
@@ -54,7 +53,7 @@ __all__ = [
 ]
 
 
-class HeaterSpec(StrictModel):
+class HeaterSpec(DeviceFileModel):
     """Micro-heaters: P = V²/R (``resistance_ohm``, rms relative ``resistance_mismatch``);
     temperature rise ΔT = r_th·X·P with thermal resistance ``r_th_k_per_mw`` and the crosstalk
     matrix X (1 on the diagonal, ``crosstalk`` to index neighbours i±1, 5–20 % typical, each
@@ -72,7 +71,7 @@ class HeaterSpec(StrictModel):
     dac_bits: int = Field(default=16, ge=5, le=24)
 
 
-class ResonatorSpec(StrictModel):
+class ResonatorSpec(DeviceFileModel):
     """Thermo-optic tuning ``tuning_hz_per_k`` (≈ −10 GHz/K for silicon rings, red shift);
     ω (model units) = Δf/``freq_unit_hz``; ``offset_sigma_hz`` rms resonance offset left after
     trimming (a fixed property of the chip)."""
@@ -88,7 +87,7 @@ class ResonatorSpec(StrictModel):
         return self
 
 
-class CouplerSpec(StrictModel):
+class CouplerSpec(DeviceFileModel):
     """Evanescent couplers: reciprocal in magnitude, each edge off by rms relative
     ``magnitude_mismatch``; optional non-reciprocity (rms relative K_ij/K_ji error)
     ``nonreciprocity``; ``lsb`` step of a tunable coupler (model units, 0 = continuous).
@@ -99,13 +98,13 @@ class CouplerSpec(StrictModel):
     lsb: float = Field(default=0.001, ge=0.0)
 
 
-class LaserSpec(StrictModel):
+class LaserSpec(DeviceFileModel):
     """Laser phase noise from the Lorentzian linewidth Δν (1 kHz–2 MHz): D = 2π·Δν rad²/s."""
 
     linewidth_hz: float = Field(default=100e3, ge=0.0, le=100e6)
 
 
-class HomodyneSpec(StrictModel):
+class HomodyneSpec(DeviceFileModel):
     """Homodyne I/Q against the reference laser: I = cos φ + n, Q = sin φ + n with rms
     ``iq_noise`` (relative to the field amplitude; shot noise is small), per-channel fixed
     phase offsets of rms ``offset_sigma_rad``, ``read_interval_s`` between conversions."""
@@ -115,7 +114,7 @@ class HomodyneSpec(StrictModel):
     read_interval_s: float = Field(default=1e-6, gt=0.0, le=1.0)
 
 
-class AmbientSpec(StrictModel):
+class AmbientSpec(DeviceFileModel):
     """Ambient temperature (K): Ornstein–Uhlenbeck, rms ``sigma_k``, time ``tau_s``; each
     resonator sees it with a fixed relative spread ``gradient_fraction`` (the differential
     part that does not cancel in the rotating frame)."""
@@ -125,7 +124,7 @@ class AmbientSpec(StrictModel):
     gradient_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
-class OpticalInjectionSpec(StrictModel):
+class OpticalInjectionSpec(DeviceFileModel):
     """Clamp by injecting attenuated master-laser light: attenuator in ``attenuator_step_db``
     steps up to ``max_attenuation_db`` (β = β_max·10^(−A/20), β ∝ injected field), phase
     shifter of ``phase_bits``; per-output injection gain error ``gain_mismatch`` (rms)."""

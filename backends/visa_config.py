@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 
 INSTRUMENTS = ("smu", "phase_meter", "injection")
 #: A raw socket resource (VISA syntax ``TCPIP[board]::host::port::SOCKET``).
@@ -21,7 +20,7 @@ SOCKET_RESOURCE = re.compile(
 )
 
 
-class InstrumentConfig(StrictModel):
+class InstrumentConfig(DeviceFileModel):
     """One instrument: VISA resource, termination characters, timeout, channel map.
 
     ``channels`` lists the instrument channel (1-based) of each role member: for the SMU and

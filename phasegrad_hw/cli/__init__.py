@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "reproduce",
     "sweep",
     "bench",
+    "device",
 ]
 
 

@@ -128,8 +128,8 @@ def register(groups: Groups) -> None:
         ),
         task: str | None = typer.Option(
             None,
-            help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,… "
-            "[default: vowels:a,i]",
+            help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,…, "
+            "csv:PATH, mnist:DIR [default: vowels:a,i]",
         ),
         data: Path | None = typer.Option(
             None, help="Hillenbrand-format CSV (vowel,F1,F2) [default: synthetic formants]."
@@ -173,6 +173,9 @@ def register(groups: Groups) -> None:
             None,
             help="Bias map: auto (<device>.transfer.json next to the device file, if saved by "
             "`calibrate transfer`), none (nominal curve) or a map's path [default: auto].",
+        ),
+        label_column: str | None = typer.Option(
+            None, help="csv:PATH tasks: the label column [default: the last column]."
         ),
         noise: str | None = typer.Option(
             None,
@@ -247,6 +250,7 @@ def register(groups: Groups) -> None:
             "margin": margin,
             "transfer": transfer,
             "noise": noise,
+            "label_column": label_column,
         }
         explicit = {k: v for k, v in given.items() if v is not None}
         if data is not None and not data.is_file():
@@ -353,6 +357,8 @@ def register(groups: Groups) -> None:
             if log_stream is not None:
                 log_stream.close()
         _write_json(json_path, res)
+        if "summary" in res:
+            con.print(res["summary"])
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
             f"{res['epochs']} epochs in {res['seconds']:.1f} s ({res['skipped_samples']} skipped)"

@@ -2,18 +2,41 @@
 
 A device file (TOML, YAML or JSON; picked by suffix) names its ``backend``; the matching
 model class validates it. Every validation failure is reported as one line per problem:
-``<field path>: <value> — <what is allowed>``. Limits are checked here, before any value
-reaches a device (:class:`phasegrad_hw.device.substrate.LimitError`).
+``<field path>: <value> — <what is allowed>``; no field of a device file accepts ``inf`` or
+``nan`` (:class:`DeviceFileModel`). Limits are checked here, before any value reaches a device
+(:class:`phasegrad_hw.device.substrate.LimitError`).
+
+Chip-scale layered devices (docs/design.md §8) add two roles and signed couplings:
+
+* ``roles.held`` — input oscillators whose phases are set per sample: a strong injection from
+  the reference clock (strength ``held_injection``, model units) with a programmable phase
+  φ_in = lo + (hi − lo)·x for a feature x ∈ [0, 1] (``input_phase_range_rad`` = [lo, hi]);
+  used with ``input_encoding = "phase"``. With ``input_encoding = "frequency"`` (default, the
+  published 2+5+2 set-up) the features set the frequencies of ``roles.inputs`` instead.
+* ``roles.bias`` — oscillators held at the fixed phases ``bias_phases_rad`` (e.g. [0, π/2]);
+  their couplings to the layers are learnable biases.
+* ``edges[].invertible = true`` — the edge has an inverted tap (the complementary output of a
+  differential ring oscillator, or an optical phase shifter: a π shift), so
+  K sin(θ_j + π − θ_i) = −K sin(θ_j − θ_i) and K may be negative; its limit is
+  |K| <= ``limits.coupling.max``, other edges keep [min, max].
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from pydantic import Field, ValidationError, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from phasegrad_hw.config import (
     CONFIG_SUFFIXES,
@@ -28,7 +51,16 @@ from phasegrad_hw.physics import CouplingFunction
 Array = NDArray[np.float64]
 
 
-class Range(StrictModel):
+class DeviceFileModel(StrictModel):
+    """Base of every model read from a device file: strict, and ``inf``/``nan`` rejected in
+    every float field (a non-finite limit or coupling would pass every range check)."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
+
+
+class Range(DeviceFileModel):
     """Closed interval [min, max] in the unit of the field that holds it."""
 
     min: float
@@ -41,7 +73,7 @@ class Range(StrictModel):
         return self
 
 
-class ChannelLimit(StrictModel):
+class ChannelLimit(DeviceFileModel):
     """Allowed range and safe value of one bias channel (device unit)."""
 
     min: float
@@ -67,7 +99,7 @@ class BiasLimits(ChannelLimit):
         return self.per_channel.get(i, self)
 
 
-class Limits(StrictModel):
+class Limits(DeviceFileModel):
     """Device limits. ``omega`` and ``coupling`` in model units; ``beta_max`` model units."""
 
     omega: Range = Range(min=-3.0, max=3.0)
@@ -77,25 +109,42 @@ class Limits(StrictModel):
     max_averages: int = Field(default=4096, ge=1)
 
 
-class EdgeSpec(StrictModel):
-    """A coupling between oscillators i and j: K_ij = ``k``, K_ji = ``k_ji`` (default ``k``)."""
+class EdgeSpec(DeviceFileModel):
+    """A coupling between oscillators i and j: K_ij = ``k``, K_ji = ``k_ji`` (default ``k``),
+    model units. ``invertible``: the edge has an inverted tap, so ``k`` may be negative."""
 
     i: int = Field(ge=0)
     j: int = Field(ge=0)
-    k: float = Field(ge=0)
-    k_ji: float | None = Field(default=None, ge=0)
+    k: float
+    k_ji: float | None = None
+    invertible: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_plain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``invertible`` is written only where it is true: the dump of an ordinary edge (and
+        so every existing device file and board descriptor) stays as it was."""
+        out: dict[str, Any] = handler(self)
+        if not self.invertible:
+            out.pop("invertible", None)
+        return out
 
 
-class Roles(StrictModel):
-    """Oscillator roles. The reference is pinned at phase 0 and read against."""
+class Roles(DeviceFileModel):
+    """Oscillator roles. The reference is pinned at phase 0 and read against. ``inputs``:
+    frequency-encoded inputs; ``held``: phase-encoded (held) inputs; ``bias``: oscillators
+    held at fixed phases (module doc)."""
 
     inputs: list[int] = Field(default_factory=list)
+    held: list[int] = Field(default_factory=list)
+    bias: list[int] = Field(default_factory=list)
     hidden: list[int] = Field(default_factory=list)
     outputs: list[int]
     reference: int = 0
 
+    ROLE_NAMES: ClassVar[tuple[str, ...]] = ("inputs", "held", "bias", "hidden", "outputs")
 
-class CouplingSpec(StrictModel):
+
+class CouplingSpec(DeviceFileModel):
     """H(φ) = Σ_k a_k sin(kφ − ψ) + b0 + b1 cos φ (see :class:`CouplingFunction`)."""
 
     harmonics: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
@@ -109,7 +158,7 @@ class CouplingSpec(StrictModel):
         )
 
 
-class CalibrationThresholds(StrictModel):
+class CalibrationThresholds(DeviceFileModel):
     """Pass/fail thresholds of the calibration suite (:mod:`phasegrad_hw.calibration`).
 
     ``max_asymmetry`` on ‖R − Rᵀ‖/‖R‖ of the phase response matrix (on the 2+5+2 chip
@@ -138,7 +187,7 @@ class CalibrationThresholds(StrictModel):
 M = TypeVar("M", bound="DeviceModel")
 
 
-class DeviceModel(StrictModel):
+class DeviceModel(DeviceFileModel):
     """What every device file holds: topology, roles, limits, coupling function, nudge kind."""
 
     SUFFIXES: ClassVar[tuple[str, ...]] = CONFIG_SUFFIXES
@@ -153,6 +202,10 @@ class DeviceModel(StrictModel):
     nudge: Literal["linear", "injection"] = "linear"
     seed: int = 0
     calibration: CalibrationThresholds | None = None  # thresholds of the calibration suite
+    input_encoding: Literal["frequency", "phase"] = "frequency"
+    input_phase_range_rad: tuple[float, float] = (0.0, math.pi / 2)  # φ_in for x = 0, x = 1
+    held_injection: float = Field(default=20.0, gt=0.0, le=1e6)  # model units
+    bias_phases_rad: list[float] = Field(default_factory=list)  # one per roles.bias
 
     @model_validator(mode="after")
     def _topology(self) -> DeviceModel:
@@ -172,7 +225,7 @@ class DeviceModel(StrictModel):
                 raise ValueError(f"edges[{idx}]: edge {key} appears twice")
             seen.add(key)
         r = self.roles
-        groups = {"inputs": r.inputs, "hidden": r.hidden, "outputs": r.outputs}
+        groups = {name: list(getattr(r, name)) for name in Roles.ROLE_NAMES}
         for name, members in groups.items():
             for v in members:
                 if not 0 <= v < n:
@@ -180,8 +233,8 @@ class DeviceModel(StrictModel):
             if len(set(members)) != len(members):
                 raise ValueError(f"roles.{name}: {members} lists an oscillator twice")
         names = list(groups)
-        for a in range(3):
-            for b in range(a + 1, 3):
+        for a in range(len(names)):
+            for b in range(a + 1, len(names)):
                 common = set(groups[names[a]]) & set(groups[names[b]])
                 if common:
                     raise ValueError(
@@ -198,6 +251,7 @@ class DeviceModel(StrictModel):
             )
         if not r.outputs:
             raise ValueError("roles.outputs: [] — at least one output oscillator is required")
+        self._held_roles()
         # connectivity (union-find)
         parent = list(range(n))
 
@@ -216,18 +270,61 @@ class DeviceModel(StrictModel):
                 f"edges: the coupling graph is not connected; oscillators {lonely} "
                 "are cut off from the reference"
             )
+        lo, hi = self.limits.coupling.min, self.limits.coupling.max
         for idx, e in enumerate(self.edges):
             for name, v in (("k", e.k), ("k_ji", e.k_ji)):
-                if (
-                    v is not None
-                    and v > 0
-                    and not self.limits.coupling.min <= v <= self.limits.coupling.max
-                ):
+                if v is None:
+                    continue
+                if e.invertible:
+                    if abs(v) > hi:
+                        raise ValueError(
+                            f"edges[{idx}].{name}: {v} is outside limits.coupling for an "
+                            f"invertible edge (|k| <= {hi})"
+                        )
+                elif v < 0:
                     raise ValueError(
-                        f"edges[{idx}].{name}: {v} is outside limits.coupling "
-                        f"[{self.limits.coupling.min}, {self.limits.coupling.max}]"
+                        f"edges[{idx}].{name}: {v} is negative — allowed [{lo}, {hi}]; a "
+                        "negative coupling needs an inverted tap (invertible = true)"
+                    )
+                elif v > 0 and not lo <= v <= hi:
+                    raise ValueError(
+                        f"edges[{idx}].{name}: {v} is outside limits.coupling [{lo}, {hi}]"
                     )
         return self
+
+    def _held_roles(self) -> None:
+        """Consistency of held inputs, bias oscillators and the input encoding."""
+        r = self.roles
+        if self.input_encoding == "phase":
+            if not r.held:
+                raise ValueError(
+                    'roles.held: [] — input_encoding = "phase" needs held input oscillators'
+                )
+            if r.inputs:
+                raise ValueError(
+                    f'roles.inputs: {r.inputs} — input_encoding = "phase" sets the held '
+                    "inputs (roles.held); frequency inputs are not allowed with it"
+                )
+        elif r.held:
+            raise ValueError(
+                f'roles.held: {r.held} — held inputs need input_encoding = "phase" '
+                '(it is "frequency")'
+            )
+        if len(self.bias_phases_rad) != len(r.bias):
+            raise ValueError(
+                f"bias_phases_rad: {self.bias_phases_rad} — need one phase per roles.bias "
+                f"oscillator ({len(r.bias)})"
+            )
+        lo, hi = self.input_phase_range_rad
+        if not (lo < hi and hi - lo <= 2 * math.pi):
+            raise ValueError(
+                f"input_phase_range_rad: [{lo}, {hi}] — need lo < hi and hi − lo <= 2π"
+            )
+        if r.held and r.reference not in r.bias:
+            raise ValueError(
+                f"roles.reference: {r.reference} — a device with held inputs reads against "
+                f"a bias oscillator (allowed: {r.bias})"
+            )
 
     # -- derived ----------------------------------------------------------------
     @property
@@ -252,13 +349,42 @@ class DeviceModel(StrictModel):
         return K
 
     CHIP_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"name", "n_oscillators", "edges", "roles", "limits", "coupling_function", "nudge", "seed"}
-    )
+        {
+            "name", "n_oscillators", "edges", "roles", "limits", "coupling_function", "nudge",
+            "seed", "input_encoding", "input_phase_range_rad", "held_injection",
+            "bias_phases_rad",
+        }
+    )  # fmt: skip
 
     def chip_fields(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
         """The chip's own description (topology, roles, limits, coupling, nudge, seed), without
         the backend-specific fields: what a driver's bench config copies from the chip model."""
         return self.model_dump(mode=mode, include=set(self.CHIP_FIELDS))
+
+    @property
+    def feature_oscillators(self) -> list[int]:
+        """The oscillators a task's features drive: ``roles.held`` with phase encoding, else
+        ``roles.inputs`` (frequencies)."""
+        return list(self.roles.held if self.input_encoding == "phase" else self.roles.inputs)
+
+    def invertible_mask(self) -> NDArray[np.bool_]:
+        """(E,) True where an edge has an inverted tap (K may be negative)."""
+        return np.array([e.invertible for e in self.edges], dtype=bool)
+
+    def coupling_bounds(self) -> tuple[Array, Array]:
+        """(E,) lower and upper coupling limits: [−max, max] on invertible edges, else
+        [min, max] (model units)."""
+        lo, hi = self.limits.coupling.min, self.limits.coupling.max
+        inv = self.invertible_mask()
+        return np.where(inv, -hi, lo), np.full(inv.shape, hi)
+
+    def input_phases(self, x: ArrayLike) -> Array:
+        """Held input phases (rad) for features ``x`` (..., n_held) scaled to [0, 1]:
+        φ = lo + (hi − lo)·clip(x, 0, 1) with [lo, hi] = ``input_phase_range_rad``."""
+        lo, hi = self.input_phase_range_rad
+        u = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+        out: Array = lo + (hi - lo) * u
+        return out
 
     def coupling(self) -> CouplingFunction:
         return self.coupling_function.function()
@@ -306,13 +432,15 @@ class DeviceModel(StrictModel):
 
     def check_couplings(self, values: ArrayLike) -> Array:
         k = self._vector("coupling", values, len(self.edges))
-        lo, hi = self.limits.coupling.min, self.limits.coupling.max
+        lo, hi = self.coupling_bounds()
         bad = np.flatnonzero((k < lo) | (k > hi))
         if bad.size:
-            e = self.edges[bad[0]]
+            b = bad[0]
+            e = self.edges[b]
+            kind = " (invertible edge)" if e.invertible else ""
             raise LimitError(
-                f"coupling[{bad[0]}] (edge {e.i}–{e.j}): {k[bad[0]]:.6g} "
-                f"is outside the device limit [{lo}, {hi}]"
+                f"coupling[{b}] (edge {e.i}–{e.j}){kind}: {k[b]:.6g} "
+                f"is outside the device limit [{lo[b]:g}, {hi[b]:g}]"
             )
         return k
 

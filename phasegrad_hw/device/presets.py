@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel
+from phasegrad_hw.device.model import DeviceModel
 
 Builder = Callable[[np.random.Generator], SimulatedDeviceModel]
 
@@ -105,3 +106,63 @@ def builder(hidden: int) -> Builder:
         return layered(2, hidden, 2, rng, name=f"simulated-2-{hidden}-2")
 
     return build
+
+
+#: Backends whose edges can carry an inverted tap (signed K, docs/design.md §8): the ideal
+#: simulated device; CMOS (the complementary output of a differential ring oscillator);
+#: optical (a coupler followed by a phase shifter).
+SIGNED_BACKENDS: frozenset[str] = frozenset({"simulated", "cmos", "optical"})
+
+
+def layered_chip(
+    backend: str,
+    sizes: tuple[int, int, int],
+    bias_phases_rad: Sequence[float],
+    K: Sequence[float],
+    *,
+    name: str | None = None,
+    seed: int = 0,
+    held_injection: float = 20.0,
+) -> DeviceModel:
+    """A layered device with held inputs (docs/design.md §8) for ``backend``: oscillators
+    numbered held inputs, bias oscillators, hidden layer, outputs; edges held → hidden,
+    hidden → output, bias → output in the order of
+    :class:`phasegrad_hw.physics.layered.LayeredNetwork` with couplings ``K`` (model units);
+    every edge invertible where the backend has inverted taps (:data:`SIGNED_BACKENDS`), else
+    |K| is used. The reference is the first bias oscillator (held at phase 0); the other
+    fields take the backend's defaults."""
+    from phasegrad_hw.device.registry import model_class
+    from phasegrad_hw.physics.layered import LayeredNetwork
+
+    n_in, n_h, n_out = sizes
+    phases = tuple(float(p) for p in bias_phases_rad)
+    if not phases or phases[0] != 0.0:
+        raise ValueError(f"bias_phases_rad: {list(phases)} — need >= 1, the first at 0 rad")
+    net = LayeredNetwork(n_in, (n_h,), n_out, phases)
+    k = np.asarray(K, dtype=np.float64)
+    if k.shape != (net.n_edges,):
+        raise ValueError(f"K: shape {k.shape} must be ({net.n_edges},)")
+    signed = backend in SIGNED_BACKENDS
+    edges = [
+        {"i": int(i), "j": int(j), "k": float(v if signed else abs(v)), "invertible": signed}
+        for (i, j), v in zip(net.edges.tolist(), k, strict=True)
+    ]
+    data = {
+        "backend": backend,
+        "name": name or f"{backend}-{n_in}-{n_h}-{n_out}",
+        "n_oscillators": net.n,
+        "edges": edges,
+        "roles": {
+            "held": net.inputs.tolist(),
+            "bias": net.biases.tolist(),
+            "hidden": net.layers[1].tolist(),
+            "outputs": net.outputs.tolist(),
+            "reference": int(net.biases[0]),
+        },
+        "seed": seed,
+        "input_encoding": "phase",
+        "input_phase_range_rad": [0.0, 0.5 * np.pi],
+        "held_injection": held_injection,
+        "bias_phases_rad": list(phases),
+    }
+    return model_class(backend).from_dict(data)

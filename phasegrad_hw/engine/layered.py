@@ -1,7 +1,8 @@
 """Batched equilibrium-propagation trainer for layered oscillator networks (docs/design.md §8).
 
 Set-up: inputs as held phases φ = (π/2)·x with x scaled to [0, 1] per feature (min–max fitted
-on the training split only; values outside the training range are clipped), two bias
+on the training split only; values outside the training range are clipped; a feature constant
+on the training split sits at π/4, :func:`phase_data`), two bias
 oscillators held at 0 and π/2, one hidden layer, outputs read by argmax sin θ_out, loss the
 softmax cross-entropy on s·sin θ_out (:mod:`phasegrad_hw.physics.multiclass`), signed couplings.
 The [0, 1] range keeps every held phase in one quadrant; an input at 0 sits at the phase of the
@@ -24,8 +25,10 @@ loss scale s = 2 / 4 / 6 → 90.6 / 95.0 / 95.3 %; learning the frequencies as w
 s = 4) → 94.2 % with ≈ 30 unlocked samples per epoch (a hidden oscillator whose |ω_h| exceeds
 its field |Z_h| for some input cannot lock), so by default ω stays 0 and the two bias
 oscillators carry the biases; β = 0.02 centred, Adam lr 3e-3 × 0.93 per epoch, batch 32,
-init K ~ N(0, 1/fan_in), 40 epochs (5 seeds: 30 epochs gave 93.9–96.7 %, mean 95.8 %; 40 epochs
-94.2–96.7 %, mean 95.7 %, benchmarks/bench_layered.py --train).
+init K ~ N(0, 1/fan_in), 40 epochs (5 seeds, before constant features moved to π/4: 30 epochs
+gave 93.9–96.7 %, mean 95.8 %; 40 epochs 94.2–96.7 %, mean 95.7 %; with the shared split of
+``train --task digits``, seeds 0–4: 95.3 / 95.3 / 96.4 / 95.0 / 95.6 %, mean 95.5 %,
+benchmarks/bench_layered.py --train / --train-cli).
 
 Locking safeguards (after every update, documented choice):
 
@@ -39,10 +42,13 @@ Locking safeguards (after every update, documented choice):
   its couplings scaled down to it. With the defaults the bound rarely binds on the digits task.
 
 Unlocked samples are reported per epoch; an epoch in which no training sample locks raises
-:class:`NoLockError`. Data split: scikit-learn ``load_digits`` (1 797 8×8 images, no
+:class:`NoLockError`. Data split (:func:`phasegrad_hw.learning.tasks.split_fixed`, the one
+used by ``train --task digits``): scikit-learn ``load_digits`` (1 797 8×8 images, no
 download), 80/20 stratified train/test split with a fixed ``random_state`` (0) shared by every
 seed; the validation split (``val_fraction`` of the training split, stratified) depends on the
-seed. The best epoch by validation accuracy is kept (the last one without a validation split).
+seed. A device file with held inputs gives the network, bias phases, injection strength and
+coupling limits (:func:`layered_from_device`; updates are clipped to the limits). The best
+epoch by validation accuracy is kept (the last one without a validation split).
 Seeds: one integer drives the couplings' initialisation, the validation split and the sample
 order (numpy ``default_rng`` streams [seed, k]).
 """
@@ -60,6 +66,9 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.learning import tasks
+from phasegrad_hw.learning.tasks import Dataset
 from phasegrad_hw.physics.coupling import Array, wrap
 from phasegrad_hw.physics.layered import LayeredNetwork, ep_gradient, solve_layered
 from phasegrad_hw.physics.multiclass import OutputLoss, SoftmaxCE, clamp_targets, decide
@@ -67,8 +76,7 @@ from phasegrad_hw.physics.multiclass import OutputLoss, SoftmaxCE, clamp_targets
 log = logging.getLogger(__name__)
 IntArray = NDArray[np.int64]
 
-INIT_STREAM, VAL_STREAM, ORDER_STREAM = 1, 2, 3
-TEST_SPLIT_STATE = 0  # random_state of the fixed train/test split
+INIT_STREAM, ORDER_STREAM = 1, 3  # numpy streams [seed, k] (validation split: tasks, 2)
 
 
 class NoLockError(RuntimeError):
@@ -120,29 +128,26 @@ class DigitsData:
     test: Split
 
 
+def phase_data(
+    ds: Dataset, phase_range_rad: tuple[float, float] = (0.0, math.pi / 2)
+) -> DigitsData:
+    """A task's splits as held phases: x ∈ [−1, 1] → φ = lo + (hi − lo)·clip((x + 1)/2, 0, 1)
+    (the phase encoding of :meth:`phasegrad_hw.device.model.DeviceModel.input_phases`)."""
+    lo, hi = phase_range_rad
+
+    def enc(x: Array, lab: NDArray[np.int64]) -> Split:
+        u = np.clip(0.5 * (x + 1.0), 0.0, 1.0)
+        return Split(lo + (hi - lo) * u, np.asarray(lab, dtype=np.int64))
+
+    n_in = ds.x_train.shape[1]
+    x_val = ds.x_val if ds.x_val.size else np.zeros((0, n_in))
+    return DigitsData(enc(ds.x_train, ds.y_train), enc(x_val, ds.y_val), enc(ds.x_test, ds.y_test))
+
+
 def digits_data(seed: int = 0, val_fraction: float = 0.1) -> DigitsData:
-    """scikit-learn digits as held phases (π/2)·x, x ∈ [0, 1] (min–max fitted on train)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(
-        X, y, test_size=0.2, stratify=y, random_state=TEST_SPLIT_STATE
-    )
-    Xva, yva = Xtr[:0], ytr[:0]
-    if val_fraction > 0:
-        state = int(np.random.default_rng([seed, VAL_STREAM]).integers(2**31))
-        Xtr, Xva, ytr, yva = train_test_split(
-            Xtr, ytr, test_size=val_fraction, stratify=ytr, random_state=state
-        )
-    lo, hi = Xtr.min(axis=0), Xtr.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-
-    def enc(x: Array, lab: Array) -> Split:
-        u = np.clip((x - lo) / span, 0.0, 1.0)
-        return Split(0.5 * math.pi * u, np.asarray(lab, dtype=np.int64))
-
-    return DigitsData(enc(Xtr, ytr), enc(Xva, yva), enc(Xte, yte))
+    """scikit-learn digits (:func:`phasegrad_hw.learning.tasks.digits`: fixed train/test
+    split, seed-dependent validation split) as held phases in [0, π/2]."""
+    return phase_data(tasks.digits(seed=seed, val_fraction=val_fraction))
 
 
 def init_params(net: LayeredNetwork, init_scale: float, seed: int) -> tuple[Array, Array]:
@@ -187,6 +192,89 @@ def project_locking(
     bound = omega_lock_frac * rowsum[net.n_held :]
     clipped = int((np.abs(omega) > bound).sum())
     return np.clip(omega, -bound, bound), K, clipped, int(over.size)
+
+
+@dataclass(frozen=True)
+class LayeredDevice:
+    """A layered held-input device file read as a :class:`LayeredNetwork`.
+
+    ``order`` (n,) maps network oscillator → device oscillator; ``edge_of`` (n_edges,) maps
+    network edge → device edge; ``k_lo``, ``k_hi`` the coupling limits (network edge order,
+    model units: [−max, max] on invertible edges, [min, max] else); ``injection`` the held
+    oscillators' injection strength (``held_injection``); ``K`` the file's couplings.
+    """
+
+    model: DeviceModel
+    net: LayeredNetwork
+    order: IntArray
+    edge_of: IntArray
+    k_lo: Array
+    k_hi: Array
+    injection: float
+    K: Array
+
+
+def is_layered_device(model: DeviceModel) -> bool:
+    """Does ``model`` describe a layered network with held (phase-encoded) inputs?"""
+    return model.input_encoding == "phase"
+
+
+def layered_from_device(model: DeviceModel) -> LayeredDevice:
+    """Read a device with held inputs as a layered network (docs/design.md §8).
+
+    The roles give the layers: held inputs, bias oscillators (held at ``bias_phases_rad``),
+    one hidden layer, outputs; every oscillator must have one of these roles and the edges
+    must be exactly held → hidden, hidden → output and bias → output. A :class:`ValueError`
+    names the first mismatch.
+    """
+    r = model.roles
+    if not is_layered_device(model):
+        raise ValueError(f'{model.name}: input_encoding = "{model.input_encoding}"; a layered '
+                         'network needs held inputs (input_encoding = "phase")')  # fmt: skip
+    net = LayeredNetwork(
+        len(r.held), (len(r.hidden),), len(r.outputs), tuple(model.bias_phases_rad)
+    )
+    order = np.array([*r.held, *r.bias, *r.hidden, *r.outputs], dtype=np.int64)
+    if order.size != model.n:
+        missing = sorted(set(range(model.n)) - set(order.tolist()))[:8]
+        raise ValueError(
+            f"roles: oscillators {missing} have no role; a layered device assigns every "
+            "oscillator to held, bias, hidden or outputs"
+        )
+    pos = np.empty(model.n, dtype=np.int64)
+    pos[order] = np.arange(model.n)
+    slot = {(int(a), int(b)): e for e, (a, b) in enumerate(net.edges)}
+    edge_of = np.full(net.n_edges, -1, dtype=np.int64)
+    for d, e in enumerate(model.edges):
+        a, b = int(pos[e.i]), int(pos[e.j])
+        k = slot.get((a, b), slot.get((b, a)))
+        if k is None:
+            raise ValueError(
+                f"edges[{d}]: {e.i}–{e.j} does not join held → hidden, hidden → output or "
+                "bias → output; a layered device has no other couplings"
+            )
+        if e.k_ji is not None and e.k_ji != e.k:
+            raise ValueError(f"edges[{d}].k_ji: {e.k_ji} — a layered device is symmetric")
+        edge_of[k] = d
+    if (edge_of < 0).any():
+        a, b = net.edges[int(np.flatnonzero(edge_of < 0)[0])]
+        raise ValueError(
+            f"edges: the layered network needs the coupling {order[a]}–{order[b]}, the device "
+            "file has none"
+        )
+    lo, hi = model.coupling_bounds()
+    K = model.coupling_values()[edge_of]
+    return LayeredDevice(model, net, order, edge_of, lo[edge_of], hi[edge_of],
+                         model.held_injection, K)  # fmt: skip
+
+
+def layered_couplings(sizes: tuple[int, int, int], n_bias: int, seed: int) -> Array:
+    """Initial couplings of a new (n_in + n_bias) → hidden → n_out device, in the edge order of
+    :class:`LayeredNetwork` (:func:`init_params`, init_scale 1, stream [seed, INIT_STREAM])."""
+    n_in, n_h, n_out = sizes
+    phases = tuple(0.5 * math.pi * k for k in range(n_bias))
+    _, K = init_params(LayeredNetwork(n_in, (n_h,), n_out, phases), 1.0, seed)
+    return K
 
 
 class _Optimizer:
@@ -261,12 +349,35 @@ def accuracy(net: LayeredNetwork, omega: Array, K: Array, split: Split, batch: i
     return float(np.mean((pred == split.labels) & ok))
 
 
-def train_layered(cfg: LayeredConfig, data: DigitsData | None = None) -> LayeredRun:
-    """Train a (n_in + 2 bias) → hidden → 10 network on ``data`` (digits by default)."""
+def train_layered(
+    cfg: LayeredConfig, data: DigitsData | None = None, device: LayeredDevice | None = None
+) -> LayeredRun:
+    """Train a (n_in + 2 bias) → hidden → 10 network on ``data`` (digits by default).
+
+    With ``device`` the network is the device's (its held inputs, bias phases and layer
+    sizes; ``cfg.hidden`` and ``cfg.injection_strength`` must match it), and every update is
+    clipped to the device's coupling limits; the initial couplings are drawn from
+    ``cfg.seed`` as without a device.
+    """
     d = data if data is not None else digits_data(cfg.seed, cfg.val_fraction)
     n_out = int(max(d.train.labels.max(), d.test.labels.max())) + 1
-    net = LayeredNetwork(d.train.phases.shape[1], (cfg.hidden,), n_out)
+    if device is None:
+        net = LayeredNetwork(d.train.phases.shape[1], (cfg.hidden,), n_out)
+        k_lo, k_hi = np.full(net.n_edges, -np.inf), np.full(net.n_edges, np.inf)
+    else:
+        net, k_lo, k_hi = device.net, device.k_lo, device.k_hi
+        if (net.hidden[0], cfg.injection_strength) != (cfg.hidden, device.injection):
+            raise ValueError(
+                f"cfg: hidden {cfg.hidden}, injection_strength {cfg.injection_strength} do "
+                f"not match the device ({net.hidden[0]}, {device.injection})"
+            )
+        if d.train.phases.shape[1] != net.n_in or n_out > net.n_out:
+            raise ValueError(
+                f"data: {d.train.phases.shape[1]} inputs, {n_out} classes do not fit the "
+                f"device ({net.n_in} held inputs, {net.n_out} outputs)"
+            )
     omega, K = init_params(net, cfg.init_scale, cfg.seed)
+    K = np.clip(K, k_lo, k_hi)
     opt_w, opt_k = _Optimizer(cfg, omega.size), _Optimizer(cfg, K.size)
     n_train = d.train.labels.size
     cache = np.zeros((n_train, net.n))  # warm starts: each sample's last free state
@@ -315,6 +426,7 @@ def train_layered(cfg: LayeredConfig, data: DigitsData | None = None) -> Layered
             g_w, g_k = ep_gradient(net, plus.theta[valid], other.theta[valid], span)
             omega = omega - opt_w.step(g_w.mean(axis=0), lr_w)
             K = K - opt_k.step(g_k.mean(axis=0), lr_k) - lr_k * cfg.weight_decay * K
+            K = np.clip(K, k_lo, k_hi)
             omega, K, _, _ = project_locking(
                 net, omega, K, cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac
             )

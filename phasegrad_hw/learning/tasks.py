@@ -1,7 +1,10 @@
 """Tasks: data sets, input encoding, clamp targets and classification readouts.
 
 A :class:`Dataset` holds features min–max scaled to [−1, 1] with the scaler fitted on the
-training split only (the published vowel setting, docs/design.md §2, arXiv 2604.10272). An
+training split only (the published vowel setting, docs/design.md §2, arXiv 2604.10272).
+Chip-scale tasks (``digits``, ``csv:PATH``, ``mnist:DIR``; docs/design.md §8) use one fixed
+stratified 80/20 train/test split (``random_state`` 0, or the files' own split for MNIST) and a
+seed-dependent validation split of the training part (:func:`split_fixed`). An
 :class:`Encoding` maps a task onto a device: input oscillator frequency ω = input_scale · x
 (model units), clamp targets for the output oscillators and the decision rule.
 
@@ -30,9 +33,10 @@ Readouts (decision rule + the loss the clamp targets descend):
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +77,8 @@ class Dataset:
     y_train: NDArray[np.int64]  # (n,)
     x_test: Array
     y_test: NDArray[np.int64]
+    x_val: Array = field(default_factory=lambda: np.zeros((0, 0)))  # empty: no validation split
+    y_val: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_features(self) -> int:
@@ -115,15 +121,71 @@ def split_and_scale(
         train_idx.append(idx[n_test:])
     tr = rng.permutation(np.concatenate(train_idx))
     te = rng.permutation(np.concatenate(test_idx))
-    lo = X[tr].min(axis=0)
-    hi = X[tr].max(axis=0)
+    scale = _fit_scaler(X[tr])
+    return Dataset(name, tuple(classes), scale(X[tr]), Y[tr], scale(X[te]), Y[te])
+
+
+def _fit_scaler(x_train: Array) -> Callable[[Array], Array]:
+    """Min–max map to [−1, 1] fitted on ``x_train``; a constant feature maps to 0."""
+    lo = x_train.min(axis=0)
+    hi = x_train.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
 
     def scale(a: Array) -> Array:
         s = 2.0 * (a - lo) / span - 1.0
-        return np.where(hi > lo, s, 0.0)
+        out: Array = np.where(hi > lo, s, 0.0)
+        return out
 
-    return Dataset(name, tuple(classes), scale(X[tr]), Y[tr], scale(X[te]), Y[te])
+    return scale
+
+
+TEST_SPLIT_STATE = 0  # random_state of the fixed train/test split of chip-scale tasks
+VAL_STREAM = 2  # numpy stream [seed, VAL_STREAM] of the validation split
+
+
+def split_fixed(
+    name: str,
+    classes: Sequence[str],
+    x: ArrayLike,
+    y: ArrayLike,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    test: tuple[ArrayLike, ArrayLike] | None = None,
+) -> Dataset:
+    """The split of the chip-scale tasks: a fixed stratified 80/20 train/test split
+    (scikit-learn ``train_test_split``, ``random_state`` 0, the same for every seed) unless
+    ``test`` gives the test set; then a stratified validation split of ``val_fraction`` of the
+    training part that depends on ``seed``; min–max scaling to [−1, 1] fitted on what remains
+    for training."""
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise TaskError(f"{name}: needs scikit-learn (pip install 'phasegrad-hw[ml]')") from None
+    if not 0.0 <= val_fraction < 1.0:
+        raise TaskError(f"val_fraction: {val_fraction} must be in [0, 1)")
+    X = np.asarray(x, dtype=np.float64)
+    Y = np.asarray(y, dtype=np.int64)
+    if test is None:
+        counts = np.bincount(Y, minlength=len(classes))
+        if counts.min() < 2:
+            c = int(np.argmin(counts))
+            raise TaskError(f"{name}: class {classes[c]!r} has {counts[c]} samples; need >= 2")
+        Xtr, Xte, ytr, yte = train_test_split(
+            X, Y, test_size=0.2, stratify=Y, random_state=TEST_SPLIT_STATE
+        )
+    else:
+        Xtr, ytr = X, Y
+        Xte, yte = np.asarray(test[0], dtype=np.float64), np.asarray(test[1], dtype=np.int64)
+    Xva, yva = Xtr[:0], ytr[:0]
+    if val_fraction > 0:
+        state = int(np.random.default_rng([seed, VAL_STREAM]).integers(2**31))
+        Xtr, Xva, ytr, yva = train_test_split(
+            Xtr, ytr, test_size=val_fraction, stratify=ytr, random_state=state
+        )
+    scale = _fit_scaler(Xtr)
+    return Dataset(
+        name, tuple(classes), scale(Xtr), ytr, scale(Xte), yte, scale(Xva), np.asarray(yva)
+    )
 
 
 def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
@@ -239,9 +301,10 @@ def xor(
 
 
 def digits(
-    classes: Sequence[int] | None = None, test_fraction: float = 0.2, seed: int = 0
+    classes: Sequence[int] | None = None, seed: int = 0, val_fraction: float = 0.0
 ) -> Dataset:
-    """scikit-learn's 8×8 digits (64 features, 0–16 intensities), optionally a class subset."""
+    """scikit-learn's 8×8 digits (64 features, 0–16 intensities; 1 797 images, no download),
+    optionally a class subset, split by :func:`split_fixed`."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -255,12 +318,113 @@ def digits(
             raise TaskError(f"classes: digit {c} is not in 0…9")
     mask = np.isin(y, cls)
     yy = np.array([cls.index(int(v)) for v in y[mask]], dtype=np.int64)
-    return split_and_scale("digits", tuple(str(c) for c in cls), X[mask], yy, test_fraction, seed)
+    names = tuple(str(c) for c in cls)
+    return split_fixed("digits", names, X[mask], yy, seed, val_fraction)
 
 
-def load_task(spec: str, data: Path | None = None, seed: int = 0) -> Dataset:
+def load_csv_task(
+    path: Path, label_column: str | None = None, seed: int = 0, val_fraction: float = 0.0
+) -> Dataset:
+    """A classification CSV with a header: the label is the last column (or ``label_column``),
+    every other column a numeric feature; classes are the sorted distinct labels."""
+    p = Path(path)
+    try:
+        rows = list(csv.reader(p.read_text().splitlines()))
+    except OSError as exc:
+        raise TaskError(f"--task csv:{p}: cannot read ({exc.strerror})") from None
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise TaskError(f"--task csv:{p}: need a header and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if label_column is None:
+        li = len(header) - 1
+    elif label_column in header:
+        li = header.index(label_column)
+    else:
+        raise TaskError(
+            f"--label-column: {label_column!r} is not a column of {p}; columns: {header}"
+        )
+    if len(header) < 2:
+        raise TaskError(f"{p}: header {header} — need at least one feature and a label column")
+    feats = [c for c in range(len(header)) if c != li]
+    X = np.empty((len(rows) - 1, len(feats)))
+    labels: list[str] = []
+    for r, row in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise TaskError(f"{p}: row {r + 2}: {len(row)} columns; the header has {len(header)}")
+        labels.append(row[li].strip())
+        for k, c in enumerate(feats):
+            try:
+                X[r, k] = float(row[c])
+            except ValueError:
+                raise TaskError(
+                    f"{p}: column {header[c]!r}, row {r + 2}: {row[c]!r} is not a number "
+                    "(every column but the label must be a numeric feature)"
+                ) from None
+            if not np.isfinite(X[r, k]):
+                raise TaskError(f"{p}: column {header[c]!r}, row {r + 2}: {row[c]!r} is not finite")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise TaskError(
+            f"{p}: label column {header[li]!r} has a single class {classes}; need at least two"
+        )
+    y = np.array([classes.index(v) for v in labels], dtype=np.int64)
+    return split_fixed(f"csv:{p.name}", classes, X, y, seed, val_fraction)
+
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> NDArray[np.uint8]:
+    """An IDX file of unsigned bytes (magic 0x00 0x00 0x08 ndim, big-endian dims), gz or not."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise TaskError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4]!r})")
+    nd = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(nd))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
+    if body.size != int(np.prod(dims)):
+        raise TaskError(f"{path}: {body.size} bytes of data for dimensions {dims}")
+    return body.reshape(dims)
+
+
+def load_mnist(directory: Path, seed: int = 0, val_fraction: float = 0.0) -> Dataset:
+    """MNIST from the standard IDX files in ``directory`` (``train-images-idx3-ubyte`` etc.,
+    ``.gz`` or not); images flattened to 784 features, the files' own train/test split."""
+    d = Path(directory)
+    arrays = {}
+    for key, stem in MNIST_FILES.items():
+        found = [d / stem, d / f"{stem}.gz"]
+        hit = next((f for f in found if f.is_file()), None)
+        if hit is None:
+            raise TaskError(f"--task mnist:{d}: {stem}[.gz] not found")
+        arrays[key] = read_idx(hit)
+    xtr = arrays["train_images"].reshape(len(arrays["train_images"]), -1)
+    xte = arrays["test_images"].reshape(len(arrays["test_images"]), -1)
+    ytr, yte = arrays["train_labels"].astype(np.int64), arrays["test_labels"].astype(np.int64)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise TaskError(f"--task mnist:{d}: image and label counts differ")
+    n_cls = int(max(ytr.max(), yte.max())) + 1
+    classes = tuple(str(c) for c in range(n_cls))
+    return split_fixed("mnist", classes, xtr, ytr, seed, val_fraction, test=(xte, yte))
+
+
+def load_task(
+    spec: str,
+    data: Path | None = None,
+    seed: int = 0,
+    *,
+    label_column: str | None = None,
+    val_fraction: float = 0.0,
+) -> Dataset:
     """A task from a CLI string: ``vowels:a,i`` (CSV if given, else synthetic), ``xor``,
-    ``digits`` or ``digits:0,1``."""
+    ``digits`` or ``digits:0,1``, ``csv:PATH`` (``label_column``), ``mnist:DIR``.
+    ``val_fraction`` applies to the chip-scale tasks (digits, csv, mnist)."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "vowels":
@@ -271,9 +435,15 @@ def load_task(spec: str, data: Path | None = None, seed: int = 0) -> Dataset:
     if kind == "xor":
         return xor(seed=seed)
     if kind == "digits":
-        return digits([int(c) for c in rest.split(",")] if rest else None, seed=seed)
+        cls = [int(c) for c in rest.split(",")] if rest else None
+        return digits(cls, seed=seed, val_fraction=val_fraction)
+    if kind == "csv" and rest:
+        return load_csv_task(Path(rest), label_column, seed, val_fraction)
+    if kind == "mnist" and rest:
+        return load_mnist(Path(rest), seed, val_fraction)
     raise TaskError(
-        f"--task: {spec!r} is unknown; allowed: vowels:a,i (any of a,e,i,o,u), xor, digits[:0,1,…]"
+        f"--task: {spec!r} is unknown; allowed: vowels:a,i (any of a,e,i,o,u), xor, "
+        "digits[:0,1,…], csv:PATH, mnist:DIR"
     )
 
 

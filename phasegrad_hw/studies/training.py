@@ -102,6 +102,7 @@ class TrainOptions(StrictModel):
     margin: float = Field(default=0.2, gt=0.0, lt=1.5)
     transfer: str = Field(default="auto", min_length=1)
     noise: str = Field(default="auto", min_length=1)
+    label_column: str | None = None  # csv:PATH tasks: the label column (default: the last)
 
 
 def choices(name: str) -> list[str]:
@@ -403,14 +404,23 @@ async def train_device(
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_task
     from phasegrad_hw.store import RunRecorder, RunStore
+    from phasegrad_hw.studies import layered_training as lt
 
     o = setup.options
+    model = lt.device_model_of(o.device)  # task checks before any device is opened
+    if lt.is_held_input(model):
+        assert model is not None
+        return lt.train_held_inputs(
+            o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
+        )
     beta, averages, mode = o.beta, o.averages, o.mode
     assert beta is not None and averages is not None and mode is not None
     ses = session if session is not None else TrainSession()
     ses.store = store
     t0 = time.perf_counter()
-    dataset = load_task(o.task, data, seed=o.seed)
+    dataset = load_task(o.task, data, seed=o.seed, label_column=o.label_column)
+    if model is not None:
+        lt.check_task_fits(dataset, model)
     enc = Encoding(readout=o.readout, margin=o.margin)
     tpath = setup.transfer.path if setup.transfer is not None else "none"
     sub = open_substrate(o.device, seed=o.seed, transfer=tpath)

@@ -38,7 +38,11 @@ def _error(tmp_path: Path, data: dict[str, Any], name: str = "chip.toml") -> str
 
 @pytest.mark.parametrize(
     "path, cls",
-    [(CMOS, CMOSChipModel), (OPTICAL, OpticalChipModel), (DEVICES / "cmos-64.toml", CMOSChipModel)],
+    [
+        (CMOS, CMOSChipModel),
+        (OPTICAL, OpticalChipModel),
+        (DEVICES / "cmos-64-64-10.toml", CMOSChipModel),
+    ],
 )
 def test_example_device_files_load_with_their_class(path: Path, cls: type) -> None:
     m = load_device_model(path)

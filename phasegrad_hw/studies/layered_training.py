@@ -1,0 +1,191 @@
+"""``train`` on chip-scale layered devices with held inputs (docs/design.md §8).
+
+A device file with ``input_encoding = "phase"`` describes a layered network (held inputs, bias
+oscillators, one hidden layer, outputs; :func:`phasegrad_hw.engine.layered.layered_from_device`).
+On the ``simulated`` backend the ideal device is exactly the physics of
+:mod:`phasegrad_hw.physics.layered`, so training runs the vectorised, batched engine
+(:func:`phasegrad_hw.engine.layered.train_layered`: free and ±β nudged locked states per
+mini-batch, EP gradients, Adam) on the device's own network and coupling limits. Emulated and
+real chips with held inputs need held phases through the substrate contract, which does not
+exist yet: they are refused with a one-line error before anything is opened.
+
+The options of ``train`` that belong to the hardware loop keep their meaning where one exists
+and are otherwise refused: ``--epochs``, ``--lr`` (coupling learning rate), ``--beta`` and
+``--mode`` replace the engine's defaults (40 epochs, 3e-3, 0.02, centred) when they differ from
+``train``'s own defaults; ``--params both`` also learns the frequencies; ``--readout`` must stay
+at its default (the layered readout is softmax cross-entropy on sin θ_out, decided by argmax);
+``--init spectral``, ``--averages`` > 1 (the ideal device reads exact phases), ``--resume`` and
+``--telemetry`` are refused. ``--init random`` draws the initial couplings from ``--seed`` as
+``device new`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.learning.tasks import Dataset, TaskError, load_task
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "vectorised layered engine (the ideal simulated device, batched)"
+
+
+def device_model_of(device: str) -> DeviceModel | None:
+    """The model of a device file (None for a URI: such a device describes itself)."""
+    p = Path(device)
+    if "://" in device or not p.is_file():
+        return None
+    return DeviceModel.load(p)
+
+
+def check_task_fits(dataset: Dataset, model: DeviceModel) -> None:
+    """Features vs the oscillators they drive, classes vs outputs (held-input devices need
+    one output per class); a :class:`TaskError` naming both numbers."""
+    feats = model.feature_oscillators
+    role = "roles.held" if model.input_encoding == "phase" else "roles.inputs"
+    if dataset.n_features != len(feats):
+        raise TaskError(
+            f"--task {dataset.name}: {dataset.n_features} features, but {model.name} has "
+            f"{len(feats)} input oscillators ({role})"
+        )
+    n_out = len(model.roles.outputs)
+    if model.input_encoding == "phase" and dataset.n_classes > n_out:
+        raise TaskError(
+            f"--task {dataset.name}: {dataset.n_classes} classes, but {model.name} has "
+            f"{n_out} outputs (roles.outputs; one per class)"
+        )
+
+
+def is_held_input(model: DeviceModel | None) -> bool:
+    return model is not None and model.input_encoding == "phase"
+
+
+def train_held_inputs(
+    options: Any,
+    model: DeviceModel,
+    *,
+    data: Path | None = None,
+    store: Path | None = None,
+    resume: str | None = None,
+    telemetry: str | None = None,
+    notify: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Train a held-input layered device (module doc); ``options`` a
+    :class:`phasegrad_hw.studies.training.TrainOptions`. Returns the result JSON:
+    ``final_test_accuracy`` (at the kept, best-validation epoch), ``best_test_accuracy``,
+    ``last_epoch_test_accuracy``, ``best_epoch``, ``epochs``, ``seconds``, ``seconds_per_epoch``,
+    ``skipped_samples`` (unlocked training samples, all epochs), ``engine``, ``summary``,
+    ``history`` and ``run_id`` when recorded."""
+    from phasegrad_hw.engine.layered import (
+        LayeredConfig,
+        layered_from_device,
+        phase_data,
+        train_layered,
+    )
+    from phasegrad_hw.studies.training import DEFAULT_EPOCHS, TrainOptions, prepare
+
+    o: TrainOptions = options
+    t0 = time.perf_counter()
+    if model.backend != "simulated":
+        raise ConfigError(
+            f"device: {o.device} is a {model.backend!r} device with held inputs; training "
+            "held inputs through the hardware loop (Capability.HELD_INPUTS) is not implemented "
+            "— only backend 'simulated' trains them (vectorised engine)"
+        )
+    # what `train` fills in when the user gives nothing (β, averages, mode from prepare)
+    defaults = prepare(TrainOptions(device=o.device, transfer="none", noise="none")).options
+    refused = {
+        "--readout": o.readout != defaults.readout,
+        "--init spectral": o.init == "spectral",
+        "--averages": o.averages != 1,
+        "--resume": resume is not None,
+        "--telemetry": telemetry is not None,
+    }
+    bad = [k for k, v in refused.items() if v]
+    if bad:
+        raise ConfigError(
+            f"{', '.join(bad)}: not available for a held-input layered device (softmax "
+            "readout, couplings drawn from --seed, exact reads, no resume or telemetry)"
+        )
+    dev = layered_from_device(model)
+    base = LayeredConfig(hidden=dev.net.hidden[0], injection_strength=dev.injection, seed=o.seed)
+    upd: dict[str, Any] = {}
+    if o.epochs != DEFAULT_EPOCHS:
+        upd["epochs"] = o.epochs
+    if o.lr != defaults.lr:
+        upd["lr_k"] = o.lr
+    if o.beta != defaults.beta:
+        upd["beta"] = o.beta
+    if o.mode != defaults.mode:
+        upd["mode"] = o.mode
+    if o.params == "both":
+        upd["lr_omega"] = upd.get("lr_k", base.lr_k)
+    cfg = LayeredConfig.model_validate({**base.model_dump(), **upd})
+    dataset = load_task(
+        o.task, data, seed=o.seed, label_column=o.label_column, val_fraction=cfg.val_fraction
+    )
+    check_task_fits(dataset, model)
+    splits = phase_data(dataset, model.input_phase_range_rad)
+    rs = run_id = None
+    if store is not None:
+        from phasegrad_hw.store import RunStore
+
+        rs = RunStore(store)
+        run_id = rs.create_run(
+            {"options": o.model_dump(), "data": str(data) if data else None,
+             "engine": "layered", "layered": cfg.model_dump()},
+            o.device,
+        )  # fmt: skip
+    try:
+        run = train_layered(cfg, splits, device=dev)
+        seconds = time.perf_counter() - t0
+        best = max((r.test_accuracy for r in run.history), default=run.test_accuracy)
+        n_ep = len(run.history)
+        out: dict[str, Any] = {
+            "final_test_accuracy": run.test_accuracy,
+            "best_test_accuracy": best,
+            "last_epoch_test_accuracy": run.history[-1].test_accuracy if run.history else None,
+            "best_epoch": run.best_epoch,
+            "val_accuracy": run.val_accuracy,
+            "epochs": n_ep,
+            "seconds": seconds,
+            "seconds_per_epoch": sum(r.wall_s for r in run.history) / max(n_ep, 1),
+            "skipped_samples": sum(r.unlocked for r in run.history),
+            "device": o.device,
+            "engine": "layered",
+            "summary": (
+                f"{model.name}: held-input layered device {dev.net.n_in}+{dev.net.n_bias} bias"
+                f" → {dev.net.hidden[0]} → {dev.net.n_out}, trained by the {ENGINE_NAME}; "
+                f"test accuracy {100 * run.test_accuracy:.1f} % at the best validation epoch "
+                f"{run.best_epoch} of {n_ep}"
+            ),
+            "history": [
+                {
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "unlocked": r.unlocked,
+                    "val_accuracy": r.val_accuracy,
+                    "test_accuracy": r.test_accuracy,
+                    "wall_s": r.wall_s,
+                }
+                for r in run.history
+            ],  # fmt: skip
+        }
+        if rs is not None and run_id is not None:
+            rs.finish_run(run_id, out)
+            out["run_id"] = run_id
+        notify(out["summary"])
+        return out
+    except BaseException:
+        if rs is not None and run_id is not None:
+            rs.set_status(run_id, "failed")
+        raise
+    finally:
+        if rs is not None:
+            rs.close()
