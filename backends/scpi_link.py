@@ -189,11 +189,14 @@ class SocketTransport:
             ready: asyncio.Future[None] = loop.create_future()
             loop.add_reader(fd, _set_ready, ready)
             try:
-                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                raise DeviceTimeoutError(f"timeout after {timeout_s:g} s") from None
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives together with the reply (the caller would run on)
+                done, _ = await asyncio.wait({ready}, timeout=max(0.0, deadline - loop.time()))
             finally:
                 loop.remove_reader(fd)
+            if not done:
+                ready.cancel()
+                raise DeviceTimeoutError(f"timeout after {timeout_s:g} s")
             self._receive(sock)
             msg = self._take_message()
             if msg is not None:
