@@ -14,6 +14,7 @@ import pytest
 
 from phasegrad_hw.device.registry import load_device_model
 from tests.conftest import REPO
+from tests.e2e.benches import start_emulated_bench
 from tests.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
@@ -46,20 +47,8 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
     dev = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
     bench_file = tmp_path / "bench.toml"
-    proc = subprocess.Popen(
-        [*CLI, "emulate", "bench", "--device", str(dev), "--tcp", "0", "--out", str(bench_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
+    proc, ports = start_emulated_bench(dev, bench_file)
     try:
-        assert proc.stdout is not None
-        ports: dict[str, int] = {}
-        for _ in range(4):
-            name, _, res = proc.stdout.readline().strip().partition(" ")
-            if name != "bench":
-                ports[name] = int(res.split("::")[2])
         model = load_device_model(dev)
         # put the bench in a non-safe state a check must leave as it is
         levels = [float(0.5 * (b + model.limits.bias.max)) for b in model.safe_biases()]

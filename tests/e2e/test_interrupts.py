@@ -23,6 +23,7 @@ import pytest
 
 from phasegrad_hw.store import RunStore
 from tests.conftest import REPO, require
+from tests.e2e.benches import start_emulated_bench
 from tests.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
@@ -265,32 +266,8 @@ def test_scpi_bench(tmp_path: Path) -> None:
 
     dev = copy_device(tmp_path, "cmos-2-5-2.toml")
     bench_file = tmp_path / "bench.toml"
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "emulate",
-            "bench",
-            "--device",
-            str(dev),
-            "--tcp",
-            "0",
-            "--out",
-            str(bench_file),
-            "--seed",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
+    proc, ports = start_emulated_bench(dev, bench_file, "--seed", "2")
     try:
-        assert proc.stdout is not None
-        ports: dict[str, int] = {}
-        for _ in range(4):
-            name, _, res = proc.stdout.readline().strip().partition(" ")
-            if name != "bench":
-                ports[name] = int(res.split("::")[2])
         model = load_device_model(dev)
         ref = tmp_path / "ref.json"
         run_ok(train_args(str(bench_file), tmp_path / "ref.sqlite", ref))

@@ -1,0 +1,34 @@
+"""An emulated SCPI bench started as its own process (``phasegrad-hw emulate bench``), for
+tests that drive it through a bench file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.mosquitto import child_env
+
+CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
+
+
+def start_emulated_bench(
+    device: Path, bench_file: Path, *extra: str
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """The emulator process (stop it yourself) and the TCP port of each instrument; the bench
+    file it writes is ``bench_file``."""
+    proc = subprocess.Popen(
+        [*CLI, "emulate", "bench", "--device", str(device), "--tcp", "0", "--out",
+         str(bench_file), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ports: dict[str, int] = {}
+    for _ in range(4):
+        name, _, res = proc.stdout.readline().strip().partition(" ")
+        if name != "bench":
+            ports[name] = int(res.split("::")[2])
+    return proc, ports
