@@ -106,7 +106,16 @@ class Limits(DeviceFileModel):
     coupling: Range = Range(min=0.01, max=8.0)
     bias: BiasLimits = BiasLimits(min=-3.0, max=3.0, safe=0.0, unit="model")
     beta_max: float = Field(default=1.0, gt=0)
+    drive_max: float = Field(default=4.0, gt=0)  # largest drive amplitude F_i, model units
     max_averages: int = Field(default=4096, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_drive(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``drive_max`` is written only when set (existing files dump as before)."""
+        out: dict[str, Any] = handler(self)
+        if "drive_max" not in self.model_fields_set:
+            out.pop("drive_max", None)
+        return out
 
 
 class EdgeSpec(DeviceFileModel):
@@ -139,9 +148,19 @@ class Roles(DeviceFileModel):
     bias: list[int] = Field(default_factory=list)
     hidden: list[int] = Field(default_factory=list)
     outputs: list[int]
+    drive: list[int] = Field(default_factory=list)
     reference: int = 0
 
     ROLE_NAMES: ClassVar[tuple[str, ...]] = ("inputs", "held", "bias", "hidden", "outputs")
+
+    @model_serializer(mode="wrap")
+    def _omit_no_drive(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``drive`` is written only when the device has driven oscillators (existing device
+        files and board descriptors dump as before)."""
+        out: dict[str, Any] = handler(self)
+        if not self.drive:
+            out.pop("drive", None)
+        return out
 
 
 class CouplingSpec(DeviceFileModel):
@@ -320,6 +339,18 @@ class DeviceModel(DeviceFileModel):
             raise ValueError(
                 f"input_phase_range_rad: [{lo}, {hi}] — need lo < hi and hi − lo <= 2π"
             )
+        drive = set(r.drive)
+        if len(drive) != len(r.drive) or not all(0 <= v < self.n_oscillators for v in drive):
+            raise ValueError(
+                f"roles.drive: {r.drive} — need distinct oscillators in "
+                f"0…{self.n_oscillators - 1}"
+            )
+        pinned = drive & {*r.held, *r.bias, r.reference}
+        if pinned:
+            raise ValueError(
+                f"roles.drive: {sorted(pinned)} is held or the reference; a driven (sensor) "
+                "oscillator must be free to follow the drive"
+            )
         if r.held and r.reference not in r.bias:
             raise ValueError(
                 f"roles.reference: {r.reference} — a device with held inputs reads against "
@@ -443,6 +474,26 @@ class DeviceModel(DeviceFileModel):
                 f"is outside the device limit [{lo[b]:g}, {hi[b]:g}]"
             )
         return k
+
+    def check_held_phases(self, phases_rad: ArrayLike) -> Array:
+        """Held input phases (n_held,) rad: finite, wrapped to [−π, π)."""
+        p = self._vector("held_phases", phases_rad, len(self.roles.held))
+        out: Array = (p + np.pi) % (2 * np.pi) - np.pi
+        return out
+
+    def check_drive(self, amplitude: ArrayLike, phase_rad: float) -> tuple[Array, float]:
+        """Drive amplitudes (n_drive,) in [0, ``limits.drive_max``] and a finite phase (rad)."""
+        a = self._vector("drive_amplitude", amplitude, len(self.roles.drive))
+        hi = self.limits.drive_max
+        bad = np.flatnonzero((a < 0.0) | (a > hi))
+        if bad.size:
+            raise LimitError(
+                f"drive_amplitude[{bad[0]}]: {a[bad[0]]:.6g} is outside the device limit [0, {hi}]"
+            )
+        p = float(phase_rad)
+        if not np.isfinite(p):
+            raise LimitError(f"drive_phase: {p} is not finite")
+        return a, p
 
     def check_clamp(self, target: ArrayLike, beta: float) -> tuple[Array, float]:
         t = self._vector("target", target, len(self.roles.outputs))

@@ -49,6 +49,8 @@ class Capability(StrEnum):
     FREQUENCY_COUNTER = "frequency_counter"  # read_frequencies works
     RESEED = "reseed"  # reseed(seed) restarts the device's noise stream (emulators)
     EXACT_GRADIENT = "exact_gradient"  # true_state() and exact_gradient() (emulators)
+    HELD_PHASES = "held_phases"  # set_held_phases works (roles.held, roles.bias)
+    DRIVE = "drive"  # set_drive works (roles.drive: an external injected signal)
 
 
 # --------------------------------------------------------------------------- readings
@@ -144,9 +146,13 @@ class OscillatorSubstrate(ABC):
         return None
 
     async def make_safe(self) -> None:
-        """Release the clamp and put every bias at its safe value."""
+        """Release the clamp, switch an external drive off (``drive``) and put every bias at
+        its safe value."""
         try:
             await self.release()
+            if Capability.DRIVE in self.capabilities:
+                off = np.zeros(len(self.model.roles.drive))
+                await self._bounded("make_safe", self._apply_drive(off, 0.0))
         finally:
             await self._bounded("make_safe", self._apply_biases(self.model.safe_biases()))
 
@@ -205,6 +211,29 @@ class OscillatorSubstrate(ABC):
             raise LimitError(f"direction: {direction!r} must be +1 or -1")
         await self._bounded("clamp", self._apply_clamp(t, b, direction))
         self.clamped = True
+
+    async def set_held_phases(self, phases_rad: ArrayLike) -> None:
+        """Set the injection phases (rad) of the held input oscillators, ``roles.held`` in
+        that order (needs ``held_phases``). A held oscillator is injection-locked by the
+        reference clock through a programmable phase shifter (strength
+        ``model.held_injection``), so its phase follows φ_in; the bias oscillators
+        (``roles.bias``) stay at ``model.bias_phases_rad``, applied by the backend on connect.
+        docs/design.md §8."""
+        if Capability.HELD_PHASES not in self.capabilities:
+            raise DeviceError(f"{type(self).__name__}: this device has no held inputs")
+        p = self.model.check_held_phases(phases_rad)
+        await self._bounded("set_held_phases", self._apply_held_phases(p))
+
+    async def set_drive(self, amplitude: ArrayLike, phase_rad: float) -> None:
+        """Inject the external signal Ψ into the drive oscillators ``roles.drive`` (needs
+        ``drive``): dθ_i/dt gains F_i·sin(Ψ − θ_i) with ``amplitude`` F (n_drive,) model
+        units in [0, ``limits.drive_max``], quasi-static phase Ψ = ``phase_rad`` relative to
+        the reference. Amplitude 0 switches the drive off (``make_safe`` does).
+        docs/design.md §9."""
+        if Capability.DRIVE not in self.capabilities:
+            raise DeviceError(f"{type(self).__name__}: this device cannot apply a drive")
+        a, p = self.model.check_drive(amplitude, phase_rad)
+        await self._bounded("set_drive", self._apply_drive(a, p))
 
     async def release(self) -> None:
         """Stop nudging."""
@@ -272,3 +301,9 @@ class OscillatorSubstrate(ABC):
 
     async def _read_frequencies(self) -> Array:
         raise DeviceError(f"{type(self).__name__}: this device has no frequency counter")
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        raise DeviceError(f"{type(self).__name__}: this device has no held inputs")
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        raise DeviceError(f"{type(self).__name__}: this device cannot apply a drive")

@@ -359,6 +359,49 @@ async def _couplings_work(ctx: _Context) -> None:
     await ctx.go_safe()
 
 
+async def _held_phases_work(ctx: _Context) -> None:
+    """Held inputs follow their set phases; a bad vector is refused before anything is sent."""
+    m = ctx.sub.model
+    n_held = len(m.roles.held)
+    p1 = m.input_phases(np.full(n_held, 0.25))
+    p2 = m.input_phases(np.full(n_held, 0.75))
+    await ctx.sub.set_held_phases(p1)
+    first = await ctx.read()
+    await ctx.sub.set_held_phases(p2)
+    second = await ctx.read()
+    ctx.differ(first, second, "other held phases")
+    held = np.asarray(m.roles.held)
+    for reading, near, far, name in ((first, p1, p2, "first"), (second, p2, p1, "second")):
+        d_near = np.abs(np.angle(np.exp(1j * (reading.phases[held] - near))))
+        d_far = np.abs(np.angle(np.exp(1j * (reading.phases[held] - far))))
+        if not float(d_near.mean()) < float(d_far.mean()):
+            raise AssertionError(f"held phases: the {name} reading does not follow its setting")
+    for bad in (np.full(n_held + 1, 0.1), np.full(n_held, np.nan)):
+        with _raises(LimitError, "held_phases"):
+            await ctx.sub.set_held_phases(bad)
+    ctx.same(second, await ctx.read(), "after a refused held-phase vector, the state")
+    await ctx.go_safe()
+
+
+async def _drive_works(ctx: _Context) -> None:
+    """A drive moves the driven oscillators; amplitudes past the limit are refused before
+    anything is sent; switching it off restores the undriven state."""
+    m = ctx.sub.model
+    n_drive = len(m.roles.drive)
+    await ctx.sub.set_frequencies(ctx.unsafe_omega())
+    await ctx.sub.set_drive(np.zeros(n_drive), 0.0)
+    off = await ctx.read()
+    await ctx.sub.set_drive(np.full(n_drive, 0.5 * m.limits.drive_max), 1.0)
+    on = await ctx.read()
+    ctx.differ(off, on, "drive on")
+    with _raises(LimitError, "drive_amplitude"):
+        await ctx.sub.set_drive(np.full(n_drive, 2.0 * m.limits.drive_max), 1.0)
+    ctx.same(on, await ctx.read(), "after a refused drive amplitude, the state")
+    await ctx.sub.set_drive(np.zeros(n_drive), 0.0)
+    ctx.same(off, await ctx.read(), "drive off again")
+    await ctx.go_safe()
+
+
 async def _counter_works(ctx: _Context) -> None:
     f = np.asarray(await ctx.sub.read_frequencies())
     if f.shape != (ctx.n,) or not np.all(np.isfinite(f)):
@@ -396,6 +439,8 @@ _ABILITY_WORKS: dict[Capability, Callable[[_Context], Awaitable[None]]] = {
     Capability.FREQUENCY_COUNTER: _counter_works,
     Capability.RESEED: _reseed_works,
     Capability.EXACT_GRADIENT: _exact_gradient_works,
+    Capability.HELD_PHASES: _held_phases_work,
+    Capability.DRIVE: _drive_works,
 }
 _ABILITY_CALLS: dict[Capability, Callable[[_Context], list[Callable[[], Awaitable[Any]]]]] = {
     Capability.COUPLINGS: lambda c: [
@@ -406,6 +451,12 @@ _ABILITY_CALLS: dict[Capability, Callable[[_Context], list[Callable[[], Awaitabl
     Capability.EXACT_GRADIENT: lambda c: [
         lambda: _call(c.sub.true_state),
         lambda: _call(lambda: c.sub.exact_gradient(np.zeros(len(c.outputs)))),
+    ],
+    Capability.HELD_PHASES: lambda c: [
+        lambda: c.sub.set_held_phases(np.zeros(len(c.sub.model.roles.held))),
+    ],
+    Capability.DRIVE: lambda c: [
+        lambda: c.sub.set_drive(np.zeros(len(c.sub.model.roles.drive)), 0.0),
     ],
 }
 
