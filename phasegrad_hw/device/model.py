@@ -342,8 +342,7 @@ class DeviceModel(DeviceFileModel):
         drive = set(r.drive)
         if len(drive) != len(r.drive) or not all(0 <= v < self.n_oscillators for v in drive):
             raise ValueError(
-                f"roles.drive: {r.drive} — need distinct oscillators in "
-                f"0…{self.n_oscillators - 1}"
+                f"roles.drive: {r.drive} — need distinct oscillators in 0…{self.n_oscillators - 1}"
             )
         pinned = drive & {*r.held, *r.bias, r.reference}
         if pinned:
