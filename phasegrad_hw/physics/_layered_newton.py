@@ -48,7 +48,7 @@ class Couplings:
         W = b_out.view(K)
         n_o = W.shape[0]
         WW = (W[:, None, :] * W[None, :, :]).reshape(n_o * n_o, n_h).T.copy()
-        u = b_bias.view(K) @ np.exp(1j * np.asarray(net.bias_phases_rad))
+        u = np.asarray(b_bias.view(K) @ unit(np.asarray(net.bias_phases_rad)), np.complex128)
         return cls(omega[:n_h], omega[n_h:], W, WW, b_in.view(K), u)
 
     def held_field(self, held: Array) -> NDArray[np.complex128]:
@@ -87,12 +87,12 @@ class Reduced:
         R = np.abs(Z)
         Rg = np.maximum(R, 1e-300)
         rho = c.w_h / Rg
-        can = (np.abs(rho) < 1.0).all(axis=1)
+        can: BoolArray = np.asarray((np.abs(rho) < 1.0).all(axis=1))
         rc = np.clip(rho, -1.0, 1.0)
         sq = np.sqrt(np.maximum(1.0 - rc * rc, 0.0))  # cos(arcsin ρ)
         th_h = np.angle(Z) + np.arcsin(rc)
-        # e^{iθ_h} = (Z/|Z|)·(cos(arcsin ρ) + iρ), and F_h = ω_h + |Z| sin(arg Z − θ_h) = ω_h − |Z|ρ:
-        # no transcendental beyond the angle and the arcsin on the (b, n_h) arrays
+        # e^{iθ_h} = (Z/|Z|)·(cos(arcsin ρ) + iρ) and F_h = ω_h + |Z| sin(arg Z − θ_h)
+        # = ω_h − |Z|ρ: no transcendental beyond the angle and the arcsin on (b, n_h) arrays
         zu = Z / Rg
         if not R.all():
             zu[R == 0.0] = 1.0  # no field: arg Z = 0
@@ -210,7 +210,7 @@ def newton(sys_: Reduced, st: State, target: Array, pol: NewtonPolicy, iters: in
             lam = np.linalg.eigvalsh(An)[:, 0]
             mu = -lam + 1e-3 * (1.0 + np.abs(An).max(axis=(1, 2)))
             A[npd] = An + mu[:, None, None] * eye
-        step = np.linalg.solve(A, cur.F[:, :, None])[:, :, 0]
+        step: Array = np.asarray(np.linalg.solve(A, cur.F[:, :, None])[:, :, 0], np.float64)
         big = np.abs(step).max(axis=1)
         step *= np.minimum(1.0, pol.trust_rad / np.maximum(big, 1e-300))[:, None]
         _line_search(sys_, st, cur, act, step, pd, failed, pol)

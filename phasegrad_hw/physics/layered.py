@@ -182,7 +182,8 @@ class LayeredBatch:
         B = self.size
         nudge = np.full(B, direction * beta) if loss is not None else np.zeros(B)
         part = _Part(slice(0, B), loss, beta, direction)
-        (eq,) = self._run(self.z, self._start(theta0), loss, nudge, (part,), tol, max_iter)
+        th_o = None if theta0 is None else self._outputs(theta0)
+        (eq,) = self._run(self.z, th_o, loss, nudge, (part,), tol, max_iter)
         return eq
 
     def nudged_pair(
@@ -199,7 +200,7 @@ class LayeredBatch:
         """
         _check_nudge(beta, 1)
         B = self.size
-        th_o = self._start(theta0)
+        th_o = self._outputs(theta0)
         both = np.concatenate([np.arange(B), np.arange(B)])
         nudge = np.concatenate([np.full(B, beta), np.full(B, -beta)])
         parts = (_Part(slice(0, B), loss, beta, 1), _Part(slice(B, 2 * B), loss, beta, -1))
@@ -207,9 +208,8 @@ class LayeredBatch:
         plus, minus = self._run(z, th, loss.take(both), nudge, parts, tol, max_iter)
         return plus, minus
 
-    def _start(self, theta0: ArrayLike | None) -> Array | None:
-        if theta0 is None:
-            return None
+    def _outputs(self, theta0: ArrayLike) -> Array:
+        """The output phases of a warm start (B, n), wrapped."""
         t0 = np.asarray(theta0, dtype=np.float64)
         if t0.shape != (self.size, self.net.n):
             raise ValueError(f"theta0: shape {t0.shape} must be ({self.size}, {self.net.n})")
