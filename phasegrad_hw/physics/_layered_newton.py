@@ -90,9 +90,9 @@ class Reduced:
         can: BoolArray = np.asarray((np.abs(rho) < 1.0).all(axis=1))
         rc = np.clip(rho, -1.0, 1.0)
         sq = np.sqrt(np.maximum(1.0 - rc * rc, 0.0))  # cos(arcsin ρ)
-        th_h = np.angle(Z) + np.arcsin(rc)
-        # e^{iθ_h} = (Z/|Z|)·(cos(arcsin ρ) + iρ) and F_h = ω_h + |Z| sin(arg Z − θ_h)
-        # = ω_h − |Z|ρ: no transcendental beyond the angle and the arcsin on (b, n_h) arrays
+        # θ_h = arg Z + arcsin ρ: e^{iθ_h} = (Z/|Z|)·(cos(arcsin ρ) + iρ) and F_h = ω_h +
+        # |Z| sin(arg Z − θ_h) = ω_h − |Z|ρ, so no transcendental function runs on the (b, n_h)
+        # arrays; θ_h itself is taken from e^{iθ_h} only where needed (State.th_h)
         zu = Z / Rg
         if not R.all():
             zu[R == 0.0] = 1.0  # no field: arg Z = 0
@@ -108,22 +108,26 @@ class Reduced:
             F = F - nu[:, None] * sub.grad(th_o)
             energy = energy + nu * sub.value(th_o)
         D = -R * sq
-        return State(th_o, th_h, F, Fh, can, energy, G.real, D, eo, eh)
+        return State(th_o, F, Fh, can, energy, G.real, D, eo, eh)
 
     def schur(self, st: State, rows: IntArray) -> Array:
         """S = J_oo − J_oh D⁻¹ J_ho (b, n_out, n_out) at an evaluated state."""
         # (J_oh D⁻¹ J_ho)_oq = Σ_h K_oh K_qh cos(θ_h − θ_o) cos(θ_h − θ_q)/D_h
         #   = ½ Re[e^{−i(θ_o+θ_q)} P_oq] + ½ cos(θ_o − θ_q) Q_oq,
-        # P = K diag(e^{2iθ_h}/D) Kᵀ, Q = K diag(1/D) Kᵀ: one (3b, n_h) @ (n_h, n_out²) product
+        # P = K diag(e^{2iθ_h}/D) Kᵀ, Q = K diag(1/D) Kᵀ; with c = cos θ_o, s = sin θ_o this is
+        #   ½ [c_o c_q (Q + Re P) + s_o s_q (Q − Re P) + (s_o c_q + c_o s_q) Im P]:
+        # one (3b, n_h) @ (n_h, n_out²) product gives Q ± Re P and Im P
         b, n_o = st.F.shape
         inv = 1.0 / st.D
         e2 = st.eh * st.eh * inv
-        stack = np.stack([e2.real, e2.imag, inv], axis=1).reshape(3 * b, -1)  # (3b, n_h)
+        stack = np.stack([inv + e2.real, inv - e2.real, e2.imag], axis=1).reshape(3 * b, -1)
         prod = (stack @ self.c.WW).reshape(b, 3, n_o, n_o)
-        ec = st.eo.conj()
-        pair = ec[:, :, None] * ec[:, None, :]
-        cos_oq = (st.eo[:, :, None] * ec[:, None, :]).real
-        S: Array = -0.5 * (pair.real * prod[:, 0] - pair.imag * prod[:, 1] + cos_oq * prod[:, 2])
+        c, s = st.eo.real, st.eo.imag
+        sc = s[:, :, None] * c[:, None, :]
+        S: Array = c[:, :, None] * c[:, None, :] * prod[:, 0]
+        S += s[:, :, None] * s[:, None, :] * prod[:, 1]
+        S += (sc + np.swapaxes(sc, 1, 2)) * prod[:, 2]
+        S *= -0.5
         idx = np.arange(n_o)
         S[:, idx, idx] -= st.greal
         if self.loss is not None and self.nudged:
@@ -140,8 +144,9 @@ class Reduced:
 
     def energy_change(self, new: State, old: State) -> Array:
         """E_r(new) − E_r(old) (B,), phase terms through wrapped displacements."""
-        lin = (self.c.w_h * wrap(new.th_h - old.th_h)).sum(axis=1)
-        lin += (self.c.w_o * (new.th_o - old.th_o)).sum(axis=1)
+        lin = (self.c.w_o * (new.th_o - old.th_o)).sum(axis=1)
+        if self.c.w_h.any():  # ω_h = 0 (the default in training): no hidden phase term
+            lin += (self.c.w_h * wrap(new.th_h - old.th_h)).sum(axis=1)
         out: Array = new.energy - old.energy - lin
         return out
 
@@ -151,7 +156,6 @@ class State:
     """Arrays of an evaluated reduced state (rows of a batch)."""
 
     th_o: Array
-    th_h: Array
     F: Array
     Fh: Array
     can: BoolArray
@@ -161,6 +165,12 @@ class State:
     eo: NDArray[np.complex128]
     eh: NDArray[np.complex128]
 
+    @property
+    def th_h(self) -> Array:
+        """Hidden phases (b, n_h), rad in (−π, π]."""
+        out: Array = np.angle(self.eh)
+        return out
+
     def take(self, rows: IntArray) -> State:
         return State(*(getattr(self, f)[rows] for f in _STATE_FIELDS))
 
@@ -169,7 +179,7 @@ class State:
             getattr(self, f)[rows] = getattr(other, f)[sel]
 
 
-_STATE_FIELDS = ("th_o", "th_h", "F", "Fh", "can", "energy", "greal", "D", "eo", "eh")
+_STATE_FIELDS = ("th_o", "F", "Fh", "can", "energy", "greal", "D", "eo", "eh")
 
 
 class Solved(NamedTuple):
