@@ -30,14 +30,13 @@ BoolArray = NDArray[np.bool_]
 class Couplings:
     """The parameters of a one-hidden-layer network split by block (model units).
 
-    ``W`` the hidden → output couplings (n_out, n_h); ``WW`` the products K_oh K_qh as
-    (n_h, n_out²) for the Schur complement; ``u`` the bias field on the outputs Σ_b K_ob e^{iφ_b}.
+    ``W`` the hidden → output couplings (n_out, n_h), ``W_in`` the held → hidden ones
+    (n_h, n_held), ``u`` the bias field on the outputs Σ_b K_ob e^{iφ_b}.
     """
 
     w_h: Array
     w_o: Array
     W: Array
-    WW: Array
     W_in: Array
     u: NDArray[np.complex128]
 
@@ -46,14 +45,14 @@ class Couplings:
         b_in, b_out, b_bias = net.blocks
         n_h = net.hidden[0]
         W = b_out.view(K)
-        n_o = W.shape[0]
-        WW = (W[:, None, :] * W[None, :, :]).reshape(n_o * n_o, n_h).T.copy()
         u = np.asarray(b_bias.view(K) @ unit(np.asarray(net.bias_phases_rad)), np.complex128)
-        return cls(omega[:n_h], omega[n_h:], W, WW, b_in.view(K), u)
+        return cls(omega[:n_h], omega[n_h:], W, b_in.view(K), u)
 
     def held_field(self, held: Array) -> NDArray[np.complex128]:
         """Z of the held oscillators on each hidden one (B, n_h), held phases (B, n_held)."""
-        out: NDArray[np.complex128] = unit(held) @ self.W_in.T
+        out = np.empty((held.shape[0], self.W_in.shape[0]), dtype=np.complex128)
+        out.real = np.cos(held) @ self.W_in.T
+        out.imag = np.sin(held) @ self.W_in.T
         return out
 
 
@@ -110,25 +109,15 @@ class Reduced:
         D = -R * sq
         return State(th_o, F, Fh, can, energy, G.real, D, eo, eh)
 
-    def schur(self, st: State, rows: IntArray) -> Array:
-        """S = J_oo − J_oh D⁻¹ J_ho (b, n_out, n_out) at an evaluated state."""
-        # (J_oh D⁻¹ J_ho)_oq = Σ_h K_oh K_qh cos(θ_h − θ_o) cos(θ_h − θ_q)/D_h
-        #   = ½ Re[e^{−i(θ_o+θ_q)} P_oq] + ½ cos(θ_o − θ_q) Q_oq,
-        # P = K diag(e^{2iθ_h}/D) Kᵀ, Q = K diag(1/D) Kᵀ; with c = cos θ_o, s = sin θ_o this is
-        #   ½ [c_o c_q (Q + Re P) + s_o s_q (Q − Re P) + (s_o c_q + c_o s_q) Im P]:
-        # one (3b, n_h) @ (n_h, n_out²) product gives Q ± Re P and Im P
-        b, n_o = st.F.shape
-        inv = 1.0 / st.D
-        e2 = st.eh * st.eh * inv
-        stack = np.stack([inv + e2.real, inv - e2.real, e2.imag], axis=1).reshape(3 * b, -1)
-        prod = (stack @ self.c.WW).reshape(b, 3, n_o, n_o)
-        c, s = st.eo.real, st.eo.imag
-        sc = s[:, :, None] * c[:, None, :]
-        S: Array = c[:, :, None] * c[:, None, :] * prod[:, 0]
-        S += s[:, :, None] * s[:, None, :] * prod[:, 1]
-        S += (sc + np.swapaxes(sc, 1, 2)) * prod[:, 2]
-        S *= -0.5
-        idx = np.arange(n_o)
+    def schur(self, st: State, rows: IntArray, M: Array | None = None) -> Array:
+        """S = J_oo − J_oh D⁻¹ J_ho (b, n_out, n_out) at an evaluated state (``M`` = J_oh if
+        already at hand). J_oo is diagonal (no output–output couplings): −Σ_j K_oj cos(θ_j − θ_o)
+        plus the nudge's −ν ∂²L/∂θ_o²."""
+        # one small matrix product per row: numpy hands each to BLAS single-threaded, where one
+        # (3b, n_h) @ (n_h, n_out²) product would go multi-threaded and spin on a loaded machine
+        J_oh = self.coupling_oh(st) if M is None else M
+        S: Array = -np.matmul(J_oh / st.D[:, None, :], np.swapaxes(J_oh, 1, 2))
+        idx = np.arange(S.shape[1])
         S[:, idx, idx] -= st.greal
         if self.loss is not None and self.nudged:
             nu = self.nudge[rows]
@@ -275,8 +264,8 @@ def stable_rows(sys_: Reduced, st: State, failed: BoolArray, pol: NewtonPolicy) 
     ok_rows = np.flatnonzero(~failed)
     if ok_rows.size:
         sub = st.take(ok_rows)
-        S = sys_.schur(sub, ok_rows)
         M = sys_.coupling_oh(sub)
+        S = sys_.schur(sub, ok_rows, M)
         jmax = np.maximum(np.abs(sub.D).max(axis=1), np.abs(M).max(axis=(1, 2)))
         jmax = np.maximum(jmax, np.abs(S).max(axis=(1, 2)))
         shift = pol.stability_shift * (jmax + 1e-300)
