@@ -10,9 +10,11 @@ first bias oscillator (measured against [−1, 1]: no better, see the report of 
 
 Per mini-batch: free states (from the feed-forward start, as in evaluation, so training and
 decision see the same state; optionally warm-started from each sample's last one), nudged
-states at +β and −β (centred, default) or +β (one-sided), warm-started from the free state; a
-sample counts when all its states are stable locks and no output moved more than
-``basin_jump_rad`` (else it is skipped and counted as unlocked). The EP gradients of the valid
+states at +β and −β (centred, default; one Newton run for both,
+:meth:`~phasegrad_hw.physics.layered.LayeredBatch.nudged_pair`) or +β (one-sided),
+warm-started from the free state; a sample counts when all its states are stable locks and no
+output moved more than ``basin_jump_rad`` (else it is skipped and counted as unlocked). The EP
+gradients of the valid
 samples (:func:`phasegrad_hw.physics.layered.ep_gradient`) are averaged and applied by Adam,
 momentum or SGD, with separate learning rates for couplings and frequencies, decoupled weight
 decay on the couplings and an exponential learning-rate decay per epoch. The nudge is the loss

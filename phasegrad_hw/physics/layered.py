@@ -139,9 +139,10 @@ class LayeredBatch:
     """Locked states of one batch of B samples (held input phases ``inputs_rad`` (B, n_in)) at
     fixed parameters ``omega`` (n_free,), ``K`` (n_edges,); one hidden layer.
 
-    The held oscillators' field on the hidden layer and the block products are computed once and
-    shared by every solve of the batch: :meth:`solve` (free or nudged) and :meth:`nudged_pair`
-    (the +β and −β states of a centred estimate in one Newton run of 2B rows).
+    The held oscillators' field on the hidden layer and the couplings split by block are computed
+    once and shared by every solve of the batch: :meth:`solve` (free or nudged) and
+    :meth:`nudged_pair` (the +β and −β states of a centred estimate in one Newton run of 2B
+    rows).
     """
 
     def __init__(
