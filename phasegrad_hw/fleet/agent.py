@@ -79,7 +79,9 @@ from phasegrad_hw.wire.mqtt import (
     ReseedOp,
     SetBiasesOp,
     SetCouplingsOp,
+    SetDriveOp,
     SetFrequenciesOp,
+    SetHeldPhasesOp,
     Topics,
     auth_failure,
     check_segment,
@@ -94,7 +96,12 @@ from phasegrad_hw.wire.mqtt import (
 
 log = logging.getLogger(__name__)
 AGENT_VERSION = "phasegrad-hw-agent/2.1"  # protocol 2 + batch
-REMOTE_CAPABILITIES = (Capability.COUPLINGS, Capability.FREQUENCY_COUNTER)
+REMOTE_CAPABILITIES = (
+    Capability.COUPLINGS,
+    Capability.FREQUENCY_COUNTER,
+    Capability.HELD_PHASES,
+    Capability.DRIVE,
+)
 STALL_MS = 15.0  # ms; a loopback broker round trip is ~1 ms, Nagle + delayed ACK add ~40 ms
 PROBES = 5
 ANONYMOUS_HELP = (
@@ -258,7 +265,7 @@ class Agent:
             return req.reply_to, self._open(req, t0)
         if isinstance(req, MakeSafe) and req.will is not None:
             return req.reply_to, await self._last_will(req, req.will, t0)
-        out = await self._in_session(req, t0)
+        out = await self._in_session(req, raw, t0)
         return None if out is None else (req.reply_to, out)
 
     def _reply(
@@ -343,7 +350,7 @@ class Agent:
             return self._reply(req.id, None, t0, error=err)
         return self._reply(req.id, None, t0, result={})
 
-    async def _in_session(self, req: Request, t0: float) -> bytes | None:
+    async def _in_session(self, req: Request, raw: bytes, t0: float) -> bytes | None:
         session: str = getattr(req, "session", None) or ""
         ses = self.sessions.get(req.reply_to)
         if ses is None or not hmac.compare_digest(ses.nonce, session):
@@ -357,7 +364,7 @@ class Agent:
         if ses.closed:
             return self._refuse(req, "session", f"session closed: {ses.closed}", t0)
         self.sessions.move_to_end(req.reply_to)
-        digest = hashlib.sha256(req.model_dump_json().encode()).digest()
+        digest = hashlib.sha256(raw).digest()  # a retry re-sends the same bytes
         if req.id == ses.hwm:
             if hmac.compare_digest(digest, ses.last):
                 self.stats.cached += 1
@@ -392,6 +399,9 @@ class Agent:
         for i, op in enumerate(req.ops):
             try:
                 results.append(await self._dispatch(op))
+                if req.stop_if_unlocked and isinstance(op, ReadPhasesOp):
+                    if not results[-1]["locked"]:
+                        break  # no nudge of an unlocked network: the batch ends here
             except Exception as exc:
                 err = await self._failure(exc, req.id, f"batch operation {i} ({op.op})")
                 where = f"operation {i} ({op.op}) of {len(req.ops)}: "
@@ -440,6 +450,10 @@ class Agent:
             await s.release()
         elif isinstance(req, MakeSafeOp):
             await s.make_safe()
+        elif isinstance(req, SetHeldPhasesOp):
+            await s.set_held_phases(req.phases)
+        elif isinstance(req, SetDriveOp):
+            await s.set_drive(req.amplitude, req.phase)
         elif isinstance(req, ReadPhasesOp):
             r = await s.read_phases(req.averages)
             return {

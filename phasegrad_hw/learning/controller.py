@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -136,6 +136,19 @@ class _Readings:
 class _Prepared:
     omega: Array
     targets: Array | Callable[[Array], Array]
+
+
+@runtime_checkable
+class BatchedMeasurement(Protocol):
+    """A substrate that runs a whole EP measurement, or a set of free reads, as one exchange
+    (a remote substrate: one round trip instead of one per phase). Same device operations,
+    same order as the step-by-step path; the controller uses it when the targets are fixed."""
+
+    async def measure_ep(
+        self, omega: ArrayLike, targets: ArrayLike, beta: float, averages: int, centred: bool
+    ) -> tuple[PhaseReading, PhaseReading | None, PhaseReading | None]: ...
+
+    async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]: ...
 
 
 def _same_topology(a: DeviceModel, b: DeviceModel) -> bool:
@@ -299,11 +312,14 @@ class EPController:
         sub = self.substrates[k]
         cfg = self.config.rule
         await self._write_couplings(k)
+        t = prep.targets
+        if not callable(t) and isinstance(sub, BatchedMeasurement):
+            got = await sub.measure_ep(prep.omega, t, cfg.beta, cfg.averages, cfg.mode == "centred")
+            return _Readings(got[0]) if not got[0].locked else _Readings(*got, t)
         await sub.set_frequencies(prep.omega)
         free = await sub.read_phases(cfg.averages)
         if not free.locked:  # no valid pair can come of it; do not nudge an unlocked device
             return _Readings(free)
-        t = prep.targets
         targets = np.asarray(t(free.phases[self._outputs]), dtype=np.float64) if callable(t) else t
         await sub.clamp(targets, cfg.beta)
         plus = await sub.read_phases(cfg.averages)
@@ -395,6 +411,19 @@ class EPController:
 
             return run
 
+        if all(isinstance(s, BatchedMeasurement) for s in self.substrates):
+            # sample i on substrate i % m, as below, each substrate's share in one exchange
+            async def share(k: int) -> list[PhaseReading]:
+                sub = self.substrates[k]
+                assert isinstance(sub, BatchedMeasurement)
+                await self._write_couplings(k)
+                return await sub.read_phases_at(np.asarray(ws[k::m]), avg)
+
+            shares = await self._run_all([partial(share, k) for k in range(min(m, len(ws)))])
+            for k, rs in enumerate(shares):
+                phases[k::m] = [r.phases for r in rs]
+                locked[k::m] = [r.locked for r in rs]
+            return phases, locked
         for start in range(0, len(x), m):
             chunk = ws[start : start + m]
             readings = await self._run_all([reader(k, w) for k, w in enumerate(chunk)])

@@ -336,9 +336,26 @@ class ReseedOp(_Message):
 
 
 class MakeSafeOp(_Message):
-    """Release the clamp and set safe biases (the device's own safe state)."""
+    """Release the clamp, switch a drive off and set safe biases (the device's safe state)."""
 
     op: Literal["make_safe"]
+
+
+class SetHeldPhasesOp(_Message):
+    """Injection phases (rad) of the held input oscillators, ``roles.held`` in that order
+    (devices with ``held_phases``; docs/design.md §2)."""
+
+    op: Literal["set_held_phases"]
+    phases: Vector
+
+
+class SetDriveOp(_Message):
+    """External drive: amplitudes F (n_drive,) model units on ``roles.drive``, phase Ψ
+    (rad); amplitude 0 switches it off (devices with ``drive``)."""
+
+    op: Literal["set_drive"]
+    amplitude: Vector
+    phase: Number
 
 
 Operation = (
@@ -351,6 +368,8 @@ Operation = (
     | ReadFrequenciesOp
     | ReseedOp
     | MakeSafeOp
+    | SetHeldPhasesOp
+    | SetDriveOp
 )
 
 
@@ -400,16 +419,27 @@ class Reseed(_SessionRequest, ReseedOp):
     pass
 
 
+class SetHeldPhases(_SessionRequest, SetHeldPhasesOp):
+    pass
+
+
+class SetDrive(_SessionRequest, SetDriveOp):
+    pass
+
+
 class Batch(_SessionRequest):
     """1 … :data:`MAX_BATCH_OPS` device operations, executed in order as one request (one id,
     one reply); the first that fails stops the batch. Result ``{"results": [one per
-    operation]}``; on a failure ``{"results": [those before it], "failed": its index}``."""
+    operation]}``; on a failure ``{"results": [those before it], "failed": its index}``.
+    ``stop_if_unlocked``: a ``read_phases`` that finds the network unlocked ends the batch
+    there, successfully (fewer results; no nudge of an unlocked network)."""
 
     op: Literal["batch"]
     ops: Annotated[
         list[Annotated[Operation, Field(discriminator="op")]],
         Field(min_length=1, max_length=MAX_BATCH_OPS),
     ]
+    stop_if_unlocked: bool = False
 
 
 Request = Annotated[
@@ -424,6 +454,8 @@ Request = Annotated[
     | ReadFrequencies
     | MakeSafe
     | Reseed
+    | SetHeldPhases
+    | SetDrive
     | Batch,
     Field(discriminator="op"),
 ]
