@@ -205,6 +205,7 @@ class MqttSubstrate(OscillatorSubstrate):
         if self._task is None or self._task.done():
             self._connected = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
+        self.session, self.boot, self._restarted = None, None, None  # a new session
         try:
             opened = await self._call("open", {"will": self._will_token}, in_session=False)
             hello: OpenResult = self._result(OpenResult, opened, "open")

@@ -1,4 +1,6 @@
 """A real mosquitto broker for tests: free loopback port, password file, ACL; stop, kill, restart.
+And the two ways tests and benchmarks run a device agent on it: :func:`agent_process` (the
+``phasegrad-hw agent`` command in its own process) and :func:`local_agent` (in this event loop).
 
 Users (password = ``<name>-pw``):
 
@@ -16,18 +18,30 @@ leaves out ``set_tcp_nodelay true`` (mosquitto's default configuration).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import pwd
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import require
+
+if TYPE_CHECKING:
+    from phasegrad_hw.device.substrate import OscillatorSubstrate
+    from phasegrad_hw.fleet.agent import Agent
 
 USERS = ("agent", "controller", "watcher", "outsider")
 ACL = """\
@@ -256,3 +270,88 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
     finally:
         b.stop()
+
+
+# --------------------------------------------------------------------------- agents
+@dataclass
+class AgentProcess:
+    """A ``phasegrad-hw agent`` process; after the ``with`` block ``stdout_text`` and
+    ``stderr_text`` hold its output and ``stats`` its ``agent stats`` line (parsed), if any."""
+
+    p: subprocess.Popen[str]
+    stdout_text: str = ""
+    stderr_text: str = ""
+    stats: dict[str, Any] | None = None
+
+
+AGENT_CODE = (
+    "import logging, sys; logging.basicConfig(level=logging.INFO); "
+    "from phasegrad_hw.cli import main; sys.argv[0] = 'phasegrad-hw'; main()"
+)
+
+
+def agent_args(broker_uri: str, device: Path | str, name: str, *extra: str) -> list[str]:
+    """Arguments of ``phasegrad-hw agent`` serving ``device`` as ``name`` on ``broker_uri``."""
+    return ["agent", "--device", str(device), "--broker", broker_uri, "--name", name, *extra]
+
+
+@contextmanager
+def agent_process(
+    broker_uri: str, device: Path | str, name: str, *extra: str, ready_s: float = 30.0
+) -> Iterator[AgentProcess]:
+    """The agent command (INFO log on stderr) in its own process; returns once it prints
+    ``agent NAME ready``. At exit: SIGTERM if still running, output collected."""
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT_CODE, *agent_args(broker_uri, device, name, *extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=child_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], ready_s)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != f"agent {name} ready":
+        proc.kill()
+        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    out = AgentProcess(proc)
+    try:
+        yield out
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            o, e = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            o, e = proc.communicate(timeout=5)
+        out.stdout_text, out.stderr_text = o, e
+        for ln in o.splitlines():
+            if ln.startswith("agent stats "):
+                out.stats = json.loads(ln.removeprefix("agent stats "))
+
+
+@asynccontextmanager
+async def local_agent(
+    b: Mosquitto, sub: OscillatorSubstrate, name: str = "lab/chip"
+) -> AsyncIterator[Agent]:
+    """An :class:`~phasegrad_hw.fleet.agent.Agent` serving ``sub`` in this event loop (user
+    ``agent``), once it serves; cancelled at exit."""
+    from phasegrad_hw.fleet.agent import Agent
+    from phasegrad_hw.wire.mqtt import BrokerConfig
+
+    cfg, _, _ = BrokerConfig.parse(b.uri("agent"))
+    agent = Agent(sub, cfg, name)
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

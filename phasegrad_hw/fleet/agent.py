@@ -451,8 +451,12 @@ class Agent:
         elif isinstance(req, MakeSafeOp):
             await s.make_safe()
         elif isinstance(req, SetHeldPhasesOp):
+            if Capability.HELD_PHASES not in s.capabilities:
+                raise ValueError("this device has no held inputs (held_phases)")
             await s.set_held_phases(req.phases)
         elif isinstance(req, SetDriveOp):
+            if Capability.DRIVE not in s.capabilities:
+                raise ValueError("this device cannot apply a drive (drive)")
             await s.set_drive(req.amplitude, req.phase)
         elif isinstance(req, ReadPhasesOp):
             r = await s.read_phases(req.averages)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,17 @@ from tests.e2e.test_mqtt_remote import (
     SpySubstrate,
     assert_same,
     in_process,
-    local_agent,
     train,
     vowel_model,
 )
-from tests.mosquitto import Mosquitto, broker, child_env  # noqa: F401  (fixture)
+from tests.mosquitto import (  # noqa: F401  (fixture)
+    Mosquitto,
+    agent_args,
+    agent_process,
+    broker,
+    child_env,
+    local_agent,
+)
 
 REQ = "phasegrad/lab/chip/rpc/req"
 
@@ -240,8 +245,10 @@ async def test_sessions_unit_rules() -> None:
 # --------------------------------------------------------------------------- anonymous
 def agent_cmd(b: Mosquitto, device: Path, user: str | None, *extra: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "phasegrad_hw.cli", "agent", "--device", str(device)),
-        *("--broker", b.uri(user), "--name", NAME, *extra),
+        sys.executable,
+        "-m",
+        "phasegrad_hw.cli",
+        *agent_args(b.uri(user), device, NAME, *extra),
     ]
 
 
@@ -268,7 +275,7 @@ def test_anonymous_broker_is_refused_unless_allowed(tmp_path: Path, device_file:
             assert p.returncode == 2, (p.stdout, p.stderr[-2000:])
             assert "accepts clients without credentials" in p.stderr
             assert "--allow-anonymous" in p.stderr and "ready" not in p.stdout
-        with agent_process(b, device_file, None, "--allow-anonymous") as proc:
+        with agent_process(b.uri(None), device_file, NAME, "--allow-anonymous") as proc:
             spy_ok = asyncio.run(_anonymous_drive(b))
         assert spy_ok
         assert "accepts anonymous clients" in proc.stderr_text
@@ -282,51 +289,6 @@ async def _anonymous_drive(b: Mosquitto) -> bool:
         return bool((await anon.call("read_phases"))["ok"])
 
 
-class _Proc:
-    def __init__(self, p: subprocess.Popen[str]) -> None:
-        self.p = p
-        self.stdout_text = ""
-        self.stderr_text = ""
-
-
-@contextmanager
-def agent_process(
-    b: Mosquitto, device: Path, user: str | None = "agent", *extra: str
-) -> Iterator[_Proc]:
-    """The agent CLI with logging to stderr; waits for ``ready``; SIGTERM at exit."""
-    code = (
-        "import logging, sys; logging.basicConfig(level=logging.INFO); "
-        "from phasegrad_hw.cli import main; sys.argv[0] = 'phasegrad-hw'; main()"
-    )
-    cmd = agent_cmd(b, device, user, *extra)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *cmd[3:]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=child_env(),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline() if ready else ""
-    if line.strip() != f"agent {NAME} ready":
-        proc.kill()
-        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
-    out = _Proc(proc)
-    try:
-        yield out
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            o, e = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            o, e = proc.communicate(timeout=5)
-        out.stdout_text, out.stderr_text = o, e
-
-
 # --------------------------------------------------------------------------- signals
 @pytest.mark.slow
 def test_stop_signals_under_a_flood_leave_the_device_safe(
@@ -338,7 +300,7 @@ def test_stop_signals_under_a_flood_leave_the_device_safe(
     rng = random.Random(7)
     sigs = [signal.SIGTERM] * 20 + [signal.SIGINT, signal.SIGHUP]
     for k, sig in enumerate(sigs):
-        with agent_process(broker, device_file) as ap:
+        with agent_process(broker.uri("agent"), device_file, NAME) as ap:
             flood = subprocess.Popen(
                 [sys.executable, "-c", FLOOD, broker.uri("controller"), "5000"],
                 stdout=subprocess.PIPE,
@@ -422,7 +384,7 @@ def _restart_run(
     import threading
 
     done = threading.Event()
-    with agent_process(b, device_file) as first:
+    with agent_process(b.uri("agent"), device_file, NAME) as first:
         sub = MqttSubstrate(
             BrokerConfig.parse(b.uri("controller"))[0],
             NAME,
@@ -434,7 +396,7 @@ def _restart_run(
         def restart() -> None:
             first.p.send_signal(signal.SIGKILL)
             first.p.wait(5)
-            with agent_process(b, device_file):
+            with agent_process(b.uri("agent"), device_file, NAME):
                 done.wait(60)
 
         killer = threading.Thread(target=restart, daemon=True)

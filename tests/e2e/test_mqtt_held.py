@@ -1,0 +1,211 @@
+"""Held inputs and an external drive over MQTT (set_held_phases / set_drive), the restart path
+that sets them again, and the reply check (a reply must echo the request's session and id)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
+from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
+from phasegrad_hw.device.substrate import Capability
+from phasegrad_hw.errors import DeviceError, LimitError
+from phasegrad_hw.physics import Array
+from phasegrad_hw.wire.mqtt import BrokerConfig
+from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
+from tests.mosquitto import Mosquitto, broker, local_agent, password  # noqa: F401  (fixture)
+
+pytest.importorskip("aiomqtt")
+
+
+def held_model() -> SimulatedDeviceModel:
+    """5 oscillators: bias 0 (reference) and 1, held input 2, hidden 3 (driven), output 4."""
+    return SimulatedDeviceModel.model_validate(
+        {
+            "backend": "simulated",
+            "name": "held-5",
+            "n_oscillators": 5,
+            "edges": [
+                {"i": 0, "j": 3, "k": 1.0},
+                {"i": 1, "j": 3, "k": 1.0},
+                {"i": 2, "j": 3, "k": 1.0},
+                {"i": 3, "j": 4, "k": 1.0},
+            ],
+            "roles": {
+                "inputs": [],
+                "held": [2],
+                "bias": [0, 1],
+                "hidden": [3],
+                "outputs": [4],
+                "reference": 0,
+                "drive": [3],
+            },
+            "input_encoding": "phase",
+            "bias_phases_rad": [0.0, 1.5],
+            "readout_noise_rad": 0.0,
+        }
+    )
+
+
+class HeldSpy(SimulatedSubstrate):
+    """Declares held_phases and drive and records what reaches its hooks (the physics of
+    held inputs and drive is the emulators'; here only the wire is under test)."""
+
+    def __init__(self, model: SimulatedDeviceModel) -> None:
+        super().__init__(model)
+        self.capabilities = self.capabilities | {Capability.HELD_PHASES, Capability.DRIVE}
+        self.held: list[list[float]] = []
+        self.drive: list[tuple[list[float], float]] = []
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        self.held.append(phases_rad.tolist())
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        self.drive.append((amplitude.tolist(), phase_rad))
+
+
+def remote(b: Mosquitto, model: SimulatedDeviceModel, **kw: Any) -> MqttSubstrate:
+    cfg, _, _ = BrokerConfig.parse(b.uri("controller"))
+    return MqttSubstrate(cfg, NAME, model=model, **kw)
+
+
+async def test_held_phases_and_drive_reach_the_device(broker: Mosquitto) -> None:  # noqa: F811
+    spy = HeldSpy(held_model())
+    async with local_agent(broker, spy, NAME) as agent:
+        sub = remote(broker, spy.model)
+        async with sub:
+            assert {Capability.HELD_PHASES, Capability.DRIVE} <= sub.capabilities
+            await sub.set_held_phases([4.0])  # wrapped to [−π, π) by the model
+            await sub.set_drive([1.5], 0.3)
+            assert spy.held == [] and spy.drive == []  # queued, not sent
+            n = agent.stats.received
+            await sub.read_phases()
+            assert agent.stats.received == n + 1  # one batch with the read
+            assert spy.held == [spy.model.check_held_phases([4.0]).tolist()]
+            assert np.isclose(spy.held[0][0], 4.0 - 2 * np.pi) and spy.drive == [([1.5], 0.3)]
+            # refused here, before anything is sent: wrong length, NaN, past drive_max
+            for bad in ([0.1, 0.2], [float("nan")]):
+                with pytest.raises(LimitError, match="held_phases"):
+                    await sub.set_held_phases(bad)
+            with pytest.raises(LimitError, match="drive_amplitude"):
+                await sub.set_drive([2 * spy.model.limits.drive_max], 0.0)
+            await sub.read_phases()
+            assert agent.stats.received == n + 2 and len(spy.held) == 1 and len(spy.drive) == 1
+            await sub.make_safe()  # switches the drive off (the agent's make_safe)
+            assert spy.drive[-1] == ([0.0], 0.0)
+
+
+async def test_agent_checks_held_and_drive_before_the_device(broker: Mosquitto) -> None:  # noqa: F811
+    """Requests that bypass the controller's checks: the agent refuses them with a short
+    excerpt and its device sees nothing; a device without the ability refuses the op."""
+    spy = HeldSpy(held_model())
+    async with local_agent(broker, spy, NAME):
+        sub = remote(broker, spy.model)
+        async with sub:
+            big = [0.5] * 5000
+            cases = [
+                ({"op": "set_held_phases", "phases": [0.1, 0.2]}, "limit", "held_phases"),
+                ({"op": "set_drive", "amplitude": [99.0], "phase": 0.0}, "limit", "drive"),
+                ({"op": "set_drive", "amplitude": [-1.0], "phase": 0.0}, "limit", "drive"),
+                ({"op": "set_held_phases", "phases": big[:100]}, "limit", "held_phases"),
+            ]
+            for op, kind, word in cases:
+                rep = await sub._exchange("batch", {"ops": [op]}, "test")
+                assert not rep.ok and rep.error is not None
+                assert rep.error.kind == kind and word in rep.error.message
+                assert "0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5" not in rep.error.message
+            for op in (
+                {"op": "set_held_phases", "phases": ["0.1"]},
+                {"op": "set_drive", "amplitude": [True], "phase": 0.0},
+                {"op": "set_drive", "amplitude": [1.0], "phase": None},
+            ):
+                rep = await sub._exchange("batch", {"ops": [op]}, "test")
+                assert not rep.ok and rep.error is not None and rep.error.kind == "invalid"
+        assert spy.held == [] and all(a == [0.0] for a, _ in spy.drive)  # make_safe only
+    plain = SimulatedSubstrate(vowel_model(0.0))
+    async with local_agent(broker, plain, NAME):
+        sub = remote(broker, plain.model)
+        async with sub:
+            assert Capability.HELD_PHASES not in sub.capabilities
+            assert Capability.DRIVE not in sub.capabilities
+            with pytest.raises(DeviceError, match="no held inputs"):
+                await sub.set_held_phases([0.1])
+            rep = await sub._exchange(
+                "batch", {"ops": [{"op": "set_drive", "amplitude": [], "phase": 0.0}]}, "test"
+            )
+            assert not rep.ok and rep.error is not None and rep.error.kind == "invalid"
+            assert "cannot apply a drive" in rep.error.message
+            with pytest.raises(DeviceError, match="cannot be reseeded"):
+                MqttSubstrate.reseed(_without_reseed(sub), 1)
+
+
+def _without_reseed(sub: MqttSubstrate) -> MqttSubstrate:
+    sub._remote_reseed = False
+    sub.capabilities = sub.capabilities - {Capability.RESEED}
+    return sub
+
+
+async def test_restart_then_reconnect_sets_held_phases_and_drive_again(
+    broker: Mosquitto,  # noqa: F811
+) -> None:
+    first, second = HeldSpy(held_model()), HeldSpy(held_model())
+    sub = remote(broker, first.model)
+    async with local_agent(broker, first, NAME):
+        await sub.connect()
+        await sub.set_held_phases([0.7])
+        await sub.set_drive([1.0], -0.4)
+        await sub.read_phases()
+    async with local_agent(broker, second, NAME):  # another agent process: a new boot id
+        with pytest.raises(AgentRestartedError, match="held phases, drive"):
+            await sub.read_phases()
+        assert second.held == [] and second.drive == []  # nothing applied from the old state
+        await sub.close()
+        async with sub:  # a new session: held phases and drive go again, first
+            await sub.read_phases()
+            assert second.held == first.held and second.drive == [([1.0], -0.4)]
+            await sub.set_drive([0.0], 0.0)  # off: not restored later
+            await sub.flush()
+    assert sub._drive is None and sub._held is not None
+
+
+async def test_forged_replies_are_not_taken(broker: Mosquitto) -> None:  # noqa: F811
+    """A client that may write the controller's reply topic (here with the agent's
+    credentials) answers first, with the right id but no or another session, and with the
+    right session but another id: neither is taken; the agent's genuine reply is."""
+    import aiomqtt
+
+    sub = remote(broker, vowel_model(0.0), timeout_s=10.0, retry_s=5.0)
+    spy = SpySubstrate(vowel_model(0.0), read_delay_s=0.5)  # the forger answers first
+    async with local_agent(broker, spy, NAME):
+        async with sub:
+            assert sub.session is not None and sub.boot is not None
+            forger = aiomqtt.Client(
+                "127.0.0.1",
+                broker.port,
+                username="agent",
+                password=password("agent"),
+                identifier="forger",
+            )
+            async with forger:
+                await forger.subscribe(sub.topics.request)
+                reading = asyncio.create_task(sub.read_phases())
+                msg = await asyncio.wait_for(anext(aiter(forger.messages)), 10)
+                req = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                fake = {"phases": [9.0] * 9, "spread": [0.0] * 9, "locked": True}
+                fake |= {"timestamp": 0.0, "averages": 1, "settle_s": 0.0}
+                base = {"v": 2, "ok": True, "boot": sub.boot, "took_s": 0.0}
+                result = {"results": [fake]}
+                forged = [
+                    {**base, "id": req["id"], "session": None, "result": result},
+                    {**base, "id": req["id"], "session": "f" * 32, "result": result},
+                    {**base, "id": req["id"] + 1, "session": sub.session, "result": result},
+                ]
+                for f in forged:
+                    await forger.publish(sub.topics.reply(sub.client_id), json.dumps(f))
+                r = await asyncio.wait_for(reading, 10)
+            assert not np.any(r.phases == 9.0)
+            assert sub.foreign_replies >= 2 and sub.late_replies >= 1
