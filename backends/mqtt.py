@@ -568,7 +568,12 @@ class MqttSubstrate(OscillatorSubstrate):
         self, ops: list[dict[str, Any]], stop_if_unlocked: bool = False
     ) -> tuple[list[dict[str, Any]], int | None, Exception | None]:
         """One ``batch`` request: ``(results, failed index or None, mapped error or None)``."""
-        label = " + ".join(str(o["op"]) for o in ops)
+        names = [str(o["op"]) for o in ops]
+        label = (
+            " + ".join(names)
+            if len(names) <= 6
+            else f"a batch of {len(names)} ({names[0]} + {names[1]} + … + {names[-1]})"
+        )
         fields: dict[str, Any] = {"ops": ops}
         if stop_if_unlocked:
             fields["stop_if_unlocked"] = True
