@@ -14,58 +14,12 @@ from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.device.substrate import Capability
 from phasegrad_hw.errors import DeviceError, LimitError
-from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
 from tests.mosquitto import Mosquitto, broker, local_agent, password  # noqa: F401  (fixture)
+from tests.protocol.test_agent_fuzz import HeldSpy, held_model
 
 pytest.importorskip("aiomqtt")
-
-
-def held_model() -> SimulatedDeviceModel:
-    """5 oscillators: bias 0 (reference) and 1, held input 2, hidden 3 (driven), output 4."""
-    return SimulatedDeviceModel.model_validate(
-        {
-            "backend": "simulated",
-            "name": "held-5",
-            "n_oscillators": 5,
-            "edges": [
-                {"i": 0, "j": 3, "k": 1.0},
-                {"i": 1, "j": 3, "k": 1.0},
-                {"i": 2, "j": 3, "k": 1.0},
-                {"i": 3, "j": 4, "k": 1.0},
-            ],
-            "roles": {
-                "inputs": [],
-                "held": [2],
-                "bias": [0, 1],
-                "hidden": [3],
-                "outputs": [4],
-                "reference": 0,
-                "drive": [3],
-            },
-            "input_encoding": "phase",
-            "bias_phases_rad": [0.0, 1.5],
-            "readout_noise_rad": 0.0,
-        }
-    )
-
-
-class HeldSpy(SimulatedSubstrate):
-    """Declares held_phases and drive and records what reaches its hooks (the physics of
-    held inputs and drive is the emulators'; here only the wire is under test)."""
-
-    def __init__(self, model: SimulatedDeviceModel) -> None:
-        super().__init__(model)
-        self.capabilities = self.capabilities | {Capability.HELD_PHASES, Capability.DRIVE}
-        self.held: list[list[float]] = []
-        self.drive: list[tuple[list[float], float]] = []
-
-    async def _apply_held_phases(self, phases_rad: Array) -> None:
-        self.held.append(phases_rad.tolist())
-
-    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
-        self.drive.append((amplitude.tolist(), phase_rad))
 
 
 def remote(b: Mosquitto, model: SimulatedDeviceModel, **kw: Any) -> MqttSubstrate:
