@@ -63,6 +63,7 @@ from phasegrad_hw.wire.mqtt import (
     MAX_BATCH_OPS,
     NONCE_HEX,
     PROTOCOL_VERSION,
+    STOP_IF_UNLOCKED,
     BatchResult,
     BrokerConfig,
     ErrorInfo,
@@ -214,10 +215,10 @@ class MqttSubstrate(OscillatorSubstrate):
                 raise ProtocolError(
                     f"{self.topics.base}: the agent's device model differs from this one"
                 )
-            if BATCH not in hello.capabilities:
+            if BATCH not in hello.capabilities or STOP_IF_UNLOCKED not in hello.capabilities:
                 raise ProtocolError(
                     f"{self.topics.base}: the agent ({hello.agent}) does not execute batch "
-                    "requests; update it to phasegrad-hw-agent/2.1 or later"
+                    "requests with stop_if_unlocked; update it to phasegrad-hw-agent/2.2 or later"
                 )
         except BaseException:
             await self._disconnect()  # no connection task left behind

@@ -61,6 +61,7 @@ from phasegrad_hw.errors import (
 from phasegrad_hw.wire.mqtt import (
     BATCH,
     NONCE_HEX,
+    STOP_IF_UNLOCKED,
     Batch,
     BrokerConfig,
     ClampOp,
@@ -95,7 +96,7 @@ from phasegrad_hw.wire.mqtt import (
 )
 
 log = logging.getLogger(__name__)
-AGENT_VERSION = "phasegrad-hw-agent/2.1"  # protocol 2 + batch
+AGENT_VERSION = "phasegrad-hw-agent/2.2"  # protocol 2 + batch (+ stop_if_unlocked, held, drive)
 REMOTE_CAPABILITIES = (
     Capability.COUPLINGS,
     Capability.FREQUENCY_COUNTER,
@@ -306,6 +307,7 @@ class Agent:
             "capabilities": [
                 *(c.value for c in REMOTE_CAPABILITIES if c in s.capabilities),
                 BATCH,
+                STOP_IF_UNLOCKED,
             ],
             "reseed": Capability.RESEED in s.capabilities,
             "agent": AGENT_VERSION,

@@ -242,6 +242,7 @@ MAX_VECTOR = 1_000_000
 MAX_DEPTH = 4  # {…: [numbers]} is depth 2, a batch {"ops": [{…: [numbers]}]} 4; deeper: dropped
 MAX_BATCH_OPS = 16  # operations in one batch
 BATCH = "batch"  # the capability (in ``hello``) of an agent that executes batches
+STOP_IF_UNLOCKED = "stop_if_unlocked"  # … and ends one at an unlocked read when asked
 EXCERPT_CHARS = 48  # an offending value is quoted with at most this many characters
 MAX_MESSAGE_CHARS = 400  # an error message (reply and log) is at most this long
 NONCE_HEX = 32  # session nonces, boot ids and last-will tokens: 128-bit, lower-case hex

@@ -4,6 +4,7 @@ that sets them again, and the reply check (a reply must echo the request's sessi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 
 from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-from phasegrad_hw.device.substrate import Capability
-from phasegrad_hw.errors import DeviceError, LimitError
+from phasegrad_hw.device.substrate import Capability, PhaseReading
+from phasegrad_hw.errors import DeviceError, LimitError, ProtocolError
+from phasegrad_hw.fleet.agent import Agent
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
 from tests.mosquitto import Mosquitto, broker, local_agent, password  # noqa: F401  (fixture)
@@ -163,3 +166,61 @@ async def test_forged_replies_are_not_taken(broker: Mosquitto) -> None:  # noqa:
                 r = await asyncio.wait_for(reading, 10)
             assert not np.any(r.phases == 9.0)
             assert sub.foreign_replies >= 2 and sub.late_replies >= 1
+
+
+class Unlocked(SpySubstrate):
+    """Reports every reading as unlocked."""
+
+    async def _read(self, averages: int) -> PhaseReading:
+        r = await super()._read(averages)
+        return dataclasses.replace(r, locked=False)
+
+
+async def test_a_step_is_one_round_trip_and_never_nudges_an_unlocked_network(
+    broker: Mosquitto,  # noqa: F811
+) -> None:
+    """With fixed targets the controller sends a whole EP step as one batch; the agent ends
+    it at an unlocked free read (no clamp reaches the device), and the step skips the
+    sample, exactly as in-process."""
+    locked, unlocked = SpySubstrate(vowel_model(0.0)), Unlocked(vowel_model(0.0))
+    x, tgt = np.array([0.3, -0.2]), np.array([-0.2, 0.2])
+    for spy in (locked, unlocked):
+        async with local_agent(broker, spy, NAME) as agent:
+            sub = remote(broker, spy.model)
+            async with sub:
+                m = sub.model
+                ctl = EPController(
+                    [sub], EPConfig(), Parameters(np.zeros(m.n), m.coupling_values())
+                )
+                n = agent.stats.received
+                rep = await ctl.step([Sample(x, tgt)])
+                assert agent.stats.received == n + 1  # one round trip for the step
+                assert "clamp" in spy.calls or spy is unlocked
+                assert ("clamp" not in spy.calls) == (spy is unlocked)
+                assert rep.skipped_unlocked == (1 if spy is unlocked else 0)
+    # the step's operations in the order of the one-call-at-a-time path (SpySubstrate does not
+    # record release); then close: make_safe's safe biases
+    step = ["couplings", "frequencies", "read", "clamp", "read"]
+    assert locked.calls == [*step, "biases"]
+    assert unlocked.calls == [*step[:3], "biases"]
+
+
+async def test_an_agent_without_stop_if_unlocked_is_refused(broker: Mosquitto) -> None:  # noqa: F811
+    class OldAgent(Agent):
+        def _hello(self) -> dict[str, Any]:
+            out = super()._hello()
+            out["capabilities"] = [c for c in out["capabilities"] if c != "stop_if_unlocked"]
+            return out
+
+    spy = SimulatedSubstrate(vowel_model(0.0))
+    cfg, _, _ = BrokerConfig.parse(broker.uri("agent"))
+    agent = OldAgent(spy, cfg, NAME)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        sub = remote(broker, spy.model)
+        with pytest.raises(ProtocolError, match="phasegrad-hw-agent/2.2"):
+            await sub.connect()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
