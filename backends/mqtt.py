@@ -48,7 +48,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.device.substrate import (
+    Capability,
+    EPPhases,
+    OscillatorSubstrate,
+    PhaseReading,
+    Targets,
+)
 from phasegrad_hw.errors import (
     ConfigError,
     DeviceError,
@@ -662,7 +668,7 @@ class MqttSubstrate(OscillatorSubstrate):
         await self._enqueue(op)
         self._drive = None if not np.any(amplitude) else op  # off: the start state
 
-    # -- whole measurements in one exchange (see EPController: BatchedMeasurement) -------
+    # -- compound measurements in one exchange (the base class's, batched) ----------------
     def _reading(self, data: dict[str, Any]) -> PhaseReading:
         r: PhaseResult = self._result(PhaseResult, data, "read_phases")
         n = self.model.n
@@ -689,18 +695,15 @@ class MqttSubstrate(OscillatorSubstrate):
         return {"op": "read_phases", "averages": int(averages)}
 
     async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]:
-        """Free phases at each row of ``omegas`` (n, N) model units: ``set_frequencies`` +
-        ``read_phases`` per row, every row limit-checked before anything is sent, sent in as
-        few batches as the size limit allows (an evaluation set in a few round trips
-        instead of one per sample). The device ends at the last row's ω."""
+        """As the base class (``set_frequencies`` + ``read_phases`` per row, in order), every
+        row limit-checked before anything is sent, sent in as few batches as the limits
+        allow: an evaluation set in a few round trips instead of one per sample."""
         read = self._read_op(averages)
         rows = np.asarray(omegas, dtype=np.float64)
         if rows.ndim != 2:
             raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
         ops: list[dict[str, Any]] = []
-        for w in rows:
-            if self.frequency_map is not None:
-                raise DeviceError(f"{self.topics.base}: read_phases_at needs native ω")
+        for w in rows:  # the remote substrate takes ω natively (the agent maps it)
             ops += [{"op": "set_frequencies", "omega": self.model.check_frequencies(w).tolist()}]
             ops.append(read)
         await asyncio.sleep(0)  # a cancellation point, as in read_phases
@@ -709,12 +712,20 @@ class MqttSubstrate(OscillatorSubstrate):
         return [self._reading(r) for r in out[queued + 1 :: 2]]
 
     async def measure_ep(
-        self, omega: ArrayLike, targets: ArrayLike, beta: float, averages: int, centred: bool
-    ) -> tuple[PhaseReading, PhaseReading | None, PhaseReading | None]:
-        """One EP measurement in one round trip: free phases at ``omega``; if locked, the
-        nudged phases (clamp toward ``targets`` rad with ``beta``, and with ``centred`` the
-        −β phases too), then release. The agent stops after an unlocked free read (no nudge
-        of an unlocked network): then ``(free, None, None)``."""
+        self,
+        omega: ArrayLike,
+        targets: Targets,
+        beta: float,
+        averages: int = 1,
+        centred: bool = False,
+    ) -> EPPhases:
+        """As the base class, in one round trip when ``targets`` are fixed phases: one batch
+        ``[queued writes, set_frequencies, read_phases, clamp, read_phases, (clamp −1,
+        read_phases,) release]`` with ``stop_if_unlocked`` (the agent ends it at an unlocked
+        free read). Targets that depend on the free phases need the free reading first: the
+        base class's sequence."""
+        if callable(targets):
+            return await super().measure_ep(omega, targets, beta, averages, centred)
         read = self._read_op(averages)
         await self.set_frequencies(omega)  # limit-checked, queued
         t, b = self.model.check_clamp(targets, beta)
@@ -728,11 +739,10 @@ class MqttSubstrate(OscillatorSubstrate):
         tail = (await self._send(ops, stop_if_unlocked=True))[queued:]
         free = self._reading(tail[0])
         if not free.locked:
-            return free, None, None
-        plus = self._reading(tail[2])
-        minus = self._reading(tail[4]) if centred else None
+            return EPPhases(free)
         self.clamped = False
-        return free, plus, minus
+        minus = self._reading(tail[4]) if centred else None
+        return EPPhases(free, self._reading(tail[2]), minus, t)
 
     async def _read(self, averages: int) -> PhaseReading:
         out = await self._send([{"op": "read_phases", "averages": averages}])
