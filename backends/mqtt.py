@@ -5,24 +5,35 @@
 
 Protocol 2 with ``batch`` (docs/mqtt.md). ``connect`` opens a session with the agent (its reply
 gives the session nonce and the agent's boot id). Writes (``set_frequencies``, ``set_biases``,
-``set_couplings``, ``clamp``, ``release``) are limit-checked here by the base class and then
-*queued*, not sent: the next read (``read_phases``, ``read_frequencies``), ``make_safe``/``close``
-or :meth:`MqttSubstrate.flush` sends the queue and itself as one ``batch`` request, which the
-agent executes in order — one round trip per EP phase. An error of a queued write (the agent
-checks limits again, with its own frequency map) is raised by that read/flush at the latest,
-naming the operation; the first failing operation stops the batch. Every request carries the
-session nonce and the next integer id, published at QoS 0 on the agent's request topic (no
-PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured broker).
-The reply comes back on this client's own reply topic (its MQTT client id). A request is
+``set_couplings``, ``clamp``, ``release``, ``set_held_phases``, ``set_drive``) are limit-checked
+here by the base class and then *queued*, not sent: the next read (``read_phases``,
+``read_frequencies``), ``make_safe``/``close`` or :meth:`MqttSubstrate.flush` sends the queue
+and itself as one ``batch`` request, which the agent executes in order. The compound
+measurements of the base class go as one batch too: :meth:`MqttSubstrate.measure_ep` (an EP
+step with fixed targets: free read, clamp, nudged read(s), release — ended by the agent at an
+unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set, 8 samples
+per round trip). An error of a queued write (the agent checks limits again, with its own
+frequency map) is raised by that read/flush at the latest, naming the operation; the first
+failing operation stops the batch. Every request carries the session nonce and the next
+integer id (counting up from a random start), published at QoS 0 on the agent's request topic
+(no PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured
+broker). The reply comes back on this client's own reply topic (its MQTT client id) and is
+taken only if it echoes the request's id and session (``None`` for hello/open); anything else
+— a late reply, another session's, a forgery — is dropped and counted. A request is
 re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers a
 repeat of its last id from its cache, so nothing is applied twice); without a reply within
-``timeout`` s the call raises :class:`DeviceTimeoutError`, and a late reply is dropped —
-never taken for a later request. A reply of another session is dropped too.
+``timeout`` s the call raises :class:`DeviceTimeoutError`.
+
+Abilities come from the agent's ``open`` reply: ``couplings``, ``frequency_counter``,
+``held_phases``, ``drive`` when its device has them, ``reseed`` when it can be reseeded
+(:meth:`MqttSubstrate.reseed` raises like the base class otherwise).
 
 Restarts: a reply with another boot id than the session's means the agent restarted and the
-device lost its state (ω, K, clamp): the call raises :class:`AgentRestartedError` and so does
-every later call — the step is aborted before any update, never completed on a device in
-another state. Limits are checked here (from the device model the agent reports) *and* again
+device lost its state (ω, K, clamp, held phases, drive): the call raises
+:class:`AgentRestartedError` and so does every later call — the step is aborted before any
+update, never completed on a device in another state. A new ``connect`` (``async with``)
+opens a new session and first sets again the held phases and the drive last set.
+Limits are checked here (from the device model the agent reports) *and* again
 by the agent. Round trips far above the agent's own time are logged once with what to change.
 """
 

@@ -17,7 +17,12 @@ methods of its own substrate, so a value outside the device limits is refused he
 * **Batches.** A ``batch`` request lists up to ``MAX_BATCH_OPS`` device operations; they run
   in order with nothing in between (requests are handled one at a time), the first failure
   stops the batch and the reply names it (its index and op). The batch is one request for the
-  session rules (one id, one cached reply): a retried batch is never re-applied.
+  session rules (one id, one cached reply): a retried batch is never re-applied. With
+  ``stop_if_unlocked`` an unlocked ``read_phases`` ends it there (an EP step in one batch
+  never nudges an unlocked network).
+* **Held inputs, drive.** ``set_held_phases`` / ``set_drive`` reach the device's public,
+  validated methods (lengths from its model, drive amplitudes within ``limits.drive_max``,
+  checked before the device is touched); a device without the ability refuses them.
 * **Boot id.** A random id per agent start, in every reply: a controller notices a restart
   (its device state is gone) instead of continuing silently.
 * **Last will.** ``open`` registers a secret will token; the controller's MQTT last will is a
