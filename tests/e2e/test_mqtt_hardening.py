@@ -150,7 +150,7 @@ async def test_same_credentials_cannot_forge_replay_or_steer(broker: Mosquitto) 
             await victim.flush()  # one batch: set_frequencies + clamp
             assert spy.clamped
             nxt = next(victim._ids)  # the id the victim will use next (peeked, then re-queued)
-            victim._ids = iter(range(nxt, 10**9))  # type: ignore[assignment]
+            victim._ids = iter(range(nxt, nxt + 10**9))  # type: ignore[assignment]
             fake = "f" * 32
             forged = [
                 # pre-sent release with the victim's next id, a guessed session
