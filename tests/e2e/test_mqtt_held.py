@@ -38,12 +38,13 @@ async def test_held_phases_and_drive_reach_the_device(broker: Mosquitto) -> None
             assert {Capability.HELD_PHASES, Capability.DRIVE} <= sub.capabilities
             await sub.set_held_phases([4.0])  # wrapped to [−π, π) by the model
             await sub.set_drive([1.5], 0.3)
-            assert spy.held == [] and spy.drive == []  # queued, not sent
+            assert spy.held_log == [] and spy.drive_log == []  # queued, not sent
             n = agent.stats.received
             await sub.read_phases()
             assert agent.stats.received == n + 1  # one batch with the read
-            assert spy.held == [spy.model.check_held_phases([4.0]).tolist()]
-            assert np.isclose(spy.held[0][0], 4.0 - 2 * np.pi) and spy.drive == [([1.5], 0.3)]
+            assert spy.held_log == [spy.model.check_held_phases([4.0]).tolist()]
+            assert np.isclose(spy.held_log[0][0], 4.0 - 2 * np.pi)
+            assert spy.drive_log == [([1.5], 0.3)]
             # refused here, before anything is sent: wrong length, NaN, past drive_max
             for bad in ([0.1, 0.2], [float("nan")]):
                 with pytest.raises(LimitError, match="held_phases"):
@@ -51,9 +52,10 @@ async def test_held_phases_and_drive_reach_the_device(broker: Mosquitto) -> None
             with pytest.raises(LimitError, match="drive_amplitude"):
                 await sub.set_drive([2 * spy.model.limits.drive_max], 0.0)
             await sub.read_phases()
-            assert agent.stats.received == n + 2 and len(spy.held) == 1 and len(spy.drive) == 1
+            assert agent.stats.received == n + 2
+            assert len(spy.held_log) == 1 and len(spy.drive_log) == 1
             await sub.make_safe()  # switches the drive off (the agent's make_safe)
-            assert spy.drive[-1] == ([0.0], 0.0)
+            assert spy.drive_log[-1] == ([0.0], 0.0)
 
 
 async def test_agent_checks_held_and_drive_before_the_device(broker: Mosquitto) -> None:  # noqa: F811
@@ -82,7 +84,7 @@ async def test_agent_checks_held_and_drive_before_the_device(broker: Mosquitto) 
             ):
                 rep = await sub._exchange("batch", {"ops": [op]}, "test")
                 assert not rep.ok and rep.error is not None and rep.error.kind == "invalid"
-        assert spy.held == [] and all(a == [0.0] for a, _ in spy.drive)  # make_safe only
+        assert spy.held_log == [] and all(a == [0.0] for a, _ in spy.drive_log)  # make_safe only
     plain = SimulatedSubstrate(vowel_model(0.0))
     async with local_agent(broker, plain, NAME):
         sub = remote(broker, plain.model)
@@ -119,11 +121,11 @@ async def test_restart_then_reconnect_sets_held_phases_and_drive_again(
     async with local_agent(broker, second, NAME):  # another agent process: a new boot id
         with pytest.raises(AgentRestartedError, match="held phases, drive"):
             await sub.read_phases()
-        assert second.held == [] and second.drive == []  # nothing applied from the old state
+        assert second.held_log == [] and second.drive_log == []  # nothing from the old state
         await sub.close()
         async with sub:  # a new session: held phases and drive go again, first
             await sub.read_phases()
-            assert second.held == first.held and second.drive == [([1.0], -0.4)]
+            assert second.held_log == first.held_log and second.drive_log == [([1.0], -0.4)]
             await sub.set_drive([0.0], 0.0)  # off: not restored later
             await sub.flush()
     assert sub._drive is None and sub._held is not None

@@ -376,20 +376,22 @@ def held_model() -> SimulatedDeviceModel:
 
 
 class HeldSpy(SimulatedSubstrate):
-    """Declares held_phases and drive and records what reaches those hooks (the wire is under
-    test here; the physics of held inputs and drive is the emulators')."""
+    """The simulated device with held inputs and a drive, recording what reaches those
+    hooks."""
 
     def __init__(self, model: SimulatedDeviceModel | None = None) -> None:
         super().__init__(model or held_model())
-        self.capabilities = self.capabilities | {Capability.HELD_PHASES, Capability.DRIVE}
-        self.held: list[list[float]] = []
-        self.drive: list[tuple[list[float], float]] = []
+        assert {Capability.HELD_PHASES, Capability.DRIVE} <= self.capabilities
+        self.held_log: list[list[float]] = []
+        self.drive_log: list[tuple[list[float], float]] = []
 
     async def _apply_held_phases(self, phases_rad: Array) -> None:
-        self.held.append(phases_rad.tolist())
+        self.held_log.append(phases_rad.tolist())
+        await super()._apply_held_phases(phases_rad)
 
     async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
-        self.drive.append((amplitude.tolist(), phase_rad))
+        self.drive_log.append((amplitude.tolist(), phase_rad))
+        await super()._apply_drive(amplitude, phase_rad)
 
 
 HELD = HeldSpy()
@@ -461,7 +463,7 @@ def test_held_phases_and_drive_are_checked_before_the_device(
     and nothing reaches the device; a valid one reaches it exactly."""
     want = _expected(op)
     fields = {"op": "batch", "ops": [op]} if batched else op
-    held, drive = len(HELD.held), len(HELD.drive)
+    held, drive = len(HELD.held_log), len(HELD.drive_log)
     out = _run(HELD_AGENT.handle(_held_request(fields)))
     assert out is not None
     rep = Reply.model_validate_json(out[1])
@@ -470,9 +472,9 @@ def test_held_phases_and_drive_are_checked_before_the_device(
     if want == "ok":
         assert rep.ok, rep
         if op["op"] == "set_held_phases":
-            assert HELD.held[held:] == [HELD.model.check_held_phases(op["phases"]).tolist()]
+            assert HELD.held_log[held:] == [HELD.model.check_held_phases(op["phases"]).tolist()]
         else:
-            assert HELD.drive[drive:] == [(op["amplitude"], op["phase"])]
+            assert HELD.drive_log[drive:] == [(op["amplitude"], op["phase"])]
     else:
         assert not rep.ok and rep.error is not None and rep.error.kind == want, (op, rep)
-        assert len(HELD.held) == held and len(HELD.drive) == drive
+        assert len(HELD.held_log) == held and len(HELD.drive_log) == drive
