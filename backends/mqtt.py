@@ -5,24 +5,35 @@
 
 Protocol 2 with ``batch`` (docs/mqtt.md). ``connect`` opens a session with the agent (its reply
 gives the session nonce and the agent's boot id). Writes (``set_frequencies``, ``set_biases``,
-``set_couplings``, ``clamp``, ``release``) are limit-checked here by the base class and then
-*queued*, not sent: the next read (``read_phases``, ``read_frequencies``), ``make_safe``/``close``
-or :meth:`MqttSubstrate.flush` sends the queue and itself as one ``batch`` request, which the
-agent executes in order — one round trip per EP phase. An error of a queued write (the agent
-checks limits again, with its own frequency map) is raised by that read/flush at the latest,
-naming the operation; the first failing operation stops the batch. Every request carries the
-session nonce and the next integer id, published at QoS 0 on the agent's request topic (no
-PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured broker).
-The reply comes back on this client's own reply topic (its MQTT client id). A request is
+``set_couplings``, ``clamp``, ``release``, ``set_held_phases``, ``set_drive``) are limit-checked
+here by the base class and then *queued*, not sent: the next read (``read_phases``,
+``read_frequencies``), ``make_safe``/``close`` or :meth:`MqttSubstrate.flush` sends the queue
+and itself as one ``batch`` request, which the agent executes in order. The compound
+measurements of the base class go as one batch too: :meth:`MqttSubstrate.measure_ep` (an EP
+step with fixed targets: free read, clamp, nudged read(s), release — ended by the agent at an
+unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set, 8 samples
+per round trip). An error of a queued write (the agent checks limits again, with its own
+frequency map) is raised by that read/flush at the latest, naming the operation; the first
+failing operation stops the batch. Every request carries the session nonce and the next
+integer id (counting up from a random start), published at QoS 0 on the agent's request topic
+(no PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured
+broker). The reply comes back on this client's own reply topic (its MQTT client id) and is
+taken only if it echoes the request's id and session (``None`` for hello/open); anything else
+— a late reply, another session's, a forgery — is dropped and counted. A request is
 re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers a
 repeat of its last id from its cache, so nothing is applied twice); without a reply within
-``timeout`` s the call raises :class:`DeviceTimeoutError`, and a late reply is dropped —
-never taken for a later request. A reply of another session is dropped too.
+``timeout`` s the call raises :class:`DeviceTimeoutError`.
+
+Abilities come from the agent's ``open`` reply: ``couplings``, ``frequency_counter``,
+``held_phases``, ``drive`` when its device has them, ``reseed`` when it can be reseeded
+(:meth:`MqttSubstrate.reseed` raises like the base class otherwise).
 
 Restarts: a reply with another boot id than the session's means the agent restarted and the
-device lost its state (ω, K, clamp): the call raises :class:`AgentRestartedError` and so does
-every later call — the step is aborted before any update, never completed on a device in
-another state. Limits are checked here (from the device model the agent reports) *and* again
+device lost its state (ω, K, clamp, held phases, drive): the call raises
+:class:`AgentRestartedError` and so does every later call — the step is aborted before any
+update, never completed on a device in another state. A new ``connect`` (``async with``)
+opens a new session and first sets again the held phases and the drive last set.
+Limits are checked here (from the device model the agent reports) *and* again
 by the agent. Round trips far above the agent's own time are logged once with what to change.
 """
 
@@ -43,11 +54,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, Field, ValidationError
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.device.substrate import (
+    Capability,
+    EPPhases,
+    OscillatorSubstrate,
+    PhaseReading,
+    Targets,
+)
 from phasegrad_hw.errors import (
     ConfigError,
     DeviceError,
@@ -62,6 +80,7 @@ from phasegrad_hw.wire.mqtt import (
     MAX_BATCH_OPS,
     NONCE_HEX,
     PROTOCOL_VERSION,
+    STOP_IF_UNLOCKED,
     BatchResult,
     BrokerConfig,
     ErrorInfo,
@@ -168,7 +187,9 @@ class MqttSubstrate(OscillatorSubstrate):
         self.retry_s = retry_s
         self.seed = seed
         self.client_id = check_segment("client id", client_id or f"pg-{uuid.uuid4().hex[:16]}")
-        self._ids = itertools.count(1)
+        # ids start at a random point: a reply forged without reading the request topic has
+        # to guess the id as well as the session nonce
+        self._ids = itertools.count(1 + secrets.randbelow(2**40))
         self._pending: dict[int, _Pending] = {}
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -183,6 +204,9 @@ class MqttSubstrate(OscillatorSubstrate):
         self.foreign_replies = 0
         self._remote_reseed = False
         self._queue: list[dict[str, Any]] = []  # checked writes waiting for the next batch
+        # held phases and drive last set: a new session (after an agent restart) sets them again
+        self._held: dict[str, Any] | None = None
+        self._drive: dict[str, Any] | None = None
         self._fatal: Exception | None = None
         self.late_replies = 0
         self.last_error: str | None = None  # the last broker connection error, for messages
@@ -199,6 +223,7 @@ class MqttSubstrate(OscillatorSubstrate):
         if self._task is None or self._task.done():
             self._connected = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
+        self.session, self.boot, self._restarted = None, None, None  # a new session
         try:
             opened = await self._call("open", {"will": self._will_token}, in_session=False)
             hello: OpenResult = self._result(OpenResult, opened, "open")
@@ -207,10 +232,10 @@ class MqttSubstrate(OscillatorSubstrate):
                 raise ProtocolError(
                     f"{self.topics.base}: the agent's device model differs from this one"
                 )
-            if BATCH not in hello.capabilities:
+            if BATCH not in hello.capabilities or STOP_IF_UNLOCKED not in hello.capabilities:
                 raise ProtocolError(
                     f"{self.topics.base}: the agent ({hello.agent}) does not execute batch "
-                    "requests; update it to phasegrad-hw-agent/2.1 or later"
+                    "requests with stop_if_unlocked; update it to phasegrad-hw-agent/2.2 or later"
                 )
         except BaseException:
             await self._disconnect()  # no connection task left behind
@@ -221,6 +246,9 @@ class MqttSubstrate(OscillatorSubstrate):
         self._remote_reseed = hello.reseed
         self.session, self.boot, self._restarted = hello.session, hello.boot, None
         self._queue.clear()
+        # a new agent session starts from the device's start state: what this substrate set
+        # once and the controller does not set per step (held phases, drive) goes again first
+        self._queue += [op for op in (self._held, self._drive) if op is not None]
         if hello.broker_probe_ms is not None and hello.broker_probe_ms > STALL_MS:
             log.warning(
                 "%s: the agent measured a %.0f ms broker round trip: the broker waits on "
@@ -228,7 +256,7 @@ class MqttSubstrate(OscillatorSubstrate):
                 self.topics.base,
                 hello.broker_probe_ms,
             )
-        if self.seed is not None:
+        if self.seed is not None and self._remote_reseed:
             self.reseed(self.seed)
 
     async def _disconnect(self) -> None:
@@ -368,8 +396,9 @@ class MqttSubstrate(OscillatorSubstrate):
                 rep.id,
             )
             return
-        if entry.session is not None and rep.session != entry.session:
-            # the answer to someone else's request (e.g. a forged one naming this client)
+        if rep.session != entry.session:
+            # not an echo of this request's session (None for hello/open): the answer to
+            # someone else's request, or a forged one naming this client
             self.foreign_replies += 1
             log.warning("%s: reply %s of another session dropped", self.topics.base, rep.id)
             return
@@ -481,8 +510,9 @@ class MqttSubstrate(OscillatorSubstrate):
             self._restarted = AgentRestartedError(
                 f"{self.topics.base}: the agent restarted during {label} (boot id "
                 f"{self.boot[:8]}… → {rep.boot[:8]}…): the device lost the state this "
-                "controller set (frequencies, couplings, clamp); the step is aborted with no "
-                "update — reconnect and resume from the last checkpoint"
+                "controller set (frequencies, couplings, clamp, held phases, drive); the step is "
+                "aborted with no update — reconnect (held phases and drive are set again) and "
+                "resume from the last checkpoint"
             )
             log.error("%s", self._restarted)
             self._queue.clear()
@@ -506,28 +536,33 @@ class MqttSubstrate(OscillatorSubstrate):
         if self._queue:
             await self._send([])
 
-    async def _send(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _send(
+        self, ops: list[dict[str, Any]], *, stop_if_unlocked: bool = False
+    ) -> list[dict[str, Any]]:
         """The queued writes, then ``ops``, in as few batches as the limits allow (in order);
-        returns the results of the last batch (its last entry is the last operation's)."""
-        results, _, error = await self._send_all(ops)
+        returns the results of every operation sent (the queued writes' included)."""
+        results, _, error = await self._send_all(ops, stop_if_unlocked=stop_if_unlocked)
         if error is not None:
             raise error
         return results
 
     async def _send_all(
-        self, ops: list[dict[str, Any]]
+        self, ops: list[dict[str, Any]], *, stop_if_unlocked: bool = False
     ) -> tuple[list[dict[str, Any]], int | None, Exception | None]:
         """Like :meth:`_send`, but returns ``(results, failed, error)``: ``failed`` is the index
-        (in queue + ``ops``) of the operation that stopped it, if the agent named one."""
+        (in queue + ``ops``) of the operation that stopped it, if the agent named one. With
+        ``stop_if_unlocked`` a read that finds the network unlocked ends the sequence there
+        (fewer results than operations)."""
         self._check_usable()
         todo, self._queue = [*self._queue, *ops], []
         results: list[dict[str, Any]] = []
-        done = 0
         for chunk in self._chunks(todo):
-            results, failed, error = await self._batch(chunk)
+            out, failed, error = await self._batch(chunk, stop_if_unlocked)
             if error is not None:
-                return results, None if failed is None else done + failed, error
-            done += len(chunk)
+                return [*results, *out], None if failed is None else len(results) + failed, error
+            results += out
+            if len(out) < len(chunk):  # stopped at an unlocked read
+                break
         return results, None, None
 
     def _chunks(self, ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -548,16 +583,32 @@ class MqttSubstrate(OscillatorSubstrate):
         return out
 
     async def _batch(
-        self, ops: list[dict[str, Any]]
+        self, ops: list[dict[str, Any]], stop_if_unlocked: bool = False
     ) -> tuple[list[dict[str, Any]], int | None, Exception | None]:
         """One ``batch`` request: ``(results, failed index or None, mapped error or None)``."""
-        label = " + ".join(str(o["op"]) for o in ops)
-        rep = await self._exchange(BATCH, {"ops": ops}, label)
+        names = [str(o["op"]) for o in ops]
+        label = (
+            " + ".join(names)
+            if len(names) <= 6
+            else f"a batch of {len(names)} ({names[0]} + {names[1]} + … + {names[-1]})"
+        )
+        fields: dict[str, Any] = {"ops": ops}
+        if stop_if_unlocked:
+            fields["stop_if_unlocked"] = True
+        rep = await self._exchange(BATCH, fields, label)
         data: BatchResult | None = (
             None if rep.result is None else self._result(BatchResult, rep.result, "batch")
         )
         if rep.ok:
-            if data is None or data.failed is not None or len(data.results) != len(ops):
+            n = 0 if data is None else len(data.results)
+            stopped = (
+                stop_if_unlocked
+                and data is not None
+                and 0 < n < len(ops)
+                and ops[n - 1]["op"] == "read_phases"
+                and data.results[-1].get("locked") is False
+            )
+            if data is None or data.failed is not None or (n != len(ops) and not stopped):
                 raise ProtocolError(
                     f"agent reply to batch: {0 if data is None else len(data.results)} "
                     f"results for {len(ops)} operations"
@@ -618,9 +669,19 @@ class MqttSubstrate(OscillatorSubstrate):
     async def _apply_release(self) -> None:
         await self._enqueue({"op": "release"})
 
-    async def _read(self, averages: int) -> PhaseReading:
-        out = await self._send([{"op": "read_phases", "averages": averages}])
-        r: PhaseResult = self._result(PhaseResult, out[-1], "read_phases")
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        op = {"op": "set_held_phases", "phases": phases_rad.tolist()}
+        await self._enqueue(op)
+        self._held = op
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        op = {"op": "set_drive", "amplitude": amplitude.tolist(), "phase": float(phase_rad)}
+        await self._enqueue(op)
+        self._drive = None if not np.any(amplitude) else op  # off: the start state
+
+    # -- compound measurements in one exchange (the base class's, batched) ----------------
+    def _reading(self, data: dict[str, Any]) -> PhaseReading:
+        r: PhaseResult = self._result(PhaseResult, data, "read_phases")
         n = self.model.n
         if len(r.phases) != n or len(r.spread) != n:
             raise ProtocolError(f"agent reply to read_phases: {len(r.phases)} phases, expected {n}")
@@ -632,6 +693,71 @@ class MqttSubstrate(OscillatorSubstrate):
             r.averages,
             r.settle_s,
         )
+
+    def _read_op(self, averages: int) -> dict[str, Any]:
+        if (
+            not isinstance(averages, (int, np.integer))
+            or not 1 <= averages <= self.model.limits.max_averages
+        ):
+            raise LimitError(
+                f"averages: {averages!r} is out of range; "
+                f"allowed 1…{self.model.limits.max_averages}"
+            )
+        return {"op": "read_phases", "averages": int(averages)}
+
+    async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]:
+        """As the base class (``set_frequencies`` + ``read_phases`` per row, in order), every
+        row limit-checked before anything is sent, sent in as few batches as the limits
+        allow: an evaluation set in a few round trips instead of one per sample."""
+        read = self._read_op(averages)
+        rows = np.asarray(omegas, dtype=np.float64)
+        if rows.ndim != 2:
+            raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
+        ops: list[dict[str, Any]] = []
+        for w in rows:  # the remote substrate takes ω natively (the agent maps it)
+            ops += [{"op": "set_frequencies", "omega": self.model.check_frequencies(w).tolist()}]
+            ops.append(read)
+        await asyncio.sleep(0)  # a cancellation point, as in read_phases
+        queued = len(self._queue)
+        out = await self._send(ops)
+        return [self._reading(r) for r in out[queued + 1 :: 2]]
+
+    async def measure_ep(
+        self,
+        omega: ArrayLike,
+        targets: Targets,
+        beta: float,
+        averages: int = 1,
+        centred: bool = False,
+    ) -> EPPhases:
+        """As the base class, in one round trip when ``targets`` are fixed phases: one batch
+        ``[queued writes, set_frequencies, read_phases, clamp, read_phases, (clamp −1,
+        read_phases,) release]`` with ``stop_if_unlocked`` (the agent ends it at an unlocked
+        free read). Targets that depend on the free phases need the free reading first: the
+        base class's sequence."""
+        if callable(targets):
+            return await super().measure_ep(omega, targets, beta, averages, centred)
+        read = self._read_op(averages)
+        await self.set_frequencies(omega)  # limit-checked, queued
+        t, b = self.model.check_clamp(targets, beta)
+        clamp = {"op": "clamp", "target": t.tolist(), "beta": b}
+        ops = [read, {**clamp, "direction": 1}, read]
+        if centred:
+            ops += [{**clamp, "direction": -1}, read]
+        ops.append({"op": "release"})
+        await asyncio.sleep(0)
+        queued = len(self._queue)
+        tail = (await self._send(ops, stop_if_unlocked=True))[queued:]
+        free = self._reading(tail[0])
+        if not free.locked:
+            return EPPhases(free)
+        self.clamped = False
+        minus = self._reading(tail[4]) if centred else None
+        return EPPhases(free, self._reading(tail[2]), minus, t)
+
+    async def _read(self, averages: int) -> PhaseReading:
+        out = await self._send([{"op": "read_phases", "averages": averages}])
+        return self._reading(out[-1])
 
     async def _read_frequencies(self) -> Array:
         out = await self._send([{"op": "read_frequencies"}])
@@ -651,6 +777,7 @@ class MqttSubstrate(OscillatorSubstrate):
             self._queue.clear()
             return
         queued = len(self._queue)
+        self._drive = None  # the agent's make_safe switches it off
         _, failed, error = await self._send_all([MAKE_SAFE])
         if error is not None and failed is not None and failed < queued:
             # a queued write stopped the batch before make_safe ran: send it alone
@@ -669,6 +796,8 @@ class MqttSubstrate(OscillatorSubstrate):
             self.seed = int(seed)
         elif self._remote_reseed:
             self._queue.append({"op": "reseed", "seed": int(seed)})
+        else:
+            super().reseed(seed)  # raises: the agent's device cannot be reseeded
 
 
 def _reraise_cancellation() -> None:

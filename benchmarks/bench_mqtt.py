@@ -1,7 +1,7 @@
 """MQTT costs: training throughput with telemetry on vs off, remote EP step latency.
 
-Starts its own mosquitto (tests/mosquitto.py: loopback, password file, ACL) unless ``--broker``
-names one. Writes ``benchmarks/results/bench_mqtt.json``:
+Starts its own mosquitto (phasegrad_hw/testing/mosquitto.py: loopback, password file, ACL)
+unless ``--broker`` names one. Writes ``benchmarks/results/bench_mqtt.json``:
 
 * ``throughput``: samples/s of :func:`train_on_substrates` on the in-process 2+5+2 simulated
   device with telemetry off, on (default 0.5 s step rate limit) and on with every step
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -50,13 +51,9 @@ from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters,
 from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.wire.mqtt import BrokerConfig
+from tests.mosquitto import Mosquitto, agent_process
 
 NAME = "bench/chip"
-AGENT = (
-    "import logging, sys; from phasegrad_hw.cli.agent import AgentOptions, run_agent; "
-    "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-    "run_agent(AgentOptions(device=sys.argv[1], broker=sys.argv[2], name=sys.argv[3]))"
-)
 
 
 def model_2_5_2() -> SimulatedDeviceModel:
@@ -163,23 +160,6 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-def start_agent(dev: Path, uri: str) -> subprocess.Popen[str]:
-    """``run_agent`` in another process; returns once it serves."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AGENT, str(dev), uri, NAME],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != f"agent {NAME} ready":
-        proc.kill()
-        raise RuntimeError(f"agent did not start: {line!r}")
-    return proc
-
-
 async def remote_latency(
     model: SimulatedDeviceModel,
     brokers: dict[str, BrokerConfig],
@@ -273,18 +253,14 @@ def train_cli_pairs(
 ) -> dict[str, Any]:
     """Alternating remote / in-process ``train`` runs; medians and the median paired ratio."""
     runs: dict[str, list[dict[str, Any]]] = {"remote": [], "in_process": []}
-    agent = start_agent(dev, agent_uri)
-    try:
+    with agent_process(agent_uri, dev, NAME) as agent:
         for k in range(repeats):
             first, second = ("remote", "in_process") if k % 2 == 0 else ("in_process", "remote")
             for which in (first, second):
                 if which == "remote":
-                    runs[which].append(train_cli(uri, work, f"remote{k}", epochs, agent.pid))
+                    runs[which].append(train_cli(uri, work, f"remote{k}", epochs, agent.p.pid))
                 else:
                     runs[which].append(train_cli(str(dev), work, f"local{k}", epochs))
-    finally:
-        agent.terminate()
-        agent.wait(10)
     accuracies = {r["final_test_accuracy"] for rs in runs.values() for r in rs}
 
     def med(which: str, key: str) -> float:
@@ -350,7 +326,6 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
-    from tests.mosquitto import Mosquitto
 
     brokers: dict[str, tuple[str, str]] = {}  # name -> (controller URI, agent URI)
     owned: list[Mosquitto] = []
@@ -376,15 +351,14 @@ def main() -> None:
         if not args.skip_throughput:
             result["throughput"] = throughputs(model, first, args.epochs, args.repeats)
         # -- remote EP step latency, per broker configuration (interleaved) --------------
-        agents = {k: start_agent(dev, uri_agent) for k, (_, uri_agent) in brokers.items()}
-        try:
+        with contextlib.ExitStack() as stack:
+            agents = {
+                k: stack.enter_context(agent_process(uri_agent, dev, NAME))
+                for k, (_, uri_agent) in brokers.items()
+            }
             cfgs = {k: BrokerConfig.parse(uri)[0] for k, (uri, _) in brokers.items()}
-            pids = {k: a.pid for k, a in agents.items()}
+            pids = {k: a.p.pid for k, a in agents.items()}
             remote = asyncio.run(remote_latency(model, cfgs, pids, args.steps))
-        finally:
-            for agent in agents.values():
-                agent.terminate()
-                agent.wait(10)
         if "default" in remote and "tuned" in remote:
             d, t = remote["default"]["ep_step"], remote["tuned"]["ep_step"]
             remote["default_vs_tuned_ep_step"] = d["median_ms"] / t["median_ms"]

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -54,6 +54,9 @@ class Capability(StrEnum):
 
 
 # --------------------------------------------------------------------------- readings
+Targets = ArrayLike | Callable[[NDArray[np.float64]], ArrayLike]  # rad, or f(free outputs)
+
+
 @dataclass(frozen=True)
 class PhaseReading:
     """One (possibly averaged) phase read.
@@ -81,6 +84,17 @@ class PhaseReading:
         r = np.clip(np.abs(z), 1e-300, 1.0)
         spread = np.sqrt(-2.0 * np.log(r)) if s.shape[0] > 1 else np.zeros(s.shape[1])
         return cls(np.angle(z), spread, locked, time.time(), s.shape[0], settle_s)
+
+
+@dataclass(frozen=True)
+class EPPhases:
+    """One EP measurement: the free reading, and when the free state locked the nudged
+    reading(s) and the clamp targets (rad) they were taken with."""
+
+    free: PhaseReading
+    plus: PhaseReading | None = None
+    minus: PhaseReading | None = None
+    targets: Array | None = None
 
 
 # --------------------------------------------------------------------------- contract
@@ -262,6 +276,47 @@ class OscillatorSubstrate(ABC):
             raise DeviceError(f"{type(self).__name__}: this device has no frequency counter")
         await asyncio.sleep(0)  # a cancellation point, as in read_phases
         return await self._bounded("read_frequencies", self._read_frequencies())
+
+    # -- compound measurements: one implementation here; a remote backend may send each as
+    # -- one exchange (same operations, same order)
+    async def measure_ep(
+        self,
+        omega: ArrayLike,
+        targets: Targets,
+        beta: float,
+        averages: int = 1,
+        centred: bool = False,
+    ) -> EPPhases:
+        """One EP measurement (docs/design.md §2): the free locked phases at ``omega`` (model
+        units); if locked, the nudged phases — clamp the outputs toward ``targets`` (rad, or a
+        function of the free output phases) with strength ``beta``, and with ``centred`` the
+        −β phases too — then release. An unlocked free state is never nudged."""
+        await self.set_frequencies(omega)
+        free = await self.read_phases(averages)
+        if not free.locked:
+            return EPPhases(free)
+        out = free.phases[self.model.outputs]
+        t = np.asarray(targets(out) if callable(targets) else targets, dtype=np.float64)
+        await self.clamp(t, beta)
+        plus = await self.read_phases(averages)
+        minus = None
+        if centred:
+            await self.clamp(t, beta, direction=-1)
+            minus = await self.read_phases(averages)
+        await self.release()
+        return EPPhases(free, plus, minus, t)
+
+    async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]:
+        """Free phases at each row of ``omegas`` (n, N) model units, in order
+        (``set_frequencies`` + ``read_phases`` per row); the device ends at the last row."""
+        rows = np.asarray(omegas, dtype=np.float64)
+        if rows.ndim != 2:
+            raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
+        out = []
+        for w in rows:
+            await self.set_frequencies(w)
+            out.append(await self.read_phases(averages))
+        return out
 
     # -- optional abilities (declared in ``capabilities``; the base raises) ---------------
     def reseed(self, seed: int) -> None:

@@ -17,7 +17,12 @@ methods of its own substrate, so a value outside the device limits is refused he
 * **Batches.** A ``batch`` request lists up to ``MAX_BATCH_OPS`` device operations; they run
   in order with nothing in between (requests are handled one at a time), the first failure
   stops the batch and the reply names it (its index and op). The batch is one request for the
-  session rules (one id, one cached reply): a retried batch is never re-applied.
+  session rules (one id, one cached reply): a retried batch is never re-applied. With
+  ``stop_if_unlocked`` an unlocked ``read_phases`` ends it there (an EP step in one batch
+  never nudges an unlocked network).
+* **Held inputs, drive.** ``set_held_phases`` / ``set_drive`` reach the device's public,
+  validated methods (lengths from its model, drive amplitudes within ``limits.drive_max``,
+  checked before the device is touched); a device without the ability refuses them.
 * **Boot id.** A random id per agent start, in every reply: a controller notices a restart
   (its device state is gone) instead of continuing silently.
 * **Last will.** ``open`` registers a secret will token; the controller's MQTT last will is a
@@ -61,6 +66,7 @@ from phasegrad_hw.errors import (
 from phasegrad_hw.wire.mqtt import (
     BATCH,
     NONCE_HEX,
+    STOP_IF_UNLOCKED,
     Batch,
     BrokerConfig,
     ClampOp,
@@ -79,7 +85,9 @@ from phasegrad_hw.wire.mqtt import (
     ReseedOp,
     SetBiasesOp,
     SetCouplingsOp,
+    SetDriveOp,
     SetFrequenciesOp,
+    SetHeldPhasesOp,
     Topics,
     auth_failure,
     check_segment,
@@ -93,8 +101,13 @@ from phasegrad_hw.wire.mqtt import (
 )
 
 log = logging.getLogger(__name__)
-AGENT_VERSION = "phasegrad-hw-agent/2.1"  # protocol 2 + batch
-REMOTE_CAPABILITIES = (Capability.COUPLINGS, Capability.FREQUENCY_COUNTER)
+AGENT_VERSION = "phasegrad-hw-agent/2.2"  # protocol 2 + batch (+ stop_if_unlocked, held, drive)
+REMOTE_CAPABILITIES = (
+    Capability.COUPLINGS,
+    Capability.FREQUENCY_COUNTER,
+    Capability.HELD_PHASES,
+    Capability.DRIVE,
+)
 STALL_MS = 15.0  # ms; a loopback broker round trip is ~1 ms, Nagle + delayed ACK add ~40 ms
 PROBES = 5
 ANONYMOUS_HELP = (
@@ -258,7 +271,7 @@ class Agent:
             return req.reply_to, self._open(req, t0)
         if isinstance(req, MakeSafe) and req.will is not None:
             return req.reply_to, await self._last_will(req, req.will, t0)
-        out = await self._in_session(req, t0)
+        out = await self._in_session(req, raw, t0)
         return None if out is None else (req.reply_to, out)
 
     def _reply(
@@ -299,6 +312,7 @@ class Agent:
             "capabilities": [
                 *(c.value for c in REMOTE_CAPABILITIES if c in s.capabilities),
                 BATCH,
+                STOP_IF_UNLOCKED,
             ],
             "reseed": Capability.RESEED in s.capabilities,
             "agent": AGENT_VERSION,
@@ -343,7 +357,7 @@ class Agent:
             return self._reply(req.id, None, t0, error=err)
         return self._reply(req.id, None, t0, result={})
 
-    async def _in_session(self, req: Request, t0: float) -> bytes | None:
+    async def _in_session(self, req: Request, raw: bytes, t0: float) -> bytes | None:
         session: str = getattr(req, "session", None) or ""
         ses = self.sessions.get(req.reply_to)
         if ses is None or not hmac.compare_digest(ses.nonce, session):
@@ -357,7 +371,7 @@ class Agent:
         if ses.closed:
             return self._refuse(req, "session", f"session closed: {ses.closed}", t0)
         self.sessions.move_to_end(req.reply_to)
-        digest = hashlib.sha256(req.model_dump_json().encode()).digest()
+        digest = hashlib.sha256(raw).digest()  # a retry re-sends the same bytes
         if req.id == ses.hwm:
             if hmac.compare_digest(digest, ses.last):
                 self.stats.cached += 1
@@ -392,6 +406,9 @@ class Agent:
         for i, op in enumerate(req.ops):
             try:
                 results.append(await self._dispatch(op))
+                if req.stop_if_unlocked and isinstance(op, ReadPhasesOp):
+                    if not results[-1]["locked"]:
+                        break  # no nudge of an unlocked network: the batch ends here
             except Exception as exc:
                 err = await self._failure(exc, req.id, f"batch operation {i} ({op.op})")
                 where = f"operation {i} ({op.op}) of {len(req.ops)}: "
@@ -440,6 +457,14 @@ class Agent:
             await s.release()
         elif isinstance(req, MakeSafeOp):
             await s.make_safe()
+        elif isinstance(req, SetHeldPhasesOp):
+            if Capability.HELD_PHASES not in s.capabilities:
+                raise ValueError("this device has no held inputs (held_phases)")
+            await s.set_held_phases(req.phases)
+        elif isinstance(req, SetDriveOp):
+            if Capability.DRIVE not in s.capabilities:
+                raise ValueError("this device cannot apply a drive (drive)")
+            await s.set_drive(req.amplitude, req.phase)
         elif isinstance(req, ReadPhasesOp):
             r = await s.read_phases(req.averages)
             return {

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.device.substrate import Capability, EPPhases, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import ConfigError, LimitError
 from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
 from phasegrad_hw.physics import CouplingFunction
@@ -122,14 +122,6 @@ class StepReport:
     @property
     def n_valid(self) -> int:
         return int(self.valid.sum())
-
-
-@dataclass
-class _Readings:
-    free: PhaseReading
-    plus: PhaseReading | None = None
-    minus: PhaseReading | None = None
-    targets: Array | None = None
 
 
 @dataclass
@@ -295,24 +287,12 @@ class EPController:
             await sub.set_couplings(cur)
             self._written_k[k] = cur.copy()
 
-    async def _measure(self, k: int, prep: _Prepared) -> _Readings:
-        sub = self.substrates[k]
+    async def _measure(self, k: int, prep: _Prepared) -> EPPhases:
         cfg = self.config.rule
         await self._write_couplings(k)
-        await sub.set_frequencies(prep.omega)
-        free = await sub.read_phases(cfg.averages)
-        if not free.locked:  # no valid pair can come of it; do not nudge an unlocked device
-            return _Readings(free)
-        t = prep.targets
-        targets = np.asarray(t(free.phases[self._outputs]), dtype=np.float64) if callable(t) else t
-        await sub.clamp(targets, cfg.beta)
-        plus = await sub.read_phases(cfg.averages)
-        minus = None
-        if cfg.mode == "centred":
-            await sub.clamp(targets, cfg.beta, direction=-1)
-            minus = await sub.read_phases(cfg.averages)
-        await sub.release()
-        return _Readings(free, plus, minus, targets)
+        return await self.substrates[k].measure_ep(
+            prep.omega, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
+        )
 
     async def _run_all(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
         """Run one coroutine per substrate (k = 0…); on any error or cancellation stop the
@@ -373,8 +353,8 @@ class EPController:
             raise
 
     async def infer_many(self, input_omega: ArrayLike) -> tuple[Array, NDArray[np.bool_]]:
-        """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs), spread over
-        all substrates in parallel chunks."""
+        """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs): sample i on
+        substrate i % m, the substrates in parallel."""
         x = np.asarray(input_omega, dtype=np.float64)
         if x.ndim != 2:
             raise LimitError(f"input_omega: shape {x.shape} must be (n, {len(self._inputs)})")
@@ -386,21 +366,15 @@ class EPController:
         m = len(self.substrates)
         avg = self.config.rule.averages
 
-        def reader(k: int, w: Array) -> Callable[[], Awaitable[PhaseReading]]:
-            async def run() -> PhaseReading:
-                sub = self.substrates[k]
-                await self._write_couplings(k)
-                await sub.set_frequencies(w)
-                return await sub.read_phases(avg)
+        async def share(k: int) -> list[PhaseReading]:
+            """Substrate k's samples k, k + m, … in order (a remote one: in a few exchanges)."""
+            await self._write_couplings(k)
+            return await self.substrates[k].read_phases_at(np.asarray(ws[k::m]), avg)
 
-            return run
-
-        for start in range(0, len(x), m):
-            chunk = ws[start : start + m]
-            readings = await self._run_all([reader(k, w) for k, w in enumerate(chunk)])
-            for k, r in enumerate(readings):
-                phases[start + k] = r.phases
-                locked[start + k] = r.locked
+        shares = await self._run_all([partial(share, k) for k in range(min(m, len(ws)))])
+        for k, rs in enumerate(shares):
+            phases[k::m] = [r.phases for r in rs]
+            locked[k::m] = [r.locked for r in rs]
         return phases, locked
 
     async def step(self, batch: Sequence[Sample]) -> StepReport:
@@ -413,7 +387,7 @@ class EPController:
         return self._update(readings)
 
     # -- gradient and update --------------------------------------------------------
-    def _update(self, readings: list[_Readings]) -> StepReport:
+    def _update(self, readings: list[EPPhases]) -> StepReport:
         """The step's readings through the EP rule (one member, the step's samples)."""
         rule = self.config.rule
         n_ph = self.model.n

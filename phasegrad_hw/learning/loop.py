@@ -23,7 +23,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -208,10 +208,7 @@ class _Epoch:
         for b in range(0, n_train, n_sub):
             await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + n_sub]
-            batch = [
-                Sample(self.w_train[i], partial(self.encoding.clamp_targets, int(self.y_train[i])))
-                for i in idx
-            ]
+            batch = [Sample(self.w_train[i], self._targets(int(self.y_train[i]))) for i in idx]
             rep = await self.ctl.step(batch)
             skipped += rep.skipped_unlocked + rep.skipped_basin_jump
             if np.isfinite(rep.loss):
@@ -222,6 +219,13 @@ class _Epoch:
             for obs in self.observers:
                 obs.on_step(rep)
         return skipped, correct, float(np.mean(losses)) if losses else None
+
+    def _targets(self, y: int) -> Array | Callable[[Array], Array]:
+        """Clamp targets of class ``y``: fixed templates (a remote substrate then measures the
+        whole step in one round trip), or a function of the free phases (``difference``)."""
+        if self.encoding.readout == "difference":
+            return partial(self.encoding.clamp_targets, y)
+        return self.encoding.clamp_targets(y, np.zeros(len(self.ctl.model.outputs)))
 
 
 async def _checkpoint() -> None:

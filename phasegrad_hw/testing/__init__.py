@@ -8,7 +8,9 @@ Never imported by the library itself (an import-linter contract keeps it that wa
   failing, hanging wrappers around any substrate);
 * :mod:`~phasegrad_hw.testing.daqmx` — a stand-in for the nidaqmx API, wired to an emulated
   chip, so the DAQ driver runs without NI hardware;
-* :mod:`~phasegrad_hw.testing.networks` — small devices and tasks (2+5+2, tiny, blobs).
+* :mod:`~phasegrad_hw.testing.networks` — small devices and tasks (2+5+2, tiny, blobs);
+* :mod:`~phasegrad_hw.testing.mosquitto` — a private mosquitto broker (users, ACL, TLS) on a
+  free loopback port, for MQTT tests, examples and benchmarks.
 
 A ``transcripts`` module (in-memory transcripts of a driver's link, to test a driver
 without its instrument) belongs here too; its drivers plug into

@@ -242,6 +242,7 @@ MAX_VECTOR = 1_000_000
 MAX_DEPTH = 4  # {…: [numbers]} is depth 2, a batch {"ops": [{…: [numbers]}]} 4; deeper: dropped
 MAX_BATCH_OPS = 16  # operations in one batch
 BATCH = "batch"  # the capability (in ``hello``) of an agent that executes batches
+STOP_IF_UNLOCKED = "stop_if_unlocked"  # … and ends one at an unlocked read when asked
 EXCERPT_CHARS = 48  # an offending value is quoted with at most this many characters
 MAX_MESSAGE_CHARS = 400  # an error message (reply and log) is at most this long
 NONCE_HEX = 32  # session nonces, boot ids and last-will tokens: 128-bit, lower-case hex
@@ -336,9 +337,26 @@ class ReseedOp(_Message):
 
 
 class MakeSafeOp(_Message):
-    """Release the clamp and set safe biases (the device's own safe state)."""
+    """Release the clamp, switch a drive off and set safe biases (the device's safe state)."""
 
     op: Literal["make_safe"]
+
+
+class SetHeldPhasesOp(_Message):
+    """Injection phases (rad) of the held input oscillators, ``roles.held`` in that order
+    (devices with ``held_phases``; docs/design.md §2)."""
+
+    op: Literal["set_held_phases"]
+    phases: Vector
+
+
+class SetDriveOp(_Message):
+    """External drive: amplitudes F (n_drive,) model units on ``roles.drive``, phase Ψ
+    (rad); amplitude 0 switches it off (devices with ``drive``)."""
+
+    op: Literal["set_drive"]
+    amplitude: Vector
+    phase: Number
 
 
 Operation = (
@@ -351,6 +369,8 @@ Operation = (
     | ReadFrequenciesOp
     | ReseedOp
     | MakeSafeOp
+    | SetHeldPhasesOp
+    | SetDriveOp
 )
 
 
@@ -400,16 +420,27 @@ class Reseed(_SessionRequest, ReseedOp):
     pass
 
 
+class SetHeldPhases(_SessionRequest, SetHeldPhasesOp):
+    pass
+
+
+class SetDrive(_SessionRequest, SetDriveOp):
+    pass
+
+
 class Batch(_SessionRequest):
     """1 … :data:`MAX_BATCH_OPS` device operations, executed in order as one request (one id,
     one reply); the first that fails stops the batch. Result ``{"results": [one per
-    operation]}``; on a failure ``{"results": [those before it], "failed": its index}``."""
+    operation]}``; on a failure ``{"results": [those before it], "failed": its index}``.
+    ``stop_if_unlocked``: a ``read_phases`` that finds the network unlocked ends the batch
+    there, successfully (fewer results; no nudge of an unlocked network)."""
 
     op: Literal["batch"]
     ops: Annotated[
         list[Annotated[Operation, Field(discriminator="op")]],
         Field(min_length=1, max_length=MAX_BATCH_OPS),
     ]
+    stop_if_unlocked: bool = False
 
 
 Request = Annotated[
@@ -424,6 +455,8 @@ Request = Annotated[
     | ReadFrequencies
     | MakeSafe
     | Reseed
+    | SetHeldPhases
+    | SetDrive
     | Batch,
     Field(discriminator="op"),
 ]

@@ -19,8 +19,8 @@ from phasegrad_hw.errors import LimitError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, BrokerConfig, max_request_bytes
-from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, local_agent, vowel_model
-from tests.mosquitto import Mosquitto, broker  # noqa: F401  (fixture)
+from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
+from tests.mosquitto import Mosquitto, broker, local_agent  # noqa: F401  (fixture)
 
 REFUSED_OMEGA = 0.77  # the agent's device refuses this ω (its own limit check)
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,13 @@ from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.conftest import REPO
-from tests.mosquitto import Mosquitto, broker, child_env  # noqa: F401  (fixture)
+from tests.mosquitto import (  # noqa: F401  (fixture)
+    Mosquitto,
+    agent_process,
+    broker,
+    child_env,
+    local_agent,
+)
 
 NAME = "lab/chip"
 
@@ -101,65 +105,6 @@ class SpySubstrate(SimulatedSubstrate):
         return await super()._read(averages)
 
 
-@asynccontextmanager
-async def local_agent(b: Mosquitto, sub: SimulatedSubstrate) -> AsyncIterator[Agent]:
-    cfg, _, _ = BrokerConfig.parse(b.uri("agent"))
-    agent = Agent(sub, cfg, NAME)
-    task = asyncio.create_task(agent.run())
-    await asyncio.wait_for(agent.ready.wait(), 10)
-    try:
-        yield agent
-    finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-
-@contextmanager
-def agent_process(b: Mosquitto, device: Path) -> Iterator[subprocess.Popen[str]]:
-    """``phasegrad-hw agent`` in its own process; waits for its ``ready`` line."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "phasegrad_hw.cli",
-            "agent",
-            "--device",
-            str(device),
-            "--broker",
-            b.uri("agent"),
-            "--name",
-            NAME,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=child_env(),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline() if ready else ""
-    if line.strip() != f"agent {NAME} ready":
-        proc.kill()
-        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate(timeout=5)
-        for line in out.splitlines():
-            if line.startswith("agent stats "):
-                AGENT_STATS.append(json.loads(line.removeprefix("agent stats ")))
-
-
-AGENT_STATS: list[dict[str, Any]] = []
 DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)
 
 
@@ -186,7 +131,7 @@ def assert_same(a: Parameters, b: Parameters) -> None:
 
 def test_training_over_mqtt_matches_in_process(broker: Mosquitto, device_file: Path) -> None:  # noqa: F811
     reference = in_process(device_file, 2)
-    with agent_process(broker, device_file):
+    with agent_process(broker.uri("agent"), device_file, NAME):
         sub = open_substrate(broker.uri("controller", NAME))
         assert isinstance(sub, MqttSubstrate)
         assert sub.model.n == 9 and sub.model.roles.outputs == [7, 8]
@@ -228,7 +173,7 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.05)
 
-    with agent_process(broker, device_file):
+    with agent_process(broker.uri("agent"), device_file, NAME) as ap:
         sub = open_substrate(broker.uri("controller", NAME) + "?retry=0.5")
         assert isinstance(sub, MqttSubstrate)
         steps = 0
@@ -259,7 +204,8 @@ def test_broker_restart_mid_training(broker: Mosquitto, device_file: Path) -> No
         remote = asyncio.run(go())
     assert outage.is_set()
     assert_same(remote, reference)  # no update lost, none applied twice
-    stats = AGENT_STATS[-1]  # the agent process stopped cleanly and reported
+    stats = ap.stats  # the agent process stopped cleanly and reported
+    assert stats is not None
     assert stats["connections"] >= 2 and stats["errors"] == 0
     print(f"broker restart: wall {walls[0]:.2f} s, client resends {sub.resends}, agent {stats}")
     assert sub.connections >= 2  # the controller reconnected
@@ -644,7 +590,7 @@ def test_train_cli_over_mqtt_matches_the_device_file(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     assert subscribed.wait(10)
-    with agent_process(broker, device_file):
+    with agent_process(broker.uri("agent"), device_file, NAME):
         remote, remote_json = train_cli(
             broker.uri("controller", NAME),
             "remote",

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
-from phasegrad_hw.device.substrate import PhaseReading
+from phasegrad_hw.device.substrate import Capability, PhaseReading
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, MAX_DEPTH, MAX_ID, MAX_MESSAGE_CHARS, Reply
@@ -24,9 +24,10 @@ from phasegrad_hw.wire.mqtt import BrokerConfig as _Broker
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPS = (
     "hello open set_frequencies set_biases set_couplings clamp release read_phases "
-    "read_frequencies make_safe reseed batch".split()
+    "read_frequencies make_safe reseed batch set_held_phases set_drive".split()
 )
 NUMERIC = {"omega", "values", "target", "beta", "averages", "seed", "direction"}
+NUMERIC |= {"phases", "amplitude", "phase"}
 
 
 def model() -> SimulatedDeviceModel:
@@ -168,6 +169,9 @@ def request_like(draw: st.DrawFn) -> dict[str, Any]:
         "averages": draw(st.integers(1, 3)),
         "seed": draw(st.integers(0, 10)),
         "direction": draw(st.sampled_from([1, -1])),
+        "phases": [draw(st.floats(-3.0, 3.0))],
+        "amplitude": [draw(st.floats(0.0, 1.0))],
+        "phase": draw(st.floats(-3.0, 3.0)),
     }
     req: dict[str, Any] = {"v": 2, "op": op, "id": _next_id(), "reply_to": "ctl"}
     req["session"] = draw(st.sampled_from([SESSION, "b" * 32, "not-a-nonce"]))
@@ -197,6 +201,7 @@ def test_requests_over_the_schema(req: dict[str, Any]) -> None:
     rep = _check_reply(_run(AGENT.handle(raw)))
     if rep is not None and rep.ok and req.get("op") not in ("hello", "open"):
         assert req.get("session") == SESSION and _typed_right(req)
+        assert req.get("op") not in ("set_held_phases", "set_drive")  # SPY has neither
     if req.get("session") != SESSION:
         assert len(SPY.calls) == before  # another session's request never reaches the device
     if not _typed_right(req):
@@ -338,3 +343,138 @@ def test_huge_and_deep_payloads_are_dropped_and_bool_or_str_numbers_refused() ->
     assert len(SPY.calls) == before
     assert np.all(np.isfinite(SPY.omega))
     _assert_next_valid_works()
+
+
+# --------------------------------------------------------------------------- held inputs, drive
+def held_model() -> SimulatedDeviceModel:
+    """5 oscillators: bias 0 (reference) and 1, held input 2, hidden 3 (driven), output 4."""
+    return SimulatedDeviceModel.model_validate(
+        {
+            "backend": "simulated",
+            "name": "held-5",
+            "n_oscillators": 5,
+            "edges": [
+                {"i": 0, "j": 3, "k": 1.0},
+                {"i": 1, "j": 3, "k": 1.0},
+                {"i": 2, "j": 3, "k": 1.0},
+                {"i": 3, "j": 4, "k": 1.0},
+            ],
+            "roles": {
+                "inputs": [],
+                "held": [2],
+                "bias": [0, 1],
+                "hidden": [3],
+                "outputs": [4],
+                "reference": 0,
+                "drive": [3],
+            },
+            "input_encoding": "phase",
+            "bias_phases_rad": [0.0, 1.5],
+            "readout_noise_rad": 0.0,
+        }
+    )
+
+
+class HeldSpy(SimulatedSubstrate):
+    """The simulated device with held inputs and a drive, recording what reaches those
+    hooks."""
+
+    def __init__(self, model: SimulatedDeviceModel | None = None) -> None:
+        super().__init__(model or held_model())
+        assert {Capability.HELD_PHASES, Capability.DRIVE} <= self.capabilities
+        self.held_log: list[list[float]] = []
+        self.drive_log: list[tuple[list[float], float]] = []
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        self.held_log.append(phases_rad.tolist())
+        await super()._apply_held_phases(phases_rad)
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        self.drive_log.append((amplitude.tolist(), phase_rad))
+        await super()._apply_drive(amplitude, phase_rad)
+
+
+HELD = HeldSpy()
+HELD_AGENT = Agent(HELD, _Broker(host="unused"), "fuzz/held")
+HELD_SESSION: list[str] = []
+HELD_ID = [1]
+
+
+def _held_request(fields: dict[str, Any]) -> bytes:
+    if not HELD_SESSION:
+        raw = json.dumps({"v": 2, "op": "open", "id": 1, "reply_to": "ctl", "will": "c" * 32})
+        out = _run(HELD_AGENT.handle(raw.encode()))
+        assert out is not None
+        HELD_SESSION.append(json.loads(out[1])["result"]["session"])
+    HELD_ID[0] += 1
+    head = {"v": 2, "id": HELD_ID[0], "reply_to": "ctl", "session": HELD_SESSION[0]}
+    return json.dumps(head | fields).encode()
+
+
+NUMBERISH = st.one_of(
+    st.floats(-20.0, 20.0), st.integers(-5, 5), st.booleans(), st.text(max_size=4), st.none()
+)
+
+
+@st.composite
+def held_or_drive(draw: st.DrawFn) -> dict[str, Any]:
+    """set_held_phases / set_drive with right and wrong lengths, types and values, alone or
+    inside a batch."""
+    vec = st.lists(NUMBERISH, max_size=3) | st.lists(st.floats(-4.0, 4.0), min_size=1, max_size=1)
+    if draw(st.booleans()):
+        op: dict[str, Any] = {"op": "set_held_phases", "phases": draw(vec)}
+    else:
+        op = {"op": "set_drive", "amplitude": draw(vec), "phase": draw(NUMBERISH)}
+    if draw(st.booleans()):
+        op.pop(draw(st.sampled_from(sorted(op))))
+    if draw(st.booleans()):
+        op[draw(st.sampled_from(["extra", "phases", "phase"]))] = draw(JUNK)
+    return op
+
+
+def _expected(op: dict[str, Any]) -> str:
+    """``ok``, ``invalid`` (schema) or ``limit`` (device limits) for one operation."""
+    m = HELD.model
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v
+        )
+
+    if op.get("op") == "set_held_phases":
+        if set(op) != {"op", "phases"} or not numbers(op["phases"]):
+            return "invalid"
+        return "ok" if len(op["phases"]) == len(m.roles.held) else "limit"
+    keys = {"op", "amplitude", "phase"}
+    if set(op) != keys or not numbers(op["amplitude"]) or not numbers([op["phase"]]):
+        return "invalid"
+    a = op["amplitude"]
+    fine = len(a) == len(m.roles.drive) and all(0.0 <= x <= m.limits.drive_max for x in a)
+    return "ok" if fine else "limit"
+
+
+@SETTINGS
+@given(held_or_drive(), st.booleans())
+def test_held_phases_and_drive_are_checked_before_the_device(
+    op: dict[str, Any], batched: bool
+) -> None:
+    """Numbers only (no booleans, strings, null), lengths from the device (roles.held,
+    roles.drive), amplitudes in [0, drive_max]: anything else is refused with a short reply
+    and nothing reaches the device; a valid one reaches it exactly."""
+    want = _expected(op)
+    fields = {"op": "batch", "ops": [op]} if batched else op
+    held, drive = len(HELD.held_log), len(HELD.drive_log)
+    out = _run(HELD_AGENT.handle(_held_request(fields)))
+    assert out is not None
+    rep = Reply.model_validate_json(out[1])
+    if rep.error is not None:
+        assert len(rep.error.message) <= MAX_MESSAGE_CHARS
+    if want == "ok":
+        assert rep.ok, rep
+        if op["op"] == "set_held_phases":
+            assert HELD.held_log[held:] == [HELD.model.check_held_phases(op["phases"]).tolist()]
+        else:
+            assert HELD.drive_log[drive:] == [(op["amplitude"], op["phase"])]
+    else:
+        assert not rep.ok and rep.error is not None and rep.error.kind == want, (op, rep)
+        assert len(HELD.held_log) == held and len(HELD.drive_log) == drive

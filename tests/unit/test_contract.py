@@ -327,3 +327,27 @@ def test_the_probe_check_flags_reintroduced_probing(source: str) -> None:
 def test_the_probe_check_leaves_config_lookups_alone() -> None:
     source = "v = getattr(e, end)\nc = getattr(self.model, name).timeout_s\nhasattr(obj, 'x')"
     assert probes(source, {"SimulatedSubstrate"}) == []
+
+
+# --------------------------------------------------------------------------- mqtt: held, drive
+@pytest.mark.parametrize("kind", ["held", "driven"])
+async def test_mqtt_remote_held_and_driven(broker: Mosquitto, kind: str) -> None:  # noqa: F811
+    """Through a real mosquitto to an agent serving an emulated device with held inputs (or a
+    drive): the remote substrate declares held_phases (or drive) because the agent's device
+    has it, and passes the whole suite, the held-phase (drive) check included."""
+    from phasegrad_hw.backends.mqtt import MqttSubstrate
+    from phasegrad_hw.wire.mqtt import BrokerConfig
+    from tests.mosquitto import local_agent
+
+    m = model_layered_small("simulated") if kind == "held" else model_driven_small("simulated")
+    behind = open_model(m, seed=2)
+    ability = Capability.HELD_PHASES if kind == "held" else Capability.DRIVE
+    assert ability in behind.capabilities
+    cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+    async with local_agent(broker, behind, "lab/chip"):
+        report = await check_substrate_contract(
+            lambda: MqttSubstrate(cfg, "lab/chip", model=behind.model, timeout_s=10.0),
+            observer=behind,
+        )
+    remote = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.RESEED, ability}
+    assert_complete(report, frozenset(remote))

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.device.presets import vowel_2_5_2
-from phasegrad_hw.device.substrate import PhaseReading
+from phasegrad_hw.device.substrate import EPPhases, PhaseReading
 from phasegrad_hw.engine.ensemble import Ensemble
 from phasegrad_hw.engine.members import TrainConfig, member_for_model
-from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, _Readings
+from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters
 from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.physics import SIN, centred, solve_equilibrium, wrap
@@ -164,7 +164,7 @@ def test_controller_engine_and_compiled_updates_agree(
         states, targets = _physics_readings(ctl.params.omega, ctl.params.coupling, x, y, enc, rule)
         reads = [PhaseReading(th, np.zeros(MODEL.n), True) for th in states]
         minus = reads[2] if mode == "centred" else None
-        rep = ctl._update([_Readings(reads[0], reads[1], minus, targets)])
+        rep = ctl._update([EPPhases(reads[0], reads[1], minus, targets)])
         assert rep.updated
         engine.step(np.array([[s]]))
         np.testing.assert_allclose(engine.omega[0], ctl.params.omega, rtol=0, atol=1e-12)

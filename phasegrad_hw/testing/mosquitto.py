@@ -1,0 +1,245 @@
+"""A real mosquitto broker on a free loopback port for tests, examples and benchmarks: password
+file, ACL, optional TLS listener; start, stop, kill, restart.
+
+Users (password = ``<name>-pw``):
+
+* ``agent``      — reads device requests (and clears retained ones), writes replies and its
+  status;
+* ``controller`` — writes device requests, publishes telemetry;
+* ``watcher``    — reads telemetry and agent status only;
+* ``outsider``   — may use ``outside/#`` only (authenticated, but outside the device ACL).
+
+Every client may read the reply topic named by its own MQTT client id (``pattern … %c``), so
+a controller reads its replies and no one else's (docs/mqtt.md). Anonymous clients are
+refused, unless ``anonymous=True`` (then they may use ``phasegrad/#``). ``nodelay=False``
+leaves out ``set_tcp_nodelay true`` (mosquitto's default configuration). Without the
+mosquitto binaries :class:`Mosquitto` raises :class:`MissingBroker`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class MissingBroker(RuntimeError):
+    """The mosquitto (or openssl) binary this helper needs is not installed."""
+
+
+def find(name: str) -> str | None:
+    """Path of the binary ``name``: on PATH, else in ``/usr/sbin`` (where Debian puts
+    mosquitto, not always on a user's PATH); None if neither."""
+    path = Path("/usr/sbin") / name
+    return shutil.which(name) or (str(path) if path.exists() else None)
+
+
+USERS = ("agent", "controller", "watcher", "outsider")
+ACL = """\
+pattern read phasegrad/+/+/rpc/rep/%c
+
+user agent
+topic readwrite phasegrad/+/+/rpc/req
+topic write phasegrad/+/+/rpc/rep/#
+topic readwrite phasegrad/+/+/agent
+
+user controller
+topic write phasegrad/+/+/rpc/req
+topic read phasegrad/+/+/agent
+topic readwrite phasegrad/+/+/status
+topic readwrite phasegrad/+/+/metrics
+topic readwrite phasegrad/+/+/steps
+topic readwrite phasegrad/+/+/calibration
+
+user watcher
+topic read phasegrad/+/+/status
+topic read phasegrad/+/+/metrics
+topic read phasegrad/+/+/steps
+topic read phasegrad/+/+/calibration
+topic read phasegrad/+/+/agent
+
+user outsider
+topic readwrite outside/#
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def password(user: str) -> str:
+    return f"{user}-pw"
+
+
+class Mosquitto:
+    """One broker process with a generated config in ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        tls: bool = False,
+        nodelay: bool = True,
+        anonymous: bool = False,
+    ) -> None:
+        exe, passwd = find("mosquitto"), find("mosquitto_passwd")
+        if exe is None or passwd is None:
+            raise MissingBroker(
+                "mosquitto and mosquitto_passwd are not installed (apt-get install -y mosquitto)"
+            )
+        self.exe = exe
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        pw_file = self.dir / "passwd"
+        for k, user in enumerate(USERS):
+            args = [passwd, "-b", str(pw_file), user, password(user)]
+            if k == 0:
+                args.insert(1, "-c")
+            subprocess.run(args, check=True, capture_output=True)
+        (self.dir / "acl").write_text(("topic readwrite phasegrad/#\n" if anonymous else "") + ACL)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
+            f"password_file {pw_file}",
+            f"acl_file {self.dir / 'acl'}",
+            "persistence false",
+            *(["set_tcp_nodelay true"] if nodelay else []),
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if os.getuid() == 0:  # mosquitto drops root privileges to "mosquitto" unless told
+            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        self.tls_port: int | None = None
+        self.ca: Path | None = None
+        if tls:  # a second listener with a server certificate signed by a throw-away CA
+            self.ca = self._make_certs()
+            self.tls_port = free_port()
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {self.ca}",
+                f"certfile {self.dir / 'server.crt'}",
+                f"keyfile {self.dir / 'server.key'}",
+            ]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = self.dir / "mosquitto.log"
+
+    def _make_certs(self) -> Path:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise MissingBroker("openssl is not installed (needed for a TLS listener)")
+        d = self.dir
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=phasegrad test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        )
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        )
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        )
+        return d / "ca.crt"
+
+    def tls_uri(self, user: str | None = "controller", path: str = "", ca: bool = True) -> str:
+        """``mqtts://`` URI of the TLS listener (with ``?ca=`` the test CA)."""
+        assert self.tls_port is not None, "started without tls=True"
+        cred = f"{user}:{password(user)}@" if user else ""
+        query = f"?ca={self.ca}" if ca else ""
+        return f"mqtts://{cred}127.0.0.1:{self.tls_port}{'/' + path if path else ''}{query}"
+
+    def uri(self, user: str | None = "controller", path: str = "") -> str:
+        cred = f"{user}:{password(user)}@" if user else ""
+        return f"mqtt://{cred}127.0.0.1:{self.port}{'/' + path if path else ''}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start and wait until the port accepts connections."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate gracefully."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL (no clean disconnects, no wills sent, nothing persisted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Kill, stay down ``down_s`` s, start again on the same port."""
+        self.kill()
+        time.sleep(down_s)
+        self.start()
