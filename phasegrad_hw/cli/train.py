@@ -214,6 +214,12 @@ def register(groups: Groups) -> None:
             help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
             "epoch metrics and step diagnostics over MQTT.",
         ),
+        check_gradients: int | None = typer.Option(
+            None,
+            "--check-gradients",
+            help="Every N steps compare the EP estimate with the device's implicit gradient "
+            "(emulators that report it); the cosine is logged, shown per epoch and stored.",
+        ),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
@@ -251,6 +257,7 @@ def register(groups: Groups) -> None:
             "transfer": transfer,
             "noise": noise,
             "label_column": label_column,
+            "check_gradients": check_gradients,
         }
         explicit = {k: v for k, v in given.items() if v is not None}
         if data is not None and not data.is_file():

@@ -106,7 +106,9 @@ class StepReport:
     (N,) and ``grad_coupling`` (E,) the valid samples' mean gradient (masked to the learnable
     subset, before clipping; None when nothing was valid or that set does not learn);
     ``loss`` mean over the valid samples of the nudge's loss toward the clamp targets at the
-    free state (½Σ(θ_o − t)² linear, Σ(1 − cos(θ_o − t)) injection; rad²; NaN if none).
+    free state (½Σ(θ_o − t)² linear, Σ(1 − cos(θ_o − t)) injection; rad²; NaN if none);
+    ``targets`` (n_samples, n_outputs) the clamp targets each sample was nudged toward (rad;
+    NaN for a sample that was not nudged).
     """
 
     free_phases: Array
@@ -118,6 +120,7 @@ class StepReport:
     grad_omega: Array | None
     grad_coupling: Array | None
     loss: float
+    targets: Array | None = None
 
     @property
     def n_valid(self) -> int:
@@ -467,10 +470,15 @@ class EPController:
                 log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
+        n_out = len(self._outputs)
+        targets = np.stack(
+            [np.full(n_out, np.nan) if r.targets is None else r.targets for r in readings]
+        )
         if not upd.updated[0]:
             return StepReport(
-                free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
-            )
+                free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
+                targets,
+            )  # fmt: skip
         loss_sum = 0.0
         n_valid = 0
         for k, r in enumerate(readings):
@@ -489,6 +497,7 @@ class EPController:
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
             loss_sum / n_valid,
+            targets,
         )
 
 
