@@ -129,7 +129,8 @@ def register(groups: Groups) -> None:
         task: str | None = typer.Option(
             None,
             help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,…, "
-            "csv:PATH, mnist:DIR [default: vowels:a,i]",
+            "csv:PATH, mnist:DIR, fm[:N] (driven-bank features of FM signals) "
+            "[default: vowels:a,i]",
         ),
         data: Path | None = typer.Option(
             None, help="Hillenbrand-format CSV (vowel,F1,F2) [default: synthetic formants]."
@@ -305,6 +306,8 @@ def register(groups: Groups) -> None:
         what = f"data {data}" if data is not None else "synthetic data"
         if r.task.startswith("vowels") and data is None:
             what = "synthetic formants"
+        elif r.task.split(":")[0] == "fm":
+            what = "FM signals through a driven sensor bank"
         con.print(
             f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
             f"params {r.params or 'both (omega if no couplings)'}, "

@@ -95,7 +95,8 @@ def load_task(
     val_fraction: float = 0.0,
 ) -> Dataset:
     """A task from a CLI string: ``vowels:a,i`` (CSV if given, else synthetic), ``xor``,
-    ``digits`` or ``digits:0,1``, ``csv:PATH`` (``label_column``), ``mnist:DIR``.
+    ``digits`` or ``digits:0,1``, ``csv:PATH`` (``label_column``), ``mnist:DIR``, ``fm`` or
+    ``fm:N`` (the driven-bank features of the published FM set-up, docs/design.md §9).
     ``val_fraction`` applies to the chip-scale tasks (digits, csv, mnist)."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -113,10 +114,32 @@ def load_task(
         return load_csv_task(Path(rest), label_column, seed, val_fraction)
     if kind == "mnist" and rest:
         return load_mnist(Path(rest), seed, val_fraction)
+    if kind == "fm":
+        return _fm_task(rest, seed)
     raise TaskError(
         f"--task: {spec!r} is unknown; allowed: vowels:a,i (any of a,e,i,o,u), xor, "
-        "digits[:0,1,…], csv:PATH, mnist:DIR"
+        "digits[:0,1,…], csv:PATH, mnist:DIR, fm[:N_CLASSES]"
     )
+
+
+def _fm_task(rest: str, seed: int) -> Dataset:
+    """``fm[:N_CLASSES]``: the published FM set-up's driven-bank coherence features
+    (:func:`phasegrad_hw.learning.fm.fm_dataset`; 3 classes unless given)."""
+    from phasegrad_hw.learning.fm import fm_dataset
+
+    try:
+        n = int(rest) if rest else 3
+    except ValueError:
+        raise TaskError(f"--task fm:{rest}: the number of classes must be an integer") from None
+    if not 2 <= n <= 20:
+        raise TaskError(f"--task fm:{rest}: {n} classes; allowed 2…20")
+    ds, seconds = fm_dataset(seed, n_classes=n)
+    log.info(
+        "fm task: %d signals through the sensor bank in %.1f s",
+        len(ds.y_train) + len(ds.y_test),
+        seconds,
+    )
+    return ds
 
 
 # --------------------------------------------------------------------------- encoding

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from phasegrad_hw.learning.fm import fm_signals
+from phasegrad_hw.learning.fm import SensorBank, bank_features, fm_signals
 from phasegrad_hw.physics import dynamics as dy
-from phasegrad_hw.studies.fm import FMStudyOptions, bank_features, run_fm_study
+from phasegrad_hw.studies.fm import FMStudyOptions, run_fm_study
 
 
 def test_published_fm_set_up() -> None:
@@ -45,7 +45,7 @@ def test_bad_fm_options_are_refused() -> None:
     with pytest.raises(ValueError, match="jitter"):
         fm_signals(jitter=1.5)
     with pytest.raises(ValueError, match="transient"):
-        bank_features(FMStudyOptions(transient=70.0), 0)
+        bank_features(fm_signals(per_class=2, duration=60.0), SensorBank(transient=70.0), 0)
 
 
 def test_bank_features_match_adler_on_an_unmodulated_drive() -> None:
