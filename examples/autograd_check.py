@@ -11,8 +11,8 @@ import importlib.util
 
 import numpy as np
 
-from phasegrad_hw.physics import solve_equilibrium
 from phasegrad_hw.physics import gradients as gr
+from phasegrad_hw.physics import solve_equilibrium
 from phasegrad_hw.studies.verify import verify_network
 
 
