@@ -25,6 +25,7 @@ Array = NDArray[np.float64]
 
 __all__ = [
     "MNIST_FILES",
+    "SENSOR_BANK_SENSORS",
     "TEST_SPLIT_STATE",
     "VAL_STREAM",
     "VOWELS",
@@ -37,6 +38,7 @@ __all__ = [
     "load_vowels",
     "read_idx",
     "read_vowel_csv",
+    "sensor_bank",
     "split_and_scale",
     "split_fixed",
     "synthetic_vowels",
@@ -405,3 +407,39 @@ def load_mnist(directory: Path, seed: int = 0, val_fraction: float = 0.0) -> Dat
     n_cls = int(max(ytr.max(), yte.max())) + 1
     classes = tuple(str(c) for c in range(n_cls))
     return split_fixed("mnist", classes, xtr, ytr, seed, val_fraction, test=(xte, yte))
+
+
+SENSOR_BANK_SENSORS = 4  # filters (and driven sensor oscillators) of the sensor-bank task
+
+
+def sensor_bank(
+    n_classes: int = 2,
+    n_sensors: int = SENSOR_BANK_SENSORS,
+    per_class: int = 100,
+    width: float = 0.35,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """The quasi-static sensor-bank task (docs/design.md §9): a signal of frequency f and
+    amplitude A reaches a bank of ``n_sensors`` input filters with centres s_i evenly over
+    [−1, 1] (normalised frequency) and half-width ``width``; filter i passes
+    u_i = A / (1 + ((f − s_i)/width)²), the injection strength its sensor oscillator then
+    receives (set_drive per sample). Classes are frequency bands: class c draws f uniformly
+    from the c-th of ``n_classes`` equal bands of [−1, 1], A ~ U(0.6, 1.0). Features u
+    (n, n_sensors), stratified split, min–max to [−1, 1] on train."""
+    if not 2 <= n_classes <= 10:
+        raise TaskError(f"sensor-bank: {n_classes} classes; allowed 2…10")
+    if n_sensors < 1 or per_class < 2 or not width > 0:
+        raise TaskError(
+            f"sensor-bank: sensors {n_sensors}, per_class {per_class}, width {width}; "
+            "need >= 1, >= 2 and > 0"
+        )
+    rng = np.random.default_rng([seed, 0x5B])
+    edges = np.linspace(-1.0, 1.0, n_classes + 1)
+    y = np.repeat(np.arange(n_classes, dtype=np.int64), per_class)
+    f = rng.uniform(edges[y], edges[y + 1])
+    amp = rng.uniform(0.6, 1.0, y.size)
+    centres = np.linspace(-1.0, 1.0, n_sensors)
+    u = amp[:, None] / (1.0 + ((f[:, None] - centres[None, :]) / width) ** 2)
+    classes = tuple(f"band{c}" for c in range(n_classes))
+    return split_and_scale("sensor-bank", classes, u, y, test_fraction, seed)

@@ -196,7 +196,10 @@ def gradient_cosine(
     if report.grad_omega is None or report.targets is None or not report.valid.any():
         return None
     exact = np.mean(
-        [substrates[k].exact_gradient(report.targets[k]) for k in np.flatnonzero(report.valid)],
+        [
+            substrates[int(k)].exact_gradient(report.targets[k])
+            for k in np.flatnonzero(report.valid)
+        ],
         axis=0,
     )
     a, b = report.grad_omega[learnable], exact[learnable]
