@@ -44,6 +44,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ControllerStats",
+    "DriveSetting",
     "EPConfig",
     "EPController",
     "Parameters",
@@ -73,13 +74,21 @@ class Parameters:
         return Parameters(self.omega.copy(), self.coupling.copy())
 
 
+DriveSetting = tuple[
+    Array, float
+]  # drive amplitudes F (n_drive,) model units, quasi-static phase ψ (rad)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training sample: input-oscillator frequencies (n_inputs,) and the clamp targets
-    (n_outputs,) rad — or a function of the free output phases that returns them."""
+    (n_outputs,) rad — or a function of the free output phases that returns them; ``drive``
+    the sample's external drive on ``roles.drive`` (a driven sensor bank's input, set with
+    ``set_drive`` before the free read; None: the drive is left as it is)."""
 
     input_omega: Array
     targets: Array | Callable[[Array], Array]
+    drive: DriveSetting | None = None
 
 
 @dataclass
@@ -139,6 +148,7 @@ class _Readings:
 class _Prepared:
     omega: Array
     targets: Array | Callable[[Array], Array]
+    drive: DriveSetting | None = None
 
 
 def _same_topology(a: DeviceModel, b: DeviceModel) -> bool:
@@ -284,8 +294,19 @@ class EPController:
             t = smp.targets
             if not callable(t):
                 t, _ = sub.model.check_clamp(t, cfg.beta)
-            out.append(_Prepared(w, t))
+            out.append(_Prepared(w, t, self._check_drive(smp.drive, sub)))
         return out
+
+    @staticmethod
+    def _check_drive(drive: DriveSetting | None, sub: OscillatorSubstrate) -> DriveSetting | None:
+        """A sample's drive, limit-checked before anything is sent (None: no drive)."""
+        if drive is None:
+            return None
+        if Capability.DRIVE not in sub.capabilities:
+            raise ConfigError(
+                f"sample drive: {type(sub).__name__} ({sub.model.name!r}) cannot apply a drive"
+            )
+        return sub.model.check_drive(*drive)
 
     # -- device I/O --------------------------------------------------------------------
     async def _write_couplings(self, k: int) -> None:
@@ -302,6 +323,8 @@ class EPController:
         sub = self.substrates[k]
         cfg = self.config.rule
         await self._write_couplings(k)
+        if prep.drive is not None:
+            await sub.set_drive(*prep.drive)
         await sub.set_frequencies(prep.omega)
         free = await sub.read_phases(cfg.averages)
         if not free.locked:  # no valid pair can come of it; do not nudge an unlocked device
@@ -352,13 +375,19 @@ class EPController:
                 log.error("substrates[%d]: make_safe failed: %s: %s", k, type(r).__name__, r)
 
     # -- public API ----------------------------------------------------------------
-    async def infer(self, input_omega: ArrayLike, device: int = 0) -> PhaseReading:
-        """Free phases (rad) under the current parameters with the given input frequencies."""
+    async def infer(
+        self, input_omega: ArrayLike, device: int = 0, drive: DriveSetting | None = None
+    ) -> PhaseReading:
+        """Free phases (rad) under the current parameters with the given input frequencies
+        (and drive, for a driven device)."""
         sub = self.substrates[device]
         w = self._compose(input_omega, sub)
+        drv = self._check_drive(drive, sub)
 
         async def run() -> PhaseReading:
             await self._write_couplings(device)
+            if drv is not None:
+                await sub.set_drive(*drv)
             await sub.set_frequencies(w)
             return await sub.read_phases(self.config.rule.averages)
 
@@ -375,32 +404,41 @@ class EPController:
             await _shielded(self._cleanup([], [sub]))
             raise
 
-    async def infer_many(self, input_omega: ArrayLike) -> tuple[Array, NDArray[np.bool_]]:
+    async def infer_many(
+        self, input_omega: ArrayLike, drive_amplitude: ArrayLike | None = None
+    ) -> tuple[Array, NDArray[np.bool_]]:
         """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs), spread over
-        all substrates in parallel chunks."""
+        all substrates in parallel chunks; ``drive_amplitude`` (n, n_drive): each sample's
+        drive (phase 0) on a driven device."""
         x = np.asarray(input_omega, dtype=np.float64)
         if x.ndim != 2:
             raise LimitError(f"input_omega: shape {x.shape} must be (n, {len(self._inputs)})")
-        ws = [
-            self._compose(xi, self.substrates[i % len(self.substrates)]) for i, xi in enumerate(x)
-        ]
+        m = len(self.substrates)
+        ws = [self._compose(xi, self.substrates[i % m]) for i, xi in enumerate(x)]
+        fs: list[DriveSetting | None] = [None] * len(x)
+        if drive_amplitude is not None:
+            a = np.asarray(drive_amplitude, dtype=np.float64)
+            fs = [self._check_drive((a[i], 0.0), self.substrates[i % m]) for i in range(len(x))]
         phases = np.empty((len(x), self.model.n))
         locked = np.empty(len(x), dtype=bool)
-        m = len(self.substrates)
         avg = self.config.rule.averages
 
-        def reader(k: int, w: Array) -> Callable[[], Awaitable[PhaseReading]]:
+        def reader(
+            k: int, w: Array, f: DriveSetting | None
+        ) -> Callable[[], Awaitable[PhaseReading]]:
             async def run() -> PhaseReading:
                 sub = self.substrates[k]
                 await self._write_couplings(k)
+                if f is not None:
+                    await sub.set_drive(*f)
                 await sub.set_frequencies(w)
                 return await sub.read_phases(avg)
 
             return run
 
         for start in range(0, len(x), m):
-            chunk = ws[start : start + m]
-            readings = await self._run_all([reader(k, w) for k, w in enumerate(chunk)])
+            chunk = zip(ws[start : start + m], fs[start : start + m], strict=True)
+            readings = await self._run_all([reader(k, w, f) for k, (w, f) in enumerate(chunk)])
             for k, r in enumerate(readings):
                 phases[start + k] = r.phases
                 locked[start + k] = r.locked

@@ -210,7 +210,7 @@ def gradient_cosine(
 async def _accuracy(ctl: EPController, encoding: Encoding, x: Array, y: NDArray[np.int64]) -> float:
     if len(x) == 0:
         return float("nan")
-    phases, _ = await ctl.infer_many(encoding.input_frequencies(x))
+    phases, _ = await ctl.infer_many(*encoding.sample_inputs(x))
     pred = encoding.predict(phases[:, ctl.model.outputs])
     return float(np.mean(pred == y))
 
@@ -235,6 +235,7 @@ class _Epoch:
     encoding: Encoding
     substrates: Sequence[OscillatorSubstrate]
     w_train: Array
+    f_train: Array | None  # drive amplitudes per sample (a driven device's inputs), or None
     y_train: NDArray[np.int64]
     observers: Sequence[LoopObserver]
     check_every: int = 0
@@ -267,7 +268,11 @@ class _Epoch:
             await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + n_sub]
             batch = [
-                Sample(self.w_train[i], partial(self.encoding.clamp_targets, int(self.y_train[i])))
+                Sample(
+                    self.w_train[i],
+                    partial(self.encoding.clamp_targets, int(self.y_train[i])),
+                    None if self.f_train is None else (self.f_train[i], 0.0),
+                )
                 for i in idx
             ]
             rep = await self.ctl.step(batch)
@@ -323,12 +328,14 @@ async def train_on_substrates(
     ctl = EPController(substrates, config, state.params, learnable_omega=options.learnable_omega)
     x_train = np.asarray(dataset.x_train, dtype=np.float64)
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
-    w_train = np.asarray(encoding.input_frequencies(x_train), dtype=np.float64)
+    w_train, f_train = encoding.sample_inputs(x_train)
     n_train = len(x_train)
     online = options.train_eval == "online"
     if options.check_gradients:
         check_exact_gradient(substrates)  # before anything is sent
-    epoch = _Epoch(ctl, encoding, substrates, w_train, y_train, observers, options.check_gradients)
+    epoch = _Epoch(
+        ctl, encoding, substrates, w_train, f_train, y_train, observers, options.check_gradients
+    )
     plan = RunPlan(state.epoch, options.epochs, n_train, len(substrates))
     for obs in observers:
         obs.on_run_start(plan)

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
+from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.learning.datasets import (
     MNIST_FILES,
     TEST_SPLIT_STATE,
@@ -53,6 +54,7 @@ from phasegrad_hw.learning.datasets import (
     load_vowels,
     read_idx,
     read_vowel_csv,
+    sensor_bank,
     split_and_scale,
     split_fixed,
     synthetic_vowels,
@@ -79,6 +81,7 @@ __all__ = [
     "load_vowels",
     "read_idx",
     "read_vowel_csv",
+    "sensor_bank",
     "split_and_scale",
     "split_fixed",
     "synthetic_vowels",
@@ -96,7 +99,8 @@ def load_task(
 ) -> Dataset:
     """A task from a CLI string: ``vowels:a,i`` (CSV if given, else synthetic), ``xor``,
     ``digits`` or ``digits:0,1``, ``csv:PATH`` (``label_column``), ``mnist:DIR``, ``fm`` or
-    ``fm:N`` (the driven-bank features of the published FM set-up, docs/design.md §9).
+    ``fm:N`` (the driven-bank features of the published FM set-up, docs/design.md §9),
+    ``sensor-bank`` or ``sensor-bank:N`` (quasi-static signals for a driven device).
     ``val_fraction`` applies to the chip-scale tasks (digits, csv, mnist)."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -116,9 +120,13 @@ def load_task(
         return load_mnist(Path(rest), seed, val_fraction)
     if kind == "fm":
         return _fm_task(rest, seed)
+    if kind == "sensor-bank":
+        if rest and not rest.isdigit():
+            raise TaskError(f"--task sensor-bank:{rest}: the number of classes must be an integer")
+        return sensor_bank(int(rest) if rest else 2, seed=seed)
     raise TaskError(
         f"--task: {spec!r} is unknown; allowed: vowels:a,i (any of a,e,i,o,u), xor, "
-        "digits[:0,1,…], csv:PATH, mnist:DIR, fm[:N_CLASSES]"
+        "digits[:0,1,…], csv:PATH, mnist:DIR, fm[:N_CLASSES], sensor-bank[:N_CLASSES]"
     )
 
 
@@ -144,16 +152,41 @@ def _fm_task(rest: str, seed: int) -> Dataset:
 
 # --------------------------------------------------------------------------- encoding
 class Encoding(StrictModel):
-    """How a task maps onto a device (input frequencies, clamp targets, decision rule)."""
+    """How a task maps onto a device (inputs, clamp targets, decision rule).
+
+    ``inputs``: ``frequency`` — input oscillator ω = input_scale · x (model units);
+    ``drive`` — a driven sensor bank's quasi-static drive: amplitude F_i = drive_scale ·
+    (x_i + 1)/2 (clipped to [0, drive_scale], model units) on ``roles.drive``, phase 0
+    (docs/design.md §9)."""
 
     input_scale: float = Field(default=1.5, gt=0.0)  # input oscillator ω = input_scale · x
     margin: float = Field(default=0.2, gt=0.0, lt=1.5)  # target phase magnitude (rad)
     readout: Literal["template", "argmax_cos", "difference", "mean_phase"] = "template"
     difference_loss: Literal["quadratic", "hinge"] = "quadratic"
+    inputs: Literal["frequency", "drive"] = "frequency"
+    drive_scale: float = Field(default=1.0, gt=0.0)  # largest drive amplitude (model units)
+
+    @classmethod
+    def for_device(cls, model: DeviceModel, **fields: Any) -> Encoding:
+        """The encoding of ``model``'s inputs: a drive on a device whose only inputs are its
+        driven oscillators (``roles.drive``, no frequency or held inputs; amplitudes up to
+        ``limits.drive_max``), else frequencies. ``fields``: the other settings."""
+        if model.roles.drive and not model.feature_oscillators:
+            return cls(inputs="drive", drive_scale=model.limits.drive_max, **fields)
+        return cls(**fields)
 
     def input_frequencies(self, x: ArrayLike) -> Array:
         """(..., d) scaled features -> (..., d) input oscillator frequencies (model units)."""
         return self.input_scale * np.asarray(x, dtype=np.float64)
+
+    def sample_inputs(self, x: ArrayLike) -> tuple[Array, Array | None]:
+        """(n, d) scaled features -> (input frequencies (n, n_inputs), drive amplitudes
+        (n, d) or None): frequency inputs, or no input oscillators and a drive per sample."""
+        a = np.asarray(x, dtype=np.float64)
+        if self.inputs == "frequency":
+            return self.input_frequencies(a), None
+        amp: Array = self.drive_scale * np.clip(0.5 * (a + 1.0), 0.0, 1.0)
+        return np.zeros((len(a), 0)), amp
 
     def templates(self, n_out: int, n_classes: int | None = None) -> Array:
         """(n_classes, n_out) fixed targets (rad).

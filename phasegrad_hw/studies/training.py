@@ -428,9 +428,9 @@ async def train_device(
     dataset = load_task(o.task, data, seed=o.seed, label_column=o.label_column)
     if model is not None:
         lt.check_task_fits(dataset, model)
-    enc = Encoding(readout=o.readout, margin=o.margin)
     tpath = setup.transfer.path if setup.transfer is not None else "none"
     sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
+    enc = Encoding.for_device(sub.model, readout=o.readout, margin=o.margin)
     start_params: Parameters | None = None
     if init_from is not None:
         _, init_state = load_run_parameters(init_store or store, init_from)
@@ -588,9 +588,11 @@ async def evaluate_run(
         raise ConfigError(f"--data: {csv} does not exist (the run was trained on it; pass --data)")
     seed = int(opts.get("seed", 0))
     dataset = load_task(str(opts.get("task", "vowels:a,i")), csv, seed=seed)
-    enc = Encoding(readout=opts.get("readout", "template"), margin=float(opts.get("margin", 0.2)))
     averages = eo.averages or int(opts.get("averages") or 1)
     sub = open_substrate(eo.device, seed=seed, transfer=eo.transfer)
+    enc = Encoding.for_device(
+        sub.model, readout=opts.get("readout", "template"), margin=float(opts.get("margin", 0.2))
+    )
     n_omega, n_k = len(state.params.omega), len(state.params.coupling)
     if sub.model.n != n_omega or len(sub.model.edges) != n_k:
         raise ConfigError(
