@@ -103,6 +103,17 @@ class _Problem:
     moving: NDArray[np.int64]  # oscillators whose velocity decides lock
     ref: int
 
+    def rate(self) -> float:
+        """A bound on the fastest rate of the dynamics (per time unit): the integration step
+        resolves it (stochastic Heun stays stable and accurate at ≤ 0.05/rate)."""
+        h = float(np.abs(self.H.harmonics).sum() + abs(self.H.offset) + abs(self.H.cos_offset))
+        r = np.abs(self.omega) + h * np.abs(self.K).sum(axis=1)
+        if self.beta is not None:
+            r = r + self.beta
+        if self.drive_amplitude is not None:
+            r = r + self.drive_amplitude
+        return max(float(r.max()), 1e-12)
+
     def velocity(self, theta: Array) -> Array:
         """Relative phase velocities (N,) rad per time unit at ``theta`` (no noise)."""
         d = self.H.value(theta[None, :] - theta[:, None])
@@ -119,9 +130,9 @@ class _Problem:
 class TransientSettle:
     """Settle by integrating the dynamics (module doc). ``tolerance`` relative velocity
     tolerance of the lock detector, ``hold_cycles`` oscillation periods it must hold,
-    ``max_settle_s`` give-up time (s), ``step_cycles`` the stochastic integrator's step and the
-    sampling of the deterministic one (periods), ``max_cycles`` give-up time in periods (the
-    earlier of the two give-up times applies)."""
+    ``max_settle_s`` give-up time (s), ``step_cycles`` the stochastic integrator's step and
+    the sampling of the deterministic one (periods; shorter when the dynamics are faster),
+    ``max_cycles`` give-up time in periods (the earlier of the two give-up times applies)."""
 
     tolerance: float
     hold_cycles: float
@@ -177,7 +188,7 @@ class TransientSettle:
             return Settled(th, lin, 0.0, 0.0)
         # a binary step keeps every sample time of dynamics.settle exact (its sample grid is
         # built by repeated addition and must not step past a chunk's end)
-        step = 2.0 ** math.floor(math.log2(self.step_cycles / cyc))
+        step = 2.0 ** math.floor(math.log2(min(self.step_cycles / cyc, 0.05 / prob.rate())))
         hold = step * math.ceil(self.hold_cycles / cyc / step)
         t_max = step * math.ceil(min(self.max_settle_s / unit, self.max_cycles / cyc) / step)
         v0 = prob.velocity(th0)
@@ -255,7 +266,7 @@ class TransientSettle:
         prob = self._problem(chip)
         dt = dt_s / chip._time_unit_s
         cyc = chip._ref_freq_hz * chip._time_unit_s
-        sub = max(1, int(math.ceil(dt / (self.step_cycles / cyc))))
+        sub = max(1, int(math.ceil(dt / min(self.step_cycles / cyc, 0.05 / prob.rate()))))
         th = np.array(chip.theta, dtype=np.float64)
         tr = integrate_sde(
             th, prob.omega, prob.K, t_span=(0.0, m * dt), dt=dt / sub, diffusion=prob.diffusion,

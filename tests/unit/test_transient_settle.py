@@ -76,6 +76,26 @@ async def test_integration_agrees_with_newton_free_and_clamped() -> None:
         assert np.max(np.abs(wrap(th_t - chip.true_state()[0]))) > 1e-3  # the nudge moved it
 
 
+async def test_optical_chip_integrates_with_its_laser_phase_noise() -> None:
+    """The optical emulator (phase lag ψ, thermal tuning, laser phase noise): the transient
+    agrees with Newton without noise, and locks near it with the 100 kHz linewidth."""
+    from phasegrad_hw.backends.optical import OpticalSubstrate
+
+    base = load_device_model(REPO / "examples" / "devices" / "optical-2-5-2.toml")
+    for linewidth, tol in ((0.0, 1e-6), (1e5, 0.05)):
+        d = base.model_dump()
+        d.update(settle="transient")
+        d["laser"]["linewidth_hz"] = linewidth
+        d["settling"].update(tolerance=1e-6, hold_cycles=40.0)
+        async with OpticalSubstrate(type(base).model_validate(d), seed=0) as chip:  # type: ignore[arg-type]
+            await chip.set_frequencies(OMEGA)
+            r = await chip.read_phases()
+            assert r.locked
+            th_n, lin = chip.solve_state(theta0=chip.theta.copy())
+            assert lin is not None
+            assert np.max(np.abs(wrap(chip.theta - th_n))) <= tol
+
+
 async def lock_cycles(frac: float, **sections: Any) -> tuple[bool, float, Any]:
     """Step the ring from Δω = 0 to frac × the lock edge; (locked, lock cycles, reading)."""
     async with CMOSSubstrate(pair(**sections), seed=0) as chip:
