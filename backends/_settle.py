@@ -45,7 +45,7 @@ from phasegrad_hw.physics import Array, CouplingFunction, wrap
 from phasegrad_hw.physics.dynamics import Drive, integrate_sde, settle
 
 if TYPE_CHECKING:
-    from phasegrad_hw.backends._chip import EmulatedChip, _Linearised
+    from phasegrad_hw.backends._chip import EmulatedChip, _Linearised, _SymLinearised
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Settled:
     after the change (0 when nothing changed); ``lock_cycles`` the same in oscillation periods."""
 
     theta: Array
-    lin: _Linearised | None
+    lin: _Linearised | _SymLinearised | None
     lock_s: float
     lock_cycles: float
 
@@ -102,6 +102,7 @@ class _Problem:
     diffusion: Array  # (N,) rad² per time unit, 0 on pinned oscillators
     moving: NDArray[np.int64]  # oscillators whose velocity decides lock
     ref: int
+    held: bool  # held inputs: the reference is a held bias oscillator (the clock)
 
     def rate(self) -> float:
         """A bound on the fastest rate of the dynamics (per time unit): the integration step
@@ -156,18 +157,21 @@ class TransientSettle:
         if drv is not None:
             amp, psi = drv
             drive = Drive.carrier_wave(0.0, phase0=psi)
-        injected = beta is not None or drive is not None
-        if injected:  # the injection source is the clock: reference pinned in its frame
+        if held is not None:  # the clock is the reference (a held bias oscillator)
+            omega_c = float(w[chip.ref])
+        elif beta is not None or drive is not None:  # injected from the clock: ref pinned
             omega_c = chip._clock_frame(w)
             pinned[chip.ref] = True
         else:  # a free array: any rotating frame (only phase differences are read)
-            omega_c = float(np.mean(w[~pinned])) if np.any(~pinned) else 0.0
+            omega_c = float(np.mean(w))
         K = np.array(chip.K, dtype=np.float64)
         K[pinned] = 0.0
         om = np.where(pinned, 0.0, w - omega_c)
         D = np.where(pinned, 0.0, chip._diffusion())
         moving = np.flatnonzero(~pinned & (np.arange(chip.n) != chip.ref))
-        return _Problem(om, K, chip.H, beta, target, drive, amp, D, moving, chip.ref)
+        return _Problem(
+            om, K, chip.H, beta, target, drive, amp, D, moving, chip.ref, held is not None
+        )
 
     def _start(self, chip: EmulatedChip) -> Array:
         """The phases the change finds the chip in: its last state, held inputs at their
@@ -209,10 +213,10 @@ class TransientSettle:
             th_end, lock_t = self._noisy(chip, prob, th0, tol, hold, step, t_max)
         th_end = th_end - th_end[chip.ref]
         locked = math.isfinite(lock_t)
-        lin = chip._linearise(th_end) if locked else None
+        lin = chip._linearise(th_end, chip._rkw()) if locked else None
         if lin is not None and lin.margin <= 1e-9:
             lin = None
-        if lin is not None and chip._clamp is None and prob.drive is None:
+        if lin is not None and chip._clamp is None and prob.drive is None and not prob.held:
             chip._set_clock(th_end)  # a free lock: the clock PLL follows the array's Ω
         if lin is None:
             chip.theta = th_end  # slipping: the read continues the integration from here

@@ -149,3 +149,61 @@ async def test_noisy_transient_locks_and_reports_its_settle_time() -> None:
     assert locked and 5.0 <= c <= 50.0
     th_n = np.arcsin(0.5)  # Δω = 2K sin φ
     assert abs(wrap(np.asarray(r.phases[1] - th_n))) < 0.05
+
+
+def quiet_transient(m: Any) -> CMOSChipModel:
+    """A small test chip with settle = "transient", phase noise off, a tight lock detector."""
+    d = m.model_dump()
+    d["settle"] = "transient"
+    d["phase_noise"] = QUIET
+    d["settling"] = {**d.get("settling", {}), "tolerance": 1e-6, "hold_cycles": 40.0}
+    return CMOSChipModel.model_validate(d)
+
+
+async def test_transient_with_held_inputs_and_a_clamp_agrees_with_newton() -> None:
+    """Held inputs and bias oscillators stay at their phases (the clock is the reference
+    bias oscillator); the free block integrates to the Newton state, free and nudged."""
+    from phasegrad_hw.testing.networks import model_layered_small
+
+    m = quiet_transient(model_layered_small("cmos", seed=1))
+    rng = np.random.default_rng(3)
+    async with CMOSSubstrate(m, seed=0) as chip:
+        await chip.set_frequencies(np.zeros(m.n))
+        for _ in range(2):  # a second input: a step from the first state
+            held = m.input_phases(rng.uniform(0, 1, len(m.roles.held)))
+            await chip.set_held_phases(held)
+            r = await chip.read_phases()
+            assert r.locked and r.settle_s > 0
+            th_n, lin = chip.solve_state(theta0=chip.theta.copy())
+            assert lin is not None
+            assert np.max(np.abs(wrap(chip.theta - th_n))) <= 1e-6
+            assert np.allclose(wrap(chip.theta[m.roles.held] - held), 0.0, atol=1e-12)
+        await chip.clamp(np.array([0.3, -0.2, 0.1]), 0.5)
+        r = await chip.read_phases()
+        th_n, lin = chip.solve_state(theta0=chip.theta.copy())
+        assert r.locked and lin is not None
+        assert np.max(np.abs(wrap(chip.theta - th_n))) <= 1e-6
+
+
+async def test_transient_with_a_drive_agrees_with_newton_and_beats_beyond_lock() -> None:
+    """A quasi-static drive F·sin(ψ − θ) on the sensors: the integration reaches the forced
+    Newton state; a drive the array cannot follow (an input detuned beyond the locking range)
+    leaves it slipping."""
+    from phasegrad_hw.testing.networks import model_driven_small
+
+    m = quiet_transient(model_driven_small("cmos"))
+    async with CMOSSubstrate(m, seed=0) as chip:
+        await chip.set_frequencies(np.array([0.0, 0.3, -0.2, 0.1, 0.0]))
+        await chip.read_phases()
+        await chip.set_drive(np.full(2, 1.5), 0.8)
+        r = await chip.read_phases()
+        assert r.locked
+        th_n, lin = chip.solve_state(theta0=chip.theta.copy())
+        assert lin is not None
+        assert np.max(np.abs(wrap(chip.theta - th_n))) <= 1e-6
+        await chip.set_drive(np.full(2, 0.05), 0.8)  # a weak drive: the sensors barely move
+        r_weak = await chip.read_phases()
+        assert r_weak.locked
+        await chip.set_frequencies(np.array([0.0, 2.9, -2.9, 0.1, 0.0]))
+        r = await chip.read_phases(8)
+        assert not r.locked
