@@ -129,7 +129,8 @@ def register(groups: Groups) -> None:
         task: str | None = typer.Option(
             None,
             help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,…, "
-            "csv:PATH, mnist:DIR, fm[:N] (driven-bank features of FM signals) "
+            "csv:PATH, mnist:DIR, fm[:N] (driven-bank features of FM signals), "
+            "sensor-bank[:N] (a drive per sample; a device with roles.drive) "
             "[default: vowels:a,i]",
         ),
         data: Path | None = typer.Option(
@@ -308,6 +309,8 @@ def register(groups: Groups) -> None:
             what = "synthetic formants"
         elif r.task.split(":")[0] == "fm":
             what = "FM signals through a driven sensor bank"
+        elif r.task.split(":")[0] == "sensor-bank":
+            what = "quasi-static signals, one drive per sample"
         con.print(
             f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
             f"params {r.params or 'both (omega if no couplings)'}, "
