@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
 from phasegrad_hw.backends import _held
+from phasegrad_hw.backends._settle import NewtonSettle, SettleStrategy, TransientSettle
 from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import LockLostError
@@ -95,16 +97,31 @@ class SettlingSpec(DeviceFileModel):
     tolerance: float = Field(default=1e-4, gt=0.0, lt=1.0)
     max_settle_s: float = Field(default=1e-3, gt=0.0)
     sleep: bool = False
+    # settle = "transient" (backends/_settle.py): lock detector hold, integration step and
+    # give-up time, in oscillation periods
+    hold_cycles: float = Field(default=5.0, gt=0.0, le=10_000.0)
+    step_cycles: float = Field(default=0.05, gt=0.0, le=1.0)
+    max_cycles: float = Field(default=2000.0, gt=0.0, le=1e7)
 
 
 class _ChipModel(DeviceModel):
-    """Common part of the emulated chips: failures, settling, drift."""
+    """Common part of the emulated chips: failures, settling, drift. ``settle``: how the chip
+    reaches its state after a change — ``newton`` (the locked state by damped Newton, settling
+    time from its stability margin) or ``transient`` (the chip integrates its dynamics, with
+    its phase noise; lock time, basin and beat notes come from the integration; needs the
+    injection nudge). See :mod:`phasegrad_hw.backends._settle`."""
 
     failures: FailureSpec = Field(default_factory=FailureSpec)
     settling: SettlingSpec = Field(default_factory=SettlingSpec)
+    settle: Literal["newton", "transient"] = "newton"
 
     @model_validator(mode="after")
     def _chip_consistency(self) -> _ChipModel:
+        if self.settle == "transient" and self.nudge != "injection":
+            raise ValueError(
+                f"settle: 'transient' integrates the chip's injection nudge; nudge is "
+                f"{self.nudge!r} (use nudge = 'injection' or settle = 'newton')"
+            )
         sc = self.failures.stuck_channel
         if sc is not None and sc >= self.n_oscillators:
             raise ValueError(
@@ -278,6 +295,14 @@ class EmulatedChip(OscillatorSubstrate):
         self._free: tuple[Array, Array] | None = None
         self._plus_theta: Array | None = None
         self.K = self._true_coupling(model.coupling_values())
+        st = model.settling
+        self.settler: SettleStrategy = (
+            NewtonSettle()
+            if model.settle == "newton"
+            else TransientSettle(
+                st.tolerance, st.hold_cycles, st.max_settle_s, st.step_cycles, st.max_cycles
+            )
+        )
         self.seed = model.seed if seed is None else int(seed)
         self.reseed(self.seed)
 
@@ -589,6 +614,38 @@ class EmulatedChip(OscillatorSubstrate):
     def _locked_state(self) -> tuple[Array, _Linearised | _SymLinearised | None]:
         return self.solve_state()
 
+    # -- what a transient settle integrates (backends/_settle.py) -----------------------
+    def _held_now(self) -> tuple[NDArray[np.int64], Array] | None:
+        """Held oscillators (held inputs and bias oscillators, the reference among them)
+        and their phases (rad, clock frame), or None on a device without held inputs."""
+        if not self.model.roles.held:
+            return None
+        held = self._lay.held
+        return held, _held.held_phases(self.model, self.held_rad)[held]
+
+    def _drive_now(self) -> tuple[Array, float] | None:
+        """The drive: amplitudes F (N,) model units (0 off the driven oscillators) and the
+        quasi-static phase ψ (rad, clock frame), or None when it is off."""
+        return self.drive if np.any(self.drive[0]) else None
+
+    def _clock_frame(self, w: Array) -> float:
+        """Ω (model units) of the clock an injection is referenced to: the free array's
+        collective frequency the clock's PLL follows (solved once if no read set it yet; the
+        mean frequency when the free array has no locked state)."""
+        if self._frame_omega is None:
+            free = self._free_frame(w, self.theta, _TOL)
+            if free is None:
+                return float(np.mean(w))
+            self._frame_omega = free[1]
+            self._frame_at = (w.copy(), free[0].copy(), None)
+        return self._tracked_frame(w)
+
+    def _set_clock(self, theta: Array) -> None:
+        """A free locked state reached: the clock follows its collective frequency."""
+        w = np.asarray(self._true_frequencies(), dtype=np.float64)
+        self._frame_omega = float(rhs(theta, w, self.K, self.H)[self.ref])
+        self._frame_at = (w.copy(), theta.copy(), None)
+
     def _predict(self) -> Array:
         """Warm start for the next solve: the nudged state to first order from the free one
         (θ* − A⁻¹ n(θ*)), the −β state as 2θ* − θ^{+β} (second order)."""
@@ -644,11 +701,11 @@ class EmulatedChip(OscillatorSubstrate):
             settle = min(self._settle_extra_s(), m.settling.max_settle_s)
             self._advance(settle)
             self._bias_changed = False
-        theta, lin = self._locked_state()
+        st = self.settler.settle(self, self._dirty)
+        theta, lin = st.theta, st.lin
         if self._dirty:
-            lock = self._lock_settle_s(lin.margin if lin is not None else 0.0)
-            self._advance(lock)  # (drift over ≤ 1 µs of settling is negligible; not re-solved)
-            settle += lock
+            self._advance(st.lock_s)  # (drift over ≤ 1 µs of settling is negligible)
+            settle += st.lock_s
             self._dirty = False
         locked = lin is not None
         if lin is not None:
@@ -660,7 +717,7 @@ class EmulatedChip(OscillatorSubstrate):
                 self._plus_theta = theta.copy()
             phases = self._locked_samples(theta, lin, averages, dt_read)
         else:
-            phases = self._unlocked_samples(averages, dt_read)
+            phases = self.settler.slipping_samples(self, averages, dt_read)
         ok = locked
         self._advance(averages * dt_read)
         # forced loss of lock: one oscillator slips for the whole read

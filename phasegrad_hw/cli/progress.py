@@ -44,12 +44,14 @@ def _loss(x: float | None) -> str:
 
 
 def epoch_line(state: LoopState, epochs: int) -> str:
-    """``epoch 3/30  train 95.0 %  test 96.4 %  loss 0.0123 rad²  skipped 0  1.9 s``."""
+    """``epoch 3/30  train 95.0 %  test 96.4 %  loss 0.0123 rad²  skipped 0  1.9 s``, with
+    ``  cos 0.9987`` (the epoch's gradient checks, ``train --check-gradients``) when checked."""
     r = state.history[-1]
+    cos = "" if r.gradient_cosine is None else f"  cos {r.gradient_cosine:.4f}"
     return (
         f"epoch {r.epoch}/{epochs}  train {100 * r.train_accuracy:5.1f} %  "
         f"test {100 * r.test_accuracy:5.1f} %  loss {_loss(r.loss)} rad²  "
-        f"skipped {r.skipped}  {r.seconds:.1f} s"
+        f"skipped {r.skipped}  {r.seconds:.1f} s{cos}"
     )
 
 
@@ -112,6 +114,8 @@ class RichProgress(LoopObserver):
                 f"{sparkline([r.test_accuracy for r in h])} loss {_loss(h[-1].loss)} "
                 f"{sparkline([r.loss for r in h])}"
             )
+            if h[-1].gradient_cosine is not None:
+                desc += f" cos {h[-1].gradient_cosine:.4f}"
             self.progress.update(self._task, description=desc)
 
     # EnsembleProgress

@@ -129,7 +129,9 @@ def register(groups: Groups) -> None:
         task: str | None = typer.Option(
             None,
             help="vowels:a,i (two or more of a,e,i,o,u), xor, digits or digits:0,1,…, "
-            "csv:PATH, mnist:DIR [default: vowels:a,i]",
+            "csv:PATH, mnist:DIR, fm[:N] (driven-bank features of FM signals), "
+            "sensor-bank[:N] (a drive per sample; a device with roles.drive) "
+            "[default: vowels:a,i]",
         ),
         data: Path | None = typer.Option(
             None, help="Hillenbrand-format CSV (vowel,F1,F2) [default: synthetic formants]."
@@ -214,6 +216,12 @@ def register(groups: Groups) -> None:
             help="mqtt://[USER:PASS@]HOST:PORT/BENCH/DEVICE[?step_s=S]: publish status, "
             "epoch metrics and step diagnostics over MQTT.",
         ),
+        check_gradients: int | None = typer.Option(
+            None,
+            "--check-gradients",
+            help="Every N steps compare the EP estimate with the device's implicit gradient "
+            "(emulators that report it); the cosine is logged, shown per epoch and stored.",
+        ),
     ) -> None:
         """Train a device with the hardware loop (EP, hardware in the loop)."""
         from rich.console import Console
@@ -251,6 +259,7 @@ def register(groups: Groups) -> None:
             "transfer": transfer,
             "noise": noise,
             "label_column": label_column,
+            "check_gradients": check_gradients,
         }
         explicit = {k: v for k, v in given.items() if v is not None}
         if data is not None and not data.is_file():
@@ -298,6 +307,10 @@ def register(groups: Groups) -> None:
         what = f"data {data}" if data is not None else "synthetic data"
         if r.task.startswith("vowels") and data is None:
             what = "synthetic formants"
+        elif r.task.split(":")[0] == "fm":
+            what = "FM signals through a driven sensor bank"
+        elif r.task.split(":")[0] == "sensor-bank":
+            what = "quasi-static signals, one drive per sample"
         con.print(
             f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
             f"params {r.params or 'both (omega if no couplings)'}, "

@@ -44,6 +44,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ControllerStats",
+    "DriveSetting",
     "EPConfig",
     "EPController",
     "Parameters",
@@ -73,13 +74,21 @@ class Parameters:
         return Parameters(self.omega.copy(), self.coupling.copy())
 
 
+DriveSetting = tuple[
+    Array, float
+]  # drive amplitudes F (n_drive,) model units, quasi-static phase ψ (rad)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training sample: input-oscillator frequencies (n_inputs,) and the clamp targets
-    (n_outputs,) rad — or a function of the free output phases that returns them."""
+    (n_outputs,) rad — or a function of the free output phases that returns them; ``drive``
+    the sample's external drive on ``roles.drive`` (a driven sensor bank's input, set with
+    ``set_drive`` before the free read; None: the drive is left as it is)."""
 
     input_omega: Array
     targets: Array | Callable[[Array], Array]
+    drive: DriveSetting | None = None
 
 
 @dataclass
@@ -106,7 +115,9 @@ class StepReport:
     (N,) and ``grad_coupling`` (E,) the valid samples' mean gradient (masked to the learnable
     subset, before clipping; None when nothing was valid or that set does not learn);
     ``loss`` mean over the valid samples of the nudge's loss toward the clamp targets at the
-    free state (½Σ(θ_o − t)² linear, Σ(1 − cos(θ_o − t)) injection; rad²; NaN if none).
+    free state (½Σ(θ_o − t)² linear, Σ(1 − cos(θ_o − t)) injection; rad²; NaN if none);
+    ``targets`` (n_samples, n_outputs) the clamp targets each sample was nudged toward (rad;
+    NaN for a sample that was not nudged).
     """
 
     free_phases: Array
@@ -118,6 +129,7 @@ class StepReport:
     grad_omega: Array | None
     grad_coupling: Array | None
     loss: float
+    targets: Array | None = None
 
     @property
     def n_valid(self) -> int:
@@ -128,6 +140,7 @@ class StepReport:
 class _Prepared:
     omega: Array
     targets: Array | Callable[[Array], Array]
+    drive: DriveSetting | None = None
 
 
 def _same_topology(a: DeviceModel, b: DeviceModel) -> bool:
@@ -273,8 +286,19 @@ class EPController:
             t = smp.targets
             if not callable(t):
                 t, _ = sub.model.check_clamp(t, cfg.beta)
-            out.append(_Prepared(w, t))
+            out.append(_Prepared(w, t, self._check_drive(smp.drive, sub)))
         return out
+
+    @staticmethod
+    def _check_drive(drive: DriveSetting | None, sub: OscillatorSubstrate) -> DriveSetting | None:
+        """A sample's drive, limit-checked before anything is sent (None: no drive)."""
+        if drive is None:
+            return None
+        if Capability.DRIVE not in sub.capabilities:
+            raise ConfigError(
+                f"sample drive: {type(sub).__name__} ({sub.model.name!r}) cannot apply a drive"
+            )
+        return sub.model.check_drive(*drive)
 
     # -- device I/O --------------------------------------------------------------------
     async def _write_couplings(self, k: int) -> None:
@@ -290,7 +314,10 @@ class EPController:
     async def _measure(self, k: int, prep: _Prepared) -> EPPhases:
         cfg = self.config.rule
         await self._write_couplings(k)
-        return await self.substrates[k].measure_ep(
+        sub = self.substrates[k]
+        if prep.drive is not None:
+            await sub.set_drive(*prep.drive)
+        return await sub.measure_ep(
             prep.omega, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
         )
 
@@ -329,13 +356,19 @@ class EPController:
                 log.error("substrates[%d]: make_safe failed: %s: %s", k, type(r).__name__, r)
 
     # -- public API ----------------------------------------------------------------
-    async def infer(self, input_omega: ArrayLike, device: int = 0) -> PhaseReading:
-        """Free phases (rad) under the current parameters with the given input frequencies."""
+    async def infer(
+        self, input_omega: ArrayLike, device: int = 0, drive: DriveSetting | None = None
+    ) -> PhaseReading:
+        """Free phases (rad) under the current parameters with the given input frequencies
+        (and drive, for a driven device)."""
         sub = self.substrates[device]
         w = self._compose(input_omega, sub)
+        drv = self._check_drive(drive, sub)
 
         async def run() -> PhaseReading:
             await self._write_couplings(device)
+            if drv is not None:
+                await sub.set_drive(*drv)
             await sub.set_frequencies(w)
             return await sub.read_phases(self.config.rule.averages)
 
@@ -352,24 +385,38 @@ class EPController:
             await _shielded(self._cleanup([], [sub]))
             raise
 
-    async def infer_many(self, input_omega: ArrayLike) -> tuple[Array, NDArray[np.bool_]]:
+    async def infer_many(
+        self, input_omega: ArrayLike, drive_amplitude: ArrayLike | None = None
+    ) -> tuple[Array, NDArray[np.bool_]]:
         """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs): sample i on
-        substrate i % m, the substrates in parallel."""
+        substrate i % m, the substrates in parallel; ``drive_amplitude`` (n, n_drive): each
+        sample's drive (phase 0) on a driven device."""
         x = np.asarray(input_omega, dtype=np.float64)
         if x.ndim != 2:
             raise LimitError(f"input_omega: shape {x.shape} must be (n, {len(self._inputs)})")
-        ws = [
-            self._compose(xi, self.substrates[i % len(self.substrates)]) for i, xi in enumerate(x)
-        ]
+        m = len(self.substrates)
+        ws = [self._compose(xi, self.substrates[i % m]) for i, xi in enumerate(x)]
+        fs: list[DriveSetting | None] = [None] * len(x)
+        if drive_amplitude is not None:
+            a = np.asarray(drive_amplitude, dtype=np.float64)
+            fs = [self._check_drive((a[i], 0.0), self.substrates[i % m]) for i in range(len(x))]
         phases = np.empty((len(x), self.model.n))
         locked = np.empty(len(x), dtype=bool)
-        m = len(self.substrates)
         avg = self.config.rule.averages
 
         async def share(k: int) -> list[PhaseReading]:
-            """Substrate k's samples k, k + m, … in order (a remote one: in a few exchanges)."""
+            """Substrate k's samples k, k + m, … in order (a remote one: in a few exchanges;
+            with a drive per sample, one sample at a time)."""
             await self._write_couplings(k)
-            return await self.substrates[k].read_phases_at(np.asarray(ws[k::m]), avg)
+            sub, rows = self.substrates[k], np.asarray(ws[k::m])
+            if drive_amplitude is None:
+                return await sub.read_phases_at(rows, avg)
+            out: list[PhaseReading] = []
+            for w, f in zip(rows, fs[k::m], strict=True):
+                if f is not None:
+                    await sub.set_drive(*f)
+                out.extend(await sub.read_phases_at(w[None, :], avg))
+            return out
 
         shares = await self._run_all([partial(share, k) for k in range(min(m, len(ws)))])
         for k, rs in enumerate(shares):
@@ -441,10 +488,15 @@ class EPController:
                 log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
+        n_out = len(self._outputs)
+        targets = np.stack(
+            [np.full(n_out, np.nan) if r.targets is None else r.targets for r in readings]
+        )
         if not upd.updated[0]:
             return StepReport(
-                free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
-            )
+                free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
+                targets,
+            )  # fmt: skip
         loss_sum = 0.0
         n_valid = 0
         for k, r in enumerate(readings):
@@ -463,6 +515,7 @@ class EPController:
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
             loss_sum / n_valid,
+            targets,
         )
 
 

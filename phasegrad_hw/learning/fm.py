@@ -17,17 +17,27 @@ seeded generator.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from phasegrad_hw.learning.datasets import Dataset, split_and_scale
 from phasegrad_hw.physics.coupling import Array
-from phasegrad_hw.physics.dynamics import Drive
+from phasegrad_hw.physics.dynamics import Drive, integrate_sde, lock_beat_features
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FMSignals", "fm_signals"]
+__all__ = [
+    "BankFeatures",
+    "FMSignals",
+    "SensorBank",
+    "bank_features",
+    "fm_dataset",
+    "fm_signals",
+]
 
 CARRIER = 2.0  # rad per time unit (published)
 DEPTH = 0.5  # peak frequency deviation, rad per time unit (published)
@@ -106,3 +116,85 @@ def fm_signals(
     classes = tuple(f"fm{f:.2f}" for f in nominal)
     log.debug("fm_signals: %d classes %s, %d samples, T = %d", n_classes, classes, n, t.size)
     return FMSignals(t, m, float(carrier), phase0, labels, classes, wm, float(depth))
+
+
+@dataclass(frozen=True)
+class SensorBank:
+    """A driven sensor bank (module doc): ``sensors`` natural frequencies evenly spaced over
+    ``band`` (rad per time unit), drive strength ``drive_amplitude`` F on each (rad per time
+    unit), phase diffusion ``diffusion`` D (rad² per time unit), Heun step ``dt`` and
+    recording every ``record_every`` steps; features over [``transient``, end of the signal]
+    (time units): ``coherence`` or ``coherence+beat``. Defaults: the measured set-up of
+    ``reproduce fm`` (16 sensors over [0, 4], F = 1, window from 20)."""
+
+    sensors: int = 16
+    band: tuple[float, float] = (0.0, 4.0)
+    drive_amplitude: float = 1.0
+    diffusion: float = 0.0
+    dt: float = 0.01
+    record_every: int = 5
+    transient: float = 20.0
+    features: Literal["coherence", "coherence+beat"] = "coherence"
+
+    @property
+    def omega(self) -> Array:
+        """The sensors' natural frequencies (rad per time unit)."""
+        return np.linspace(self.band[0], self.band[1], self.sensors)
+
+
+@dataclass(frozen=True)
+class BankFeatures:
+    """Features (n, d) of every signal, their names, and the integration time (s)."""
+
+    X: Array
+    names: tuple[str, ...]
+    seconds: float
+
+
+def bank_features(signals: FMSignals, bank: SensorBank, seed: int) -> BankFeatures:
+    """Integrate ``bank`` under every signal of ``signals`` (all at once, one batch) and
+    return its lock/beat features; the diffusion noise is drawn from ``seed``."""
+    duration = float(signals.t[-1])
+    if not bank.transient < duration:
+        raise ValueError(f"transient: {bank.transient} must be below duration {duration}")
+    omega = bank.omega
+    drive = signals.drive()
+    t0 = time.perf_counter()
+    tr = integrate_sde(
+        np.zeros((signals.labels.size, bank.sensors)),
+        omega,
+        None,
+        t_span=(0.0, duration),
+        dt=bank.dt,
+        diffusion=bank.diffusion,
+        drive=drive,
+        drive_amplitude=np.full(bank.sensors, bank.drive_amplitude),
+        rng=np.random.default_rng([seed, 0xB4]),
+        record_every=bank.record_every,
+    )
+    f = lock_beat_features(tr, drive, window=(bank.transient, duration))
+    names = [f"coherence@{w:.3g}" for w in omega]
+    X = f.coherence
+    if bank.features == "coherence+beat":
+        names += [f"beat@{w:.3g}" for w in omega]
+        X = np.hstack([f.coherence, f.beat_frequency])
+    seconds = time.perf_counter() - t0
+    return BankFeatures(np.asarray(X, dtype=np.float64), tuple(names), seconds)
+
+
+def fm_dataset(
+    seed: int = 0,
+    *,
+    n_classes: int = 3,
+    per_class: int = PER_CLASS,
+    duration: float = 60.0,
+    bank: SensorBank | None = None,
+    test_fraction: float = 0.2,
+) -> tuple[Dataset, float]:
+    """The ``fm`` task: the published signals of seed ``seed`` (:func:`fm_signals`), the
+    bank's features, a stratified split with min–max scaling to [−1, 1] on train; and the
+    bank's integration time (s)."""
+    sig = fm_signals(n_classes=n_classes, per_class=per_class, duration=duration, seed=seed)
+    feats = bank_features(sig, bank or SensorBank(), seed)
+    ds = split_and_scale("fm", sig.classes, feats.X, sig.labels, test_fraction, seed)
+    return ds, feats.seconds

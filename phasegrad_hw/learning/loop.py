@@ -48,7 +48,9 @@ __all__ = [
     "LoopResult",
     "LoopState",
     "RunPlan",
+    "check_exact_gradient",
     "evaluate_parameters",
+    "gradient_cosine",
     "seed_for",
     "train_on_substrates",
 ]
@@ -59,7 +61,9 @@ class EpochRecord:
     """Metrics after one epoch: accuracies in [0, 1], ``skipped`` samples of this epoch,
     ``seconds`` its wall time, ``loss`` the mean over the epoch's steps of the encoding's loss
     at the free state (rad²; None when no step had a valid sample, and in checkpoints
-    written before the loss was recorded). ``epoch`` counts from 1 (the number of epochs done)."""
+    written before the loss was recorded). ``epoch`` counts from 1 (the number of epochs done).
+    ``gradient_cosine``: mean over the epoch's gradient checks (``LoopOptions.check_gradients``)
+    of the cosine between the EP estimate and the device's implicit gradient (None: no check)."""
 
     epoch: int
     train_accuracy: float
@@ -67,6 +71,7 @@ class EpochRecord:
     skipped: int
     seconds: float
     loss: float | None = None
+    gradient_cosine: float | None = None
 
 
 @dataclass
@@ -104,6 +109,9 @@ class LoopOptions:
     with the final parameters of each epoch (extra reads); ``online`` uses the free reads
     taken during the epoch (no extra reads; the published code's running accuracy).
     ``learnable_omega`` (N,) masks the frequencies that learn (default: the controller's).
+    ``check_gradients`` N > 0: every N steps compare the step's EP estimate of ∂L/∂ω with the
+    devices' implicit gradient (``Capability.EXACT_GRADIENT``, required of every substrate;
+    :func:`gradient_cosine`), log the cosine and keep the epoch's mean in its record.
     """
 
     epochs: int
@@ -113,10 +121,13 @@ class LoopOptions:
     start: LoopState | None = None
     train_eval: Literal["epoch_end", "online"] = "epoch_end"
     learnable_omega: NDArray[np.bool_] | None = None
+    check_gradients: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ConfigError(f"epochs: {self.epochs} must be >= 0")
+        if self.check_gradients < 0:
+            raise ConfigError(f"check_gradients: {self.check_gradients} must be >= 0 (0: off)")
         if self.start is not None and self.start.epoch > self.epochs:
             raise ConfigError(
                 f"start.epoch: {self.start.epoch} already exceeds epochs={self.epochs}"
@@ -165,10 +176,41 @@ def _reseed(substrates: Sequence[OscillatorSubstrate], seed: int, epoch: int) ->
             s.reseed(seed_for(seed, epoch, d))
 
 
+def check_exact_gradient(substrates: Sequence[OscillatorSubstrate]) -> None:
+    """Raise ConfigError (one line) unless every substrate reports its implicit gradient."""
+    for k, s in enumerate(substrates):
+        if Capability.EXACT_GRADIENT not in s.capabilities:
+            raise ConfigError(
+                f"--check-gradients: {s.model.name!r} ({type(s).__name__}, substrates[{k}]) "
+                "cannot report its implicit gradient (no exact_gradient capability)"
+            )
+
+
+def gradient_cosine(
+    substrates: Sequence[OscillatorSubstrate], report: StepReport, learnable: NDArray[np.bool_]
+) -> float | None:
+    """Cosine between a step's EP estimate of ∂L/∂ω (the valid samples' mean) and the mean of
+    the devices' implicit gradients −J̃⁻ᵀe at the same settings and clamp targets, over the
+    learnable frequencies (docs/design.md §2); None when the step had no valid sample. Call it
+    right after the step: the substrates still hold the step's frequencies."""
+    if report.grad_omega is None or report.targets is None or not report.valid.any():
+        return None
+    exact = np.mean(
+        [
+            substrates[int(k)].exact_gradient(report.targets[k])
+            for k in np.flatnonzero(report.valid)
+        ],
+        axis=0,
+    )
+    a, b = report.grad_omega[learnable], exact[learnable]
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den > 0 else None
+
+
 async def _accuracy(ctl: EPController, encoding: Encoding, x: Array, y: NDArray[np.int64]) -> float:
     if len(x) == 0:
         return float("nan")
-    phases, _ = await ctl.infer_many(encoding.input_frequencies(x))
+    phases, _ = await ctl.infer_many(*encoding.sample_inputs(x))
     pred = encoding.predict(phases[:, ctl.model.outputs])
     return float(np.mean(pred == y))
 
@@ -193,13 +235,30 @@ class _Epoch:
     encoding: Encoding
     substrates: Sequence[OscillatorSubstrate]
     w_train: Array
+    f_train: Array | None  # drive amplitudes per sample (a driven device's inputs), or None
     y_train: NDArray[np.int64]
     observers: Sequence[LoopObserver]
+    check_every: int = 0
+    cosines: list[float] = field(default_factory=list)
+
+    def _check(self, step: int, rep: StepReport) -> None:
+        """Every ``check_every`` steps: the gradient check (:func:`gradient_cosine`)."""
+        if self.check_every <= 0 or (step + 1) % self.check_every:
+            return
+        cos = gradient_cosine(self.substrates, rep, self.ctl.learnable_omega)
+        if cos is None:
+            log.info("gradient check at step %d: no valid sample", step + 1)
+            return
+        self.cosines.append(cos)
+        log.info("gradient check at step %d: cosine(EP, implicit) = %.6f", step + 1, cos)
 
     async def run(self, seed: int, e: int, online: bool) -> tuple[int, int, float | None]:
         """Train epoch ``e``; returns (skipped samples, correct online predictions, mean loss
-        of the steps with a valid sample, rad²)."""
+        of the steps with a valid sample, rad²). The epoch's gradient checks land in
+        ``cosines``."""
         n_train, n_sub = len(self.y_train), len(self.substrates)
+        steps_per_epoch = -(-n_train // n_sub)
+        self.cosines = []
         outputs = self.ctl.model.outputs
         _reseed(self.substrates, seed, e)
         order = np.random.default_rng([seed, e]).permutation(n_train)
@@ -208,8 +267,16 @@ class _Epoch:
         for b in range(0, n_train, n_sub):
             await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + n_sub]
-            batch = [Sample(self.w_train[i], self._targets(int(self.y_train[i]))) for i in idx]
+            batch = [
+                Sample(
+                    self.w_train[i],
+                    self._targets(int(self.y_train[i])),
+                    None if self.f_train is None else (self.f_train[i], 0.0),
+                )
+                for i in idx
+            ]
             rep = await self.ctl.step(batch)
+            self._check(e * steps_per_epoch + b // n_sub, rep)
             skipped += rep.skipped_unlocked + rep.skipped_basin_jump
             if np.isfinite(rep.loss):
                 losses.append(float(rep.loss))
@@ -268,10 +335,14 @@ async def train_on_substrates(
     ctl = EPController(substrates, config, state.params, learnable_omega=options.learnable_omega)
     x_train = np.asarray(dataset.x_train, dtype=np.float64)
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
-    w_train = np.asarray(encoding.input_frequencies(x_train), dtype=np.float64)
+    w_train, f_train = encoding.sample_inputs(x_train)
     n_train = len(x_train)
     online = options.train_eval == "online"
-    epoch = _Epoch(ctl, encoding, substrates, w_train, y_train, observers)
+    if options.check_gradients:
+        check_exact_gradient(substrates)  # before anything is sent
+    epoch = _Epoch(
+        ctl, encoding, substrates, w_train, f_train, y_train, observers, options.check_gradients
+    )
     plan = RunPlan(state.epoch, options.epochs, n_train, len(substrates))
     for obs in observers:
         obs.on_run_start(plan)
@@ -283,7 +354,10 @@ async def train_on_substrates(
         else:
             train_acc = await _accuracy(ctl, encoding, x_train, y_train)
         test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
-        rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss)
+        cos = float(np.mean(epoch.cosines)) if epoch.cosines else None
+        rec = EpochRecord(
+            e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss, cos
+        )
         state = LoopState(
             e + 1, ctl.params.copy(), [*state.history, rec], state.skipped_samples + skipped
         )

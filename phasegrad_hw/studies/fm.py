@@ -1,15 +1,12 @@
 """FM classification with a driven sensor bank (issue #15; docs/design.md §9).
 
-"The oscillator is the filter": a bank of independent sensor oscillators with natural
-frequencies spread over a band around the carrier is injection-driven by each FM signal of
-:func:`phasegrad_hw.learning.fm.fm_signals` (dθ_i/dt = ω_i + F sin(Ψ(t) − θ_i), integrated by
-:func:`phasegrad_hw.physics.dynamics.integrate_sde`, stochastic Heun, optional phase diffusion).
-A sensor inside the locking range (|ω_i − ω_c| < F, Adler) tracks the drive through a
+The driven sensor bank and its lock/beat coherence features are those of
+:mod:`phasegrad_hw.learning.fm` (:class:`~phasegrad_hw.learning.fm.SensorBank`,
+:func:`~phasegrad_hw.learning.fm.bank_features`; the ``fm`` task of ``train`` uses the same):
+a sensor inside the locking range (|ω_i − ω_c| < F, Adler) tracks the drive through a
 low-pass filter whose corner √(F² − (ω_i − ω_c)²) meets the modulating frequency, so the
 phase error — and its coherence with the drive — depends on ω_m; sensors outside beat and
-are pulled by the FM sidebands at ω_c ± k ω_m. After a transient, the coherence
-|⟨e^{i(θ_i − Ψ)}⟩| of each sensor over a window (:func:`~phasegrad_hw.physics.dynamics.
-lock_beat_features`) is the feature vector.
+are pulled by the FM sidebands at ω_c ± k ω_m.
 
 Classifiers on the same features and the same stratified split (min–max on the training
 split): (a) EP — the batched layered trainer of :mod:`phasegrad_hw.engine.layered` with the
@@ -31,18 +28,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
+from phasegrad_hw.learning import fm as learning_fm
+from phasegrad_hw.learning.fm import SensorBank
 from phasegrad_hw.physics.coupling import Array
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PUBLISHED", "FMStudyOptions", "bank_features", "fm_dataset", "run_fm_study"]
+__all__ = ["PUBLISHED", "FMStudyOptions", "fm_dataset", "run_fm_study", "sensor_bank"]
 
 #: Results of the published code base on the same FM set-up (issue #15), test accuracies.
 PUBLISHED: dict[str, Any] = {
@@ -82,58 +80,31 @@ class FMStudyOptions(StrictModel):
     epochs: int = Field(default=40, ge=1)
 
 
-@dataclass(frozen=True)
-class BankFeatures:
-    """Features (n, d) of every signal, their names, and the integration time (s)."""
-
-    X: Array
-    names: tuple[str, ...]
-    seconds: float
-
-
-def bank_features(o: FMStudyOptions, seed: int) -> tuple[BankFeatures, Any]:
-    """Integrate the sensor bank under each FM signal of seed ``seed``; returns the
-    features and the :class:`~phasegrad_hw.learning.fm.FMSignals`."""
-    from phasegrad_hw.learning.fm import fm_signals
-    from phasegrad_hw.physics.dynamics import integrate_sde, lock_beat_features
-
-    if not o.transient < o.duration:
-        raise ValueError(f"transient: {o.transient} must be below duration {o.duration}")
-    sig = fm_signals(n_classes=o.n_classes, per_class=o.per_class, duration=o.duration, seed=seed)
-    omega = np.linspace(o.band[0], o.band[1], o.sensors)
-    drive = sig.drive()
-    n = sig.labels.size
-    t0 = time.perf_counter()
-    tr = integrate_sde(
-        np.zeros((n, o.sensors)),
-        omega,
-        None,
-        t_span=(0.0, o.duration),
-        dt=o.dt,
+def sensor_bank(o: FMStudyOptions) -> SensorBank:
+    """The study's bank options as a :class:`~phasegrad_hw.learning.fm.SensorBank`."""
+    return SensorBank(
+        sensors=o.sensors,
+        band=o.band,
+        drive_amplitude=o.drive_amplitude,
         diffusion=o.diffusion,
-        drive=drive,
-        drive_amplitude=np.full(o.sensors, o.drive_amplitude),
-        rng=np.random.default_rng([seed, 0xB4]),
+        dt=o.dt,
         record_every=o.record_every,
+        transient=o.transient,
+        features=o.features,
     )
-    f = lock_beat_features(tr, drive, window=(o.transient, o.duration))
-    seconds = time.perf_counter() - t0
-    names = [f"coherence@{w:.3g}" for w in omega]
-    X = f.coherence
-    if o.features == "coherence+beat":
-        names += [f"beat@{w:.3g}" for w in omega]
-        X = np.hstack([f.coherence, f.beat_frequency])
-    return BankFeatures(np.asarray(X, dtype=np.float64), tuple(names), seconds), sig
 
 
 def fm_dataset(o: FMStudyOptions, seed: int) -> tuple[Any, float]:
     """The bank features of seed ``seed`` as a :class:`~phasegrad_hw.learning.tasks.Dataset`
-    (stratified split, min–max to [−1, 1] on train); and the integration time (s)."""
-    from phasegrad_hw.learning.tasks import split_and_scale
-
-    feats, sig = bank_features(o, seed)
-    ds = split_and_scale("fm", sig.classes, feats.X, sig.labels, o.test_fraction, seed)
-    return ds, feats.seconds
+    (:func:`phasegrad_hw.learning.fm.fm_dataset`); and the integration time (s)."""
+    return learning_fm.fm_dataset(
+        seed,
+        n_classes=o.n_classes,
+        per_class=o.per_class,
+        duration=o.duration,
+        bank=sensor_bank(o),
+        test_fraction=o.test_fraction,
+    )
 
 
 def _held_phases(x: Array) -> Array:

@@ -47,8 +47,9 @@ def device_model_of(device: str) -> DeviceModel | None:
 def check_task_fits(dataset: Dataset, model: DeviceModel) -> None:
     """Features vs the oscillators they drive, classes vs outputs (held-input devices need
     one output per class); a :class:`TaskError` naming both numbers."""
-    feats = model.feature_oscillators
+    feats = model.feature_oscillators or model.roles.drive  # a driven sensor bank: its drive
     role = "roles.held" if model.input_encoding == "phase" else "roles.inputs"
+    role = role if model.feature_oscillators else "roles.drive"
     if dataset.n_features != len(feats):
         raise TaskError(
             f"--task {dataset.name}: {dataset.n_features} features, but {model.name} has "

@@ -103,6 +103,8 @@ class TrainOptions(StrictModel):
     transfer: str = Field(default="auto", min_length=1)
     noise: str = Field(default="auto", min_length=1)
     label_column: str | None = None  # csv:PATH tasks: the label column (default: the last)
+    # every N steps compare the EP estimate with the device's implicit gradient (0: off)
+    check_gradients: int = Field(default=0, ge=0, le=1_000_000)
 
 
 def choices(name: str) -> list[str]:
@@ -410,6 +412,11 @@ async def train_device(
     model = lt.device_model_of(o.device)  # task checks before any device is opened
     if lt.is_held_input(model):
         assert model is not None
+        if o.check_gradients:
+            raise ConfigError(
+                "--check-gradients: the held-input (layered) trainer of this device has no "
+                "hardware-loop step to check; use a device with frequency inputs"
+            )
         return lt.train_held_inputs(
             o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
         )
@@ -421,9 +428,9 @@ async def train_device(
     dataset = load_task(o.task, data, seed=o.seed, label_column=o.label_column)
     if model is not None:
         lt.check_task_fits(dataset, model)
-    enc = Encoding(readout=o.readout, margin=o.margin)
     tpath = setup.transfer.path if setup.transfer is not None else "none"
     sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
+    enc = Encoding.for_device(sub.model, readout=o.readout, margin=o.margin)
     start_params: Parameters | None = None
     if init_from is not None:
         _, init_state = load_run_parameters(init_store or store, init_from)
@@ -447,6 +454,10 @@ async def train_device(
             watchers.append(tm)
         async with sub:
             ses.device_opened = True
+            if o.check_gradients:  # nothing sent yet; a remote device declares on connect
+                from phasegrad_hw.learning.loop import check_exact_gradient
+
+                check_exact_gradient([sub])
             if o.params is None:  # a remote device declares its abilities once connected
                 can_k = Capability.COUPLINGS in sub.capabilities
                 o = o.model_copy(update={"params": "both" if can_k else "omega"})
@@ -489,7 +500,12 @@ async def train_device(
             notify(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
             ses.status = "running"
             opts = LoopOptions(
-                epochs=o.epochs, seed=o.seed, init=o.init, start=start, params=start_params
+                epochs=o.epochs,
+                seed=o.seed,
+                init=o.init,
+                start=start,
+                params=start_params,
+                check_gradients=o.check_gradients,
             )
             res = await train_on_substrates([sub], dataset, enc, ep, opts, [*watchers, *observers])
         out: dict[str, Any] = {
@@ -507,6 +523,7 @@ async def train_device(
                     "train_accuracy": h.train_accuracy,
                     "test_accuracy": h.test_accuracy,
                     "loss": h.loss,
+                    "gradient_cosine": h.gradient_cosine,
                     "skipped": h.skipped,
                     "seconds": h.seconds,
                 }
@@ -571,9 +588,11 @@ async def evaluate_run(
         raise ConfigError(f"--data: {csv} does not exist (the run was trained on it; pass --data)")
     seed = int(opts.get("seed", 0))
     dataset = load_task(str(opts.get("task", "vowels:a,i")), csv, seed=seed)
-    enc = Encoding(readout=opts.get("readout", "template"), margin=float(opts.get("margin", 0.2)))
     averages = eo.averages or int(opts.get("averages") or 1)
     sub = open_substrate(eo.device, seed=seed, transfer=eo.transfer)
+    enc = Encoding.for_device(
+        sub.model, readout=opts.get("readout", "template"), margin=float(opts.get("margin", 0.2))
+    )
     n_omega, n_k = len(state.params.omega), len(state.params.coupling)
     if sub.model.n != n_omega or len(sub.model.edges) != n_k:
         raise ConfigError(

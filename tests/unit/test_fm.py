@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from phasegrad_hw.learning.fm import fm_signals
+from phasegrad_hw.learning.fm import SensorBank, bank_features, fm_signals
 from phasegrad_hw.physics import dynamics as dy
-from phasegrad_hw.studies.fm import FMStudyOptions, bank_features, run_fm_study
+from phasegrad_hw.studies.fm import FMStudyOptions, run_fm_study
 
 
 def test_published_fm_set_up() -> None:
@@ -45,7 +45,7 @@ def test_bad_fm_options_are_refused() -> None:
     with pytest.raises(ValueError, match="jitter"):
         fm_signals(jitter=1.5)
     with pytest.raises(ValueError, match="transient"):
-        bank_features(FMStudyOptions(transient=70.0), 0)
+        bank_features(fm_signals(per_class=2, duration=60.0), SensorBank(transient=70.0), 0)
 
 
 def test_bank_features_match_adler_on_an_unmodulated_drive() -> None:
@@ -90,3 +90,47 @@ def test_fm_study_reaches_90_percent_on_the_published_set_up() -> None:
     r = run_fm_study(seeds=5)
     assert r["ep"]["mean_test_accuracy"] >= 0.9
     assert r["logistic_regression"]["mean_test_accuracy"] >= 0.95
+
+
+def test_fm_task_is_the_bank_features_of_the_published_set_up() -> None:
+    """``--task fm``: 3 classes × 80 signals, 16 coherence features scaled on train; the same
+    numbers as the study's bank (one implementation)."""
+    from phasegrad_hw.learning.tasks import TaskError, load_task
+    from phasegrad_hw.studies.fm import fm_dataset
+
+    ds = load_task("fm", seed=1)
+    assert ds.n_classes == 3 and ds.n_features == 16
+    assert len(ds.y_train) + len(ds.y_test) == 240
+    assert np.all(np.bincount(ds.y_test) == 16)  # stratified 20 %
+    assert ds.x_train.min() == -1.0 and ds.x_train.max() == 1.0
+    ref, _ = fm_dataset(FMStudyOptions(), 1)
+    assert np.array_equal(ref.x_train, ds.x_train) and np.array_equal(ref.y_test, ds.y_test)
+    assert load_task("fm:2", seed=0).n_classes == 2
+    with pytest.raises(TaskError, match="fm:x"):
+        load_task("fm:x")
+
+
+def test_train_task_fm_on_a_held_input_device(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``train --task fm`` on a layered 16-32-3 device (``device new``): trains, well above
+    chance (1/3) on the held-out signals."""
+    import subprocess
+    import sys
+
+    from tests.mosquitto import child_env
+
+    cli = [sys.executable, "-m", "phasegrad_hw.cli"]
+    dev = tmp_path / "fm.toml"
+    kw = dict(capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        [*cli, "device", "new", "--backend", "simulated", "--layers", "16,32,3", "--out",
+         str(dev)], **kw,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "r.json"
+    p = subprocess.run(
+        [*cli, "train", "--device", str(dev), "--task", "fm", "--no-store", "--json", str(out)],
+        **kw,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "FM signals through a driven sensor bank" in p.stdout
+    assert json.loads(out.read_text())["final_test_accuracy"] >= 0.7
