@@ -399,6 +399,7 @@ async def train_device(
     """
     from phasegrad_hw.device.registry import open_substrate
     from phasegrad_hw.device.substrate import Capability
+    from phasegrad_hw.learning.chip import PhaseEncoding
     from phasegrad_hw.learning.controller import EPConfig, Parameters
     from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
@@ -408,7 +409,7 @@ async def train_device(
 
     o = setup.options
     model = lt.device_model_of(o.device)  # task checks before any device is opened
-    if lt.is_held_input(model):
+    if lt.uses_engine(model):
         assert model is not None
         return lt.train_held_inputs(
             o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
@@ -421,7 +422,7 @@ async def train_device(
     dataset = load_task(o.task, data, seed=o.seed, label_column=o.label_column)
     if model is not None:
         lt.check_task_fits(dataset, model)
-    enc = Encoding(readout=o.readout, margin=o.margin)
+    enc: Encoding | PhaseEncoding = Encoding(readout=o.readout, margin=o.margin)
     tpath = setup.transfer.path if setup.transfer is not None else "none"
     sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
     start_params: Parameters | None = None
@@ -463,6 +464,13 @@ async def train_device(
                     averages=averages,
                 )
             )
+            if sub.model.roles.held:  # chip scale through the controller (layered_training)
+                lt.check_task_fits(dataset, sub.model)
+                asked = o.model_copy(update={"params": setup.options.params})
+                ep, enc, held_params = lt.controller_setup(
+                    asked, sub.model, setup.noise is not None
+                )
+                start_params = start_params or held_params
             if rs is not None:
                 if resume is not None and start is not None:
                     if changes:
@@ -488,9 +496,11 @@ async def train_device(
             src = sub.map_source
             notify(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
             ses.status = "running"
+            held = bool(sub.model.roles.held)  # chip scale: train accuracy from the epoch's reads
             opts = LoopOptions(
-                epochs=o.epochs, seed=o.seed, init=o.init, start=start, params=start_params
-            )
+                epochs=o.epochs, seed=o.seed, init=o.init, start=start, params=start_params,
+                train_eval="online" if held else "epoch_end",
+            )  # fmt: skip
             res = await train_on_substrates([sub], dataset, enc, ep, opts, [*watchers, *observers])
         out: dict[str, Any] = {
             "final_test_accuracy": res.final_test_accuracy,
@@ -514,6 +524,8 @@ async def train_device(
             ],
             "parameters": _plain_params(res.state),
         }
+        if held:  # what the layered defaults and the noise map made of the options
+            out["ep_config"] = ep.model_dump()
         if rs is not None and run_id is not None:
             rs.finish_run(run_id, out)
             out["run_id"] = run_id
