@@ -9,7 +9,10 @@ mini-batch, EP gradients, Adam) on the device's own network and coupling limits.
 device with held inputs (the emulated CMOS and optical chips, a driver or remote device that
 declares ``held_phases``) trains through the hardware loop (:func:`controller_setup`: the
 asyncio controller, held phases per sample, softmax cross-entropy clamp targets, mini-batches
-and Adam with the engine's defaults, the locking projections).
+and Adam with the engine's defaults, the locking projections). Measured on the emulated CMOS
+64-64-10 chip (bias map from ``calibrate transfer``; β = 0.02 centred, 1 average, default
+noise, mismatch and DACs; 8 epochs): test accuracy 93.9 / 91.1 / 93.3 % for seeds 0 / 1 / 2,
+one epoch ≈ 31 s wall, 19 s CPU (benchmarks/bench_chip_controller.py).
 
 The options of ``train`` that belong to the hardware loop keep their meaning where one exists
 and are otherwise refused: ``--epochs``, ``--lr`` (coupling learning rate), ``--beta`` and
