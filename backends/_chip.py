@@ -807,12 +807,12 @@ class EmulatedChip(OscillatorSubstrate):
         th, lin = self.solve_state(clamp=False, tol=_TOL_EXACT)
         if lin is None:
             raise LockLostError("exact_gradient: the chip has no locked free state")
-        e = loss_grad_theta(
-            th, self.model.outputs, np.asarray(target, dtype=np.float64), self.model.nudge
-        )
-        if self._forced():  # held inputs / drive: the free block (module doc)
+        t = np.asarray(target, dtype=np.float64)
+        if self._forced():  # held inputs / drive: the free block, wrapped clamp (module doc)
+            e = _held.loss_grad(th, self.model.outputs, t, self.model.nudge)
             J = _held.free_jacobian(th, self.K, self.H, self._var, self._forcing({}))
             return _held.free_implicit_gradient(J, e[self._var], self.n, self._var)
+        e = loss_grad_theta(th, self.model.outputs, t, self.model.nudge)
         return np.asarray(implicit_gradient(th, self.K, e, self.H, ref=self.ref))
 
     def true_frequencies(self) -> Array:

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.physics import Array, CouplingFunction, jacobian, rhs, wrap
+from phasegrad_hw.physics import Array, CouplingFunction, rhs, wrap
 from phasegrad_hw.physics.layered import LayeredNetwork, solve_layered
 
 IntArray = NDArray[np.intp]
@@ -44,6 +44,7 @@ IntArray = NDArray[np.intp]
 _TRUST_RAD = 1.0  # largest Newton step per oscillator (rad)
 _HALVINGS = 12  # backtracking trials per Newton step
 _DT0 = 1.0  # first pseudo-time step of the layered output solve, in units of 1/max|J_oo|
+_HIDDEN_TOL = 1e-12  # |f_h| of a hidden oscillator's root (rad per time unit)
 _DT_GROW = 10.0  # largest growth of the pseudo-time step per iteration
 
 
@@ -123,8 +124,10 @@ def layered_start(lay: Layout, w: Array, K: Array, theta_held: Array) -> Array |
 @dataclass(frozen=True)
 class Forcing:
     """Everything acting on the free oscillators besides ω and K: the drive (amplitudes
-    ``drive_amp`` (n,), 0 off the driven ones; phase ``drive_phase_rad``) and the clamp as
-    keyword arguments of :func:`~phasegrad_hw.physics.rhs` (``nudge_kw``, possibly empty)."""
+    ``drive_amp`` (n,), 0 off the driven ones; phase ``drive_phase_rad``) and the clamp
+    (``nudge_kw``: ``beta`` (n,) signed by the direction, ``target`` (n,) rad, ``nudge`` the
+    kind; empty without a clamp). The clamp acts on the wrapped phase error, as a phase
+    detector does: β·wrap(t − θ) (linear) or β·sin(t − θ) (injection)."""
 
     drive_amp: Array
     drive_phase_rad: float
@@ -135,17 +138,42 @@ def free_residual(
     theta: Array, w: Array, K: Array, H: CouplingFunction, free: IntArray, f: Forcing
 ) -> Array:
     """F_f (n_free,) at phases ``theta`` (n,): model frequency units."""
-    out = rhs(theta, w, K, H, **f.nudge_kw)
-    out = out + f.drive_amp * np.sin(f.drive_phase_rad - theta)
+    out = rhs(theta, w, K, H) + f.drive_amp * np.sin(f.drive_phase_rad - theta)
+    kw = f.nudge_kw
+    if kw:
+        out = out + clamp_force(theta, kw)[0]
     return np.asarray(out[free])
 
 
+def clamp_force(theta: Array, kw: dict[str, Any]) -> tuple[Array, Array]:
+    """(force, ∂force/∂θ) (n,) of the clamp ``kw`` (see :class:`Forcing`)."""
+    b, t = kw["beta"], kw["target"]
+    if kw["nudge"] == "injection":
+        return b * np.sin(t - theta), -b * np.cos(t - theta)
+    return b * wrap(t - theta), -b * np.ones_like(theta)
+
+
+def loss_grad(theta: Array, outputs: IntArray, target: Array, kind: str) -> Array:
+    """e = ∂L/∂θ (n,) of the clamp's loss (½Σ wrap(θ_o − t)² linear, Σ(1 − cos(θ_o − t))
+    injection), zero off the outputs: the loss whose gradient the clamp's nudge follows."""
+    e = np.zeros_like(theta)
+    d = theta[outputs] - target
+    e[outputs] = wrap(d) if kind == "linear" else np.sin(d)
+    return e
+
+
 def free_jacobian(theta: Array, K: Array, H: CouplingFunction, free: IntArray, f: Forcing) -> Array:
-    """J_ff = ∂F_f/∂θ_f (n_free, n_free) at ``theta`` (held oscillators fixed)."""
-    J = jacobian(theta, K, H, **f.nudge_kw)
-    idx = np.arange(J.shape[0])
-    J[idx, idx] -= f.drive_amp * np.cos(f.drive_phase_rad - theta)
-    return np.asarray(J[np.ix_(free, free)])
+    """J_ff = ∂F_f/∂θ_f (n_free, n_free) at ``theta`` (held oscillators fixed): K_fj H'(θ_j −
+    θ_f) off the diagonal, minus the row sum (held neighbours included) on it, plus the drive
+    and clamp derivatives."""
+    W = K[free] * H.derivative(theta[None, :] - theta[free, None])  # (n_free, n)
+    diag = -W.sum(axis=1) - (f.drive_amp * np.cos(f.drive_phase_rad - theta))[free]
+    if f.nudge_kw:
+        diag = diag + clamp_force(theta, f.nudge_kw)[1][free]
+    J = W[:, free]
+    idx = np.arange(free.size)
+    J[idx, idx] = diag + W[idx, free]  # (W's own diagonal entry is K_ff H'(0) = 0 for K_ff = 0)
+    return np.asarray(J)
 
 
 def solve_free(
@@ -256,7 +284,9 @@ class LayeredSolver:
         self.K_oh, self.K_ox = K[np.ix_(self.out, self.hid)], K[np.ix_(self.out, self.held)]
         self.theta_held = theta_held
         self.z_held = _fields(self.K_hx, theta_held[self.held], self.orders)
+        self.y_held = _fields(self.K_ox, theta_held[self.held], self.orders)
         self.s_h = self.K_hx.sum(axis=1) + self.K_ho.sum(axis=1)
+        self.s_o = self.K_ox.sum(axis=1) + self.K_oh.sum(axis=1)
 
     def set_frequencies(self, w: Array) -> None:
         """New detunings (n,) (drift, bias changes) for the same couplings and held phases."""
@@ -266,18 +296,35 @@ class LayeredSolver:
     def _hidden_f(self, th: Array, Z: list[Array]) -> tuple[Array, Array]:
         """(f_h, f_h') at hidden phases ``th`` (rows,) or on a grid (rows, g)."""
         col = (slice(None), None) if th.ndim == 2 else (slice(None),)
-        f = (self.w_h + self.H.offset * self.s_h)[col] + np.zeros(th.shape)
+        return self._force(th, [z[col] for z in Z], (self.w_h + self.H.offset * self.s_h)[col])
+
+    def _force(self, th: Array, Z: list[Array], const: Array) -> tuple[Array, Array]:
+        """const + Σ_k a_k Im(e^{−iψ} Z_k e^{−ikθ}) + b1 Re(Z_1 e^{−iθ}) and its θ-derivative
+        (the force of the fields Z_k on oscillators at phases θ)."""
+        e1 = np.exp(-1j * th)
+        ek = np.ones_like(e1)
+        f = const + np.zeros(th.shape)
         d = np.zeros(th.shape)
         for k, ak, Zk in zip(self.orders, self.a, Z, strict=True):
-            v = (self.lag * Zk)[col] * np.exp(-1j * k * th)
+            ek = ek * e1
+            v = self.lag * Zk * ek
             f = f + ak * v.imag
             d = d - k * ak * v.real
         b1 = self.H.cos_offset
         if b1:
-            u = Z[0][col] * np.exp(-1j * th)
+            u = Z[0] * e1
             f = f + b1 * u.real
             d = d + b1 * u.imag
         return f, d
+
+    def _dH(self, e: NDArray[np.complex128]) -> Array:
+        """H'(φ) = Σ_k k a_k cos(kφ − ψ) − b1 sin φ from e = e^{iφ}."""
+        out = -self.H.cos_offset * e.imag
+        ek = np.ones_like(e)
+        for k, ak in zip(self.orders, self.a, strict=True):
+            ek = ek * e
+            out = out + k * ak * (ek * self.lag.conjugate()).real
+        return np.asarray(out)
 
     def feed_forward(self) -> tuple[Array, Array]:
         """Start (θ_o, θ_h): each layer at the sine-part lock to the layer below, the
@@ -296,18 +343,18 @@ class LayeredSolver:
         th = th_h0.copy()
         f, d = self._hidden_f(th, Z)
         for _ in range(8):
-            if np.all(np.abs(f) < 1e-13) and np.all(d < 0):
+            if np.all(np.abs(f) < _HIDDEN_TOL) and np.all(d < 0):
                 break
             ok = d < 0
             th = th - np.where(ok, f / np.where(ok, d, -1.0), 0.0)
             f, d = self._hidden_f(th, Z)
-        bad = ~((np.abs(f) < 1e-11) & (d < 0))
+        bad = ~((np.abs(f) < 100 * _HIDDEN_TOL) & (d < 0))
         if bad.any():  # a few more Newton steps before the scan
             for _ in range(4):
                 ok = d < 0
                 th = th - np.where(ok, f / np.where(ok, d, -1.0), 0.0)
                 f, d = self._hidden_f(th, Z)
-            bad = ~((np.abs(f) < 1e-11) & (d < 0))
+            bad = ~((np.abs(f) < 100 * _HIDDEN_TOL) & (d < 0))
         if bad.any():
             rows = np.flatnonzero(bad)
             grid = np.linspace(-np.pi, np.pi, self._GRID, endpoint=False)
@@ -341,20 +388,20 @@ class LayeredSolver:
 
     # -- outputs ---------------------------------------------------------------------
     def output_residual(self, th_o: Array, th_h: Array, f: Forcing) -> tuple[Array, Array]:
-        """(F_o, J_oo diagonal) at outputs ``th_o`` with hidden ``th_h``."""
-        dh = th_h[None, :] - th_o[:, None]
-        dx = self.theta_held[self.held][None, :] - th_o[:, None]
-        F = self.w_o + (self.K_oh * self.H.value(dh)).sum(1) + (self.K_ox * self.H.value(dx)).sum(1)
-        diag = -(self.K_oh * self.H.derivative(dh)).sum(1) - (
-            self.K_ox * self.H.derivative(dx)
-        ).sum(1)
+        """(F_o, J_oo diagonal) at outputs ``th_o`` with hidden ``th_h``: the same Fourier
+        form as the hidden oscillators' (class doc), fields Y_k = Σ_j K_oj e^{ikθ_j}."""
+        Y = [
+            yh + yx
+            for yh, yx in zip(_fields(self.K_oh, th_h, self.orders), self.y_held, strict=True)
+        ]
+        F, diag = self._force(th_o, Y, self.w_o + self.H.offset * self.s_o)
         kw = f.nudge_kw
         if kw:
             b, t = kw["beta"][self.out], kw["target"][self.out]
             if kw["nudge"] == "injection":
                 F, diag = F + b * np.sin(t - th_o), diag - b * np.cos(t - th_o)
-            else:  # the core's linear clamp β(t − θ) on the wrapped phase (physics.rhs)
-                F, diag = F + b * (t - wrap(th_o)), diag - b
+            else:  # on the wrapped phase error (:class:`Forcing`)
+                F, diag = F + b * wrap(t - th_o), diag - b
         return F, diag
 
     def solve(
@@ -380,9 +427,9 @@ class LayeredSolver:
         for _ in range(max_iter):
             if float(np.abs(F).max()) <= tol:
                 break
-            d_oh = th_h[None, :] - th_o[:, None]
-            J_oh = self.K_oh * self.H.derivative(d_oh)
-            J_ho = self.K_ho * self.H.derivative(-d_oh.T)
+            e_oh = np.exp(1j * th_h)[None, :] * np.exp(-1j * th_o)[:, None]  # e^{i(θ_h − θ_o)}
+            J_oh = self.K_oh * self._dH(e_oh)
+            J_ho = self.K_ho * self._dH(e_oh.conj().T)
             S = np.diag(diag) - (J_oh / dh[None, :]) @ J_ho
             # pseudo-transient continuation: (−S + I/Δt)·δ = F follows the outputs' own
             # dynamics toward a stable lock while F is large, and becomes Newton as Δt grows

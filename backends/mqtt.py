@@ -724,7 +724,7 @@ class MqttSubstrate(OscillatorSubstrate):
 
     async def measure_ep(
         self,
-        omega: ArrayLike,
+        omega: ArrayLike | None,
         targets: Targets,
         beta: float,
         averages: int = 1,
@@ -738,7 +738,8 @@ class MqttSubstrate(OscillatorSubstrate):
         if callable(targets):
             return await super().measure_ep(omega, targets, beta, averages, centred)
         read = self._read_op(averages)
-        await self.set_frequencies(omega)  # limit-checked, queued
+        if omega is not None:
+            await self.set_frequencies(omega)  # limit-checked, queued
         t, b = self.model.check_clamp(targets, beta)
         clamp = {"op": "clamp", "target": t.tolist(), "beta": b}
         ops = [read, {**clamp, "direction": 1}, read]

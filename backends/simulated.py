@@ -289,11 +289,13 @@ class SimulatedSubstrate(OscillatorSubstrate):
     def exact_gradient(self, target: Array) -> Array:
         """∂L/∂ω^c by implicit differentiation at the free state (for testing estimates)."""
         theta, _ = self.true_state()
-        e = loss_grad_theta(theta, self.model.outputs, target, self.model.nudge)
-        if self._forced():
+        if self._forced():  # the clamp acts on the wrapped phase error (backends._held)
+            t = np.asarray(target, dtype=np.float64)
+            e = _held.loss_grad(theta, self.model.outputs, t, self.model.nudge)
             free = self._free_set()
             J = _held.free_jacobian(theta, self.K, self.H, free, self._forcing(clamp=False))
             return _held.free_implicit_gradient(J, e[free], self.model.n, free)
+        e = loss_grad_theta(theta, self.model.outputs, target, self.model.nudge)
         return implicit_gradient(theta, self.K, e, self.H, ref=self.model.roles.reference)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -54,7 +54,17 @@ class Capability(StrEnum):
 
 
 # --------------------------------------------------------------------------- readings
-Targets = ArrayLike | Callable[[NDArray[np.float64]], ArrayLike]  # rad, or f(free outputs)
+class ClampTargets(NamedTuple):
+    """Where and how hard to clamp the outputs: ``targets`` (n_out,) rad and the ``gain`` κ
+    (the clamp strength is β·κ, capped at ``limits.beta_max``; the EP rule still divides by
+    β)."""
+
+    targets: NDArray[np.float64]
+    gain: float
+
+
+# rad, or a function of the free output phases giving them (or a ClampTargets)
+Targets = ArrayLike | Callable[[NDArray[np.float64]], ArrayLike | ClampTargets]
 
 
 @dataclass(frozen=True)
@@ -281,7 +291,7 @@ class OscillatorSubstrate(ABC):
     # -- one exchange (same operations, same order)
     async def measure_ep(
         self,
-        omega: ArrayLike,
+        omega: ArrayLike | None,
         targets: Targets,
         beta: float,
         averages: int = 1,
@@ -289,14 +299,20 @@ class OscillatorSubstrate(ABC):
     ) -> EPPhases:
         """One EP measurement (docs/design.md §2): the free locked phases at ``omega`` (model
         units); if locked, the nudged phases — clamp the outputs toward ``targets`` (rad, or a
-        function of the free output phases) with strength ``beta``, and with ``centred`` the
-        −β phases too — then release. An unlocked free state is never nudged."""
-        await self.set_frequencies(omega)
+        function of the free output phases, which may return :class:`ClampTargets` to clamp
+        with β·gain) with strength ``beta``, and with ``centred`` the −β phases too — then
+        release. An unlocked free state is never nudged. ``omega`` None: the frequencies are
+        already set."""
+        if omega is not None:
+            await self.set_frequencies(omega)
         free = await self.read_phases(averages)
         if not free.locked:
             return EPPhases(free)
-        out = free.phases[self.model.outputs]
-        t = np.asarray(targets(out) if callable(targets) else targets, dtype=np.float64)
+        got = targets(free.phases[self.model.outputs]) if callable(targets) else targets
+        if isinstance(got, ClampTargets):
+            beta = min(beta * got.gain, self.model.limits.beta_max)
+            got = got.targets
+        t = np.asarray(got, dtype=np.float64)
         await self.clamp(t, beta)
         plus = await self.read_phases(averages)
         minus = None

@@ -70,6 +70,7 @@ from pydantic import Field
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.learning import tasks
+from phasegrad_hw.learning.optim import LockBounds, Optimizer, project_locking
 from phasegrad_hw.learning.tasks import Dataset
 from phasegrad_hw.physics.coupling import Array, wrap
 from phasegrad_hw.physics.layered import (
@@ -173,34 +174,6 @@ def init_params(net: LayeredNetwork, init_scale: float, seed: int) -> tuple[Arra
     return np.zeros(net.n_free), K
 
 
-def project_locking(
-    net: LayeredNetwork,
-    omega: Array,
-    K: Array,
-    omega_lock_frac: float,
-    injection_strength: float,
-    held_load_frac: float,
-) -> tuple[Array, Array, int, int]:
-    """Apply the two locking safeguards (module doc); returns (ω, K, #ω clipped, #held scaled)."""
-    i, j = net.edges[:, 0], net.edges[:, 1]
-    a = np.abs(K)
-    load = np.zeros(net.n)
-    np.add.at(load, j, a)  # held oscillators are always the lower end of their edges
-    cap = held_load_frac * injection_strength
-    over = np.flatnonzero(load[net.held] > cap)
-    if over.size:
-        factor = np.ones(net.n)
-        factor[net.held[over]] = cap / load[net.held[over]]
-        K = K * factor[j]
-        a = np.abs(K)
-    rowsum = np.zeros(net.n)
-    np.add.at(rowsum, i, a)
-    np.add.at(rowsum, j, a)
-    bound = omega_lock_frac * rowsum[net.n_held :]
-    clipped = int((np.abs(omega) > bound).sum())
-    return np.clip(omega, -bound, bound), K, clipped, int(over.size)
-
-
 @dataclass(frozen=True)
 class LayeredDevice:
     """A layered held-input device file read as a :class:`LayeredNetwork`.
@@ -282,31 +255,6 @@ def layered_couplings(sizes: tuple[int, int, int], n_bias: int, seed: int) -> Ar
     phases = tuple(0.5 * math.pi * k for k in range(n_bias))
     _, K = init_params(LayeredNetwork(n_in, (n_h,), n_out, phases), 1.0, seed)
     return K
-
-
-class _Optimizer:
-    """Adam / momentum / SGD on one parameter vector with its own learning rate."""
-
-    def __init__(self, cfg: LayeredConfig, size: int) -> None:
-        self.cfg = cfg
-        self.m = np.zeros(size)
-        self.v = np.zeros(size)
-        self.t = 0
-
-    def step(self, g: Array, lr: float) -> Array:
-        c = self.cfg
-        if c.optimizer == "sgd":
-            return lr * g
-        if c.optimizer == "momentum":
-            self.m = c.momentum * self.m + g
-            return lr * self.m
-        self.t += 1
-        self.m = c.adam_b1 * self.m + (1 - c.adam_b1) * g
-        self.v = c.adam_b2 * self.v + (1 - c.adam_b2) * g * g
-        mh = self.m / (1 - c.adam_b1**self.t)
-        vh = self.v / (1 - c.adam_b2**self.t)
-        out: Array = lr * mh / (np.sqrt(vh) + c.adam_eps)
-        return out
 
 
 @dataclass
@@ -427,7 +375,8 @@ class _Trainer:
         self.net, self.k_lo, self.k_hi = _network(cfg, d, device)
         omega, K = init_params(self.net, cfg.init_scale, cfg.seed)
         self.omega, self.K = omega, np.clip(K, self.k_lo, self.k_hi)
-        self.opt_w, self.opt_k = _Optimizer(cfg, omega.size), _Optimizer(cfg, K.size)
+        self.opt_w, self.opt_k = Optimizer(cfg, omega.size), Optimizer(cfg, K.size)
+        self.lock = LockBounds(cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac)
         n_train = d.train.labels.size
         self.cache = np.zeros((n_train, self.net.n))  # warm starts: each sample's last free state
 
@@ -486,6 +435,6 @@ class _Trainer:
         K = self.K - self.opt_k.step(g_k.mean(axis=0), lr_k) - lr_k * cfg.weight_decay * self.K
         K = np.clip(K, self.k_lo, self.k_hi)
         self.omega, self.K, _, _ = project_locking(
-            net, self.omega, K, cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac
+            net.n, net.edges, net.held, net.free, self.omega, K, self.lock
         )
         return valid, float(ce.value(th_out)[valid].sum())

@@ -6,7 +6,12 @@ One step, per sample and substrate (docs/design.md §2, §4; seed paper arXiv 26
     [centred: clamp(targets, β, direction=−1) read θ^{−β}]  →  release
 
 then the readings of the step go through the one EP rule, :func:`phasegrad_hw.learning.ep.ep_update`
-(two-phase gradient, validity, mean over valid samples, clip, step, projection onto the limits).
+(two-phase gradient, validity, mean over valid samples, clip, optimizer step, projection onto
+the limits). A step's samples (a mini-batch) are measured in rounds of one per substrate.
+Chip scale (docs/design.md §8): a sample may carry held input phases (set before its free
+read) and loss-gradient targets with a clamp gain (:class:`~phasegrad_hw.learning.chip.
+ClampTargets`, strength β·gain); a held-input device gets the locking projections after
+every update (:class:`~phasegrad_hw.learning.chip.ChipScale`).
 With single-read phase noise σ (rad) and ``averages`` reads per state, the one-sided
 estimate's noise std per channel is ≈ √2·σ/(β·√averages); the centred one's is half that.
 
@@ -32,9 +37,25 @@ from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
 from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.device.substrate import Capability, EPPhases, OscillatorSubstrate, PhaseReading
+from phasegrad_hw.device.substrate import (
+    Capability,
+    ClampTargets,
+    EPPhases,
+    OscillatorSubstrate,
+    PhaseReading,
+)
 from phasegrad_hw.errors import ConfigError, LimitError
-from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPRule, EPState, ep_update
+from phasegrad_hw.learning.chip import ChipScale
+from phasegrad_hw.learning.ep import (
+    EPNetwork,
+    EPReadings,
+    EPRule,
+    EPState,
+    ep_update,
+    stack_readings,
+)
+from phasegrad_hw.learning.optim import LockBounds
+from phasegrad_hw.learning.safety import make_safe_all, shielded
 from phasegrad_hw.physics import CouplingFunction
 from phasegrad_hw.physics.gradients import loss
 
@@ -55,11 +76,23 @@ __all__ = [
 
 class EPConfig(StrictModel):
     """The hardware loop's settings: the EP ``rule`` (β, mode, averages, learning rates,
-    what learns, clip, basin jump; :class:`~phasegrad_hw.learning.ep.EPRule`) and ``edges``,
-    indices into ``model.edges`` of the learnable couplings (None: all)."""
+    what learns, clip, basin jump, optimizer; :class:`~phasegrad_hw.learning.ep.EPRule`),
+    ``edges``, indices into ``model.edges`` of the learnable couplings (None: all),
+    ``batch_size`` samples per update (None: one per substrate) and, for held-input devices,
+    the locking projections' ``omega_lock_frac`` and ``held_load_frac``
+    (:func:`~phasegrad_hw.learning.optim.project_locking`)."""
 
     rule: EPRule = Field(default_factory=EPRule)
     edges: list[int] | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    omega_lock_frac: float = Field(default=0.9, gt=0.0, le=1.0)
+    held_load_frac: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    def lock_bounds(self, model: DeviceModel) -> LockBounds | None:
+        """The locking projections for ``model`` (None without held inputs)."""
+        if not model.roles.held:
+            return None
+        return LockBounds(self.omega_lock_frac, model.held_injection, self.held_load_frac)
 
 
 @dataclass
@@ -81,13 +114,16 @@ DriveSetting = tuple[
 
 @dataclass(frozen=True)
 class Sample:
-    """One training sample: input-oscillator frequencies (n_inputs,) and the clamp targets
-    (n_outputs,) rad — or a function of the free output phases that returns them; ``drive``
-    the sample's external drive on ``roles.drive`` (a driven sensor bank's input, set with
-    ``set_drive`` before the free read; None: the drive is left as it is)."""
+    """One training sample: input-oscillator frequencies (n_inputs,), the clamp targets
+    (n_outputs,) rad — or a function of the free output phases that returns them (or
+    :class:`~phasegrad_hw.device.substrate.ClampTargets` with a gain) — the held input phases
+    (n_held,) rad of a held-input device, and ``drive`` the sample's external drive on
+    ``roles.drive`` (a driven sensor bank's input, set with ``set_drive`` before the free read;
+    None: the drive is left as it is)."""
 
     input_omega: Array
-    targets: Array | Callable[[Array], Array]
+    targets: Array | Callable[[Array], Array | ClampTargets]
+    held_phases: Array | None = None
     drive: DriveSetting | None = None
 
 
@@ -139,7 +175,8 @@ class StepReport:
 @dataclass
 class _Prepared:
     omega: Array
-    targets: Array | Callable[[Array], Array]
+    targets: Array | Callable[[Array], Array | ClampTargets]
+    held: Array | None = None
     drive: DriveSetting | None = None
 
 
@@ -227,7 +264,10 @@ class EPController:
         )
         self._check_beta(config.rule.beta)
         self._written_k: list[Array | None] = [None] * len(self.substrates)
+        self._written_w: list[Array | None] = [None] * len(self.substrates)
         self.stats = ControllerStats()
+        self.chip = ChipScale(self.substrates, config.rule, config.lock_bounds(model))
+        self._net = self._net._replace(k_bounds=model.coupling_bounds())
 
     # -- validation ----------------------------------------------------------------
     @staticmethod
@@ -271,22 +311,21 @@ class EPController:
     def _prepare(self, batch: Sequence[Sample]) -> list[_Prepared]:
         if len(batch) == 0:
             raise ValueError("batch: empty; a step needs at least one sample")
-        if len(batch) > len(self.substrates):
-            raise ValueError(
-                f"batch: {len(batch)} samples but only {len(self.substrates)} substrates"
-            )
         cfg = self.config.rule
         self._check_beta(cfg.beta)
         if cfg.averages > min(s.model.limits.max_averages for s in self.substrates):
             raise LimitError(f"averages: {cfg.averages} exceeds a substrate's max_averages")
         out: list[_Prepared] = []
         for k, smp in enumerate(batch):
-            sub = self.substrates[k]
+            sub = self.substrates[k % len(self.substrates)]
             w = self._compose(smp.input_omega, sub)
             t = smp.targets
             if not callable(t):
                 t, _ = sub.model.check_clamp(t, cfg.beta)
-            out.append(_Prepared(w, t, self._check_drive(smp.drive, sub)))
+            held = smp.held_phases
+            if self.chip.lock is not None or held is not None:
+                held = sub.model.check_held_phases(np.zeros(0) if held is None else held)
+            out.append(_Prepared(w, t, held, self._check_drive(smp.drive, sub)))
         return out
 
     @staticmethod
@@ -301,24 +340,41 @@ class EPController:
         return sub.model.check_drive(*drive)
 
     # -- device I/O --------------------------------------------------------------------
-    async def _write_couplings(self, k: int) -> None:
+    async def _write(self, k: int, omega: Array | None) -> None:
+        """Couplings of substrate k when they changed since the last write; frequencies
+        always (they carry the inputs), or when they changed on a held-input device (one ω
+        for every sample: its inputs are held phases)."""
         sub = self.substrates[k]
-        if Capability.COUPLINGS not in sub.capabilities:
-            return
         last = self._written_k[k]
         cur = self.params.coupling
-        if last is None or not np.array_equal(last, cur):
+        if Capability.COUPLINGS in sub.capabilities and (
+            last is None or not np.array_equal(last, cur)
+        ):
             await sub.set_couplings(cur)
             self._written_k[k] = cur.copy()
+        if omega is None:  # couplings only (the caller sets frequencies itself)
+            return
+        last_w = self._written_w[k] if self.chip.lock is not None else None
+        if last_w is None or not np.array_equal(last_w, omega):
+            self._written_w[k] = None  # (unknown until the write completes)
+            await sub.set_frequencies(omega)
+            self._written_w[k] = omega.copy()
+
+    def forget_writes(self) -> None:
+        """Write every setting again at the next use (after a reseed or make_safe reset the
+        devices' biases)."""
+        self._written_w = [None] * len(self.substrates)
 
     async def _measure(self, k: int, prep: _Prepared) -> EPPhases:
         cfg = self.config.rule
-        await self._write_couplings(k)
         sub = self.substrates[k]
+        await self._write(k, prep.omega)
+        if prep.held is not None:
+            await sub.set_held_phases(prep.held)
         if prep.drive is not None:
             await sub.set_drive(*prep.drive)
         return await sub.measure_ep(
-            prep.omega, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
+            None, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
         )
 
     async def _run_all(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -339,21 +395,9 @@ class EPController:
                 exc,
                 len(subs),
             )
-            await _shielded(self._cleanup(tasks, subs))
+            self.forget_writes()
+            await shielded(make_safe_all(tasks, subs))
             raise
-
-    @staticmethod
-    async def _cleanup(
-        tasks: Sequence[asyncio.Future[T]], subs: Sequence[OscillatorSubstrate]
-    ) -> None:
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        results = await asyncio.gather(*(s.make_safe() for s in subs), return_exceptions=True)
-        for k, r in enumerate(results):
-            if isinstance(r, BaseException):
-                log.error("substrates[%d]: make_safe failed: %s: %s", k, type(r).__name__, r)
 
     # -- public API ----------------------------------------------------------------
     async def infer(
@@ -366,10 +410,9 @@ class EPController:
         drv = self._check_drive(drive, sub)
 
         async def run() -> PhaseReading:
-            await self._write_couplings(device)
+            await self._write(device, w)
             if drv is not None:
                 await sub.set_drive(*drv)
-            await sub.set_frequencies(w)
             return await sub.read_phases(self.config.rule.averages)
 
         try:
@@ -382,15 +425,20 @@ class EPController:
                 exc,
                 device,
             )
-            await _shielded(self._cleanup([], [sub]))
+            self.forget_writes()
+            await shielded(make_safe_all([], [sub]))
             raise
 
     async def infer_many(
-        self, input_omega: ArrayLike, drive_amplitude: ArrayLike | None = None
+        self,
+        input_omega: ArrayLike,
+        held_phases: ArrayLike | None = None,
+        drive_amplitude: ArrayLike | None = None,
     ) -> tuple[Array, NDArray[np.bool_]]:
-        """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs): sample i on
-        substrate i % m, the substrates in parallel; ``drive_amplitude`` (n, n_drive): each
-        sample's drive (phase 0) on a driven device."""
+        """Free phases (n, N) rad and lock flags (n,) for inputs (n, n_inputs) — held phases
+        (n, n_held) rad on a held-input device, ``drive_amplitude`` (n, n_drive) each sample's
+        drive (phase 0) on a driven device: sample i on substrate i % m, the substrates in
+        parallel."""
         x = np.asarray(input_omega, dtype=np.float64)
         if x.ndim != 2:
             raise LimitError(f"input_omega: shape {x.shape} must be (n, {len(self._inputs)})")
@@ -400,22 +448,30 @@ class EPController:
         if drive_amplitude is not None:
             a = np.asarray(drive_amplitude, dtype=np.float64)
             fs = [self._check_drive((a[i], 0.0), self.substrates[i % m]) for i in range(len(x))]
+        hs: list[Array | None] = [None] * len(x)
+        if held_phases is not None:
+            h = np.asarray(held_phases, dtype=np.float64)
+            hs = [self.model.check_held_phases(hi) for hi in h.reshape(len(x), -1)]
         phases = np.empty((len(x), self.model.n))
         locked = np.empty(len(x), dtype=bool)
         avg = self.config.rule.averages
 
         async def share(k: int) -> list[PhaseReading]:
-            """Substrate k's samples k, k + m, … in order (a remote one: in a few exchanges;
-            with a drive per sample, one sample at a time)."""
-            await self._write_couplings(k)
-            sub, rows = self.substrates[k], np.asarray(ws[k::m])
-            if drive_amplitude is None:
-                return await sub.read_phases_at(rows, avg)
+            """Substrate k's samples k, k + m, … in order: a remote one in a few exchanges;
+            with held phases or a drive per sample, one sample at a time."""
+            sub = self.substrates[k]
+            if held_phases is None and drive_amplitude is None:
+                await self._write(k, None)
+                return await sub.read_phases_at(np.asarray(ws[k::m]), avg)
             out: list[PhaseReading] = []
-            for w, f in zip(rows, fs[k::m], strict=True):
+            for i in range(k, len(ws), m):
+                await self._write(k, ws[i])
+                h, f = hs[i], fs[i]
+                if h is not None:
+                    await sub.set_held_phases(h)
                 if f is not None:
                     await sub.set_drive(*f)
-                out.extend(await sub.read_phases_at(w[None, :], avg))
+                out.append(await sub.read_phases(avg))
             return out
 
         shares = await self._run_all([partial(share, k) for k in range(min(m, len(ws)))])
@@ -428,49 +484,23 @@ class EPController:
         """One EP step: sample k on substrate k; update params from the valid samples."""
         prepared = self._prepare(batch)  # raises before anything is sent
         self.stats.steps += 1
-        readings = await self._run_all(
-            [partial(self._measure, k, p) for k, p in enumerate(prepared)]
-        )
+        readings: list[EPPhases] = []
+        m = len(self.substrates)
+        for start in range(0, len(prepared), m):  # rounds of one sample per substrate
+            chunk = prepared[start : start + m]
+            readings += await self._run_all(
+                [partial(self._measure, k, p) for k, p in enumerate(chunk)]
+            )
         return self._update(readings)
 
     # -- gradient and update --------------------------------------------------------
     def _update(self, readings: list[EPPhases]) -> StepReport:
         """The step's readings through the EP rule (one member, the step's samples)."""
         rule = self.config.rule
-        n_ph = self.model.n
-        m = len(readings)
-        centred = rule.mode == "centred"
-        # phases of samples that are not locked are ignored by the rule (free as filler)
-        minus = None
-        if m == 1:
-            r = readings[0]
-            free = np.asarray(r.free.phases, dtype=np.float64).reshape(1, n_ph)
-            plus = np.asarray((r.free if r.plus is None else r.plus).phases, dtype=np.float64)
-            plus = plus.reshape(1, 1, n_ph)
-            if centred:
-                minus = np.asarray((r.free if r.minus is None else r.minus).phases, np.float64)
-                minus = minus.reshape(1, 1, n_ph)
-        else:
-            free = np.stack([r.free.phases for r in readings]).reshape(m, n_ph)
-            plus = np.stack([(r.free if r.plus is None else r.plus).phases for r in readings])
-            plus = plus[None]
-            if centred:
-                minus = np.stack(
-                    [(r.free if r.minus is None else r.minus).phases for r in readings]
-                )[None]
-        free_locked = np.array([r.free.locked for r in readings], dtype=bool)
-        locked = np.array(
-            [
-                [
-                    r.free.locked
-                    and r.plus is not None
-                    and r.plus.locked
-                    and (r.minus is None or r.minus.locked)
-                    for r in readings
-                ]
-            ],
-            dtype=bool,
+        free, plus, minus, locked = stack_readings(
+            [(r.free, r.plus, r.minus) for r in readings], rule.mode == "centred", self.model.n
         )
+        free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         p = self.params
         learn_w = self.learnable_omega[None] if rule.learns_omega else self._no_omega
         learn_k = self._edge_mask[None] if rule.learns_coupling else self._no_coupling
@@ -479,6 +509,7 @@ class EPController:
             EPReadings(free[None], plus, minus, locked),
             EPState(p.omega[None], p.coupling[None], learn_w, learn_k),
             self._net,
+            self.chip.optimizers(),
         )
         valid = upd.valid[0]
         n_unlocked = int(np.count_nonzero(upd.unlocked))
@@ -497,13 +528,13 @@ class EPController:
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
                 targets,
             )  # fmt: skip
-        loss_sum = 0.0
-        n_valid = 0
-        for k, r in enumerate(readings):
-            if valid[k]:
-                loss_sum += float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
-                n_valid += 1
-        self.params = Parameters(upd.omega[0], upd.coupling[0])
+        losses = [
+            float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
+            for k, r in enumerate(readings)
+            if valid[k]
+        ]
+        omega, coupling = self.chip.project(upd.omega[0], upd.coupling[0])
+        self.params = Parameters(omega, coupling)
         self.stats.updates += 1
         return StepReport(
             free,
@@ -514,23 +545,6 @@ class EPController:
             True,
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
-            loss_sum / n_valid,
+            float(np.mean(losses)),
             targets,
         )
-
-
-async def _shielded(coro: Awaitable[None]) -> None:
-    """Run ``coro`` to completion even if the calling task is cancelled (then re-raise)."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    if not task.cancelled() and task.exception() is not None:
-        log.error("cleanup failed: %r", task.exception())
-    if cancelled:
-        raise asyncio.CancelledError

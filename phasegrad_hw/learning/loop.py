@@ -1,7 +1,12 @@
 """The hardware training loop: epochs of EP steps on one or several substrates.
 
 Online SGD (the published setting, arXiv 2604.10272) with one substrate; with S substrates
-each step measures S samples in parallel and applies their mean gradient (mini-batch S).
+each step measures S samples in parallel and applies their mean gradient (mini-batch S), or
+``config.batch_size`` samples in rounds of S. A :class:`~phasegrad_hw.learning.chip.
+PhaseEncoding` trains a held-input device (docs/design.md §8): features as held phases, targets
+from the softmax cross-entropy gradient, argmax sin θ_out readout, the epoch's loss the
+cross-entropy at the free state; the EP rule's optimizer state is checkpointed with the
+parameters and its learning rates decay per epoch (``rule.lr_decay``).
 
 Reproducibility without RNG state: the sample order of epoch e is
 ``np.random.default_rng([seed, e]).permutation(n_train)``, and at the start of every epoch
@@ -20,19 +25,21 @@ of a complete epoch.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.learning.chip import PhaseEncoding
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample, StepReport
 
 if TYPE_CHECKING:
@@ -76,16 +83,20 @@ class EpochRecord:
 
 @dataclass
 class LoopState:
-    """Everything needed to resume exactly: epochs completed, parameters, history and the
-    running count of skipped samples."""
+    """Everything needed to resume exactly: epochs completed, parameters, history, the
+    running count of skipped samples and the EP rule's optimizer moments (None for SGD)."""
 
     epoch: int
     params: Parameters
     history: list[EpochRecord] = field(default_factory=list)
     skipped_samples: int = 0
+    optimizer: dict[str, Any] | None = None
 
     def copy(self) -> LoopState:
-        return LoopState(self.epoch, self.params.copy(), list(self.history), self.skipped_samples)
+        opt = None if self.optimizer is None else copy.deepcopy(self.optimizer)
+        return LoopState(
+            self.epoch, self.params.copy(), list(self.history), self.skipped_samples, opt
+        )
 
 
 @dataclass
@@ -207,12 +218,28 @@ def gradient_cosine(
     return float(a @ b) / den if den > 0 else None
 
 
-async def _accuracy(ctl: EPController, encoding: Encoding, x: Array, y: NDArray[np.int64]) -> float:
+def _inputs(
+    encoding: Encoding | PhaseEncoding, x: Array
+) -> tuple[Array, Array | None, Array | None]:
+    """For features x: input frequencies (n, n_inputs), held phases (n, n_held) or None, and
+    drive amplitudes (n, n_drive) or None."""
+    if isinstance(encoding, PhaseEncoding):
+        return np.zeros((len(x), 0)), encoding.held_phases(x), None
+    w, f = encoding.sample_inputs(x)
+    return w, None, f
+
+
+async def _accuracy(
+    ctl: EPController, encoding: Encoding | PhaseEncoding, x: Array, y: NDArray[np.int64]
+) -> float:
     if len(x) == 0:
         return float("nan")
-    phases, _ = await ctl.infer_many(*encoding.sample_inputs(x))
-    pred = encoding.predict(phases[:, ctl.model.outputs])
-    return float(np.mean(pred == y))
+    w, held, drive = _inputs(encoding, np.asarray(x, dtype=np.float64))
+    phases, locked = await ctl.infer_many(w, held, drive)
+    right = encoding.predict(phases[:, ctl.model.outputs]) == y
+    if held is not None:  # as the layered engine: a sample that does not lock counts as wrong
+        right &= locked
+    return float(np.mean(right))
 
 
 def _initial_state(substrate: OscillatorSubstrate, options: LoopOptions) -> LoopState:
@@ -232,9 +259,10 @@ class _Epoch:
     """One epoch's training pass over a fixed training set (inputs already encoded)."""
 
     ctl: EPController
-    encoding: Encoding
+    encoding: Encoding | PhaseEncoding
     substrates: Sequence[OscillatorSubstrate]
     w_train: Array
+    held_train: Array | None  # held input phases per sample (a held-input device), or None
     f_train: Array | None  # drive amplitudes per sample (a driven device's inputs), or None
     y_train: NDArray[np.int64]
     observers: Sequence[LoopObserver]
@@ -252,34 +280,48 @@ class _Epoch:
         self.cosines.append(cos)
         log.info("gradient check at step %d: cosine(EP, implicit) = %.6f", step + 1, cos)
 
+    def _sample(self, i: int) -> Sample:
+        enc, y = self.encoding, int(self.y_train[i])
+        if isinstance(enc, PhaseEncoding):
+            assert self.held_train is not None
+            return Sample(self.w_train[i], partial(enc.clamp, y), self.held_train[i])
+        drive = None if self.f_train is None else (self.f_train[i], 0.0)
+        return Sample(self.w_train[i], self._targets(y), drive=drive)
+
+    def _loss(self, rep: StepReport, idx: NDArray[np.int64]) -> float:
+        """The step's loss at the free state: the clamp's (frequency encodings) or the
+        cross-entropy over the valid samples (phase encoding)."""
+        if not isinstance(self.encoding, PhaseEncoding):
+            return rep.loss
+        if not rep.valid.any():
+            return float("nan")
+        out = rep.free_phases[rep.valid][:, self.ctl.model.outputs]
+        return float(np.mean(self.encoding.loss(self.y_train[idx][rep.valid], out)))
+
     async def run(self, seed: int, e: int, online: bool) -> tuple[int, int, float | None]:
         """Train epoch ``e``; returns (skipped samples, correct online predictions, mean loss
-        of the steps with a valid sample, rad²). The epoch's gradient checks land in
+        of the steps with a valid sample, rad² or nats). The epoch's gradient checks land in
         ``cosines``."""
-        n_train, n_sub = len(self.y_train), len(self.substrates)
-        steps_per_epoch = -(-n_train // n_sub)
+        n_train = len(self.y_train)
+        size = self.ctl.config.batch_size or len(self.substrates)
+        steps_per_epoch = -(-n_train // size)
         self.cosines = []
         outputs = self.ctl.model.outputs
         _reseed(self.substrates, seed, e)
+        self.ctl.forget_writes()  # a reseed returns an emulator to its power-on settings
+        self.ctl.chip.epoch = e
         order = np.random.default_rng([seed, e]).permutation(n_train)
         skipped = correct = 0
         losses: list[float] = []
-        for b in range(0, n_train, n_sub):
+        for b in range(0, n_train, size):
             await _checkpoint()  # a cancellation point per step, on every backend
-            idx = order[b : b + n_sub]
-            batch = [
-                Sample(
-                    self.w_train[i],
-                    self._targets(int(self.y_train[i])),
-                    None if self.f_train is None else (self.f_train[i], 0.0),
-                )
-                for i in idx
-            ]
-            rep = await self.ctl.step(batch)
-            self._check(e * steps_per_epoch + b // n_sub, rep)
+            idx = order[b : b + size]
+            rep = await self.ctl.step([self._sample(int(i)) for i in idx])
+            self._check(e * steps_per_epoch + b // size, rep)
             skipped += rep.skipped_unlocked + rep.skipped_basin_jump
-            if np.isfinite(rep.loss):
-                losses.append(float(rep.loss))
+            loss = self._loss(rep, idx)
+            if np.isfinite(loss):
+                losses.append(loss)
             if online:
                 pred = self.encoding.predict(rep.free_phases[:, outputs])
                 correct += int(np.sum(pred == self.y_train[idx]))
@@ -290,6 +332,7 @@ class _Epoch:
     def _targets(self, y: int) -> Array | Callable[[Array], Array]:
         """Clamp targets of class ``y``: fixed templates (a remote substrate then measures the
         whole step in one round trip), or a function of the free phases (``difference``)."""
+        assert not isinstance(self.encoding, PhaseEncoding)
         if self.encoding.readout == "difference":
             return partial(self.encoding.clamp_targets, y)
         return self.encoding.clamp_targets(y, np.zeros(len(self.ctl.model.outputs)))
@@ -316,7 +359,7 @@ async def _notify_epoch_end(observers: Sequence[LoopObserver], state: LoopState)
 async def train_on_substrates(
     substrates: Sequence[OscillatorSubstrate],
     dataset: Dataset,
-    encoding: Encoding,
+    encoding: Encoding | PhaseEncoding,
     config: EPConfig,
     options: LoopOptions,
     observers: Sequence[LoopObserver] = (),
@@ -333,15 +376,24 @@ async def train_on_substrates(
         raise ConfigError("substrates: [] — at least one substrate is required")
     state = _initial_state(substrates[0], options)
     ctl = EPController(substrates, config, state.params, learnable_omega=options.learnable_omega)
+    ctl.chip.load_optimizer_state(state.optimizer)
     x_train = np.asarray(dataset.x_train, dtype=np.float64)
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
-    w_train, f_train = encoding.sample_inputs(x_train)
+    w_train, held_train, f_train = _inputs(encoding, x_train)
     n_train = len(x_train)
     online = options.train_eval == "online"
     if options.check_gradients:
         check_exact_gradient(substrates)  # before anything is sent
     epoch = _Epoch(
-        ctl, encoding, substrates, w_train, f_train, y_train, observers, options.check_gradients
+        ctl,
+        encoding,
+        substrates,
+        w_train,
+        held_train,
+        f_train,
+        y_train,
+        observers,
+        options.check_gradients,
     )
     plan = RunPlan(state.epoch, options.epochs, n_train, len(substrates))
     for obs in observers:
@@ -359,7 +411,11 @@ async def train_on_substrates(
             e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss, cos
         )
         state = LoopState(
-            e + 1, ctl.params.copy(), [*state.history, rec], state.skipped_samples + skipped
+            e + 1,
+            ctl.params.copy(),
+            [*state.history, rec],
+            state.skipped_samples + skipped,
+            ctl.chip.optimizer_state(),
         )
         log.debug(
             "epoch %d: train %.3f test %.3f loss %s skipped %d",
@@ -389,7 +445,7 @@ async def train_on_substrates(
 async def evaluate_parameters(
     substrates: Sequence[OscillatorSubstrate],
     dataset: Dataset,
-    encoding: Encoding,
+    encoding: Encoding | PhaseEncoding,
     params: Parameters,
     config: EPConfig | None = None,
 ) -> tuple[float, float]:

@@ -401,6 +401,7 @@ async def train_device(
     """
     from phasegrad_hw.device.registry import open_substrate
     from phasegrad_hw.device.substrate import Capability
+    from phasegrad_hw.learning.chip import PhaseEncoding
     from phasegrad_hw.learning.controller import EPConfig, Parameters
     from phasegrad_hw.learning.ep import EPRule
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
@@ -410,7 +411,7 @@ async def train_device(
 
     o = setup.options
     model = lt.device_model_of(o.device)  # task checks before any device is opened
-    if lt.is_held_input(model):
+    if lt.uses_engine(model):
         assert model is not None
         if o.check_gradients:
             raise ConfigError(
@@ -430,7 +431,9 @@ async def train_device(
         lt.check_task_fits(dataset, model)
     tpath = setup.transfer.path if setup.transfer is not None else "none"
     sub = open_substrate(o.device, seed=o.seed, transfer=tpath)
-    enc = Encoding.for_device(sub.model, readout=o.readout, margin=o.margin)
+    enc: Encoding | PhaseEncoding = Encoding.for_device(
+        sub.model, readout=o.readout, margin=o.margin
+    )
     start_params: Parameters | None = None
     if init_from is not None:
         _, init_state = load_run_parameters(init_store or store, init_from)
@@ -474,6 +477,13 @@ async def train_device(
                     averages=averages,
                 )
             )
+            if sub.model.roles.held:  # chip scale through the controller (layered_training)
+                lt.check_task_fits(dataset, sub.model)
+                asked = o.model_copy(update={"params": setup.options.params})
+                ep, enc, held_params = lt.controller_setup(
+                    asked, sub.model, setup.noise is not None
+                )
+                start_params = start_params or held_params
             if rs is not None:
                 if resume is not None and start is not None:
                     if changes:
@@ -499,6 +509,7 @@ async def train_device(
             src = sub.map_source
             notify(f"bias map: {src if src in ('device', 'nominal') else f'calibrated ({src})'}")
             ses.status = "running"
+            held = bool(sub.model.roles.held)  # chip scale: train accuracy from the epoch's reads
             opts = LoopOptions(
                 epochs=o.epochs,
                 seed=o.seed,
@@ -506,6 +517,7 @@ async def train_device(
                 start=start,
                 params=start_params,
                 check_gradients=o.check_gradients,
+                train_eval="online" if held else "epoch_end",
             )
             res = await train_on_substrates([sub], dataset, enc, ep, opts, [*watchers, *observers])
         out: dict[str, Any] = {
@@ -531,6 +543,8 @@ async def train_device(
             ],
             "parameters": _plain_params(res.state),
         }
+        if held:  # what the layered defaults and the noise map made of the options
+            out["ep_config"] = ep.model_dump()
         if rs is not None and run_id is not None:
             rs.finish_run(run_id, out)
             out["run_id"] = run_id

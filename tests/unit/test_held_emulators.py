@@ -45,8 +45,8 @@ async def test_ep_on_held_devices_equals_the_implicit_gradient(backend: str, see
                 "coupling_function": {"harmonics": [1.0]},
                 "capacitors": {"mismatch": 0.0, "direction_mismatch": 0.0, "lsb_ff": 0.0},
                 "oscillator": {"vth_mismatch_v": 0.0},
-                "phase_noise": {"dbc_hz": -200.0},
-                "tdc": {"lsb_s": 1e-18, "jitter_s": 0.0, "offset_sigma_s": 0.0},
+                "phase_noise": {"dbc_hz": -250.0},
+                "tdc": {"lsb_s": 1e-21, "jitter_s": 0.0, "offset_sigma_s": 0.0},
                 "thermal": {"sigma_c": 0.0},
                 "injection": {"amplitude_bits": 24, "phase_bits": 24, "gain_mismatch": 0.0},
             }

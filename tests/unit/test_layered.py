@@ -19,9 +19,9 @@ from phasegrad_hw.engine.layered import (
     Split,
     digits_data,
     init_params,
-    project_locking,
     train_layered,
 )
+from phasegrad_hw.learning.optim import LockBounds, project_locking
 from phasegrad_hw.physics.coupling import wrap
 from phasegrad_hw.physics.layered import (
     LayeredBatch,
@@ -300,7 +300,8 @@ def test_locking_projection() -> None:
     K = K.copy()
     K[0] = 50.0  # edge (hidden 0, input 0): a huge load on input 0
     w = np.full(net.n_free, 100.0)
-    w2, K2, n_clip, n_scaled = project_locking(net, w, K, 0.9, 20.0, 0.5)
+    lock = LockBounds(0.9, 20.0, 0.5)
+    w2, K2, n_clip, n_scaled = project_locking(net.n, net.edges, net.held, net.free, w, K, lock)
     load = np.zeros(net.n)
     np.add.at(load, net.edges[:, 1], np.abs(K2))
     assert n_scaled >= 1 and load[net.held].max() <= 10.0 + 1e-12
@@ -309,7 +310,8 @@ def test_locking_projection() -> None:
     np.add.at(row, net.edges[:, 1], np.abs(K2))
     assert n_clip == net.n_free and np.allclose(w2, 0.9 * row[net.n_held :])
     # untouched when inside the bounds
-    w3, K3, c3, s3 = project_locking(net, np.zeros(net.n_free), K2, 0.9, 20.0, 0.5)
+    w0 = np.zeros(net.n_free)
+    w3, K3, c3, s3 = project_locking(net.n, net.edges, net.held, net.free, w0, K2, lock)
     assert (c3, s3) == (0, 0) and np.array_equal(K3, K2)
 
 
