@@ -372,6 +372,13 @@ def load_run_parameters(store: Path | None, run_id: str) -> tuple[dict[str, Any]
         return rs.load_checkpoint(run_id)
 
 
+_NO_HELD_CHECK = (
+    "--check-gradients: a held-input (chip-scale) device trains on cross-entropy clamp targets "
+    "with a gain per sample, which its implicit gradient does not check; use a device with "
+    "frequency inputs"
+)
+
+
 async def train_device(
     setup: TrainSetup,
     *,
@@ -411,13 +418,10 @@ async def train_device(
 
     o = setup.options
     model = lt.device_model_of(o.device)  # task checks before any device is opened
+    if o.check_gradients and model is not None and model.roles.held:
+        raise ConfigError(_NO_HELD_CHECK)
     if lt.uses_engine(model):
         assert model is not None
-        if o.check_gradients:
-            raise ConfigError(
-                "--check-gradients: the held-input (layered) trainer of this device has no "
-                "hardware-loop step to check; use a device with frequency inputs"
-            )
         return lt.train_held_inputs(
             o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
         )
@@ -460,6 +464,8 @@ async def train_device(
             if o.check_gradients:  # nothing sent yet; a remote device declares on connect
                 from phasegrad_hw.learning.loop import check_exact_gradient
 
+                if sub.model.roles.held:
+                    raise ConfigError(_NO_HELD_CHECK)
                 check_exact_gradient([sub])
             if o.params is None:  # a remote device declares its abilities once connected
                 can_k = Capability.COUPLINGS in sub.capabilities

@@ -57,7 +57,7 @@ async def test_ep_on_the_forced_equilibrium_matches_finite_differences() -> None
             EPConfig(rule=EPRule(beta=beta, mode="centred", params="omega")),
             Parameters(omega, m.coupling_values()),
         )
-        rep = await ctl.step([Sample(np.zeros(0), target, drive)])
+        rep = await ctl.step([Sample(np.zeros(0), target, drive=drive)])
         assert rep.updated and rep.grad_omega is not None
 
         async def loss(w: np.ndarray) -> float:
@@ -87,13 +87,13 @@ async def test_a_drive_is_limit_checked_before_anything_is_sent() -> None:
     p = Parameters(np.zeros(m.n), m.coupling_values())
     ctl = EPController([SimulatedSubstrate(m)], EPConfig(), p)  # type: ignore[arg-type]
     with pytest.raises(LimitError, match="drive_amplitude"):
-        await ctl.step([Sample(np.zeros(0), np.zeros(2), (np.full(4, 5.0), 0.0))])
+        await ctl.step([Sample(np.zeros(0), np.zeros(2), drive=(np.full(4, 5.0), 0.0))])
     tiny = model_tiny()
     ctl = EPController(
         [SimulatedSubstrate(tiny)], EPConfig(), Parameters(np.zeros(5), tiny.coupling_values())
     )
     with pytest.raises(ConfigError, match="cannot apply a drive"):
-        await ctl.step([Sample(np.zeros(2), np.zeros(2), (np.zeros(1), 0.0))])
+        await ctl.step([Sample(np.zeros(2), np.zeros(2), drive=(np.zeros(1), 0.0))])
 
 
 def test_train_sensor_bank_learns_and_checks_gradients(tmp_path) -> None:  # type: ignore[no-untyped-def]
