@@ -313,7 +313,7 @@ def test_the_probe_check_leaves_config_lookups_alone() -> None:
     assert probes(source, {"SimulatedSubstrate"}) == []
 
 
-# --------------------------------------------------------------------------- held / drive over the wires
+# ------------------------------------------------------------- held inputs and drive, wired
 # The wired drivers on a chip with held inputs and on one with a drive: each declares the
 # ability from what the chip behind it has (board descriptor, bench wiring) and passes the
 # whole suite, its held-phase / drive check included.
