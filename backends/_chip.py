@@ -23,7 +23,16 @@ for the locked state) wrapped in the hardware effects a real chip adds around it
   The clock holds Ω while the outputs are nudged;
 * loss of lock when no stable locked state exists (phases ramp and wrap between reads,
   ``locked = False``; never an exception from the physics);
-* switchable failure modes (:class:`phasegrad_hw.device.model.FailureSpec`).
+* switchable failure modes (:class:`phasegrad_hw.device.model.FailureSpec`);
+* held inputs and bias oscillators (``roles.held``, ``roles.bias``; ``held_phases``) and an
+  external drive (``roles.drive``; ``drive``) are injected from the chip's clock
+  (:mod:`~phasegrad_hw.backends._held`): held oscillators sit exactly at their phases, the
+  clock is the reference oscillator (a bias oscillator), so the free oscillators see the
+  detunings ω − ω_ref and are solved on the free block (layered solver for the start of a
+  layered device, then Newton under the chip's true K and H); without held inputs the drive
+  enters in the clock frame Ω like the clamp. On arrays with more than
+  :data:`EXACT_OU_MAX` free oscillators the phase diffusion uses the symmetric part of the
+  linearisation (:class:`_SymLinearised`) instead of a full eigen-decomposition per read.
 
 Two random streams: chip mismatch is drawn once from ``model.seed`` (a fixed property of
 the chip); the noise stream is seeded by the ``seed`` argument and reset by :meth:`reseed`.
@@ -38,6 +47,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
+from phasegrad_hw.backends import _held
 from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import LockLostError
@@ -109,6 +119,7 @@ log = logging.getLogger(__name__)
 _TOL = 1e-9  # residual of a read's locked state (rad per time unit); far below readout noise
 _MAX_ITER = 30  # damped Newton iterations before a state is declared not locked
 _TOL_EXACT = 1e-12  # for the ground-truth state of exact_gradient
+EXACT_OU_MAX = 32  # free oscillators up to which the diffusion uses the exact eigen-solution
 
 
 def ou_step(
@@ -160,6 +171,50 @@ class _Linearised:
         return P, _psd_chol(0.5 * (C + C.T))
 
 
+class _SymLinearised:
+    """Cheap stand-in of :class:`_Linearised` for large arrays (the held 64-64-10 chips): the
+    stationary covariance of the *symmetric part* A_s of A with Q = D·I, Σ = (D/2)·(−A_s)⁻¹
+    (exact for symmetric K and odd H; the few % asymmetry of a chip changes it to that order),
+    and every mode relaxing at the slowest rate λ_min of −A_s between conversions
+    (Φ(dt) = e^{−λ_min dt}·I: correlations between conversions are over-, never
+    under-estimated). One Cholesky factorisation per state instead of an eigen-decomposition.
+    ``margin`` is λ_min (> 0 iff −A_s is positive definite, which implies a stable A);
+    ``margin`` 0 when it is not."""
+
+    def __init__(self, A: Array, q: Array) -> None:
+        self.A = A
+        As = -0.5 * (A + A.T)
+        n = len(A)
+        self.sigma = np.zeros((n, n))
+        self.margin = 0.0
+        try:
+            L = np.linalg.cholesky(As)
+        except np.linalg.LinAlgError:
+            return
+        inv = np.linalg.inv(As)
+        self.sigma = 0.5 * float(np.mean(q)) * 0.5 * (inv + inv.T)
+        v = np.ones(n) / np.sqrt(n)
+        lam = 0.0
+        for _ in range(8):  # inverse iteration: smallest eigenvalue of −A_s
+            y = np.linalg.solve(L.T, np.linalg.solve(L, v))
+            lam = 1.0 / float(np.linalg.norm(y))
+            v = y * lam
+        self.margin = lam
+        self._chol_sigma: Array | None = None
+
+    def chol_sigma(self) -> Array:
+        if self._chol_sigma is None:
+            self._chol_sigma = _psd_chol(self.sigma)
+        return self._chol_sigma
+
+    def propagator(self, dt: float) -> Array:
+        return np.exp(-self.margin * dt) * np.eye(len(self.A))
+
+    def step_cov(self, dt: float) -> tuple[Array, Array]:
+        rho = float(np.exp(-self.margin * dt))
+        return rho * np.eye(len(self.A)), np.sqrt(max(0.0, 1.0 - rho * rho)) * self.chol_sigma()
+
+
 def _psd_chol(C: Array) -> Array:
     try:
         return np.asarray(np.linalg.cholesky(C + 1e-300 * np.eye(len(C))), dtype=np.float64)
@@ -200,6 +255,19 @@ class EmulatedChip(OscillatorSubstrate):
         self.n = n
         self.ref = model.roles.reference
         self.keep = np.arange(n) != self.ref
+        r = model.roles
+        caps = set(type(self).capabilities)
+        caps |= {Capability.HELD_PHASES} if r.held else set()
+        caps |= {Capability.DRIVE} if r.drive else set()
+        self.capabilities = frozenset(caps)
+        self._lay = _held.layout(model)
+        # the oscillators whose phases are solved (and diffuse): all but the reference, or
+        # the free ones of a device with held inputs
+        self._var = self._lay.free if r.held else np.flatnonzero(self.keep)
+        self.held_rad = model.input_phases(np.zeros(len(r.held)))
+        self.drive: tuple[Array, float] = (np.zeros(n), 0.0)
+        self._lsolver: tuple[tuple[int, bytes], _held.LayeredSolver] | None = None
+        self._k_version = 0  # bumped by every coupling change (the layered solver's cache key)
         self.H = model.coupling()
         self.chip_rng = np.random.default_rng([model.seed, 0x5EED, 4])
         self._draw_mismatch(self.chip_rng)
@@ -226,7 +294,7 @@ class EmulatedChip(OscillatorSubstrate):
         self.clamped = False
         self.time_s = 0.0
         self.theta = np.zeros(self.n)
-        self._x = np.zeros(self.n - 1)
+        self._x = np.zeros(self._var.size)
         self._x_time = 0.0
         self._drift = np.zeros(self.n)
         self._dirty = True
@@ -293,6 +361,7 @@ class EmulatedChip(OscillatorSubstrate):
 
     async def _apply_couplings(self, values: Array) -> None:
         self.K = self._true_coupling(values)
+        self._k_version += 1
         self._dirty = True
         self._free = None
 
@@ -307,6 +376,23 @@ class EmulatedChip(OscillatorSubstrate):
         if self._clamp is not None:
             self._clamp = None
             self._dirty = True
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        """The phase shifters of the held inputs (their injection follows at once)."""
+        if not np.array_equal(phases_rad, self.held_rad):
+            self.held_rad = phases_rad.copy()
+            self._dirty = True
+            self._free = None
+            self._plus_theta = None
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        """The external drive, synthesised from the clock: amplitude F (roles.drive), phase ψ."""
+        a = np.zeros(self.n)
+        a[self.model.roles.drive] = amplitude
+        self.drive = (a, float(phase_rad))
+        self._dirty = True
+        self._free = None
+        self._plus_theta = None
 
     async def _read_frequencies(self) -> Array:
         """Free-running frequencies (model units, not centred) by a gated counter (±1 count
@@ -377,7 +463,7 @@ class EmulatedChip(OscillatorSubstrate):
         clamp: bool = True,
         tol: float = _TOL,
         theta0: Array | None = None,
-    ) -> tuple[Array, _Linearised | None]:
+    ) -> tuple[Array, _Linearised | _SymLinearised | None]:
         """Locked state θ (rad, θ_ref = 0) under the present settings and its linearisation
         (None: no stable locked state — the phases slip).
 
@@ -389,6 +475,8 @@ class EmulatedChip(OscillatorSubstrate):
         w = np.asarray(self._true_frequencies() if omega is None else omega, dtype=np.float64)
         rkw = self._rkw(clamp)
         start = (self._predict() if clamp else self.theta) if theta0 is None else theta0
+        if self._forced():
+            return self._forced_state(w, rkw, start, tol)
         if not rkw or self._frame_omega is None:
             free = self._free_frame(w, self.theta if rkw else start, tol)
             if free is None:
@@ -400,10 +488,74 @@ class EmulatedChip(OscillatorSubstrate):
             if th_n is None:
                 return self.theta.copy(), None
             th = th_n
-        lin = self._linearise(th, clamp)
+        lin = self._linearise(th, rkw)
         if lin.margin <= 1e-9:
             return th, None
         return th, lin
+
+    def _forced(self) -> bool:
+        return bool(self.model.roles.held) or bool(np.any(self.drive[0]))
+
+    def _forcing(self, rkw: dict[str, Any]) -> _held.Forcing:
+        return _held.Forcing(self.drive[0], self.drive[1], rkw)
+
+    def _forced_state(
+        self, w: Array, rkw: dict[str, Any], start: Array, tol: float
+    ) -> tuple[Array, _Linearised | _SymLinearised | None]:
+        """Locked state with held inputs or a drive (module doc): the free oscillators by
+        Newton (:func:`~phasegrad_hw.backends._held.solve_free`) from the layered solver's
+        free state (layered device, no clamp), the predicted/warm state, then the held phases."""
+        held = bool(self.model.roles.held)
+        if held:
+            w_rel = w - w[self.ref]
+            th_held = _held.held_phases(self.model, self.held_rad)
+        else:
+            if self._frame_omega is None:
+                free = self._free_frame(w, self.theta, tol)
+                if free is None:
+                    return self.theta.copy(), None
+                self._frame_omega = free[1]
+                self._frame_at = (w.copy(), free[0].copy(), None)
+            w_rel = w - self._tracked_frame(w)
+            th_held = np.zeros(self.n)
+        f = self._forcing(rkw)
+        warm = start.copy()
+        warm[self._lay.held] = th_held[self._lay.held]
+        if held and self._lay.net is not None and not np.any(self.drive[0]):
+            th_l = self._layered(w_rel, th_held, f, warm, bool(rkw), tol)
+            if th_l is not None:
+                lin = self._linearise(th_l, rkw)
+                if lin.margin > 1e-9:
+                    return th_l, lin
+            return warm, None
+        for s0 in (warm, th_held):
+            th = _held.solve_free(s0, w_rel, self.K, self.H, self._var, f, tol, _MAX_ITER)
+            if th is None:
+                continue
+            lin = self._linearise(th, rkw)
+            if lin.margin > 1e-9:
+                return th, lin
+        return warm, None
+
+    def _layered(
+        self, w_rel: Array, th_held: Array, f: _held.Forcing, warm: Array, nudged: bool, tol: float
+    ) -> Array | None:
+        """Layered held device: :class:`~phasegrad_hw.backends._held.LayeredSolver` (any H,
+        asymmetric K) — the free state from the feed-forward start (a function of the settings
+        and the input, as in the layered engine), a nudged one from the predicted state; the
+        warm state as a second start."""
+        key = (self._k_version, self.held_rad.tobytes())
+        if self._lsolver is None or self._lsolver[0] != key:
+            self._lsolver = (key, _held.LayeredSolver(self._lay, w_rel, self.K, self.H, th_held))
+        ls = self._lsolver[1]
+        ls.set_frequencies(w_rel)
+        near = (warm[ls.out], warm[ls.hid])
+        starts = [(near, 1e6), (near, 1.0)] if nudged else [(ls.feed_forward(), 1.0), (near, 1.0)]
+        for (th_o, th_h), dt0 in starts:
+            th = ls.solve(th_o, th_h, f, tol, 4 * _MAX_ITER, dt0)
+            if th is not None:
+                return th
+        return None
 
     def _tracked_frame(self, w: Array) -> float:
         """Ω for the present true ω: the clock follows the array's free collective frequency
@@ -434,7 +586,7 @@ class EmulatedChip(OscillatorSubstrate):
         th, lin = self.solve_state(omega, clamp, tol)
         return th, lin is not None
 
-    def _locked_state(self) -> tuple[Array, _Linearised | None]:
+    def _locked_state(self) -> tuple[Array, _Linearised | _SymLinearised | None]:
         return self.solve_state()
 
     def _predict(self) -> Array:
@@ -453,18 +605,21 @@ class EmulatedChip(OscillatorSubstrate):
         force = b * d * (np.sin(dlt) if self.model.nudge == "injection" else dlt)
         out = theta_f.copy()
         try:
-            out[self.keep] -= np.linalg.solve(A, force[self.keep])
+            out[self._var] -= np.linalg.solve(A, force[self._var])
         except np.linalg.LinAlgError:
             return self.theta
         return out
 
-    def _linearise(self, theta: Array, clamp: bool = True) -> _Linearised:
-        """Linearised dynamics around the locked state: A the pinned reduced Jacobian, noise
-        rate diag(D_k) on the non-reference oscillators (the reference follows the clock;
-        clock jitter belongs to the readout)."""
-        keep = self.keep
-        A = jacobian(theta, self.K, self.H, **self._rkw(clamp))[keep][:, keep]
-        return _Linearised(A, self._diffusion()[keep])
+    def _linearise(self, theta: Array, rkw: dict[str, Any]) -> _Linearised | _SymLinearised:
+        """Linearised dynamics around the locked state: A the Jacobian of the solved
+        oscillators (the non-reference ones, or the free ones with held inputs; clamp ``rkw``
+        and drive included), noise rate diag(D_k) on them (the reference and the held
+        oscillators follow the clock; clock jitter belongs to the readout)."""
+        var = self._var
+        A = _held.free_jacobian(theta, self.K, self.H, var, self._forcing(rkw))
+        if var.size > EXACT_OU_MAX:
+            return _SymLinearised(A, self._diffusion()[var])
+        return _Linearised(A, self._diffusion()[var])
 
     def _lock_settle_s(self, margin: float) -> float:
         """Lock settling (s): max(lock_cycles/f, ln(1/tol)/λ) — grows as the stability margin
@@ -537,12 +692,14 @@ class EmulatedChip(OscillatorSubstrate):
     def _read_interval_s(self) -> float:
         raise NotImplementedError
 
-    def _locked_samples(self, theta: Array, lin: _Linearised, m: int, dt_s: float) -> Array:
+    def _locked_samples(
+        self, theta: Array, lin: _Linearised | _SymLinearised, m: int, dt_s: float
+    ) -> Array:
         """(m, N) true phases at m conversions ``dt_s`` apart: θ* + OU deviation."""
         dt = dt_s / self._time_unit_s
         gap = max(0.0, (self.time_s - self._x_time)) / self._time_unit_s
         x = self._x
-        n1 = self.n - 1
+        n1 = self._var.size
         out = np.empty((m, n1))
         if lin.margin * min(dt, gap if gap > 0 else dt) > 40.0:
             # conversions many correlation times apart: independent stationary draws
@@ -558,8 +715,8 @@ class EmulatedChip(OscillatorSubstrate):
                 out[k] = x
         self._x = out[-1].copy()
         self._x_time = self.time_s + (m - 1) * dt_s
-        ph = np.zeros((m, self.n))
-        ph[:, self.keep] = theta[self.keep][None, :] + out
+        ph = np.repeat(theta[None, :], m, axis=0)
+        ph[:, self._var] += out
         return ph
 
     def _unlocked_samples(self, m: int, dt_s: float) -> Array:
@@ -596,6 +753,9 @@ class EmulatedChip(OscillatorSubstrate):
         e = loss_grad_theta(
             th, self.model.outputs, np.asarray(target, dtype=np.float64), self.model.nudge
         )
+        if self._forced():  # held inputs / drive: the free block (module doc)
+            J = _held.free_jacobian(th, self.K, self.H, self._var, self._forcing({}))
+            return _held.free_implicit_gradient(J, e[self._var], self.n, self._var)
         return np.asarray(implicit_gradient(th, self.K, e, self.H, ref=self.ref))
 
     def true_frequencies(self) -> Array:

@@ -314,7 +314,14 @@ class OpticalSubstrate(EmulatedChip):
         K = np.zeros((self.n, self.n))
         K[e[:, 0], e[:, 1]] = base * (1.0 + self.nonrecip[:, 0])
         K[e[:, 1], e[:, 0]] = base * self._k_ratio * (1.0 + self.nonrecip[:, 1])
-        return np.clip(K, 0.0, None)
+        # a coupler's field cannot go negative; an invertible edge (a π phase shifter after
+        # the coupler) carries the sign (docs/design.md §8)
+        floor = np.zeros((self.n, self.n))
+        neg = np.where(self.model.invertible_mask(), -np.inf, 0.0)
+        floor[e[:, 0], e[:, 1]] = neg
+        floor[e[:, 1], e[:, 0]] = neg
+        out: Array = np.maximum(K, floor)
+        return out
 
     def _clamp_physics(
         self, target: Array, beta: float, direction: int

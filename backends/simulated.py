@@ -5,6 +5,12 @@ Every read solves the (possibly nudged) locked state by the physics retry ladder
 optional seeded Gaussian readout noise (``readout_noise_rad`` per single read) and readout
 quantisation (``quantisation_rad``), wrapping at ±π like a phase detector.
 
+A device with held inputs (``roles.held``, ``roles.bias``) or a drive (``roles.drive``)
+declares ``held_phases``/``drive`` and is solved on its free oscillators with the held ones
+exactly at their phases and the drive injected from the clock (:mod:`~phasegrad_hw.backends.
+_held`: the layered solver for the start of a layered device, Newton on the free block);
+``true_state``/``exact_gradient`` use the same model.
+
 :class:`SimulatedBatch` holds many independent virtual chips (:class:`SimulatedChip`, each a
 full substrate with its own settings and noise RNG); reads that the chips await concurrently
 (e.g. under ``asyncio.gather``) are solved together in one vectorised Newton call.
@@ -19,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from phasegrad_hw.backends import _held
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.physics import Array, centred, wrap
@@ -91,6 +98,18 @@ class SimulatedSubstrate(OscillatorSubstrate):
         )
         self._ke: Array | None = None
         self._refresh_edges()
+        r = model.roles
+        caps = set(type(self).capabilities)
+        if r.held:
+            caps.add(Capability.HELD_PHASES)
+        if r.drive:
+            caps.add(Capability.DRIVE)
+        self.capabilities = frozenset(caps)
+        self._lay = _held.layout(model) if (r.held or r.drive) else None
+        self.held_rad = model.input_phases(np.zeros(len(r.held)))
+        self.drive: tuple[Array, float] = (np.zeros(model.n), 0.0)
+        self._lsolver: tuple[tuple[int, bytes], _held.LayeredSolver] | None = None
+        self._k_version = 0  # bumped by every coupling change (the layered solver's cache key)
 
     def _refresh_edges(self) -> None:
         """Edge couplings K_e for the fast edge rung, or None if K is asymmetric / has a zero
@@ -114,6 +133,7 @@ class SimulatedSubstrate(OscillatorSubstrate):
         )
         self.K[e[:, 0], e[:, 1]] = values
         self.K[e[:, 1], e[:, 0]] = values * ratio
+        self._k_version += 1
         self._refresh_edges()
 
     async def _apply_clamp(self, target: Array, beta: float, direction: int) -> None:
@@ -126,12 +146,21 @@ class SimulatedSubstrate(OscillatorSubstrate):
     async def _apply_release(self) -> None:
         self._clamp = None
 
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        self.held_rad = phases_rad.copy()
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        a = np.zeros(self.model.n)
+        a[self.model.roles.drive] = amplitude
+        self.drive = (a, float(phase_rad))
+
     async def _read(self, averages: int) -> PhaseReading:
         theta, locked = self.solve()
         return await self._reading(theta, locked, averages)
 
     async def _reading(self, theta: Array, locked: bool, averages: int) -> PhaseReading:
         """Noisy, quantised, wrapped reading of the noise-free state ``theta`` (rad)."""
+        theta = theta - theta[self.model.roles.reference]  # read against the reference
         sigma = self.model.readout_noise_rad
         if sigma > 0:
             samples = theta[None, :] + sigma * self.rng.standard_normal((averages, self.model.n))
@@ -162,9 +191,78 @@ class SimulatedSubstrate(OscillatorSubstrate):
         b, t, d = self._clamp
         return {"beta": b, "target": t, "direction": d}
 
+    def _forced(self) -> bool:
+        """Held oscillators or a drive switched on: the free-block solver of
+        :mod:`~phasegrad_hw.backends._held` instead of the ladder."""
+        return bool(self.model.roles.held) or bool(np.any(self.drive[0]))
+
+    def _free_frame(self) -> tuple[Array, Array]:
+        """(ω in the solve frame (n,), phases of the held oscillators (n,)): detunings from the
+        reference (the clock) with held inputs, else the centred ω with the reference at 0."""
+        if self.model.roles.held:
+            return self.omega - self.omega[self.model.roles.reference], _held.held_phases(
+                self.model, self.held_rad
+            )
+        return centred(self.omega), np.zeros(self.model.n)
+
+    def _forcing(self, clamp: bool = True) -> _held.Forcing:
+        kw: dict[str, Any] = {}
+        if clamp and self._clamp is not None:
+            b, t, d = self._clamp
+            kw = {"beta": b * d, "target": t, "nudge": self.model.nudge}
+        return _held.Forcing(self.drive[0], self.drive[1], kw)
+
+    def _free_set(self) -> NDArray[np.intp]:
+        lay = self._lay
+        if lay is not None and self.model.roles.held:
+            return lay.free
+        return np.flatnonzero(np.arange(self.model.n) != self.model.roles.reference)
+
+    def _solve_forced(self, clamp: bool = True) -> tuple[Array, bool]:
+        """Locked state with held oscillators / a drive (:mod:`~phasegrad_hw.backends._held`).
+        Layered held device: the free state by the layered solver from its feed-forward start
+        (deterministic, as the engine's), a nudged one by the layered Newton from the warm
+        state; others by Newton on the free block from the warm start, then the held phases."""
+        w, th_held = self._free_frame()
+        free = self._free_set()
+        f = self._forcing(clamp)
+        lay = self._lay
+        warm = self.theta.copy()
+        if lay is not None:
+            warm[lay.held] = th_held[lay.held]
+        if lay is not None and lay.net is not None and not np.any(self.drive[0]):
+            key = (self._k_version, self.held_rad.tobytes())
+            if self._lsolver is None or self._lsolver[0] != key:
+                self._lsolver = (key, _held.LayeredSolver(lay, w, self.K, self.H, th_held))
+            ls = self._lsolver[1]
+            ls.set_frequencies(w)
+            near = (warm[ls.out], warm[ls.hid])
+            starts: list[tuple[tuple[Array, Array], float]] = [(near, 1e6), (near, 1.0)]
+            if not f.nudge_kw:
+                start = _held.layered_start(lay, w, self.K, th_held)
+                if start is not None:
+                    starts.insert(0, ((start[ls.out], start[ls.hid]), 1e6))
+            for (th_o, th_h), dt0 in starts:
+                th = ls.solve(th_o, th_h, f, 1e-10, 200, dt0)
+                if th is not None and _held.stable(
+                    _held.free_jacobian(th, self.K, self.H, free, f)
+                ):
+                    return th, True
+            return warm, False
+        for s0 in (warm, th_held):
+            th = _held.solve_free(s0, w, self.K, self.H, free, f, 1e-10, 50)
+            if th is not None and _held.stable(_held.free_jacobian(th, self.K, self.H, free, f)):
+                return th, True
+        return warm, False
+
     def solve(self) -> tuple[Array, bool]:
         """Noise-free locked state under the present settings (the physics retry ladder:
         fast edge Newton from the warm start, then damped Newton warm, then cold)."""
+        if self._forced():
+            th_f, locked = self._solve_forced()
+            if locked:
+                self.theta = th_f
+            return th_f, locked
         c = self._clamp
         theta, ok = _solve_rows(
             self,
@@ -192,6 +290,10 @@ class SimulatedSubstrate(OscillatorSubstrate):
         """∂L/∂ω^c by implicit differentiation at the free state (for testing estimates)."""
         theta, _ = self.true_state()
         e = loss_grad_theta(theta, self.model.outputs, target, self.model.nudge)
+        if self._forced():
+            free = self._free_set()
+            J = _held.free_jacobian(theta, self.K, self.H, free, self._forcing(clamp=False))
+            return _held.free_implicit_gradient(J, e[free], self.model.n, free)
         return implicit_gradient(theta, self.K, e, self.H, ref=self.model.roles.reference)
 
 
@@ -205,6 +307,8 @@ class SimulatedChip(SimulatedSubstrate):
         self.batch = batch
 
     async def _read(self, averages: int) -> PhaseReading:
+        if self._forced():  # held inputs or a drive: solved chip by chip
+            return await super()._read(averages)
         theta, locked = await self.batch._solve(self)
         return await self._reading(theta, locked, averages)
 

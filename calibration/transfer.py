@@ -158,17 +158,7 @@ async def calibrate_transfer(
     finally:
         await sub.set_biases(model.safe_biases())
     tmap = TransferMap(device=model.name, unit=lim.unit, channels=channels)
-    errs = [c.error for c in channels if c.error is not None]
-    max_err = max(errs) if errs else None
-    if cfg.install:
-        install_transfer(sub, tmap)
-    progress("transfer done", 1.0)
-    return TransferResult(
-        map=tmap,
-        max_error=max_err,
-        passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
-        duration_s=time.perf_counter() - t0,
-    )
+    return _finish(sub, tmap, cfg.install, progress, t0)
 
 
 async def transfer_from_phases(
@@ -264,14 +254,22 @@ async def transfer_from_phases(
     tmap = TransferMap(
         device=model.name, unit=model.limits.bias.unit, channels=channels, source="phase_response"
     )
-    errs = [c.error for c in channels if c.error is not None]
+    return _finish(sub, tmap, cfg.install, progress, t0)
+
+
+def _finish(
+    sub: OscillatorSubstrate, tmap: TransferMap, install: bool, progress: Progress, t0: float
+) -> TransferResult:
+    """The result of a transfer calibration: the worst channel's fit error against the device's
+    threshold; with ``install`` the map becomes ``sub.frequency_map``."""
+    errs = [c.error for c in tmap.channels if c.error is not None]
     max_err = max(errs) if errs else None
-    if cfg.install:
+    if install:
         install_transfer(sub, tmap)
     progress("transfer done", 1.0)
     return TransferResult(
         map=tmap,
         max_error=max_err,
-        passed=bool(max_err is None or max_err <= thresholds(model).max_transfer_error),
+        passed=bool(max_err is None or max_err <= thresholds(sub.model).max_transfer_error),
         duration_s=time.perf_counter() - t0,
     )

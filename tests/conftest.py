@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -87,3 +88,26 @@ def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     if before is not None and after is not None:
         new = gained(before, after)
         assert not new, f"the test session wrote into the checkout {REPO}: {new[:10]}"
+
+
+def cli_app(*families: str) -> typer.Typer:
+    """A command-line app with only the named command families (modules of
+    ``phasegrad_hw.cli``: "train", "reproduce", "sweep", "calibrate", "runs", …) registered,
+    so a test of one area does not depend on the others' optional extras."""
+    import importlib
+
+    from phasegrad_hw.cli import Groups
+
+    app = typer.Typer()
+    groups = Groups(
+        app=app,
+        reproduce=typer.Typer(),
+        emulate=typer.Typer(),
+        calibrate=typer.Typer(),
+        runs=typer.Typer(),
+    )
+    for name in families:
+        importlib.import_module(f"phasegrad_hw.cli.{name}").register(groups)
+    for name in ("reproduce", "emulate", "calibrate", "runs"):
+        app.add_typer(getattr(groups, name), name=name)
+    return app

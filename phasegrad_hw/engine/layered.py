@@ -10,9 +10,11 @@ first bias oscillator (measured against [−1, 1]: no better, see the report of 
 
 Per mini-batch: free states (from the feed-forward start, as in evaluation, so training and
 decision see the same state; optionally warm-started from each sample's last one), nudged
-states at +β and −β (centred, default) or +β (one-sided), warm-started from the free state; a
-sample counts when all its states are stable locks and no output moved more than
-``basin_jump_rad`` (else it is skipped and counted as unlocked). The EP gradients of the valid
+states at +β and −β (centred, default; one Newton run for both,
+:meth:`~phasegrad_hw.physics.layered.LayeredBatch.nudged_pair`) or +β (one-sided),
+warm-started from the free state; a sample counts when all its states are stable locks and no
+output moved more than ``basin_jump_rad`` (else it is skipped and counted as unlocked). The EP
+gradients of the valid
 samples (:func:`phasegrad_hw.physics.layered.ep_gradient`) are averaged and applied by Adam,
 momentum or SGD, with separate learning rates for couplings and frequencies, decoupled weight
 decay on the couplings and an exponential learning-rate decay per epoch. The nudge is the loss
@@ -70,7 +72,12 @@ from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.learning import tasks
 from phasegrad_hw.learning.tasks import Dataset
 from phasegrad_hw.physics.coupling import Array, wrap
-from phasegrad_hw.physics.layered import LayeredNetwork, ep_gradient, solve_layered
+from phasegrad_hw.physics.layered import (
+    LayeredBatch,
+    LayeredNetwork,
+    ep_gradient,
+    solve_layered,
+)
 from phasegrad_hw.physics.multiclass import OutputLoss, SoftmaxCE, clamp_targets, decide
 
 log = logging.getLogger(__name__)
@@ -360,76 +367,84 @@ def train_layered(
     ``cfg.seed`` as without a device.
     """
     d = data if data is not None else digits_data(cfg.seed, cfg.val_fraction)
+    trainer = _Trainer(cfg, d, device)
+    net = trainer.net
+    has_val = d.val.labels.size > 0
+    best = (-1.0, -1, trainer.omega.copy(), trainer.K.copy())
+    history: list[EpochRecord] = []
+    for epoch in range(cfg.epochs):
+        rec = trainer.epoch(epoch)
+        w, K = trainer.omega, trainer.K
+        rec.val_accuracy = accuracy(net, w, K, d.val, cfg.eval_batch) if has_val else math.nan
+        rec.test_accuracy = accuracy(net, w, K, d.test, cfg.eval_batch)
+        history.append(rec)
+        log.info(
+            "epoch %d loss %.4f unlocked %d val %.4f test %.4f cpu %.2fs wall %.2fs",
+            epoch, rec.train_loss, rec.unlocked, rec.val_accuracy, rec.test_accuracy, rec.cpu_s,
+            rec.wall_s,
+        )  # fmt: skip
+        score = rec.val_accuracy if has_val else float(epoch)
+        if score >= best[0]:
+            best = (score, epoch, w.copy(), K.copy())
+    _, best_epoch, w_best, k_best = best
+    if best_epoch < 0:
+        w_best, k_best = trainer.omega, trainer.K
+        test_acc = accuracy(net, w_best, k_best, d.test, cfg.eval_batch)
+        return LayeredRun(net, cfg, w_best, k_best, best_epoch, test_acc, math.nan, history)
+    rec_best = history[best_epoch]
+    return LayeredRun(
+        net, cfg, w_best, k_best, best_epoch, rec_best.test_accuracy, rec_best.val_accuracy, history
+    )
+
+
+def _network(
+    cfg: LayeredConfig, d: DigitsData, device: LayeredDevice | None
+) -> tuple[LayeredNetwork, Array, Array]:
+    """The network to train and its coupling limits (network edge order)."""
     n_out = int(max(d.train.labels.max(), d.test.labels.max())) + 1
     if device is None:
         net = LayeredNetwork(d.train.phases.shape[1], (cfg.hidden,), n_out)
-        k_lo, k_hi = np.full(net.n_edges, -np.inf), np.full(net.n_edges, np.inf)
-    else:
-        net, k_lo, k_hi = device.net, device.k_lo, device.k_hi
-        if (net.hidden[0], cfg.injection_strength) != (cfg.hidden, device.injection):
-            raise ValueError(
-                f"cfg: hidden {cfg.hidden}, injection_strength {cfg.injection_strength} do "
-                f"not match the device ({net.hidden[0]}, {device.injection})"
-            )
-        if d.train.phases.shape[1] != net.n_in or n_out > net.n_out:
-            raise ValueError(
-                f"data: {d.train.phases.shape[1]} inputs, {n_out} classes do not fit the "
-                f"device ({net.n_in} held inputs, {net.n_out} outputs)"
-            )
-    omega, K = init_params(net, cfg.init_scale, cfg.seed)
-    K = np.clip(K, k_lo, k_hi)
-    opt_w, opt_k = _Optimizer(cfg, omega.size), _Optimizer(cfg, K.size)
-    n_train = d.train.labels.size
-    cache = np.zeros((n_train, net.n))  # warm starts: each sample's last free state
-    has_val = d.val.labels.size > 0
-    best = (-1.0, -1, omega.copy(), K.copy())
-    history: list[EpochRecord] = []
-    out_idx = net.outputs
-    for epoch in range(cfg.epochs):
+        return net, np.full(net.n_edges, -np.inf), np.full(net.n_edges, np.inf)
+    net = device.net
+    if (net.hidden[0], cfg.injection_strength) != (cfg.hidden, device.injection):
+        raise ValueError(
+            f"cfg: hidden {cfg.hidden}, injection_strength {cfg.injection_strength} do "
+            f"not match the device ({net.hidden[0]}, {device.injection})"
+        )
+    if d.train.phases.shape[1] != net.n_in or n_out > net.n_out:
+        raise ValueError(
+            f"data: {d.train.phases.shape[1]} inputs, {n_out} classes do not fit the "
+            f"device ({net.n_in} held inputs, {net.n_out} outputs)"
+        )
+    return net, device.k_lo, device.k_hi
+
+
+class _Trainer:
+    """Parameters, optimiser state and warm-start cache of one :func:`train_layered` run."""
+
+    def __init__(self, cfg: LayeredConfig, d: DigitsData, device: LayeredDevice | None) -> None:
+        self.cfg, self.train = cfg, d.train
+        self.net, self.k_lo, self.k_hi = _network(cfg, d, device)
+        omega, K = init_params(self.net, cfg.init_scale, cfg.seed)
+        self.omega, self.K = omega, np.clip(K, self.k_lo, self.k_hi)
+        self.opt_w, self.opt_k = _Optimizer(cfg, omega.size), _Optimizer(cfg, K.size)
+        n_train = d.train.labels.size
+        self.cache = np.zeros((n_train, self.net.n))  # warm starts: each sample's last free state
+
+    def epoch(self, epoch: int) -> EpochRecord:
+        """One pass over the training split in mini-batches (accuracies left NaN)."""
+        cfg = self.cfg
         lr_k = cfg.lr_k * cfg.lr_decay**epoch
         lr_w = cfg.lr_omega * cfg.lr_decay**epoch
+        n_train = self.train.labels.size
         order = np.random.default_rng([cfg.seed, ORDER_STREAM, epoch]).permutation(n_train)
         t_cpu, t_wall = time.process_time(), time.perf_counter()
         unlocked, loss_sum, n_ok = 0, 0.0, 0
         for s in range(0, n_train, cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            x, y = d.train.phases[idx], d.train.labels[idx]
-            if cfg.warm_start:
-                free = solve_layered(net, omega, K, x, theta0=cache[idx])
-                cache[idx] = np.where(free.ok[:, None], free.theta, 0.0)
-            else:
-                free = solve_layered(net, omega, K, x)
-            ce = SoftmaxCE(y, cfg.loss_scale)
-            nud: OutputLoss = ce
-            beta = cfg.beta
-            th_out = free.theta[:, out_idx]
-            if cfg.nudge == "clamp":
-                nud = clamp_targets(th_out, ce.grad(th_out))
-            plus = solve_layered(net, omega, K, x, theta0=free.theta, loss=nud, beta=beta)
-            if cfg.mode == "centred":
-                other = solve_layered(
-                    net, omega, K, x, theta0=free.theta, loss=nud, beta=beta, direction=-1
-                )
-                span = 2.0 * beta
-            else:
-                other, span = free, beta
-            jump = np.maximum(
-                np.abs(wrap(plus.theta[:, out_idx] - th_out)).max(axis=1),
-                np.abs(wrap(other.theta[:, out_idx] - th_out)).max(axis=1),
-            )
-            valid = free.ok & plus.ok & other.ok & (jump < cfg.basin_jump_rad)
-            unlocked += int((~valid).sum())
-            if not valid.any():
-                continue
-            n_ok += int(valid.sum())
-            loss_sum += float(ce.value(th_out)[valid].sum())
-            g_w, g_k = ep_gradient(net, plus.theta[valid], other.theta[valid], span)
-            omega = omega - opt_w.step(g_w.mean(axis=0), lr_w)
-            K = K - opt_k.step(g_k.mean(axis=0), lr_k) - lr_k * cfg.weight_decay * K
-            K = np.clip(K, k_lo, k_hi)
-            omega, K, _, _ = project_locking(
-                net, omega, K, cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac
-            )
+            ok, loss = self.step(order[s : s + cfg.batch_size], lr_k, lr_w)
+            unlocked += ok.size - int(ok.sum())
+            n_ok += int(ok.sum())
+            loss_sum += loss
         cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
         if n_ok == 0:
             raise NoLockError(
@@ -437,28 +452,40 @@ def train_layered(
                 f"locks without a basin jump (β={cfg.beta}, lr_k={lr_k:.3g}, basin_jump_rad="
                 f"{cfg.basin_jump_rad}); lower the learning rates, β or init_scale"
             )
-        val_acc = accuracy(net, omega, K, d.val, cfg.eval_batch) if has_val else float("nan")
-        test_acc = accuracy(net, omega, K, d.test, cfg.eval_batch)
-        rec = EpochRecord(epoch, loss_sum / n_ok, unlocked, val_acc, test_acc, cpu, wall, lr_k)
-        history.append(rec)
-        log.info(
-            "epoch %d loss %.4f unlocked %d val %.4f test %.4f cpu %.2fs wall %.2fs",
-            epoch, rec.train_loss, unlocked, val_acc, test_acc, cpu, wall,
-        )  # fmt: skip
-        score = val_acc if has_val else float(epoch)
-        if score >= best[0]:
-            best = (score, epoch, omega.copy(), K.copy())
-    _, best_epoch, w_best, k_best = best
-    if best_epoch < 0:
-        w_best, k_best = omega, K
-    rec_best = history[best_epoch] if best_epoch >= 0 else None
-    return LayeredRun(
-        net,
-        cfg,
-        w_best,
-        k_best,
-        best_epoch,
-        rec_best.test_accuracy if rec_best else accuracy(net, omega, K, d.test, cfg.eval_batch),
-        rec_best.val_accuracy if rec_best else float("nan"),
-        history,
-    )
+        return EpochRecord(epoch, loss_sum / n_ok, unlocked, math.nan, math.nan, cpu, wall, lr_k)
+
+    def step(self, idx: IntArray, lr_k: float, lr_w: float) -> tuple[NDArray[np.bool_], float]:
+        """Free and nudged states of the samples ``idx``, EP gradient, one update; returns
+        (valid per sample, summed loss of the valid samples at their free states)."""
+        cfg, net = self.cfg, self.net
+        x, y = self.train.phases[idx], self.train.labels[idx]
+        batch = LayeredBatch(net, self.omega, self.K, x)
+        if cfg.warm_start:
+            free = batch.solve(theta0=self.cache[idx])
+            self.cache[idx] = np.where(free.ok[:, None], free.theta, 0.0)
+        else:
+            free = batch.solve()
+        ce = SoftmaxCE(y, cfg.loss_scale)
+        th_out = free.theta[:, net.outputs]
+        nud: OutputLoss = clamp_targets(th_out, ce.grad(th_out)) if cfg.nudge == "clamp" else ce
+        if cfg.mode == "centred":
+            plus, other = batch.nudged_pair(free.theta, nud, cfg.beta)
+            span = 2.0 * cfg.beta
+        else:
+            plus = batch.solve(theta0=free.theta, loss=nud, beta=cfg.beta)
+            other, span = free, cfg.beta
+        jump = np.maximum(
+            np.abs(wrap(plus.theta[:, net.outputs] - th_out)).max(axis=1),
+            np.abs(wrap(other.theta[:, net.outputs] - th_out)).max(axis=1),
+        )
+        valid = free.ok & plus.ok & other.ok & (jump < cfg.basin_jump_rad)
+        if not valid.any():
+            return valid, 0.0
+        g_w, g_k = ep_gradient(net, plus.theta[valid], other.theta[valid], span)
+        self.omega = self.omega - self.opt_w.step(g_w.mean(axis=0), lr_w)
+        K = self.K - self.opt_k.step(g_k.mean(axis=0), lr_k) - lr_k * cfg.weight_decay * self.K
+        K = np.clip(K, self.k_lo, self.k_hi)
+        self.omega, self.K, _, _ = project_locking(
+            net, self.omega, K, cfg.omega_lock_frac, cfg.injection_strength, cfg.held_load_frac
+        )
+        return valid, float(ce.value(th_out)[valid].sum())

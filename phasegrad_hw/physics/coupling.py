@@ -15,6 +15,7 @@ oscillator pinned at phase 0 ("reduced system"); the caller passes frequencies i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,17 +92,21 @@ class CouplingFunction:
     def is_odd(self) -> bool:
         return self.phase_lag == 0.0 and self.offset == 0.0 and self.cos_offset == 0.0
 
+    def _series(self, p: Array, trig: Callable[[Array], Array], derivative: bool) -> Array:
+        """Σ_k w_k·trig(kφ − ψ) with w_k = a_k (H) or k·a_k (H')."""
+        lag = self.phase_lag
+        out = trig(p - lag if lag else p)
+        if self.harmonics[0] != 1.0:
+            out *= self.harmonics[0]
+        for k, a in enumerate(self.harmonics[1:], start=2):
+            if a:
+                out += (k * a if derivative else a) * trig(k * p - lag if lag else k * p)
+        return out
+
     def value(self, phi: ArrayLike) -> Array:
         """H(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        lag = self.phase_lag
-        a1 = self.harmonics[0]
-        out = np.sin(p - lag if lag else p)
-        if a1 != 1.0:
-            out *= a1
-        for k, a in enumerate(self.harmonics[1:], start=2):
-            if a:
-                out += a * np.sin(k * p - lag if lag else k * p)
+        out = self._series(p, np.sin, derivative=False)
         if self.offset:
             out += self.offset
         if self.cos_offset:
@@ -111,14 +116,7 @@ class CouplingFunction:
     def derivative(self, phi: ArrayLike) -> Array:
         """H'(φ)."""
         p = np.asarray(phi, dtype=np.float64)
-        lag = self.phase_lag
-        a1 = self.harmonics[0]
-        out = np.cos(p - lag if lag else p)
-        if a1 != 1.0:
-            out *= a1
-        for k, a in enumerate(self.harmonics[1:], start=2):
-            if a:
-                out += k * a * np.cos(k * p - lag if lag else k * p)
+        out = self._series(p, np.cos, derivative=True)
         if self.cos_offset:
             out -= self.cos_offset * np.sin(p)
         return out

@@ -348,10 +348,11 @@ class _Context:
 # --------------------------------------------------------------------------- abilities
 async def _couplings_work(ctx: _Context) -> None:
     m = ctx.sub.model
-    k = np.clip(m.coupling_values(), m.limits.coupling.min, m.limits.coupling.max)
+    lo, hi = m.coupling_bounds()  # signed on invertible edges (docs/design.md §8)
+    k = np.clip(m.coupling_values(), lo, hi)
     await ctx.sub.set_frequencies(ctx.unsafe_omega())  # detuned: the phases depend on K
     before = await ctx.read()
-    await ctx.sub.set_couplings(np.clip(0.5 * k, m.limits.coupling.min, None))
+    await ctx.sub.set_couplings(np.clip(0.5 * k, lo, None))
     weaker = await ctx.read()
     await ctx.sub.set_couplings(k)
     ctx.differ(before, weaker, "halved couplings")

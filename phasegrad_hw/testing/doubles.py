@@ -124,6 +124,14 @@ class ScriptedSubstrate(OscillatorSubstrate):
         self.clamp_active = False
         await self.inner._apply_release()
 
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        self.calls.append(("held_phases", phases_rad.copy()))
+        await self.inner._apply_held_phases(phases_rad)
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        self.calls.append(("drive", (amplitude.copy(), phase_rad)))
+        await self.inner._apply_drive(amplitude, phase_rad)
+
     async def _read(self, averages: int) -> PhaseReading:
         self.reads += 1
         n = self.reads

@@ -8,31 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from phasegrad_hw.cli import Groups
+from tests.conftest import cli_app
 
 DEVICE = Path(__file__).resolve().parents[2] / "examples" / "devices" / "simulated-2-5-2.toml"
-
-
-def _app() -> typer.Typer:
-    """An app with only this area's commands (other families may not be installed)."""
-    import phasegrad_hw.cli.reproduce as rep
-    import phasegrad_hw.cli.train as tr
-
-    app = typer.Typer()
-    g = Groups(
-        app=app,
-        reproduce=typer.Typer(),
-        emulate=typer.Typer(),
-        calibrate=typer.Typer(),
-        runs=typer.Typer(),
-    )
-    tr.register(g)
-    rep.register(g)
-    app.add_typer(g.reproduce, name="reproduce")
-    return app
 
 
 def test_registered_in_the_cli() -> None:
@@ -54,7 +34,9 @@ def test_default_device_file_is_the_builder_network() -> None:
 
 def test_demo_json_shape(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
-    res = CliRunner().invoke(_app(), ["demo", "--epochs", "3", "--json", str(out)])
+    res = CliRunner().invoke(
+        cli_app("train", "reproduce"), ["demo", "--epochs", "3", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(out.read_text())
     for key, typ in (
@@ -78,14 +60,14 @@ def test_demo_engine_and_loop_agree() -> None:
 
 
 def test_demo_rejects_bad_options() -> None:
-    res = CliRunner().invoke(_app(), ["demo", "--readout", "softmax"])
+    res = CliRunner().invoke(cli_app("train", "reproduce"), ["demo", "--readout", "softmax"])
     assert res.exit_code == 2
     assert "--readout" in res.output
 
 
 def test_train_store_resume_equals_uninterrupted(tmp_path: Path) -> None:
     pytest.importorskip("phasegrad_hw.store")
-    app = _app()
+    app = cli_app("train", "reproduce")
     store = tmp_path / "runs.sqlite"
     common = [
         "train",
@@ -139,7 +121,8 @@ def test_train_store_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_train_unknown_device_is_a_clear_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(
-        _app(), ["train", "--device", str(tmp_path / "nope.toml"), "--epochs", "1"]
+        cli_app("train", "reproduce"),
+        ["train", "--device", str(tmp_path / "nope.toml"), "--epochs", "1"],
     )
     assert r.exit_code != 0
     assert "nope.toml" in str(r.exception) + r.output
@@ -148,7 +131,7 @@ def test_train_unknown_device_is_a_clear_error(tmp_path: Path) -> None:
 def test_reproduce_rows_shape(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     r = CliRunner().invoke(
-        _app(),
+        cli_app("train", "reproduce"),
         [
             "reproduce",
             "vowels",
@@ -194,7 +177,7 @@ def test_reproduce_reports_significance_and_the_logistic_baseline(tmp_path: Path
 
     out = tmp_path / "rows.json"
     r = CliRunner().invoke(
-        _app(),
+        cli_app("train", "reproduce"),
         ["reproduce", "vowels", "--seeds", "4", "--epochs", "3", "--setups", "published",
          "--params", "omega,K", "--json", str(out)],
     )  # fmt: skip

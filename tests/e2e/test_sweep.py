@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from phasegrad_hw.cli import Groups
-from tests.conftest import require
+from tests.conftest import cli_app, require
 
 DEVICE = Path(__file__).resolve().parents[2] / "examples" / "devices" / "simulated-2-5-2.toml"
 BENCH = "bench:test-chip"
@@ -40,24 +38,6 @@ def ray_local() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
-
-
-def _app() -> typer.Typer:
-    import phasegrad_hw.cli.reproduce as rep
-    import phasegrad_hw.cli.sweep as sw
-
-    app = typer.Typer()
-    g = Groups(
-        app=app,
-        reproduce=typer.Typer(),
-        emulate=typer.Typer(),
-        calibrate=typer.Typer(),
-        runs=typer.Typer(),
-    )
-    sw.register(g)
-    rep.register(g)
-    app.add_typer(g.reproduce, name="reproduce")
-    return app
 
 
 def _spec(tmp: Path, text: str) -> Path:
@@ -247,7 +227,9 @@ def test_reproduce_vowels_on_ray_equals_local(ray_local: Any, tmp_path: Path) ->
     out = {}
     for ex in ("local", "ray"):
         path = tmp_path / f"{ex}.json"
-        r = CliRunner().invoke(_app(), [*args, "--executor", ex, "--json", str(path)])
+        r = CliRunner().invoke(
+            cli_app("sweep", "reproduce"), [*args, "--executor", ex, "--json", str(path)]
+        )
         assert r.exit_code == 0, r.output
         out[ex] = json.loads(path.read_text())
 
@@ -260,17 +242,17 @@ def test_reproduce_vowels_on_ray_equals_local(ray_local: Any, tmp_path: Path) ->
 
 def test_spec_mistakes_are_one_line_each(tmp_path: Path) -> None:
     bad = GRID.replace("lr = [0.01, 0.05]", "lr = [0.01, 5.0]")
-    r = CliRunner().invoke(_app(), ["sweep", str(_spec(tmp_path, bad))])
+    r = CliRunner().invoke(cli_app("sweep", "reproduce"), ["sweep", str(_spec(tmp_path, bad))])
     assert r.exit_code == 2
     assert "grid.lr: 5.0 — Input should be less than or equal to 1" in r.output
     bad = GRID.replace("[grid]", "[grid]\nwobble = [1]")
-    r = CliRunner().invoke(_app(), ["sweep", str(_spec(tmp_path, bad))])
+    r = CliRunner().invoke(cli_app("sweep", "reproduce"), ["sweep", str(_spec(tmp_path, bad))])
     assert r.exit_code == 2 and "grid.wobble: not an option of study 'train'" in r.output
     bad = 'study = "vowels"\nsearch = "asha"\n[grid]\nseeds = [2, 4]\n[asha]\nmax_epochs = 4\n'
-    r = CliRunner().invoke(_app(), ["sweep", str(_spec(tmp_path, bad))])
+    r = CliRunner().invoke(cli_app("sweep", "reproduce"), ["sweep", str(_spec(tmp_path, bad))])
     assert r.exit_code == 2 and "allowed for study 'train' only" in r.output
     bad = GRID.replace(str(DEVICE), str(tmp_path / "nope.toml"))
-    r = CliRunner().invoke(_app(), ["sweep", str(_spec(tmp_path, bad))])
+    r = CliRunner().invoke(cli_app("sweep", "reproduce"), ["sweep", str(_spec(tmp_path, bad))])
     assert r.exit_code == 2 and "base.device:" in r.output and "nope.toml" in r.output
 
 
@@ -288,7 +270,9 @@ def test_bench_resources_are_named_after_the_bench(tmp_path: Path) -> None:
 
 def test_without_ray_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    r = CliRunner().invoke(_app(), ["sweep", str(_spec(tmp_path, GRID))])
+    r = CliRunner().invoke(cli_app("sweep", "reproduce"), ["sweep", str(_spec(tmp_path, GRID))])
     assert r.exit_code == 2 and "pip install 'phasegrad-hw[cluster]'" in r.output
-    r = CliRunner().invoke(_app(), ["reproduce", "vowels", "--seeds", "1", "--executor", "ray"])
+    r = CliRunner().invoke(
+        cli_app("sweep", "reproduce"), ["reproduce", "vowels", "--seeds", "1", "--executor", "ray"]
+    )
     assert r.exit_code == 2 and "pip install 'phasegrad-hw[cluster]'" in r.output

@@ -11,34 +11,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.calibration import report as report_mod
 from phasegrad_hw.calibration.report import CalibrationReport, run_calibration, save_report
-from phasegrad_hw.cli import Groups
 from phasegrad_hw.cli import calibrate as cli_cal
 from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError
+from tests.conftest import cli_app
 from tests.unit.test_calibration_common import cmos_model, is_safe
 
 SUMMARY_KEYS = {"asymmetry", "uncertainty", "passed", "non_odd", "edges"}
 EDGE_KEYS = {"i", "j", "k_ij", "k_ji", "asymmetry"}
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    groups = Groups(
-        app=app,
-        reproduce=typer.Typer(),
-        emulate=typer.Typer(),
-        calibrate=typer.Typer(),
-        runs=typer.Typer(),
-    )
-    cli_cal.register(groups)
-    app.add_typer(groups.calibrate, name="calibrate")
-    return app
 
 
 def _device_file(tmp_path: Path, asym: float = 0.0) -> Path:
@@ -51,7 +36,7 @@ def test_cli_symmetry_json_and_figures(tmp_path: Path) -> None:
     dev = _device_file(tmp_path, 0.2)
     out, js = tmp_path / "out", tmp_path / "r.json"
     r = CliRunner().invoke(
-        _app(),
+        cli_app("calibrate"),
         [
             "calibrate",
             "symmetry",
@@ -87,7 +72,8 @@ def test_cli_all_passes_and_saves_transfer_with_device(tmp_path: Path) -> None:
     dev = _device_file(tmp_path)
     out = tmp_path / "out"
     r = CliRunner().invoke(
-        _app(), ["calibrate", "all", "--device", str(dev), "--out", str(out), "--no-progress"]
+        cli_app("calibrate"),
+        ["calibrate", "all", "--device", str(dev), "--out", str(out), "--no-progress"],
     )
     assert r.exit_code == 0, r.output
     for name in ("symmetry", "stability", "transfer", "noise/β", "overall"):
@@ -109,7 +95,7 @@ def test_cli_all_passes_and_saves_transfer_with_device(tmp_path: Path) -> None:
     assert rep.passed and rep.noise is not None and rep.noise.measured_cosine >= 0.99
     # the next run installs the saved map first (the sum-rule test then has frequencies)
     r2 = CliRunner().invoke(
-        _app(),
+        cli_app("calibrate"),
         [
             "calibrate",
             "symmetry",
@@ -125,7 +111,7 @@ def test_cli_all_passes_and_saves_transfer_with_device(tmp_path: Path) -> None:
 
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(
-        _app(),
+        cli_app("calibrate"),
         [
             "calibrate",
             "noise",
@@ -235,7 +221,7 @@ def test_thresholds_come_from_the_device_file(tmp_path: Path) -> None:
     assert load_device_model(dev).calibration is not None  # the section validates
     out = tmp_path / "out"
     r = CliRunner().invoke(
-        _app(),
+        cli_app("calibrate"),
         [
             "calibrate",
             "symmetry",
@@ -255,6 +241,7 @@ def test_thresholds_come_from_the_device_file(tmp_path: Path) -> None:
     bad = dict(d, calibration={"max_asymmetry": -1})
     dev.write_text(json.dumps(bad))
     r = CliRunner().invoke(
-        _app(), ["calibrate", "symmetry", "--device", str(dev), "--out", str(out / "x")]
+        cli_app("calibrate"),
+        ["calibrate", "symmetry", "--device", str(dev), "--out", str(out / "x")],
     )
     assert r.exit_code == 2 and "calibration.max_asymmetry: -1" in r.output

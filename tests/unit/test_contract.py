@@ -21,10 +21,10 @@ import pytest
 from numpy.typing import ArrayLike
 
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
-from phasegrad_hw.device.registry import open_substrate
+from phasegrad_hw.device.registry import open_model, open_substrate
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.testing.contract import ContractReport, check_substrate_contract
-from phasegrad_hw.testing.networks import model_2_5_2
+from phasegrad_hw.testing.networks import model_2_5_2, model_driven_small, model_layered_small
 from tests.conftest import REPO, require
 from tests.mosquitto import Mosquitto, broker  # noqa: F401  (fixture)
 
@@ -63,6 +63,22 @@ async def test_simulated() -> None:
 async def test_emulated_chips(name: str) -> None:
     report = await check_substrate_contract(lambda: open_substrate(DEVICES / name, seed=2))
     assert_complete(report, EMULATED)
+
+
+@pytest.mark.parametrize("backend", ["simulated", "cmos", "optical"])
+async def test_emulators_with_held_inputs(backend: str) -> None:
+    """Held inputs, bias oscillators, signed couplings: the emulators declare held_phases
+    (and no drive) and pass the whole suite, its held-phase check included."""
+    m = model_layered_small(backend)
+    report = await check_substrate_contract(lambda: open_model(m, seed=2))
+    assert_complete(report, EMULATED | {Capability.HELD_PHASES})
+
+
+@pytest.mark.parametrize("backend", ["simulated", "cmos", "optical"])
+async def test_emulators_with_a_drive(backend: str) -> None:
+    m = model_driven_small(backend)
+    report = await check_substrate_contract(lambda: open_model(m, seed=2))
+    assert_complete(report, EMULATED | {Capability.DRIVE})
 
 
 # --------------------------------------------------------------------------- drivers

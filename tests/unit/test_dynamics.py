@@ -9,6 +9,7 @@ from scipy import integrate, special, stats
 from phasegrad_hw import physics as ph
 from phasegrad_hw.physics import dynamics as dy
 from phasegrad_hw.physics import graphs as nw
+from phasegrad_hw.physics._dynamics_model import build_model
 
 
 def _locked_start(n: int, seed: int, k_scale: float = 5.0) -> tuple[np.ndarray, ...]:
@@ -52,7 +53,7 @@ def test_general_coupling_function_field_matches_rhs() -> None:
     w, K, theta_star, kick = _locked_start(5, 1)
     th = theta_star + kick
     tr = dy.integrate(th, w, K, coupling=H, t_span=(0.0, 1e-6), t_eval=[0.0], beta=0.3, target=1.0)
-    model, y = dy._model(th, w, K, H, None, None, 0.3, 1.0, "linear")
+    model, y = build_model(th, w, K, H, None, None, 0.3, 1.0, "linear")
     np.testing.assert_allclose(
         model.field(0.0, y)[0], ph.rhs(th, w, K, H, beta=0.3, target=1.0), atol=1e-14
     )
@@ -157,6 +158,44 @@ def test_numba_and_numpy_steppers_agree() -> None:
         assert a.theta.shape == b.theta.shape == (51, 3, 6)
         np.testing.assert_allclose(a.theta, b.theta, rtol=0, atol=1e-10)
         assert np.ptp(a.theta[-1] - a.theta[0]) > 0.1  # the run really moved
+
+
+def test_numba_stepper_is_bitwise_unchanged() -> None:
+    """The compiled stepper gives exactly the values it gave before its parameters were
+    grouped into NamedTuples (computed then with the same calls): coupling with harmonics, lag
+    and offsets, a drive on some oscillators, a linear nudge, Heun, recording every 7 steps;
+    and no coupling, an injection nudge, per-oscillator noise, Euler–Maruyama."""
+    pytest.importorskip("numba")
+    H = ph.CouplingFunction(harmonics=(1.0, 0.3), phase_lag=0.1, offset=0.02, cos_offset=0.05)
+    rng = np.random.default_rng(5)
+    K = rng.normal(0, 1, (2, 3, 3))
+    K = K + K.transpose(0, 2, 1)
+    w = rng.normal(0, 0.5, (2, 3))
+    th0 = rng.uniform(-1, 1, (2, 3))
+    drv = dy.Drive.carrier_wave(0.3, phase0=np.array([0.1, -0.2]))
+    a = dy.integrate_sde(
+        th0, w, K, coupling=H, drive=drv, drive_amplitude=[0.4, 0.0, 0.7], beta=[0.0, 0.0, 0.5],
+        target=0.3, diffusion=0.01, dt=0.01, t_span=(0.0, 0.5), rng=3, record_every=7,
+        method="heun", engine="numba",
+    )  # fmt: skip
+    b = dy.integrate_sde(
+        th0, w, None, drive=drv, drive_amplitude=0.6, beta=0.2, target=[0.1, 0.2, 0.3],
+        nudge="injection", diffusion=[0.0, 0.02, 0.05], dt=0.02, t_span=(0.0, 0.6), rng=4,
+        method="euler", engine="numba",
+    )  # fmt: skip
+    want_a = [
+        0.23093656241656818, 1.2566932790130145, -0.9186974349209477,
+        1.5238218846846536, 0.44978541932684946, -1.0602627213336495,
+    ]  # fmt: skip
+    want_b = [
+        0.13563118973502353, 0.5579912678814891, -0.5132080943108726,
+        0.627774613065579, 0.40236834020283446, -0.6954126452817256,
+    ]  # fmt: skip
+    assert a.theta.shape == (8, 2, 3) and b.theta.shape == (31, 2, 3)
+    assert a.theta[-1].ravel().tolist() == want_a
+    assert b.theta[-1].ravel().tolist() == want_b
+    assert float(a.theta[4].sum()) == 1.1827642966222942
+    assert float(b.theta[15].sum()) == 0.3889902636699559
 
 
 def test_sde_without_noise_matches_the_ode() -> None:

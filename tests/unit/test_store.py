@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from phasegrad_hw.learning.controller import Parameters
 from phasegrad_hw.learning.loop import EpochRecord, LoopState
 from phasegrad_hw.store import RunStore, StoreError
+from tests.conftest import cli_app
 
 
 def make_state(epoch: int, rng: np.random.Generator, n: int = 9, e: int = 24) -> LoopState:
@@ -169,20 +169,6 @@ def test_sigkill_during_writes_leaves_a_whole_checkpoint(tmp_path: Path) -> None
         assert [e["epoch"] for e in st.epochs(rid)] == list(range(1, ep + 1))
 
 
-def _runs_app() -> typer.Typer:
-    from phasegrad_hw.cli import Groups
-    from phasegrad_hw.cli import runs as runs_cli
-
-    app = typer.Typer()
-    runs = typer.Typer()
-    groups = Groups(
-        app=app, reproduce=typer.Typer(), emulate=typer.Typer(), calibrate=typer.Typer(), runs=runs
-    )
-    runs_cli.register(groups)
-    app.add_typer(runs, name="runs")
-    return app
-
-
 def test_runs_cli_list_show_export(tmp_path: Path) -> None:
     db = tmp_path / "runs.sqlite"
     rng = np.random.default_rng(4)
@@ -191,7 +177,7 @@ def test_runs_cli_list_show_export(tmp_path: Path) -> None:
         state = make_state(3, rng)
         st.save_checkpoint(rid, state)
         other = st.create_run({"task": "xor"}, "other.toml")
-    app = _runs_app()
+    app = cli_app("runs")
     r = CliRunner()
     out = r.invoke(app, ["runs", "list", "--store", str(db)])
     assert out.exit_code == 0, out.output
