@@ -31,7 +31,7 @@ so no model file is needed. Robustness:
 
 Round trips: setpoints are deferred and go out with the next read in one write, so an EP
 step costs one exchange per phase read (3 for a centred step). They are sent at the latest
-on the next turn of the event loop; :meth:`SerialSubstrate.flush` waits for confirmation.
+on the second turn of the event loop; :meth:`SerialSubstrate.flush` waits for confirmation.
 Blocking pyserial I/O runs in a worker thread (``asyncio.to_thread``), one per exchange.
 Construction opens the port and reads the descriptor synchronously (a few ms).
 """
@@ -315,7 +315,7 @@ class SerialSubstrate(OscillatorSubstrate):
 
     async def _set(self, key: str, line: str) -> None:
         """A setpoint: sent now, or (``pipeline``) with the next exchange — at the latest on
-        the next turn of the event loop (:meth:`flush` waits for it)."""
+        the second turn of the event loop (:meth:`flush` waits for it)."""
         if not self.options.pipeline:
             await self._run([line], key)
             return
@@ -329,6 +329,9 @@ class SerialSubstrate(OscillatorSubstrate):
             self._flusher = loop.create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
+        # one more turn first: ``read_phases`` yields once (a cancellation point) before its
+        # exchange, and a read that follows the setpoints must take them along
+        await asyncio.sleep(0)
         if not self._pending:
             return
         try:

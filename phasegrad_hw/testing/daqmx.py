@@ -67,9 +67,10 @@ class FakeSystem:
     the groups of lines it wrote (biases, injection, held phases, drive). ``/Dev1/PFI<i>``
     carries oscillator i down-converted to ``freq_hz`` (Hz), so a phase θ is an edge
     separation of (−θ/2π mod 1)/``freq_hz`` s after the reference edge. Counters read in one
-    round share one acquisition (a triggered start). ``fail_reads`` > 0: that many counter
-    reads time out (NI status −200284). The chip's hooks run on the stand-in's own event
-    loop (the driver calls it from its worker thread).
+    round share one acquisition (a triggered start; its k samples are k single-shot readings
+    of the chip). ``fail_reads`` > 0: that many counter reads time out (NI status −200284).
+    The chip's hooks run on the stand-in's own event loop (the driver calls it from its
+    worker thread).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class FakeSystem:
         self.chip = chip
         self.n = chip.model.n
         self.outputs = list(chip.model.roles.outputs)
+        self.reference = chip.model.roles.reference
         self.n_held = len(chip.model.roles.held)
         self.n_drive = len(chip.model.roles.drive)
         self.period = 1.0 / freq_hz
@@ -143,12 +145,13 @@ class FakeSystem:
                 -200284,
             )
         if self.cache is None or osc in self.cache[1]:
-            reading = self.run(self.chip._read(1))
-            base = reading.phases
+            # one single-shot conversion of the chip per sample (each with its own readout
+            # noise); an unlocked chip slips from sample to sample
+            readings = [self.run(self.chip._read(1)) for _ in range(k)]
             j = np.arange(k)[:, None]
-            # a locked chip gives the same phases every sample; an unlocked one slips
-            slip = 0.0 if reading.locked else 1.3 * j * np.arange(self.n)[None, :]
-            samples = np.repeat(base[None, :], k, axis=0) + slip
+            locked = all(r.locked for r in readings)
+            slip = 0.0 if locked else 1.3 * j * np.arange(self.n)[None, :]
+            samples = np.array([r.phases for r in readings]) + slip
             self.cache = (samples, set())
         samples, used = self.cache
         used.add(osc)
@@ -245,7 +248,8 @@ class FakeTask:
         _expect(not self.closed and len(self.ci) == 1, "one counter channel per read task")
         _expect(number_of_samples_per_channel == self.samples, "implicit timing not configured")
         counter, lo, hi, ch = self.ci[0]
-        _expect(ch.ci_two_edge_sep_first_term == "/Dev1/PFI0", "first terminal: the reference")
+        ref = f"/Dev1/PFI{self.system.reference}"
+        _expect(ch.ci_two_edge_sep_first_term == ref, "first terminal: the reference")
         osc = int(ch.ci_two_edge_sep_second_term.removeprefix("/Dev1/PFI"))
         self.system.calls.append(f"read {counter}")
         dt = self.system.edge_separations(osc, number_of_samples_per_channel)

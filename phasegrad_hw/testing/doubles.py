@@ -193,13 +193,15 @@ class HeldDriveRecorder(ScriptedSubstrate):
         self.drive_phase_rad = 0.0
 
     async def _apply_held_phases(self, phases_rad: Array) -> None:
-        self.calls.append(("held_phases", phases_rad.copy()))
         self.held_phases_rad = phases_rad.copy()
         if Capability.HELD_PHASES in self.inner.capabilities:
-            await self.inner._apply_held_phases(phases_rad)
+            await super()._apply_held_phases(phases_rad)  # records and forwards
+        else:
+            self.calls.append(("held_phases", phases_rad.copy()))
 
     async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
-        self.calls.append(("drive", (amplitude.copy(), phase_rad)))
         self.drive_amplitude, self.drive_phase_rad = amplitude.copy(), phase_rad
         if Capability.DRIVE in self.inner.capabilities:
-            await self.inner._apply_drive(amplitude, phase_rad)
+            await super()._apply_drive(amplitude, phase_rad)  # records and forwards
+        else:
+            self.calls.append(("drive", (amplitude.copy(), phase_rad)))

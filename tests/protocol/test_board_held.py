@@ -19,6 +19,7 @@ from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.testing.doubles import HeldDriveRecorder
 from phasegrad_hw.testing.transcripts import FirmwareStream, expected_exchanges
 from phasegrad_hw.wire import board as P
+from tests.protocol.test_board_protocol import board_model
 
 
 def held_drive_model(drive_max: float = 2.0) -> SimulatedDeviceModel:
@@ -71,9 +72,9 @@ async def test_firmware_transcript() -> None:
 
 
 async def test_firmware_without_the_abilities_says_unsupported() -> None:
-    fw = BoardFirmware(SimulatedSubstrate(held_drive_model()))  # declares neither
+    fw = BoardFirmware(SimulatedSubstrate(board_model()))  # neither held inputs nor a drive
     await fw.power_on()
-    for line, name in (("1 H 0 0", "held inputs"), ("2 D 0 0 0 0", "drive"), ("3 H?", "held")):
+    for line, name in (("1 H", "held inputs"), ("2 D 0", "drive"), ("3 H?", "held")):
         rep = P.parse_reply((await fw.handle_line(P.frame(line)[:-1]) or b"")[:-1])
         assert rep.code == P.ErrorCode.UNSUPPORTED and name in rep.text
 
@@ -178,14 +179,14 @@ async def test_driver_sends_exact_lines() -> None:
 
 async def test_driver_declares_what_the_descriptor_says() -> None:
     """A chip without held inputs and drive: not declared, and the calls refused on the host."""
-    fw = BoardFirmware(SimulatedSubstrate(held_drive_model()))
+    fw = BoardFirmware(SimulatedSubstrate(board_model()))
     with expected_exchanges(_descriptor_script(fw), framing="board") as t:
         sub = SerialSubstrate("transcript", options=SerialOptions(timeout_s=0.2), stream=t)
         assert not {Capability.HELD_PHASES, Capability.DRIVE} & sub.capabilities
         with pytest.raises(DeviceError, match="no held inputs"):
-            await sub.set_held_phases([0.0, 0.0])
+            await sub.set_held_phases([])
         with pytest.raises(DeviceError, match="cannot apply a drive"):
-            await sub.set_drive([0.0] * 3, 0.0)
+            await sub.set_drive([], 0.0)
 
 
 async def test_reseed_is_refused_when_the_chip_has_no_seed() -> None:
@@ -230,3 +231,17 @@ async def test_over_the_firmware_held_drive_and_safe_exit() -> None:
         assert chip.drive_amplitude.tolist() == [0.0] * 3
         assert chip.held_phases_rad.tolist() == [0.75, -0.5]
         assert chip.is_safe
+
+
+async def test_setpoints_travel_with_the_next_read() -> None:
+    """A held-phase or drive setting followed by a read costs one exchange (the read yields
+    to the event loop before its exchange; the deferred line must still go with it)."""
+    with FirmwareStream(BoardFirmware(recorder())) as stream:
+        sub = SerialSubstrate("memory://board", options=SerialOptions(timeout_s=0.5), stream=stream)
+        async with sub:
+            for k in range(3):
+                before = sub.stats["exchanges"]
+                await sub.set_held_phases([0.1 * k, -0.2])
+                await sub.set_drive([0.5, 0.5, 0.5], 0.1 * k)
+                await sub.read_phases(1)
+                assert sub.stats["exchanges"] - before == 1
