@@ -1,6 +1,7 @@
 """Command table of the phasegrad controller board (docs/protocol.md, "Commands"): each
-command's line, the validators of its arguments (from the chip descriptor: N, E, O, DAC
-bits, β and averaging limits) and the parser of its reply values.
+command's line, the validators of its arguments (from the chip descriptor: N, E, O, H held
+inputs, D driven oscillators, DAC bits, β, drive and averaging limits) and the parser of its
+reply values.
 
 Floats are written with Python's shortest round-trip form (``repr``), so values cross the
 wire bit-exactly; replies are parsed with the strict number grammar of
@@ -20,6 +21,8 @@ from phasegrad_hw.wire.board import parse_float, parse_int
 #: Largest ``SEED`` the firmware reads (``parse_int``: at most 12 digits).
 MAX_SEED = 10**12 - 1
 FLOAT = Real(fmt="repr")
+#: A phase register (held input phase shifter, drive phase): rad in [−π, π].
+PHASE = Real(-np.pi, np.pi, fmt="repr")
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,32 @@ def _common() -> list[Command]:
     ]
 
 
+def drive_reply(n_drive: int) -> Callable[[str], tuple[float, np.ndarray]]:
+    """``<Ψ> <F_0> … <F_D-1>`` → (phase rad, amplitudes model units)."""
+    parse_all = floats_reply(1 + n_drive, "drive registers")
+
+    def parse(text: str) -> tuple[float, np.ndarray]:
+        v = parse_all(text)
+        return float(v[0]), v[1:]
+
+    return parse
+
+
 def board_commands(
-    *, n: int, n_edges: int, n_outputs: int, dac_bits: int, beta_max: float, max_averages: int
+    *,
+    n: int,
+    n_edges: int,
+    n_outputs: int,
+    dac_bits: int,
+    beta_max: float,
+    max_averages: int,
+    n_held: int = 0,
+    n_drive: int = 0,
+    drive_max: float = 0.0,
 ) -> CommandTable:
-    """The board's commands for a chip of ``n`` oscillators, ``n_edges`` couplings and
-    ``n_outputs`` outputs behind ``dac_bits``-bit bias DACs."""
+    """The board's commands for a chip of ``n`` oscillators, ``n_edges`` couplings,
+    ``n_outputs`` outputs, ``n_held`` held inputs and ``n_drive`` driven oscillators (drive
+    amplitudes in [0, ``drive_max``], model units) behind ``dac_bits``-bit bias DACs."""
     dac_max = (1 << dac_bits) - 1
     return CommandTable(
         "board",
@@ -151,5 +175,21 @@ def board_commands(
             ),
             Command("frequencies", "F?", parse=floats_reply(n, "frequency reading")),
             Command("seed", "SEED {seed}", {"seed": Integer(0, MAX_SEED)}, parse=ok_reply),
+            Command(
+                "set_held_phases",
+                "H {phases}",
+                {"phases": Vector(n_held, PHASE)},
+                parse=ok_reply,
+                doc="phase-shifter setting (rad) of every held input, roles.held order",
+            ),
+            Command("held_phases", "H?", parse=floats_reply(n_held, "held phases")),
+            Command(
+                "set_drive",
+                "D {phase} {amplitude}",
+                {"phase": PHASE, "amplitude": Vector(n_drive, Real(0.0, drive_max, fmt="repr"))},
+                parse=ok_reply,
+                doc="drive phase Ψ (rad) and amplitude F_i of every driven oscillator; 0 = off",
+            ),
+            Command("drive", "D?", parse=drive_reply(n_drive)),
         ],
     )

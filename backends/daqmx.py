@@ -1,5 +1,6 @@
-"""NI-DAQmx bench (nidaqmx): analog outputs for the biases and the injection, counter
-two-edge-separation measurements for the phases (docs/design.md §6).
+"""NI-DAQmx bench (nidaqmx): analog outputs for the biases, the injection, the held inputs'
+phase shifters and the drive, counter two-edge-separation measurements for the phases
+(docs/design.md §6).
 
 NOT RUN AGAINST A REAL NI DEVICE: the logic is tested against a stand-in for the part of the
 nidaqmx API used here (``tests/protocol/test_daqmx.py``), wired to the chip emulators.
@@ -13,6 +14,16 @@ Wiring assumed (:class:`DaqmxBenchModel`, ``backend = "daqmx"``):
   with a = β·``injection_v_per_beta`` (V) and φ the target phase. The −β nudge of a centred
   estimate is φ + π (exact for injection nudging, −β sin(φ − θ) = β sin(φ + π − θ)); a
   device with a ``linear`` nudge cannot be given −β this way and is refused;
+* held inputs (``roles.held``, docs/design.md §8): one AO channel per held oscillator
+  (``held_channels``) sets the control voltage of the phase shifter between the reference
+  clock and that oscillator, linearly: V = ``phase_v_per_rad`` · φ, φ in [−π, π] rad;
+* the drive (``roles.drive``, docs/design.md §9): one AO channel per driven oscillator
+  (``drive_channels``) sets its injected amplitude, V = ``drive_v_per_unit`` · F_i (F_i in
+  model units, 0 V = off), and one (``drive_phase_channel``) the phase shifter of the common
+  drive signal, V = ``phase_v_per_rad`` · Ψ (Ψ wrapped to [−π, π)). The maps are checked to
+  fit the channel ranges when the bench model is loaded (``phase_range_v`` for phase
+  channels, [0, ``drive_range_v``] for amplitudes), so every value the device model accepts
+  has a voltage;
 * one counter per non-reference oscillator measuring the two-edge separation (s) from an
   edge of the reference signal (``first_terminal``) to the next edge of the oscillator
   (``second_terminal``), both brought to ``measured_frequency_hz`` by a common down-converter
@@ -42,7 +53,7 @@ from pydantic import Field, model_validator
 from phasegrad_hw.device.frequency_map import FrequencyMap
 from phasegrad_hw.device.model import DeviceFileModel, DeviceModel
 from phasegrad_hw.device.registry import chip_nominal_map
-from phasegrad_hw.device.substrate import OscillatorSubstrate, PhaseReading
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate, PhaseReading
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError
 from phasegrad_hw.physics import Array, wrap
 
@@ -69,6 +80,13 @@ class DaqmxBenchModel(DeviceModel):
     measured_frequency_hz: float = Field(default=1e5, gt=0.0, le=1e8)
     injection_v_per_beta: float = Field(default=1.0, gt=0.0, le=10.0)
     injection_range_v: float = Field(default=10.0, gt=0.0, le=10.0)
+    held_channels: list[str] = Field(default_factory=list)  # one per roles.held
+    drive_channels: list[str] = Field(default_factory=list)  # one per roles.drive
+    drive_phase_channel: str | None = None  # needed with roles.drive
+    phase_v_per_rad: float = Field(default=1.0, gt=0.0, le=10.0)  # phase-shifter control, V/rad
+    phase_range_v: float = Field(default=5.0, gt=0.0, le=10.0)  # phase AO channels: ±V
+    drive_v_per_unit: float = Field(default=1.0, gt=0.0, le=10.0)  # V per model unit of F
+    drive_range_v: float = Field(default=10.0, gt=0.0, le=10.0)  # amplitude AO: [0, V]
     timeout_s: float = Field(default=2.0, gt=0.0, le=600.0)
     lock_spread_rad: float = Field(default=0.5, gt=0.0, le=math.pi)
     settle_s: float = Field(default=0.0, ge=0.0, le=60.0)
@@ -82,11 +100,40 @@ class DaqmxBenchModel(DeviceModel):
             ("bias_channels", n),
             ("injection_i_channels", n_out),
             ("injection_q_channels", n_out),
+            ("held_channels", len(self.roles.held)),
+            ("drive_channels", len(self.roles.drive)),
         ):
             ch = getattr(self, name)
             if len(ch) != length:
                 problems.append(f"{name}: {len(ch)} entries — need {length}")
-        ao = self.bias_channels + self.injection_i_channels + self.injection_q_channels
+        if bool(self.roles.drive) != (self.drive_phase_channel is not None):
+            problems.append(
+                f"drive_phase_channel: {self.drive_phase_channel!r} — needed exactly when "
+                "roles.drive is not empty"
+            )
+        if self.roles.held or self.roles.drive:
+            top = self.phase_v_per_rad * math.pi
+            if top > self.phase_range_v:
+                problems.append(
+                    f"phase_v_per_rad: {self.phase_v_per_rad:g} V/rad × π = {top:.4g} V "
+                    f"exceeds phase_range_v {self.phase_range_v:g} V"
+                )
+        if self.roles.drive:
+            top = self.drive_v_per_unit * self.limits.drive_max
+            if top > self.drive_range_v:
+                problems.append(
+                    f"drive_v_per_unit: {self.drive_v_per_unit:g} V × limits.drive_max "
+                    f"{self.limits.drive_max:g} = {top:.4g} V exceeds drive_range_v "
+                    f"{self.drive_range_v:g} V"
+                )
+        ao = (
+            self.bias_channels
+            + self.injection_i_channels
+            + self.injection_q_channels
+            + self.held_channels
+            + self.drive_channels
+            + ([self.drive_phase_channel] if self.drive_phase_channel else [])
+        )
         dup = sorted({c for c in ao if ao.count(c) > 1})
         if dup:
             problems.append(f"AO channels {dup} are used twice")
@@ -119,7 +166,9 @@ def import_nidaqmx() -> ModuleType:
 
 
 class DaqmxBench(OscillatorSubstrate):
-    """The DAQ bench as a substrate; nidaqmx calls run in one worker thread."""
+    """The DAQ bench as a substrate; nidaqmx calls run in one worker thread. Declares
+    ``held_phases`` / ``drive`` when the device has held inputs / driven oscillators (the
+    bench model then wires their AO channels)."""
 
     model: DaqmxBenchModel
 
@@ -135,6 +184,8 @@ class DaqmxBench(OscillatorSubstrate):
         self._executor: ThreadPoolExecutor | None = None
         self._ao_bias: Any = None
         self._ao_inj: Any = None
+        self._ao_held: Any = None
+        self._ao_drive: Any = None
         self._ci: dict[int, Any] = {}
         self._samples: dict[int, int] = {}
         lim = model.limits.bias
@@ -142,6 +193,9 @@ class DaqmxBench(OscillatorSubstrate):
             min(lim.channel(i).min for i in range(model.n)),
             max(lim.channel(i).max for i in range(model.n)),
         )
+        self.capabilities = frozenset(
+            {Capability.HELD_PHASES} if model.roles.held else set()
+        ) | frozenset({Capability.DRIVE} if model.roles.drive else set())
 
     # -- lifecycle ---------------------------------------------------------------------
     async def connect(self) -> None:
@@ -193,6 +247,20 @@ class DaqmxBench(OscillatorSubstrate):
             r = m.injection_range_v
             for ch in m.injection_i_channels + m.injection_q_channels:
                 self._ao_inj.ao_channels.add_ao_voltage_chan(ch, min_val=-r, max_val=r)
+            p = m.phase_range_v
+            if m.held_channels:
+                self._ao_held = self._new_task(dm, "held-phase AO")
+                for ch in m.held_channels:
+                    self._ao_held.ao_channels.add_ao_voltage_chan(ch, min_val=-p, max_val=p)
+            if m.drive_phase_channel is not None:
+                self._ao_drive = self._new_task(dm, "drive AO")
+                for ch in m.drive_channels:
+                    self._ao_drive.ao_channels.add_ao_voltage_chan(
+                        ch, min_val=0.0, max_val=m.drive_range_v
+                    )
+                self._ao_drive.ao_channels.add_ao_voltage_chan(
+                    m.drive_phase_channel, min_val=-p, max_val=p
+                )
             period = 1.0 / m.measured_frequency_hz
             for osc, spec in sorted(m.counters.items()):
                 task = self._new_task(dm, f"counter {spec.counter}")
@@ -211,19 +279,29 @@ class DaqmxBench(OscillatorSubstrate):
             self._write_injection_sync(
                 np.zeros(len(m.roles.outputs)), np.zeros(len(m.roles.outputs))
             )
+            if self._ao_held is not None:  # power-on: every phase shifter at 0 rad
+                self._write_held_sync(np.zeros(len(m.roles.held)))
+            if self._ao_drive is not None:  # and the drive off
+                self._write_drive_sync(np.zeros(len(m.roles.drive)), 0.0)
         except DeviceError:
             raise
         except Exception as exc:
             raise DeviceError(f"daqmx: configuring the tasks failed: {exc}") from exc
 
     def _disconnect_sync(self) -> None:
-        for task in [self._ao_bias, self._ao_inj, *self._ci.values()]:
+        for task in [
+            self._ao_bias,
+            self._ao_inj,
+            self._ao_held,
+            self._ao_drive,
+            *self._ci.values(),
+        ]:
             if task is not None:
                 try:
                     task.close()
                 except Exception as exc:
                     log.debug("daqmx: closing a task: %s", exc)
-        self._ao_bias = self._ao_inj = None
+        self._ao_bias = self._ao_inj = self._ao_held = self._ao_drive = None
         self._ci.clear()
         self._samples.clear()
 
@@ -236,6 +314,32 @@ class DaqmxBench(OscillatorSubstrate):
     def _write_injection_sync(self, i_v: Array, q_v: Array) -> None:
         data = [float(v) for v in np.concatenate([i_v, q_v])]
         self._ao_inj.write(data, auto_start=True, timeout=self.model.timeout_s)
+
+    def held_volts(self, phases_rad: Array) -> Array:
+        """Held input phases (rad, [−π, π]) → phase-shifter control voltages (V)."""
+        out: Array = self.model.phase_v_per_rad * phases_rad
+        return out
+
+    def drive_volts(self, amplitude: Array, phase_rad: float) -> tuple[Array, float]:
+        """Drive amplitudes (model units) and phase (rad) → amplitude voltages (V) and the
+        drive phase shifter's control voltage (V); Ψ is wrapped to [−π, π) first."""
+        psi = phase_rad if abs(phase_rad) <= math.pi else float(wrap(phase_rad))
+        return self.model.drive_v_per_unit * amplitude, self.model.phase_v_per_rad * psi
+
+    def _write_held_sync(self, phases_rad: Array) -> None:
+        v = self.held_volts(phases_rad)
+        self._ao_held.write([float(x) for x in v], auto_start=True, timeout=self.model.timeout_s)
+
+    def _write_drive_sync(self, amplitude: Array, phase_rad: float) -> None:
+        amp_v, phase_v = self.drive_volts(amplitude, phase_rad)
+        data = [*(float(x) for x in amp_v), float(phase_v)]
+        self._ao_drive.write(data, auto_start=True, timeout=self.model.timeout_s)
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        await self._run(lambda: self._write_held_sync(phases_rad))
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        await self._run(lambda: self._write_drive_sync(amplitude, phase_rad))
 
     def nominal_map(self) -> FrequencyMap:
         """The design curve of the chip behind the bench (identity without a ``chip``)."""
@@ -314,9 +418,14 @@ def open_daqmx(model: DaqmxBenchModel, seed: int | None = None) -> DaqmxBench:
 def daqmx_bench_for_chip(
     chip: DeviceModel, device: str = "Dev1", **overrides: Any
 ) -> DaqmxBenchModel:
-    """A DAQ bench for ``chip``: ``ao0…`` biases, then I then Q per output; counter k on the
-    oscillators but the reference, reference on ``PFI<ref>``, oscillator i on ``PFI<i>``."""
+    """A DAQ bench for ``chip``: ``ao0…`` biases, then I then Q per output, then one phase
+    shifter per held input, one amplitude per driven oscillator and the drive phase; counter
+    k on the oscillators but the reference, reference on ``PFI<ref>``, oscillator i on
+    ``PFI<i>``."""
     n, outs, ref = chip.n, chip.roles.outputs, chip.roles.reference
+    n_held, n_drive = len(chip.roles.held), len(chip.roles.drive)
+    first_held = n + 2 * len(outs)
+    first_drive = first_held + n_held
     base = chip.chip_fields("json")
     others = [i for i in range(n) if i != ref]
     data: dict[str, Any] = {
@@ -326,6 +435,9 @@ def daqmx_bench_for_chip(
         "bias_channels": [f"{device}/ao{i}" for i in range(n)],
         "injection_i_channels": [f"{device}/ao{n + k}" for k in range(len(outs))],
         "injection_q_channels": [f"{device}/ao{n + len(outs) + k}" for k in range(len(outs))],
+        "held_channels": [f"{device}/ao{first_held + k}" for k in range(n_held)],
+        "drive_channels": [f"{device}/ao{first_drive + k}" for k in range(n_drive)],
+        "drive_phase_channel": f"{device}/ao{first_drive + n_drive}" if n_drive else None,
         "counters": {
             i: {
                 "counter": f"{device}/ctr{k}",

@@ -8,7 +8,8 @@ sends their commands over a :class:`~.scpi_link.ScpiLink`.
   (53230A-style): scan list, sample count, phase format, ``READ?``, spread, QUEStionable
   condition (bit :data:`~phasegrad_hw.wire.scpi.QUES_PHASE_UNLOCKED`);
 * :func:`injection_commands` — injection source (AWG-style): amplitude, phase, polarity,
-  output state.
+  output state; the nudge source (one channel per output) and, on a chip with held inputs or
+  a drive, the input source (one channel per held input and per driven oscillator).
 
 Every message the bench sends is a ``;``-chain of such commands. A chain of settings ends
 in ``:SYST:ERR?`` (the write is confirmed and a refusal is seen at once); a chain with
@@ -182,11 +183,14 @@ def phase_meter_commands(n_channels: int) -> CommandTable:
     )
 
 
-def injection_commands(n_channels: int, amplitude_max_v: float) -> CommandTable:
-    """Injection source with channels 1…``n_channels``: amplitude in V, phase in degrees."""
+def injection_commands(
+    n_channels: int, amplitude_max_v: float, instrument: str = "injection"
+) -> CommandTable:
+    """Injection source ``instrument`` with channels 1…``n_channels``: amplitude in V (0 …
+    ``amplitude_max_v``), phase in degrees."""
     ch = Integer(1, n_channels)
     return _table(
-        "injection",
+        instrument,
         [
             *common_commands(),
             Command(

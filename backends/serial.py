@@ -31,7 +31,7 @@ so no model file is needed. Robustness:
 
 Round trips: setpoints are deferred and go out with the next read in one write, so an EP
 step costs one exchange per phase read (3 for a centred step). They are sent at the latest
-on the next turn of the event loop; :meth:`SerialSubstrate.flush` waits for confirmation.
+on the second turn of the event loop; :meth:`SerialSubstrate.flush` waits for confirmation.
 Blocking pyserial I/O runs in a worker thread (``asyncio.to_thread``), one per exchange.
 Construction opens the port and reads the descriptor synchronously (a few ms).
 """
@@ -68,14 +68,19 @@ from phasegrad_hw.errors import (
     LimitError,
     ProtocolError,
 )
-from phasegrad_hw.physics import Array
+from phasegrad_hw.physics import Array, wrap
 from phasegrad_hw.wire.board import Reply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
-_WIRE_CAPS = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}
+_WIRE_CAPS = {
+    Capability.COUPLINGS,
+    Capability.FREQUENCY_COUNTER,
+    Capability.HELD_PHASES,
+    Capability.DRIVE,
+}
 
 
 class SerialOptions(StrictModel):
@@ -190,6 +195,9 @@ class SerialSubstrate(OscillatorSubstrate):
             dac_bits=int(self.descriptor["dac_bits"]),
             beta_max=m.limits.beta_max,
             max_averages=m.limits.max_averages,
+            n_held=len(m.roles.held),
+            n_drive=len(m.roles.drive),
+            drive_max=m.limits.drive_max,
         )
 
     @property
@@ -267,11 +275,15 @@ class SerialSubstrate(OscillatorSubstrate):
                 log.debug("board %s: descriptor as %r model failed: %s", self.url, backend, exc)
         return self.model
 
+    def _forget_unsafe(self) -> None:
+        """The board went safe (``SAFE``): the clamp, drive and biases are no state to restore."""
+        for key in ("clamp", "drive", "bias"):
+            self._state.pop(key, None)
+
     def _safe_sync(self) -> None:
         """Best effort: one short attempt to put the chip safe (after a failure)."""
         self.link.safe()
-        self._state.pop("clamp", None)
-        self._state.pop("bias", None)
+        self._forget_unsafe()
 
     async def _run(self, lines: list[str], state_key: str | None = None) -> list[Reply]:
         """Send any deferred setpoints plus ``lines`` in one exchange; returns ``lines``'
@@ -303,7 +315,7 @@ class SerialSubstrate(OscillatorSubstrate):
 
     async def _set(self, key: str, line: str) -> None:
         """A setpoint: sent now, or (``pipeline``) with the next exchange — at the latest on
-        the next turn of the event loop (:meth:`flush` waits for it)."""
+        the second turn of the event loop (:meth:`flush` waits for it)."""
         if not self.options.pipeline:
             await self._run([line], key)
             return
@@ -317,6 +329,9 @@ class SerialSubstrate(OscillatorSubstrate):
             self._flusher = loop.create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
+        # one more turn first: ``read_phases`` yields once (a cancellation point) before its
+        # exchange, and a read that follows the setpoints must take them along
+        await asyncio.sleep(0)
         if not self._pending:
             return
         try:
@@ -349,19 +364,19 @@ class SerialSubstrate(OscillatorSubstrate):
             await _port_io(self.link.close)
 
     async def make_safe(self) -> None:
-        """One ``SAFE`` line: injection off, every bias at its safe value (deferred
-        setpoints are dropped)."""
+        """One ``SAFE`` line: injection and drive off, every bias at its safe value (deferred
+        setpoints are dropped; held phases stay)."""
         self._pending.clear()
         self._deferred_error = None
         await self._run([self.commands.safe()])
-        self._state.pop("clamp", None)
-        self._state.pop("bias", None)
+        self._forget_unsafe()
         self.clamped = False
 
     def reseed(self, seed: int) -> None:
-        """Reseed the chip emulator's noise (ignored by boards whose chip has none)."""
-        if not self.descriptor.get("reseed"):
-            return
+        """Reseed the chip emulator's noise (needs ``reseed``: the descriptor says whether the
+        board's chip has a seed; else :class:`DeviceError`, like every undeclared ability)."""
+        if Capability.RESEED not in self.capabilities:
+            super().reseed(seed)
         line = self.commands.seed(seed=int(seed))
         try:
             asyncio.get_running_loop()
@@ -392,6 +407,16 @@ class SerialSubstrate(OscillatorSubstrate):
 
     async def _apply_release(self) -> None:
         await self._set("clamp", self.commands.release())
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        await self._set("held", self.commands.set_held_phases(phases=phases_rad))
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        # the phase register holds [−π, π]: Ψ outside it is wrapped (the same drive: sin is
+        # 2π-periodic); a phase inside goes bit-exactly
+        phase = phase_rad if abs(phase_rad) <= np.pi else float(wrap(phase_rad))
+        line = self.commands.set_drive(phase=phase, amplitude=amplitude)
+        await self._set("drive", line)
 
     async def _read(self, averages: int) -> PhaseReading:
         c = self.commands

@@ -1,5 +1,7 @@
 """SCPI bench instruments through pyvisa (pyvisa-py, ``@py``): an SMU for the biases, a phase
-meter behind a multiplexer for the phases, an injection source for the nudge (docs/design.md §6).
+meter behind a multiplexer for the phases, an injection source for the nudge and, on a chip
+with held inputs or driven oscillators, an input source for the held phases and the drive
+(docs/design.md §6, §8, §9).
 
 Three layers: the link (:mod:`.scpi_link`: framing, retry, resync, reconnect, I/O mode; a
 socket of its own for raw ``TCPIP::host::port::SOCKET`` resources, a pyvisa resource for the
@@ -56,7 +58,7 @@ from phasegrad_hw.backends.scpi_link import (
     SocketTransport,
 )
 from phasegrad_hw.backends.visa_config import (
-    INSTRUMENTS,
+    INPUT_SOURCE,
     SOCKET_RESOURCE,
     InstrumentConfig,
     VisaBenchModel,
@@ -77,7 +79,10 @@ class VisaBench(OscillatorSubstrate):
     :class:`~.scpi_instruments.Instrument` (command table + :class:`~.scpi_link.ScpiLink`).
 
     ``retries_used`` counts recoveries (timeouts, bad replies, reconnects), ``round_trips``
-    messages that expected a reply, over all three instruments.
+    messages that expected a reply, over all instruments. With an input source
+    (``model.input_source``) the bench declares ``held_phases`` (a channel per held input:
+    its phase) and ``drive`` (a channel per driven oscillator: amplitude
+    ``drive_v_per_unit``·F_i, phase Ψ) for the roles the chip has.
     """
 
     model: VisaBenchModel
@@ -95,6 +100,9 @@ class VisaBench(OscillatorSubstrate):
         self._smu_ch = model.smu.channels
         self._meter_ch = model.phase_meter.channels
         self._inj_ch = model.injection.channels
+        inputs = model.input_source.channels if model.input_source is not None else []
+        self._held_ch = inputs[: len(model.roles.held)]
+        self._drive_ch = inputs[len(model.roles.held) :]
         marker = int(time.time() * 1000)
         self.links = {
             name: ScpiLink(
@@ -107,7 +115,7 @@ class VisaBench(OscillatorSubstrate):
                 reconnect_backoff_s=model.reconnect_backoff_s,
                 marker_seed=marker + i,
             )
-            for i, name in enumerate(INSTRUMENTS)
+            for i, name in enumerate(model.instruments())
         }
         amp_max = model.limits.beta_max * model.injection_v_per_beta
         self.smu = Instrument(smu_commands(max(self._smu_ch)), self.links["smu"])
@@ -117,6 +125,17 @@ class VisaBench(OscillatorSubstrate):
         self.injection = Instrument(
             injection_commands(max(self._inj_ch), amp_max), self.links["injection"]
         )
+        self.inputs: Instrument | None = None
+        if inputs:
+            drive_max_v = model.limits.drive_max * model.drive_v_per_unit
+            self.inputs = Instrument(
+                injection_commands(max(inputs), drive_max_v, INPUT_SOURCE),
+                self.links[INPUT_SOURCE],
+            )
+        self._abilities = frozenset(
+            {Capability.HELD_PHASES} if self._held_ch else set()
+        ) | frozenset({Capability.DRIVE} if self._drive_ch else set())
+        self.capabilities = self._abilities
 
     def _transport(self, cfg: InstrumentConfig) -> ScpiTransport:
         link = self.model.link
@@ -248,6 +267,27 @@ class VisaBench(OscillatorSubstrate):
         parts = [inj.set_output(ch=c, on=False) for c in self._inj_ch]
         await self._guarded(lambda: self._write(inj, *parts))
 
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        src = self.inputs
+        assert src is not None  # declared only with an input source
+        parts = [
+            src.set_phase(ch=c, degrees=math.degrees(float(p)))
+            for c, p in zip(self._held_ch, phases_rad, strict=True)
+        ]
+        await self._guarded(lambda: self._write(src, *parts))
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        src = self.inputs
+        assert src is not None  # declared only with an input source
+        degrees = math.degrees(float(wrap(phase_rad)))
+        parts = []
+        for c, a in zip(self._drive_ch, amplitude, strict=True):
+            parts += [
+                src.set_amplitude(ch=c, volts=float(a) * self.model.drive_v_per_unit),
+                src.set_phase(ch=c, degrees=degrees),
+            ]
+        await self._guarded(lambda: self._write(src, *parts))
+
     async def _read(self, averages: int) -> PhaseReading:
         return await self._guarded(lambda: self._aread(averages))
 
@@ -347,8 +387,16 @@ class VisaBench(OscillatorSubstrate):
             m.phase_format(form="centred"),
             m.route(channels=self._meter_ch),
         )
+        if self.inputs is not None:  # held phases 0 rad, drive amplitude 0, outputs on
+            src = self.inputs
+            self._write_sync(
+                src,
+                src.reset(),
+                src.clear_status(),
+                *[src.set_output(ch=c, on=True) for c in self._held_ch + self._drive_ch],
+            )
         if self._is_emulator():  # the emulated chip's noise seed: a declared ability
-            self.capabilities = frozenset({Capability.RESEED})
+            self.capabilities = self._abilities | {Capability.RESEED}
             self._write_sync(m, m.emulator_seed(seed=int(self.seed)))
 
     def _disconnect_sync(self) -> None:

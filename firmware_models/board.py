@@ -5,10 +5,15 @@ The board holds per-channel bias DAC codes (``dac_bits``, default 16, like the A
 octal DACs used on such boards), the injection amplitude/phase registers of the output
 oscillators (the nudge: amplitude = β, phase = target), a TDC phase readout with on-board
 averaging (circular mean over ``averages`` conversions, done by the chip emulator), a
-frequency counter, and a frequency-setpoint path through the chip's calibration table
-(the ``W`` command: the board converts ω into bias exactly as the chip emulator does, so a
-host needs no transfer curve). Every value is range-checked as firmware would check its
-registers; a refused command changes nothing.
+frequency counter, on chips with held inputs the programmable phase shifters between the
+reference clock and each held input oscillator (``H``: a strong injection whose phase the held
+oscillator follows, docs/design.md §8), on chips with sensor oscillators the drive registers
+(``D``: an external signal of phase Ψ and per-oscillator amplitude F_i injected into
+``roles.drive``, dθ_i/dt gains F_i·sin(Ψ − θ_i), docs/design.md §9), and a
+frequency-setpoint path through the chip's calibration table (the ``W`` command: the board
+converts ω into bias exactly as the chip emulator does, so a host needs no transfer curve).
+Every value is range-checked as firmware would check its registers; a refused command changes
+nothing.
 
 The chip itself is an in-process emulator (any :class:`OscillatorSubstrate`, normally
 ``phasegrad_hw.backends.cmos`` / ``optical`` or ``simulated``); the firmware only calls its
@@ -79,6 +84,9 @@ class BoardFirmware:
         self.inj_amplitude = 0.0
         self.inj_phase = np.zeros(len(self.model.roles.outputs))
         self.inj_enabled = False
+        self.held_phases = np.zeros(len(self.model.roles.held))  # rad, phase-shifter registers
+        self.drive_phase = 0.0  # rad
+        self.drive_amplitude = np.zeros(len(self.model.roles.drive))  # model units; 0 = off
         self._descriptor = self._build_descriptor()
         self._handlers: dict[str, Callable[[Request], Awaitable[list[str]]]] = {
             "ID?": self._cmd_id,
@@ -96,6 +104,10 @@ class BoardFirmware:
             "F?": self._cmd_f,
             "SAFE": self._cmd_safe,
             "SEED": self._cmd_seed,
+            "H": self._cmd_h,
+            "H?": self._cmd_h_query,
+            "D": self._cmd_d,
+            "D?": self._cmd_d_query,
         }
 
     # -- board state -----------------------------------------------------------------
@@ -131,22 +143,33 @@ class BoardFirmware:
         )
 
     async def power_on(self) -> None:
-        """Connect the chip and put it in the power-on (safe) state."""
+        """Connect the chip and put it in the power-on state: safe, held phases 0 rad."""
         await self.chip.connect()
+        await self._reset_registers()
+
+    async def _reset_registers(self) -> None:
+        """Power-on register values: the safe state and every held-input phase shifter at 0."""
         await self.make_safe()
+        if Capability.HELD_PHASES in self.chip.capabilities:
+            zero = np.zeros(len(self.model.roles.held))
+            await self.chip.set_held_phases(zero)
+            self.held_phases = zero
 
     async def make_safe(self) -> None:
-        """Injection off, every bias at its safe value (the power-on state)."""
+        """Injection and drive off, every bias at its safe value (held phases stay: a held
+        input is set per sample, not an unsafe state)."""
         try:
-            await self.chip.make_safe()
+            await self.chip.make_safe()  # switches a declared drive off
         finally:
             self.inj_enabled = False
             self.inj_amplitude = 0.0
+            self.drive_amplitude = np.zeros(len(self.model.roles.drive))
+            self.drive_phase = 0.0
             self.dac_codes = self._codes_for(self.model.safe_biases())
 
     async def reboot(self) -> bytes:
         """Power-cycle / DTR reset: registers lost, chip safe, a new boot id; returns the banner."""
-        await self.make_safe()
+        await self._reset_registers()
         self.boot_id += 1
         self._boot_t = time.monotonic()
         log.info("board rebooted (boot id %d)", self.boot_id)
@@ -329,3 +352,58 @@ class BoardFirmware:
             raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no noise seed")
         self.chip.reseed(seed)
         return []
+
+    def _phases(self, req: Request, n: int, what: str, offset: int = 0) -> np.ndarray:
+        """``n`` phase-register values (rad), each in [−π, π] (else OUT_OF_RANGE)."""
+        p = self._floats(req, n, what, offset)
+        bad = np.flatnonzero(np.abs(p) > np.pi)
+        if bad.size:
+            i = int(bad[0])
+            raise FrameError(
+                ErrorCode.OUT_OF_RANGE, f"{what}[{i}]: {float(p[i])!r} outside [-pi, pi]"
+            )
+        return p
+
+    async def _cmd_h(self, req: Request) -> list[str]:
+        if Capability.HELD_PHASES not in self.chip.capabilities:
+            raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no held inputs")
+        n_held = len(self.model.roles.held)
+        self._nargs(req, n_held)
+        phases = self._phases(req, n_held, "held_phases")
+        await self.chip.set_held_phases(phases)
+        # the register reads back what the chip applied (its model wraps to [−π, π))
+        self.held_phases = self.model.check_held_phases(phases)
+        return []
+
+    async def _cmd_h_query(self, req: Request) -> list[str]:
+        self._nargs(req, 0)
+        if Capability.HELD_PHASES not in self.chip.capabilities:
+            raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no held inputs")
+        return [*map(fmt_float, self.held_phases)]
+
+    async def _cmd_d(self, req: Request) -> list[str]:
+        if Capability.DRIVE not in self.chip.capabilities:
+            raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no drive input")
+        n_drive = len(self.model.roles.drive)
+        self._nargs(req, 1 + n_drive)
+        phase = parse_float(req.args[0], "drive_phase")
+        if abs(phase) > np.pi:
+            raise FrameError(ErrorCode.OUT_OF_RANGE, f"drive_phase: {phase!r} outside [-pi, pi]")
+        amp = self._floats(req, n_drive, "drive_amplitude", offset=1)
+        hi = self.model.limits.drive_max
+        bad = np.flatnonzero((amp < 0.0) | (amp > hi))
+        if bad.size:
+            i = int(bad[0])
+            raise FrameError(
+                ErrorCode.OUT_OF_RANGE,
+                f"drive_amplitude[{i}]: {float(amp[i])!r} outside [0, {hi!r}]",
+            )
+        await self.chip.set_drive(amp, phase)
+        self.drive_phase, self.drive_amplitude = phase, amp
+        return []
+
+    async def _cmd_d_query(self, req: Request) -> list[str]:
+        self._nargs(req, 0)
+        if Capability.DRIVE not in self.chip.capabilities:
+            raise FrameError(ErrorCode.UNSUPPORTED, "this chip has no drive input")
+        return [fmt_float(self.drive_phase), *map(fmt_float, self.drive_amplitude)]

@@ -22,8 +22,16 @@
   output channel is on with the same amplitude and polarity, released when all are off;
   anything in between cannot be expressed by the chip emulator and makes the next phase
   read fail with ``-221,"Settings conflict"``.
+* :class:`InputSource` — on a chip with held inputs or driven oscillators (the bench's
+  ``input_source``): the same channel commands as the injection source, one channel per held
+  input (its phase is the held input's phase φ; the injection level is the chip's
+  ``held_injection``, docs/design.md §8; the channel's output must be on) followed by one
+  per driven oscillator (amplitude V = ``drive_v_per_unit``·F_i, output off = 0; every drive
+  channel carries the one drive phase Ψ, docs/design.md §9). A held channel that is off, or
+  drive channels with different phases, cannot be expressed by the chip emulator and make
+  the next phase read fail with ``-221,"Settings conflict"``.
 
-All three share one :class:`BenchChip`: settings are pushed to the emulated chip's substrate
+All instruments share one :class:`BenchChip`: settings are pushed to the emulated chip's substrate
 hooks lazily, once, before the next acquisition. Out-of-range settings are refused with
 ``-222`` and never applied. Every server speaks newline-terminated SCPI (port 5025 style).
 
@@ -64,12 +72,12 @@ from phasegrad_hw.firmware_models.scpi import (
     integer,
     number,
 )
-from phasegrad_hw.physics import Array
+from phasegrad_hw.physics import Array, wrap
 from phasegrad_hw.wire.scpi import QUES_CURRENT, QUES_PHASE_UNLOCKED
 
 log = logging.getLogger(__name__)
 
-InstrumentName = Literal["smu", "phase_meter", "injection"]
+InstrumentName = Literal["smu", "phase_meter", "injection", "input_source"]
 
 
 # --------------------------------------------------------------------------- faults
@@ -82,7 +90,7 @@ class Fault(StrictModel):
     """
 
     kind: Literal["delay", "drop", "corrupt", "disconnect", "scpi_error", "trip"]
-    instrument: Literal["smu", "phase_meter", "injection", "any"] = "any"
+    instrument: Literal["smu", "phase_meter", "injection", "input_source", "any"] = "any"
     after: int = Field(default=0, ge=0)
     every: int = Field(default=1, ge=1)
     count: int | None = Field(default=1, ge=1)
@@ -164,8 +172,9 @@ class BenchChip:
     """The one emulated chip behind every instrument.
 
     Settings land in the instruments; :meth:`measure` pushes the effective biases (SMU level
-    where the output is on, the channel's safe bias otherwise) and the injection state to
-    the chip's substrate hooks — only when they changed — and then acquires.
+    where the output is on, the channel's safe bias otherwise), the injection state and the
+    input source's held phases and drive to the chip's substrate hooks — only what changed —
+    and then acquires.
     """
 
     def __init__(self, substrate: OscillatorSubstrate, bench: VisaBenchModel) -> None:
@@ -175,8 +184,11 @@ class BenchChip:
         self.safe = self.model.safe_biases()
         self.smu: Smu | None = None
         self.injection: InjectionSource | None = None
+        self.inputs: InputSource | None = None
         self._bias: Array | None = None
         self._clamp: tuple[Any, ...] | None = None
+        self._held: tuple[float, ...] | None = None
+        self._drive: tuple[tuple[float, ...], float] | None = None
         self.lock = asyncio.Lock()
 
     def effective_biases(self) -> Array:
@@ -201,6 +213,14 @@ class BenchChip:
             else:
                 raise ScpiError(-221, str(state[1]))
             self._clamp = state
+        if self.inputs is not None:
+            held, drive = self.inputs.chip_inputs()
+            if held and held != self._held:
+                await self.sub._apply_held_phases(np.array(held))
+                self._held = held
+            if drive[0] and drive != self._drive:
+                await self.sub._apply_drive(np.array(drive[0]), drive[1])
+                self._drive = drive
 
     async def measure(self, averages: int) -> PhaseReading:
         async with self.lock:
@@ -215,12 +235,17 @@ class BenchChip:
                 self.sub.reseed(seed)
 
     async def make_safe(self) -> None:
-        """Release the nudge and put every bias at its safe value (instruments reset)."""
+        """Release the nudge, switch a drive off and put every bias at its safe value
+        (instruments reset)."""
         async with self.lock:
-            for inst in (self.smu, self.injection):
+            for inst in (self.smu, self.injection, self.inputs):
                 if inst is not None:
                     inst.reset()
             await self.sub._apply_release()
+            if self.inputs is not None and self.model.roles.drive:
+                off = np.zeros(len(self.model.roles.drive))
+                await self.sub._apply_drive(off, 0.0)
+                self._drive = (tuple(off.tolist()), 0.0)
             await self.sub._apply_biases(self.safe.copy())
             self._bias = self.safe.copy()
             self._clamp = ("release",)
@@ -440,18 +465,15 @@ class PhaseMeter(ScpiInstrument):
         return self._values("sdev")
 
 
-class InjectionSource(ScpiInstrument):
-    """One injection channel per output oscillator: amplitude (V), phase (deg), on/off."""
+class _SourceChannels(ScpiInstrument):
+    """The channels of an injection source: amplitude (V, 0 … ``amp_max``), phase (deg),
+    output on/off, polarity."""
 
-    model_name = "EMU-INJECT"
-
-    def __init__(self, chip: BenchChip, n_channels: int) -> None:
+    def __init__(self, chip: BenchChip, n_channels: int, amp_max: float) -> None:
         super().__init__()
         self.chip = chip
-        chip.injection = self
         self.n = n_channels
-        self.v_per_beta = chip.bench.injection_v_per_beta
-        self.amp_max = chip.model.limits.beta_max * self.v_per_beta
+        self.amp_max = amp_max
         self.amp = np.zeros(n_channels + 1)
         self.phase_deg = np.zeros(n_channels + 1)
         self.on = np.zeros(n_channels + 1, dtype=bool)
@@ -506,6 +528,18 @@ class InjectionSource(ScpiInstrument):
             choice(c.one_param(), f"OUTP{ch}:POL", {"NORM": "NORMAL", "INV": "INVERTED"}) == "INV"
         )
 
+
+class InjectionSource(_SourceChannels):
+    """One injection channel per output oscillator: the nudge (β = amplitude /
+    ``injection_v_per_beta``, target = phase, direction = polarity)."""
+
+    model_name = "EMU-INJECT"
+
+    def __init__(self, chip: BenchChip, n_channels: int) -> None:
+        self.v_per_beta = chip.bench.injection_v_per_beta
+        super().__init__(chip, n_channels, chip.model.limits.beta_max * self.v_per_beta)
+        chip.injection = self
+
     def chip_clamp(self) -> tuple[Any, ...]:
         """The chip's view: ("release",), ("clamp", target, β, direction) or ("conflict", why)."""
         ch = self.chip.bench.injection.channels
@@ -519,6 +553,37 @@ class InjectionSource(ScpiInstrument):
             return ("conflict", "injection: output channels differ in amplitude or polarity")
         target = tuple(float(x) for x in np.radians(self.phase_deg[ch]))
         return ("clamp", target, float(amps[0]) / self.v_per_beta, -1 if inv[0] else 1)
+
+
+class InputSource(_SourceChannels):
+    """The held inputs' and driven oscillators' injection source (module docstring): held
+    channels first (``roles.held`` order), then drive channels (``roles.drive`` order)."""
+
+    model_name = "EMU-INPUTS"
+
+    def __init__(self, chip: BenchChip, n_channels: int) -> None:
+        bench = chip.bench
+        self.v_per_unit = bench.drive_v_per_unit
+        super().__init__(chip, n_channels, chip.model.limits.drive_max * self.v_per_unit)
+        chip.inputs = self
+        assert bench.input_source is not None
+        n_held = len(chip.model.roles.held)
+        self.held_ch = np.asarray(bench.input_source.channels[:n_held], dtype=np.int64)
+        self.drive_ch = np.asarray(bench.input_source.channels[n_held:], dtype=np.int64)
+
+    def chip_inputs(self) -> tuple[tuple[float, ...], tuple[tuple[float, ...], float]]:
+        """The chip's view: held phases (rad, wrapped) and the drive (amplitudes F_i, model
+        units; Ψ rad, wrapped). Raises -221 for what the chip cannot express."""
+        off = self.held_ch[~self.on[self.held_ch]]
+        if off.size:
+            raise ScpiError(-221, f"input_source: held input channel {int(off[0])} is off")
+        held = tuple(float(x) for x in wrap(np.radians(self.phase_deg[self.held_ch])))
+        d = self.drive_ch
+        if d.size and np.ptp(self.phase_deg[d]) != 0:
+            raise ScpiError(-221, "input_source: drive channels differ in phase")
+        amp = np.where(self.on[d], self.amp[d], 0.0) / self.v_per_unit
+        psi = float(wrap(np.radians(self.phase_deg[d[0]]))) if d.size else 0.0
+        return held, (tuple(float(x) for x in amp), psi)
 
 
 # --------------------------------------------------------------------------- servers
@@ -539,9 +604,10 @@ def build_chip(bench: VisaBenchModel, seed: int | None = None) -> OscillatorSubs
 
 
 class BenchEmulator:
-    """SMU, phase meter and injection source on three TCP ports around one chip.
+    """SMU, phase meter, injection source (and input source) on TCP ports around one chip.
 
-    ``ports`` (smu, phase_meter, injection); 0 picks a free port. Use :meth:`start` /
+    ``ports`` (smu, phase_meter, injection, input_source); 0 (or a missing entry) picks a
+    free port. Use :meth:`start` /
     :meth:`stop` inside a running loop, or :meth:`running` to serve from a background thread
     (what tests and benchmarks do, since pyvisa is synchronous).
     """
@@ -552,7 +618,7 @@ class BenchEmulator:
         chip: OscillatorSubstrate | None = None,
         *,
         host: str = "127.0.0.1",
-        ports: tuple[int, int, int] = (0, 0, 0),
+        ports: tuple[int, ...] = (0, 0, 0, 0),
         seed: int | None = None,
     ) -> None:
         self.bench = bench
@@ -568,8 +634,12 @@ class BenchEmulator:
             "phase_meter": self.phase_meter,
             "injection": self.injection,
         }
+        self.inputs: InputSource | None = None
+        if bench.input_source is not None:
+            self.inputs = InputSource(self.chip, max(bench.input_source.channels))
+            self.instruments["input_source"] = self.inputs
         self.host = host
-        self.requested_ports = dict(zip(self.instruments, ports, strict=True))
+        self.requested_ports = dict(zip(self.instruments, ports, strict=False))
         self.ports: dict[str, int] = {}
         self.faults = FaultInjector()
         #: (instrument, bytes received, bytes sent or None) per message when recording
@@ -599,7 +669,7 @@ class BenchEmulator:
             server = await asyncio.start_server(
                 lambda r, w, n=name, i=inst: self._serve(n, i, r, w),  # type: ignore[misc]
                 self.host,
-                self.requested_ports[name],
+                self.requested_ports.get(name, 0),
                 limit=1 << 20,
             )
             self._servers.append(server)

@@ -59,20 +59,39 @@ class FakeSystem:
     """The hardware behind the stand-in: AO lines into the chip, counters out of it.
 
     ``Dev1/ao0…ao{n-1}`` bias oscillator i (V); the next AO lines are I then Q of each
-    output's vector modulator (amplitude ``v_per_beta`` V per unit β, phase = target);
-    ``/Dev1/PFI<i>`` carries oscillator i down-converted to ``freq_hz`` (Hz), so a phase θ
-    is an edge separation of (−θ/2π mod 1)/``freq_hz`` s after the reference edge. Counters
-    read in one round share one acquisition (a triggered start). ``fail_reads`` > 0: that
-    many counter reads time out (NI status −200284). The chip's hooks run on the stand-in's
-    own event loop (the driver calls it from its worker thread).
+    output's vector modulator (amplitude ``v_per_beta`` V per unit β, phase = target); then
+    the phase shifter of each held input (φ = V / ``phase_v_per_rad``), the amplitude of each
+    driven oscillator (F_i = V / ``drive_v_per_unit``) and the drive's phase shifter
+    (Ψ = V / ``phase_v_per_rad``) — the layout of
+    :func:`~phasegrad_hw.backends.daqmx.daqmx_bench_for_chip`. A write hands the chip only
+    the groups of lines it wrote (biases, injection, held phases, drive). ``/Dev1/PFI<i>``
+    carries oscillator i down-converted to ``freq_hz`` (Hz), so a phase θ is an edge
+    separation of (−θ/2π mod 1)/``freq_hz`` s after the reference edge. Counters read in one
+    round share one acquisition (a triggered start; its k samples are k single-shot readings
+    of the chip). ``fail_reads`` > 0: that many counter reads time out (NI status −200284).
+    The chip's hooks run on the stand-in's own event loop (the driver calls it from its
+    worker thread).
     """
 
-    def __init__(self, chip: OscillatorSubstrate, freq_hz: float, v_per_beta: float) -> None:
+    def __init__(
+        self,
+        chip: OscillatorSubstrate,
+        freq_hz: float,
+        v_per_beta: float,
+        *,
+        phase_v_per_rad: float = 1.0,
+        drive_v_per_unit: float = 1.0,
+    ) -> None:
         self.chip = chip
         self.n = chip.model.n
         self.outputs = list(chip.model.roles.outputs)
+        self.reference = chip.model.roles.reference
+        self.n_held = len(chip.model.roles.held)
+        self.n_drive = len(chip.model.roles.drive)
         self.period = 1.0 / freq_hz
         self.v_per_beta = v_per_beta
+        self.phase_v_per_rad = phase_v_per_rad
+        self.drive_v_per_unit = drive_v_per_unit
         self.ao: dict[str, float] = {}
         self.calls: list[str] = []
         self.cache: tuple[Array, set[int]] | None = None
@@ -86,13 +105,26 @@ class FakeSystem:
         """Close the stand-in's event loop."""
         self.loop.close()
 
-    def apply(self) -> None:
-        """Hand the AO levels written so far to the chip (biases, then the injection)."""
+    def apply(self, written: set[str]) -> None:
+        """Hand the AO levels of the groups ``written`` touched to the chip (biases, the
+        injection, the held phases, the drive)."""
         n, m = self.n, len(self.outputs)
-        if all(f"Dev1/ao{i}" in self.ao for i in range(n)):
-            self.run(self.chip._apply_biases(np.array([self.ao[f"Dev1/ao{i}"] for i in range(n)])))
+        bias = [f"Dev1/ao{i}" for i in range(n)]
+        if written & set(bias) and all(c in self.ao for c in bias):
+            self.run(self.chip._apply_biases(np.array([self.ao[c] for c in bias])))
         iq = [f"Dev1/ao{n + k}" for k in range(2 * m)]
-        if all(c in self.ao for c in iq):
+        first_held = n + 2 * m
+        held = [f"Dev1/ao{first_held + k}" for k in range(self.n_held)]
+        first_drive = first_held + self.n_held
+        drive = [f"Dev1/ao{first_drive + k}" for k in range(self.n_drive + 1)]  # + phase
+        if held and written & set(held) and all(c in self.ao for c in held):
+            phases = np.array([self.ao[c] for c in held]) / self.phase_v_per_rad
+            self.run(self.chip._apply_held_phases(phases))
+        if self.n_drive and written & set(drive) and all(c in self.ao for c in drive):
+            volts = np.array([self.ao[c] for c in drive])
+            amplitude = volts[:-1] / self.drive_v_per_unit
+            self.run(self.chip._apply_drive(amplitude, float(volts[-1]) / self.phase_v_per_rad))
+        if written & set(iq) and all(c in self.ao for c in iq):
             i_v = np.array([self.ao[c] for c in iq[:m]])
             q_v = np.array([self.ao[c] for c in iq[m:]])
             amp = np.hypot(i_v, q_v)
@@ -113,12 +145,13 @@ class FakeSystem:
                 -200284,
             )
         if self.cache is None or osc in self.cache[1]:
-            reading = self.run(self.chip._read(1))
-            base = reading.phases
+            # one single-shot conversion of the chip per sample (each with its own readout
+            # noise); an unlocked chip slips from sample to sample
+            readings = [self.run(self.chip._read(1)) for _ in range(k)]
             j = np.arange(k)[:, None]
-            # a locked chip gives the same phases every sample; an unlocked one slips
-            slip = 0.0 if reading.locked else 1.3 * j * np.arange(self.n)[None, :]
-            samples = np.repeat(base[None, :], k, axis=0) + slip
+            locked = all(r.locked for r in readings)
+            slip = 0.0 if locked else 1.3 * j * np.arange(self.n)[None, :]
+            samples = np.array([r.phases for r in readings]) + slip
             self.cache = (samples, set())
         samples, used = self.cache
         used.add(osc)
@@ -208,14 +241,15 @@ class FakeTask:
                 raise FakeDaqError(f"{name}: {v} V outside [{lo}, {hi}]", -200077)
             self.system.ao[name] = float(v)
         self.system.calls.append("write " + ",".join(n for n, _, _ in self.ao))
-        self.system.apply()
+        self.system.apply({n for n, _, _ in self.ao})
         return len(values)
 
     def read(self, number_of_samples_per_channel: int = 1, timeout: float = 10.0) -> list[float]:
         _expect(not self.closed and len(self.ci) == 1, "one counter channel per read task")
         _expect(number_of_samples_per_channel == self.samples, "implicit timing not configured")
         counter, lo, hi, ch = self.ci[0]
-        _expect(ch.ci_two_edge_sep_first_term == "/Dev1/PFI0", "first terminal: the reference")
+        ref = f"/Dev1/PFI{self.system.reference}"
+        _expect(ch.ci_two_edge_sep_first_term == ref, "first terminal: the reference")
         osc = int(ch.ci_two_edge_sep_second_term.removeprefix("/Dev1/PFI"))
         self.system.calls.append(f"read {counter}")
         dt = self.system.edge_separations(osc, number_of_samples_per_channel)

@@ -170,3 +170,38 @@ class HangingSubstrate(ScriptedSubstrate):
 
     def __init__(self, inner: OscillatorSubstrate, on_read: int = 2) -> None:
         super().__init__(inner, hang_read={on_read})
+
+
+class HeldDriveRecorder(ScriptedSubstrate):
+    """A recording wrapper that declares ``held_phases`` and ``drive`` besides the inner
+    device's abilities (its model needs ``roles.held`` / ``roles.drive``), for testing the
+    layers that carry them over a wire before, or apart from, the physics behind them.
+
+    ``set_held_phases`` and ``set_drive`` go through the base class's checks; the hook calls
+    are recorded in ``calls`` (``("held_phases", phases_rad)``, ``("drive", (amplitude,
+    phase_rad))``) and the present settings kept in ``held_phases_rad`` (rad, roles.held
+    order), ``drive_amplitude`` (model units, roles.drive order; 0 = off) and
+    ``drive_phase_rad``. They are forwarded to the inner device only when it declares the
+    ability itself — otherwise its readings do not follow them.
+    """
+
+    def __init__(self, inner: OscillatorSubstrate) -> None:
+        super().__init__(inner)
+        self.capabilities = inner.capabilities | {Capability.HELD_PHASES, Capability.DRIVE}
+        self.held_phases_rad = np.zeros(len(self.model.roles.held))
+        self.drive_amplitude = np.zeros(len(self.model.roles.drive))
+        self.drive_phase_rad = 0.0
+
+    async def _apply_held_phases(self, phases_rad: Array) -> None:
+        self.held_phases_rad = phases_rad.copy()
+        if Capability.HELD_PHASES in self.inner.capabilities:
+            await super()._apply_held_phases(phases_rad)  # records and forwards
+        else:
+            self.calls.append(("held_phases", phases_rad.copy()))
+
+    async def _apply_drive(self, amplitude: Array, phase_rad: float) -> None:
+        self.drive_amplitude, self.drive_phase_rad = amplitude.copy(), phase_rad
+        if Capability.DRIVE in self.inner.capabilities:
+            await super()._apply_drive(amplitude, phase_rad)  # records and forwards
+        else:
+            self.calls.append(("drive", (amplitude.copy(), phase_rad)))

@@ -22,6 +22,7 @@ not used up.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -225,7 +226,9 @@ class FirmwareStream:
     """A byte stream into ``firmware`` in this process: every line written is handled at once
     (on the firmware's own event loop, in a background thread) and its reply queued for
     ``read``. The board is powered on when the stream is made; :meth:`shutdown` (or the
-    ``with`` block) leaves the chip safe and stops the thread."""
+    ``with`` block) leaves the chip safe and stops the thread — after that the link is dead
+    (``open``/``write`` raise :class:`OSError`, as for an unplugged board), so a driver that
+    still has deferred setpoints fails instead of waiting for a board that is gone."""
 
     def __init__(self, firmware: BoardFirmware) -> None:
         self.firmware = firmware
@@ -240,9 +243,21 @@ class FirmwareStream:
         self.is_open = False
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if self._loop.is_closed():
+            coro.close()
+            raise OSError("in-memory board shut down")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        while True:
+            try:
+                return fut.result(0.2)
+            except concurrent.futures.TimeoutError:
+                if not self._thread.is_alive():  # shut down meanwhile: nothing will answer
+                    fut.cancel()
+                    raise OSError("in-memory board shut down") from None
 
     def open(self) -> None:
+        if self._loop.is_closed():
+            raise OSError("in-memory board shut down")
         self.is_open = True
         self._rx.clear()
         self._lines.reset()
@@ -275,6 +290,7 @@ class FirmwareStream:
     def shutdown(self) -> None:
         if self._loop.is_closed():
             return
+        self.is_open = False
         try:
             self._call(self.firmware.make_safe())
         finally:

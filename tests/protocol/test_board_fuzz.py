@@ -19,10 +19,11 @@ from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.wire import board as P
 from tests.conftest import require
+from tests.protocol.test_board_held import recorder
 from tests.protocol.test_board_protocol import board_model
 
 FW = BoardFirmware(SimulatedSubstrate(board_model()))
-COMMANDS = "ID? ST? DESC? PING W B B? K C I? REL R F? SAFE SEED".split()
+COMMANDS = "ID? ST? DESC? PING W B B? K C I? REL R F? SAFE SEED H H? D D?".split()
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -102,6 +103,59 @@ def test_well_framed_random_commands(seq: int, cmd: str, args: list[str]) -> Non
     k = chip.K[e[:, 0], e[:, 1]]
     assert np.all((k >= lim.coupling.min) & (k <= lim.coupling.max))
     _assert_next_valid_works()
+
+
+HELD_FW = BoardFirmware(recorder())
+asyncio.run(HELD_FW.power_on())
+_ARG = st.one_of(
+    st.floats(-4.0, 4.0).map(repr),
+    st.integers(-5, 5).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(alphabet="0123456789.-+eEnaif_x", min_size=1, max_size=12),
+)
+
+
+@SETTINGS
+@given(
+    st.integers(0, 65535),
+    st.sampled_from(["H", "H?", "D", "D?", "h", "d"]),
+    st.one_of(
+        st.lists(_ARG, max_size=6),
+        # the right counts (H: 2, D: 4) with values near and past the limits
+        st.lists(st.floats(-0.2, 2.2).map(repr), min_size=2, max_size=4),
+    ),
+)
+def test_well_framed_random_held_and_drive_commands(seq: int, cmd: str, args: list[str]) -> None:
+    """Held-phase and drive lines with random arguments on a chip that has both: a reply
+    echoing the sequence number; a refusal changes neither the registers nor the chip; the
+    chip never leaves its limits (held phases in [−π, π], drive amplitudes in
+    [0, drive_max], a finite drive phase in [−π, π])."""
+    chip = HELD_FW.chip
+    assert isinstance(chip, type(recorder()))
+    before = (
+        HELD_FW.held_phases.copy(),
+        HELD_FW.drive_phase,
+        HELD_FW.drive_amplitude.copy(),
+        len(chip.calls),
+    )
+    reply = asyncio.run(HELD_FW.handle_line(P.frame(" ".join([str(seq), cmd, *args]))[:-1]))
+    assert reply is not None
+    rep = P.parse_reply(reply[:-1])
+    assert rep.seq == seq
+    if not rep.ok:
+        assert rep.code in (P.ErrorCode.ARG_COUNT, P.ErrorCode.BAD_NUMBER, P.ErrorCode.OUT_OF_RANGE)
+        assert np.array_equal(HELD_FW.held_phases, before[0])
+        assert HELD_FW.drive_phase == before[1]
+        assert np.array_equal(HELD_FW.drive_amplitude, before[2])
+        assert len(chip.calls) == before[3]
+    elif cmd.upper() in ("H?", "D?"):
+        assert len(chip.calls) == before[3]
+    assert np.all(np.abs(chip.held_phases_rad) <= np.pi)
+    assert np.array_equal(chip.held_phases_rad, HELD_FW.held_phases)
+    lim = chip.model.limits.drive_max
+    assert np.all((chip.drive_amplitude >= 0.0) & (chip.drive_amplitude <= lim))
+    assert np.isfinite(chip.drive_phase_rad) and abs(chip.drive_phase_rad) <= np.pi
+    assert np.array_equal(chip.drive_amplitude, HELD_FW.drive_amplitude)
 
 
 @SETTINGS

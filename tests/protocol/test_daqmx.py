@@ -19,7 +19,7 @@ import pytest
 from phasegrad_hw.backends.daqmx import DaqmxBench, DaqmxBenchModel, daqmx_bench_for_chip
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
 from phasegrad_hw.device.presets import layered
-from phasegrad_hw.device.substrate import OscillatorSubstrate
+from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
 from phasegrad_hw.errors import ConfigError, DeviceError, DeviceTimeoutError, LimitError
 from phasegrad_hw.testing.daqmx import (
     Constants,
@@ -30,6 +30,8 @@ from phasegrad_hw.testing.daqmx import (
     FakeTiming,
     fake_nidaqmx,
 )
+from phasegrad_hw.testing.doubles import HeldDriveRecorder
+from tests.protocol.test_board_held import recorder
 
 
 def chip_model(nudge: str = "injection", **kw: Any) -> SimulatedDeviceModel:
@@ -205,3 +207,91 @@ def test_config_errors_name_the_field() -> None:
         DaqmxBenchModel.from_dict(data)
     assert "bias_channels: 5 entries — need 9" in str(ei.value)
     assert "counters: oscillators" in str(ei.value)
+
+
+# --------------------------------------------------------------------------- held / drive
+def held_rig(**bench_overrides: Any) -> tuple[DaqmxBench, FakeSystem, HeldDriveRecorder]:
+    """A DAQ bench around the held-and-driven 2-3-2 chip (a recording double: what reaches
+    the chip through the AO lines is recorded)."""
+    chip = recorder()
+    bench_model = daqmx_bench_for_chip(chip.model, **bench_overrides)
+    system = FakeSystem(
+        chip,
+        bench_model.measured_frequency_hz,
+        bench_model.injection_v_per_beta,
+        phase_v_per_rad=bench_model.phase_v_per_rad,
+        drive_v_per_unit=bench_model.drive_v_per_unit,
+    )
+    return DaqmxBench(bench_model, daqmx=fake_nidaqmx(system)), system, chip
+
+
+def test_held_phases_and_drive_through_analog_outputs() -> None:
+    """Held phases → one phase-shifter voltage per held input (V = k_φ·φ), the drive → one
+    amplitude voltage per driven oscillator (V = k_F·F_i) and the drive phase voltage;
+    the chip receives the values back through the linear map."""
+    bench, system, chip = held_rig(phase_v_per_rad=1.5, drive_v_per_unit=2.0)
+    m = bench.model
+    assert m.held_channels == ["Dev1/ao13", "Dev1/ao14"]
+    assert m.drive_channels == ["Dev1/ao15", "Dev1/ao16", "Dev1/ao17"]
+    assert m.drive_phase_channel == "Dev1/ao18"
+    assert {Capability.HELD_PHASES, Capability.DRIVE} <= bench.capabilities
+
+    async def run() -> None:
+        async with bench:
+            # power-on: phase shifters at 0 rad, the drive off
+            assert [system.ao[c] for c in m.held_channels] == [0.0, 0.0]
+            assert [system.ao[c] for c in m.drive_channels] == [0.0] * 3
+            await bench.set_held_phases([0.5, -3.0])
+            assert [system.ao[c] for c in m.held_channels] == [0.75, -4.5]
+            np.testing.assert_allclose(chip.held_phases_rad, [0.5, -3.0], rtol=0, atol=1e-15)
+            await bench.set_drive([0.5, 0.0, 2.0], 1.0)
+            assert [system.ao[c] for c in m.drive_channels] == [1.0, 0.0, 4.0]
+            assert system.ao["Dev1/ao18"] == 1.5
+            np.testing.assert_allclose(chip.drive_amplitude, [0.5, 0.0, 2.0], rtol=0, atol=1e-15)
+            assert chip.drive_phase_rad == pytest.approx(1.0, abs=1e-15)
+            await bench.set_drive([0.5, 0.0, 2.0], 4.0)  # Ψ wrapped into [−π, π)
+            assert system.ao["Dev1/ao18"] == pytest.approx(1.5 * (4.0 - 2 * np.pi), abs=1e-12)
+            n = len(system.calls)
+            with pytest.raises(LimitError, match=r"drive_amplitude\[2\]"):
+                await bench.set_drive([0.5, 0.0, 2.5], 1.0)
+            with pytest.raises(LimitError, match="held_phases"):
+                await bench.set_held_phases([0.1, np.nan])
+            assert len(system.calls) == n  # refused before anything was written
+            # a held-phase write touches only the phase shifters
+            drives = len([c for c in chip.calls if c[0] == "drive"])
+            await bench.set_held_phases([0.0, 0.25])
+            assert len([c for c in chip.calls if c[0] == "drive"]) == drives
+
+    asyncio.run(run())
+    # leaving `async with` switched the drive off; the held phases stay
+    assert [system.ao[c] for c in bench.model.drive_channels] == [0.0] * 3
+    assert chip.drive_amplitude.tolist() == [0.0] * 3
+    assert [system.ao[c] for c in bench.model.held_channels] == [0.0, 0.375]
+    assert chip.is_safe
+
+
+def test_held_and_drive_wiring_errors_name_the_field() -> None:
+    data = daqmx_bench_for_chip(recorder().model).model_dump(mode="json")
+    bad = {
+        **data,
+        "held_channels": data["held_channels"][:1],
+        "drive_phase_channel": None,
+        "phase_v_per_rad": 2.0,
+        "drive_v_per_unit": 6.0,
+    }
+    with pytest.raises(ConfigError) as ei:
+        DaqmxBenchModel.from_dict(bad)
+    msg = str(ei.value)
+    assert "held_channels: 1 entries — need 2" in msg
+    assert "drive_phase_channel: None" in msg
+    assert "phase_v_per_rad: 2 V/rad × π = 6.283 V exceeds phase_range_v 5 V" in msg
+    assert "drive_v_per_unit: 6 V × limits.drive_max 2 = 12 V exceeds drive_range_v 10 V" in msg
+    dup = {**data, "drive_phase_channel": data["held_channels"][0]}
+    with pytest.raises(ConfigError, match="used twice"):
+        DaqmxBenchModel.from_dict(dup)
+
+
+def test_a_chip_without_held_inputs_or_drive_declares_neither() -> None:
+    bench, _, _ = rig()
+    assert not {Capability.HELD_PHASES, Capability.DRIVE} & bench.capabilities
+    assert bench.model.held_channels == [] and bench.model.drive_phase_channel is None

@@ -31,7 +31,17 @@ TABLES: dict[str, CommandTable] = {
     "phase_meter": phase_meter_commands(12),
     "injection": injection_commands(2, amplitude_max_v=1.0),
 }
-BOARD = board_commands(n=3, n_edges=2, n_outputs=1, dac_bits=16, beta_max=1.0, max_averages=64)
+BOARD = board_commands(
+    n=3,
+    n_edges=2,
+    n_outputs=1,
+    dac_bits=16,
+    beta_max=1.0,
+    max_averages=64,
+    n_held=2,
+    n_drive=2,
+    drive_max=2.0,
+)
 
 # (instrument, command, parameters, wire string, reply to the query, parsed value)
 SCPI_CASES: list[tuple[str, str, dict[str, Any], str, str | None, Any]] = []
@@ -226,6 +236,22 @@ BOARD_CASES: list[tuple[str, dict[str, Any], str, str, Any]] = [
     ("read", {"averages": 4}, "R 4", f"OK {READING}", None),
     ("frequencies", {}, "F?", "OK 1.0 0.5 -0.25", [1.0, 0.5, -0.25]),
     ("seed", {"seed": 42}, "SEED 42", "OK", None),
+    (
+        "set_held_phases",
+        {"phases": np.array([0.1, -np.pi])},
+        "H 0.1 -3.141592653589793",
+        "OK",
+        None,
+    ),
+    ("held_phases", {}, "H?", "OK 0.1 -2.5", [0.1, -2.5]),
+    (
+        "set_drive",
+        {"phase": np.pi, "amplitude": [2.0, 0.0]},
+        "D 3.141592653589793 2.0 0.0",
+        "OK",
+        None,
+    ),
+    ("drive", {}, "D?", "OK -1.0 0.5 2.0", None),
 ]
 
 BOARD_REFUSALS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
@@ -242,6 +268,14 @@ BOARD_REFUSALS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("read", {"averages": 65}, LimitError, "averages: 65"),
     ("seed", {"seed": 10**12}, LimitError, "seed"),
     ("descriptor", {"chunk": -1}, LimitError, "chunk: -1"),
+    ("set_held_phases", {"phases": [0.1]}, LimitError, "1 values, need 2"),
+    ("set_held_phases", {"phases": [0.1, 3.2]}, LimitError, "phases\\[1\\]: 3.2 is outside"),
+    ("set_held_phases", {"phases": [0.1, float("nan")]}, LimitError, "not finite"),
+    ("set_drive", {"phase": 0.0, "amplitude": [2.5, 0.0]}, LimitError, "amplitude\\[0\\]: 2.5"),
+    ("set_drive", {"phase": 0.0, "amplitude": [0.0, -0.5]}, LimitError, "amplitude\\[1\\]"),
+    ("set_drive", {"phase": 0.0, "amplitude": [0.0]}, LimitError, "1 values, need 2"),
+    ("set_drive", {"phase": -3.5, "amplitude": [0.0, 0.0]}, LimitError, "phase: -3.5"),
+    ("set_drive", {"phase": "0", "amplitude": [0.0, 0.0]}, TypeError, "not a number"),
 ]
 
 BOARD_BAD_REPLIES: list[tuple[str, dict[str, Any], str]] = [
@@ -253,6 +287,10 @@ BOARD_BAD_REPLIES: list[tuple[str, dict[str, Any], str]] = [
     ("frequencies", {}, "1.0 0.5"),
     ("identify", {}, "phasegrad-board fw=1.0"),  # no boot id
     ("descriptor", {"chunk": 0}, "0 1"),
+    ("held_phases", {}, "0.1"),
+    ("held_phases", {}, "0.1 infinity"),
+    ("drive", {}, "0.5 1.0"),
+    ("drive", {}, "0.5 1.0 1_0"),
 ]
 
 
@@ -271,7 +309,11 @@ def test_board_command_line_and_reply(
     with expected_exchanges([(body, reply)], framing="board") as t:
         (rep,) = _board(t).transact([command(**params)])
     value = command.reply(" ".join(rep.fields))
-    if cmd == "read":
+    if cmd == "drive":
+        phase, amplitude = value
+        assert phase == -1.0
+        np.testing.assert_array_equal(amplitude, [0.5, 2.0])
+    elif cmd == "read":
         assert isinstance(value, BoardReading)
         assert (value.boot_id, value.locked, value.averages, value.settle_s) == (3, True, 4, 0.0)
         np.testing.assert_array_equal(value.phases, [0.0, 0.25, -1.5])

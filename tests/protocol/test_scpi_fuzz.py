@@ -290,3 +290,56 @@ def test_overlong_message_over_tcp(tcp_emu: BenchEmulator) -> None:
         assert c.ask(b"*OPC?") == b"1"
     finally:
         c.sock.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ch=st.integers(1, 5),
+    volts=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.floats(-0.5, 1.5)),
+    degrees=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.floats(-400, 400)),
+)
+def test_input_source_settings_never_leave_the_chip_limits(
+    ch: int, volts: float, degrees: float
+) -> None:
+    """The held/drive input source: a setting outside its range is refused (-222) and not
+    applied; whatever was accepted reaches the chip as held phases in [−π, π) and drive
+    amplitudes in [0, drive_max]."""
+    from tests.protocol.test_scpi_held import emulator as held_emulator
+
+    e, chip = held_emulator()
+    src = e.inputs
+    assert src is not None
+    amp_max = chip.model.limits.drive_max * e.bench.drive_v_per_unit
+
+    async def run() -> None:
+        await e.chip.make_safe()
+        await src.execute(":OUTP1 ON;:OUTP2 ON;:OUTP3 ON;:OUTP4 ON;:OUTP5 ON")
+        before = (float(src.amp[ch]), float(src.phase_deg[ch]))
+        await src.execute(f":SOUR{ch}:VOLT {volts!r}")
+        code, _ = src.errors.pop()
+        v = float(repr(volts))
+        assert (
+            (code == 0 and src.amp[ch] == v)
+            if 0 <= v <= amp_max
+            else (code == -222 and src.amp[ch] == before[0])
+        )
+        await src.execute(f":SOUR{ch}:PHAS {degrees!r}")
+        code, _ = src.errors.pop()
+        d = float(repr(degrees))
+        assert (
+            (code == 0 and src.phase_deg[ch] == d)
+            if -360 <= d <= 360
+            else (code == -222 and src.phase_deg[ch] == before[1])
+        )
+        if ch >= 3:  # one drive phase on every drive channel
+            await src.execute(
+                ";".join(f":SOUR{c}:PHAS {float(src.phase_deg[ch])!r}" for c in (3, 4, 5))
+            )
+        reply = await e.phase_meter.execute(":READ?;:SYST:ERR?")
+        assert reply is not None and reply.endswith('0,"No error"')
+        assert np.all(np.abs(chip.held_phases_rad) <= np.pi)
+        f_max = chip.model.limits.drive_max
+        assert np.all((chip.drive_amplitude >= 0) & (chip.drive_amplitude <= f_max))
+        assert abs(chip.drive_phase_rad) <= np.pi
+
+    asyncio.run(run())

@@ -351,3 +351,110 @@ async def test_mqtt_remote_held_and_driven(broker: Mosquitto, kind: str) -> None
         )
     remote = {Capability.COUPLINGS, Capability.FREQUENCY_COUNTER, Capability.RESEED, ability}
     assert_complete(report, frozenset(remote))
+
+
+# ------------------------------------------------------------- held inputs and drive, wired
+# The wired drivers on a chip with held inputs and on one with a drive: each declares the
+# ability from what the chip behind it has (board descriptor, bench wiring) and passes the
+# whole suite, its held-phase / drive check included.
+WIRED_DEVICES = ["held", "driven"]
+
+
+def wired_chip(kind: str) -> OscillatorSubstrate:
+    """The emulated chip behind a driver: the small layered held-input device or the small
+    driven device (simulated, seeded readout noise)."""
+    from phasegrad_hw.device.registry import open_model
+    from phasegrad_hw.testing.networks import model_driven_small, model_layered_small
+
+    base = model_layered_small() if kind == "held" else model_driven_small()
+    m = base.model_copy(update={"readout_noise_rad": 0.005})
+    return open_model(m, seed=5)
+
+
+def wired_ability(kind: str) -> Capability:
+    return Capability.HELD_PHASES if kind == "held" else Capability.DRIVE
+
+
+@pytest.mark.parametrize("kind", WIRED_DEVICES)
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+async def test_serial_board_with_held_inputs_or_a_drive(kind: str, transport: str) -> None:
+    from phasegrad_hw.firmware_models.board import BoardFirmware
+    from phasegrad_hw.firmware_models.server import LineServer
+
+    behind = wired_chip(kind)
+    assert wired_ability(kind) in behind.capabilities
+    server = LineServer(BoardFirmware(behind))
+    if transport == "pty":
+        require(hasattr(os, "openpty"), "pseudo-terminals (POSIX)")
+        uri = f"serial://{server.start_pty()}"
+    else:
+        host, port = server.start_tcp()
+        uri = f"serial://{host}:{port}"
+    try:
+        report = await check_substrate_contract(lambda: open_substrate(uri), observer=behind)
+    finally:
+        server.stop()
+    assert_complete(report, behind.capabilities - {Capability.EXACT_GRADIENT})
+    assert wired_ability(kind) in report.capabilities
+
+
+@pytest.mark.parametrize("kind", WIRED_DEVICES)
+async def test_visa_bench_with_held_inputs_or_a_drive(kind: str) -> None:
+    require(importlib.util.find_spec("pyvisa_py") is not None, "pyvisa-py")
+    from phasegrad_hw.backends.visa import VisaBench
+    from phasegrad_hw.backends.visa_config import bench_for_chip
+    from phasegrad_hw.firmware_models.instruments import BenchEmulator
+
+    names = ("smu", "phase_meter", "injection", "input_source")
+    resources = {k: "TCPIP::127.0.0.1::1::SOCKET" for k in names}
+    behind = wired_chip(kind)
+    emu = BenchEmulator(bench_for_chip(behind.model, resources), chip=behind)
+    with emu.running():
+        report = await check_substrate_contract(lambda: VisaBench(emu.bench_config()))
+    assert_complete(report, frozenset({Capability.RESEED, wired_ability(kind)}))
+
+
+@pytest.mark.parametrize("kind", WIRED_DEVICES)
+async def test_daqmx_stand_in_with_held_inputs_or_a_drive(kind: str) -> None:
+    from phasegrad_hw.backends.daqmx import DaqmxBench, daqmx_bench_for_chip
+    from phasegrad_hw.testing.daqmx import FakeSystem, fake_nidaqmx
+
+    behind = wired_chip(kind)
+    bench = daqmx_bench_for_chip(behind.model)
+    system = FakeSystem(
+        behind,
+        bench.measured_frequency_hz,
+        bench.injection_v_per_beta,
+        phase_v_per_rad=bench.phase_v_per_rad,
+        drive_v_per_unit=bench.drive_v_per_unit,
+    )
+    try:
+        report = await check_substrate_contract(
+            lambda: DaqmxBench(bench, daqmx=fake_nidaqmx(system)), observer=behind
+        )
+    finally:
+        system.close()
+    assert_complete(report, frozenset({wired_ability(kind)}))
+
+
+async def test_serial_board_refuses_reseed_when_its_chip_cannot() -> None:
+    """Declared, not probed: a board whose chip has no noise seed does not declare
+    ``reseed``, and the suite's abilities check sees ``reseed`` refused (it used to pass
+    silently)."""
+    from phasegrad_hw.backends.serial import SerialOptions, SerialSubstrate
+    from phasegrad_hw.firmware_models.board import BoardFirmware
+    from phasegrad_hw.testing.doubles import ScriptedSubstrate
+    from phasegrad_hw.testing.transcripts import FirmwareStream
+
+    behind = ScriptedSubstrate(chip(0.005))
+    behind.capabilities = behind.capabilities - {Capability.RESEED}
+    with FirmwareStream(BoardFirmware(behind)) as stream:
+        report = await check_substrate_contract(
+            lambda: SerialSubstrate(
+                "memory://board",
+                options=SerialOptions(timeout_s=0.5, reconnect_s=0.0),
+                stream=stream,
+            ),
+            observer=behind.inner,
+        )
+    assert_complete(report, frozenset({Capability.COUPLINGS, Capability.FREQUENCY_COUNTER}))
