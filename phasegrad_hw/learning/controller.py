@@ -40,6 +40,7 @@ from phasegrad_hw.physics.gradients import loss
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
+_SUM = np.add.reduce  # (a count of a bool mask without the wrappers)
 T = TypeVar("T")
 
 __all__ = [
@@ -203,6 +204,8 @@ class EPController:
         self._edge_mask = self._edge_subset(config.edges, n_edges)
         self._no_omega = np.zeros((1, n), dtype=bool)  # masks of a rule that does not learn ω/K
         self._no_coupling = np.zeros((1, n_edges), dtype=bool)
+        self._learn_w = mask[None]  # the rule's (1, N) and (1, E) masks, made once
+        self._learn_k = self._edge_mask[None]
         if config.rule.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
@@ -416,21 +419,19 @@ class EPController:
     def _update(self, readings: list[_Readings]) -> StepReport:
         """The step's readings through the EP rule (one member, the step's samples)."""
         rule = self.config.rule
-        n_ph = self.model.n
         m = len(readings)
         centred = rule.mode == "centred"
         # phases of samples that are not locked are ignored by the rule (free as filler)
         minus = None
         if m == 1:
             r = readings[0]
-            free = np.asarray(r.free.phases, dtype=np.float64).reshape(1, n_ph)
-            plus = np.asarray((r.free if r.plus is None else r.plus).phases, dtype=np.float64)
-            plus = plus.reshape(1, 1, n_ph)
+            free = np.asarray(r.free.phases, dtype=np.float64)[None]
+            plus = np.asarray((r.free if r.plus is None else r.plus).phases, np.float64)[None, None]
             if centred:
                 minus = np.asarray((r.free if r.minus is None else r.minus).phases, np.float64)
-                minus = minus.reshape(1, 1, n_ph)
+                minus = minus[None, None]
         else:
-            free = np.stack([r.free.phases for r in readings]).reshape(m, n_ph)
+            free = np.stack([r.free.phases for r in readings]).reshape(m, self.model.n)
             plus = np.stack([(r.free if r.plus is None else r.plus).phases for r in readings])
             plus = plus[None]
             if centred:
@@ -451,8 +452,8 @@ class EPController:
             dtype=bool,
         )
         p = self.params
-        learn_w = self.learnable_omega[None] if rule.learns_omega else self._no_omega
-        learn_k = self._edge_mask[None] if rule.learns_coupling else self._no_coupling
+        learn_w = self._learn_w if rule.learns_omega else self._no_omega
+        learn_k = self._learn_k if rule.learns_coupling else self._no_coupling
         upd = ep_update(
             rule,
             EPReadings(free[None], plus, minus, locked),
@@ -460,8 +461,8 @@ class EPController:
             self._net,
         )
         valid = upd.valid[0]
-        n_unlocked = int(np.count_nonzero(upd.unlocked))
-        n_jump = int(np.count_nonzero(upd.basin_jump))
+        n_unlocked = int(_SUM(upd.unlocked, axis=None))
+        n_jump = int(_SUM(upd.basin_jump, axis=None))
         if n_jump:
             for i in np.flatnonzero(upd.basin_jump[0]):
                 log.debug("sample %d skipped: basin jump", i)
@@ -471,12 +472,12 @@ class EPController:
             return StepReport(
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan")
             )
-        loss_sum = 0.0
-        n_valid = 0
-        for k, r in enumerate(readings):
-            if valid[k]:
-                loss_sum += float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
-                n_valid += 1
+        if m == 1:
+            losses = loss(free, self._outputs, readings[0].targets, self.model.nudge)  # type: ignore[arg-type]
+        else:
+            ok = valid.nonzero()[0]
+            targets = np.stack([readings[k].targets for k in ok])  # type: ignore[misc]
+            losses = loss(free[ok], self._outputs, targets, self.model.nudge)
         self.params = Parameters(upd.omega[0], upd.coupling[0])
         self.stats.updates += 1
         return StepReport(
@@ -488,7 +489,7 @@ class EPController:
             True,
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
-            loss_sum / n_valid,
+            sum(losses.tolist()) / len(losses),  # (in sample order, as a running sum)
         )
 
 
