@@ -476,7 +476,7 @@ class EPController:
             losses = loss(free, self._outputs, readings[0].targets, self.model.nudge)  # type: ignore[arg-type]
         else:
             ok = valid.nonzero()[0]
-            targets = np.stack([readings[k].targets for k in ok])  # type: ignore[misc]
+            targets = np.stack([readings[k].targets for k in ok])
             losses = loss(free[ok], self._outputs, targets, self.model.nudge)
         self.params = Parameters(upd.omega[0], upd.coupling[0])
         self.stats.updates += 1

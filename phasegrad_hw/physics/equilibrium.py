@@ -83,9 +83,10 @@ def solve_equilibrium(
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
-    if _compiled_may_run(omega, K, method, policy, frame):
+    arrays = _compiled_inputs(omega, K, method, policy, frame)
+    if arrays is not None:
         fast = _solve_compiled(
-            omega, K, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
+            *arrays, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
         )
         if fast is not None:
             return fast
@@ -108,19 +109,22 @@ def solve_equilibrium(
     )
 
 
-def _compiled_may_run(
+def _compiled_inputs(
     omega: ArrayLike, K: object, method: Method, policy: NewtonPolicy, frame: str
-) -> bool:
-    """The compiled path may take the call: one network as float arrays (the kernel checks
-    the rest), method auto or compiled, the default policy, the pinned frame."""
-    return (
+) -> tuple[Array, Array] | None:
+    """(ω, K) when the compiled path may take the call — one network as arrays (the kernel
+    checks the rest), method auto or compiled, the default policy, the pinned frame — else
+    None."""
+    if (
         type(omega) is np.ndarray
         and type(K) is np.ndarray
         and omega.ndim == 1
         and (method == "auto" or method == "compiled")
         and policy is NEWTON
         and frame == "pinned"
-    )
+    ):
+        return omega, K
+    return None
 
 
 def _sparse_path(
