@@ -33,6 +33,8 @@ from phasegrad_hw.testing.networks import model_2_5_2
 class InstantSubstrate(OscillatorSubstrate):
     """Answers every read at once with a fixed locked reading (controller overhead only)."""
 
+    operation_timeout_s = None  # computation in this process (as the emulators): no timer
+
     def __init__(self, model: object) -> None:
         super().__init__(model)  # type: ignore[arg-type]
         self._r = PhaseReading(np.zeros(self.model.n), np.zeros(self.model.n), True)

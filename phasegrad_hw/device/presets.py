@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from phasegrad_hw.backends.simulated import SimulatedDeviceModel
 from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.registry import model_class
 
-Builder = Callable[[np.random.Generator], SimulatedDeviceModel]
+Builder = Callable[[np.random.Generator], DeviceModel]
 
 
 def layered_edges(
@@ -58,8 +58,10 @@ def layered(
     chain_range: tuple[float, float] = (0.5, 1.0),
     chain: bool = True,
     name: str | None = None,
-) -> SimulatedDeviceModel:
-    """A simulated layered device with random couplings (published ranges by default).
+) -> DeviceModel:
+    """A simulated layered device with random couplings (published ranges by default); the
+    model class is the ``simulated`` backend's, loaded through the registry (the device layer
+    does not import backends).
 
     Draw order (reproducible under ``rng``): all layer-edge couplings, then chain couplings.
     Reference = oscillator 0 (an input). Limits: ω ∈ [−3, 3], K ∈ [0.01, 8].
@@ -73,7 +75,7 @@ def layered(
         {"i": i, "j": j, "k": float(k)}
         for (i, j), k in zip([*le, *ce], np.concatenate([k_layer, k_chain]), strict=True)
     ]
-    return SimulatedDeviceModel.model_validate(
+    return model_class("simulated").model_validate(
         {
             "backend": "simulated",
             "name": name or f"layered-{n_inputs}-{'-'.join(map(str, hid))}-{n_outputs}",
@@ -89,12 +91,12 @@ def layered(
     )
 
 
-def vowel_2_5_2(rng: np.random.Generator) -> SimulatedDeviceModel:
+def vowel_2_5_2(rng: np.random.Generator) -> DeviceModel:
     """The published 2+5+2 vowel network with freshly drawn couplings."""
     return layered(2, 5, 2, rng, name="simulated-2-5-2")
 
 
-def vowel_2_8_2(rng: np.random.Generator) -> SimulatedDeviceModel:
+def vowel_2_8_2(rng: np.random.Generator) -> DeviceModel:
     """The 2+8+2 variant (hidden chain of 8) with the same coupling ranges."""
     return layered(2, 8, 2, rng, name="simulated-2-8-2")
 
@@ -102,7 +104,7 @@ def vowel_2_8_2(rng: np.random.Generator) -> SimulatedDeviceModel:
 def builder(hidden: int) -> Builder:
     """A vowel-network builder with ``hidden`` chained hidden oscillators (2+h+2)."""
 
-    def build(rng: np.random.Generator) -> SimulatedDeviceModel:
+    def build(rng: np.random.Generator) -> DeviceModel:
         return layered(2, hidden, 2, rng, name=f"simulated-2-{hidden}-2")
 
     return build
@@ -131,7 +133,6 @@ def layered_chip(
     every edge invertible where the backend has inverted taps (:data:`SIGNED_BACKENDS`), else
     |K| is used. The reference is the first bias oscillator (held at phase 0); the other
     fields take the backend's defaults."""
-    from phasegrad_hw.device.registry import model_class
     from phasegrad_hw.physics.layered import LayeredNetwork
 
     n_in, n_h, n_out = sizes

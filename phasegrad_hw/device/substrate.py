@@ -137,20 +137,24 @@ class OscillatorSubstrate(ABC):
         ``"phase_response"``)."""
         return "device" if self.frequency_map is None else self.frequency_map.source
 
-    async def _bounded(self, op: str, aw: Awaitable[T]) -> T:
-        """Await one backend operation, at most ``operation_timeout_s`` seconds. A backend
-        whose operations are computation in this process (the emulators) sets it to None:
-        nothing there waits on anything outside, so no timer is armed."""
+    def _bounded(self, op: str, aw: Awaitable[T]) -> Awaitable[T]:
+        """Bound one backend operation to ``operation_timeout_s`` seconds (await the result).
+        A backend whose operations are computation in this process (the emulators) sets it to
+        None: nothing there waits on anything outside, so no timer is armed and ``aw`` is
+        awaited as it is."""
         if self.operation_timeout_s is None:
-            return await aw
+            return aw
+        return self._timed(op, aw, self.operation_timeout_s)
+
+    async def _timed(self, op: str, aw: Awaitable[T], timeout_s: float) -> T:
         try:
-            async with asyncio.timeout(self.operation_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 return await aw
         except TimeoutError as exc:
             if isinstance(exc, DeviceTimeoutError):
                 raise
             raise DeviceTimeoutError(
-                f"{self.model.name}: {op} did not finish within {self.operation_timeout_s:g} s"
+                f"{self.model.name}: {op} did not finish within {timeout_s:g} s"
             ) from None
 
     # -- lifecycle ---------------------------------------------------------------

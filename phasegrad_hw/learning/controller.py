@@ -61,6 +61,7 @@ from phasegrad_hw.physics.gradients import loss
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
+_SUM = np.add.reduce  # (a count of a bool mask without the wrappers)
 T = TypeVar("T")
 
 __all__ = [
@@ -245,6 +246,8 @@ class EPController:
         self._edge_mask = self._edge_subset(config.edges, n_edges)
         self._no_omega = np.zeros((1, n), dtype=bool)  # masks of a rule that does not learn ω/K
         self._no_coupling = np.zeros((1, n_edges), dtype=bool)
+        self._learn_w = mask[None]  # the rule's (1, N) and (1, E) masks, made once
+        self._learn_k = self._edge_mask[None]
         if config.rule.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
@@ -502,8 +505,8 @@ class EPController:
         )
         free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         p = self.params
-        learn_w = self.learnable_omega[None] if rule.learns_omega else self._no_omega
-        learn_k = self._edge_mask[None] if rule.learns_coupling else self._no_coupling
+        learn_w = self._learn_w if rule.learns_omega else self._no_omega
+        learn_k = self._learn_k if rule.learns_coupling else self._no_coupling
         upd = ep_update(
             rule,
             EPReadings(free[None], plus, minus, locked),
@@ -512,8 +515,8 @@ class EPController:
             self.chip.optimizers(),
         )
         valid = upd.valid[0]
-        n_unlocked = int(np.count_nonzero(upd.unlocked))
-        n_jump = int(np.count_nonzero(upd.basin_jump))
+        n_unlocked = int(_SUM(upd.unlocked, axis=None))
+        n_jump = int(_SUM(upd.basin_jump, axis=None))
         if n_jump:
             for i in np.flatnonzero(upd.basin_jump[0]):
                 log.debug("sample %d skipped: basin jump", i)
@@ -528,11 +531,8 @@ class EPController:
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
                 targets,
             )  # fmt: skip
-        losses = [
-            float(loss(free[k], self._outputs, r.targets, self.model.nudge))  # type: ignore[arg-type]
-            for k, r in enumerate(readings)
-            if valid[k]
-        ]
+        ok = valid.nonzero()[0]
+        losses = loss(free[ok], self._outputs, targets[ok], self.model.nudge)
         omega, coupling = self.chip.project(upd.omega[0], upd.coupling[0])
         self.params = Parameters(omega, coupling)
         self.stats.updates += 1
@@ -545,6 +545,6 @@ class EPController:
             True,
             upd.grad_omega[0] if rule.learns_omega else None,
             upd.grad_coupling[0] if rule.learns_coupling else None,
-            float(np.mean(losses)),
+            sum(losses.tolist()) / len(losses),  # (in sample order, as a running sum)
             targets,
         )

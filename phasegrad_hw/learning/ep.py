@@ -270,6 +270,17 @@ def ep_update(
     return EPUpdate(omega, coupling, valid, ~ok, jump, updated, g_w, g_k)
 
 
+def _flag(v: bool) -> Mask:
+    """A read-only (1, 1) flag (the one-sample path's validity masks, made once)."""
+    a = np.full((1, 1), v)
+    a.flags.writeable = False
+    return a
+
+
+_FLAGS = {False: _flag(False), True: _flag(True)}
+_MAX, _ANY = np.maximum.reduce, np.logical_or.reduce  # (the reductions without the wrappers)
+
+
 def _update_one(
     rule: EPRule,
     readings: EPReadings,
@@ -280,23 +291,26 @@ def _update_one(
 ) -> EPUpdate:
     """:func:`ep_update` for one member and one sample (a single device's step): the same
     arithmetic on the (1, N) and (1, E) rows — the mean over one valid sample is its
-    gradient — with the sample's validity as Python scalars (fewer array operations)."""
+    gradient — with the sample's validity as Python scalars (fewer array operations; the
+    (1, 1) masks are shared read-only constants)."""
     f, p = readings.free[0, 0], readings.plus[0, 0]
     d_plus = wrap(p - f)  # wrapped displacement (rad)
-    disp = np.abs(d_plus).max()
-    m_ph = None
-    if centred:
-        assert readings.minus is not None
-        m_ph = readings.minus[0, 0]
-        disp = max(disp, np.abs(wrap(m_ph - f)).max())
     ok = bool(readings.locked[0, 0])
-    jump = ok and bool(disp > rule.basin_jump_rad)
+    jump = False
+    m_ph = None
+    if ok:  # (an unlocked sample is skipped whatever its displacement)
+        lim_b = rule.basin_jump_rad
+        jump = bool(_MAX(np.abs(d_plus)) > lim_b)
+        if centred:
+            assert readings.minus is not None
+            m_ph = readings.minus[0, 0]
+            jump = jump or bool(_MAX(np.abs(wrap(m_ph - f))) > lim_b)
     valid = ok and not jump
     omega, coupling = state.omega, state.coupling
     lim = net.limits
-    learn = state.learn_omega
     sc = 1.0 if opt is None else opt.lr_scale
     if valid:  # (an all-False mask leaves ω as it is; not worth a test on one row)
+        learn = state.learn_omega
         if m_ph is not None:
             g = two_phase_from_displacement(wrap(p - m_ph), 2.0 * rule.beta, net.reference)
         else:
@@ -308,7 +322,7 @@ def _update_one(
     else:
         g_w = np.zeros(omega.shape)
     learn = state.learn_coupling
-    if valid and learn.any():
+    if valid and _ANY(learn, axis=None):
         gk = coupling_gradient_two_phase(f, p, net.edges, rule.beta, m_ph, net.coupling)
         g_k = np.where(learn, gk, 0.0)
         lo, hi = _k_limits(net)
@@ -317,13 +331,7 @@ def _update_one(
         coupling = np.where(learn, new, coupling)
     else:
         g_k = np.zeros(coupling.shape)
+    flags = _FLAGS
     return EPUpdate(
-        omega,
-        coupling,
-        np.array([[valid]]),
-        np.array([[not ok]]),
-        np.array([[jump]]),
-        np.array([valid]),
-        g_w,
-        g_k,
+        omega, coupling, flags[valid], flags[not ok], flags[jump], flags[valid][0], g_w, g_k
     )

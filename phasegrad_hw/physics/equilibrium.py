@@ -83,16 +83,10 @@ def solve_equilibrium(
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
-    if (
-        type(omega) is np.ndarray
-        and type(K) is np.ndarray
-        and omega.ndim == 1
-        and (method == "auto" or method == "compiled")
-        and policy is NEWTON
-        and frame == "pinned"
-    ):
+    arrays = _compiled_inputs(omega, K, method, policy, frame)
+    if arrays is not None:
         fast = _solve_compiled(
-            omega, K, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
+            *arrays, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
         )
         if fast is not None:
             return fast
@@ -106,18 +100,51 @@ def solve_equilibrium(
     if method == "sparse" or (method == "auto" and sp.issparse(K)):
         if frame == "free":
             raise ValueError("frame: 'free' with asymmetric K or non-odd H needs the dense path")
-        Ks = K if sp.issparse(K) else sp.csr_matrix(_as_float_array("K", K))
-        b, t, kind, d = nud
-        return _solve_sparse(
-            omega, Ks, coupling, theta0=theta0, ref=ref, beta=b, target=t, nudge=kind,
-            direction=d, tol=tol, max_iter=max_iter, policy=policy,
-        )  # fmt: skip
+        return _sparse_path(omega, K, coupling, theta0, ref, nud, tol, max_iter, policy)
     prob = _Problem.build(omega, K, theta0, ref, nud)
     if method == "edge":
         return prob.solve_edge(coupling, tol=tol, max_iter=max_iter, policy=policy)
     return prob.solve_dense(
         coupling, tol=tol, max_iter=max_iter, free=frame == "free", policy=policy
     )
+
+
+def _compiled_inputs(
+    omega: ArrayLike, K: object, method: Method, policy: NewtonPolicy, frame: str
+) -> tuple[Array, Array] | None:
+    """(ω, K) when the compiled path may take the call — one network as arrays (the kernel
+    checks the rest), method auto or compiled, the default policy, the pinned frame — else
+    None."""
+    if (
+        type(omega) is np.ndarray
+        and type(K) is np.ndarray
+        and omega.ndim == 1
+        and (method == "auto" or method == "compiled")
+        and policy is NEWTON
+        and frame == "pinned"
+    ):
+        return omega, K
+    return None
+
+
+def _sparse_path(
+    omega: ArrayLike,
+    K: ArrayLike | sp.spmatrix | sp.sparray,
+    coupling: CouplingFunction,
+    theta0: ArrayLike | None,
+    ref: int,
+    nud: tuple[ArrayLike | None, ArrayLike | None, NudgeKind, int],
+    tol: float,
+    max_iter: int,
+    policy: NewtonPolicy,
+) -> Equilibrium:
+    """The sparse path for one large network (a dense K is converted to CSR)."""
+    Ks = K if sp.issparse(K) else sp.csr_matrix(_as_float_array("K", K))
+    b, t, kind, d = nud
+    return _solve_sparse(
+        omega, Ks, coupling, theta0=theta0, ref=ref, beta=b, target=t, nudge=kind,
+        direction=d, tol=tol, max_iter=max_iter, policy=policy,
+    )  # fmt: skip
 
 
 def _check_options(

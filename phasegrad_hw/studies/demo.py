@@ -52,8 +52,9 @@ def default_device_model() -> SimulatedDeviceModel:
 
     p = default_device_path()
     if p is None:
-        return vowel_2_5_2(np.random.default_rng(DEFAULT_DEVICE_SEED))
-    model = load_device_model(p)
+        model = vowel_2_5_2(np.random.default_rng(DEFAULT_DEVICE_SEED))
+    else:
+        model = load_device_model(p)
     if not isinstance(model, SimulatedDeviceModel):
         raise ConfigError(f"{p}: backend {model.backend!r}; the demo device must be simulated")
     return model

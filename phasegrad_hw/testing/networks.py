@@ -28,7 +28,7 @@ def model_2_5_2(seed: int = 0, **overrides: Any) -> SimulatedDeviceModel:
     7, 8; K = 2·U(0.5, 1.5) on layer edges, 2·U(0.5, 1.0) on the chain (model units), drawn
     from ``default_rng(seed)``; ``overrides`` replace model fields (e.g. readout noise)."""
     base = layered(2, 5, 2, np.random.default_rng(seed), name="test-2-5-2")
-    if not overrides:
+    if not overrides and isinstance(base, SimulatedDeviceModel):
         return base
     return SimulatedDeviceModel.model_validate({**base.model_dump(), **overrides})
 
