@@ -121,6 +121,7 @@ def register(groups: Groups) -> None:
 
     @app.command()
     def train(
+        *,
         device: str | None = typer.Option(
             None,
             help="Device file (TOML/YAML/JSON; backend simulated, cmos, optical, visa, daqmx) "

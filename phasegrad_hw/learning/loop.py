@@ -356,6 +356,40 @@ async def _notify_epoch_end(observers: Sequence[LoopObserver], state: LoopState)
             await res
 
 
+async def _train_epoch(
+    epoch: _Epoch, dataset: Dataset, options: LoopOptions, state: LoopState, e: int
+) -> LoopState:
+    """Epoch ``e``: the training pass, the accuracies, the state after it."""
+    t_epoch = time.perf_counter()
+    ctl, encoding = epoch.ctl, epoch.encoding
+    online = options.train_eval == "online"
+    skipped, correct, loss = await epoch.run(options.seed, e, online)
+    n_train = len(epoch.y_train)
+    if online:
+        train_acc = correct / n_train if n_train else float("nan")
+    else:
+        x_train = np.asarray(dataset.x_train, dtype=np.float64)
+        train_acc = await _accuracy(ctl, encoding, x_train, epoch.y_train)
+    test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
+    cos = float(np.mean(epoch.cosines)) if epoch.cosines else None
+    rec = EpochRecord(e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss, cos)
+    log.debug(
+        "epoch %d: train %.3f test %.3f loss %s skipped %d",
+        e + 1,
+        train_acc,
+        test_acc,
+        loss,
+        skipped,
+    )
+    return LoopState(
+        e + 1,
+        ctl.params.copy(),
+        [*state.history, rec],
+        state.skipped_samples + skipped,
+        ctl.chip.optimizer_state(),
+    )
+
+
 async def train_on_substrates(
     substrates: Sequence[OscillatorSubstrate],
     dataset: Dataset,
@@ -381,7 +415,6 @@ async def train_on_substrates(
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
     w_train, held_train, f_train = _inputs(encoding, x_train)
     n_train = len(x_train)
-    online = options.train_eval == "online"
     if options.check_gradients:
         check_exact_gradient(substrates)  # before anything is sent
     epoch = _Epoch(
@@ -399,32 +432,7 @@ async def train_on_substrates(
     for obs in observers:
         obs.on_run_start(plan)
     for e in range(state.epoch, options.epochs):
-        t_epoch = time.perf_counter()
-        skipped, correct, loss = await epoch.run(options.seed, e, online)
-        if online:
-            train_acc = correct / n_train if n_train else float("nan")
-        else:
-            train_acc = await _accuracy(ctl, encoding, x_train, y_train)
-        test_acc = await _accuracy(ctl, encoding, dataset.x_test, dataset.y_test)
-        cos = float(np.mean(epoch.cosines)) if epoch.cosines else None
-        rec = EpochRecord(
-            e + 1, train_acc, test_acc, skipped, time.perf_counter() - t_epoch, loss, cos
-        )
-        state = LoopState(
-            e + 1,
-            ctl.params.copy(),
-            [*state.history, rec],
-            state.skipped_samples + skipped,
-            ctl.chip.optimizer_state(),
-        )
-        log.debug(
-            "epoch %d: train %.3f test %.3f loss %s skipped %d",
-            e + 1,
-            train_acc,
-            test_acc,
-            loss,
-            skipped,
-        )
+        state = await _train_epoch(epoch, dataset, options, state, e)
         await _notify_epoch_end(observers, state)
     if state.history:
         final = state.history[-1].test_accuracy

@@ -212,10 +212,10 @@ def wrap(x):
 
 
 @njit(cache=True, inline="always")
-def _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, l2):
-    """F̃ at θ into F (and K cos Δ into kc, the injection nudge's diagonal into nd, node
-    sin/cos into sn/cs; ``bet``/``tgt`` the nudge); returns (max|F̃|, ‖F̃‖² if ``l2`` else
-    0) over the non-reference rows. ``reuse``: sn/cs already hold θ's."""
+def _coupling_field(ei, ej, F, sn, cs, kc, w, kk, th, ref, reuse):
+    """F = ω + Σ K sin Δ at θ (and K cos Δ into kc, node sin/cos into sn/cs). ``reuse``:
+    sn/cs already hold θ's. The first of the three parts of one residual evaluation
+    (:func:`_coupling_field`, :func:`_nudge_field`, :func:`_residual`)."""
     n = w.shape[0]
     for i in range(n):
         F[i] = w[i]
@@ -233,6 +233,12 @@ def _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, 
         kc[e] = kk[e] * (cs[j] * cs[i] + sn[j] * sn[i])
         F[i] += s
         F[j] -= s
+
+
+@njit(cache=True, inline="always")
+def _nudge_field(F, nd, bet, tgt, th, kind):
+    """Add the nudge (``bet``/``tgt``) to F (the injection nudge's diagonal into nd)."""
+    n = F.shape[0]
     if kind == NUDGE_LINEAR:
         for i in range(n):
             F[i] += bet[i] * (tgt[i] - th[i])
@@ -241,9 +247,14 @@ def _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, 
             d = tgt[i] - th[i]
             F[i] += bet[i] * math.sin(d)
             nd[i] = bet[i] * math.cos(d)
+
+
+@njit(cache=True, inline="always")
+def _residual(F, ref, l2):
+    """(max|F̃|, ‖F̃‖² if ``l2`` else 0) over the non-reference rows."""
     res = 0.0
     nrm = 0.0
-    for i in range(n):
+    for i in range(F.shape[0]):
         if i != ref:
             res = max(res, abs(F[i]))
             if l2:
@@ -369,7 +380,7 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
 
     ``w`` (N,) frequencies, ``kk`` (E,) edge couplings, ``pol`` a :class:`Newton` (trust
     region, line search, step test), ``stop`` a :class:`Stop`; ``kind`` the nudge's NUDGE_*,
-    ``reuse`` see :func:`_evaluate`, ``damped`` line search or not. Undamped: stop when
+    ``reuse`` see :func:`_coupling_field`, ``damped`` line search or not. Undamped: stop when
     max|F̃| <= tol or a step is below ``step_done_rad``; a failed Cholesky returns
     (False, it). Damped: stop when the residual test passes (max|F̃| <= tol when nudged,
     ‖F̃‖ <= tol otherwise, as the numpy path) or the line search stalls at the rounding
@@ -384,7 +395,9 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
     th0 = th[ref]
     for i in range(n):
         th[i] -= th0
-    res, nrm = _evaluate(ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, reuse, damped)
+    _coupling_field(ei, ej, F, sn, cs, kc, w, kk, th, ref, reuse)
+    _nudge_field(F, nd, bet, tgt, th, kind)
+    res, nrm = _residual(F, ref, damped)
     floor = stop.floor
     l2 = damped and kind == NUDGE_NONE
     tol = stop.tol
@@ -416,18 +429,18 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
                 # the tolerance, so the extra residual evaluation is skipped
                 return True, it
             if it < stop.max_iter:
-                res, nrm = _evaluate(
-                    ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, th, kind, False, False
-                )
+                _coupling_field(ei, ej, F, sn, cs, kc, w, kk, th, ref, False)
+                _nudge_field(F, nd, bet, tgt, th, kind)
+                res, nrm = _residual(F, ref, False)
             continue
         alpha = 1.0
         rt = nt = 0.0
         for _ls in range(pol.line_search_trials):
             for i in range(n):
                 trial[i] = th[i] if i == ref else th[i] + alpha * (scale * rhs[red[i]])
-            rt, nt = _evaluate(
-                ei, ej, ref, F, sn, cs, kc, nd, bet, tgt, w, kk, trial, kind, False, True
-            )
+            _coupling_field(ei, ej, F, sn, cs, kc, w, kk, trial, ref, False)
+            _nudge_field(F, nd, bet, tgt, trial, kind)
+            rt, nt = _residual(F, ref, True)
             if nt <= (1.0 - pol.armijo * alpha) * nrm or rt <= floor:
                 break
             alpha *= 0.5
@@ -557,9 +570,9 @@ def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol):
         for i in range(n):
             if i != ref:
                 th[i] = wrap(th[i])
-    res, _ = _evaluate(
-        g.ei, g.ej, ref, ws.F, ws.sn, ws.cs, ws.kc, ws.nd, bet, tg, w, kk, th, kind, False, False
-    )
+    _coupling_field(g.ei, g.ej, ws.F, ws.sn, ws.cs, ws.kc, w, kk, th, ref, False)
+    _nudge_field(ws.F, ws.nd, bet, tg, th, kind)
+    res, _ = _residual(ws.F, ref, False)
     converged = res <= max(pol.tol, floor)
     diag = bet if kind == NUDGE_LINEAR else ws.nd
     _assemble(g.red, ref, g.elo, g.ehi, ws.kc, diag, ws.A, kind)
