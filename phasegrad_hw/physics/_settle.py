@@ -186,6 +186,7 @@ def _run_until_locked(
         t_next = min(t + chunk, crit.t_max)
         steps = int(np.floor((t_next - t) / sample_dt + 1e-9))
         grid = np.asarray(t + sample_dt * np.arange(1, steps + 1), dtype=np.float64)
+        grid = np.minimum(grid, t_next)  # rounding may carry the last sample past the chunk
         if grid.size == 0 or grid[-1] < t_next - 1e-12:
             grid = np.append(grid, t_next)
         sol = solve_ivp(f, (t, t_next), y.ravel(), method=method, rtol=rtol, atol=atol, t_eval=grid)

@@ -317,3 +317,12 @@ def test_invalid_arguments_are_refused_with_their_name() -> None:
         dy.integrate(np.zeros(2), np.zeros(2), t_span=(0, 1), method="Euler")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dW"):
         dy.integrate_sde(np.zeros(2), np.zeros(2), t_span=(0, 1), dt=0.5, dW=np.zeros((3, 1, 2)))
+
+
+def test_settle_sample_grid_stays_inside_each_chunk() -> None:
+    """A sample step whose multiples round past a chunk's end (0.017 rad-time units: the
+    grid's last point exceeded the chunk by 1e-13 at t ≈ 167) must not stop the integrator:
+    an unlocked pair beats until ``t_max`` and settles as not locked."""
+    K = np.array([[0.0, 0.5], [0.5, 0.0]])
+    out = dy.settle(np.zeros(2), np.array([0.0, 3.0]), K, sample_dt=0.017, hold=0.5, t_max=200.0)
+    assert not np.any(out.locked)
