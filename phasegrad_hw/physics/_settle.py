@@ -184,11 +184,7 @@ def _run_until_locked(
     done = np.zeros(B, dtype=bool)
     while t < crit.t_max:
         t_next = min(t + chunk, crit.t_max)
-        steps = int(np.floor((t_next - t) / sample_dt + 1e-9))
-        grid = np.asarray(t + sample_dt * np.arange(1, steps + 1), dtype=np.float64)
-        grid = np.minimum(grid, t_next)  # rounding may carry the last sample past the chunk
-        if grid.size == 0 or grid[-1] < t_next - 1e-12:
-            grid = np.append(grid, t_next)
+        grid = sample_grid(t, t_next, sample_dt)
         sol = solve_ivp(f, (t, t_next), y.ravel(), method=method, rtol=rtol, atol=atol, t_eval=grid)
         if not sol.success:
             raise RuntimeError(f"settle: {method} failed at t = {sol.t[-1]:.6g}: {sol.message}")
@@ -205,3 +201,13 @@ def _run_until_locked(
         if done.all():
             break
     return y, t, done, cand
+
+
+def sample_grid(t: float, t_next: float, sample_dt: float) -> Array:
+    """Sample times in (t, t_next] every ``sample_dt``, ending exactly at ``t_next`` (time
+    units); rounding never carries a point past the end (solve_ivp refuses such a grid)."""
+    steps = int(np.floor((t_next - t) / sample_dt + 1e-9))
+    grid = np.minimum(t + sample_dt * np.arange(1, steps + 1), t_next)
+    if grid.size == 0 or grid[-1] < t_next - 1e-12:
+        grid = np.append(grid, t_next)
+    return np.asarray(grid, dtype=np.float64)

@@ -320,9 +320,14 @@ def test_invalid_arguments_are_refused_with_their_name() -> None:
 
 
 def test_settle_sample_grid_stays_inside_each_chunk() -> None:
-    """A sample step whose multiples round past a chunk's end (0.017 rad-time units: the
-    grid's last point exceeded the chunk by 1e-13 at t ≈ 167) must not stop the integrator:
-    an unlocked pair beats until ``t_max`` and settles as not locked."""
-    K = np.array([[0.0, 0.5], [0.5, 0.0]])
-    out = dy.settle(np.zeros(2), np.array([0.0, 3.0]), K, sample_dt=0.017, hold=0.5, t_max=200.0)
-    assert not np.any(out.locked)
+    """Sample times are in (t, t_next] and end exactly at t_next. The last chunk before
+    t_max = 50·(200·0.017) starts at t ≈ 166.6: there t + 0.017·200 rounds 1.1e-13 past
+    t_next, a grid solve_ivp refuses ("t_eval not within t_span")."""
+    from phasegrad_hw.physics._settle import sample_grid
+
+    dt = 0.017
+    t, t_next = 166.60000000000014, 50 * (200 * dt)
+    assert (t + dt * np.arange(1, 201))[-1] > t_next  # the rounding this guards against
+    for end in (t_next, t + 1.0, t + 0.005):
+        g = sample_grid(t, end, dt)
+        assert g[0] > t and g[-1] == end and np.all(g <= end) and np.all(np.diff(g) > 0)
