@@ -142,7 +142,7 @@ TYPE_TAGS: dict[str, str] = {
     "LoopState": "phasegrad_hw.learning.loop:LoopState",
     "EpochRecord": "phasegrad_hw.learning.loop:EpochRecord",
     "LoopResult": "phasegrad_hw.learning.loop:LoopResult",
-    "Parameters": "phasegrad_hw.learning.controller:Parameters",
+    "Parameters": "phasegrad_hw.learning.records:Parameters",
 }
 # class paths written before type tags existed -> their tag
 LEGACY_PATHS: dict[str, str] = {
