@@ -49,7 +49,9 @@ async def main() -> None:
     path = server.start_pty()
     print(f"board on {path}")
     try:
-        board = open_substrate(f"serial://{path}")
+        # a generous per-exchange timeout: on a loaded machine a 1 s timeout can expire and a
+        # retried read then draws new chip noise, so the runs would no longer match bit for bit
+        board = open_substrate(f"serial://{path}?timeout_s=10")
         assert isinstance(board, SerialSubstrate)
         print(
             f"chip descriptor: {board.model.name}, {board.model.n} oscillators, "
