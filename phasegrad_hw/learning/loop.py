@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
-from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.errors import ConfigError, LockLostError
 from phasegrad_hw.learning.chip import PhaseEncoding
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample, StepReport
 
@@ -365,6 +365,12 @@ async def _train_epoch(
     online = options.train_eval == "online"
     skipped, correct, loss = await epoch.run(options.seed, e, online)
     n_train = len(epoch.y_train)
+    if n_train and skipped >= n_train:  # nothing learned, nothing will: stop with the reason
+        raise LockLostError(
+            f"epoch {e + 1}: none of the {n_train} training samples gave locked free and "
+            "nudged readings; the device does not lock at these settings — check its "
+            "frequency map (`calibrate transfer`), β and the initial frequencies"
+        )
     if online:
         train_acc = correct / n_train if n_train else float("nan")
     else:

@@ -11,7 +11,7 @@ import pytest
 
 from phasegrad_hw.backends.simulated import SimulatedBatch, SimulatedSubstrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
-from phasegrad_hw.errors import ConfigError
+from phasegrad_hw.errors import ConfigError, LockLostError
 from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import (
@@ -154,6 +154,19 @@ async def test_skipped_samples_are_counted_per_epoch() -> None:
     b = [h.skipped for h in base.state.history]  # the extreme inputs of DATA do not all lock
     assert [h.skipped for h in res.state.history] == [b[0] + 3, b[1]]
     assert res.state.skipped_samples == sum(b) + 3
+
+
+async def test_an_epoch_with_no_locked_sample_stops_with_the_reason() -> None:
+    """Every read unlocked: the loop stops after the first epoch with a LockLostError that
+    says why and what to check, instead of running all epochs at chance."""
+    m = model_tiny()
+    opts = LoopOptions(epochs=3, seed=0, train_eval="online", params=_p0(m))
+    sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads=set(range(100_000)))
+    seen: list[int] = []
+    hooks = Hooks(on_epoch_end=lambda s: seen.append(s.epoch))
+    with pytest.raises(LockLostError, match=r"epoch 1: none of the 40 .*\(`calibrate transfer`\)"):
+        await train_on_substrates([sub], DATA, Encoding(), EPConfig(), opts, [hooks])
+    assert seen == []  # no epoch was recorded as trained
 
 
 async def test_progress_observer_sync_hook_and_validation() -> None:
