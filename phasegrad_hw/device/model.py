@@ -372,9 +372,11 @@ class DeviceModel(DeviceFileModel):
         return k
 
     def check_held_phases(self, phases_rad: ArrayLike) -> Array:
-        """Held input phases (n_held,) rad: finite, wrapped to [−π, π)."""
+        """Held input phases (n_held,) rad: finite, wrapped to [−π, π) (values already in it
+        are returned exactly as given)."""
         p = self._vector("held_phases", phases_rad, len(self.roles.held))
-        out: Array = (p + np.pi) % (2 * np.pi) - np.pi
+        inside = (p >= -np.pi) & (p < np.pi)
+        out: Array = np.where(inside, p, (p + np.pi) % (2 * np.pi) - np.pi)
         return out
 
     def check_drive(self, amplitude: ArrayLike, phase_rad: float) -> tuple[Array, float]:
