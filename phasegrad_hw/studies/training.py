@@ -526,8 +526,10 @@ async def train_device(
                 train_eval="online" if held else "epoch_end",
             )
             res = await train_on_substrates([sub], dataset, enc, ep, opts, [*watchers, *observers])
+        tested = [h.test_accuracy for h in res.state.history]
         out: dict[str, Any] = {
             "final_test_accuracy": res.final_test_accuracy,
+            "best_test_accuracy": max(tested) if tested else res.final_test_accuracy,
             "epochs": res.state.epoch,
             "seconds": time.perf_counter() - t0,
             "skipped_samples": res.state.skipped_samples,

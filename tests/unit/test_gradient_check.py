@@ -111,6 +111,7 @@ def test_cli_check_gradients_json_store_and_refusal(tmp_path) -> None:  # type: 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
+    assert res["best_test_accuracy"] == max(h["test_accuracy"] for h in res["history"])
     cos = res["history"][0]["gradient_cosine"]
     assert f" cos {cos:.4f}" in proc.stdout  # shown in the epoch's progress line
     assert 0.9 < cos <= 1.0
