@@ -249,10 +249,17 @@ class EPController:
         return sub.model.check_drive(*drive)
 
     # -- device I/O --------------------------------------------------------------------
-    async def _write(self, k: int, omega: Array | None) -> None:
-        """Couplings of substrate k when they changed since the last write; frequencies
-        always (they carry the inputs), or when they changed on a held-input device (one ω
-        for every sample: its inputs are held phases)."""
+    async def _write(
+        self,
+        k: int,
+        omega: Array | None,
+        held: Array | None = None,
+        drive: DriveSetting | None = None,
+    ) -> None:
+        """A sample's settings on substrate k: couplings when they changed since the last
+        write; frequencies always (they carry the inputs), or when they changed on a
+        held-input device (one ω for every sample: its inputs are held phases); then the
+        sample's held phases and drive, when it has them."""
         sub = self.substrates[k]
         last = self._written_k[k]
         cur = self.params.coupling
@@ -261,13 +268,16 @@ class EPController:
         ):
             await sub.set_couplings(cur)
             self._written_k[k] = cur.copy()
-        if omega is None:  # couplings only (the caller sets frequencies itself)
-            return
-        last_w = self._written_w[k] if self.chip.lock is not None else None
-        if last_w is None or not np.array_equal(last_w, omega):
-            self._written_w[k] = None  # (unknown until the write completes)
-            await sub.set_frequencies(omega)
-            self._written_w[k] = omega.copy()
+        if omega is not None:  # (None: the caller sets frequencies itself)
+            last_w = self._written_w[k] if self.chip.lock is not None else None
+            if last_w is None or not np.array_equal(last_w, omega):
+                self._written_w[k] = None  # (unknown until the write completes)
+                await sub.set_frequencies(omega)
+                self._written_w[k] = omega.copy()
+        if held is not None:
+            await sub.set_held_phases(held)
+        if drive is not None:
+            await sub.set_drive(*drive)
 
     def forget_writes(self) -> None:
         """Write every setting again at the next use (after a reseed or make_safe reset the
@@ -276,13 +286,8 @@ class EPController:
 
     async def _measure(self, k: int, prep: _Prepared) -> EPPhases:
         cfg = self.config.rule
-        sub = self.substrates[k]
-        await self._write(k, prep.omega)
-        if prep.held is not None:
-            await sub.set_held_phases(prep.held)
-        if prep.drive is not None:
-            await sub.set_drive(*prep.drive)
-        return await sub.measure_ep(
+        await self._write(k, prep.omega, prep.held, prep.drive)
+        return await self.substrates[k].measure_ep(
             None, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
         )
 
@@ -319,9 +324,7 @@ class EPController:
         drv = self._check_drive(drive, sub)
 
         async def run() -> PhaseReading:
-            await self._write(device, w)
-            if drv is not None:
-                await sub.set_drive(*drv)
+            await self._write(device, w, drive=drv)
             return await sub.read_phases(self.config.rule.averages)
 
         try:
@@ -374,12 +377,7 @@ class EPController:
                 return await sub.read_phases_at(np.asarray(ws[k::m]), avg)
             out: list[PhaseReading] = []
             for i in range(k, len(ws), m):
-                await self._write(k, ws[i])
-                h, f = hs[i], fs[i]
-                if h is not None:
-                    await sub.set_held_phases(h)
-                if f is not None:
-                    await sub.set_drive(*f)
+                await self._write(k, ws[i], hs[i], fs[i])
                 out.append(await sub.read_phases(avg))
             return out
 

@@ -3,6 +3,7 @@ tests that drive it through a bench file."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,15 @@ def start_emulated_bench(
         if name != "bench":
             ports[name] = int(res.split("::")[2])
     return proc, ports
+
+
+def scpi_query(port: int, *queries: str) -> list[str]:
+    """Send each SCPI query to the emulated instrument on ``port`` and return its reply lines."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rw", newline="\n")
+        out = []
+        for q in queries:
+            f.write(q + "\n")
+            f.flush()
+            out.append(f.readline().strip())
+        return out

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from phasegrad_hw.device.registry import load_device_model
 from tests.conftest import REPO
-from tests.e2e.benches import start_emulated_bench
+from tests.e2e.benches import scpi_query, start_emulated_bench
 from tests.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
@@ -32,17 +31,6 @@ def test_templates_load_as_device_files(name: str, backend: str) -> None:
     assert text.startswith("#") and "bench check" in text
 
 
-def _scpi(port: int, *queries: str) -> list[str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rw", newline="\n")
-        out = []
-        for q in queries:
-            f.write(q + "\n")
-            f.flush()
-            out.append(f.readline().strip())
-        return out
-
-
 def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
     dev = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
@@ -53,9 +41,9 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
         # put the bench in a non-safe state a check must leave as it is
         levels = [float(0.5 * (b + model.limits.bias.max)) for b in model.safe_biases()]
         set_cmd = ";".join(f":SOUR{c}:VOLT {v!r}" for c, v in enumerate(levels, 1))
-        _scpi(ports["smu"], set_cmd + ";*OPC?")
+        scpi_query(ports["smu"], set_cmd + ";*OPC?")
         queries = [f":SOUR{c}:VOLT?" for c in range(1, 10)] + [":OUTP1?"]
-        before = _scpi(ports["smu"], *queries)
+        before = scpi_query(ports["smu"], *queries)
         res = subprocess.run(
             [*CLI, "bench", "check", str(bench_file)],
             capture_output=True,
@@ -69,7 +57,7 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
         for name in ("smu", "phase_meter", "injection"):
             assert f"{name}: TCPIP::127.0.0.1::{ports[name]}::SOCKET" in out
         assert out.count("  smu ch") == 9 and "protection" in out and out.rstrip().endswith("ok")
-        after = _scpi(ports["smu"], *queries)
+        after = scpi_query(ports["smu"], *queries)
         assert after == before
         assert np.allclose([float(v) for v in after[:9]], levels)
     finally:

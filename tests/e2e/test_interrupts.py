@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from phasegrad_hw.store import RunStore
 from tests.conftest import REPO, require
-from tests.e2e.benches import start_emulated_bench
+from tests.e2e.benches import scpi_query, start_emulated_bench
 from tests.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
@@ -248,17 +247,6 @@ def test_serial_board(tmp_path: Path, board: tuple[str, Any], sig: signal.Signal
 
 
 # --------------------------------------------------------------------------- SCPI bench
-def _scpi(port: int, *queries: str) -> list[str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rw", newline="\n")
-        out = []
-        for q in queries:
-            f.write(q + "\n")
-            f.flush()
-            out.append(f.readline().strip())
-        return out
-
-
 @pytest.mark.slow
 def test_scpi_bench(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
@@ -276,9 +264,9 @@ def test_scpi_bench(tmp_path: Path) -> None:
             train_args(str(bench_file), store, tmp_path / "x.json"), store, signal.SIGINT
         )
         n = model.n
-        levels = _scpi(ports["smu"], *[f":SOUR{c}:VOLT?" for c in range(1, n + 1)])
+        levels = scpi_query(ports["smu"], *[f":SOUR{c}:VOLT?" for c in range(1, n + 1)])
         assert np.allclose([float(v) for v in levels], model.safe_biases(), atol=1e-12)
-        outs = _scpi(ports["injection"], *[f":OUTP{c}?" for c in range(1, 3)])
+        outs = scpi_query(ports["injection"], *[f":OUTP{c}?" for c in range(1, 3)])
         assert all(o in ("0", "OFF") for o in outs), outs
         resume_and_compare(store, run_id, tmp_path / "resumed.json", ref, atol=1e-9)
     finally:
