@@ -92,6 +92,7 @@ from phasegrad_hw.wire.mqtt import (
     VectorResult,
     auth_failure,
     check_segment,
+    excerpt,
     max_request_bytes,
     parse_name,
     reason_code,
@@ -297,10 +298,22 @@ class MqttSubstrate(OscillatorSubstrate):
             ).encode(),
             qos=1,
         )
+        reply_topic = self.topics.reply(self.client_id)
+
+        def take_reply(topic: str, payload: bytes, retain: bool) -> bool:
+            """Replies are matched to their request as they are decoded (no queue, no task)."""
+            if topic != reply_topic:
+                return False
+            try:
+                self._on_reply(payload)
+            except Exception as exc:  # never into paho's read loop
+                log.warning("%s: reply dropped: %s", self.topics.base, excerpt(exc, 200))
+            return True
+
         while True:
             self.connections += 1
             try:
-                async with self.broker.client(self.client_id, will=will) as c:
+                async with self.broker.client(self.client_id, will=will, intercept=take_reply) as c:
                     granted = await c.subscribe(self.topics.reply(self.client_id), qos=0)
                     if any(reason_code(g) >= 0x80 for g in granted):
                         self._fail(
@@ -315,15 +328,14 @@ class MqttSubstrate(OscillatorSubstrate):
                     self._connected.set()
                     delay = 0.05
                     await self._resend(c, only_unsent=True)  # after a reconnect
-                    async for msg in c.messages:
+                    while True:  # (replies are taken by take_reply)
+                        msg = await c.receive()
                         if msg.topic.matches(self.topics.agent_status):
                             # the agent (re)connected, e.g. after a broker restart: requests
                             # sent while it was away were lost; send them again (same ids).
                             # (A retained copy only says it was already online.)
                             if not msg.retain and msg.payload == b"online":
                                 await self._resend(c, only_unsent=False)
-                            continue
-                        self._on_reply(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
             except aiomqtt.MqttCodeError as exc:
                 if auth_failure(exc):
                     self._fail(
@@ -448,7 +460,7 @@ class MqttSubstrate(OscillatorSubstrate):
         }
         if in_session:
             head["session"] = self.session
-        payload = json.dumps({**head, **fields}).encode()
+        payload = _encode({**head, **fields}).encode()
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         pending = self._pending[rid] = _Pending(fut, payload, self.session if in_session else None)
         deadline = time.monotonic() + self.timeout_s
@@ -571,10 +583,12 @@ class MqttSubstrate(OscillatorSubstrate):
         if len(ops) <= 1:
             return [ops] if ops else []
         budget = self._max_bytes - ENVELOPE_BYTES
+        if len(ops) <= MAX_BATCH_OPS and sum(map(_size_bound, ops)) <= budget:
+            return [ops]  # (an EP step: fits for sure, nothing encoded twice)
         out: list[list[dict[str, Any]]] = [[]]
         used = 0
         for op in ops:
-            size = len(json.dumps(op)) + 2
+            size = len(_encode(op)) + 1
             if out[-1] and (len(out[-1]) >= MAX_BATCH_OPS or used + size > budget):
                 out.append([])
                 used = 0
@@ -799,6 +813,20 @@ class MqttSubstrate(OscillatorSubstrate):
             self._queue.append({"op": "reseed", "seed": int(seed)})
         else:
             super().reseed(seed)  # raises: the agent's device cannot be reseeded
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """Compact JSON (no spaces); floats as Python's shortest round-trip repr."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _size_bound(op: dict[str, Any]) -> int:
+    """An upper bound of ``len(_encode(op)) + 1`` (its comma in a batch) without encoding it:
+    a JSON number or an op name takes at most 24 characters (``-2.2250738585072014e-308``),
+    25 with its comma; a field's key, quotes and colon ``len(key) + 3``."""
+    return 2 + sum(
+        len(k) + 3 + (25 * len(v) + 2 if isinstance(v, list) else 25) for k, v in op.items()
+    )
 
 
 def _reraise_cancellation() -> None:

@@ -96,8 +96,8 @@ from phasegrad_hw.wire.mqtt import (
     excerpt,
     max_request_bytes,
     parse_name,
-    parse_request,
     salvage_ids,
+    validate_request,
 )
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class Agent:
             self._throttle(logging.WARNING, "request dropped unparsed: %s", problem)
             return None
         try:
-            req = parse_request(raw, self.max_payload_bytes)
+            req = validate_request(raw)  # (the envelope was checked just above)
         except ConfigError as exc:
             self.stats.rejected += 1
             rid, reply_to, session = salvage_ids(raw)
@@ -571,7 +571,8 @@ class Agent:
 
     async def _serve(self, client: Any) -> None:
         cleared: set[str] = set()
-        async for msg in client.messages:
+        while True:
+            msg = await client.receive()
             if self._stopping:
                 return
             payload = bytes(msg.payload)  # type: ignore[arg-type,unused-ignore]

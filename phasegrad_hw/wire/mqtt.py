@@ -13,7 +13,8 @@
 * Input limits applied *before* parsing (:func:`envelope_problem`: size, bracket depth) and
   error texts that quote offending values as short excerpts only.
 
-The MQTT library (aiomqtt) is imported only when a client is made.
+The MQTT library (aiomqtt, through :mod:`phasegrad_hw.wire.mqtt_client`) is imported only when
+a client is made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from phasegrad_hw.errors import ConfigError
 
 if TYPE_CHECKING:
     import aiomqtt
+
+    from phasegrad_hw.wire.mqtt_client import Client, Intercept
 
 ENV_USERNAME = "PHASEGRAD_HW_MQTT_USERNAME"
 ENV_PASSWORD = "PHASEGRAD_HW_MQTT_PASSWORD"
@@ -151,14 +154,19 @@ class BrokerConfig(StrictModel):
         will: aiomqtt.Will | None = None,
         timeout_s: float = 10.0,
         max_queued: int = 0,
-    ) -> aiomqtt.Client:
-        """A new (not yet connected) aiomqtt client; MQTT v5, clean start, TCP_NODELAY on its
-        socket. ``max_queued`` > 0 bounds the incoming queue (messages beyond it are dropped,
-        so a flood cannot exhaust memory); ``timeout_s`` bounds connect/publish/disconnect."""
+        intercept: Intercept | None = None,
+    ) -> Client:
+        """A new (not yet connected) client (:class:`phasegrad_hw.wire.mqtt_client.Client`:
+        packets written at once, ``intercept`` takes messages as they arrive, ``receive()``);
+        MQTT v5, clean start, TCP_NODELAY on its socket. ``max_queued`` > 0 bounds the incoming
+        queue (messages beyond it are dropped, so a flood cannot exhaust memory); ``timeout_s``
+        bounds connect/publish/disconnect."""
         import socket
         import ssl
 
         import aiomqtt
+
+        from phasegrad_hw.wire.mqtt_client import Client
 
         tls_params = None
         if self.tls:
@@ -168,7 +176,7 @@ class BrokerConfig(StrictModel):
                 keyfile=str(self.key) if self.key else None,
                 cert_reqs=ssl.CERT_NONE if self.insecure else ssl.CERT_REQUIRED,
             )
-        return aiomqtt.Client(
+        return Client(
             self.host,
             self.port,
             username=self.username,
@@ -183,6 +191,7 @@ class BrokerConfig(StrictModel):
             max_queued_incoming_messages=max_queued,
             # small request/reply messages: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            intercept=intercept,
         )
 
     def uri(self) -> str:
@@ -563,26 +572,38 @@ def short_validation_error(exc: ValidationError, source: str = "request: ", most
     return clip_message(source + "; ".join(parts) + more)
 
 
+_BRACKETS = b"[]{}"
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(_BRACKETS)))
+_SHORT_BRACKETS = 4096  # bracket strings up to this long are scanned in Python, longer in numpy
+
+
 def envelope_problem(raw: bytes, max_bytes: int, max_depth: int = MAX_DEPTH) -> str | None:
     """Why ``raw`` must be dropped unparsed — too long, or brackets nested deeper than
     ``max_depth`` (counted over every byte, strings included: no valid request has brackets in
     a string) — or ``None``. Linear in the size; no recursion, no parse."""
     if len(raw) > max_bytes:
         return f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
-    a = np.frombuffer(raw, dtype=np.uint8)
-    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
-    depth = int(np.cumsum(step).max(initial=0))
+    brackets = raw.translate(None, _NOT_BRACKETS)  # only [ ] { } are left, in order
+    if len(brackets) <= _SHORT_BRACKETS:  # a request has a few dozen: no array set-up
+        depth = level = 0
+        for b in brackets:
+            if b == 0x5B or b == 0x7B:
+                level += 1
+                depth = max(depth, level)
+            else:
+                level -= 1
+    else:
+        a = np.frombuffer(brackets, dtype=np.uint8)
+        step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) * 2 - 1
+        depth = int(np.cumsum(step).max(initial=0))
     if depth > max_depth:
         return f"brackets nested {depth} deep (at most {max_depth})"
     return None
 
 
-def parse_request(raw: bytes, max_bytes: int = 16 * MAX_VECTOR) -> Request:
-    """Validate a request payload: size and nesting first (unparsed), then the strict schema.
-    Raises :class:`ConfigError` with a short message (values quoted as excerpts only)."""
-    problem = envelope_problem(raw, max_bytes)
-    if problem is not None:
-        raise ConfigError(f"request: {problem}")
+def validate_request(raw: bytes) -> Request:
+    """The strict schema on a payload that passed :func:`envelope_problem`; raises
+    :class:`ConfigError` with a short message (values quoted as excerpts only)."""
     try:
         return REQUEST.validate_json(raw)
     except ValidationError as exc:
