@@ -20,6 +20,7 @@ from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, MAX_DEPTH, MAX_ID, MAX_MESSAGE_CHARS, Reply
 from phasegrad_hw.wire.mqtt import BrokerConfig as _Broker
+from phasegrad_hw.wire.mqtt import envelope_problem
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPS = (
@@ -218,6 +219,51 @@ def test_deep_nesting_is_dropped_unparsed(depth: int, opener: str, close: bool) 
     assert _run(AGENT.handle(raw)) is None
     assert AGENT.stats.dropped == dropped + 1
     _assert_next_valid_works()
+
+
+def _reference_depth(raw: bytes) -> int:
+    """Deepest bracket nesting, byte by byte over the whole payload."""
+    depth = level = 0
+    for b in raw:
+        if b in b"[{":
+            level += 1
+            depth = max(depth, level)
+        elif b in b"]}":
+            level -= 1
+    return depth
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"[", b"]", b"{", b"}", b'"a":', b"1,", b"[[[[[", b"]]]]]"]),
+            st.binary(max_size=8),
+        ),
+        max_size=3000,
+    ),
+    st.integers(0, 8),
+)
+def test_envelope_depth_matches_a_byte_by_byte_count(parts: list[bytes], max_depth: int) -> None:
+    """The envelope check's depth (short bracket strings in Python, long ones in numpy) is
+    the byte-by-byte nesting depth, unbalanced and stray closers included."""
+    raw = b"".join(parts)
+    problem = envelope_problem(raw, len(raw), max_depth)
+    depth = _reference_depth(raw)
+    assert (problem is None) == (depth <= max_depth)
+    if problem is not None:
+        assert f"nested {depth} deep" in problem
+
+
+def test_envelope_depth_of_long_bracket_strings() -> None:
+    """Past a few thousand brackets (the numpy path) the depth is still exact."""
+    cases = [b"[]" * 5000, b"[" * 3000 + b"]" * 3000 + b"{{", b"]" * 5000 + b"[" * 3, b"{" * 9000]
+    rng = np.random.default_rng(1)
+    cases += [bytes(rng.choice(list(b"[]{}a"), 20_000)) for _ in range(5)]
+    for raw in cases:
+        depth = _reference_depth(raw)
+        assert envelope_problem(raw, len(raw), depth) is None
+        assert f"nested {depth} deep" in str(envelope_problem(raw, len(raw), depth - 1))
 
 
 # --------------------------------------------------------------------------- batches
