@@ -18,9 +18,15 @@ from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubst
 from phasegrad_hw.device.substrate import Capability, PhaseReading
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
-from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, MAX_DEPTH, MAX_ID, MAX_MESSAGE_CHARS, Reply
+from phasegrad_hw.wire.mqtt import (
+    MAX_BATCH_OPS,
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_MESSAGE_CHARS,
+    Reply,
+    envelope_problem,
+)
 from phasegrad_hw.wire.mqtt import BrokerConfig as _Broker
-from phasegrad_hw.wire.mqtt import envelope_problem
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPS = (
