@@ -11,8 +11,9 @@ here by the base class and then *queued*, not sent: the next read (``read_phases
 and itself as one ``batch`` request, which the agent executes in order. The compound
 measurements of the base class go as one batch too: :meth:`MqttSubstrate.measure_ep` (an EP
 step with fixed targets: free read, clamp, nudged read(s), release — ended by the agent at an
-unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set, 8 samples
-per round trip). An error of a queued write (the agent checks limits again, with its own
+unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set, as many
+samples per round trip as the agent's request size and ``max_batch_ops`` admit: 17 of the
+2+5+2 network's with an agent 2.3, 8 with older ones). An error of a queued write (the agent checks limits again, with its own
 frequency map) is raised by that read/flush at the latest, naming the operation; the first
 failing operation stops the batch. Every request carries the session nonce and the next
 integer id (counting up from a random start), published at QoS 0 on the agent's request topic
@@ -77,6 +78,7 @@ from phasegrad_hw.errors import (
 from phasegrad_hw.physics import Array
 from phasegrad_hw.wire.mqtt import (
     BATCH,
+    LEGACY_BATCH_OPS,
     MAX_BATCH_OPS,
     NONCE_HEX,
     PROTOCOL_VERSION,
@@ -213,6 +215,8 @@ class MqttSubstrate(OscillatorSubstrate):
         self.last_error: str | None = None  # the last broker connection error, for messages
         self.resends = 0
         self.capabilities = frozenset()
+        # operations per batch: the agent's limit (from open), at most this client's
+        self.max_batch_ops = LEGACY_BATCH_OPS
         if model is None:
             model = fetch_model(broker, self.topics, timeout_s=min(timeout_s, 10.0))
         super().__init__(model)
@@ -245,6 +249,7 @@ class MqttSubstrate(OscillatorSubstrate):
             Capability(c) for c in hello.capabilities if c in Capability.__members__.values()
         ) | ({Capability.RESEED} if hello.reseed else set())
         self._remote_reseed = hello.reseed
+        self.max_batch_ops = min(hello.max_batch_ops, MAX_BATCH_OPS)
         self.session, self.boot, self._restarted = hello.session, hello.boot, None
         self._queue.clear()
         # a new agent session starts from the device's start state: what this substrate set
@@ -538,7 +543,7 @@ class MqttSubstrate(OscillatorSubstrate):
         """Queue a write (already limit-checked by the base class) for the next batch; a full
         queue is sent first as a write-only batch."""
         self._check_usable()
-        if len(self._queue) >= MAX_BATCH_OPS - 1:  # leave room for the read that follows
+        if len(self._queue) >= self.max_batch_ops - 1:  # leave room for the read that follows
             await self.flush()
         self._queue.append(op)
 
@@ -578,18 +583,18 @@ class MqttSubstrate(OscillatorSubstrate):
         return results, None, None
 
     def _chunks(self, ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """Split ``ops`` into batches of at most ``MAX_BATCH_OPS`` operations and the agent's
-        request size (:func:`~phasegrad_hw.wire.mqtt.max_request_bytes`)."""
+        """Split ``ops`` into batches of at most :attr:`max_batch_ops` operations and the
+        agent's request size (:func:`~phasegrad_hw.wire.mqtt.max_request_bytes`)."""
         if len(ops) <= 1:
             return [ops] if ops else []
         budget = self._max_bytes - ENVELOPE_BYTES
-        if len(ops) <= MAX_BATCH_OPS and sum(map(_size_bound, ops)) <= budget:
+        if len(ops) <= self.max_batch_ops and sum(map(_size_bound, ops)) <= budget:
             return [ops]  # (an EP step: fits for sure, nothing encoded twice)
         out: list[list[dict[str, Any]]] = [[]]
         used = 0
         for op in ops:
             size = len(_encode(op)) + 1
-            if out[-1] and (len(out[-1]) >= MAX_BATCH_OPS or used + size > budget):
+            if out[-1] and (len(out[-1]) >= self.max_batch_ops or used + size > budget):
                 out.append([])
                 used = 0
             out[-1].append(op)

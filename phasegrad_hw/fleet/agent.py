@@ -14,7 +14,8 @@ methods of its own substrate, so a value outside the device limits is refused he
   reply); older ids, ids of another session, unknown sessions are refused (``session``
   error). Nothing is forgotten that would let a replay through: a session evicted from the
   table is refused as unknown, never reopened by a replay.
-* **Batches.** A ``batch`` request lists up to ``MAX_BATCH_OPS`` device operations; they run
+* **Batches.** A ``batch`` request lists up to ``MAX_BATCH_OPS`` device operations (the limit
+  ``hello`` states as ``max_batch_ops``); they run
   in order with nothing in between (requests are handled one at a time), the first failure
   stops the batch and the reply names it (its index and op). The batch is one request for the
   session rules (one id, one cached reply): a retried batch is never re-applied. With
@@ -65,6 +66,7 @@ from phasegrad_hw.errors import (
 )
 from phasegrad_hw.wire.mqtt import (
     BATCH,
+    MAX_BATCH_OPS,
     NONCE_HEX,
     STOP_IF_UNLOCKED,
     Batch,
@@ -101,7 +103,8 @@ from phasegrad_hw.wire.mqtt import (
 )
 
 log = logging.getLogger(__name__)
-AGENT_VERSION = "phasegrad-hw-agent/2.2"  # protocol 2 + batch (+ stop_if_unlocked, held, drive)
+AGENT_VERSION = "phasegrad-hw-agent/2.3"  # protocol 2 + batch (+ stop_if_unlocked, held, drive,
+# max_batch_ops in hello)
 REMOTE_CAPABILITIES = (
     Capability.COUPLINGS,
     Capability.FREQUENCY_COUNTER,
@@ -318,6 +321,7 @@ class Agent:
             "agent": AGENT_VERSION,
             "boot": self.boot,
             "broker_probe_ms": self.probe_ms,
+            "max_batch_ops": MAX_BATCH_OPS,
         }
 
     def _open(self, req: Open, t0: float) -> bytes:

@@ -249,7 +249,8 @@ class Topics:
 MAX_ID = 2**53 - 1  # ids are JSON integers every client language represents exactly
 MAX_VECTOR = 1_000_000
 MAX_DEPTH = 4  # {…: [numbers]} is depth 2, a batch {"ops": [{…: [numbers]}]} 4; deeper: dropped
-MAX_BATCH_OPS = 16  # operations in one batch
+MAX_BATCH_OPS = 64  # operations in one batch (an agent states its limit in ``hello``)
+LEGACY_BATCH_OPS = 16  # … the limit of agents before 2.3, which do not state it
 BATCH = "batch"  # the capability (in ``hello``) of an agent that executes batches
 STOP_IF_UNLOCKED = "stop_if_unlocked"  # … and ends one at an unlocked read when asked
 EXCERPT_CHARS = 48  # an offending value is quoted with at most this many characters
@@ -503,6 +504,7 @@ class HelloResult(StrictModel):
     agent: str
     boot: Nonce
     broker_probe_ms: float | None = None
+    max_batch_ops: int = Field(default=LEGACY_BATCH_OPS, ge=1)
 
 
 class OpenResult(HelloResult):

@@ -18,7 +18,12 @@ from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubst
 from phasegrad_hw.errors import LimitError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
-from phasegrad_hw.wire.mqtt import MAX_BATCH_OPS, BrokerConfig, max_request_bytes
+from phasegrad_hw.wire.mqtt import (
+    LEGACY_BATCH_OPS,
+    MAX_BATCH_OPS,
+    BrokerConfig,
+    max_request_bytes,
+)
 from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
 from tests.mosquitto import Mosquitto, broker, local_agent  # noqa: F401  (fixture)
 
@@ -191,18 +196,21 @@ async def test_request_size_limit_admits_a_full_step_batch() -> None:
     assert await agent.handle(json.dumps(too_big).encode()) is None  # dropped unparsed
 
 
-def test_controller_splits_long_queues_within_the_limits() -> None:
+@pytest.mark.parametrize("limit", [LEGACY_BATCH_OPS, MAX_BATCH_OPS])
+def test_controller_splits_long_queues_within_the_limits(limit: int) -> None:
     sub = MqttSubstrate(BrokerConfig(host="unused"), NAME, model=vowel_model(0.0))
+    sub.max_batch_ops = limit  # (what the agent's open stated)
     ops: list[dict[str, Any]] = [
         {"op": "set_couplings", "values": [1.2345678901234567] * 24, "k": k} for k in range(40)
-    ] + [{"op": "release"}] * 20
+    ] + [{"op": "release"}] * 100
     chunks = sub._chunks(ops)
     assert [op for c in chunks for op in c] == ops  # in order, nothing lost
     for c in chunks:
         head = {"v": 2, "op": "batch", "id": 2**53 - 1, "reply_to": "x" * 64, "session": "a" * 32}
-        assert len(c) <= MAX_BATCH_OPS
+        assert len(c) <= limit
         assert len(json.dumps(head | {"ops": c})) <= max_request_bytes(9, 24)
     assert len(chunks) >= 5 and sub._chunks([]) == [] and sub._chunks(ops[:1]) == [ops[:1]]
+    assert max(map(len, chunks)) == limit  # the releases: as many per batch as allowed
 
 
 # --------------------------------------------------------------------------- over a broker
@@ -229,18 +237,58 @@ async def test_writes_wait_for_the_read_one_round_trip(broker: Mosquitto) -> Non
             assert agent.stats.received == n + 2 and not bench.clamped
             await sub.flush()  # nothing queued: nothing sent
             assert agent.stats.received == n + 2
-            # a long queue goes in several batches, in order
-            for k in range(40):
-                await sub.set_biases(np.full(9, 0.01 * k))
-            await sub.read_phases()
-            assert bench.biases[-40:] == [[0.01 * k] * 9 for k in range(40)]
-            assert agent.stats.received == n + 2 + 3  # 15 + 15 + (10 + the read)
     ref = SimulatedSubstrate(bench.model)
     async with ref:
         await ref.set_couplings(np.full(24, 1.5))
         await ref.set_frequencies(W)
         await ref.clamp([0.1, -0.1], 0.4)
         assert np.array_equal(r.phases, (await ref.read_phases()).phases)
+
+
+class LegacyAgent(Agent):
+    """An agent 2.2: batches of at most 16 operations, a ``hello`` that does not say so."""
+
+    def _hello(self) -> dict[str, Any]:
+        return {k: v for k, v in super()._hello().items() if k != "max_batch_ops"}
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+async def test_long_queues_and_evaluation_sets_within_the_agents_batch_limit(
+    broker: Mosquitto,  # noqa: F811
+    legacy: bool,
+) -> None:
+    """A long queue goes in several batches, in order, each within the agent's stated limit
+    (16 operations for an agent that states none); an evaluation set too, with readings equal
+    to the same reads in-process."""
+    bench = Bench(vowel_model(0.0))
+    cfg, _, _ = BrokerConfig.parse(broker.uri("agent"))
+    agent = (LegacyAgent if legacy else Agent)(bench, cfg, NAME)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        sub = remote(broker, bench.model)
+        async with sub:
+            assert sub.max_batch_ops == (LEGACY_BATCH_OPS if legacy else MAX_BATCH_OPS)
+            n = agent.stats.received
+            for k in range(40):
+                await sub.set_biases(np.full(9, 0.01 * k))
+            await sub.read_phases()
+            assert bench.biases[-40:] == [[0.01 * k] * 9 for k in range(40)]
+            # 15 + 15 + (10 + the read) — or all 41 in one batch
+            assert agent.stats.received == n + (3 if legacy else 1)
+            rows = np.stack([W * (1 - k / 40) for k in range(40)])
+            n = agent.stats.received
+            remote_reads = await sub.read_phases_at(rows)
+            # 2 operations per sample: 8 samples a batch — or as many as the request size
+            # admits (here 20 + 20)
+            assert agent.stats.received == n + (5 if legacy else 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    ref = SimulatedSubstrate(bench.model)
+    async with ref:
+        local = [await ref.read_phases_at(rows[k : k + 1]) for k in range(40)]
+    assert [r.phases.tolist() for r in remote_reads] == [r[0].phases.tolist() for r in local]
 
 
 async def test_out_of_limit_values_are_refused_before_queuing(broker: Mosquitto) -> None:  # noqa: F811
