@@ -13,9 +13,9 @@ measurements of the base class go as one batch too: :meth:`MqttSubstrate.measure
 step with fixed targets: free read, clamp, nudged read(s), release — ended by the agent at an
 unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set, as many
 samples per round trip as the agent's request size and ``max_batch_ops`` admit: 17 of the
-2+5+2 network's with an agent 2.3, 8 with older ones). An error of a queued write (the agent checks limits again, with its own
-frequency map) is raised by that read/flush at the latest, naming the operation; the first
-failing operation stops the batch. Every request carries the session nonce and the next
+2+5+2 network's with an agent 2.3, 8 with older ones). An error of a queued write (the
+agent checks limits again, with its own frequency map) is raised by that read/flush at the
+latest, naming the operation; the first failing operation stops the batch. Every request carries the session nonce and the next
 integer id (counting up from a random start), published at QoS 0 on the agent's request topic
 (no PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured
 broker). The reply comes back on this client's own reply topic (its MQTT client id) and is
