@@ -15,12 +15,15 @@ unlocked free read) and :meth:`MqttSubstrate.read_phases_at` (an evaluation set,
 samples per round trip as the agent's request size and ``max_batch_ops`` admit: 17 of the
 2+5+2 network's with an agent 2.3, 8 with older ones). An error of a queued write (the
 agent checks limits again, with its own frequency map) is raised by that read/flush at the
-latest, naming the operation; the first failing operation stops the batch. Every request carries the session nonce and the next
-integer id (counting up from a random start), published at QoS 0 on the agent's request topic
-(no PUBACK in the path, so nothing waits on Nagle + delayed ACK on a default-configured
-broker). The reply comes back on this client's own reply topic (its MQTT client id) and is
-taken only if it echoes the request's id and session (``None`` for hello/open); anything else
-— a late reply, another session's, a forgery — is dropped and counted. A request is
+latest, naming the operation; the first failing operation stops the batch. Every request
+carries the session nonce and the next integer id (counting up from a random start), is
+encoded once as compact JSON and published at QoS 0 on the agent's request topic (no PUBACK
+in the path, so nothing waits on Nagle + delayed ACK on a default-configured broker; the
+packet is written to the socket within the publish call,
+:mod:`phasegrad_hw.wire.mqtt_client`). The reply comes back on this client's own reply
+topic (its MQTT client id) and is matched as it is decoded: taken only if it echoes the
+request's id and session (``None`` for hello/open); anything else — a late reply, another
+session's, a forgery — is dropped and counted. A request is
 re-sent with the *same* id every ``retry`` s and after every reconnect (the agent answers a
 repeat of its last id from its cache, so nothing is applied twice); without a reply within
 ``timeout`` s the call raises :class:`DeviceTimeoutError`.
