@@ -11,8 +11,8 @@ unless ``--broker`` names one. Writes ``benchmarks/results/bench_mqtt.json``:
   same run on a mosquitto with its *default* configuration (no ``set_tcp_nodelay``) and on a
   tuned one (``set_tcp_nodelay true``), each with the agent's own broker probe (QoS 1
   exchange, ms), which shows the Nagle + delayed-ACK stall the QoS 0 request path avoids.
-  A remote EP step is two requests (writes go with the next read in one ``batch``: free
-  phase, nudged phase). CPU ms per step of this process (controller) and of each agent.
+  A remote EP step is one request (the step's writes, free read, clamp, nudged read and
+  release in one ``batch``). CPU ms per step of this process (controller) and of each agent.
 * ``train_cli``: ``phasegrad-hw train --device mqtt://…`` over the default-configured broker vs
   the same device file in-process, seconds per epoch (synthetic vowel task, 2+5+2), in
   alternating repeats (medians; the machine may be shared), with the CPU seconds per epoch of
