@@ -66,7 +66,9 @@ class Client(aiomqtt.Client):
                 self._disconnected.set_exception(exc)
             return
         self.direct_writes += 1
-        if client.want_write():  # the socket took part of it: the rest when writable
+        if client.want_write() and client.socket() is not None:
+            # the socket took part of it: the rest when writable (unless the write found the
+            # connection gone; paho has then closed the socket)
             super()._on_socket_register_write(client, userdata, sock)
 
     # -- incoming -------------------------------------------------------------------------
