@@ -28,10 +28,13 @@ def start_emulated_bench(
     )  # fmt: skip
     assert proc.stdout is not None
     ports: dict[str, int] = {}
-    for _ in range(4):
-        name, _, res = proc.stdout.readline().strip().partition(" ")
-        if name != "bench":
-            ports[name] = int(res.split("::")[2])
+    for _ in range(6):  # one line per instrument (3, or 4 with an input source), then the file
+        line = proc.stdout.readline()
+        name, _, res = line.strip().partition(" ")
+        if name == "bench" or not line:
+            break
+        ports[name] = int(res.split("::")[2])
+    assert name == "bench", f"emulate bench did not start: {line!r}"
     return proc, ports
 
 
