@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,9 @@ from phasegrad_hw.engine.layered import phase_data
 from phasegrad_hw.learning.tasks import load_task
 from phasegrad_hw.testing.networks import model_layered_small
 from tests.conftest import REPO
-from tests.e2e.benches import scpi_query, start_emulated_bench
+from tests.e2e.benches import CLI, emulated_bench, scpi_query
 from tests.mosquitto import child_env
 
-CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 BENCHES = REPO / "examples" / "benches"
 
 
@@ -51,8 +48,7 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
     dev = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
     bench_file = tmp_path / "bench.toml"
-    proc, ports = start_emulated_bench(dev, bench_file)
-    try:
+    with emulated_bench(dev, bench_file) as (_, ports):
         model = load_device_model(dev)
         # put the bench in a non-safe state a check must leave as it is
         levels = [float(0.5 * (b + model.limits.bias.max)) for b in model.safe_biases()]
@@ -76,13 +72,6 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
         after = scpi_query(ports["smu"], *queries)
         assert after == before
         assert np.allclose([float(v) for v in after[:9]], levels)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_bench_check_mistakes(tmp_path: Path) -> None:
@@ -106,8 +95,7 @@ def test_held_chip_trains_behind_an_emulated_bench(tmp_path: Path) -> None:
     model = model_layered_small("cmos", sizes=(2, 4, 2))
     dev, bench_file, out = tmp_path / "held.toml", tmp_path / "bench.toml", tmp_path / "r.json"
     model.save(dev)
-    proc, ports = start_emulated_bench(dev, bench_file, "--seed", "1")
-    try:
+    with emulated_bench(dev, bench_file, "--seed", "1") as (_, ports):
         assert list(ports) == ["smu", "phase_meter", "injection", "input_source"]
         bench = load_device_model(bench_file)
         assert bench.input_source is not None and bench.input_source.channels == [1, 2]  # type: ignore[attr-defined]
@@ -151,10 +139,3 @@ def test_held_chip_trains_behind_an_emulated_bench(tmp_path: Path) -> None:
         )
         assert chk.returncode == 0, chk.stdout + chk.stderr
         assert chk.stdout.count("  input_source ch") == 2 and "(held input 1)" in chk.stdout
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
