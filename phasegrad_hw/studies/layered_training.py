@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -233,7 +233,7 @@ def controller_setup(
         return given if noise_map or given != getattr(generic, key) else layered
 
     lr = base.lr_k if o.lr == generic.lr else o.lr
-    params = "both" if o.params == "both" else "K"
+    params: Literal["omega", "K", "both"] = "both" if o.params == "both" else "K"
     if not couplings:
         params = "omega"
     rule = EPRule(
