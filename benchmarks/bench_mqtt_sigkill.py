@@ -1,6 +1,8 @@
 """Attack: SIGKILL the agent at 10 random moments of a remote training run (issue #14).
 
-Each run trains the 2+5+2 vowel device over a local mosquitto through ``phasegrad-hw agent``;
+Each run trains the 2+5+2 vowel device over a local mosquitto through ``phasegrad-hw agent``
+(:func:`phasegrad_hw.testing.remote.sigkill_run`, which tests/e2e/test_mqtt_hardening.py runs
+on 4 moments);
 at a random step (and a random 0–5 ms after it, so that the kill also lands inside a
 request) the agent is SIGKILLed and another one started on the same device file. A run
 must end bit-identical to the uninterrupted in-process run (``identical``) or stop with
@@ -23,12 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from phasegrad_hw.testing.mosquitto import Mosquitto
+from phasegrad_hw.testing.remote import DATA, in_process, sigkill_run, vowel_model
 
-from tests.e2e.test_mqtt_hardening import sigkill_run
-from tests.e2e.test_mqtt_remote import DATA, in_process, vowel_model
-from tests.mosquitto import Mosquitto
+REPO = Path(__file__).resolve().parents[1]
 
 FAILED = ("DIFFERENT", "unclear error")
 

@@ -2,9 +2,10 @@
 identities, limits and status, and report — without moving anything (queries only: no
 ``*RST``, no setting, no output switched; the device stays as it was).
 
-* ``visa`` benches (SCPI): ``*IDN?`` of the SMU, phase meter and injection source; per SMU
-  channel the voltage level, the current protection and its trip flag and the output state,
-  each level checked against the bench file's bias limits; the injection outputs' state; the
+* ``visa`` benches (SCPI): ``*IDN?`` of the SMU, phase meter, injection source (and input
+  source, on a bench whose chip has held inputs or a drive); per SMU channel the voltage
+  level, the current protection and its trip flag and the output state, each level checked
+  against the bench file's bias limits; the injection and input source outputs' state; the
   phase meter's questionable-status register; each instrument's error queue (``SYST:ERR?``,
   which reading empties).
 * ``daqmx`` benches: the NI-DAQmx driver version and, for every channel the file names, that
@@ -42,7 +43,7 @@ def check_visa(model: Any) -> tuple[list[str], list[str]]:
     chans = [model.limits.bias.channel(i) for i in range(model.n)]
     bias_lo, bias_hi = [c.min for c in chans], [c.max for c in chans]
     try:
-        for name in ("smu", "phase_meter", "injection"):
+        for name in model.instruments():
             cfg = getattr(model, name)
             try:
                 res = rm.open_resource(
@@ -80,6 +81,17 @@ def check_visa(model: Any) -> tuple[list[str], list[str]]:
                         amp = float(_query(res, f":SOUR{ch}:VOLT?"))
                         lines.append(
                             f"  injection ch{ch} (output {k}): {amp:.4g} V, "
+                            f"output {'on' if on else 'off'}"
+                        )
+                elif name == "input_source":  # held inputs first, then driven oscillators
+                    n_held = len(model.roles.held)
+                    for k, ch in enumerate(cfg.channels):
+                        on = _query(res, f":OUTP{ch}?") in ("1", "ON")
+                        amp = float(_query(res, f":SOUR{ch}:VOLT?"))
+                        deg = float(_query(res, f":SOUR{ch}:PHAS?"))
+                        what = f"held input {k}" if k < n_held else f"drive {k - n_held}"
+                        lines.append(
+                            f"  input_source ch{ch} ({what}): {amp:.4g} V, phase {deg:.6g}°, "
                             f"output {'on' if on else 'off'}"
                         )
                 else:

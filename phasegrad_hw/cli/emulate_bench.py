@@ -1,9 +1,11 @@
 """``phasegrad-hw emulate bench``: SCPI bench instruments around an emulated chip, over TCP.
 
-The SMU listens on PORT, the phase meter on PORT+1, the injection source on PORT+2 (PORT 0:
-any three free ports). Prints one line per instrument, ``<name> TCPIP::<host>::<port>::SOCKET``,
-then ``bench <path>``: a bench config (``backend = "visa"``) usable as ``--device`` for
-``train``. Serves until SIGINT/SIGTERM, then leaves the emulated chip safe.
+The SMU listens on PORT, the phase meter on PORT+1, the injection source on PORT+2 and, for a
+chip with held inputs or driven oscillators, the input source (held phases, drive;
+docs/design.md §8, §9) on PORT+3 (PORT 0: any free ports). Prints one line per instrument,
+``<name> TCPIP::<host>::<port>::SOCKET``, then ``bench <path>``: a bench config
+(``backend = "visa"``) usable as ``--device`` for ``train``. Serves until SIGINT/SIGTERM, then
+leaves the emulated chip safe.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class EmulateBenchOptions(StrictModel):
     """Validated options of ``emulate bench``."""
 
     device: Path
-    tcp: int = Field(ge=0, le=65533)
+    tcp: int = Field(ge=0, le=65532)
     host: str = "127.0.0.1"
     out: Path | None = None
     fault: list[str] = Field(default_factory=list)
@@ -38,19 +40,23 @@ class EmulateBenchOptions(StrictModel):
 
 def build_emulator(opts: EmulateBenchOptions) -> Any:
     """The :class:`BenchEmulator` for ``opts.device`` (a chip file or a ``visa`` bench file)."""
-    from phasegrad_hw.backends.visa_config import VisaBenchModel, bench_for_chip
+    from phasegrad_hw.backends.visa_config import (
+        INPUT_SOURCE,
+        INSTRUMENTS,
+        VisaBenchModel,
+        bench_for_chip,
+    )
     from phasegrad_hw.device.registry import load_device_model
     from phasegrad_hw.firmware_models.instruments import BenchEmulator, Fault
 
     model = load_device_model(opts.device)
     if isinstance(model, VisaBenchModel):
         bench = model
-    else:
+    else:  # wired one-to-one; the input source only when the chip has held inputs or a drive
         placeholder = "TCPIP::127.0.0.1::0::SOCKET"
-        bench = bench_for_chip(
-            model, dict.fromkeys(("smu", "phase_meter", "injection"), placeholder)
-        )
-    ports = (opts.tcp, opts.tcp + 1, opts.tcp + 2) if opts.tcp else (0, 0, 0)
+        bench = bench_for_chip(model, dict.fromkeys((*INSTRUMENTS, INPUT_SOURCE), placeholder))
+    # PORT, PORT+1, … in the order of bench.instruments() (the emulator's order too)
+    ports = tuple(opts.tcp + k if opts.tcp else 0 for k in range(len(bench.instruments())))
     emu = BenchEmulator(bench, host=opts.host, ports=ports, seed=opts.seed)
     for spec in opts.fault:
         emu.inject(Fault.parse(spec))
@@ -91,7 +97,10 @@ def register(groups: Any) -> None:
             ..., "--device", help="Device file of the emulated chip, or a visa bench file."
         ),
         tcp: int = typer.Option(
-            ..., "--tcp", help="SMU port; phase meter PORT+1, injection PORT+2 (0 = any free)."
+            ...,
+            "--tcp",
+            help="SMU port; phase meter PORT+1, injection PORT+2, input source (held inputs, "
+            "drive) PORT+3 (0 = any free).",
         ),
         host: str = typer.Option("127.0.0.1", "--host", help="TCP address to bind."),
         out: Path | None = typer.Option(
@@ -105,7 +114,8 @@ def register(groups: Any) -> None:
         ),
         seed: int | None = typer.Option(None, "--seed", help="Noise seed of the chip emulator."),
     ) -> None:
-        """Run an SMU, a phase meter and an injection source for an emulated chip over TCP."""
+        """Run an SMU, a phase meter, an injection source (and, for held inputs or a drive,
+        an input source) for an emulated chip over TCP."""
         try:
             opts = EmulateBenchOptions(
                 device=device, tcp=tcp, host=host, out=out, fault=fault, seed=seed

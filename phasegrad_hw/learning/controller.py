@@ -291,9 +291,10 @@ class EPController:
             None, prep.targets, cfg.beta, cfg.averages, cfg.mode == "centred"
         )
 
-    async def _run_all(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    async def _run_all(self, factories: Sequence[Callable[[], Awaitable[T]]], what: str) -> list[T]:
         """Run one coroutine per substrate (k = 0…); on any error or cancellation stop the
-        others, make every involved substrate safe, and re-raise."""
+        others, make every involved substrate safe, and re-raise (the log names ``what``
+        was interrupted: ``"step"``, ``"evaluation"``)."""
         subs = self.substrates[: len(factories)]
         tasks: list[asyncio.Future[T]] = []
         try:
@@ -304,7 +305,8 @@ class EPController:
         except BaseException as exc:
             self.stats.errors += 1
             log.warning(
-                "step aborted (%s: %s); making %d substrate(s) safe",
+                "%s aborted (%s: %s); making %d substrate(s) safe",
+                what,
                 type(exc).__name__,
                 exc,
                 len(subs),
@@ -381,7 +383,9 @@ class EPController:
                 out.append(await sub.read_phases(avg))
             return out
 
-        shares = await self._run_all([partial(share, k) for k in range(min(m, len(ws)))])
+        shares = await self._run_all(
+            [partial(share, k) for k in range(min(m, len(ws)))], "evaluation"
+        )
         for k, rs in enumerate(shares):
             phases[k::m] = [r.phases for r in rs]
             locked[k::m] = [r.locked for r in rs]
@@ -396,7 +400,7 @@ class EPController:
         for start in range(0, len(prepared), m):  # rounds of one sample per substrate
             chunk = prepared[start : start + m]
             readings += await self._run_all(
-                [partial(self._measure, k, p) for k, p in enumerate(chunk)]
+                [partial(self._measure, k, p) for k, p in enumerate(chunk)], "step"
             )
         return self._update(readings)
 

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def uses_engine(model: DeviceModel | None) -> bool:
 
 
 def controller_setup(
-    options: Any, model: DeviceModel, noise_map: bool
+    options: Any, model: DeviceModel, noise_map: bool, *, couplings: bool = True
 ) -> tuple[EPConfig, PhaseEncoding, Parameters]:
     """The hardware loop's settings for a held-input layered device (docs/design.md §8): the
     layered engine's defaults (:class:`~phasegrad_hw.engine.layered.LayeredConfig`: centred
@@ -210,7 +210,11 @@ def controller_setup(
     and ω stays 0, K ~ N(0, 1/fan_in) from ``--seed`` clipped to the device's limits), with
     β, averages and mode from the noise map (``noise_map``) or the command line, and
     ``--lr`` / ``--params both`` as in :func:`train_held_inputs`. ``options`` a resolved
-    :class:`~phasegrad_hw.studies.training.TrainOptions` (``prepare``)."""
+    :class:`~phasegrad_hw.studies.training.TrainOptions` (``prepare``). ``couplings``: whether
+    the device can set its couplings; a device that cannot (a SCPI bench: the chip's coupling
+    capacitors are fixed) learns the frequencies of its hidden and output oscillators
+    instead (``params = "omega"`` at the same learning rate), from ω = 0 and the couplings
+    the device file states."""
     from phasegrad_hw.engine.layered import LayeredConfig, init_params, layered_from_device
     from phasegrad_hw.studies.training import TrainOptions, prepare
 
@@ -229,13 +233,16 @@ def controller_setup(
         return given if noise_map or given != getattr(generic, key) else layered
 
     lr = base.lr_k if o.lr == generic.lr else o.lr
+    params: Literal["omega", "K", "both"] = "both" if o.params == "both" else "K"
+    if not couplings:
+        params = "omega"
     rule = EPRule(
-        params="both" if o.params == "both" else "K",
+        params=params,
         beta=pick("beta", base.beta),
         mode=pick("mode", base.mode),
         averages=pick("averages", 1),
-        lr_k=lr,
-        lr_omega=lr if o.params == "both" else 0.0,
+        lr_k=lr if params != "omega" else 0.0,
+        lr_omega=lr if params != "K" else 0.0,
         clip=100.0,  # (the engine does not clip; a bound against a corrupted read)
         basin_jump_rad=base.basin_jump_rad,
         optimizer=base.optimizer,
@@ -247,8 +254,11 @@ def controller_setup(
         omega_lock_frac=base.omega_lock_frac,
         held_load_frac=base.held_load_frac,
     )
-    _, k_net = init_params(dev.net, base.init_scale, o.seed)
-    K = np.empty(len(model.edges))
-    K[dev.edge_of] = np.clip(k_net, dev.k_lo, dev.k_hi)
+    if couplings:
+        _, k_net = init_params(dev.net, base.init_scale, o.seed)
+        K = np.empty(len(model.edges))
+        K[dev.edge_of] = np.clip(k_net, dev.k_lo, dev.k_hi)
+    else:
+        K = model.coupling_values()
     enc = PhaseEncoding.for_device(model, base.loss_scale)
     return cfg, enc, Parameters(np.zeros(model.n), K)

@@ -487,7 +487,10 @@ async def train_device(
                 lt.check_task_fits(dataset, sub.model)
                 asked = o.model_copy(update={"params": setup.options.params})
                 ep, enc, held_params = lt.controller_setup(
-                    asked, sub.model, setup.noise is not None
+                    asked,
+                    sub.model,
+                    setup.noise is not None,
+                    couplings=Capability.COUPLINGS in sub.capabilities,
                 )
                 start_params = start_params or held_params
             if rs is not None:

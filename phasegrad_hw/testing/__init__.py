@@ -10,7 +10,10 @@ Never imported by the library itself (an import-linter contract keeps it that wa
   chip, so the DAQ driver runs without NI hardware;
 * :mod:`~phasegrad_hw.testing.networks` — small devices and tasks (2+5+2, tiny, blobs);
 * :mod:`~phasegrad_hw.testing.mosquitto` — a private mosquitto broker (users, ACL, TLS) on a
-  free loopback port, for MQTT tests, examples and benchmarks.
+  free loopback port, for MQTT tests, examples and benchmarks, and ``phasegrad-hw agent`` in
+  its own process on it (:func:`~phasegrad_hw.testing.mosquitto.agent_process`);
+* :mod:`~phasegrad_hw.testing.remote` — remote training over MQTT: the vowel device and data,
+  the in-process reference, the agent-SIGKILL experiment of tests and benchmarks.
 
 A ``transcripts`` module (in-memory transcripts of a driver's link, to test a driver
 without its instrument) belongs here too; its drivers plug into

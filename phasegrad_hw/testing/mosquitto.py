@@ -14,17 +14,28 @@ a controller reads its replies and no one else's (docs/mqtt.md). Anonymous clien
 refused, unless ``anonymous=True`` (then they may use ``phasegrad/#``). ``nodelay=False``
 leaves out ``set_tcp_nodelay true`` (mosquitto's default configuration). Without the
 mosquitto binaries :class:`Mosquitto` raises :class:`MissingBroker`.
+
+:func:`agent_process` runs ``phasegrad-hw agent`` serving a device on such a broker in its
+own Python process (:func:`child_env`: the child imports this same ``phasegrad_hw``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class MissingBroker(RuntimeError):
@@ -243,3 +254,120 @@ class Mosquitto:
         self.kill()
         time.sleep(down_s)
         self.start()
+
+
+# --------------------------------------------------------------------------- agent process
+def child_env() -> dict[str, str]:
+    """Environment for a child Python process that imports this same ``phasegrad_hw`` (the
+    directory it was imported from first on ``PYTHONPATH``, the rest kept)."""
+    import phasegrad_hw
+
+    root = str(Path(phasegrad_hw.__file__).resolve().parents[1])
+    parts = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts)}
+
+
+@dataclass
+class AgentProcess:
+    """A ``phasegrad-hw agent`` process; after the ``with`` block ``stdout_text`` and
+    ``stderr_text`` hold its output and ``stats`` its ``agent stats`` line (parsed), if any."""
+
+    p: subprocess.Popen[str]
+    stdout_text: str = ""
+    stderr_text: str = ""
+    stats: dict[str, Any] | None = None
+
+    def device_state(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The served device's state as the agent process sees it now, asked by SIGUSR1
+        (needs ``agent_process(..., probe=True)``): ``clamped`` (a nudge is on) and
+        ``biases`` (the bias vector in the device's unit, for substrates that keep one —
+        the simulated device: its ω — else None)."""
+        assert self.p.stdout is not None
+        self.p.send_signal(signal.SIGUSR1)
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout_s)
+        line = self.p.stdout.readline() if ready else ""
+        if not line.startswith("agent state "):
+            raise AssertionError(f"no device state from the agent: {line!r}")
+        state: dict[str, Any] = json.loads(line.removeprefix("agent state "))
+        return state
+
+
+AGENT_CODE = (
+    "import logging, sys; logging.basicConfig(level=logging.INFO); "
+    "from phasegrad_hw.cli import main; sys.argv[0] = 'phasegrad-hw'; main()"
+)
+#: Run before :data:`AGENT_CODE` by ``agent_process(probe=True)``: SIGUSR1 prints the served
+#: substrate's state as one line ``agent state {...}`` (a test's view inside the agent).
+PROBE_CODE = """
+import json, signal, sys
+import numpy as np
+from phasegrad_hw.fleet import agent as _agent_mod
+
+_init = _agent_mod.Agent.__init__
+
+def _probed_init(self, substrate, *args, **kw):
+    _init(self, substrate, *args, **kw)
+
+    def report(signum, frame):
+        biases = getattr(substrate, "omega", None)
+        state = {
+            "clamped": bool(substrate.clamped),
+            "biases": None if biases is None else np.asarray(biases, dtype=float).tolist(),
+            "safe_biases": substrate.model.safe_biases().tolist(),
+        }
+        print("agent state " + json.dumps(state), flush=True)
+
+    signal.signal(signal.SIGUSR1, report)
+
+_agent_mod.Agent.__init__ = _probed_init
+"""
+
+
+def agent_args(broker_uri: str, device: Path | str, name: str, *extra: str) -> list[str]:
+    """Arguments of ``phasegrad-hw agent`` serving ``device`` as ``name`` on ``broker_uri``."""
+    return ["agent", "--device", str(device), "--broker", broker_uri, "--name", name, *extra]
+
+
+@contextmanager
+def agent_process(
+    broker_uri: str,
+    device: Path | str,
+    name: str,
+    *extra: str,
+    ready_s: float = 30.0,
+    probe: bool = False,
+    cwd: Path | None = None,
+) -> Iterator[AgentProcess]:
+    """The agent command (INFO log on stderr) in its own process (:func:`child_env`); returns
+    once it prints ``agent NAME ready``. ``probe``: :meth:`AgentProcess.device_state` works.
+    At exit: SIGTERM if still running, output collected."""
+    code = (PROBE_CODE + "\n" if probe else "") + AGENT_CODE
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *agent_args(broker_uri, device, name, *extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=child_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], ready_s)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != f"agent {name} ready":
+        proc.kill()
+        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    out = AgentProcess(proc)
+    try:
+        yield out
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            o, e = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            o, e = proc.communicate(timeout=5)
+        out.stdout_text, out.stderr_text = o, e
+        for ln in o.splitlines():
+            if ln.startswith("agent stats "):
+                out.stats = json.loads(ln.removeprefix("agent stats "))

@@ -239,11 +239,15 @@ class FirmwareStream:
             target=self._loop.run_forever, name="firmware-stream", daemon=True
         )
         self._thread.start()
+        self._stopping = False
         self._call(firmware.power_on())
         self.is_open = False
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop.is_closed():
+        """Run ``coro`` on the firmware's loop and wait for it. A coroutine the loop will never
+        run (shut down before or meanwhile) is closed — never left un-awaited — and the call
+        fails with :class:`OSError`, as for an unplugged board."""
+        if self._stopping or self._loop.is_closed():
             coro.close()
             raise OSError("in-memory board shut down")
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -253,6 +257,7 @@ class FirmwareStream:
             except concurrent.futures.TimeoutError:
                 if not self._thread.is_alive():  # shut down meanwhile: nothing will answer
                     fut.cancel()
+                    coro.close()
                     raise OSError("in-memory board shut down") from None
 
     def open(self) -> None:
@@ -294,6 +299,7 @@ class FirmwareStream:
         try:
             self._call(self.firmware.make_safe())
         finally:
+            self._stopping = True  # later calls fail at once (their coroutines closed)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()

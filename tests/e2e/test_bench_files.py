@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
-import signal
+import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phasegrad_hw.device.registry import load_device_model
+from phasegrad_hw.engine.layered import phase_data
+from phasegrad_hw.learning.tasks import load_task
+from phasegrad_hw.testing.networks import model_layered_small
 from tests.conftest import REPO
-from tests.e2e.benches import scpi_query, start_emulated_bench
+from tests.e2e.benches import CLI, emulated_bench, scpi_query
 from tests.mosquitto import child_env
 
-CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 BENCHES = REPO / "examples" / "benches"
 
 
@@ -31,12 +32,23 @@ def test_templates_load_as_device_files(name: str, backend: str) -> None:
     assert text.startswith("#") and "bench check" in text
 
 
+def test_scpi_template_shows_the_input_source_commented() -> None:
+    """The held-input/drive instrument is documented (with units) but not configured: the
+    template's 2+5+2 chip has no held inputs, so the loaded bench has no input source."""
+    text = (BENCHES / "scpi-bench.toml").read_text()
+    commented = [ln[2:] for ln in text.splitlines() if ln.startswith("# ")]
+    assert "[input_source]" in commented
+    assert any(ln.startswith("drive_v_per_unit = 1.0") and "(V)" in ln for ln in commented)
+    assert any(ln.startswith("timeout_s =") and "(s)" in ln for ln in commented)
+    assert any(ln.startswith("channels =") and "held inputs" in ln for ln in commented)
+    assert load_device_model(BENCHES / "scpi-bench.toml").input_source is None  # type: ignore[attr-defined]
+
+
 def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
     dev = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
     bench_file = tmp_path / "bench.toml"
-    proc, ports = start_emulated_bench(dev, bench_file)
-    try:
+    with emulated_bench(dev, bench_file) as (_, ports):
         model = load_device_model(dev)
         # put the bench in a non-safe state a check must leave as it is
         levels = [float(0.5 * (b + model.limits.bias.max)) for b in model.safe_biases()]
@@ -60,13 +72,6 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
         after = scpi_query(ports["smu"], *queries)
         assert after == before
         assert np.allclose([float(v) for v in after[:9]], levels)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_bench_check_mistakes(tmp_path: Path) -> None:
@@ -79,3 +84,58 @@ def test_bench_check_mistakes(tmp_path: Path) -> None:
         )
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_held_chip_trains_behind_an_emulated_bench(tmp_path: Path) -> None:
+    """``emulate bench`` for a CMOS chip with held inputs serves the input source too, and
+    ``train --device BENCH`` runs through the SCPI driver: the couplings are the chip's own
+    (a SCPI bench cannot set them), the frequencies learn, and the input source holds the
+    phases of a sample of the task (output on) when training ends."""
+    pytest.importorskip("pyvisa")
+    model = model_layered_small("cmos", sizes=(2, 4, 2))
+    dev, bench_file, out = tmp_path / "held.toml", tmp_path / "bench.toml", tmp_path / "r.json"
+    model.save(dev)
+    with emulated_bench(dev, bench_file, "--seed", "1") as (_, ports):
+        assert list(ports) == ["smu", "phase_meter", "injection", "input_source"]
+        bench = load_device_model(bench_file)
+        assert bench.input_source is not None and bench.input_source.channels == [1, 2]  # type: ignore[attr-defined]
+        assert scpi_query(ports["input_source"], "*IDN?")[0].split(",")[1] == "EMU-INPUTS"
+        args = ["train", "--device", str(bench_file), "--task", "vowels:a,i", "--epochs", "1"]
+        res = subprocess.run(
+            [*CLI, *args, "--no-store", "--json", str(out)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "params: omega (this device cannot set couplings)" in res.stdout
+        r = json.loads(out.read_text())
+        assert r["epochs"] == 1 and r["ep_config"]["rule"]["params"] == "omega"
+        ds = load_task("vowels:a,i", seed=0)
+        assert r["skipped_samples"] < len(ds.y_train)  # some steps updated
+        omega = np.asarray(r["parameters"]["omega"])
+        learn = [*model.roles.hidden, *model.roles.outputs]
+        assert np.any(omega[learn] != 0.0) and np.all(omega[model.roles.held] == 0.0)
+        assert np.array_equal(r["parameters"]["coupling"], model.coupling_values())
+        # the instrument's state: held channels on, phases those of one sample (rad → deg)
+        reply = scpi_query(
+            ports["input_source"], ":OUTP1?", ":OUTP2?", ":SOUR1:PHAS?", ":SOUR2:PHAS?"
+        )
+        assert reply[:2] == ["1", "1"], reply
+        deg = np.array([float(v) for v in reply[2:]])
+        enc = phase_data(ds, model.input_phase_range_rad)
+        phases = np.degrees(np.concatenate([enc.train.phases, enc.test.phases]))
+        err = np.abs((deg - phases + 180.0) % 360.0 - 180.0).max(axis=1)
+        assert err.min() < 1e-9 and np.any(deg != 0.0), (deg, err.min())
+        assert scpi_query(ports["input_source"], ":SYST:ERR?") == ['0,"No error"']
+        # bench check reads the input source too
+        chk = subprocess.run(
+            [*CLI, "bench", "check", str(bench_file)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=120,
+        )
+        assert chk.returncode == 0, chk.stdout + chk.stderr
+        assert chk.stdout.count("  input_source ch") == 2 and "(held input 1)" in chk.stdout

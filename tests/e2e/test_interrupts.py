@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,9 @@ import pytest
 
 from phasegrad_hw.store import RunStore
 from tests.conftest import REPO, require
-from tests.e2e.benches import scpi_query, start_emulated_bench
+from tests.e2e.benches import CLI, child_process, emulated_bench, scpi_query
 from tests.mosquitto import child_env
 
-CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 DEVICES = REPO / "examples" / "devices"
 EPOCHS = 3
 EXIT_WITHIN_S = 2.0
@@ -92,15 +90,7 @@ def interrupt(
     args: list[str], store: Path, sig: signal.Signals, *, twice: bool = False
 ) -> tuple[str, str]:
     """Start ``args``, signal it mid-epoch 2, check the exit; returns (run id, stderr)."""
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=child_env(),
-    )
-    try:
+    with child_process(args, stdout=subprocess.DEVNULL) as proc:
         epoch_s = wait_for_checkpoint(proc, store)
         time.sleep(min(0.3 * epoch_s, 1.0))
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -112,10 +102,6 @@ def interrupt(
         code = proc.wait(timeout=30)
         took = time.monotonic() - t0
         err = proc.stderr.read() if proc.stderr else ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert took <= EXIT_WITHIN_S, f"exit took {took:.2f} s after {sig.name}"
     assert code == 128 + sig.value, (code, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -204,25 +190,12 @@ def board(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     from phasegrad_hw.device.registry import load_device_model
 
     dev = copy_device(tmp_path, "cmos-2-5-2.toml")
-    proc = subprocess.Popen(
-        [*CLI, "emulate", "board", "--device", str(dev), "--pty", "--seed", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    try:
+    args = [*CLI, "emulate", "board", "--device", str(dev), "--pty", "--seed", "2"]
+    with child_process(args) as proc:
         assert proc.stdout is not None
         kind, _, path = proc.stdout.readline().strip().partition(" ")
         assert kind == "board", proc.stderr.read() if proc.stderr else ""
         yield path, load_device_model(dev)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow
@@ -254,8 +227,7 @@ def test_scpi_bench(tmp_path: Path) -> None:
 
     dev = copy_device(tmp_path, "cmos-2-5-2.toml")
     bench_file = tmp_path / "bench.toml"
-    proc, ports = start_emulated_bench(dev, bench_file, "--seed", "2")
-    try:
+    with emulated_bench(dev, bench_file, "--seed", "2") as (_, ports):
         model = load_device_model(dev)
         ref = tmp_path / "ref.json"
         run_ok(train_args(str(bench_file), tmp_path / "ref.sqlite", ref))
@@ -269,91 +241,40 @@ def test_scpi_bench(tmp_path: Path) -> None:
         outs = scpi_query(ports["injection"], *[f":OUTP{c}?" for c in range(1, 3)])
         assert all(o in ("0", "OFF") for o in outs), outs
         resume_and_compare(store, run_id, tmp_path / "resumed.json", ref, atol=1e-9)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------------- MQTT
-AGENT = """
-import asyncio, json, signal, sys
-import numpy as np
-from phasegrad_hw.backends.simulated import SimulatedSubstrate
-from phasegrad_hw.fleet.agent import Agent
-from phasegrad_hw.fleet.telemetry import BrokerConfig
-from tests.e2e.test_mqtt_remote import NAME, vowel_model
-
-async def main() -> None:
-    chip = SimulatedSubstrate(vowel_model(), seed=3)
-    cfg, _, _ = BrokerConfig.parse(sys.argv[1])
-    agent = Agent(chip, cfg, NAME)
-    task = asyncio.create_task(agent.run())
-    await asyncio.wait_for(agent.ready.wait(), 30)
-    loop = asyncio.get_running_loop()
-
-    def report() -> None:  # the agent's substrate, as it is now
-        safe = chip._clamp is None and bool(np.array_equal(chip.omega, chip.model.safe_biases()))
-        print(json.dumps({"safe": safe}), flush=True)
-
-    loop.add_signal_handler(signal.SIGUSR1, report)
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    task.cancel()
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.slow
 def test_mqtt_agent(tmp_path: Path) -> None:
     pytest.importorskip("aiomqtt")
-    from tests.e2e.test_mqtt_remote import NAME, vowel_model
-    from tests.mosquitto import Mosquitto
+    from phasegrad_hw.testing.remote import NAME, vowel_model
+    from tests.mosquitto import Mosquitto, agent_process
 
     require(shutil.which("mosquitto") is not None, "mosquitto broker")
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
-    agent = subprocess.Popen(
-        [sys.executable, "-c", AGENT, broker.uri("agent")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=child_env(),
-    )
+    dev_file = tmp_path / "vowel.toml"
+    vowel_model().save(dev_file)
     try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "ready", agent.stderr
-        dev_file = tmp_path / "vowel.toml"
-        vowel_model().save(dev_file)
-        uri = broker.uri("controller", NAME)
-        ref = tmp_path / "ref.json"
-        run_ok(train_args(str(dev_file), tmp_path / "ref.sqlite", ref))
-        store = tmp_path / "runs.sqlite"
-        run_id, _ = interrupt(train_args(uri, store, tmp_path / "x.json"), store, signal.SIGTERM)
-        # the agent's substrate: clamp released, every bias at its safe value
-        agent.send_signal(signal.SIGUSR1)
-        assert json.loads(agent.stdout.readline()) == {"safe": True}
-        # the store keeps no password: the resumed run takes it from the environment
-        resume_and_compare(
-            store,
-            run_id,
-            tmp_path / "resumed.json",
-            ref,
-            atol=1e-9,
-            PHASEGRAD_HW_MQTT_PASSWORD="controller-pw",
-        )
+        with agent_process(broker.uri("agent"), dev_file, NAME, "--seed", "3", probe=True) as agent:
+            uri = broker.uri("controller", NAME)
+            ref = tmp_path / "ref.json"
+            run_ok(train_args(str(dev_file), tmp_path / "ref.sqlite", ref))
+            store = tmp_path / "runs.sqlite"
+            run_id, _ = interrupt(
+                train_args(uri, store, tmp_path / "x.json"), store, signal.SIGTERM
+            )
+            # the agent's substrate: clamp released, every bias at its safe value
+            state = agent.device_state()
+            assert not state["clamped"] and state["biases"] == state["safe_biases"], state
+            # the store keeps no password: the resumed run takes it from the environment
+            resume_and_compare(
+                store,
+                run_id,
+                tmp_path / "resumed.json",
+                ref,
+                atol=1e-9,
+                PHASEGRAD_HW_MQTT_PASSWORD="controller-pw",
+            )
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
         broker.stop()

@@ -18,13 +18,14 @@ from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubst
 from phasegrad_hw.errors import LimitError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.physics import Array
+from phasegrad_hw.testing.remote import NAME, vowel_model
 from phasegrad_hw.wire.mqtt import (
     LEGACY_BATCH_OPS,
     MAX_BATCH_OPS,
     BrokerConfig,
     max_request_bytes,
 )
-from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
+from tests.e2e.test_mqtt_remote import SpySubstrate
 from tests.mosquitto import Mosquitto, broker, local_agent  # noqa: F401  (fixture)
 
 REFUSED_OMEGA = 0.77  # the agent's device refuses this ω (its own limit check)

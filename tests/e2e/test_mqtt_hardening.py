@@ -21,20 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from phasegrad_hw.backends.mqtt import AgentRestartedError, MqttSubstrate
+from phasegrad_hw.backends.mqtt import MqttSubstrate
 from phasegrad_hw.errors import ConfigError
 from phasegrad_hw.fleet.agent import Agent
-from phasegrad_hw.learning.controller import Parameters, StepReport
-from phasegrad_hw.learning.loop import LoopObserver
+from phasegrad_hw.testing.remote import NAME, in_process, sigkill_run, vowel_model
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.conftest import REPO
-from tests.e2e.test_mqtt_remote import (
-    NAME,
-    SpySubstrate,
-    in_process,
-    train,
-    vowel_model,
-)
+from tests.e2e.test_mqtt_remote import SpySubstrate
 from tests.mosquitto import (  # noqa: F401  (fixture)
     Mosquitto,
     agent_args,
@@ -372,74 +365,6 @@ def test_agent_killed_and_restarted_mid_training(
     runs.append(sigkill_run(broker, device_file, epochs, reference, None, 0.0))
     print("restart outcomes:", [(r["outcome"], r["detail"][:80]) for r in runs])
     assert [r["outcome"] for r in runs] == ["clear error"] * 3 + ["identical"]
-
-
-def sigkill_run(
-    b: Mosquitto,
-    device_file: Path,
-    epochs: int,
-    reference: Parameters,
-    kill_step: int | None,
-    delay_s: float,
-) -> dict[str, Any]:
-    """Train remotely; ``delay_s`` s after step ``kill_step`` SIGKILL the agent and start
-    another. Outcome ``identical`` (bit-identical to ``reference``), ``clear error`` (the
-    run stopped with :class:`AgentRestartedError` saying no update was made), ``DIFFERENT``
-    (finished with other parameters) or ``unclear error`` (stopped with anything else)."""
-    import threading
-
-    done = threading.Event()
-    killed: list[float] = []
-    with agent_process(b.uri("agent"), device_file, NAME) as first:
-        sub = MqttSubstrate(
-            BrokerConfig.parse(b.uri("controller"))[0],
-            NAME,
-            model=vowel_model(),
-            timeout_s=30.0,
-            retry_s=0.3,
-        )
-
-        def restart() -> None:
-            time.sleep(delay_s)
-            first.p.send_signal(signal.SIGKILL)
-            killed.append(time.monotonic())
-            first.p.wait(5)
-            with agent_process(b.uri("agent"), device_file, NAME):
-                done.wait(60)
-
-        killer = threading.Thread(target=restart, daemon=True)
-        steps = [0]
-
-        class Killer(LoopObserver):
-            def on_step(self, report: StepReport) -> None:
-                steps[0] += 1
-                if steps[0] == kill_step:
-                    killer.start()
-
-        async def go() -> Parameters:
-            async with sub:
-                return await train(sub, epochs, [Killer()])
-
-        out: dict[str, Any] = {"kill_step": kill_step, "delay_s": delay_s, "detail": ""}
-        try:
-            params = asyncio.run(go())
-            same = np.array_equal(params.omega, reference.omega) and np.array_equal(
-                params.coupling, reference.coupling
-            )
-            out["outcome"] = "identical" if same else "DIFFERENT"
-        except AgentRestartedError as exc:
-            clear = "restarted" in str(exc) and "no update" in str(exc)
-            out["outcome"] = "clear error" if clear else "unclear error"
-            out["detail"] = str(exc)
-        except Exception as exc:
-            out["outcome"], out["detail"] = "unclear error", f"{type(exc).__name__}: {exc}"
-        finally:
-            done.set()
-            if killer.is_alive():
-                killer.join(30)
-        out["killed"] = bool(killed)
-        out["steps_done"] = steps[0]
-        return out
 
 
 def test_config_error_for_anonymous_in_process(tmp_path: Path) -> None:

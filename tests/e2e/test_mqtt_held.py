@@ -17,8 +17,9 @@ from phasegrad_hw.device.substrate import Capability, PhaseReading
 from phasegrad_hw.errors import DeviceError, LimitError, ProtocolError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
+from phasegrad_hw.testing.remote import NAME, vowel_model
 from phasegrad_hw.wire.mqtt import BrokerConfig
-from tests.e2e.test_mqtt_remote import NAME, SpySubstrate, vowel_model
+from tests.e2e.test_mqtt_remote import SpySubstrate
 from tests.mosquitto import Mosquitto, broker, local_agent, password  # noqa: F401  (fixture)
 from tests.protocol.test_agent_fuzz import HeldSpy, held_model
 

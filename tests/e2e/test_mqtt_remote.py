@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError, DeviceTimeoutError, LimitError
 from phasegrad_hw.fleet.agent import Agent
 from phasegrad_hw.fleet.telemetry import Telemetry
-from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
-from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, train_on_substrates
-from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
+from phasegrad_hw.learning.controller import Parameters, StepReport
+from phasegrad_hw.learning.loop import LoopObserver
 from phasegrad_hw.physics import Array
+from phasegrad_hw.testing.remote import NAME, in_process, train, vowel_model
 from phasegrad_hw.wire.mqtt import BrokerConfig
 from tests.conftest import REPO
 from tests.mosquitto import (  # noqa: F401  (fixture)
@@ -37,34 +36,6 @@ from tests.mosquitto import (  # noqa: F401  (fixture)
     child_env,
     local_agent,
 )
-
-NAME = "lab/chip"
-
-
-def vowel_model(noise_rad: float = 0.01) -> SimulatedDeviceModel:
-    """The 2+5+2 vowel topology (contracts.md) with published K draws and readout noise."""
-    rng = np.random.default_rng(0)
-    edges = [
-        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
-    ]
-    edges += [
-        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
-    ]
-    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    return SimulatedDeviceModel.model_validate(
-        {
-            "name": "vowel-2-5-2",
-            "n_oscillators": 9,
-            "edges": edges,
-            "roles": {
-                "inputs": [0, 1],
-                "hidden": [2, 3, 4, 5, 6],
-                "outputs": [7, 8],
-                "reference": 0,
-            },
-            "readout_noise_rad": noise_rad,
-        }
-    )
 
 
 @pytest.fixture
@@ -103,25 +74,6 @@ class SpySubstrate(SimulatedSubstrate):
         if self.read_delay_s:
             await asyncio.sleep(self.read_delay_s)
         return await super()._read(averages)
-
-
-DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)
-
-
-async def train(sub: Any, epochs: int, observers: Sequence[LoopObserver] = ()) -> Parameters:
-    res = await train_on_substrates(
-        [sub], DATA, Encoding(), EPConfig(), LoopOptions(epochs=epochs, seed=0), observers
-    )
-    assert len(res.state.history) == epochs
-    return res.state.params
-
-
-def in_process(device: Path, epochs: int) -> Parameters:
-    async def go() -> Parameters:
-        async with open_substrate(device) as s:
-            return await train(s, epochs)
-
-    return asyncio.run(go())
 
 
 def assert_same(a: Parameters, b: Parameters) -> None:

@@ -91,3 +91,38 @@ async def test_serial_substrate_over_an_in_memory_link_matches_in_process() -> N
         assert np.array_equal(
             stream.firmware.dac_codes, stream.firmware._codes_for(chip.model.safe_biases())
         )
+
+
+def test_firmware_stream_closes_what_a_stopped_loop_will_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write in the shutdown window (loop stopped, not yet closed — a driver thread still
+    writing) fails with OSError and leaves no ``handle_line`` coroutine un-awaited."""
+    import gc
+    import sys
+    import warnings
+
+    from phasegrad_hw.testing.networks import model_2_5_2
+    from phasegrad_hw.testing.transcripts import FirmwareStream
+
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(str(u.exc_value)))
+    stream = FirmwareStream(BoardFirmware(SimulatedSubstrate(model_2_5_2())))
+    stream.open()
+    stream.write(frame("1 PING"))
+    assert stream.read(0.0).startswith(b"1 OK PONG")
+    stream._loop.call_soon_threadsafe(stream._loop.stop)  # the window inside shutdown()
+    stream._thread.join(10)
+    refused = []
+    with warnings.catch_warnings(record=True) as caught:  # (closing the loop drops its queue)
+        warnings.simplefilter("always")
+        for line in ("2 PING", "3 PING"):  # in the window, then after close
+            try:
+                stream.write(frame(line))
+            except OSError as exc:
+                refused.append(str(exc))
+            stream._loop.close()
+        gc.collect()
+    assert refused == ["in-memory board shut down"] * 2
+    unawaited = [*unraisable, *(str(w.message) for w in caught)]
+    assert not [u for u in unawaited if "never awaited" in u], unawaited
