@@ -455,10 +455,14 @@ async def run_calibration(
     *,
     seed: int = 0,
     progress: Any = None,
+    task_samples: Any = None,
+    batch_size: int | None = None,
 ) -> CalibrationReport:
     """Run the chosen routines on a connected substrate, in the order transfer (installs
     the map) → symmetry → stability (reusing the identified Laplacian) → noise. The caller
-    owns the connection (``async with``), so an interruption leaves the device safe."""
+    owns the connection (``async with``), so an interruption leaves the device safe.
+    ``task_samples`` (:class:`~phasegrad_hw.calibration.noise.TaskSamples`, needed on a
+    held-input device) and ``batch_size`` make ``noise`` choose for mini-batch training."""
     from phasegrad_hw.calibration.common import no_progress, thresholds
     from phasegrad_hw.calibration.noise import NoiseConfig, calibrate_noise
     from phasegrad_hw.calibration.stability import StabilityConfig, calibrate_stability
@@ -494,5 +498,10 @@ async def run_calibration(
             sub, StabilityConfig(seed=seed), lambda m, f: prog(m, f), laplacian=lap
         )
     if "noise" in names:
-        report.noise = await calibrate_noise(sub, NoiseConfig(seed=seed), lambda m, f: prog(m, f))
+        ncfg = NoiseConfig(seed=seed)
+        if batch_size is not None:
+            ncfg = ncfg.model_copy(update={"batch_size": batch_size})
+        report.noise = await calibrate_noise(
+            sub, ncfg, lambda m, f: prog(m, f), samples=task_samples
+        )
     return report.finalise()

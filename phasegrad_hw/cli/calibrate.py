@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 from pydantic import Field, ValidationError
@@ -50,6 +50,9 @@ class CalibrateOptions(StrictModel):
     figures: bool = True
     use_transfer: bool = True
     save_transfer: bool = True
+    task: str | None = None  # noise on a held-input device: the task trained (default digits)
+    batch_size: int | None = Field(default=None, ge=1)  # default: train's batch for the device
+    samples: int | None = Field(default=None, ge=4)  # task samples measured (default: a batch)
 
 
 async def run(
@@ -87,7 +90,17 @@ async def run(
         async with sub:
             if opened is not None:
                 opened.append(True)
-            report = await run_calibration(sub, opts.routine, seed=opts.seed, progress=tick)
+            samples, batch = None, opts.batch_size
+            if opts.routine in ("noise", "all") and (sub.model.roles.held or opts.task):
+                samples, batch = _noise_samples(opts, sub.model)
+            report = await run_calibration(
+                sub,
+                opts.routine,
+                seed=opts.seed,
+                progress=tick,
+                task_samples=samples,
+                batch_size=batch,
+            )
     written = save_report(report, opts.out, opts.json_path, figures=opts.figures)
     use_with: list[str] = []
     if report.transfer is not None:
@@ -118,6 +131,21 @@ async def run(
     elif use_with:
         typer.echo(f"train with {' '.join(use_with)}")
     return 0 if report.passed else 1
+
+
+def _noise_samples(opts: CalibrateOptions, model: Any) -> tuple[Any, int]:
+    """Task samples for ``noise`` (the held-input chips train mini-batches of a task: β and
+    averages are chosen for its batch-mean gradient) and the batch size (``--batch-size``,
+    else ``train``'s for the device)."""
+    from phasegrad_hw.studies.layered_training import noise_samples
+
+    task = opts.task or "digits"
+    if opts.task is None:
+        log.info("calibrate noise: task digits (the default; --task to choose)")
+    samples, batch = noise_samples(
+        opts.device, model, task, seed=opts.seed, n=opts.samples or opts.batch_size
+    )
+    return samples, opts.batch_size or batch
 
 
 def register(groups: object) -> None:
@@ -151,6 +179,20 @@ def register(groups: object) -> None:
                 "the package's examples folder).",
             ),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+            task: str | None = typer.Option(
+                None,
+                "--task",
+                help="noise: the task to be trained (its samples and clamp targets) [default: "
+                "digits on a device with held inputs].",
+            ),
+            batch_size: int | None = typer.Option(
+                None,
+                "--batch-size",
+                help="noise: mini-batch size of the training [default: train's for the device].",
+            ),
+            samples: int | None = typer.Option(
+                None, "--samples", help="noise: task samples measured [default: one batch]."
+            ),
         ) -> None:
             from phasegrad_hw.cli.signals import Interrupted, run_async
             from phasegrad_hw.errors import SubstrateError
@@ -166,6 +208,9 @@ def register(groups: object) -> None:
                     figures=figures,
                     use_transfer=use_transfer,
                     save_transfer=save_transfer,
+                    task=task,
+                    batch_size=batch_size,
+                    samples=samples,
                 )
                 code = run_async(run(opts, progress, opened))
             except ValidationError as exc:

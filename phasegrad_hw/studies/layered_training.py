@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from phasegrad_hw.learning.chip import PhaseEncoding
 from phasegrad_hw.learning.controller import EPConfig, Parameters
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.tasks import Dataset, TaskError, load_task
+
+if TYPE_CHECKING:
+    from phasegrad_hw.calibration.noise import TaskSamples
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +255,40 @@ def controller_setup(
     K[dev.edge_of] = np.clip(k_net, dev.k_lo, dev.k_hi)
     enc = PhaseEncoding.for_device(model, base.loss_scale)
     return cfg, enc, Parameters(np.zeros(model.n), K)
+
+
+def noise_samples(
+    device: str,
+    model: DeviceModel,
+    task: str,
+    *,
+    seed: int = 0,
+    n: int | None = None,
+    data: Path | None = None,
+    label_column: str | None = None,
+) -> tuple[TaskSamples, int]:
+    """What ``calibrate noise`` needs to choose β and averages for the training
+    :func:`controller_setup` will run on a held-input device: ``n`` training samples of
+    ``task`` (drawn with ``seed``; default: one mini-batch) as held phases with their labels,
+    the training's clamp rule (softmax cross-entropy targets and gain), initial couplings
+    (from ``seed``) and ω; and the training's mini-batch size."""
+    from phasegrad_hw.calibration.noise import TaskSamples
+    from phasegrad_hw.studies.training import TrainOptions, prepare
+
+    dataset = load_task(task, data, seed=seed, label_column=label_column)
+    check_task_fits(dataset, model)
+    opts = prepare(TrainOptions(device=device, seed=seed, transfer="none", noise="none")).options
+    cfg, enc, params = controller_setup(opts, model, False)
+    count = min(n or cfg.batch_size, len(dataset.y_train))
+    idx = np.random.default_rng(seed).choice(len(dataset.y_train), size=count, replace=False)
+    x = np.asarray(dataset.x_train, dtype=np.float64)[idx]
+    samples = TaskSamples(
+        held_rad=enc.held_phases(x),
+        labels=np.asarray(dataset.y_train, dtype=np.int64)[idx],
+        clamp=enc.clamp,
+        couplings=params.coupling,
+        omega=params.omega,
+        basin_jump_rad=cfg.rule.basin_jump_rad,
+        task=dataset.name,
+    )
+    return samples, cfg.batch_size
