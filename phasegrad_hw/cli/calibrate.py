@@ -24,6 +24,7 @@ written).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ class CalibrateOptions(StrictModel):
     save_transfer: bool = True
     task: str | None = None  # noise on a held-input device: the task trained (default digits)
     batch_size: int | None = Field(default=None, ge=1)  # default: train's batch for the device
-    samples: int | None = Field(default=None, ge=4)  # task samples measured (default: a batch)
+    samples: int | None = Field(default=None, ge=4)  # task samples (default: 1.25 batches)
 
 
 async def run(
@@ -143,7 +144,11 @@ def _noise_samples(opts: CalibrateOptions, model: Any) -> tuple[Any, int]:
     if opts.task is None:
         log.info("calibrate noise: task digits (the default; --task to choose)")
     samples, batch = noise_samples(
-        opts.device, model, task, seed=opts.seed, n=opts.samples or opts.batch_size
+        opts.device,
+        model,
+        task,
+        seed=opts.seed,
+        n=opts.samples or (None if opts.batch_size is None else math.ceil(1.25 * opts.batch_size)),
     )
     return samples, opts.batch_size or batch
 
@@ -191,7 +196,7 @@ def register(groups: object) -> None:
                 help="noise: mini-batch size of the training [default: train's for the device].",
             ),
             samples: int | None = typer.Option(
-                None, "--samples", help="noise: task samples measured [default: one batch]."
+                None, "--samples", help="noise: task samples measured [default: 1.25 batches]."
             ),
         ) -> None:
             from phasegrad_hw.cli.signals import Interrupted, run_async

@@ -27,6 +27,7 @@ at its default (the layered readout is softmax cross-entropy on sin θ_out, deci
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -269,7 +270,7 @@ def noise_samples(
 ) -> tuple[TaskSamples, int]:
     """What ``calibrate noise`` needs to choose β and averages for the training
     :func:`controller_setup` will run on a held-input device: ``n`` training samples of
-    ``task`` (drawn with ``seed``; default: one mini-batch) as held phases with their labels,
+    ``task`` (drawn with ``seed``; default: 1.25 mini-batches) as held phases with their labels,
     the training's clamp rule (softmax cross-entropy targets and gain), initial couplings
     (from ``seed``) and ω; and the training's mini-batch size."""
     from phasegrad_hw.calibration.noise import TaskSamples
@@ -279,7 +280,9 @@ def noise_samples(
     check_task_fits(dataset, model)
     opts = prepare(TrainOptions(device=device, seed=seed, transfer="none", noise="none")).options
     cfg, enc, params = controller_setup(opts, model, False)
-    count = min(n or cfg.batch_size, len(dataset.y_train))
+    # default: a batch and a quarter (a sample that does not lock is skipped, the verified
+    # batch stays full)
+    count = min(n or math.ceil(1.25 * cfg.batch_size), len(dataset.y_train))
     idx = np.random.default_rng(seed).choice(len(dataset.y_train), size=count, replace=False)
     x = np.asarray(dataset.x_train, dtype=np.float64)[idx]
     samples = TaskSamples(
