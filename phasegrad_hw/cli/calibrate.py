@@ -13,7 +13,10 @@ A transfer map saved next to a device file (``<stem>.transfer.json``) is install
 the other routines run (``--no-use-transfer`` to skip); ``transfer`` (and ``all``) save the
 new map in DIR and next to the device file, ``noise`` (and ``all``) save the chosen β,
 averages and mode (``noise.json``, ``<stem>.noise.json``) the same way — ``train`` picks
-both up. Maps are never written next to a device file inside the package's own
+both up. On a device with held inputs ``noise`` chooses for mini-batch training of a task
+(``--task``, default digits; ``--batch-size``, default ``train``'s; ``--samples`` measured,
+default 1.25 batches): the batch-mean gradient cosine, β bounded by the measured lock margin
+(:mod:`phasegrad_hw.calibration.noise`). Maps are never written next to a device file inside the package's own
 ``examples/`` folder (nor with ``--no-save-maps``): they stay in DIR and the command prints
 the ``train`` options that use them. Every file written is printed. Exit code 0 when every
 check passed, 1 when a check failed, 2 on bad input or a device error (the device is left
@@ -161,7 +164,8 @@ def register(groups: object) -> None:
             "symmetry": "Response matrix, asymmetry, per-edge K_ij vs K_ji, non-odd H test.",
             "stability": "Lock check, phase margins, λ_min, lock range per edge.",
             "transfer": "Bias → frequency sweep, monotone fit, install and save the map.",
-            "noise": "Readout noise; β and averages for the target gradient cosine.",
+            "noise": "Readout noise; β and averages for the target gradient cosine (held-input "
+            "chips: of a task's mini-batch mean, β within the lock margin).",
             "all": "Every routine: transfer, symmetry, stability, noise.",
         }
 
