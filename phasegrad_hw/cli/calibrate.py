@@ -16,12 +16,12 @@ averages and mode (``noise.json``, ``<stem>.noise.json``) the same way — ``tra
 both up. On a device with held inputs ``noise`` chooses for mini-batch training of a task
 (``--task``, default digits; ``--batch-size``, default ``train``'s; ``--samples`` measured,
 default 1.25 batches): the batch-mean gradient cosine, β bounded by the measured lock margin
-(:mod:`phasegrad_hw.calibration.noise`). Maps are never written next to a device file inside the package's own
-``examples/`` folder (nor with ``--no-save-maps``): they stay in DIR and the command prints
-the ``train`` options that use them. Every file written is printed. Exit code 0 when every
-check passed, 1 when a check failed, 2 on bad input or a device error (the device is left
-safe), 128 + n on signal n (SIGINT, SIGTERM, SIGHUP; the device is left safe, nothing is
-written).
+(:mod:`phasegrad_hw.calibration.noise`). Maps are never written next to a device file
+inside the package's own ``examples/`` folder (nor with ``--no-save-maps``): they stay in
+DIR and the command prints the ``train`` options that use them. Every file written is
+printed. Exit code 0 when every check passed, 1 when a check failed, 2 on bad input or a
+device error (the device is left safe), 128 + n on signal n (SIGINT, SIGTERM, SIGHUP; the
+device is left safe, nothing is written).
 """
 
 from __future__ import annotations

@@ -280,9 +280,10 @@ def noise_samples(
     check_task_fits(dataset, model)
     opts = prepare(TrainOptions(device=device, seed=seed, transfer="none", noise="none")).options
     cfg, enc, params = controller_setup(opts, model, False)
+    batch = cfg.batch_size or 1  # (None: one sample per step)
     # default: a batch and a quarter (a sample that does not lock is skipped, the verified
     # batch stays full)
-    count = min(n or math.ceil(1.25 * cfg.batch_size), len(dataset.y_train))
+    count = min(n or math.ceil(1.25 * batch), len(dataset.y_train))
     idx = np.random.default_rng(seed).choice(len(dataset.y_train), size=count, replace=False)
     x = np.asarray(dataset.x_train, dtype=np.float64)[idx]
     samples = TaskSamples(
@@ -294,4 +295,4 @@ def noise_samples(
         basin_jump_rad=cfg.rule.basin_jump_rad,
         task=dataset.name,
     )
-    return samples, cfg.batch_size
+    return samples, batch
