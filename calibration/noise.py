@@ -32,25 +32,30 @@ toward its own loss-gradient targets with strength β·κ_s (:class:`ClampTarget
 sample's gain), each state read with A averages. With per-sample gradients g_s = μ + ξ_s
 (mean μ, spread tr Σ = E‖ξ‖²: signal, not noise) and independent readout noise of
 E‖e_s‖² = v(A)/(2β²) per sample, the batch mean ḡ + ē has (many parameters, so norms
-concentrate) the expected cosine to the noiseless batch mean ḡ
+concentrate) the expected cosine to the noiseless batch mean ḡ at the reference β_ref
 
-    cos_B ≈ [1 + (‖b̄_⊥‖² + v(A)/(2β²B)) / (‖μ‖² + tr Σ/B)]^{-1/2},
+    cos_B ≈ [1 + (‖d̄_B‖² + v(A)/(2β²B)) / (‖μ‖² + tr Σ/B)]^{-1/2},
 
-b̄ = c̄β² the mean centred bias. :func:`calibrate_noise` with :class:`TaskSamples` (real task
-samples, their held phases, the training's initial couplings and its clamp rule) measures
+d̄_B the batch mean of the systematic shift of the estimate between β_ref and β (clamp
+quantisation and the O(β²) term; measured between β_ref and β_ref/2, linear in between).
+:func:`calibrate_noise` with :class:`TaskSamples` (real task samples, their held phases, the
+training's initial couplings and its clamp rule; each sample's free state is read again at
+every visit, and clamp targets and gain come from it, as in the controller) measures
 
-* the lock margin: per sample the largest clamp strength β·κ_s on a geometric grid at which
-  both ±β states stay locked with no displacement above ``basin_jump_rad`` (the controller
-  skips such samples), and bounds β by the ``lock_quantile`` of σ*_s/κ_s over the samples
-  divided by ``lock_safety``;
-* v(A) in parameter space: the spread of repeated V(Δ^{+}) − V(Δ^{−}) on every edge at
-  A ∈ {1, 16, 128, 1024} (same fit as above), with the time of one ± pair per A;
-* μ, tr Σ and c̄ from per-sample Richardson references at β_bound and β_bound/2 (their own
-  read noise subtracted from ‖μ‖² and tr Σ);
+* the lock margin: per sample the largest clamp strength σ*_s = β·κ_s on a geometric grid at
+  which both ±β states stay locked with no displacement above ``basin_jump_rad`` (the
+  controller skips such samples), and bounds β by the ``lock_quantile`` of σ*_s/κ_s over the
+  samples divided by ``lock_safety`` — β_ref is this bound;
+* v(A) in coupling space: the spread of repeated V(Δ^{+}) − V(Δ^{−}) on every edge at
+  A ∈ {1, 16, 128, 1024} (the same fit as above), with the time of one ± pair per A;
+* μ, tr Σ and the shift d from per-sample high-average references at β_ref and β_ref/2
+  (their own read noise subtracted);
 
-then, for β on a grid up to the bound, the least A meeting :data:`BATCH_TARGET_COSINE` (with
-``safety`` on the error budget), the cheapest per sample (free, +β, −β reads) wins, and
-``verify_trials`` fresh batch means over the samples are compared with the reference batch mean.
+then, for β on a grid from β_ref/2 to β_ref, the least A meeting :data:`BATCH_TARGET_COSINE`
+(``safety`` on the error budget); the cheapest per sample (free, +β, −β reads ≈ 1.5 pairs)
+wins, and ``verify_trials`` fresh batch means (samples whose free state left its basin, or
+whose ± pair is invalid, are left out as the controller leaves them out) are compared with
+the reference batch mean.
 """
 
 from __future__ import annotations
