@@ -26,10 +26,36 @@ measurement misses the target (noise the model does not see), the budget is tigh
 the observed shortfall and the choice re-verified, up to ``max_rounds`` rounds; every
 round is reported.
 
-On a device with held inputs (docs/design.md §8) the operating point is the one training runs
-at: every held input at the middle of ``input_phase_range_rad`` and ω = 0 (unless ``omega`` is
-given), and β stays below :data:`HELD_BETA_MAX` (the β found is the EP rule's; the chip-scale
-controller clamps with β·gain, docs/design.md §8).
+Mini-batch training on a chip with held inputs (docs/design.md §8) needs a different target:
+the coupling gradient a step applies is the *mean* over a mini-batch of B samples, each clamped
+toward its own loss-gradient targets with strength β·κ_s (:class:`ClampTargets`, κ_s the
+sample's gain), each state read with A averages. With per-sample gradients g_s = μ + ξ_s
+(mean μ, spread tr Σ = E‖ξ‖²: signal, not noise) and independent readout noise of
+E‖e_s‖² = v(A)/(2β²) per sample, the batch mean ḡ + ē has (many parameters, so norms
+concentrate) the expected cosine to the noiseless batch mean ḡ at the reference β_ref
+
+    cos_B ≈ [1 + (‖d̄_B‖² + v(A)/(2β²B)) / (‖μ‖² + tr Σ/B)]^{-1/2},
+
+d̄_B the batch mean of the systematic shift of the estimate between β_ref and β (clamp
+quantisation and the O(β²) term; measured between β_ref and β_ref/2, linear in between).
+:func:`calibrate_noise` with :class:`TaskSamples` (real task samples, their held phases, the
+training's initial couplings and its clamp rule; each sample's free state is read again at
+every visit, and clamp targets and gain come from it, as in the controller) measures
+
+* the lock margin: per sample the largest clamp strength σ*_s = β·κ_s on a geometric grid at
+  which both ±β states stay locked with no displacement above ``basin_jump_rad`` (the
+  controller skips such samples), and bounds β by the ``lock_quantile`` of σ*_s/κ_s over the
+  samples divided by ``lock_safety`` — β_ref is this bound;
+* v(A) in coupling space: the spread of repeated V(Δ^{+}) − V(Δ^{−}) on every edge at
+  A ∈ {1, 16, 128, 1024} (the same fit as above), with the time of one ± pair per A;
+* μ, tr Σ and the shift d from per-sample high-average references at β_ref and β_ref/2
+  (their own read noise subtracted);
+
+then, for β on a grid from β_ref/2 to β_ref, the least A meeting :data:`BATCH_TARGET_COSINE`
+(``safety`` on the error budget); the cheapest per sample (free, +β, −β reads ≈ 1.5 pairs)
+wins, and ``verify_trials`` fresh batch means (samples whose free state left its basin, or
+whose ± pair is invalid, are left out as the controller leaves them out) are compared with
+the reference batch mean.
 """
 
 from __future__ import annotations
@@ -37,40 +63,49 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field
 
 from phasegrad_hw.calibration.common import (
     Progress,
     no_progress,
     non_reference,
+    odd_coupling,
     operating_point,
     read_locked,
     thresholds,
 )
 from phasegrad_hw.config import StrictModel
-from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
+from phasegrad_hw.device.substrate import Capability, ClampTargets, OscillatorSubstrate
+from phasegrad_hw.errors import ConfigError, LockLostError
 from phasegrad_hw.physics import Array, wrap
-from phasegrad_hw.physics.gradients import cosine
+from phasegrad_hw.physics.gradients import cosine, coupling_gradient_two_phase
 
 log = logging.getLogger(__name__)
 
-#: largest β searched on a device with held inputs (model units; the layered engine's β):
-#: the locked states of a freshly initialised 64-64-10 network have stability margins of
-#: ≈ 0.01–0.1, the chip-scale controller clamps with β·gain (gain 1–8 from the cross-entropy
-#: gradient), and a −β clamp stronger than the margin destabilises the state it measures
-#: (measured on the emulated CMOS chip, 640 digits samples, 16 averages: β = 0.08 → 177
-#: samples skipped, 25 % test accuracy after 20 steps; β = 0.02 → 26 skipped, 39 %)
-HELD_BETA_MAX = 0.02
+#: target cosine of a mini-batch mean gradient against its noiseless value: readout noise may
+#: then add at most 1/0.9² − 1 ≈ 23 % to the squared norm of the batch mean — less than what
+#: the sampling of the batch itself adds at B = 32 (tr Σ/B against ‖μ‖² is ~1 or more at the
+#: start of training), so SGD/Adam see the noise as a batch ≈ 20 % smaller, not a wrong
+#: direction; 0.95 would cost about 2.2× the averages for little change in the update
+BATCH_TARGET_COSINE = 0.9
 
 
 class NoiseConfig(StrictModel):
-    """Options: ``target_cosine`` (default: the device threshold, 0.99); ``reads`` single
-    reads for σ; ``betas`` candidate β (default 12 geometric steps up to β_max);
-    ``beta_ref`` β₁ of the bias estimate (default β_max/2) with ``ref_averages``×
-    ``ref_repeats`` reads per state; ``safety`` margin on the error budget;
-    ``target_offset_rad`` clamp targets = free outputs ± this; ``verify_trials``."""
+    """Options: ``target_cosine`` (default: the device threshold, 0.99; with task samples
+    :data:`BATCH_TARGET_COSINE` of the batch mean); ``reads`` single reads for σ; ``betas``
+    candidate β (default 24 geometric steps up to β_max, or 16 up to the lock bound);
+    ``beta_ref`` β₁ of the bias estimate (default β_max/2, or the lock bound) with
+    ``ref_averages``× ``ref_repeats`` reads per state; ``safety`` margin on the error budget;
+    ``target_offset_rad`` clamp targets = free outputs ± this (no task samples);
+    ``verify_trials``. With task samples: ``batch_size`` B of the training's mini-batches;
+    ``lock_strengths`` the β·κ grid of the lock-margin scan (default 12 geometric steps from
+    0.005 to limits.beta_max); ``lock_quantile`` and ``lock_safety`` of the β bound;
+    ``noise_samples`` samples on which v(A) is measured."""
 
     target_cosine: float | None = Field(default=None, gt=0.0, lt=1.0)
     reads: int = Field(default=256, ge=8)
@@ -86,6 +121,29 @@ class NoiseConfig(StrictModel):
     omega: list[float] | None = None
     amplitude: float | None = Field(default=None, gt=0.0)
     seed: int = 0
+    batch_size: int = Field(default=32, ge=1, le=100_000)
+    lock_strengths: list[float] | None = None
+    lock_quantile: float = Field(default=0.1, ge=0.0, le=1.0)
+    lock_safety: float = Field(default=2.0, ge=1.0)
+    noise_samples: int = Field(default=4, ge=1, le=1000)
+
+
+@dataclass(frozen=True)
+class TaskSamples:
+    """Real task samples for the mini-batch calibration (docs/design.md §8): ``held_rad``
+    (S, n_held) held input phases (rad), ``labels`` (S,), ``clamp`` the training's clamp
+    rule (label, free output phases rad) → :class:`ClampTargets` (targets rad, gain κ: the
+    clamp strength is β·κ), the training's initial ``couplings`` (E,) (None: as set) and
+    ``omega`` (N,) model units, ``basin_jump_rad`` the controller's skip threshold and the
+    ``task`` name (for the report)."""
+
+    held_rad: Array
+    labels: NDArray[np.int64]
+    clamp: Callable[[int, Array], ClampTargets]
+    couplings: Array | None
+    omega: Array
+    basin_jump_rad: float
+    task: str = ""
 
 
 class Candidate(StrictModel):
@@ -172,38 +230,173 @@ def _choose(
     betas: list[float],
     beta_max: float,
     max_avg: int,
-    c: Array,
-    g: Array,
     noise: NoiseModel,
-    target_cos: float,
-    safety: float,
-    t0_read: float,
-    t1: float,
+    room_of: Callable[[float], float],
+    predict: Callable[[float, int], float],
+    time_of: Callable[[int], float],
 ) -> tuple[list[Candidate], Candidate | None]:
-    """Least averages per β inside the budget; the cheapest candidate (ties: fewer
-    averages, smaller β)."""
-    gn = float(g @ g)
-    budget = 2.0 * (1.0 - target_cos) / safety * gn
+    """Per β ≤ ``beta_max``: the least averages whose v(A) fits ``room_of(β)`` (rad² or the
+    parameter-space equivalent); the cheapest candidate by ``time_of(A)`` (ties: fewer
+    averages, higher predicted cosine)."""
     cands: list[Candidate] = []
     for beta in betas:
         if not 0 < beta <= beta_max:
             continue
-        room = budget - _bias_across(g, c, beta)
-        a = noise.least_averages(2.0 * beta**2 * room) if room > 0 else None
+        room = room_of(beta)
+        a = noise.least_averages(room) if room > 0 else None
         if a is None or a > max_avg:
             cands.append(Candidate(beta=beta, averages=None, predicted_cosine=None, time_s=None))
             continue
         cands.append(
-            Candidate(
-                beta=beta,
-                averages=a,
-                predicted_cosine=predicted_cosine(g, c, noise, beta, a),
-                time_s=2.0 * (t0_read + a * t1),
-            )
+            Candidate(beta=beta, averages=a, predicted_cosine=predict(beta, a), time_s=time_of(a))
         )
     ok = [x for x in cands if x.averages is not None]
-    best = min(ok, key=lambda x: (x.time_s or 0.0, x.averages or 0, x.beta)) if ok else None
+    best = (
+        min(ok, key=lambda x: (x.time_s or 0.0, x.averages or 0, -(x.predicted_cosine or 0.0)))
+        if ok
+        else None
+    )
     return cands, best
+
+
+class BatchSignal(StrictModel):
+    """The signal side of a mini-batch gradient (coupling space, model units): per-sample
+    gradients g_s = μ + ξ_s at the reference β ``beta_ref`` with ``mean_norm2`` ‖μ‖² and
+    ``spread_trace`` tr Σ = E‖ξ‖²; and the systematic shift of the estimate when β is lowered
+    to β_ref/2, d_s = g_s(β_ref/2) − g_s(β_ref), with ``shift_mean2`` ‖d̄‖² and
+    ``shift_spread`` E‖d_s − d̄‖² (clamp quantisation and the O(β²) term together), taken as
+    linear in β in between (module docstring)."""
+
+    mean_norm2: float = Field(ge=0.0)
+    spread_trace: float = Field(ge=0.0)
+    beta_ref: float = Field(default=1.0, gt=0.0)
+    shift_mean2: float = Field(default=0.0, ge=0.0)
+    shift_spread: float = Field(default=0.0, ge=0.0)
+
+    def signal(self, batch: int) -> float:
+        """E‖ḡ_B‖² = ‖μ‖² + tr Σ/B: the squared norm of a noiseless batch mean."""
+        return self.mean_norm2 + self.spread_trace / batch
+
+    def shift2(self, beta: float, batch: int) -> float:
+        """E‖d̄_B‖² of a batch mean at β against the reference β."""
+        f = (self.beta_ref - beta) / (0.5 * self.beta_ref)
+        return f * f * (self.shift_mean2 + self.shift_spread / batch)
+
+    def cosine(self, noise: NoiseModel, beta: float, averages: int, batch: int) -> float:
+        """Expected cosine of a measured batch mean (B samples, A averages per state, centred
+        β) to the noiseless one at β_ref: [1 + (‖d̄_B‖² + v(A)/(2β²B))/(‖μ‖² + tr Σ/B)]^{−1/2}."""
+        err = self.shift2(beta, batch) + noise.var(averages) / (2.0 * beta**2 * batch)
+        sig = self.signal(batch)
+        return 0.0 if sig <= 0 else float((1.0 + err / sig) ** -0.5)
+
+    def noise_room(self, beta: float, batch: int, target: float, safety: float) -> float:
+        """Largest v(A) with the predicted cosine ≥ ``target`` when the error budget
+        (‖μ‖² + tr Σ/B)(1/target² − 1) is divided by ``safety``."""
+        budget = self.signal(batch) * (1.0 / target**2 - 1.0) / safety
+        return 2.0 * beta**2 * batch * (budget - self.shift2(beta, batch))
+
+
+def choose_batch(
+    betas: list[float],
+    beta_bound: float,
+    max_avg: int,
+    noise: NoiseModel,
+    signal: BatchSignal,
+    batch: int,
+    target_cos: float,
+    safety: float,
+    time_of: Callable[[int], float],
+) -> tuple[list[Candidate], Candidate | None]:
+    """(β, A) for mini-batch training: β ≤ ``beta_bound`` (the lock-margin bound), the least A
+    whose predicted batch-mean cosine meets ``target_cos`` within ``safety``, cheapest by
+    ``time_of(A)`` (s per sample)."""
+    return _choose(
+        betas,
+        beta_bound,
+        max_avg,
+        noise,
+        lambda b: signal.noise_room(b, batch, target_cos, safety),
+        lambda b, a: signal.cosine(noise, b, a, batch),
+        time_of,
+    )
+
+
+async def _choose_and_verify(
+    choose: Callable[[float], tuple[list[Candidate], Candidate | None]],
+    achievable: Callable[[], Candidate | None],
+    measure: Callable[[float, int, int, int], Awaitable[list[float]]],
+    cfg: NoiseConfig,
+    target_cos: float,
+) -> tuple[list[Candidate], list[VerifyRound]]:
+    """Choose with ``choose(safety)``, measure ``measure(β, A, round, trials)`` cosines; when the
+    measurement misses the target (noise the model does not see, e.g. correlated noise),
+    tighten the budget by the observed shortfall and try again, up to ``cfg.max_rounds``;
+    when nothing meets the budget, verify ``achievable()`` (the least-noise choice) once."""
+    safety = cfg.safety
+    rounds: list[VerifyRound] = []
+    cands: list[Candidate] = []
+    for attempt in range(cfg.max_rounds):
+        cands, best = choose(safety)
+        if best is None:
+            best = achievable()
+            if best is None or (
+                rounds and best.averages == rounds[-1].averages and best.beta == rounds[-1].beta
+            ):
+                break
+            log.warning(
+                "noise: cosine %.3g is out of reach by the model; verifying the best "
+                "achievable (β = %.3g, %s averages)",
+                target_cos,
+                best.beta,
+                best.averages,
+            )
+        assert best.averages is not None and best.predicted_cosine is not None
+        cosines = await measure(best.beta, best.averages, attempt, cfg.verify_trials)
+        measured = float(np.mean(cosines))
+        rounds.append(
+            VerifyRound(
+                beta=best.beta,
+                averages=best.averages,
+                predicted_cosine=best.predicted_cosine,
+                measured_cosines=cosines,
+                measured_cosine=measured,
+            )
+        )
+        if measured >= target_cos:
+            break
+        short = (1.0 - measured) / max(1.0 - best.predicted_cosine, 1e-12)
+        safety *= max(2.0, 1.5 * short)
+    return cands, rounds
+
+
+class LockBound(StrictModel):
+    """The lock-margin bound on β (model units): ``strengths`` the β·κ grid scanned,
+    per sample its largest stable strength σ*_s (0: none) and gain κ_s, the bound
+    ``beta_bound`` = quantile_q(σ*_s/κ_s)/``safety`` (≤ limits.beta_max) and
+    ``strength_bound`` = quantile_q(σ*_s)."""
+
+    strengths: list[float]
+    sample_max_strength: list[float]
+    gains: list[float]
+    quantile: float
+    safety: float
+    strength_bound: float
+    beta_bound: float
+
+
+class BatchReport(StrictModel):
+    """What the mini-batch calibration measured: the task and batch size, the samples used
+    and skipped (free state not locked), the signal model, the lock bound and the
+    predicted/measured batch-mean cosine of the choice."""
+
+    task: str
+    batch_size: int
+    samples: int
+    skipped_samples: int
+    signal: BatchSignal
+    lock: LockBound
+    reference_noise2: float  # E‖g_ref,s − g_s‖² of one per-sample reference (subtracted)
+    time_per_sample_s: float  # free + ± reads at the chosen A (measured time model)
 
 
 class NoiseResult(StrictModel):
@@ -231,6 +424,7 @@ class NoiseResult(StrictModel):
     passed: bool
     duration_s: float
     rounds: list[VerifyRound] = []
+    batch: BatchReport | None = None  # mini-batch calibration (task samples); cosines of the mean
 
 
 async def centred_estimate(
@@ -263,22 +457,27 @@ async def calibrate_noise(
     sub: OscillatorSubstrate,
     cfg: NoiseConfig | None = None,
     progress: Progress = no_progress,
+    samples: TaskSamples | None = None,
 ) -> NoiseResult:
-    """Measure noise, choose (β, averages), verify (see the module docstring)."""
+    """Measure noise, choose (β, averages), verify (see the module docstring). With
+    ``samples`` (required on a device with held inputs) the choice is for mini-batch
+    training on those samples: the batch-mean cosine, β bounded by the measured lock margin."""
     cfg = cfg or NoiseConfig()
+    if samples is not None:
+        return await _calibrate_batch(sub, cfg, samples, progress)
+    if sub.model.roles.held:
+        raise ConfigError(
+            "noise: a device with held inputs is calibrated for a task (its samples and clamp "
+            "targets; `calibrate noise --task …`)"
+        )
     t0 = time.perf_counter()
     model = sub.model
     keep = non_reference(model)
     target_cos = cfg.target_cosine or thresholds(model).target_cosine
     max_avg = model.limits.max_averages
     beta_max = model.limits.beta_max
-    if model.roles.held:  # the layered chips lock with margins ~0.01–0.1: nudge within them
-        beta_max = min(beta_max, HELD_BETA_MAX)
     progress("operating point", 0.0)
     omega = None if cfg.omega is None else np.asarray(cfg.omega)
-    if model.roles.held:  # chip scale: mid-range held inputs, ω = 0 (where training runs)
-        await sub.set_held_phases(model.input_phases(np.full(len(model.roles.held), 0.5)))
-        omega = np.zeros(model.n) if omega is None else omega
     omega0, _ = await operating_point(
         sub,
         omega,
@@ -305,7 +504,7 @@ async def calibrate_noise(
     target = wrap(free.phases[model.outputs] + cfg.target_offset_rad * signs)
     b1 = cfg.beta_ref or 0.5 * beta_max
     # noise as the estimator sees it: the spread of repeated centred differences
-    # θ^{+β} − θ^{−β} (clamped states) at four A, fitted by v(A) (module docstring)
+    # θ^{+β} − θ^{−β} (clamped, β = β₁/2) at four A, fitted by v(A) (module docstring)
 
     async def diff_var(a: int) -> float:
         ds = []
@@ -318,8 +517,7 @@ async def calibrate_noise(
                 ds.append(wrap(plus - minus)[keep])
         finally:
             await sub.release()
-        d = np.stack(ds)
-        return float(((d - d.mean(0)) ** 2).sum(axis=1).mean() * len(ds) / (len(ds) - 1) / 2.0)
+        return _diff_variance(np.stack(ds))
 
     n_avg = sorted({max(1, min(a, max_avg)) for a in (16, 128, 1024, max_avg)})
     v_avg: list[float] = []
@@ -342,66 +540,51 @@ async def calibrate_noise(
     else:
         g_ref = g_rich
         reference = "richardson"
-    # -- choose β, A; verify; if the measured cosine misses the target (noise the
-    #    model does not see, e.g. correlated noise), tighten the
-    #    budget by the observed shortfall and try again
+    # -- choose β, A (small-error cosine of one estimate); verify; tighten on a shortfall
     betas = cfg.betas or list(np.geomspace(beta_max / 100.0, beta_max, 24))
-    safety = cfg.safety
-    rounds: list[VerifyRound] = []
-    for attempt in range(cfg.max_rounds):
-        cands, best = _choose(
-            betas, beta_max, max_avg, c, g_rich, noise, target_cos, safety, t0_read, t1
+    gn = float(g_rich @ g_rich)
+
+    def time_of(a: int) -> float:
+        return 2.0 * (t0_read + a * t1)
+
+    def choose(safety: float) -> tuple[list[Candidate], Candidate | None]:
+        budget = 2.0 * (1.0 - target_cos) / safety * gn
+        return _choose(
+            betas,
+            beta_max,
+            max_avg,
+            noise,
+            lambda b: 2.0 * b**2 * (budget - _bias_across(g_rich, c, b)),
+            lambda b, a: predicted_cosine(g_rich, c, noise, b, a),
+            time_of,
         )
-        if best is None:
-            # nothing meets the (tightened) budget: the best achievable (the least-noise A)
-            a_best = noise.best_averages(max_avg)
-            fall = [
-                Candidate(
-                    beta=b,
-                    averages=a_best,
-                    predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
-                    time_s=2.0 * (t0_read + a_best * t1),
-                )
-                for b in betas
-                if 0 < b <= beta_max
-            ]
-            best = max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
-            if best is None or (
-                rounds and best.averages == rounds[-1].averages and best.beta == rounds[-1].beta
-            ):
-                break
-            log.warning(
-                "noise: cosine %.3g is out of reach by the model; verifying the best "
-                "achievable (β = %.3g, %d averages)",
-                target_cos,
-                best.beta,
-                a_best,
+
+    def achievable() -> Candidate | None:
+        a_best = noise.best_averages(max_avg)
+        fall = [
+            Candidate(
+                beta=b,
+                averages=a_best,
+                predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
+                time_s=time_of(a_best),
             )
-        if best is None:
-            break
-        assert best.averages is not None and best.predicted_cosine is not None
+            for b in betas
+            if 0 < b <= beta_max
+        ]
+        return max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+
+    async def measure(beta: float, a: int, attempt: int, trials: int) -> list[float]:
         cosines = []
-        for k in range(cfg.verify_trials):
+        for k in range(trials):
             progress(
-                f"verify {k + 1}/{cfg.verify_trials} (round {attempt + 1})",
-                0.3 + 0.7 * (attempt + k / cfg.verify_trials) / cfg.max_rounds,
+                f"verify {k + 1}/{trials} (round {attempt + 1})",
+                0.3 + 0.7 * (attempt + k / trials) / cfg.max_rounds,
             )
-            g = (await centred_estimate(sub, target, best.beta, best.averages))[keep]
+            g = (await centred_estimate(sub, target, beta, a))[keep]
             cosines.append(float(cosine(g, g_ref)))
-        measured = float(np.mean(cosines))
-        rounds.append(
-            VerifyRound(
-                beta=best.beta,
-                averages=best.averages,
-                predicted_cosine=best.predicted_cosine,
-                measured_cosines=cosines,
-                measured_cosine=measured,
-            )
-        )
-        if measured >= target_cos:
-            break
-        short = (1.0 - measured) / max(1.0 - best.predicted_cosine, 1e-12)
-        safety *= max(2.0, 1.5 * short)
+        return cosines
+
+    cands, rounds = await _choose_and_verify(choose, achievable, measure, cfg, target_cos)
     if not rounds:
         raise RuntimeError(
             f"noise: no β ≤ {beta_max} reaches cosine {target_cos} with ≤ {max_avg} averages "
@@ -409,7 +592,6 @@ async def calibrate_noise(
             "limits.max_averages"
         )
     last = rounds[-1]
-    cosines = last.measured_cosines
     await sub.set_frequencies(omega0)
     progress("noise done", 1.0)
     return NoiseResult(
@@ -430,9 +612,337 @@ async def calibrate_noise(
         beta=last.beta,
         averages=last.averages,
         predicted_cosine=last.predicted_cosine,
-        measured_cosines=cosines,
+        measured_cosines=last.measured_cosines,
         measured_cosine=last.measured_cosine,
-        estimate_time_s=2.0 * (t0_read + last.averages * t1),
+        estimate_time_s=time_of(last.averages),
         passed=last.measured_cosine >= target_cos,
         duration_s=time.perf_counter() - t0,
+    )
+
+
+def _diff_variance(d: Array) -> float:
+    """v = half the unbiased spread (summed over columns) of repeated differences d (R, n)."""
+    dev = d - d.mean(0)
+    return float((dev**2).sum(axis=1).mean() * len(d) / (len(d) - 1) / 2.0)
+
+
+# --------------------------------------------------------------------------- mini-batch
+class _Sample:
+    """One task sample on the device: label, held phases, its last free phases and the clamp
+    targets and gain computed from them."""
+
+    def __init__(self, label: int, held: Array) -> None:
+        self.label = label
+        self.held = held
+        self.free = np.zeros(0)
+        self.targets = np.zeros(0)
+        self.gain = 1.0
+
+    async def visit(
+        self, sub: OscillatorSubstrate, task: TaskSamples, averages: int, keep_basin: bool
+    ) -> bool:
+        """Set the held phases and read the free state (the device settles from wherever the
+        last sample left it, so a layered chip may land in another locked state): new clamp
+        targets from it, as the controller computes them. ``keep_basin``: False when the
+        state is not the one of the last visit (displacement above ``basin_jump_rad``) —
+        then nothing is updated. Returns whether the free state locked (and kept its basin)."""
+        await sub.set_held_phases(self.held)
+        free = await sub.read_phases(averages)
+        if not free.locked:
+            return False
+        if keep_basin and np.abs(wrap(free.phases - self.free)).max() > task.basin_jump_rad:
+            return False
+        out = sub.model.outputs
+        ct = task.clamp(self.label, free.phases[out])
+        self.free, self.targets, self.gain = free.phases, np.asarray(ct.targets), float(ct.gain)
+        return True
+
+
+async def _pair(
+    sub: OscillatorSubstrate, smp: _Sample, strength: float, averages: int, jump_rad: float
+) -> tuple[Array, Array, bool]:
+    """θ^{+}, θ^{−} clamped toward the sample's targets with ``strength`` (= β·κ), A reads
+    each; released afterwards. The flag, as the controller decides validity: both reads
+    locked and no displacement from the free state above ``jump_rad``."""
+    try:
+        await sub.clamp(smp.targets, strength, 1)
+        plus = await sub.read_phases(averages)
+        await sub.clamp(smp.targets, strength, -1)
+        minus = await sub.read_phases(averages)
+    finally:
+        await sub.release()
+    disp = max(
+        float(np.abs(wrap(plus.phases - smp.free)).max()),
+        float(np.abs(wrap(minus.phases - smp.free)).max()),
+    )
+    return plus.phases, minus.phases, plus.locked and minus.locked and disp <= jump_rad
+
+
+async def _calibrate_batch(
+    sub: OscillatorSubstrate, cfg: NoiseConfig, task: TaskSamples, progress: Progress
+) -> NoiseResult:
+    """The mini-batch calibration (module docstring): lock scan, references, v(A), choice,
+    verification of batch means. Coupling gradients throughout (what the chip trains)."""
+    t_start = time.perf_counter()
+    model = sub.model
+    lim = model.limits
+    max_avg = lim.max_averages
+    batch = cfg.batch_size
+    target_cos = cfg.target_cosine or BATCH_TARGET_COSINE
+    edges = model.edge_index
+    H = odd_coupling(model)
+    beta_cap = lim.beta_max
+    progress("task samples: free states", 0.0)
+    if task.couplings is not None:
+        await sub.set_couplings(task.couplings)
+    await sub.set_frequencies(task.omega)
+    smp: list[_Sample] = []
+    skipped = 0
+    sigma = np.zeros(model.n)
+    for s, (held, y) in enumerate(zip(task.held_rad, task.labels, strict=True)):
+        sm = _Sample(int(y), np.asarray(held, dtype=np.float64))
+        if not await sm.visit(sub, task, min(64, max_avg), False):
+            skipped += 1
+            continue
+        if not smp:
+            sigma = (await read_locked(sub, min(cfg.reads, max_avg))).spread.copy()
+        smp.append(sm)
+        progress("task samples: free states", 0.05 * (s + 1) / len(task.labels))
+    if len(smp) < 4:
+        raise LockLostError(
+            f"noise: {skipped} of {len(task.labels)} task samples do not lock at the "
+            "training's initial couplings — calibrate the bias map first (`calibrate transfer`)"
+        )
+    if skipped:
+        log.warning(
+            "noise: %d of %d task samples not locked (skipped)", skipped, skipped + len(smp)
+        )
+    # -- lock margin: the largest β·κ at which ± clamps keep every sample locked, no jump
+    strengths = cfg.lock_strengths or list(np.geomspace(0.005, beta_cap, 12))
+    strengths = sorted(x for x in strengths if 0 < x <= beta_cap)
+    best_strength = np.zeros(len(smp))
+    for k, sm in enumerate(smp):
+        progress(f"lock margin, sample {k + 1}/{len(smp)}", 0.05 + 0.15 * k / len(smp))
+        if not await sm.visit(sub, task, min(16, max_avg), False):
+            continue  # (σ*_s = 0: this sample did not lock this time)
+        for x in strengths:
+            _, _, ok = await _pair(sub, sm, x, min(16, max_avg), task.basin_jump_rad)
+            if not ok:
+                break
+            best_strength[k] = x
+    gains = np.array([sm.gain for sm in smp])
+    q = cfg.lock_quantile
+    strength_bound = float(np.quantile(best_strength, q))
+    beta_bound = min(float(np.quantile(best_strength / gains, q)) / cfg.lock_safety, beta_cap)
+    lock = LockBound(
+        strengths=strengths,
+        sample_max_strength=best_strength.tolist(),
+        gains=gains.tolist(),
+        quantile=q,
+        safety=cfg.lock_safety,
+        strength_bound=strength_bound,
+        beta_bound=beta_bound,
+    )
+    if beta_bound <= 0:
+        raise LockLostError(
+            f"noise: the {q:.0%} quantile of the task samples loses lock at the weakest clamp "
+            f"(β·κ = {strengths[0]:.3g}); calibrate the bias map (`calibrate transfer`) or "
+            "check the couplings"
+        )
+    log.info(
+        "noise: lock margin β·κ ≤ %.3g (%.0f %% quantile), gains %.2g–%.2g → β ≤ %.3g",
+        strength_bound,
+        100 * q,
+        gains.min(),
+        gains.max(),
+        beta_bound,
+    )
+
+    def grad(plus: Array, minus: Array, beta: float) -> Array:
+        """Centred EP coupling gradient [V(Δ⁺) − V(Δ⁻)]/(2β) on every edge."""
+        return coupling_gradient_two_phase(plus, plus, edges, beta, minus, H)
+
+    # -- v(A) in coupling space, and the time of one ± pair per A
+    jump = task.basin_jump_rad
+    b1 = min(cfg.beta_ref or beta_bound, beta_bound)
+    b2 = 0.5 * b1
+    n_avg = sorted({max(1, min(a, max_avg)) for a in (1, 16, 128, 1024)})
+    v_avg: list[float] = []
+    t_pair: list[float] = []
+    noise_set = smp[: cfg.noise_samples]
+    for a in n_avg:
+        progress(f"noise spread, {a} averages", 0.2 + 0.1 * len(v_avg) / len(n_avg))
+        vs, n_pairs, tic = [], 0, time.perf_counter()
+        for sm in noise_set:
+            if not await sm.visit(sub, task, min(16, max_avg), False):
+                continue
+            ds = []
+            for _ in range(cfg.noise_means):
+                plus, minus, ok = await _pair(sub, sm, b2 * sm.gain, a, jump)
+                n_pairs += 1
+                if ok:  # D = V(Δ⁺) − V(Δ⁻) = 2β·ĝ
+                    ds.append(2.0 * b2 * grad(plus, minus, b2))
+            if len(ds) >= 3:
+                vs.append(_diff_variance(np.stack(ds)))
+        t_pair.append((time.perf_counter() - tic) / max(n_pairs, 1))
+        if not vs:
+            raise LockLostError(f"noise: the ± clamps at β = {b2:.3g} do not stay locked")
+        v_avg.append(float(np.mean(vs)))
+    noise = NoiseModel.fit(n_avg, v_avg, floor_white=0.0)
+    eff = float(np.sqrt(v_avg[1] * n_avg[1] / max(v_avg[0], 1e-300))) if len(n_avg) > 1 else 1.0
+    slope, icpt = np.polyfit(np.asarray(n_avg, float), np.asarray(t_pair), 1)
+    t1, t0_pair = max(float(slope), 0.0), max(float(icpt), 0.0)
+
+    def time_of(a: int) -> float:  # free + ± reads per sample ≈ 1.5 ± pairs
+        return 1.5 * (t0_pair + a * t1)
+
+    # -- per-sample references at β₁ (the bound) and the shift to β₁/2: μ, tr Σ, d
+    ref_avg = min(cfg.ref_averages, max_avg)
+    g_ref: list[Array] = []
+    shifts: list[Array] = []
+    usable: list[_Sample] = []
+    for k, sm in enumerate(smp):
+        progress(f"references, sample {k + 1}/{len(smp)}", 0.3 + 0.3 * k / len(smp))
+        await sm.visit(sub, task, min(64, max_avg), False)  # its state and targets from now on
+        est = []
+        for b in (b1, b2):
+            acc, n_ok = np.zeros(len(edges)), 0
+            for _ in range(2 * cfg.ref_repeats):  # (an invalid pair is read again)
+                plus, minus, ok = await _pair(sub, sm, b * sm.gain, ref_avg, jump)
+                if ok:
+                    acc += grad(plus, minus, b)
+                    n_ok += 1
+                if n_ok == cfg.ref_repeats:
+                    break
+            if n_ok == 0:
+                break
+            est.append(acc / n_ok)
+        if len(est) < 2:  # no valid pair (lock lost or a jump at every try): not used
+            skipped += 1
+            continue
+        usable.append(sm)
+        g_ref.append(est[0])
+        shifts.append(est[1] - est[0])
+    smp = usable
+    if len(smp) < 4:
+        raise LockLostError(
+            f"noise: only {len(smp)} task samples give valid ± pairs at β = {b1:.3g}; "
+            "calibrate the bias map (`calibrate transfer`) or lower --lock-safety"
+        )
+    G = np.stack(g_ref)
+    D = np.stack(shifts)
+    n_s = len(smp)
+    v_ref = noise.var(ref_avg) / cfg.ref_repeats
+    ref_noise2 = v_ref / (2 * b1**2)  # read noise of one reference (subtracted below)
+    shift_noise2 = ref_noise2 + v_ref / (2 * b2**2)
+    mu = G.mean(axis=0)
+    d_mean = D.mean(axis=0)
+
+    def spread_of(x: Array, m: Array) -> float:
+        return float(((x - m) ** 2).sum(axis=1).mean() * n_s / (n_s - 1))
+
+    signal = BatchSignal(
+        mean_norm2=max(float(mu @ mu) - ref_noise2 / n_s, 0.0),
+        spread_trace=max(spread_of(G, mu) - ref_noise2, 0.0),
+        beta_ref=b1,
+        shift_mean2=max(float(d_mean @ d_mean) - shift_noise2 / n_s, 0.0),
+        shift_spread=max(spread_of(D, d_mean) - shift_noise2, 0.0),
+    )
+    c_mean = d_mean / (b2**2 - b1**2)  # (reported as c of b = cβ², were d all O(β²))
+    # -- choose, verify on batch means of the samples
+    betas = cfg.betas or list(np.geomspace(b2, b1, 8))
+    rng = np.random.default_rng(cfg.seed)
+    b_verify = min(batch, n_s)
+
+    def choose(safety: float) -> tuple[list[Candidate], Candidate | None]:
+        return choose_batch(
+            betas, b1, max_avg, noise, signal, b_verify, target_cos, safety, time_of
+        )
+
+    def achievable() -> Candidate | None:
+        a_best = noise.best_averages(max_avg)
+        fall = [
+            Candidate(
+                beta=b,
+                averages=a_best,
+                predicted_cosine=signal.cosine(noise, b, a_best, b_verify),
+                time_s=time_of(a_best),
+            )
+            for b in betas
+            if 0 < b <= b1
+        ]
+        return max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+
+    async def measure(beta: float, a: int, attempt: int, trials: int) -> list[float]:
+        cosines = []
+        for k in range(trials):
+            progress(
+                f"verify {k + 1}/{trials} (round {attempt + 1})",
+                0.6 + 0.4 * (attempt + k / trials) / cfg.max_rounds,
+            )
+            pick = rng.choice(n_s, size=b_verify, replace=False)
+            est, ref = [], []
+            for i in pick:
+                sm = smp[int(i)]
+                if not await sm.visit(sub, task, a, True):
+                    continue  # another locked state than the reference's: not comparable
+                plus, minus, ok = await _pair(sub, sm, beta * sm.gain, a, jump)
+                if ok:  # the controller skips an unlocked sample, as here
+                    est.append(grad(plus, minus, beta))
+                    ref.append(G[int(i)])
+            if est:
+                cosines.append(float(cosine(np.mean(est, axis=0), np.mean(ref, axis=0))))
+        return cosines or [0.0]
+
+    if b_verify < batch:
+        log.warning(
+            "noise: %d task samples locked, fewer than the batch of %d: chosen and verified "
+            "for batches of %d (conservative)",
+            n_s,
+            batch,
+            n_s,
+        )
+    cands, rounds = await _choose_and_verify(choose, achievable, measure, cfg, target_cos)
+    if not rounds:
+        raise RuntimeError(
+            f"noise: no β ≤ {beta_bound:.3g} (lock bound) reaches batch-mean cosine "
+            f"{target_cos} with ≤ {max_avg} averages; lower the target or raise "
+            "limits.max_averages"
+        )
+    last = rounds[-1]
+    await sub.set_frequencies(task.omega)
+    progress("noise done", 1.0)
+    return NoiseResult(
+        rounds=rounds,
+        noise=noise,
+        noise_averages=n_avg,
+        noise_variances=v_avg,
+        sigma_rad=sigma.tolist(),
+        averaging_efficiency=eff,
+        read_time_s=(t0_pair, t1),
+        bias_coefficient=c_mean.tolist(),
+        gradient_norm=float(np.sqrt(signal.signal(b_verify))),
+        reference="richardson",
+        target_rad=smp[0].targets.tolist(),
+        omega=np.asarray(task.omega, dtype=np.float64).tolist(),
+        target_cosine=target_cos,
+        candidates=cands,
+        beta=last.beta,
+        averages=last.averages,
+        predicted_cosine=last.predicted_cosine,
+        measured_cosines=last.measured_cosines,
+        measured_cosine=last.measured_cosine,
+        estimate_time_s=time_of(last.averages),
+        passed=last.measured_cosine >= target_cos,
+        duration_s=time.perf_counter() - t_start,
+        batch=BatchReport(
+            task=task.task,
+            batch_size=b_verify,
+            samples=n_s,
+            skipped_samples=skipped,
+            signal=signal,
+            lock=lock,
+            reference_noise2=ref_noise2,
+            time_per_sample_s=time_of(last.averages),
+        ),
     )

@@ -54,6 +54,9 @@ FIGURES = {
     "held-out residuals in % of each channel's span",
     "lock_margins.png": "Per-edge phase margin π/2 − |Δθ| against the threshold; detuning "
     "range over which lock held",
+    "noise_choice.png": "Noise v(A) of a centred difference against averages with its fit; "
+    "predicted cosine of each (β, A) candidate, the chosen one with its measured cosine, and "
+    "(mini-batch calibration) the lock-margin bound on β",
 }
 
 
@@ -146,15 +149,23 @@ class CalibrationReport(StrictModel):
             )
         if self.noise is not None:
             nz = self.noise
-            out.append(
-                (
-                    "noise/β",
-                    nz.passed,
-                    f"σ ≈ {np.mean(nz.sigma_rad[1:]):.3g} rad/read; β = {nz.beta:.3g}, "
-                    f"{nz.averages} averages → cosine {nz.measured_cosine:.4f} measured "
-                    f"(predicted {nz.predicted_cosine:.4f}, target {nz.target_cosine})",
-                )
+            detail = (
+                f"σ ≈ {np.mean(nz.sigma_rad[1:]):.3g} rad/read; β = {nz.beta:.3g}, "
+                f"{nz.averages} averages → cosine {nz.measured_cosine:.4f} measured "
+                f"(predicted {nz.predicted_cosine:.4f}, target {nz.target_cosine})"
             )
+            if nz.batch is not None:
+                b, lk = nz.batch, nz.batch.lock
+                detail = (
+                    f"{b.task}, batch {b.batch_size} ({b.samples} samples, "
+                    f"{b.skipped_samples} skipped): β = {nz.beta:.3g}, {nz.averages} averages "
+                    f"→ batch-mean cosine {nz.measured_cosine:.4f} measured (predicted "
+                    f"{nz.predicted_cosine:.4f}, target {nz.target_cosine}); lock margin "
+                    f"β·κ ≤ {lk.strength_bound:.3g} ({100 * lk.quantile:.0f} % quantile, "
+                    f"κ {min(lk.gains):.2g}–{max(lk.gains):.2g}) → β ≤ {lk.beta_bound:.3g} "
+                    f"(safety {lk.safety:g}); {1e3 * b.time_per_sample_s:.1f} ms per sample"
+                )
+            out.append(("noise/β", nz.passed, detail))
         return out
 
     def finalise(self) -> CalibrationReport:
@@ -387,6 +398,40 @@ def _fig_margins(st: StabilityResult, th: CalibrationThresholds, path: Path) -> 
     plt.close(fig)
 
 
+def _fig_noise(nz: NoiseResult, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    a = np.asarray(nz.noise_averages, dtype=np.float64)
+    grid = np.geomspace(max(a.min(), 1.0), a.max(), 50)
+    axes[0].loglog(a, nz.noise_variances, "o", label="measured")
+    axes[0].loglog(grid, [nz.noise.var(float(x)) for x in grid], "-", label="fit v(A)")
+    axes[0].set_xlabel("averages A")
+    axes[0].set_ylabel("v(A)" + (" (coupling space)" if nz.batch is not None else " (rad²)"))
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("Noise of a centred difference", fontsize=10)
+    ok = [c for c in nz.candidates if c.predicted_cosine is not None]
+    if ok:
+        axes[1].scatter(
+            [c.beta for c in ok],
+            [c.predicted_cosine for c in ok],
+            c=[np.log10(c.averages or 1) for c in ok],
+            label="candidates (colour: log₁₀ A)",
+        )
+    axes[1].plot([nz.beta], [nz.measured_cosine], "r*", ms=12, label="chosen, measured")
+    axes[1].axhline(nz.target_cosine, color="k", ls="--", lw=1, label="target")
+    if nz.batch is not None:
+        axes[1].axvline(nz.batch.lock.beta_bound, color="C3", lw=1, label="lock-margin bound")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("β (model units)")
+    what = "batch-mean cosine" if nz.batch is not None else "cosine"
+    axes[1].set_ylabel(what)
+    axes[1].legend(fontsize=8)
+    axes[1].set_title(f"Chosen β = {nz.beta:.3g}, {nz.averages} averages", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def draw_figures(report: CalibrationReport, directory: Path) -> dict[str, str]:
     """Draw every figure the report has data for into ``directory``; name → caption."""
     import matplotlib
@@ -406,6 +451,9 @@ def draw_figures(report: CalibrationReport, directory: Path) -> dict[str, str]:
     if report.stability is not None:
         st = report.stability
         jobs.append(("lock_margins.png", lambda p: _fig_margins(st, th, p)))
+    if report.noise is not None:
+        nz = report.noise
+        jobs.append(("noise_choice.png", lambda p: _fig_noise(nz, p)))
     for name, draw in jobs:
         draw(directory / name)
         out[name] = FIGURES[name]
@@ -455,10 +503,14 @@ async def run_calibration(
     *,
     seed: int = 0,
     progress: Any = None,
+    task_samples: Any = None,
+    batch_size: int | None = None,
 ) -> CalibrationReport:
     """Run the chosen routines on a connected substrate, in the order transfer (installs
     the map) → symmetry → stability (reusing the identified Laplacian) → noise. The caller
-    owns the connection (``async with``), so an interruption leaves the device safe."""
+    owns the connection (``async with``), so an interruption leaves the device safe.
+    ``task_samples`` (:class:`~phasegrad_hw.calibration.noise.TaskSamples`, needed on a
+    held-input device) and ``batch_size`` make ``noise`` choose for mini-batch training."""
     from phasegrad_hw.calibration.common import no_progress, thresholds
     from phasegrad_hw.calibration.noise import NoiseConfig, calibrate_noise
     from phasegrad_hw.calibration.stability import StabilityConfig, calibrate_stability
@@ -494,5 +546,10 @@ async def run_calibration(
             sub, StabilityConfig(seed=seed), lambda m, f: prog(m, f), laplacian=lap
         )
     if "noise" in names:
-        report.noise = await calibrate_noise(sub, NoiseConfig(seed=seed), lambda m, f: prog(m, f))
+        ncfg = NoiseConfig(seed=seed)
+        if batch_size is not None:
+            ncfg = ncfg.model_copy(update={"batch_size": batch_size})
+        report.noise = await calibrate_noise(
+            sub, ncfg, lambda m, f: prog(m, f), samples=task_samples
+        )
     return report.finalise()

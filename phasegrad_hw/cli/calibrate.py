@@ -13,19 +13,23 @@ A transfer map saved next to a device file (``<stem>.transfer.json``) is install
 the other routines run (``--no-use-transfer`` to skip); ``transfer`` (and ``all``) save the
 new map in DIR and next to the device file, ``noise`` (and ``all``) save the chosen β,
 averages and mode (``noise.json``, ``<stem>.noise.json``) the same way — ``train`` picks
-both up. Maps are never written next to a device file inside the package's own
-``examples/`` folder (nor with ``--no-save-maps``): they stay in DIR and the command prints
-the ``train`` options that use them. Every file written is printed. Exit code 0 when every
-check passed, 1 when a check failed, 2 on bad input or a device error (the device is left
-safe), 128 + n on signal n (SIGINT, SIGTERM, SIGHUP; the device is left safe, nothing is
-written).
+both up. On a device with held inputs ``noise`` chooses for mini-batch training of a task
+(``--task``, default digits; ``--batch-size``, default ``train``'s; ``--samples`` measured,
+default 1.25 batches): the batch-mean gradient cosine, β bounded by the measured lock margin
+(:mod:`phasegrad_hw.calibration.noise`). Maps are never written next to a device file
+inside the package's own ``examples/`` folder (nor with ``--no-save-maps``): they stay in
+DIR and the command prints the ``train`` options that use them. Every file written is
+printed. Exit code 0 when every check passed, 1 when a check failed, 2 on bad input or a
+device error (the device is left safe), 128 + n on signal n (SIGINT, SIGTERM, SIGHUP; the
+device is left safe, nothing is written).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 from pydantic import Field, ValidationError
@@ -50,6 +54,9 @@ class CalibrateOptions(StrictModel):
     figures: bool = True
     use_transfer: bool = True
     save_transfer: bool = True
+    task: str | None = None  # noise on a held-input device: the task trained (default digits)
+    batch_size: int | None = Field(default=None, ge=1)  # default: train's batch for the device
+    samples: int | None = Field(default=None, ge=4)  # task samples (default: 1.25 batches)
 
 
 async def run(
@@ -87,7 +94,17 @@ async def run(
         async with sub:
             if opened is not None:
                 opened.append(True)
-            report = await run_calibration(sub, opts.routine, seed=opts.seed, progress=tick)
+            samples, batch = None, opts.batch_size
+            if opts.routine in ("noise", "all") and (sub.model.roles.held or opts.task):
+                samples, batch = _noise_samples(opts, sub.model)
+            report = await run_calibration(
+                sub,
+                opts.routine,
+                seed=opts.seed,
+                progress=tick,
+                task_samples=samples,
+                batch_size=batch,
+            )
     written = save_report(report, opts.out, opts.json_path, figures=opts.figures)
     use_with: list[str] = []
     if report.transfer is not None:
@@ -120,6 +137,25 @@ async def run(
     return 0 if report.passed else 1
 
 
+def _noise_samples(opts: CalibrateOptions, model: Any) -> tuple[Any, int]:
+    """Task samples for ``noise`` (the held-input chips train mini-batches of a task: β and
+    averages are chosen for its batch-mean gradient) and the batch size (``--batch-size``,
+    else ``train``'s for the device)."""
+    from phasegrad_hw.studies.layered_training import noise_samples
+
+    task = opts.task or "digits"
+    if opts.task is None:
+        log.info("calibrate noise: task digits (the default; --task to choose)")
+    samples, batch = noise_samples(
+        opts.device,
+        model,
+        task,
+        seed=opts.seed,
+        n=opts.samples or (None if opts.batch_size is None else math.ceil(1.25 * opts.batch_size)),
+    )
+    return samples, opts.batch_size or batch
+
+
 def register(groups: object) -> None:
     calibrate: typer.Typer = groups.calibrate  # type: ignore[attr-defined]
 
@@ -128,7 +164,8 @@ def register(groups: object) -> None:
             "symmetry": "Response matrix, asymmetry, per-edge K_ij vs K_ji, non-odd H test.",
             "stability": "Lock check, phase margins, λ_min, lock range per edge.",
             "transfer": "Bias → frequency sweep, monotone fit, install and save the map.",
-            "noise": "Readout noise; β and averages for the target gradient cosine.",
+            "noise": "Readout noise; β and averages for the target gradient cosine (held-input "
+            "chips: of a task's mini-batch mean, β within the lock margin).",
             "all": "Every routine: transfer, symmetry, stability, noise.",
         }
 
@@ -151,6 +188,20 @@ def register(groups: object) -> None:
                 "the package's examples folder).",
             ),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+            task: str | None = typer.Option(
+                None,
+                "--task",
+                help="noise: the task to be trained (its samples and clamp targets) [default: "
+                "digits on a device with held inputs].",
+            ),
+            batch_size: int | None = typer.Option(
+                None,
+                "--batch-size",
+                help="noise: mini-batch size of the training [default: train's for the device].",
+            ),
+            samples: int | None = typer.Option(
+                None, "--samples", help="noise: task samples measured [default: 1.25 batches]."
+            ),
         ) -> None:
             from phasegrad_hw.cli.signals import Interrupted, run_async
             from phasegrad_hw.errors import SubstrateError
@@ -166,6 +217,9 @@ def register(groups: object) -> None:
                     figures=figures,
                     use_transfer=use_transfer,
                     save_transfer=save_transfer,
+                    task=task,
+                    batch_size=batch_size,
+                    samples=samples,
                 )
                 code = run_async(run(opts, progress, opened))
             except ValidationError as exc:

@@ -368,8 +368,9 @@ async def _train_epoch(
     if n_train and skipped >= n_train:  # nothing learned, nothing will: stop with the reason
         raise LockLostError(
             f"epoch {e + 1}: none of the {n_train} training samples gave locked free and "
-            "nudged readings; the device does not lock at these settings — check its "
-            "frequency map (`calibrate transfer`), β and the initial frequencies"
+            "nudged readings; the device does not lock at these settings — run "
+            "`phasegrad-hw calibrate transfer --device DEVICE` first (a bias map saved next to "
+            "the device file, which train then uses), or check β and the initial frequencies"
         )
     if online:
         train_acc = correct / n_train if n_train else float("nan")

@@ -27,10 +27,11 @@ at its default (the layered readout is softmax cross-entropy on sin θ_out, deci
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from phasegrad_hw.learning.chip import PhaseEncoding
 from phasegrad_hw.learning.controller import EPConfig, Parameters
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.tasks import Dataset, TaskError, load_task
+
+if TYPE_CHECKING:
+    from phasegrad_hw.calibration.noise import TaskSamples
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +266,43 @@ def controller_setup(
         K = model.coupling_values()
     enc = PhaseEncoding.for_device(model, base.loss_scale)
     return cfg, enc, Parameters(np.zeros(model.n), K)
+
+
+def noise_samples(
+    device: str,
+    model: DeviceModel,
+    task: str,
+    *,
+    seed: int = 0,
+    n: int | None = None,
+    data: Path | None = None,
+    label_column: str | None = None,
+) -> tuple[TaskSamples, int]:
+    """What ``calibrate noise`` needs to choose β and averages for the training
+    :func:`controller_setup` will run on a held-input device: ``n`` training samples of
+    ``task`` (drawn with ``seed``; default: 1.25 mini-batches) as held phases with their labels,
+    the training's clamp rule (softmax cross-entropy targets and gain), initial couplings
+    (from ``seed``) and ω; and the training's mini-batch size."""
+    from phasegrad_hw.calibration.noise import TaskSamples
+    from phasegrad_hw.studies.training import TrainOptions, prepare
+
+    dataset = load_task(task, data, seed=seed, label_column=label_column)
+    check_task_fits(dataset, model)
+    opts = prepare(TrainOptions(device=device, seed=seed, transfer="none", noise="none")).options
+    cfg, enc, params = controller_setup(opts, model, False)
+    batch = cfg.batch_size or 1  # (None: one sample per step)
+    # default: a batch and a quarter (a sample that does not lock is skipped, the verified
+    # batch stays full)
+    count = min(n or math.ceil(1.25 * batch), len(dataset.y_train))
+    idx = np.random.default_rng(seed).choice(len(dataset.y_train), size=count, replace=False)
+    x = np.asarray(dataset.x_train, dtype=np.float64)[idx]
+    samples = TaskSamples(
+        held_rad=enc.held_phases(x),
+        labels=np.asarray(dataset.y_train, dtype=np.int64)[idx],
+        clamp=enc.clamp,
+        couplings=params.coupling,
+        omega=params.omega,
+        basin_jump_rad=cfg.rule.basin_jump_rad,
+        task=dataset.name,
+    )
+    return samples, batch

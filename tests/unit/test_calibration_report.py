@@ -86,6 +86,7 @@ def test_cli_all_passes_and_saves_transfer_with_device(tmp_path: Path) -> None:
         "edge_asymmetry.png",
         "transfer_curves.png",
         "lock_margins.png",
+        "noise_choice.png",
         "report.json",
         "summary.txt",
         "transfer.json",

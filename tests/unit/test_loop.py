@@ -164,7 +164,9 @@ async def test_an_epoch_with_no_locked_sample_stops_with_the_reason() -> None:
     sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads=set(range(100_000)))
     seen: list[int] = []
     hooks = Hooks(on_epoch_end=lambda s: seen.append(s.epoch))
-    with pytest.raises(LockLostError, match=r"epoch 1: none of the 40 .*\(`calibrate transfer`\)"):
+    with pytest.raises(
+        LockLostError, match=r"epoch 1: none of the 40 .*run `phasegrad-hw calibrate transfer"
+    ):
         await train_on_substrates([sub], DATA, Encoding(), EPConfig(), opts, [hooks])
     assert seen == []  # no epoch was recorded as trained
 
