@@ -155,6 +155,8 @@ def _flag(v: bool) -> Mask:
 
 
 _FLAGS = {False: _flag(False), True: _flag(True)}
+
+
 def stack_readings(
     readings: Sequence[tuple[PhaseReading, PhaseReading | None, PhaseReading | None]],
     centred: bool,
