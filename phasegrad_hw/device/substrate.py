@@ -90,9 +90,11 @@ class PhaseReading:
     ) -> PhaseReading:
         """Circular mean and spread of (M, N) wrapped phase samples (rad)."""
         s = np.atleast_2d(np.asarray(samples, dtype=np.float64))
+        if s.shape[0] == 1:  # one read: its own phasor (the mean of one), spread 0
+            return cls(np.angle(np.exp(1j * s[0])), np.zeros(s.shape[1]), locked, time.time(),
+                       1, settle_s)  # fmt: skip
         z = np.exp(1j * s).mean(axis=0)
-        r = np.clip(np.abs(z), 1e-300, 1.0)
-        spread = np.sqrt(-2.0 * np.log(r)) if s.shape[0] > 1 else np.zeros(s.shape[1])
+        spread = np.sqrt(-2.0 * np.log(np.clip(np.abs(z), 1e-300, 1.0)))
         return cls(np.angle(z), spread, locked, time.time(), s.shape[0], settle_s)
 
 
