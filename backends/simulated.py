@@ -164,6 +164,8 @@ class SimulatedSubstrate(OscillatorSubstrate):
         sigma = self.model.readout_noise_rad
         if sigma > 0:
             samples = theta[None, :] + sigma * self.rng.standard_normal((averages, self.model.n))
+        elif averages == 1:
+            samples = theta[None, :]  # (a view: wrap below makes the new array)
         else:
             samples = np.repeat(theta[None, :], averages, axis=0)
         q = self.model.quantisation_rad
@@ -194,7 +196,8 @@ class SimulatedSubstrate(OscillatorSubstrate):
     def _forced(self) -> bool:
         """Held oscillators or a drive switched on: the free-block solver of
         :mod:`~phasegrad_hw.backends._held` instead of the ladder."""
-        return bool(self.model.roles.held) or bool(np.any(self.drive[0]))
+        r = self.model.roles  # (no drive oscillators: nothing can switch a drive on)
+        return bool(r.held) or (bool(r.drive) and bool(np.any(self.drive[0])))
 
     def _free_frame(self) -> tuple[Array, Array]:
         """(ω in the solve frame (n,), phases of the held oscillators (n,)): detunings from the

@@ -3,9 +3,9 @@ dropped SSH session) stop a command cleanly instead of killing it.
 
 * :func:`run_async` runs a command's coroutine on a fresh event loop with handlers installed:
   the first signal cancels the command's task. Cancellation reaches the task at its next
-  suspension point — the hardware loop yields once per EP step and every substrate operation
-  yields, so even in-process emulators stop within one step — and unwinds through the
-  ``async with`` blocks that leave every substrate safe (their ``close`` is shielded). A
+  suspension point — the hardware loop yields once per EP step and every single read
+  (``read_phases``) yields, so even in-process emulators stop within one step — and unwinds
+  through the ``async with`` blocks that leave every substrate safe (their ``close`` is shielded). A
   second signal cancels again, abandoning whatever cleanup remains (telemetry flush, …)
   except the shielded device close. The command then sees :class:`Interrupted`.
 * :func:`interruptible` does the same for synchronous work (no device, e.g. the vectorised

@@ -335,7 +335,7 @@ class DeviceModel(DeviceFileModel):
         w = np.asarray(omega, dtype=np.float64)
         if w.shape == (self.n,) and w.size:  # in range and finite: NaN fails the comparisons
             w_min, w_max = np.minimum.reduce(w), np.maximum.reduce(w)
-            if lo <= w_min and w_max <= hi and np.isfinite(w_min) and np.isfinite(w_max):
+            if lo <= w_min and w_max <= hi and math.isfinite(w_min) and math.isfinite(w_max):
                 return w
         w = self._vector("omega", w, self.n)
         bad = np.flatnonzero((w < lo) | (w > hi))
@@ -396,7 +396,7 @@ class DeviceModel(DeviceFileModel):
     def check_clamp(self, target: ArrayLike, beta: float) -> tuple[Array, float]:
         t = self._vector("target", target, len(self.roles.outputs))
         b = float(beta)
-        if not np.isfinite(b) or not 0.0 <= b <= self.limits.beta_max:
+        if not math.isfinite(b) or not 0.0 <= b <= self.limits.beta_max:
             raise LimitError(f"beta: {b} is outside the device limit [0, {self.limits.beta_max}]")
         return t, b
 

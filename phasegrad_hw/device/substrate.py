@@ -90,9 +90,11 @@ class PhaseReading:
     ) -> PhaseReading:
         """Circular mean and spread of (M, N) wrapped phase samples (rad)."""
         s = np.atleast_2d(np.asarray(samples, dtype=np.float64))
+        if s.shape[0] == 1:  # one read: its own phasor (the mean of one), spread 0
+            return cls(np.angle(np.exp(1j * s[0])), np.zeros(s.shape[1]), locked, time.time(),
+                       1, settle_s)  # fmt: skip
         z = np.exp(1j * s).mean(axis=0)
-        r = np.clip(np.abs(z), 1e-300, 1.0)
-        spread = np.sqrt(-2.0 * np.log(r)) if s.shape[0] > 1 else np.zeros(s.shape[1])
+        spread = np.sqrt(-2.0 * np.log(np.clip(np.abs(z), 1e-300, 1.0)))
         return cls(np.angle(z), spread, locked, time.time(), s.shape[0], settle_s)
 
 
@@ -270,6 +272,15 @@ class OscillatorSubstrate(ABC):
 
     async def read_phases(self, averages: int = 1) -> PhaseReading:
         """Read wrapped phases relative to the reference, averaged over ``averages`` reads."""
+        # a read is where the library's loops of single reads (calibration sweeps,
+        # evaluation) pass: yield to the event loop here, so a cancellation (a signal in the
+        # command line) is delivered even on in-process emulators, whose awaits never suspend
+        await asyncio.sleep(0)
+        return await self._read_checked(averages)
+
+    async def _read_checked(self, averages: int) -> PhaseReading:
+        """``read_phases`` without the yield (``measure_ep``: its caller, the EP step,
+        yields once per step — the training loop's cancellation point)."""
         if (
             not isinstance(averages, (int, np.integer))
             or not 1 <= averages <= self.model.limits.max_averages
@@ -278,10 +289,6 @@ class OscillatorSubstrate(ABC):
                 f"averages: {averages!r} is out of range; "
                 f"allowed 1…{self.model.limits.max_averages}"
             )
-        # a read is where every loop of the library passes: yield to the event loop here, so a
-        # cancellation (a signal in the command line) is delivered even on in-process
-        # emulators, whose awaits never suspend
-        await asyncio.sleep(0)
         return await self._bounded("read_phases", self._read(int(averages)))
 
     async def read_frequencies(self) -> Array:
@@ -309,7 +316,7 @@ class OscillatorSubstrate(ABC):
         already set."""
         if omega is not None:
             await self.set_frequencies(omega)
-        free = await self.read_phases(averages)
+        free = await self._read_checked(averages)
         if not free.locked:
             return EPPhases(free)
         got = targets(free.phases[self.model.outputs]) if callable(targets) else targets
@@ -318,11 +325,11 @@ class OscillatorSubstrate(ABC):
             got = got.targets
         t = np.asarray(got, dtype=np.float64)
         await self.clamp(t, beta)
-        plus = await self.read_phases(averages)
+        plus = await self._read_checked(averages)
         minus = None
         if centred:
             await self.clamp(t, beta, direction=-1)
-            minus = await self.read_phases(averages)
+            minus = await self._read_checked(averages)
         await self.release()
         return EPPhases(free, plus, minus, t)
 

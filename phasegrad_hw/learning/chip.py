@@ -105,6 +105,7 @@ class ChipScale:
         n, n_edges = model.n, len(model.edges)
         self.rule = rule
         self._opt = EPOptimizers(Optimizer(rule, (1, n)), Optimizer(rule, (1, n_edges)))
+        self._opt_key = (rule.lr_decay, 0)  # (lr_decay, epoch) of _opt.lr_scale (1 at epoch 0)
         self.epoch = 0
         self.lock = lock
         if lock is not None:
@@ -120,7 +121,12 @@ class ChipScale:
         self._free = np.setdiff1d(np.arange(n), self._held)
 
     def optimizers(self) -> EPOptimizers:
-        return self._opt._replace(lr_scale=self.rule.lr_decay**self.epoch)
+        """The optimizer state with this epoch's learning-rate scale (made once per epoch)."""
+        key = (self.rule.lr_decay, self.epoch)
+        if self._opt_key != key:
+            self._opt = self._opt._replace(lr_scale=self.rule.lr_decay**self.epoch)
+            self._opt_key = key
+        return self._opt
 
     def optimizer_state(self) -> dict[str, dict[str, Array | int]] | None:
         """The optimizer's moments (None for SGD, which has none), for a checkpoint."""

@@ -65,7 +65,6 @@ from phasegrad_hw.physics.gradients import loss
 
 log = logging.getLogger(__name__)
 Array = NDArray[np.float64]
-_SUM = np.add.reduce  # (a count of a bool mask without the wrappers)
 T = TypeVar("T")
 
 __all__ = [
@@ -154,6 +153,8 @@ class EPController:
         self._no_coupling = np.zeros((1, n_edges), dtype=bool)
         self._learn_w = mask[None]  # the rule's (1, N) and (1, E) masks, made once
         self._learn_k = self._edge_mask[None]
+        self._no_targets = np.full(len(self._outputs), np.nan)  # a sample not nudged (report)
+        self._no_targets.flags.writeable = False
         if config.rule.params in ("K", "both"):
             for k, s in enumerate(self.substrates):
                 if Capability.COUPLINGS not in s.capabilities:
@@ -263,8 +264,9 @@ class EPController:
         sub = self.substrates[k]
         last = self._written_k[k]
         cur = self.params.coupling
+        # (equal bytes: the same values; a mere ±0 difference costs one more write)
         if Capability.COUPLINGS in sub.capabilities and (
-            last is None or not np.array_equal(last, cur)
+            last is None or last.tobytes() != cur.tobytes()
         ):
             await sub.set_couplings(cur)
             self._written_k[k] = cur.copy()
@@ -423,24 +425,25 @@ class EPController:
             self.chip.optimizers(),
         )
         valid = upd.valid[0]
-        n_unlocked = int(_SUM(upd.unlocked, axis=None))
-        n_jump = int(_SUM(upd.basin_jump, axis=None))
+        n_unlocked = int(np.count_nonzero(upd.unlocked))
+        n_jump = int(np.count_nonzero(upd.basin_jump))
         if n_jump:
             for i in np.flatnonzero(upd.basin_jump[0]):
                 log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
-        n_out = len(self._outputs)
-        targets = np.stack(
-            [np.full(n_out, np.nan) if r.targets is None else r.targets for r in readings]
-        )
+        nan = self._no_targets
+        targets = np.array([nan if r.targets is None else r.targets for r in readings], np.float64)
         if not upd.updated[0]:
             return StepReport(
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
                 targets,
             )  # fmt: skip
-        ok = valid.nonzero()[0]
-        losses = loss(free[ok], self._outputs, targets[ok], self.model.nudge)
+        if n_unlocked + n_jump == 0:  # every sample valid: no gathers
+            losses = loss(free, self._outputs, targets, self.model.nudge)
+        else:
+            ok = valid.nonzero()[0]
+            losses = loss(free[ok], self._outputs, targets[ok], self.model.nudge)
         omega, coupling = self.chip.project(upd.omega[0], upd.coupling[0])
         self.params = Parameters(omega, coupling)
         self.stats.updates += 1

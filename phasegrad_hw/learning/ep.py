@@ -147,6 +147,16 @@ class EPUpdate(NamedTuple):
     grad_coupling: Array
 
 
+def _flag(v: bool) -> Mask:
+    """A read-only (1, 1) flag (the one-sample path's validity masks, made once)."""
+    a = np.full((1, 1), v)
+    a.flags.writeable = False
+    return a
+
+
+_FLAGS = {False: _flag(False), True: _flag(True)}
+
+
 def stack_readings(
     readings: Sequence[tuple[PhaseReading, PhaseReading | None, PhaseReading | None]],
     centred: bool,
@@ -157,12 +167,14 @@ def stack_readings(
     nudged (its free read did not lock) carries its free phases as filler and is not locked."""
     m = len(readings)
     minus = None
-    if m == 1:
+    if m == 1:  # (views of the readings' phases; the rule does not write into them)
         f, p, mi = readings[0]
         free = np.asarray(f.phases, dtype=np.float64).reshape(1, n)
         plus = np.asarray((f if p is None else p).phases, dtype=np.float64).reshape(1, 1, n)
         if centred:
             minus = np.asarray((f if mi is None else mi).phases, np.float64).reshape(1, 1, n)
+        ok = f.locked and p is not None and p.locked and (mi is None or mi.locked)
+        return free, plus, minus, _FLAGS[bool(ok)]
     else:
         free = np.stack([f.phases for f, _, _ in readings]).reshape(m, n)
         plus = np.stack([(f if p is None else p).phases for f, p, _ in readings])[None]
@@ -270,15 +282,7 @@ def ep_update(
     return EPUpdate(omega, coupling, valid, ~ok, jump, updated, g_w, g_k)
 
 
-def _flag(v: bool) -> Mask:
-    """A read-only (1, 1) flag (the one-sample path's validity masks, made once)."""
-    a = np.full((1, 1), v)
-    a.flags.writeable = False
-    return a
-
-
-_FLAGS = {False: _flag(False), True: _flag(True)}
-_MAX, _ANY = np.maximum.reduce, np.logical_or.reduce  # (the reductions without the wrappers)
+_MAX = np.maximum.reduce  # (the reduction without the wrapper)
 
 
 def _update_one(
@@ -322,7 +326,7 @@ def _update_one(
     else:
         g_w = np.zeros(omega.shape)
     learn = state.learn_coupling
-    if valid and _ANY(learn, axis=None):
+    if valid and np.count_nonzero(learn):
         gk = coupling_gradient_two_phase(f, p, net.edges, rule.beta, m_ph, net.coupling)
         g_k = np.where(learn, gk, 0.0)
         lo, hi = _k_limits(net)

@@ -106,7 +106,7 @@ def two_phase_from_displacement(d: Array, scale: float, ref: int | None) -> Arra
     """−d/scale with the reference entry 0: the two-phase estimate from the wrapped
     displacement d = wrap(θ^β − θ*) (scale β) or wrap(θ^{+β} − θ^{−β}) (scale 2β), rad;
     no validation (the EP rule's hot path, :func:`phasegrad_hw.learning.ep.ep_update`)."""
-    g = -d / scale
+    g = d / -scale  # (= −d/scale exactly: division rounds symmetrically in sign)
     if ref is not None:
         g[..., ref] = 0.0
     return g
