@@ -10,6 +10,17 @@ shape-preserving piecewise-cubic Hermite interpolant (PCHIP, Fritsch & Carlson, 
 Numer. Anal. 17(2), 1980) through it; the inverse is the PCHIP of the swapped points.
 Accuracy is checked on bias points midway between the sweep points (held out of the fit).
 
+Crosstalk (heaters: ΔT = r_th·X·P, docs/design.md §5) is measured as photonics labs do —
+one heater stepped at a time, every ring's frequency read (Milanizadeh et al., "Canceling
+thermal cross-talk effects in photonic integrated circuits", J. Lightw. Technol. 37(4),
+2019) — and fitted in the power domain: ring i's change against ring j's own shift y_j (∝
+heater j's power) by least squares through the origin gives X̂_ij (:func:`crosstalk_column`),
+entries kept above ``crosstalk_significance`` standard errors (none on a CMOS array: no
+matrix). Slow drift (ambient temperature, ~0.1 model units over a 140-channel calibration)
+would enter every entry and be summed over all aggressors by the map; each sweep point is
+therefore bracketed by reads of the all-rest state, and changes are taken against their
+mean. Own curves are the changes on top of the rest state averaged over the calibration.
+
 Without a frequency counter the curve comes from the phase response
 (:func:`transfer_from_phases`): with couplings K̂ identified by the symmetry calibration,
 the locked-state equations give every channel's frequency relative to the reference from

@@ -204,6 +204,12 @@ class TransferMap(StrictModel):
                 raise ValueError("crosstalk_matrix: the diagonal must be 1")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        """Equal content (the evaluation cache is not part of a map)."""
+        if not isinstance(other, TransferMap):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
     def _curves(self) -> tuple[_Cubics, _Cubics]:
         """The own curves and their swapped-point inverses, all channels together."""
         if "f" not in self._cache:
