@@ -10,6 +10,17 @@ shape-preserving piecewise-cubic Hermite interpolant (PCHIP, Fritsch & Carlson, 
 Numer. Anal. 17(2), 1980) through it; the inverse is the PCHIP of the swapped points.
 Accuracy is checked on bias points midway between the sweep points (held out of the fit).
 
+Crosstalk (heaters: ΔT = r_th·X·P, docs/design.md §5) is measured as photonics labs do —
+one heater stepped at a time, every ring's frequency read (Milanizadeh et al., "Canceling
+thermal cross-talk effects in photonic integrated circuits", J. Lightw. Technol. 37(4),
+2019) — and fitted in the power domain: ring i's change against ring j's own shift y_j (∝
+heater j's power) by least squares through the origin gives X̂_ij (:func:`crosstalk_column`),
+entries kept above ``crosstalk_significance`` standard errors (none on a CMOS array: no
+matrix). Slow drift (ambient temperature, ~0.1 model units over a 140-channel calibration)
+would enter every entry and be summed over all aggressors by the map; each sweep point is
+therefore bracketed by reads of the all-rest state, and changes are taken against their
+mean. Own curves are the changes on top of the rest state averaged over the calibration.
+
 Without a frequency counter the curve comes from the phase response
 (:func:`transfer_from_phases`): with couplings K̂ identified by the symmetry calibration,
 the locked-state equations give every channel's frequency relative to the reference from
@@ -73,6 +84,7 @@ class TransferConfig(StrictModel):
     validate_fit: bool = True
     install: bool = True
     phase_averages: int = Field(default=1024, ge=1)  # reads per point without a counter
+    crosstalk_significance: float = Field(default=5.0, gt=0.0)  # kept above this × std error
 
 
 class TransferResult(StrictModel):
@@ -84,17 +96,33 @@ class TransferResult(StrictModel):
     duration_s: float
 
 
-async def _sweep(sub: OscillatorSubstrate, k: int, grid: Array, reads: int) -> Array:
-    """(points, N) counter frequencies with channel k at each grid bias, others safe."""
+async def _read(sub: OscillatorSubstrate, reads: int) -> Array:
+    """Every channel's counter frequency (N,), ``reads`` reads averaged."""
+    out = np.asarray(await sub.read_frequencies(), dtype=np.float64)
+    for _ in range(reads - 1):
+        out = out + np.asarray(await sub.read_frequencies())
+    return out / reads
+
+
+async def _sweep(sub: OscillatorSubstrate, k: int, grid: Array, reads: int) -> tuple[Array, Array]:
+    """Channel k stepped through ``grid`` with every other channel at rest (its safe bias),
+    the all-rest state read before each point and after the last. Returns the change of every
+    channel's frequency (points, N) against the rest state at the same moment (the mean of
+    the two bracketing rest reads: slow drift cancels to first order) and the rest reads
+    (points + 1, N)."""
     safe = sub.model.safe_biases()
-    out = np.zeros((len(grid), sub.model.n))
-    for g, v in enumerate(grid):
+    await sub.set_biases(safe)
+    rest = [await _read(sub, reads)]
+    step = []
+    for v in grid:
         b = safe.copy()
         b[k] = v
         await sub.set_biases(b)
-        for _ in range(reads):
-            out[g] += np.asarray(await sub.read_frequencies())
-    return out / reads
+        step.append(await _read(sub, reads))
+        await sub.set_biases(safe)
+        rest.append(await _read(sub, reads))
+    r = np.stack(rest)
+    return np.stack(step) - 0.5 * (r[:-1] + r[1:]), r
 
 
 def fit_channel(bias: Array, omega: Array) -> ChannelCurve:
@@ -107,6 +135,25 @@ def fit_channel(bias: Array, omega: Array) -> ChannelCurve:
     return ChannelCurve(bias=bias.tolist(), omega=y.tolist(), increasing=inc)
 
 
+def crosstalk_column(change: Array, k: int, significance: float) -> Array:
+    """Column k of X̂ from channel k's sweep: every channel's frequency change (points, N)
+    against k's own shift y, by least squares through the origin (X̂_ik = Σ Δ_i y / Σ y²,
+    so X̂_kk = 1); an entry is kept only where it exceeds ``significance`` times its standard
+    error (from the fit's residuals: counter noise and what drift the bracketing leaves)."""
+    y = change[:, k]
+    yy = float(y @ y)
+    if yy == 0.0:
+        col = np.zeros(change.shape[1])
+        col[k] = 1.0
+        return col
+    col = change.T @ y / yy
+    resid = change - np.outer(y, col)
+    se = np.sqrt((resid * resid).sum(axis=0) / max(len(y) - 1, 1) / yy)
+    out: Array = np.where(np.abs(col) > significance * se, col, 0.0)
+    out[k] = 1.0
+    return out
+
+
 async def calibrate_transfer(
     sub: OscillatorSubstrate,
     cfg: TransferConfig | None = None,
@@ -114,9 +161,9 @@ async def calibrate_transfer(
     *,
     couplings: Array | None = None,
 ) -> TransferResult:
-    """Sweep, fit, validate and (optionally) install every channel's transfer curve: by the
-    frequency counter, or — without one — from the phase response with the identified
-    ``couplings`` (N, N) K̂ (:func:`transfer_from_phases`)."""
+    """Sweep, fit, validate and (optionally) install every channel's transfer curve and the
+    crosstalk matrix: by the frequency counter, or — without one — from the phase response
+    with the identified ``couplings`` (N, N) K̂ (:func:`transfer_from_phases`)."""
     cfg = cfg or TransferConfig()
     if Capability.FREQUENCY_COUNTER not in sub.capabilities:
         if couplings is None:
@@ -129,35 +176,61 @@ async def calibrate_transfer(
     t0 = time.perf_counter()
     model = sub.model
     lim = model.limits.bias
-    channels: list[ChannelCurve] = []
+    n = model.n
+    safe = model.safe_biases()
+    grids: list[Array] = []
+    changes: list[Array] = []
+    held_out: list[tuple[Array, Array]] = []
+    rest: list[Array] = []
     try:
-        await sub.set_biases(model.safe_biases())
-        rep = np.stack([np.asarray(await sub.read_frequencies()) for _ in range(8)])
-        at_safe = rep.mean(axis=0)
-        noise = float(rep.std(axis=0).max()) / np.sqrt(cfg.counter_reads)
-        for k in range(model.n):
-            progress(f"bias sweep channel {k + 1}/{model.n}", k / model.n)
+        for k in range(n):
+            progress(f"bias sweep channel {k + 1}/{n}", k / n)
             c = lim.channel(k)
-            grid = np.linspace(c.min, c.max, cfg.points)
-            sweep = await _sweep(sub, k, grid, cfg.counter_reads)
-            curve = fit_channel(grid, sweep[:, k])
-            cross = sweep - at_safe[None, :]
-            cross[:, k] = 0.0
-            # keep crosstalk only where it clearly exceeds counter noise and slow drift
-            if float(np.abs(cross).max()) > 10.0 * max(noise, 1e-12) + 1e-3 * np.ptp(sweep[:, k]):
-                curve.crosstalk = cross.tolist()
+            grids.append(np.linspace(c.min, c.max, cfg.points))
+            change, r = await _sweep(sub, k, grids[-1], cfg.counter_reads)
+            changes.append(change)
+            rest.append(r)
             if cfg.validate_fit:
-                mid = 0.5 * (grid[1:] + grid[:-1])
-                meas = (await _sweep(sub, k, mid, cfg.counter_reads))[:, k]
-                pred = curve.forward()(mid)
-                span = abs(curve.omega[-1] - curve.omega[0]) or 1.0
-                curve.error = float(np.abs(pred - meas).max() / span)
-                curve.holdout_bias = mid.tolist()
-                curve.holdout_residual = (pred - meas).tolist()
-            channels.append(curve)
+                mid = 0.5 * (grids[-1][1:] + grids[-1][:-1])
+                change, r = await _sweep(sub, k, mid, cfg.counter_reads)
+                held_out.append((mid, change))
+                rest.append(r)
     finally:
-        await sub.set_biases(model.safe_biases())
-    tmap = TransferMap(device=model.name, unit=lim.unit, channels=channels)
+        await sub.set_biases(safe)
+    at_rest = np.concatenate(rest).mean(axis=0)  # the rest state averaged over the calibration
+    channels = [
+        fit_channel(g, at_rest[k] + ch[:, k])
+        for k, (g, ch) in enumerate(zip(grids, changes, strict=True))
+    ]
+    X = np.stack(
+        [crosstalk_column(ch, k, cfg.crosstalk_significance) for k, ch in enumerate(changes)],
+        axis=1,
+    )
+    coupled = bool(np.any(X != np.eye(n)))
+    log.info(
+        "%s: %d crosstalk entries kept (largest %.3g)",
+        model.name,
+        int(np.count_nonzero(X - np.eye(n))),
+        float(np.abs(X - np.eye(n)).max()),
+    )
+    tmap = TransferMap(
+        device=model.name,
+        unit=lim.unit,
+        channels=channels,
+        crosstalk_matrix=X.tolist() if coupled else None,
+        rest_bias=safe.tolist() if coupled else None,
+    )
+    if cfg.validate_fit:
+        at_safe = tmap.frequency(safe)
+        for k, (mid, meas) in enumerate(held_out):
+            b = np.tile(safe, (len(mid), 1))
+            b[:, k] = mid
+            pred = np.stack([tmap.frequency(row) for row in b]) - at_safe
+            curve = channels[k]
+            span = abs(curve.omega[-1] - curve.omega[0]) or 1.0
+            curve.error = float(np.abs(pred - meas).max() / span)
+            curve.holdout_bias = mid.tolist()
+            curve.holdout_residual = (pred[:, k] - meas[:, k]).tolist()
     return _finish(sub, tmap, cfg.install, progress, t0)
 
 
