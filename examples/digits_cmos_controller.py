@@ -7,7 +7,7 @@ bias → frequency map (the mismatch alone detunes the rings by ≈ 0.3 model un
 the 8×8 digits for one epoch on a subset through the asyncio EP controller (docs/design.md §8):
 held input phases per sample, softmax cross-entropy clamp targets, centred β = 0.02,
 mini-batches of 32 with Adam, the locking projections — and prints the test accuracy before
-and after. A short run: the full task reaches ≈ 70 % after one epoch of 1 437 samples
+and after. A short run (320 samples in mini-batches of 8): the full task reaches ≈ 70 % after one epoch of 1 437 samples
 (``phasegrad-hw train --device examples/devices/cmos-64-64-10.toml --task digits``).
 """
 
@@ -25,7 +25,8 @@ from phasegrad_hw.studies.layered_training import controller_setup
 from phasegrad_hw.studies.training import TrainOptions, prepare
 
 DEVICE = Path(__file__).resolve().parent / "devices" / "cmos-64-64-10.toml"
-N_TRAIN, N_TEST = 160, 60
+N_TRAIN, N_TEST = 320, 120
+BATCH = 8  # 40 updates in the short run (the full task uses 32)
 
 
 async def main() -> None:
@@ -42,6 +43,7 @@ async def main() -> None:
     )
     sub = open_substrate(DEVICE, seed=0, transfer=None)
     cfg, enc, params = controller_setup(prepare(opts).options, sub.model, noise_map=False)
+    cfg = cfg.model_copy(update={"batch_size": BATCH})
     async with sub:
         await calibrate_transfer(sub)  # installs the measured bias map (not saved)
         _, before = await evaluate_parameters([sub], ds, enc, params, cfg)
