@@ -24,6 +24,13 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _pm(mean: float | None, std: float | None) -> str:
+    """Mean ± sample std of accuracies in %."""
+    if mean is None or std is None:
+        return _pct(mean)
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
 def _split(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -118,9 +125,10 @@ def register(groups: Groups) -> None:
         _dump(json_path, result)
         tab = Table(
             title=f"vowels {result['rows'][0]['task']} (2+{o.hidden}+2), "
-            f"{o.seeds} seeds, {o.epochs} epochs"
+            f"{o.seeds} seeds, {o.epochs} epochs; converged = {result['convergence']}"
         )
-        for col in ("loss", "params", "init", "readout", "success", "succ. acc", "all acc", "inv."):
+        cols = ("loss", "params", "init", "readout", "converged", "conv. acc", "test>60%")
+        for col in (*cols, "its acc", "all acc", "inv."):
             tab.add_column(col)
         for r in result["rows"]:
             tab.add_row(
@@ -129,7 +137,9 @@ def register(groups: Groups) -> None:
                 r["init"],
                 r["readout"],
                 f"{r['success']}/{r['seeds']}",
-                _pct(r["success_mean_acc"]),
+                _pm(r["success_mean_acc"], r["success_std_acc"]),
+                f"{r['success_test_defined']}/{r['seeds']}",
+                _pm(r["success_test_defined_mean_acc"], r["success_test_defined_std_acc"]),
                 f"{100 * r['all_mean_acc']:.1f}",
                 str(r["inverted"]),
             )
@@ -144,7 +154,10 @@ def _print_statistics(con: Any, result: dict[str, Any]) -> None:
     """The significance tests and the logistic-regression baseline of a vowel study."""
     from rich.table import Table
 
-    tab = Table(title="significance (published set-up, arg-max-cos readout)")
+    tab = Table(
+        title="significance (published set-up, arg-max-cos readout; converged = "
+        "final-epoch training accuracy > 60 %, *_test_defined: final test accuracy > 60 %)"
+    )
     for col in ("comparison", "test", "statistic", "p-value", "n"):
         tab.add_column(col)
     for name, tests in result.get("statistics", {}).items():
@@ -157,6 +170,19 @@ def _print_statistics(con: Any, result: dict[str, Any]) -> None:
                 "/".join(str(n) for n in test["n"]),
             )
     con.print(tab)
+    pt = result.get("published_test")
+    if pt is not None:
+        ma, mb = pt["mean_test_accuracy"]
+        sa, sb = pt["std_test_accuracy"]
+        pa, pb = pt["published_mean_test_accuracy"]
+        con.print(
+            f"published test (ω vs K7, Welch's t on converged seeds' test accuracy): "
+            f"p = {pt['p_value']:.3g} (published {pt['published_p_value']:.2g}; ours/published "
+            f"{pt['ratio']:.3g}; within 10×: {'yes' if pt['within_10x'] else 'NO'}); "
+            f"n = {pt['n'][0]}/{pt['n'][1]} (published {pt['published_n'][0]}/"
+            f"{pt['published_n'][1]}); ω {100 * ma:.1f} ± {100 * sa:.1f} %, K7 {100 * mb:.1f} ± "
+            f"{100 * sb:.1f} % (published {100 * pa:.1f} / {100 * pb:.1f} %)"
+        )
     lr = result.get("logistic_regression")
     if lr is not None:
         con.print(
