@@ -377,5 +377,5 @@ def published_test(rows: list[dict[str, Any]], statistics: dict[str, Any]) -> di
         "mann_whitney_u_p_value": statistics["omega_vs_K7"]["mann_whitney_u"]["p_value"],
         "published_mann_whitney_u_p_value": PUBLISHED_TEST["mann_whitney_u_p_value"],
         "test_defined_p_value": None if test_defined is None else test_defined["p_value"],
-        "test_defined_n": None if test_defined is None else test_defined["n"],
+        "test_defined_n": None if test_defined is None else list(test_defined["n"]),
     }
