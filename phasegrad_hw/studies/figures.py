@@ -135,8 +135,8 @@ def _setup_label(r: Mapping[str, Any]) -> str:
 
 def ablation_figure(result: Mapping[str, Any], path: Path | str) -> Path:
     """Grouped bars per (parameters, init): converged seeds (final-epoch training accuracy
-    > 60 %, the published criterion) and the mean test
-    accuracy over all seeds, one bar per set-up (loss / readout)."""
+    > 60 %, the published criterion) and the mean test accuracy over all seeds, one bar per
+    set-up (loss / readout)."""
     rows: Rows = result["rows"]
     groups = list(dict.fromkeys(f"{r['params']}\n{r['init']}" for r in rows))
     setups = list(dict.fromkeys(_setup_label(r) for r in rows))
@@ -168,8 +168,8 @@ def ablation_figure(result: Mapping[str, Any], path: Path | str) -> Path:
 
 def seeding_figure(result: Mapping[str, Any], path: Path | str) -> Path:
     """Random vs spectral initialisation: fraction of converged seeds (final-epoch training
-    accuracy > 60 %)
-    per readout and parameter set, for every configuration run with both initialisations."""
+    accuracy > 60 %) per readout and parameter set, for every configuration run with both
+    initialisations."""
     rows: Rows = result["rows"]
 
     def key(r: Mapping[str, Any]) -> str:
