@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,7 +68,7 @@ from phasegrad_hw.config import StrictModel
 from phasegrad_hw.studies.progress import EnsembleProgress
 
 if TYPE_CHECKING:
-    from phasegrad_hw.engine.results import EnsembleResult
+    from phasegrad_hw.engine.results import EnsembleResult, EpochSummary
     from phasegrad_hw.learning.tasks import Dataset, Encoding
     from phasegrad_hw.studies.executor import EnsembleExecutor
 
@@ -103,7 +103,10 @@ PUBLISHED_TEST: dict[str, Any] = {
 class VowelStudyOptions(StrictModel):
     """Validated study options: ``data`` a Hillenbrand-format CSV (vowel,F1,F2; synthetic
     formants when None), ``task`` two vowels ("a,i"), ``seeds`` per configuration, ``hidden``
-    the hidden chain length; ``parallel`` spreads networks over CPU threads (same results)."""
+    the hidden chain length; ``split`` "per_seed" (published: seed s trains and tests on its
+    own 80/20 split, drawn with s, as its initialisation and K7 edges are) or "fixed" (one
+    split, seed 0, for every seed); ``parallel`` spreads networks over CPU threads (same
+    results)."""
 
     data: Path | None = None
     seeds: int = Field(default=100, ge=1, le=10_000)
@@ -113,6 +116,7 @@ class VowelStudyOptions(StrictModel):
     setups: list[Setup] = Field(default_factory=lambda: list(SETUPS))
     params: list[ParamSet] = Field(default_factory=lambda: list(PARAMS))
     inits: list[Init] = Field(default_factory=lambda: list(INITS))
+    split: Literal["per_seed", "fixed"] = "per_seed"
     parallel: bool = False
 
     @property
@@ -123,25 +127,26 @@ class VowelStudyOptions(StrictModel):
 def output_modes(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Evidence: how the two outputs move across test inputs (rad).
 
-    Common mode c = (θ_o1 + θ_o2)/2 and differential Δ = θ_o1 − θ_o2 per test sample;
-    returns the mean over members of their spread across inputs and of the class separation
-    |mean_class1 − mean_class0|, the per-class means, for c and for Δ, and the fraction of
-    members whose mean Δ is positive.
+    ``out`` (B, n_test, 2) output phases, ``y`` the labels (n_test,) or per member
+    (B, n_test). Common mode c = (θ_o1 + θ_o2)/2 and differential Δ = θ_o1 − θ_o2 per test
+    sample; returns the mean over members of their spread across inputs and of the class
+    separation |mean_class1 − mean_class0|, the per-class means, for c and for Δ, and the
+    fraction of members whose mean Δ is positive.
     """
     ok = np.all(np.isfinite(out), axis=(1, 2))
     o = out[ok]
     if len(o) == 0:
         return {}
+    yy = np.broadcast_to(y, out.shape[:2])[ok]
     c = o.mean(axis=-1)
     d = o[..., 0] - o[..., 1]
     res = {}
     for name, v in (("common", c), ("differential", d)):
+        mean = [np.where(yy == k, v, 0.0).sum(axis=1) / (yy == k).sum(axis=1) for k in (0, 1)]
         res[f"{name}_std_rad"] = float(v.std(axis=1).mean())
-        res[f"{name}_class_separation_rad"] = float(
-            np.abs(v[:, y == 1].mean(axis=1) - v[:, y == 0].mean(axis=1)).mean()
-        )
-        res[f"{name}_class0_mean_rad"] = float(v[:, y == 0].mean())
-        res[f"{name}_class1_mean_rad"] = float(v[:, y == 1].mean())
+        res[f"{name}_class_separation_rad"] = float(np.abs(mean[1] - mean[0]).mean())
+        res[f"{name}_class0_mean_rad"] = float(v[yy == 0].mean())
+        res[f"{name}_class1_mean_rad"] = float(v[yy == 1].mean())
     # sign of the learned output offset Δ (θ_o1 − θ_o2): with arg-max cos it decides polarity
     res["fraction_differential_positive"] = float((d.mean(axis=1) > 0).mean())
     return res
@@ -163,24 +168,52 @@ def _plan(o: VowelStudyOptions) -> dict[str, tuple[Encoding, list[str], list[tup
     }
 
 
-def _rows(
-    o: VowelStudyOptions,
-    data: Dataset,
-    setup: str,
-    readouts: list[str],
-    block: tuple[str, str, int, int],
-    res: EnsembleResult,
-    seconds: float,
-) -> list[dict[str, Any]]:
-    """One row per readout for the members ``a:b`` trained with (``pset``, ``init``)."""
-    from phasegrad_hw.learning.tasks import Encoding
+class _Trained:
+    """Per seed of one set-up's configurations (filled as its ensembles finish): test and
+    training accuracy per readout (``(params, init, readout)`` → (seeds,)), skipped samples,
+    final test output phases (seeds, n_test, n_out) and test labels (seeds, n_test)."""
 
-    pset, init, a, b = block
+    def __init__(self, configs: list[tuple[str, str]], readouts: list[str], n_seeds: int):
+        keys = [(p, i, r) for p, i in configs for r in readouts]
+        self.test = {k: np.zeros(n_seeds) for k in keys}
+        self.train = {k: np.zeros(n_seeds) for k in keys}
+        self.skipped = {c: np.zeros(n_seeds, dtype=np.int64) for c in configs}
+        self.out: dict[tuple[str, str], np.ndarray] = {}
+        self.y: dict[tuple[str, str], np.ndarray] = {}
+
+    def add(
+        self,
+        pos: np.ndarray,
+        data: Dataset,
+        blocks: list[tuple[str, str, int, int]],
+        readouts: list[str],
+        res: EnsembleResult,
+    ) -> None:
+        """Results of the ensemble trained on ``data`` for the seeds at positions ``pos``."""
+        from phasegrad_hw.learning.tasks import Encoding
+
+        for pset, init, a, b in blocks:
+            for ro in readouts:
+                enc = Encoding(readout=ro)  # type: ignore[arg-type]
+                self.test[pset, init, ro][pos] = res.accuracy(enc, data.y_test)[a:b]
+                self.train[pset, init, ro][pos] = res.train_accuracy_under(enc, data.y_train)[a:b]
+            self.skipped[pset, init][pos] = res.skipped[a:b]
+            out = self.out.setdefault(
+                (pset, init),
+                np.full((len(self.skipped[pset, init]), *res.test_out.shape[1:]), np.nan),
+            )
+            out[pos] = res.test_out[a:b]
+            y = self.y.setdefault((pset, init), np.zeros(out.shape[:2], dtype=np.int64))
+            y[pos] = data.y_test
+
+
+def _rows(
+    o: VowelStudyOptions, setup: str, readouts: list[str], t: _Trained, seconds: float
+) -> list[dict[str, Any]]:
+    """One row per (configuration, readout) of a set-up's trained seeds."""
     rows = []
-    for ro in readouts:
-        enc = Encoding(readout=ro)  # type: ignore[arg-type]
-        acc = res.accuracy(enc, data.y_test)[a:b]
-        train = res.train_accuracy_under(enc, data.y_train)[a:b]
+    for pset, init, ro in t.test:
+        acc, train = t.test[pset, init, ro], t.train[pset, init, ro]
         row: dict[str, Any] = {
             "task": ",".join(o.classes),
             "params": pset,
@@ -190,6 +223,7 @@ def _rows(
             "hidden": o.hidden,
             "seeds": o.seeds,
             "epochs": o.epochs,
+            "split": o.split,
         }
         for key, ok in (("success", train > SUCCESS), ("success_test_defined", acc > SUCCESS)):
             row[key] = int(ok.sum())
@@ -198,7 +232,7 @@ def _rows(
         row |= {
             "all_mean_acc": float(acc.mean()),
             "inverted": int((acc < 1.0 - SUCCESS).sum()),
-            "skipped_samples": int(res.skipped[a:b].sum()),
+            "skipped_samples": int(t.skipped[pset, init].sum()),
             "ensemble_seconds": seconds,
             "accuracies": acc.tolist(),  # final test accuracy per seed, in seed order
             "train_accuracies": train.tolist(),  # final-epoch training accuracy per seed
@@ -207,11 +241,14 @@ def _rows(
     return rows
 
 
-def load_study_data(o: VowelStudyOptions) -> Dataset:
-    """The study's two-class data: the CSV if given, else synthetic formants."""
+def load_study_data(o: VowelStudyOptions, seed: int = 0) -> Dataset:
+    """The study's two-class data, split (80/20, stratified) with ``seed``: the CSV if given,
+    else synthetic formants (drawn with the seed too)."""
     from phasegrad_hw.learning.tasks import load_vowels, synthetic_vowels
 
-    return load_vowels(o.data, o.classes) if o.data is not None else synthetic_vowels(o.classes)
+    if o.data is not None:
+        return load_vowels(o.data, o.classes, seed=seed)
+    return synthetic_vowels(o.classes, seed=seed)
 
 
 def run_vowel_study(
@@ -222,56 +259,65 @@ def run_vowel_study(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     executor: EnsembleExecutor | None = None,
 ) -> dict[str, Any]:
-    """Train every configuration; returns ``{"rows": [...], "evidence": {...}, "seconds",
-    "data"}``. ``log`` receives one line per set-up; ``checkpoint`` the partial result after
-    each set-up (to save it); ``executor`` trains each set-up's ensemble elsewhere (e.g.
+    """Train every configuration; returns the JSON of the module docstring. ``log``
+    receives one line per set-up; ``checkpoint`` the partial result after each set-up (to
+    save it); ``executor`` trains each ensemble elsewhere (e.g.
     :class:`~phasegrad_hw.studies.executor.RayEnsembleExecutor`: same members, same rows;
-    no per-epoch progress) instead of in this process."""
+    no per-epoch progress) instead of in this process. With ``split="per_seed"`` each seed's
+    configurations are one ensemble on that seed's split, else every seed is in one."""
     from phasegrad_hw.device.presets import builder
     from phasegrad_hw.engine.ensemble import Ensemble
     from phasegrad_hw.engine.members import TrainConfig, members_from_builder
     from phasegrad_hw.learning.ep import EPRule
 
     t_start = time.perf_counter()
-    data = load_study_data(o)
     task = ",".join(o.classes)
     build = builder(o.hidden)
     seeds, epochs, parallel = list(range(o.seeds)), o.epochs, o.parallel
+    if o.split == "per_seed":
+        groups = [([s], load_study_data(o, s)) for s in seeds]
+    else:
+        groups = [(seeds, load_study_data(o))]
     rows: list[dict[str, Any]] = []
     evidence: dict[str, Any] = {}
     plan = _plan(o)
     for setup in o.setups:
         enc, readouts, configs = plan[setup]
-        template = None
-        members: list[Any] = []
-        blocks: list[tuple[str, str, int, int]] = []
-        for pset, init in configs:
-            k7 = pset == "K7"  # the couplings of 7 random edges learn
-            cfg = TrainConfig(
-                epochs=epochs,
-                init=init,  # type: ignore[arg-type]
-                rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
-                k_subset=7 if k7 else None,
-            )
-            template, ms = members_from_builder(build, seeds, cfg)
-            blocks.append((pset, init, len(members), len(members) + len(ms)))
-            members += ms
-        assert template is not None
-        cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10), parallel=parallel)
-        ens = Ensemble(template, members, data, enc, cfg)
+        trained = _Trained([(p, i) for p, i in configs], readouts, len(seeds))
+        n_nets = len(configs) * len(seeds)
+        label = f"{task} {setup} ({n_nets} networks)"
+        track = None if progress is None else progress.track(label, epochs * len(groups))
         t0 = time.perf_counter()
-        label = f"{task} {setup} ({len(members)} networks)"
-        if executor is None:
-            res = ens.run(None if progress is None else progress.track(label, epochs))
-        else:
-            res = executor.run(ens)
+        for g, (gseeds, data) in enumerate(groups):
+            template = None
+            members: list[Any] = []
+            blocks: list[tuple[str, str, int, int]] = []
+            for pset, init in configs:
+                k7 = pset == "K7"  # the couplings of 7 random edges learn
+                cfg = TrainConfig(
+                    epochs=epochs,
+                    init=init,  # type: ignore[arg-type]
+                    rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
+                    k_subset=7 if k7 else None,
+                )
+                template, ms = members_from_builder(build, gseeds, cfg)
+                blocks.append((pset, init, len(members), len(members) + len(ms)))
+                members += ms
+            assert template is not None
+            cfg = TrainConfig(epochs=epochs, test_every=max(1, epochs // 10), parallel=parallel)
+            ens = Ensemble(template, members, data, enc, cfg)
+            if executor is not None:
+                res = executor.run(ens)
+            else:
+                res = ens.run(None if track is None else _offset(track, g * epochs))
+            trained.add(np.asarray(gseeds), data, blocks, readouts, res)
         seconds = time.perf_counter() - t0
         if log is not None:
-            log(f"{setup}: {len(members)} networks, {epochs} epochs in {seconds:.0f} s")
-        for block in blocks:
-            rows += _rows(o, data, setup, readouts, block, res, seconds)
-            evidence[f"{setup}/{block[0]}/{block[1]}"] = output_modes(
-                res.test_out[block[2] : block[3]], data.y_test
+            log(f"{setup}: {n_nets} networks, {epochs} epochs in {seconds:.0f} s")
+        rows += _rows(o, setup, readouts, trained, seconds)
+        for pset, init in configs:
+            evidence[f"{setup}/{pset}/{init}"] = output_modes(
+                trained.out[pset, init], trained.y[pset, init]
             )
         if checkpoint is not None:
             checkpoint({"rows": rows, "evidence": evidence})
@@ -281,13 +327,20 @@ def run_vowel_study(
     return {
         "rows": rows,
         "convergence": CONVERGENCE,
+        "split": o.split,
         "evidence": evidence,
         "statistics": statistics,
         "published_test": published_test(rows, statistics),
-        "logistic_regression": asdict(logistic_regression(data)),
+        # on the seed-0 split
+        "logistic_regression": asdict(logistic_regression(groups[0][1])),
         "seconds": time.perf_counter() - t_start,
         "data": str(o.data) if o.data is not None else "synthetic",
     }
+
+
+def _offset(track: Callable[[EpochSummary], None], first: int) -> Callable[[EpochSummary], None]:
+    """``track`` fed with epochs counted on from ``first`` (one bar over a set-up's seeds)."""
+    return lambda s: track(replace(s, epoch=first + s.epoch))
 
 
 def _find(rows: list[dict[str, Any]], **match: str) -> dict[str, Any] | None:
