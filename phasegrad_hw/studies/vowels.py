@@ -2,7 +2,8 @@
 
 Published set-up (arXiv 2604.10272, docs/design.md §2): 2+5+2 network, K = 2·U(0.5,1.5)
 (chain 2·U(0.5,1.0)), online SGD lr 1e-3, β = 0.1, margin 0.2, clip 2, 200 epochs, 80/20
-split; targets −m (correct) / +m (other). Ablation: ω-only, K-only, both, K on 7 random edges
+split, a split per seed (the seed also draws the initialisation and the K7 edges); targets
+−m (correct) / +m (other). Ablation: ω-only, K-only, both, K on 7 random edges
 ("K7", the parameter-matched comparison: 7 learnable couplings vs 7 learnable frequencies);
 random vs spectral init; readouts arg-max-cos (published) and nearest template — both read
 from the *same* trained networks.
@@ -23,20 +24,21 @@ decision on the outputs' common phase (class 0: all outputs at −m, class 1: at
 nearest template = sign of the mean output phase); ``difference`` — loss on the output
 phase difference with decision sign(θ_o1 − θ_o2) (reported as a negative control).
 
-All seeds and configurations sharing a loss are trained as one vectorised ensemble
-(:mod:`phasegrad_hw.engine.ensemble`); each member equals its own per-seed run.
+The configurations sharing a loss are trained as one vectorised ensemble per seed (its own
+split; with ``split="fixed"`` one ensemble over every seed) (:mod:`phasegrad_hw.engine.ensemble`);
+each member equals its own per-seed run.
 
 JSON (:func:`run_vowel_study`; ``reproduce vowels --json``):
 
 * ``rows``: one per (loss, params, init, readout): ``task``, ``params``, ``init``,
-  ``readout``, ``loss``, ``hidden``, ``seeds``, ``epochs``; ``success`` seeds converged
-  (final-epoch training accuracy > 60 %), ``success_mean_acc``/``success_std_acc`` their
+  ``readout``, ``loss``, ``hidden``, ``seeds``, ``epochs``, ``split``; ``success`` seeds
+  converged (final-epoch training accuracy > 60 %), ``success_mean_acc``/``success_std_acc`` their
   test accuracies' mean and sample standard deviation (None below two / one seed);
   ``success_test_defined`` (+ ``_mean_acc``, ``_std_acc``) the same for final test accuracy
   > 60 %; ``all_mean_acc``; ``inverted`` seeds below 40 % test accuracy;
   ``skipped_samples``; ``ensemble_seconds``; ``accuracies`` and ``train_accuracies`` the
   final test and final-epoch training accuracy per seed (seed order).
-* ``convergence``: the criterion in words.
+* ``convergence``: the criterion in words; ``split``: "per_seed" or "fixed".
 * ``statistics`` (published set-up, arg-max-cos readout, random init): ``omega_vs_K7`` (the
   published test), ``omega_vs_K`` (all edges), ``random_vs_spectral`` (ω) — each
   ``fisher_exact`` on the converged counts and, with ≥ 2 converged seeds a side,
@@ -49,8 +51,8 @@ JSON (:func:`run_vowel_study`; ``reproduce vowels --json``):
   ``std_test_accuracy`` (sample std) and ``published_mean_test_accuracy``,
   ``mann_whitney_u_p_value`` and its published value, ``test_defined_p_value`` and
   ``test_defined_n``.
-* ``evidence`` (output phase modes per set-up), ``logistic_regression``, ``seconds``,
-  ``data``.
+* ``evidence`` (output phase modes per set-up), ``logistic_regression`` (on the seed-0
+  split), ``seconds``, ``data``.
 """
 
 from __future__ import annotations

@@ -89,3 +89,32 @@ def test_published_test_sits_beside_the_published_p_value() -> None:
     assert published_test(ROWS, far)["within_10x"] is False  # type: ignore[index]
     # without the K7 row there is no published test
     assert published_test([OMEGA, K], significance([OMEGA, K])) is None
+
+
+@pytest.mark.parametrize("split", ["per_seed", "fixed"])
+def test_each_seed_trains_and_tests_on_its_own_split(split: str) -> None:
+    """per_seed (published): seed s's row entries equal a run of that seed alone on the
+    split drawn with s; fixed: on the seed-0 split."""
+    from phasegrad_hw.device.presets import builder
+    from phasegrad_hw.engine.ensemble import train_seeds
+    from phasegrad_hw.engine.members import TrainConfig
+    from phasegrad_hw.learning.ep import EPRule
+    from phasegrad_hw.learning.tasks import Encoding
+    from phasegrad_hw.studies.vowels import VowelStudyOptions, load_study_data, run_vowel_study
+
+    o = VowelStudyOptions(
+        seeds=3, epochs=2, setups=["published"], params=["omega"], inits=["random"], split=split
+    )
+    res = run_vowel_study(o)
+    row = next(r for r in res["rows"] if r["readout"] == "argmax_cos")
+    assert res["split"] == row["split"] == split
+    cfg = TrainConfig(epochs=2, rule=EPRule(params="omega"))
+    readout = Encoding(readout="argmax_cos")
+    splits = set()
+    for s in range(3):
+        data = load_study_data(o, s if split == "per_seed" else 0)
+        splits.add(data.x_test.tobytes())
+        one = train_seeds(builder(5), [s], data, Encoding(readout="template"), cfg)
+        assert row["accuracies"][s] == one.accuracy(readout, data.y_test)[0]
+        assert row["train_accuracies"][s] == one.train_accuracy_under(readout, data.y_train)[0]
+    assert len(splits) == (3 if split == "per_seed" else 1)
