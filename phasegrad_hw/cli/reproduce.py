@@ -40,6 +40,7 @@ def register(groups: Groups) -> None:
 
     @groups.reproduce.command("vowels")
     def vowels(
+        *,
         data: Path | None = typer.Option(
             None, help="Hillenbrand-format CSV (vowel,F1,F2); synthetic formants if omitted."
         ),
