@@ -15,6 +15,11 @@ outputs toward the encoding's targets with a linear nudge of strength β, nudged
 basin jumps, mean over a step's valid samples, clip, step, projection onto the limits) —
 the compiled kernels (:mod:`phasegrad_hw.engine._kernels`) run a compiled copy of it.
 Sample order of epoch e: ``np.random.default_rng([seed, e]).permutation(n_train)``.
+
+Training accuracy (per epoch, and the last epoch's in the result): the published definition,
+:func:`phasegrad_hw.engine.results.train_accuracy_from_outputs` — the free states read in the
+training pass itself (no extra solves), counted over the samples whose free and nudged states
+locked; the compiled and the numpy paths hand the same (free outputs, locked) pairs to it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from numpy.typing import NDArray
 
 from phasegrad_hw.device.model import DeviceModel
 from phasegrad_hw.engine.members import Member, TrainConfig, members_from_builder
-from phasegrad_hw.engine.results import EnsembleResult, EpochSummary, accuracy_from_outputs
+from phasegrad_hw.engine.results import (
+    EnsembleResult,
+    EpochSummary,
+    accuracy_from_outputs,
+    train_accuracy_from_outputs,
+)
 from phasegrad_hw.learning.ep import EPNetwork, EPReadings, EPState, ep_update
 from phasegrad_hw.learning.tasks import Dataset, Encoding
 from phasegrad_hw.physics import centred
@@ -173,7 +183,8 @@ class Ensemble:
     def step(self, idx: NDArray[np.int64]) -> tuple[Array, NDArray[np.bool_]]:
         """One update of every member from training samples ``idx`` (B, m).
 
-        Returns the free output phases (B, m, n_out) and the validity mask (B, m).
+        Returns the free output phases (B, m, n_out) and the solved mask (B, m): the free
+        and the nudged states locked (the samples the training accuracy counts).
         """
         self.steps += 1
         B, m = idx.shape
@@ -195,21 +206,23 @@ class Ensemble:
         seen = status != K.Status.FAST_FAILED
         self.theta_prev[seen] = warm[seen]
         self._cache[members[seen], idx[seen, 0]] = warm[seen]
-        valid = status == K.Status.UPDATED
+        solved = (status == K.Status.UPDATED) | (status == K.Status.BASIN_JUMP)
         redo = np.flatnonzero(~seen)
         fo = free_out[:, None, :]
-        vmask = valid[:, None].copy()
+        smask = solved[:, None].copy()
         if redo.size:
-            f2, v2 = self._step_rows(idx[redo], redo)
+            f2, s2 = self._step_rows(idx[redo], redo)
             fo[redo] = f2
-            vmask[redo] = v2
-        return fo, vmask
+            smask[redo] = s2
+        return fo, smask
 
     def _step_rows(
         self, idx: NDArray[np.int64], rows: NDArray[np.int64]
     ) -> tuple[Array, NDArray[np.bool_]]:
         """The numpy/physics step for members ``rows`` with samples ``idx`` (len(rows), m):
-        the locked states, then :func:`~phasegrad_hw.learning.ep.ep_update`."""
+        the locked states, then :func:`~phasegrad_hw.learning.ep.ep_update`. Returns the free
+        output phases (NaN where the free state did not lock) and the solved mask (every
+        phase locked), as :meth:`step`."""
         rule = self.cfg.rule
         B, m = idx.shape
         omega, coupling = self.omega[rows], self.coupling[rows]
@@ -253,7 +266,7 @@ class Ensemble:
         self.jumps[rows] += upd.basin_jump.sum(axis=1)
         fo = out.copy()
         fo[~f_ok] = np.nan
-        return fo.reshape(B, m, -1), upd.valid
+        return fo.reshape(B, m, -1), ~upd.unlocked
 
     def test_accuracy(self) -> tuple[Array, Array]:
         """((B,) accuracy, (B, n_test, n_out) free output phases) on the test split."""
@@ -261,9 +274,10 @@ class Ensemble:
         out = self.free_outputs(np.ascontiguousarray(xt))
         return accuracy_from_outputs(out, self.data.y_test, self.enc), out
 
-    def _epoch_compiled(self, order: NDArray[np.int64]) -> Array:
+    def _epoch_compiled(self, order: NDArray[np.int64]) -> tuple[Array, NDArray[np.bool_]]:
         """One online epoch of every member in the compiled kernel; a member whose fast path
-        fails finishes the epoch on the numpy/physics path. Returns free outputs (B, n, n_out)."""
+        fails finishes the epoch on the numpy/physics path. Returns free outputs (B, n, n_out)
+        and the solved mask (B, n), in epoch order, as :meth:`step`."""
         K, ka = self._kernels, self._k
         assert K is not None
         B, n = order.shape
@@ -286,12 +300,14 @@ class Ensemble:
         self.jumps += (out.status == K.Status.BASIN_JUMP).sum(axis=1)
         self.steps += n
         free_out: Array = out.free_out
+        solved = (out.status == K.Status.UPDATED) | (out.status == K.Status.BASIN_JUMP)
         for b in np.flatnonzero(out.stop >= 0):
             rows = np.array([b])
             for t in range(int(out.stop[b]), n):
-                fo, _ = self._step_rows(order[b : b + 1, t : t + 1], rows)
+                fo, ok = self._step_rows(order[b : b + 1, t : t + 1], rows)
                 free_out[b, t] = fo[0, 0]
-        return free_out
+                solved[b, t] = ok[0, 0]
+        return free_out, solved
 
     def run(self, on_epoch: Callable[[EpochSummary], None] | None = None) -> EnsembleResult:
         """Train for ``config.epochs`` epochs and evaluate the final networks."""
@@ -302,29 +318,31 @@ class Ensemble:
         history: list[EpochSummary] = []
         final = np.empty(0)
         m = cfg.batch_size
+        n_out = len(self.outputs)
+        train_out = np.full((B, n, n_out), np.nan)
+        train = np.zeros(B)
+        members = np.arange(B)[:, None]
         for e in range(cfg.epochs):
             te = time.perf_counter()
             order = np.stack([np.random.default_rng([s, e]).permutation(n) for s in self.seeds])
             skipped0 = self.unlocked + self.jumps
-            right = np.zeros(B)
             if self._kernels is not None and m == 1:
-                fo = self._epoch_compiled(order)
-                bad = ~np.all(np.isfinite(fo), axis=-1)
-                pred = self.enc.predict(np.where(bad[..., None], 0.0, fo))
-                right += ((pred == self.data.y_train[order]) & ~bad).sum(axis=1)
+                fo, solved = self._epoch_compiled(order)
             else:
+                fo = np.full((B, n, n_out), np.nan)
+                solved = np.zeros((B, n), dtype=bool)
                 for a in range(0, n, m):
-                    idx = order[:, a : a + m]
-                    fo, _ = self.step(idx)
-                    bad = ~np.all(np.isfinite(fo), axis=-1)
-                    pred = self.enc.predict(np.where(bad[..., None], 0.0, fo))
-                    right += ((pred == self.data.y_train[idx]) & ~bad).sum(axis=1)
+                    fo[:, a : a + m], solved[:, a : a + m] = self.step(order[:, a : a + m])
+            # each sample once per epoch: back to the split's order, unsolved samples NaN
+            train_out = np.full((B, n, n_out), np.nan)
+            train_out[members, order] = np.where(solved[..., None], fo, np.nan)
+            train = train_accuracy_from_outputs(train_out, self.data.y_train, self.enc)
             test = None
             if (e + 1) % cfg.test_every == 0 or e + 1 == cfg.epochs:
                 test, final = self.test_accuracy()
             summ = EpochSummary(
                 e + 1,
-                right / n,
+                train,
                 test,
                 self.unlocked + self.jumps - skipped0,
                 time.perf_counter() - te,
@@ -348,6 +366,8 @@ class Ensemble:
             self.coupling.copy(),
             out,
             acc,
+            train_out,
+            train,
             history,
             self.unlocked.copy(),
             self.jumps.copy(),

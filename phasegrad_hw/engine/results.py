@@ -17,7 +17,7 @@ class EpochSummary:
     """Per-epoch summary over the ensemble (arrays have one entry per member)."""
 
     epoch: int  # 1-based count of completed epochs
-    train_accuracy: Array  # running accuracy of the free states seen during the epoch
+    train_accuracy: Array  # the epoch's training accuracy (:func:`train_accuracy_from_outputs`)
     test_accuracy: Array | None  # None when the test split was not evaluated this epoch
     skipped: NDArray[np.int64]  # skipped samples this epoch
     seconds: float
@@ -32,6 +32,11 @@ class EnsembleResult:
     coupling: Array  # (B, E)
     test_out: Array  # (B, n_test, n_out) final free output phases (NaN where not locked)
     test_accuracy: Array  # (B,) under the training encoding's readout
+    # (B, n_train, n_out) the last epoch's free output phases per training sample (in the
+    # split's order), taken just before that sample's update; NaN where the free or a nudged
+    # state did not lock (the sample is not counted by the training accuracy)
+    train_out: Array
+    train_accuracy: Array  # (B,) last epoch's training accuracy under the training readout
     history: list[EpochSummary]
     skipped_unlocked: NDArray[np.int64]  # (B,)
     skipped_basin_jump: NDArray[np.int64]  # (B,)
@@ -46,6 +51,10 @@ class EnsembleResult:
         """(B,) test accuracy of the final networks under any readout of ``encoding``."""
         return accuracy_from_outputs(self.test_out, y_test, encoding)
 
+    def train_accuracy_under(self, encoding: Encoding, y_train: NDArray[np.int64]) -> Array:
+        """(B,) last-epoch training accuracy under any readout of ``encoding``."""
+        return train_accuracy_from_outputs(self.train_out, y_train, encoding)
+
 
 def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
     """Accuracy per member; unlocked samples (NaN phases) count as wrong."""
@@ -53,3 +62,14 @@ def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) 
     pred = encoding.predict(np.where(bad[..., None], 0.0, out))
     right = (pred == y) & ~bad
     return np.asarray(right.mean(axis=-1), dtype=np.float64)
+
+
+def train_accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
+    """Training accuracy per member, the published definition (arXiv 2604.10272, its
+    convergence criterion): among an epoch's online samples whose free and nudged states
+    both locked (finite rows of ``out``, the free output phases just before the sample's
+    update), the fraction the free state classifies correctly; 0 when none locked."""
+    ok = np.all(np.isfinite(out), axis=-1)
+    pred = encoding.predict(np.where(ok[..., None], out, 0.0))
+    right = ((pred == y) & ok).sum(axis=-1)
+    return np.asarray(right / np.maximum(ok.sum(axis=-1), 1), dtype=np.float64)

@@ -73,6 +73,8 @@ def merge_results(parts: Sequence[EnsembleResult]) -> EnsembleResult:
         cat("coupling"),
         cat("test_out"),
         cat("test_accuracy"),
+        cat("train_out"),
+        cat("train_accuracy"),
         history,
         cat("skipped_unlocked"),
         cat("skipped_basin_jump"),

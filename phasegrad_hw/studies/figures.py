@@ -8,9 +8,9 @@ One function per figure, each taking the JSON-ready result of a study and a path
   (``["finite_beta"]``);
 * :func:`asymmetry_figure` — cosine vs random coupling asymmetry with the published values
   (``["asymmetry"]``);
-* :func:`ablation_figure` — success counts and mean accuracies per set-up of the vowel study
+* :func:`ablation_figure` — converged seeds and mean accuracies per set-up of the vowel study
   (``run_vowel_study(...)["rows"]``);
-* :func:`seeding_figure` — random vs spectral initialisation, success counts per parameter set;
+* :func:`seeding_figure` — random vs spectral initialisation, converged seeds per parameter set;
 * :func:`fm_figure` — per-seed FM test accuracies, EP and logistic regression, with the
   published ranges (:func:`phasegrad_hw.studies.fm.run_fm_study`).
 
@@ -134,8 +134,9 @@ def _setup_label(r: Mapping[str, Any]) -> str:
 
 
 def ablation_figure(result: Mapping[str, Any], path: Path | str) -> Path:
-    """Grouped bars per (parameters, init): success counts (of the seeds) and the mean test
-    accuracy over all seeds, one bar per set-up (loss / readout)."""
+    """Grouped bars per (parameters, init): converged seeds (final-epoch training accuracy
+    > 60 %, the published criterion) and the mean test accuracy over all seeds, one bar per
+    set-up (loss / readout)."""
     rows: Rows = result["rows"]
     groups = list(dict.fromkeys(f"{r['params']}\n{r['init']}" for r in rows))
     setups = list(dict.fromkeys(_setup_label(r) for r in rows))
@@ -153,7 +154,7 @@ def ablation_figure(result: Mapping[str, Any], path: Path | str) -> Path:
         a1.bar(x + (k - (len(setups) - 1) / 2) * width, succ, width, label=s)
         a2.bar(x + (k - (len(setups) - 1) / 2) * width, acc, width, label=s)
     seeds = max(int(r["seeds"]) for r in rows)
-    a1.set_ylabel(f"successful seeds (test accuracy > 60 %, of {seeds})")
+    a1.set_ylabel(f"converged seeds (final training accuracy > 60 %, of {seeds})")
     a2.set_ylabel("mean test accuracy over all seeds (%)")
     a2.axhline(50.0, color="k", lw=0.8, ls=":")
     for a in (a1, a2):
@@ -166,8 +167,9 @@ def ablation_figure(result: Mapping[str, Any], path: Path | str) -> Path:
 
 
 def seeding_figure(result: Mapping[str, Any], path: Path | str) -> Path:
-    """Random vs spectral initialisation: fraction of successful seeds (test accuracy > 60 %)
-    per readout and parameter set, for every configuration run with both initialisations."""
+    """Random vs spectral initialisation: fraction of converged seeds (final-epoch training
+    accuracy > 60 %) per readout and parameter set, for every configuration run with both
+    initialisations."""
     rows: Rows = result["rows"]
 
     def key(r: Mapping[str, Any]) -> str:
@@ -187,7 +189,7 @@ def seeding_figure(result: Mapping[str, Any], path: Path | str) -> Path:
         ax.bar(x + (k - 0.5) * 0.4, frac, 0.4, label=f"{init} init")
     ax.set_xticks(x, keys, fontsize=8)
     ax.set_xlabel("readout (decision rule) and learned parameters")
-    ax.set_ylabel("successful seeds (%)")
+    ax.set_ylabel("converged seeds (final training accuracy > 60 %) (%)")
     ax.set_ylim(0, 105)
     ax.set_title("spectral seeding vs random initialisation (vowels)")
     ax.grid(True, axis="y", alpha=0.3)

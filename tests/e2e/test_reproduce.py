@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,27 +173,50 @@ def test_reproduce_rows_shape(tmp_path: Path) -> None:
 
 def test_reproduce_reports_significance_and_the_logistic_baseline(tmp_path: Path) -> None:
     """The JSON carries the study's p-values (Fisher, Welch, Mann–Whitney per comparison;
-    Cochran's Q across set-ups) recomputed here from the per-seed accuracies it stores."""
-    from phasegrad_hw.studies.stats import cochran_q, fisher_exact
+    Cochran's Q across set-ups) recomputed here from the per-seed accuracies it stores:
+    seeds converged by final-epoch training accuracy > 0.6, the published test ω vs K7."""
+    from phasegrad_hw.studies.stats import cochran_q, fisher_exact, welch_t
 
     out = tmp_path / "rows.json"
     r = CliRunner().invoke(
         cli_app("train", "reproduce"),
-        ["reproduce", "vowels", "--seeds", "4", "--epochs", "3", "--setups", "published",
-         "--params", "omega,K", "--json", str(out)],
+        ["reproduce", "vowels", "--seeds", "6", "--epochs", "4", "--setups", "published",
+         "--params", "omega,K,K7", "--json", str(out)],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "significance" in r.output and "logistic regression" in r.output
     d = json.loads(out.read_text())
     rows, st = d["rows"], d["statistics"]
-    assert all(len(row["accuracies"]) == 4 for row in rows)
-    w = next(x for x in rows if x["params"] == "omega" and x["init"] == "random"
-             and x["readout"] == "argmax_cos")  # fmt: skip
-    k = next(x for x in rows if x["params"] == "K" and x["init"] == "random"
-             and x["readout"] == "argmax_cos")  # fmt: skip
-    want = fisher_exact(w["success"], 4, k["success"], 4)
+    assert d["convergence"].startswith("final-epoch training accuracy > 0.6")
+    for row in rows:
+        assert len(row["accuracies"]) == len(row["train_accuracies"]) == 6
+        conv = [a > 0.6 for a in row["train_accuracies"]]
+        assert row["success"] == sum(conv)
+        assert row["success_test_defined"] == sum(a > 0.6 for a in row["accuracies"])
+        for key in ("success", "success_test_defined"):
+            assert {f"{key}_mean_acc", f"{key}_std_acc"} <= row.keys()
+
+    def pick(params: str) -> dict[str, Any]:
+        return next(x for x in rows if x["params"] == params and x["init"] == "random"
+                    and x["readout"] == "argmax_cos")  # fmt: skip
+
+    w, k, k7 = pick("omega"), pick("K"), pick("K7")
+    want = fisher_exact(w["success"], 6, k["success"], 6)
     assert st["omega_vs_K"]["fisher_exact"]["p_value"] == want.p_value
-    ok = [[a > 0.6 for a in row["accuracies"]] for row in rows]
+    ok = [[a > 0.6 for a in row["train_accuracies"]] for row in rows]
     assert st["cochran_q"]["p_value"] == cochran_q(list(zip(*ok, strict=True))).p_value
+    # the published test: Welch on the K7 row's converged seeds, printed beside 1.8e-12
+    cw = [a for a, t in zip(w["accuracies"], w["train_accuracies"], strict=True) if t > 0.6]
+    ck = [a for a, t in zip(k7["accuracies"], k7["train_accuracies"], strict=True) if t > 0.6]
+    p = welch_t(cw, ck).p_value
+    assert st["omega_vs_K7"]["welch_t"]["p_value"] == p
+    pt = d["published_test"]
+    assert pt["comparison"] == "omega_vs_K7" and pt["p_value"] == p
+    assert pt["n"] == [len(cw), len(ck)] and pt["published_p_value"] == 1.8e-12
+    assert pt["within_10x"] == (0.1 <= p / 1.8e-12 <= 10)
+    assert {"ratio", "published_n", "mean_test_accuracy", "std_test_accuracy",
+            "published_mean_test_accuracy", "mann_whitney_u_p_value",
+            "test_defined_p_value", "test_defined_n"} <= pt.keys()  # fmt: skip
+    assert "published test" in r.output and "1.8e-12" in r.output
     lr = d["logistic_regression"]
     assert 0.5 < lr["test_accuracy"] <= 1.0 and 0.5 < lr["train_accuracy"] <= 1.0
