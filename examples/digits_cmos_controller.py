@@ -6,9 +6,10 @@ and K_ij ≠ K_ji, sin φ + a2 sin 2φ + b0 + b1 cos φ, phase noise, 2 ps TDC),
 bias → frequency map (the mismatch alone detunes the rings by ≈ 0.3 model units), then trains
 the 8×8 digits for one epoch on a subset through the asyncio EP controller (docs/design.md §8):
 held input phases per sample, softmax cross-entropy clamp targets, centred β = 0.02,
-mini-batches of 32 with Adam, the locking projections — and prints the test accuracy before
-and after. A short run (320 samples in mini-batches of 8): the full task reaches ≈ 70 % after one epoch of 1 437 samples
-(``phasegrad-hw train --device examples/devices/cmos-64-64-10.toml --task digits``).
+mini-batches with Adam, the locking projections — and prints the test accuracy before and
+after. A short run (320 samples in mini-batches of 8); the full task (mini-batches of 32)
+reaches ≈ 70 % after one epoch of 1 437 samples (``phasegrad-hw calibrate transfer``, then
+``phasegrad-hw train --task digits`` on a copy of the device file).
 """
 
 import asyncio
