@@ -239,6 +239,7 @@ def controller_setup(
     lr = base.lr_k if o.lr == generic.lr else o.lr
     params: Literal["omega", "K", "both"] = "both" if o.params == "both" else "K"
     if not couplings:
+        log.warning("%s cannot set couplings: learning ω only, on the chip's own K", model.name)
         params = "omega"
     rule = EPRule(
         params=params,
