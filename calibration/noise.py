@@ -63,7 +63,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -457,6 +457,28 @@ def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float, average
     return 1.0 - err / (2.0 * float(g @ g))
 
 
+def _best_at_most_averages(
+    betas: Sequence[float],
+    beta_max: float,
+    averages: int,
+    cosine_of: Callable[[float, int], float],
+    time_of: Callable[[int], float],
+) -> Candidate | None:
+    """The fallback when no β meets the target: the β ≤ ``beta_max`` with the best predicted
+    cosine at ``averages`` (the most worth taking), or None without a candidate β."""
+    fall = [
+        Candidate(
+            beta=b,
+            averages=averages,
+            predicted_cosine=cosine_of(b, averages),
+            time_s=time_of(averages),
+        )
+        for b in betas
+        if 0 < b <= beta_max
+    ]
+    return max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+
+
 async def calibrate_noise(
     sub: OscillatorSubstrate,
     cfg: NoiseConfig | None = None,
@@ -564,18 +586,13 @@ async def calibrate_noise(
         )
 
     def achievable() -> Candidate | None:
-        a_best = noise.best_averages(max_avg)
-        fall = [
-            Candidate(
-                beta=b,
-                averages=a_best,
-                predicted_cosine=predicted_cosine(g_rich, c, noise, b, a_best),
-                time_s=time_of(a_best),
-            )
-            for b in betas
-            if 0 < b <= beta_max
-        ]
-        return max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+        return _best_at_most_averages(
+            betas,
+            beta_max,
+            noise.best_averages(max_avg),
+            lambda b, a: predicted_cosine(g_rich, c, noise, b, a),
+            time_of,
+        )
 
     async def measure(beta: float, a: int, attempt: int, trials: int) -> list[float]:
         cosines = []
@@ -864,18 +881,13 @@ async def _calibrate_batch(
         )
 
     def achievable() -> Candidate | None:
-        a_best = noise.best_averages(max_avg)
-        fall = [
-            Candidate(
-                beta=b,
-                averages=a_best,
-                predicted_cosine=signal.cosine(noise, b, a_best, b_verify),
-                time_s=time_of(a_best),
-            )
-            for b in betas
-            if 0 < b <= b1
-        ]
-        return max(fall, key=lambda x: x.predicted_cosine or 0.0) if fall else None
+        return _best_at_most_averages(
+            betas,
+            b1,
+            noise.best_averages(max_avg),
+            lambda b, a: signal.cosine(noise, b, a, b_verify),
+            time_of,
+        )
 
     async def measure(beta: float, a: int, attempt: int, trials: int) -> list[float]:
         cosines = []
