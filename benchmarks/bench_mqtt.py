@@ -50,34 +50,11 @@ from phasegrad_hw.fleet.telemetry import Telemetry
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
+from phasegrad_hw.testing.mosquitto import Mosquitto, agent_process
+from phasegrad_hw.testing.remote import vowel_model
 from phasegrad_hw.wire.mqtt import BrokerConfig
-from tests.mosquitto import Mosquitto, agent_process
 
 NAME = "bench/chip"
-
-
-def model_2_5_2() -> SimulatedDeviceModel:
-    rng = np.random.default_rng(0)
-    edges = [
-        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
-    ]
-    edges += [
-        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
-    ]
-    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    return SimulatedDeviceModel.model_validate(
-        {
-            "n_oscillators": 9,
-            "edges": edges,
-            "readout_noise_rad": 0.01,
-            "roles": {
-                "inputs": [0, 1],
-                "hidden": [2, 3, 4, 5, 6],
-                "outputs": [7, 8],
-                "reference": 0,
-            },
-        }
-    )
 
 
 async def throughput(
@@ -337,7 +314,7 @@ def main() -> None:
             brokers[label] = (b.uri("controller"), b.uri("agent"))
     else:
         brokers["given"] = (args.broker, args.broker)
-    model = model_2_5_2()
+    model = vowel_model()
     dev = work / "dev.toml"
     model.save(dev)
     first = BrokerConfig.parse(next(iter(brokers.values()))[0])[0]
