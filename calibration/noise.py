@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -400,7 +401,6 @@ class BatchReport(StrictModel):
     signal: BatchSignal
     lock: LockBound
     reference_noise2: float  # E‖g_ref,s − g_s‖² of one per-sample reference (subtracted)
-    time_per_sample_s: float  # free + ± reads at the chosen A (measured time model)
 
 
 class NoiseResult(StrictModel):
@@ -424,7 +424,7 @@ class NoiseResult(StrictModel):
     predicted_cosine: float
     measured_cosines: list[float]
     measured_cosine: float
-    estimate_time_s: float
+    estimate_time_s: float  # one estimate at the chosen A (task samples: free + ± reads) (s)
     passed: bool
     duration_s: float
     rounds: list[VerifyRound] = []
@@ -455,6 +455,21 @@ def predicted_cosine(g: Array, c: Array, noise: NoiseModel, beta: float, average
     """1 − (‖b_⊥‖² + v(A)/(2β²)) / (2‖g‖²) with b = c β² (see the module docstring)."""
     err = _bias_across(g, c, beta) + noise.var(averages) / (2.0 * beta**2)
     return 1.0 - err / (2.0 * float(g @ g))
+
+
+def _chosen(
+    last: VerifyRound, target_cos: float, time_of: Callable[[int], float]
+) -> dict[str, Any]:
+    """The :class:`NoiseResult` fields of the setting the last verify round settled on."""
+    return {
+        "beta": last.beta,
+        "averages": last.averages,
+        "predicted_cosine": last.predicted_cosine,
+        "measured_cosines": last.measured_cosines,
+        "measured_cosine": last.measured_cosine,
+        "estimate_time_s": time_of(last.averages),
+        "passed": last.measured_cosine >= target_cos,
+    }
 
 
 def _best_at_most_averages(
@@ -612,7 +627,6 @@ async def calibrate_noise(
             f"(σ_w = {np.sqrt(noise.white_rad2):.3g} rad); lower the target or raise "
             "limits.max_averages"
         )
-    last = rounds[-1]
     await sub.set_frequencies(omega0)
     progress("noise done", 1.0)
     return NoiseResult(
@@ -630,13 +644,7 @@ async def calibrate_noise(
         omega=omega0.tolist(),
         target_cosine=target_cos,
         candidates=cands,
-        beta=last.beta,
-        averages=last.averages,
-        predicted_cosine=last.predicted_cosine,
-        measured_cosines=last.measured_cosines,
-        measured_cosine=last.measured_cosine,
-        estimate_time_s=time_of(last.averages),
-        passed=last.measured_cosine >= target_cos,
+        **_chosen(rounds[-1], target_cos, time_of),
         duration_s=time.perf_counter() - t0,
     )
 
@@ -925,7 +933,6 @@ async def _calibrate_batch(
             f"{target_cos} with ≤ {max_avg} averages; lower the target or raise "
             "limits.max_averages"
         )
-    last = rounds[-1]
     await sub.set_frequencies(task.omega)
     progress("noise done", 1.0)
     return NoiseResult(
@@ -943,13 +950,7 @@ async def _calibrate_batch(
         omega=np.asarray(task.omega, dtype=np.float64).tolist(),
         target_cosine=target_cos,
         candidates=cands,
-        beta=last.beta,
-        averages=last.averages,
-        predicted_cosine=last.predicted_cosine,
-        measured_cosines=last.measured_cosines,
-        measured_cosine=last.measured_cosine,
-        estimate_time_s=time_of(last.averages),
-        passed=last.measured_cosine >= target_cos,
+        **_chosen(rounds[-1], target_cos, time_of),
         duration_s=time.perf_counter() - t_start,
         batch=BatchReport(
             task=task.task,
@@ -959,6 +960,5 @@ async def _calibrate_batch(
             signal=signal,
             lock=lock,
             reference_noise2=ref_noise2,
-            time_per_sample_s=time_of(last.averages),
         ),
     )

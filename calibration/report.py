@@ -163,7 +163,7 @@ class CalibrationReport(StrictModel):
                     f"{nz.predicted_cosine:.4f}, target {nz.target_cosine}); lock margin "
                     f"β·κ ≤ {lk.strength_bound:.3g} ({100 * lk.quantile:.0f} % quantile, "
                     f"κ {min(lk.gains):.2g}–{max(lk.gains):.2g}) → β ≤ {lk.beta_bound:.3g} "
-                    f"(safety {lk.safety:g}); {1e3 * b.time_per_sample_s:.1f} ms per sample"
+                    f"(safety {lk.safety:g}); {1e3 * nz.estimate_time_s:.1f} ms per sample"
                 )
             out.append(("noise/β", nz.passed, detail))
         return out
