@@ -717,24 +717,14 @@ class MqttSubstrate(OscillatorSubstrate):
         )
 
     def _read_op(self, averages: int) -> dict[str, Any]:
-        if (
-            not isinstance(averages, (int, np.integer))
-            or not 1 <= averages <= self.model.limits.max_averages
-        ):
-            raise LimitError(
-                f"averages: {averages!r} is out of range; "
-                f"allowed 1…{self.model.limits.max_averages}"
-            )
-        return {"op": "read_phases", "averages": int(averages)}
+        return {"op": "read_phases", "averages": self._check_averages(averages)}
 
     async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]:
         """As the base class (``set_frequencies`` + ``read_phases`` per row, in order), every
         row limit-checked before anything is sent, sent in as few batches as the limits
         allow: an evaluation set in a few round trips instead of one per sample."""
         read = self._read_op(averages)
-        rows = np.asarray(omegas, dtype=np.float64)
-        if rows.ndim != 2:
-            raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
+        rows = self._check_rows(omegas)
         ops: list[dict[str, Any]] = []
         for w in rows:  # the remote substrate takes ω natively (the agent maps it)
             ops += [{"op": "set_frequencies", "omega": self.model.check_frequencies(w).tolist()}]

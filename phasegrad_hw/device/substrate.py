@@ -281,6 +281,10 @@ class OscillatorSubstrate(ABC):
     async def _read_checked(self, averages: int) -> PhaseReading:
         """``read_phases`` without the yield (``measure_ep``: its caller, the EP step,
         yields once per step — the training loop's cancellation point)."""
+        return await self._bounded("read_phases", self._read(self._check_averages(averages)))
+
+    def _check_averages(self, averages: int) -> int:
+        """``averages`` as an int in 1…limits.max_averages, else :class:`LimitError`."""
         if (
             not isinstance(averages, (int, np.integer))
             or not 1 <= averages <= self.model.limits.max_averages
@@ -289,7 +293,15 @@ class OscillatorSubstrate(ABC):
                 f"averages: {averages!r} is out of range; "
                 f"allowed 1…{self.model.limits.max_averages}"
             )
-        return await self._bounded("read_phases", self._read(int(averages)))
+        return int(averages)
+
+    def _check_rows(self, omegas: ArrayLike) -> Array:
+        """``omegas`` as an (n, N) float array of frequency rows (shape only; each row is
+        limit-checked where it is set), else :class:`LimitError`."""
+        rows = np.asarray(omegas, dtype=np.float64)
+        if rows.ndim != 2:
+            raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
+        return rows
 
     async def read_frequencies(self) -> Array:
         """Free-running frequency of each oscillator (model units); needs ``frequency_counter``."""
@@ -336,11 +348,8 @@ class OscillatorSubstrate(ABC):
     async def read_phases_at(self, omegas: ArrayLike, averages: int = 1) -> list[PhaseReading]:
         """Free phases at each row of ``omegas`` (n, N) model units, in order
         (``set_frequencies`` + ``read_phases`` per row); the device ends at the last row."""
-        rows = np.asarray(omegas, dtype=np.float64)
-        if rows.ndim != 2:
-            raise LimitError(f"omegas: shape {rows.shape} must be (n, {self.model.n})")
         out = []
-        for w in rows:
+        for w in self._check_rows(omegas):
             await self.set_frequencies(w)
             out.append(await self.read_phases(averages))
         return out
