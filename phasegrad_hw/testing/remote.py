@@ -29,6 +29,7 @@ from phasegrad_hw.learning.controller import EPConfig, Parameters, StepReport
 from phasegrad_hw.learning.loop import LoopObserver, LoopOptions, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, synthetic_vowels
 from phasegrad_hw.testing.mosquitto import Mosquitto, agent_process
+from phasegrad_hw.testing.networks import model_2_5_2
 
 __all__ = ["DATA", "NAME", "in_process", "sigkill_run", "train", "vowel_model"]
 
@@ -36,31 +37,9 @@ NAME = "lab/chip"
 
 
 def vowel_model(noise_rad: float = 0.01) -> SimulatedDeviceModel:
-    """The 2+5+2 vowel topology (inputs 0, 1; hidden chain 2–6; outputs 7, 8; reference 0)
-    with K = 2·U(0.5, 1.5) on layer edges and 2·U(0.5, 1.0) on the chain (model units) drawn
-    from ``default_rng(0)``, and readout noise ``noise_rad`` (rad rms)."""
-    rng = np.random.default_rng(0)
-    edges = [
-        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
-    ]
-    edges += [
-        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
-    ]
-    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    return SimulatedDeviceModel.model_validate(
-        {
-            "name": "vowel-2-5-2",
-            "n_oscillators": 9,
-            "edges": edges,
-            "roles": {
-                "inputs": [0, 1],
-                "hidden": [2, 3, 4, 5, 6],
-                "outputs": [7, 8],
-                "reference": 0,
-            },
-            "readout_noise_rad": noise_rad,
-        }
-    )
+    """The 2+5+2 vowel network of :func:`~phasegrad_hw.testing.networks.model_2_5_2` (seed 0)
+    named ``vowel-2-5-2``, with readout noise ``noise_rad`` (rad rms)."""
+    return model_2_5_2(0, name="vowel-2-5-2", readout_noise_rad=noise_rad)
 
 
 DATA = synthetic_vowels(("a", "i"), n_per_class=12, seed=0)

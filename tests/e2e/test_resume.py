@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasegrad_hw.backends.simulated import SimulatedDeviceModel
 from phasegrad_hw.store import RunStore
+from phasegrad_hw.testing.networks import model_2_5_2
 from tests.conftest import REPO
 from tests.mosquitto import child_env
 
@@ -24,27 +24,7 @@ CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 
 def device(tmp_path: Path) -> Path:
     """2+5+2 vowel network with seeded readout noise (reseeded per epoch by the loop)."""
-    rng = np.random.default_rng(5)
-    edges = [
-        {"i": i, "j": h, "k": float(2 * rng.uniform(0.5, 1.5))} for i in (0, 1) for h in range(2, 7)
-    ]
-    edges += [
-        {"i": h, "j": o, "k": float(2 * rng.uniform(0.5, 1.5))} for h in range(2, 7) for o in (7, 8)
-    ]
-    edges += [{"i": h, "j": h + 1, "k": float(2 * rng.uniform(0.5, 1.0))} for h in range(2, 6)]
-    model = SimulatedDeviceModel.model_validate(
-        {
-            "n_oscillators": 9,
-            "edges": edges,
-            "readout_noise_rad": 0.005,
-            "roles": {
-                "inputs": [0, 1],
-                "hidden": [2, 3, 4, 5, 6],
-                "outputs": [7, 8],
-                "reference": 0,
-            },
-        }
-    )
+    model = model_2_5_2(5, name="device", readout_noise_rad=0.005)
     p = tmp_path / "noisy-2-5-2.toml"
     model.save(p)
     return p
