@@ -78,6 +78,15 @@ __all__ = [
 ]
 
 
+def _flag_row(v: bool) -> NDArray[np.bool_]:
+    a = np.array([v])
+    a.flags.writeable = False
+    return a
+
+
+_FLAG_ROWS = {False: _flag_row(False), True: _flag_row(True)}  # one sample's lock flag (1,)
+
+
 @dataclass
 class _Prepared:
     omega: Array
@@ -128,6 +137,11 @@ class EPController:
         n, n_edges = model.n, len(model.edges)
         self._inputs = np.asarray(model.roles.inputs, dtype=np.int64)
         self._outputs = model.outputs
+        o = self._outputs  # the outputs as a slice when contiguous (the loss reads a view)
+        contiguous = len(o) > 0 and np.array_equal(o, np.arange(o[0], o[0] + len(o)))
+        self._output_cols: NDArray[np.int64] | slice = (
+            slice(int(o[0]), int(o[0]) + len(o)) if contiguous else o
+        )
         self._ref = model.roles.reference
         self._edge_index = model.edge_index
         om = np.asarray(params.omega, dtype=np.float64)
@@ -413,7 +427,11 @@ class EPController:
         free, plus, minus, locked = stack_readings(
             [(r.free, r.plus, r.minus) for r in readings], rule.mode == "centred", self.model.n
         )
-        free_locked = np.array([r.free.locked for r in readings], dtype=bool)
+        one = len(readings) == 1
+        if one:  # (a single device's step: no list-to-array conversions)
+            free_locked = _FLAG_ROWS[readings[0].free.locked]
+        else:
+            free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         p = self.params
         learn_w = self._learn_w if rule.learns_omega else self._no_omega
         learn_k = self._learn_k if rule.learns_coupling else self._no_coupling
@@ -425,25 +443,30 @@ class EPController:
             self.chip.optimizers(),
         )
         valid = upd.valid[0]
-        n_unlocked = int(np.count_nonzero(upd.unlocked))
-        n_jump = int(np.count_nonzero(upd.basin_jump))
+        if one:
+            n_unlocked, n_jump = int(upd.unlocked[0, 0]), int(upd.basin_jump[0, 0])
+            t = readings[0].targets
+            targets = (self._no_targets if t is None else t)[None].copy()
+        else:
+            n_unlocked = int(np.count_nonzero(upd.unlocked))
+            n_jump = int(np.count_nonzero(upd.basin_jump))
+            nan = self._no_targets
+            targets = np.array([nan if r.targets is None else r.targets for r in readings])
         if n_jump:
             for i in np.flatnonzero(upd.basin_jump[0]):
                 log.debug("sample %d skipped: basin jump", i)
         self.stats.skipped_unlocked += n_unlocked
         self.stats.skipped_basin_jump += n_jump
-        nan = self._no_targets
-        targets = np.array([nan if r.targets is None else r.targets for r in readings], np.float64)
         if not upd.updated[0]:
             return StepReport(
                 free, free_locked, valid, n_unlocked, n_jump, False, None, None, float("nan"),
                 targets,
             )  # fmt: skip
         if n_unlocked + n_jump == 0:  # every sample valid: no gathers
-            losses = loss(free, self._outputs, targets, self.model.nudge)
+            losses = loss(free, self._output_cols, targets, self.model.nudge)
         else:
             ok = valid.nonzero()[0]
-            losses = loss(free[ok], self._outputs, targets[ok], self.model.nudge)
+            losses = loss(free[ok], self._output_cols, targets[ok], self.model.nudge)
         omega, coupling = self.chip.project(upd.omega[0], upd.coupling[0])
         self.params = Parameters(omega, coupling)
         self.stats.updates += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -98,9 +99,8 @@ class ControllerStats:
         return self.skipped_unlocked + self.skipped_basin_jump
 
 
-@dataclass(frozen=True)
-class StepReport:
-    """What one step measured and did.
+class StepReport(NamedTuple):
+    """What one step measured and did (an immutable record).
 
     ``free_phases`` (n_samples, N) rad, the free reading of each sample; ``free_locked`` its
     lock flag; ``valid`` mask of samples that contributed; ``grad_omega``

@@ -33,11 +33,13 @@ Edges = NDArray[np.int64]
 
 
 def loss(
-    theta: ArrayLike, outputs: ArrayLike, target: ArrayLike, kind: NudgeKind = "linear"
+    theta: ArrayLike, outputs: ArrayLike | slice, target: ArrayLike, kind: NudgeKind = "linear"
 ) -> Array:
-    """Output loss (rad²): ½Σ(θ_o − t)² (linear) or Σ(1 − cos(θ_o − t)) (injection)."""
+    """Output loss (rad²): ½Σ(θ_o − t)² (linear) or Σ(1 − cos(θ_o − t)) (injection);
+    ``outputs`` the output indices, or a slice of them (contiguous outputs: no gather)."""
     th = np.asarray(theta, dtype=np.float64)
-    d = th[..., np.asarray(outputs)] - np.asarray(target, dtype=np.float64)
+    cols = outputs if isinstance(outputs, slice) else np.asarray(outputs)
+    d = th[..., cols] - np.asarray(target, dtype=np.float64)
     if kind == "linear":
         return 0.5 * (d**2).sum(axis=-1)
     if kind == "injection":

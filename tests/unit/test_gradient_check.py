@@ -46,7 +46,7 @@ async def test_cosine_of_a_step_against_finite_differences() -> None:
         )  # fmt: skip
         mask = ctl.learnable_omega
         assert np.allclose(exact[mask], fd[mask], atol=1e-6)
-        flipped = type(rep)(**{**rep.__dict__, "grad_omega": -rep.grad_omega})
+        flipped = rep._replace(grad_omega=-rep.grad_omega)
         assert gradient_cosine([sub], flipped, mask) == pytest.approx(-cos)
 
 
