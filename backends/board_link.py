@@ -47,7 +47,12 @@ class ByteStream(Protocol):
 class PyserialStream:
     """A pyserial port (``serial.serial_for_url``: device path, pty, ``socket://``,
     ``rfc2217://``…). Ports with a file descriptor are waited on with ``select``; others
-    (Windows COM ports, ``loop://``) are polled every 2 ms."""
+    (Windows COM ports, ``loop://``) are polled every 2 ms.
+
+    A device port is opened locked (pyserial ``exclusive``: ``flock``), so a second host —
+    another process, or another driver here — cannot open it meanwhile and read our replies
+    or write into the board (``TIOCEXCL`` would not stop one running as root). Opening a
+    port another host holds is retried like an absent port, for ``open_s``."""
 
     def __init__(self, url: str, *, baudrate: int, write_timeout_s: float, open_s: float) -> None:
         self.url = url
@@ -64,7 +69,11 @@ class PyserialStream:
         while True:
             try:
                 port = serial.serial_for_url(
-                    self.url, baudrate=self.baudrate, timeout=0, write_timeout=self.write_timeout_s
+                    self.url,
+                    baudrate=self.baudrate,
+                    timeout=0,
+                    write_timeout=self.write_timeout_s,
+                    exclusive=True,
                 )
                 break
             except (serial.SerialException, OSError, ValueError) as exc:
@@ -126,6 +135,11 @@ class _Retry(Exception):
         self.timeout = timeout
 
 
+def serial_of(reply: Reply) -> str:
+    """The ``sn=<serial>`` field of an ``ID?`` reply (``""`` when the board sends none)."""
+    return next((f[3:] for f in reply.fields if f.startswith("sn=")), "")
+
+
 def boot_of(reply: Reply) -> int:
     """The ``boot=<id>`` field of an ``ID?`` or ``R`` reply."""
     for f in reply.fields:
@@ -141,6 +155,11 @@ class BoardLink:
     behaviour"). ``restore`` gives the confirmed setpoint lines to re-send after a reboot.
 
     ``stats`` counts exchanges, retries, stale and damaged replies, reconnects and reboots.
+
+    ``serial`` is the serial number of the first ``ID?`` reply (:meth:`identified`); every new
+    link must lead to that board again — a port reopened onto another board (re-cabled, or a
+    pty path now served by someone else) is closed and refused with :class:`DeviceError`,
+    before anything but ``ID?`` is sent to it.
     """
 
     def __init__(
@@ -161,6 +180,7 @@ class BoardLink:
         self._rx = bytearray()
         self.is_open = False
         self.boot_id: int | None = None
+        self.serial: str | None = None
         self.need_restore = False
         self.restore: Callable[[], list[str]] = list
         self._last_link_error = ""
@@ -309,12 +329,30 @@ class BoardLink:
             self.stats["stale"] += 1
             deadline = time.monotonic() + self.timeout_s
 
+    def identified(self, rep: Reply) -> int:
+        """Check an ``ID?`` reply against the board of this link; returns its boot id.
+
+        The first identification learns the serial number; a later one with another serial
+        number is another board: the link is closed and :class:`DeviceError` raised."""
+        sn = serial_of(rep)
+        if self.serial is None:
+            self.serial = sn
+        elif sn != self.serial:
+            self.close()
+            raise DeviceError(
+                f"board at {self.name}: another board answers on this port (sn={sn or '?'}, "
+                f"expected sn={self.serial or '?'}); refusing it — was the port re-cabled, or "
+                "its path reused for another board?"
+            )
+        return boot_of(rep)
+
     def _check_boot(self) -> None:
-        """``ID?`` on a fresh link: a changed boot id means the board rebooted meanwhile."""
+        """``ID?`` on a fresh link: the same board (serial number), and a changed boot id
+        means it rebooted meanwhile."""
         rep = self.exchange(["ID?"])[0]
         if rep is None or not rep.ok:
             raise _Retry("no identification on the new link", timeout=rep is None)
-        boot = boot_of(rep)
+        boot = self.identified(rep)
         if self.boot_id is not None and boot != self.boot_id:
             self.stats["reboots"] += 1
             self.need_restore = True
@@ -330,7 +368,7 @@ class BoardLink:
             if not rep.ok:
                 raise self.refused(line, rep)
         assert replies[0] is not None
-        self.boot_id = boot_of(replies[0])
+        self.boot_id = self.identified(replies[0])
         self.need_restore = False
         log.info("board %s: state restored (boot %d)", self.name, self.boot_id)
 
@@ -408,6 +446,7 @@ class BoardLink:
         try:
             if not self.is_open:
                 self.open()
+                self._check_boot()  # never SAFE into another board
             self._resync()
             rep = self.exchange(["SAFE"])[0]
             if rep is None or not rep.ok:

@@ -56,7 +56,7 @@ from phasegrad_hw.backends.board_commands import (
     board_commands,
     bootstrap_commands,
 )
-from phasegrad_hw.backends.board_link import BoardLink, ByteStream, PyserialStream, boot_of
+from phasegrad_hw.backends.board_link import BoardLink, ByteStream, PyserialStream
 from phasegrad_hw.backends.commands import Command, CommandTable
 from phasegrad_hw.config import StrictModel, format_validation_error
 from phasegrad_hw.device.model import DeviceModel
@@ -236,7 +236,7 @@ class SerialSubstrate(OscillatorSubstrate):
             ) from None
         self.descriptor = desc
         ident = self.link.transact([boot.identify()], restore=False)[0]
-        self.link.boot_id = boot_of(ident)
+        self.link.boot_id = self.link.identified(ident)
         log.info(
             "board %s: %s, %d oscillators",
             self.url,
@@ -294,6 +294,8 @@ class SerialSubstrate(OscillatorSubstrate):
                 raise err
             pending, self._pending = self._pending, []
             batch = [c for c, _ in pending] + lines
+            if not batch:  # nothing to send (a flush after the setpoints went): no exchange
+                return []
             try:
                 replies = await _port_io(self.link.transact, batch)
             except (DeviceTimeoutError, ProtocolError, DeviceError) as exc:
@@ -360,6 +362,11 @@ class SerialSubstrate(OscillatorSubstrate):
                 self.link.need_restore = True
 
     async def _disconnect(self) -> None:
+        # deferred setpoints (e.g. the safe biases a wrapping double's exit wrote through the
+        # hooks) go out before the port closes — a background flush after the close would
+        # reopen the port, possibly after its board is gone and the path serves another
+        if self._pending:
+            await self.flush()
         async with self._lock():
             await _port_io(self.link.close)
 

@@ -35,12 +35,13 @@ from phasegrad_hw.calibration.noise import calibrate_noise, centred_estimate
 from phasegrad_hw.calibration.symmetry import calibrate_symmetry
 from phasegrad_hw.calibration.transfer import TransferConfig, calibrate_transfer
 from phasegrad_hw.physics.gradients import cosine
-from tests.unit.test_calibration_common import (  # noqa: E402
+from phasegrad_hw.testing.calibration import (
+    VTH_3PCT,
     cmos_model,
     optical_model,
+    true_curve_error,
     true_edge_asymmetry,
 )
-from tests.unit.test_calibration_transfer import VTH_3PCT, _true_curve_error  # noqa: E402
 
 
 async def symmetry(asym: float, seed: int) -> dict[str, Any]:
@@ -77,7 +78,7 @@ async def transfer(kind: str, seed: int) -> dict[str, Any]:
     )
     async with chip:
         res = await calibrate_transfer(chip, TransferConfig())
-        true_err = await _true_curve_error(chip, res.map)
+        true_err = await true_curve_error(chip, res.map)
     return {
         "kind": kind,
         "chip_seed": seed,

@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +33,9 @@ from phasegrad_hw.device.substrate import OscillatorSubstrate
 from phasegrad_hw.firmware_models.instruments import BenchEmulator
 from phasegrad_hw.learning.controller import EPConfig, EPController, Parameters, Sample
 from phasegrad_hw.learning.ep import EPRule
+from phasegrad_hw.testing.benches import emulated_bench
 
 CMOS_FILE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"
-CLI = (
-    "import typer\n"
-    "from phasegrad_hw.cli import Groups\n"
-    "from phasegrad_hw.cli import emulate_bench\n"
-    "app = typer.Typer()\n"
-    "g = Groups(app, typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer())\n"
-    "emulate_bench.register(g)\n"
-    "app.add_typer(g.emulate, name='emulate')\n"
-    "app()\n"
-)
 
 
 def chip_file(tmp: Path) -> Path:
@@ -121,29 +110,7 @@ def main() -> dict[str, Any]:
                 )
         else:
             out = tmp / "bench.toml"
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    CLI,
-                    "emulate",
-                    "bench",
-                    "--device",
-                    str(path),
-                    "--tcp",
-                    "0",
-                    "--out",
-                    str(out),
-                    "--seed",
-                    "0",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert proc.stdout is not None
-                for _ in range(4):
-                    proc.stdout.readline()
+            with emulated_bench(path, out, "--seed", "0"):
                 model = load_device_model(out)
                 assert isinstance(model, VisaBenchModel)
                 bench = VisaBench(
@@ -152,9 +119,6 @@ def main() -> dict[str, Any]:
                 in_process, tcp = asyncio.run(
                     time_both(local, bench, args.mode, args.steps, args.repeats)
                 )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(20)
     rt = bench.round_trips / max(1, args.steps * args.repeats)
     result = {
         "benchmark": "transports_visa",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -60,10 +61,17 @@ class BoardFirmware:
     :meth:`handle_line` takes one received line (without ``\\n``; ``None`` for an overlong
     line) and returns the reply line (with ``\\n``), or ``None`` for a blank line. It never
     raises: every failure becomes a numbered ``ERR`` reply.
+
+    ``serial_number`` (``ID?``'s ``sn=``): by default a fresh random one per board, as every
+    real board has its own.
     """
 
     def __init__(
-        self, chip: OscillatorSubstrate, *, dac_bits: int = 16, serial_number: str = "PGB-0001"
+        self,
+        chip: OscillatorSubstrate,
+        *,
+        dac_bits: int = 16,
+        serial_number: str | None = None,
     ) -> None:
         if not 4 <= dac_bits <= 24:
             raise ValueError(f"dac_bits: {dac_bits} is outside 4…24")
@@ -71,7 +79,9 @@ class BoardFirmware:
         self.model = chip.model
         self.dac_bits = dac_bits
         self.dac_max = (1 << dac_bits) - 1
-        self.serial_number = serial_number
+        # every board has its own serial number (``ID?``): the host checks it on each new link,
+        # so a port now leading to another board (re-cabled, or a reused pty) is refused
+        self.serial_number = serial_number or f"PGB-{secrets.token_hex(4).upper()}"
         self.boot_id = 0
         self.commands = 0
         self.errors = 0

@@ -646,6 +646,8 @@ class BenchEmulator:
         self.transcript: list[tuple[str, bytes, bytes | None]] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()  # one per open connection (_serve)
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def resources(self) -> dict[str, str]:
@@ -664,10 +666,11 @@ class BenchEmulator:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closing = False
         await self.chip.make_safe()
         for name, inst in self.instruments.items():
             server = await asyncio.start_server(
-                lambda r, w, n=name, i=inst: self._serve(n, i, r, w),  # type: ignore[misc]
+                lambda r, w, n=name, i=inst: self._accept(n, i, r, w),  # type: ignore[misc]
                 self.host,
                 self.requested_ports.get(name, 0),
                 limit=1 << 20,
@@ -677,7 +680,9 @@ class BenchEmulator:
         log.info("bench emulator: %s", self.resources())
 
     async def stop(self) -> None:
-        """Close servers and connections, then leave the chip safe."""
+        """Close servers and connections, end every connection's task (cancelled and
+        awaited: none is left pending in a loop about to close), then leave the chip safe."""
+        self._closing = True  # a connection still being accepted is closed at once
         for server in self._servers:
             server.close()
         for w in list(self._writers):
@@ -686,7 +691,26 @@ class BenchEmulator:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         self._servers.clear()
+        tasks = list(self._serving)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.chip.make_safe()
+
+    def _accept(
+        self,
+        name: str,
+        inst: ScpiInstrument,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """A new connection: its :meth:`_serve` task, owned here so :meth:`stop` can end it."""
+        if self._closing:
+            writer.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(name, inst, reader, writer))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
 
     async def _serve(
         self,

@@ -12,6 +12,9 @@ Never imported by the library itself (an import-linter contract keeps it that wa
 * :mod:`~phasegrad_hw.testing.mosquitto` — a private mosquitto broker (users, ACL, TLS) on a
   free loopback port, for MQTT tests, examples and benchmarks, and ``phasegrad-hw agent`` in
   its own process on it (:func:`~phasegrad_hw.testing.mosquitto.agent_process`);
+* :mod:`~phasegrad_hw.testing.benches` — commands in their own processes:
+  ``phasegrad-hw emulate bench`` (:func:`~phasegrad_hw.testing.benches.emulated_bench`, the
+  one way to start an emulated bench process) and SCPI queries to its instruments;
 * :mod:`~phasegrad_hw.testing.remote` — remote training over MQTT: the vowel device and data,
   the in-process reference, the agent-SIGKILL experiment of tests and benchmarks.
 

@@ -18,15 +18,22 @@ exchange itself. :class:`Client` removes it without changing what goes over the 
   future of a reply right there.
 * **receive()** — the next queued message with one wake-up (a future set by the message
   callback), raising :class:`aiomqtt.MqttError` once the connection is gone.
+* **Clean exit.** When the connection broke by an exception (a failed socket read or write),
+  aiomqtt's exit returns early and leaves paho's socket open; paho's ``__del__`` then closed it
+  later, calling aiomqtt's socket callbacks on a loop that may be closed by then (an
+  "unraisable exception" warning), and the broken connection's exception was never retrieved
+  ("Future exception was never retrieved"). The exit closes the socket while the loop runs and
+  takes that exception (it was reported by :meth:`receive`, or concerns no one any more).
 
 Only this module knows aiomqtt's and paho's internals (aiomqtt ``>=2.5,<3``, paho-mqtt 2);
-``tests/unit/test_mqtt_client.py`` pins the behaviour relied on.
+``tests/e2e/test_mqtt_client.py`` pins the behaviour relied on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import aiomqtt
@@ -45,6 +52,21 @@ class Client(aiomqtt.Client):
         self.intercept = intercept
         self.direct_writes = 0
         self._waiter: asyncio.Future[None] | None = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            gone = self._disconnected
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # retrieved: reported by receive(), or of no further use
+            if self._client.socket() is not None:  # the connection broke by an exception
+                self._client._sock_close()  # noqa: SLF001  (its callbacks need this loop)
 
     # -- outgoing -------------------------------------------------------------------------
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:

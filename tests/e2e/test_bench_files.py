@@ -13,9 +13,9 @@ import pytest
 from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.engine.layered import phase_data
 from phasegrad_hw.learning.tasks import load_task
+from phasegrad_hw.testing.benches import CLI, emulated_bench, scpi_query
 from phasegrad_hw.testing.networks import model_layered_small
 from tests.conftest import REPO
-from tests.e2e.benches import CLI, emulated_bench, scpi_query
 from tests.mosquitto import child_env
 
 BENCHES = REPO / "examples" / "benches"

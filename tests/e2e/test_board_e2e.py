@@ -4,6 +4,7 @@ the ``phasegrad-hw emulate board`` command."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,16 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasegrad_hw.backends.serial import SerialSubstrate
+from phasegrad_hw.backends.board_link import PyserialStream
+from phasegrad_hw.backends.serial import SerialOptions, SerialSubstrate
 from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.device.substrate import Capability, OscillatorSubstrate
+from phasegrad_hw.errors import DeviceError, DeviceTimeoutError
 from phasegrad_hw.firmware_models.board import BoardFirmware
 from phasegrad_hw.firmware_models.server import LineServer
 from phasegrad_hw.learning.controller import EPConfig
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.learning.loop import LoopOptions, LoopState, train_on_substrates
 from phasegrad_hw.learning.tasks import Encoding, load_vowels
+from phasegrad_hw.testing.doubles import ScriptedSubstrate
 from tests.conftest import REPO, require
 from tests.protocol.test_board_protocol import board_model
 
@@ -121,6 +125,75 @@ async def test_reconnect_after_close(board: tuple[SimulatedSubstrate, str]) -> N
         assert r.locked
         assert np.array_equal(chip.K, SimulatedSubstrate(board_model()).K * 1.05)
     assert _is_safe(chip) and sub.stats["retries"] == 0
+
+
+async def test_reconnect_refuses_another_board() -> None:
+    """A pty path outlives its board and is handed to the next pty opened on the machine (by
+    any process): a host reconnecting to its old path must not drive the board it now finds.
+    The link is reopened onto another board's pty: refused by serial number, and that board
+    got nothing but ``ID?`` — no restored setpoints, no reading."""
+    require(hasattr(os, "openpty"), "pseudo-terminals (POSIX)")
+    ours, theirs = SimulatedSubstrate(board_model()), SimulatedSubstrate(board_model())
+    with LineServer(BoardFirmware(ours)) as a, LineServer(BoardFirmware(theirs)) as b:
+        fw_b = b.service
+        assert isinstance(fw_b, BoardFirmware)
+        path_a, path_b = a.start_pty(), b.start_pty()
+        sub = SerialSubstrate(path_a, options=SerialOptions(timeout_s=2.0, reconnect_s=1.0))
+        async with sub:
+            await sub.set_frequencies(np.full(9, 0.4))
+            await sub.read_phases(1)
+            sub.link.close()  # the link drops; its path now leads to the other board
+            assert isinstance(sub.link.stream, PyserialStream)
+            sub.link.stream.url = path_b
+            commands = fw_b.commands
+            with pytest.raises(DeviceError, match=r"another board answers .*refusing it"):
+                await sub.read_phases(1)
+            assert not sub.link.is_open
+            assert fw_b.commands - commands <= 2  # ID? (and the best-effort SAFE's ID?) only
+            assert np.array_equal(theirs.omega, theirs.model.safe_biases())
+            sub.link.stream.url = path_a  # cabled back: carries on with its own board
+            assert (await sub.read_phases(1)).locked
+        assert _is_safe(ours)
+
+
+async def test_a_held_port_is_not_opened_twice() -> None:
+    """The host locks the port: a second host (here a second driver; another process alike)
+    cannot open it while the first holds it, so it can neither read the first's replies nor
+    write into its board; once the first lets go, it can."""
+    require(hasattr(os, "openpty"), "pseudo-terminals (POSIX)")
+    chip = SimulatedSubstrate(board_model())
+    with LineServer(BoardFirmware(chip)) as server:
+        path = server.start_pty()
+        opts = SerialOptions(timeout_s=2.0, reconnect_s=0.3)
+        first = SerialSubstrate(path, options=opts)
+        async with first:
+            with pytest.raises(DeviceTimeoutError, match="cannot open the port .*lock"):
+                SerialSubstrate(path, options=opts)
+            assert (await first.read_phases(1)).locked and first.stats["retries"] == 0
+        second = SerialSubstrate(path, options=opts)
+        async with second:
+            assert (await second.read_phases(1)).locked
+
+
+async def test_wrapped_board_sends_its_safe_exit_before_closing() -> None:
+    """A wrapper (the test doubles) leaves safe through the driver's hooks, as deferred
+    setpoints: they reach the board before the port closes, and no background flush reopens
+    the port afterwards (it did, and then found another process's board on the reused path)."""
+    require(hasattr(os, "openpty"), "pseudo-terminals (POSIX)")
+    chip = SimulatedSubstrate(board_model())
+    with LineServer(BoardFirmware(chip)) as server:
+        sub = SerialSubstrate(server.start_pty())
+        async with ScriptedSubstrate(sub) as wrapped:
+            await wrapped.set_frequencies(np.full(9, 0.5))
+            await wrapped.clamp([0.2, -0.2], 0.1)
+            await wrapped.read_phases(1)
+            assert chip._clamp is not None
+        # at once, not by a later flush: clamp off, biases at safe (through the 16-bit DAC)
+        assert chip._clamp is None and not sub.link.is_open
+        assert np.abs(chip.omega - chip.model.safe_biases()).max() <= 6.0 / 65535 / 2
+        reconnects = sub.stats["reconnects"]
+        await asyncio.sleep(0.2)
+        assert not sub.link.is_open and sub.stats["reconnects"] == reconnects
 
 
 CMOS_DEVICE = REPO / "examples" / "devices" / "cmos-2-5-2.toml"

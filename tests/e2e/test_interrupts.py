@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from phasegrad_hw.store import RunStore
+from phasegrad_hw.testing.benches import CLI, child_process, emulated_bench, scpi_query
 from tests.conftest import REPO, require
-from tests.e2e.benches import CLI, child_process, emulated_bench, scpi_query
 from tests.mosquitto import child_env
 
 DEVICES = REPO / "examples" / "devices"

@@ -7,8 +7,11 @@ and the controller's request encoding keeps its size bound."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import math
+import sys
 
 import aiomqtt
 import numpy as np
@@ -54,6 +57,43 @@ async def test_direct_writes_intercept_and_receive(broker: Mosquitto) -> None:  
         broker.kill()  # the connection is lost while receive() waits
         with pytest.raises(aiomqtt.MqttError):
             await asyncio.wait_for(waiting, 10)
+
+
+def test_a_broken_connection_closes_cleanly(
+    broker: Mosquitto,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connection broken by an exception (here a failing socket write) is closed by the
+    exit while its event loop still runs: nothing is left for paho's ``__del__`` to close on a
+    closed loop (an "unraisable exception" warning), and the broken connection's exception
+    does not end up "never retrieved"."""
+    agent, _, _ = BrokerConfig.parse(broker.uri("agent"))
+    unraisable: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook", lambda u: unraisable.append(f"{u.exc_type}: {u.exc_value}")
+    )
+    kept: list[Client] = []
+
+    def failing_write() -> None:
+        raise OSError("injected socket write failure")
+
+    async def run() -> None:
+        async with agent.client("agt") as b:
+            assert isinstance(b, Client)
+            kept.append(b)
+            monkeypatch.setattr(b._client, "loop_write", failing_write)
+            with pytest.raises(aiomqtt.MqttError):
+                await b.publish("phasegrad/lab/chip/agent", b"1", qos=0, timeout=0.5)
+            assert b._disconnected.done()
+        assert b._client.socket() is None  # closed by the exit, on this loop
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+        kept.clear()
+        gc.collect()
+    assert unraisable == []
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -359,65 +360,58 @@ def test_training_through_the_bench_matches_in_process() -> None:
     assert got.final_test_accuracy == ref.final_test_accuracy
 
 
+def test_stop_ends_every_connection_task() -> None:
+    """Clients still connected when the emulator stops (idle, half-way through a message, or
+    waiting for a delayed reply):
+    every connection's task is ended and awaited before the loop closes — none is left
+    pending ("Task was destroyed but it is pending: BenchEmulator._serve" at exit)."""
+    import socket
+
+    e = BenchEmulator(bench_for_chip(chip_model(), RES), chip=SimulatedSubstrate(chip_model()))
+    clients = []
+    with e.running():
+        for port in e.ports.values():
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"*IDN?\n")
+            assert c.recv(256).endswith(b"\n")
+            clients.append(c)
+        clients[0].sendall(b":SOUR1:VOLT 0.1")  # no terminator yet
+        e.inject(Fault.parse("delay:phase_meter:delay_s=30"))
+        clients[1].sendall(b"*IDN?\n")  # its reply is held back: a task mid-message
+        time.sleep(0.2)
+        loop = e._loop
+        assert loop is not None
+    assert loop.is_closed()
+    assert not asyncio.all_tasks(loop)  # nothing pending in the closed loop
+    assert not e._serving
+    for c in clients:
+        with c:
+            assert c.recv(256) == b""  # the emulator closed the connection (no late reply)
+
+
 # --------------------------------------------------------------------------- CLI
-CLI = (
-    "import typer\n"
-    "from phasegrad_hw.cli import Groups\n"
-    "from phasegrad_hw.cli import emulate_bench\n"
-    "app = typer.Typer()\n"
-    "g = Groups(app, typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer())\n"
-    "emulate_bench.register(g)\n"
-    "app.add_typer(g.emulate, name='emulate')\n"
-    "app()\n"
-)
-
-
 def test_cli_emulate_bench_serves_until_sigterm(tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
+
+    from phasegrad_hw.testing.benches import emulated_bench
 
     device = tmp_path / "chip.toml"
     chip_model().save(device)
     out = tmp_path / "bench.yaml"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            CLI,
-            "emulate",
-            "bench",
-            "--device",
-            str(device),
-            "--tcp",
-            "0",
-            "--out",
-            str(out),
-            "--fault",
-            "drop:phase_meter:after=2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(4)]
-        names = [ln.split()[0] for ln in lines]
-        assert names == ["smu", "phase_meter", "injection", "bench"], lines
-        for ln in lines[:3]:
-            assert ln.split()[1].startswith("TCPIP::127.0.0.1::") and ln.endswith("::SOCKET")
-        assert lines[3] == f"bench {out}"
+    # the helper checks the output: ``<name> TCPIP::<host>::<port>::SOCKET`` lines, ``bench <out>``
+    with emulated_bench(device, out, "--fault", "drop:phase_meter:after=2") as (proc, ports):
+        assert list(ports) == ["smu", "phase_meter", "injection"]
         model = load_device_model(out)
         assert isinstance(model, VisaBenchModel)
         data = model.model_dump(mode="json")
+        for name, port in ports.items():
+            assert data[name]["resource"] == f"TCPIP::127.0.0.1::{port}::SOCKET"
         data.update(FAST)
         sub = VisaBench(VisaBenchModel.model_validate(data))
         got = asyncio.run(_run(sub))  # the injected drop is recovered
         assert sub.retries_used == 1
         ref = asyncio.run(_run(SimulatedSubstrate(chip_model())))
         assert np.abs(got - ref).max() <= 1e-9
-    finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+        assert proc.returncode == 0, err

@@ -130,7 +130,7 @@ def _descriptor_script(fw: BoardFirmware) -> list[tuple[str, str | None]]:
     """The bootstrap exchanges of a driver that connects to ``fw`` (descriptor, ID?)."""
     n = len(fw._descriptor)
     return [(f"DESC? {k}", f"OK {k} {n} {fw._descriptor[k]}") for k in range(n)] + [
-        ("ID?", "OK phasegrad-board fw=1.0 sn=PGB-0001 boot=0")
+        ("ID?", f"OK phasegrad-board fw=1.0 sn={fw.serial_number} boot=0")
     ]
 
 

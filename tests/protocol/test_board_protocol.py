@@ -29,7 +29,7 @@ def board_model(seed: int = 0, noise: float = 0.0) -> SimulatedDeviceModel:
 
 @pytest.fixture
 def fw() -> BoardFirmware:
-    return BoardFirmware(SimulatedSubstrate(board_model()))
+    return BoardFirmware(SimulatedSubstrate(board_model()), serial_number="PGB-0001")
 
 
 # request line (without \n) -> exact reply bytes, in this order on a fresh board

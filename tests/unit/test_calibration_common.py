@@ -17,57 +17,12 @@ from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.calibration.common import operating_point
 from phasegrad_hw.calibration.transfer import isotonic
 from phasegrad_hw.config import atomic_write_text
-from phasegrad_hw.device.model import DeviceModel
-from phasegrad_hw.device.registry import load_device_model, open_substrate
+from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.device.substrate import OscillatorSubstrate
-from phasegrad_hw.physics import Array
+from phasegrad_hw.testing.calibration import cmos_model, optical_model
 from tests.conftest import REPO, require
 
 DEVICES = REPO / "examples" / "devices"
-
-
-def _dump(name: str) -> dict[str, Any]:
-    return load_device_model(DEVICES / name).model_dump()
-
-
-def cmos_model(asym: float = 0.0, seed: int = 0, **over: Any) -> DeviceModel:
-    """The 2+5+2 CMOS chip with exactly ``asym`` per-edge asymmetry |k_ij − k_ji|/mean
-    injected (random sign per edge) and no other direction mismatch."""
-    d = _dump("cmos-2-5-2.toml")
-    d["capacitors"]["direction_mismatch"] = 0.0
-    rng = np.random.default_rng(seed)
-    for e in d["edges"]:
-        s = float(rng.choice([-1.0, 1.0]))
-        e["k_ji"] = e["k"] * (1 + s * asym / 2) / (1 - s * asym / 2) if asym else None
-    for key, val in over.items():
-        section, _, field = key.partition("__")
-        if field:
-            d[section][field] = val
-        else:
-            d[section] = val
-    return DeviceModel.from_dict(d)
-
-
-def optical_model(psi: float, scale: float = 1.0) -> DeviceModel:
-    """The 2+5+2 optical chip with phase lag ψ; couplings scaled by ``scale``."""
-
-    d = _dump("optical-2-5-2.toml")
-    d["coupling_function"]["phase_lag_rad"] = psi
-    for e in d["edges"]:
-        e["k"] *= scale
-    return DeviceModel.from_dict(d)
-
-
-def simulated_model(**over: Any) -> DeviceModel:
-    d = _dump("simulated-2-5-2.toml")
-    d.update(over)
-    return DeviceModel.from_dict(d)
-
-
-def true_edge_asymmetry(K: Array, edges: np.ndarray) -> dict[tuple[int, int], float]:
-    a, b = K[edges[:, 0], edges[:, 1]], K[edges[:, 1], edges[:, 0]]
-    vals = np.abs(a - b) / (0.5 * (a + b))
-    return {(int(i), int(j)): float(v) for (i, j), v in zip(edges, vals, strict=True)}
 
 
 @contextmanager

@@ -19,13 +19,8 @@ from phasegrad_hw.calibration.noise import (
 )
 from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.physics.gradients import cosine
-from tests.unit.test_calibration_common import (
-    cmos_model,
-    is_safe,
-    optical_model,
-    pty_board,
-    simulated_model,
-)
+from phasegrad_hw.testing.calibration import cmos_model, optical_model, simulated_model
+from tests.unit.test_calibration_common import is_safe, pty_board
 
 
 async def test_simulated_noise_is_measured() -> None:

@@ -19,8 +19,9 @@ from phasegrad_hw.calibration.report import CalibrationReport, run_calibration, 
 from phasegrad_hw.cli import calibrate as cli_cal
 from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError
+from phasegrad_hw.testing.calibration import cmos_model
 from tests.conftest import cli_app
-from tests.unit.test_calibration_common import cmos_model, is_safe
+from tests.unit.test_calibration_common import is_safe
 
 SUMMARY_KEYS = {"asymmetry", "uncertainty", "passed", "non_odd", "edges"}
 EDGE_KEYS = {"i", "j", "k_ij", "k_ji", "asymmetry"}

@@ -10,7 +10,8 @@ from phasegrad_hw.backends.simulated import SimulatedSubstrate
 from phasegrad_hw.calibration.stability import StabilityConfig, calibrate_stability
 from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.physics import centred, jacobian, solve_equilibrium, wrap
-from tests.unit.test_calibration_common import cmos_model, is_safe, pty_board, simulated_model
+from phasegrad_hw.testing.calibration import cmos_model, simulated_model
+from tests.unit.test_calibration_common import is_safe, pty_board
 
 
 async def test_cmos_margins_and_eigenvalue_match_physics() -> None:

@@ -17,13 +17,13 @@ from phasegrad_hw.calibration.symmetry import (
 )
 from phasegrad_hw.device.registry import open_substrate
 from phasegrad_hw.physics import jacobian
-from tests.unit.test_calibration_common import (
+from phasegrad_hw.testing.calibration import (
     cmos_model,
     optical_model,
-    pty_board,
     simulated_model,
     true_edge_asymmetry,
 )
+from tests.unit.test_calibration_common import pty_board
 
 SUMMARY_KEYS = {"asymmetry", "uncertainty", "passed", "non_odd", "edges"}
 EDGE_KEYS = {"i", "j", "k_ij", "k_ji", "asymmetry"}

@@ -24,27 +24,8 @@ from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError, LimitError
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred
-from tests.unit.test_calibration_common import cmos_model, is_safe, optical_model, pty_board
-
-VTH_3PCT = 0.03 * 0.45  # 3 % threshold-voltage mismatch (rms, V)
-
-
-async def _true_curve_error(chip: CMOSSubstrate | OpticalSubstrate, tmap: TransferMap) -> float:
-    """Max over channels of max |fit − true| / true span on a fine grid (others safe)."""
-    worst = 0.0
-    for k in range(chip.model.n):
-        c = chip.model.limits.bias.channel(k)
-        vs = np.linspace(c.min, c.max, 97)
-        true = np.empty_like(vs)
-        for g, v in enumerate(vs):
-            b = chip.model.safe_biases()
-            b[k] = v
-            await chip.set_biases(b)
-            await chip.read_frequencies()  # let thermal transients settle (optical)
-            true[g] = chip.true_frequencies()[k]
-        fit = tmap.channels[k].forward()(vs)
-        worst = max(worst, float(np.abs(fit - true).max() / np.ptp(true)))
-    return worst
+from phasegrad_hw.testing.calibration import VTH_3PCT, cmos_model, optical_model, true_curve_error
+from tests.unit.test_calibration_common import is_safe, pty_board
 
 
 async def _centred_error(chip: CMOSSubstrate | OpticalSubstrate, omega: np.ndarray) -> float:
@@ -66,7 +47,7 @@ async def test_transfer_recovers_true_curves(kind: str) -> None:
         nominal = await _centred_error(chip, omega)
         res = await calibrate_transfer(chip)
         assert is_safe(chip)  # biases back at safe after the sweep
-        err = await _true_curve_error(chip, res.map)
+        err = await true_curve_error(chip, res.map)
         calibrated = await _centred_error(chip, omega)  # installed: set_frequencies uses it
     assert err <= 0.005, f"{kind}: curve error {100 * err:.3f} % of span"
     assert res.passed and res.max_error is not None and res.max_error <= 0.005
@@ -93,7 +74,7 @@ async def test_no_counter_is_refused_and_generic_install() -> None:
     class NoCounter(SimulatedSubstrate):
         capabilities = frozenset({Capability.COUPLINGS})
 
-    from tests.unit.test_calibration_common import simulated_model
+    from phasegrad_hw.testing.calibration import simulated_model
 
     sim = NoCounter(simulated_model())
     with pytest.raises(DeviceError, match="frequency counter"):
@@ -121,7 +102,7 @@ async def test_transfer_over_pty_board() -> None:
             await sub.set_frequencies(omega)  # through the installed map → board biases
             await sub.read_frequencies()
             got = centred(chip.true_frequencies())
-    err = await _true_curve_error(chip, res.map)
+    err = await true_curve_error(chip, res.map)
     assert err <= 0.005
     assert np.abs(got - centred(omega)).max() < 0.02
 

@@ -1,0 +1,92 @@
+"""Emulated benches and commands in their own processes, for tests, examples and benchmarks
+that drive them from outside — the one way to start an emulated bench process:
+:func:`child_process` (any command, stopped at exit), :func:`emulated_bench` (``phasegrad-hw
+emulate bench`` and its instruments' TCP ports) and :func:`scpi_query` (SCPI queries to one
+of those instruments).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from phasegrad_hw.testing.mosquitto import child_env
+
+CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
+"""The ``phasegrad-hw`` command of this interpreter (prefix of a child's argument list)."""
+
+
+@contextmanager
+def child_process(
+    args: list[str], *, stdout: int = subprocess.PIPE, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """``args`` in a child process importing this same ``phasegrad_hw`` (:func:`child_env`;
+    stderr piped, text mode). At exit: SIGTERM if it still runs, up to 15 s to stop, then
+    SIGKILL."""
+    proc = subprocess.Popen(
+        args, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env()
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def emulated_bench(
+    device: Path, bench_file: Path, *extra: str, cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """``phasegrad-hw emulate bench`` for ``device`` (``extra``: more options, e.g.
+    ``--seed 2``, ``--fault …``), writing its bench config to ``bench_file``. Yields the
+    process and the TCP port of each instrument in the order printed (smu, phase_meter,
+    injection[, input_source]) once it printed them all and ``bench <bench_file>``; checks
+    that output's format. Stopped at exit (:func:`child_process`)."""
+    args = [*CLI, "emulate", "bench", "--device", str(device), "--tcp", "0"]
+    with child_process([*args, "--out", str(bench_file), *extra], cwd=cwd) as proc:
+        assert proc.stdout is not None
+        ports: dict[str, int] = {}
+        name = res = line = ""
+        for _ in range(6):  # one line per instrument, then ``bench <file>``
+            line = proc.stdout.readline()
+            name, _, res = line.strip().partition(" ")
+            if name == "bench" or not line:
+                break
+            ports[name] = _tcpip_socket(res)[1]
+        if name != "bench":
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"emulate bench did not start: {line!r} {err[-2000:]}")
+        assert res == str(bench_file), line
+        yield proc, ports
+
+
+def _tcpip_socket(resource: str) -> tuple[str, int]:
+    """``TCPIP::<host>::<port>::SOCKET`` → (host, port)."""
+    parts = resource.split("::")
+    if len(parts) != 4 or parts[0] != "TCPIP" or parts[3] != "SOCKET" or not parts[2].isdigit():
+        raise AssertionError(f"not a TCPIP::host::port::SOCKET resource: {resource!r}")
+    return parts[1], int(parts[2])
+
+
+def scpi_query(port: int, *queries: str) -> list[str]:
+    """Send each SCPI query to the emulated instrument on ``port`` (loopback) and return its
+    reply lines."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rw", newline="\n")
+        out = []
+        for q in queries:
+            f.write(q + "\n")
+            f.flush()
+            out.append(f.readline().strip())
+        return out
