@@ -50,9 +50,12 @@ class TelemetryStats:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, Pydantic models, numpy arrays/scalars → JSON values (NaN → null)."""
+    """Dataclasses, named tuples (records such as ``StepReport``), Pydantic models, numpy
+    arrays/scalars → JSON values (NaN → null)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple: its fields
+        return {k: to_jsonable(v) for k, v in zip(obj._fields, obj, strict=True)}
     if hasattr(obj, "model_dump"):
         return to_jsonable(obj.model_dump(mode="json"))
     if isinstance(obj, np.ndarray):  # vectorised: no per-element recursion

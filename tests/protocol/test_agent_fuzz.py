@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from phasegrad_hw.backends.simulated import SimulatedDeviceModel, SimulatedSubstrate
@@ -495,9 +496,15 @@ def _expected(op: dict[str, Any]) -> str:
     """``ok``, ``invalid`` (schema) or ``limit`` (device limits) for one operation."""
     m = HELD.model
 
+    def finite(x: int | float) -> bool:
+        try:
+            return math.isfinite(x)  # (an int beyond float's range overflows: not a number)
+        except OverflowError:
+            return False
+
     def numbers(v: Any) -> bool:
         return isinstance(v, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v
+            isinstance(x, (int, float)) and not isinstance(x, bool) and finite(x) for x in v
         )
 
     if op.get("op") == "set_held_phases":
@@ -514,6 +521,8 @@ def _expected(op: dict[str, Any]) -> str:
 
 @SETTINGS
 @given(held_or_drive(), st.booleans())
+@example({"op": "set_drive", "amplitude": [], "phase": -(2**63) - 1}, False)  # beyond int64
+@example({"op": "set_drive", "amplitude": [0.0], "phase": 10**400}, False)  # beyond float
 def test_held_phases_and_drive_are_checked_before_the_device(
     op: dict[str, Any], batched: bool
 ) -> None:
