@@ -60,6 +60,11 @@ def register(groups: Groups) -> None:
             help="per-seed (published: seed s trains and tests on its own 80/20 split) or "
             "fixed (one split for every seed).",
         ),
+        draws: str = typer.Option(
+            "published",
+            help="published (seed s redraws the authors' seed s: their unstratified split, "
+            "initial network and K7 edges) or own (the project's streams, stratified split).",
+        ),
         parallel: bool = typer.Option(
             True, "--parallel/--serial", help="Spread networks over CPU threads (same results)."
         ),
@@ -92,6 +97,7 @@ def register(groups: Groups) -> None:
                     "params": _split(params),
                     "inits": _split(inits),
                     "split": split.replace("-", "_"),
+                    "draws": draws,
                     "parallel": parallel,
                 }
             )
@@ -132,7 +138,8 @@ def register(groups: Groups) -> None:
         _dump(json_path, result)
         tab = Table(
             title=f"vowels {result['rows'][0]['task']} (2+{o.hidden}+2), "
-            f"{o.seeds} seeds, {o.epochs} epochs, split {o.split.replace('_', '-')}; "
+            f"{o.seeds} seeds, {o.epochs} epochs, split {o.split.replace('_', '-')}, "
+            f"{o.draws} draws; "
             f"converged = {result['convergence']}"
         )
         cols = ("loss", "params", "init", "readout", "converged", "conv. acc", "test>60%")

@@ -91,12 +91,22 @@ def _check_fraction(test_fraction: float) -> None:
 
 
 def split_and_scale(
-    name: str, classes: Sequence[str], x: ArrayLike, y: ArrayLike, test_fraction: float, seed: int
+    name: str,
+    classes: Sequence[str],
+    x: ArrayLike,
+    y: ArrayLike,
+    test_fraction: float,
+    seed: int,
+    *,
+    stratify: bool = True,
 ) -> Dataset:
     """Stratified random split, then min–max scaling to [−1, 1] fitted on the train split.
 
-    Test features are mapped with the training min/max, so they may fall slightly outside
-    [−1, 1]. A feature that is constant on the training split maps to 0.
+    ``stratify=False``: the published vowel split instead (arXiv 2604.10272's per-seed draw):
+    one permutation of all samples by ``default_rng(seed)``, its first
+    ⌊(1 − test_fraction)·n⌋ entries train, the rest test, in permutation order (class counts
+    vary with the seed). Test features are mapped with the training min/max, so they may fall
+    slightly outside [−1, 1]. A feature that is constant on the training split maps to 0.
     """
     _check_fraction(test_fraction)
     X = np.asarray(x, dtype=np.float64)
@@ -104,6 +114,14 @@ def split_and_scale(
     if X.ndim != 2 or len(X) != len(Y):
         raise TaskError(f"{name}: features {X.shape} and labels {Y.shape} do not match")
     rng = np.random.default_rng(seed)
+    if not stratify:
+        perm = rng.permutation(len(Y))
+        n_train = int((1.0 - test_fraction) * len(Y))
+        if not 0 < n_train < len(Y):
+            raise TaskError(f"{name}: {len(Y)} samples cannot be split {test_fraction} test")
+        tr, te = perm[:n_train], perm[n_train:]
+        scale = _fit_scaler(X[tr])
+        return Dataset(name, tuple(classes), scale(X[tr]), Y[tr], scale(X[te]), Y[te])
     train_idx: list[NDArray[np.int64]] = []
     test_idx: list[NDArray[np.int64]] = []
     for c in range(len(classes)):
@@ -232,9 +250,15 @@ def read_vowel_csv(csv_path: Path) -> tuple[list[str], Array]:
 
 
 def load_vowels(
-    csv: Path, classes: Sequence[str] = ("a", "i"), test_fraction: float = 0.2, seed: int = 0
+    csv: Path,
+    classes: Sequence[str] = ("a", "i"),
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    stratify: bool = True,
 ) -> Dataset:
-    """Vowel classification from formants (F1, F2) in a Hillenbrand-format CSV.
+    """Vowel classification from formants (F1, F2) in a Hillenbrand-format CSV (rows kept
+    in file order; ``stratify`` as :func:`split_and_scale`).
 
     Published setting (arXiv 2604.10272): /a/ vs /i/, 80/20 split, min–max on train.
     """
@@ -248,7 +272,9 @@ def load_vowels(
             )
     mask = np.array([lab in cl for lab in labels])
     y = np.array([cl.index(lab) for lab in labels if lab in cl], dtype=np.int64)
-    return split_and_scale("vowels:" + ",".join(cl), cl, X[mask], y, test_fraction, seed)
+    return split_and_scale(
+        "vowels:" + ",".join(cl), cl, X[mask], y, test_fraction, seed, stratify=stratify
+    )
 
 
 def synthetic_vowels(
@@ -256,9 +282,12 @@ def synthetic_vowels(
     n_per_class: int = 136,
     test_fraction: float = 0.2,
     seed: int = 0,
+    *,
+    stratify: bool = True,
 ) -> Dataset:
     """Formants drawn from bivariate normals with the per-vowel means, SDs and F1–F2
-    correlation of docs/design.md §2 (Hillenbrand et al. 1995 statistics)."""
+    correlation of docs/design.md §2 (Hillenbrand et al. 1995 statistics); ``stratify`` as
+    :func:`split_and_scale`."""
     cl = _check_classes(classes)
     if n_per_class < 2:
         raise TaskError(f"n_per_class: {n_per_class} must be >= 2")
@@ -276,6 +305,7 @@ def synthetic_vowels(
         np.concatenate(ys),
         test_fraction,
         seed,
+        stratify=stratify,
     )
 
 

@@ -24,6 +24,17 @@ decision on the outputs' common phase (class 0: all outputs at −m, class 1: at
 nearest template = sign of the mean output phase); ``difference`` — loss on the output
 phase difference with decision sign(θ_o1 − θ_o2) (reported as a negative control).
 
+Draws (``draws``): ``"published"`` (default) re-draws the authors' seed s — its unstratified
+80/20 split (:func:`~phasegrad_hw.learning.datasets.split_and_scale` with ``stratify=False``),
+its initial ω and couplings and its K7 edges (:mod:`phasegrad_hw.engine.members`) — so each
+seed's result is comparable with the authors' own seed s; ``"own"`` uses the project's
+streams (stratified split, independent coupling stream). Both draw from the same
+distributions; the ω vs K7 p-value over 100 seeds varies by orders of magnitude between
+independent sets of seeds (measured: 100-seed resamples of 500 seeds under the published
+draws give log10 p with median −13.8, 5–95 % range −19.2 to −8.7; the project's draws the
+same distribution), so only the authors' draws can reproduce their number (ours with them:
+1.2e-12, the same n = 47/46 and the same converged seeds).
+
 The configurations sharing a loss are trained as one vectorised ensemble per seed (its own
 split; with ``split="fixed"`` one ensemble over every seed) (:mod:`phasegrad_hw.engine.ensemble`);
 each member equals its own per-seed run.
@@ -31,14 +42,15 @@ each member equals its own per-seed run.
 JSON (:func:`run_vowel_study`; ``reproduce vowels --json``):
 
 * ``rows``: one per (loss, params, init, readout): ``task``, ``params``, ``init``,
-  ``readout``, ``loss``, ``hidden``, ``seeds``, ``epochs``, ``split``; ``success`` seeds
+  ``readout``, ``loss``, ``hidden``, ``seeds``, ``epochs``, ``split``, ``draws``; ``success`` seeds
   converged (final-epoch training accuracy > 60 %), ``success_mean_acc``/``success_std_acc`` their
   test accuracies' mean and sample standard deviation (None below two / one seed);
   ``success_test_defined`` (+ ``_mean_acc``, ``_std_acc``) the same for final test accuracy
   > 60 %; ``all_mean_acc``; ``inverted`` seeds below 40 % test accuracy;
   ``skipped_samples``; ``ensemble_seconds``; ``accuracies`` and ``train_accuracies`` the
   final test and final-epoch training accuracy per seed (seed order).
-* ``convergence``: the criterion in words; ``split``: "per_seed" or "fixed".
+* ``convergence``: the criterion in words; ``split``: "per_seed" or "fixed"; ``draws``:
+  "published" or "own".
 * ``statistics`` (published set-up, arg-max-cos readout, random init): ``omega_vs_K7`` (the
   published test), ``omega_vs_K`` (all edges), ``random_vs_spectral`` (ω) — each
   ``fisher_exact`` on the converged counts and, with ≥ 2 converged seeds a side,
@@ -67,6 +79,7 @@ import numpy as np
 from pydantic import Field
 
 from phasegrad_hw.config import StrictModel
+from phasegrad_hw.engine.members import Draws
 from phasegrad_hw.studies.progress import EnsembleProgress
 
 if TYPE_CHECKING:
@@ -107,8 +120,9 @@ class VowelStudyOptions(StrictModel):
     formants when None), ``task`` two vowels ("a,i"), ``seeds`` per configuration, ``hidden``
     the hidden chain length; ``split`` "per_seed" (published: seed s trains and tests on its
     own 80/20 split, drawn with s, as its initialisation and K7 edges are) or "fixed" (one
-    split, seed 0, for every seed); ``parallel`` spreads networks over CPU threads (same
-    results)."""
+    split, seed 0, for every seed); ``draws`` "published" (the authors' per-seed split,
+    initial network and K7 edges) or "own" (the project's streams; module docstring);
+    ``parallel`` spreads networks over CPU threads (same results)."""
 
     data: Path | None = None
     seeds: int = Field(default=100, ge=1, le=10_000)
@@ -119,6 +133,7 @@ class VowelStudyOptions(StrictModel):
     params: list[ParamSet] = Field(default_factory=lambda: list(PARAMS))
     inits: list[Init] = Field(default_factory=lambda: list(INITS))
     split: Literal["per_seed", "fixed"] = "per_seed"
+    draws: Draws = "published"
     parallel: bool = False
 
     @property
@@ -226,6 +241,7 @@ def _rows(
             "seeds": o.seeds,
             "epochs": o.epochs,
             "split": o.split,
+            "draws": o.draws,
         }
         for key, ok in (("success", train > SUCCESS), ("success_test_defined", acc > SUCCESS)):
             row[key] = int(ok.sum())
@@ -244,13 +260,15 @@ def _rows(
 
 
 def load_study_data(o: VowelStudyOptions, seed: int = 0) -> Dataset:
-    """The study's two-class data, split (80/20, stratified) with ``seed``: the CSV if given,
-    else synthetic formants (drawn with the seed too)."""
+    """The study's two-class data, split 80/20 with ``seed`` (unstratified under the published
+    draws, else stratified): the CSV if given, else synthetic formants (drawn with the seed
+    too)."""
     from phasegrad_hw.learning.tasks import load_vowels, synthetic_vowels
 
+    stratify = o.draws != "published"
     if o.data is not None:
-        return load_vowels(o.data, o.classes, seed=seed)
-    return synthetic_vowels(o.classes, seed=seed)
+        return load_vowels(o.data, o.classes, seed=seed, stratify=stratify)
+    return synthetic_vowels(o.classes, seed=seed, stratify=stratify)
 
 
 def run_vowel_study(
@@ -301,6 +319,7 @@ def run_vowel_study(
                     init=init,  # type: ignore[arg-type]
                     rule=EPRule(params="K" if k7 else pset),  # type: ignore[arg-type]
                     k_subset=7 if k7 else None,
+                    draws=o.draws,
                 )
                 template, ms = members_from_builder(build, gseeds, cfg)
                 blocks.append((pset, init, len(members), len(members) + len(ms)))
@@ -330,6 +349,7 @@ def run_vowel_study(
         "rows": rows,
         "convergence": CONVERGENCE,
         "split": o.split,
+        "draws": o.draws,
         "evidence": evidence,
         "statistics": statistics,
         "published_test": published_test(rows, statistics),

@@ -188,6 +188,7 @@ def test_reproduce_reports_significance_and_the_logistic_baseline(tmp_path: Path
     d = json.loads(out.read_text())
     rows, st = d["rows"], d["statistics"]
     assert d["convergence"].startswith("final-epoch training accuracy > 0.6")
+    assert d["draws"] == "published" and "published draws" in r.output  # the default
     for row in rows:
         assert len(row["accuracies"]) == len(row["train_accuracies"]) == 6
         conv = [a > 0.6 for a in row["train_accuracies"]]

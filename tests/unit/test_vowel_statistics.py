@@ -91,10 +91,12 @@ def test_published_test_sits_beside_the_published_p_value() -> None:
     assert published_test([OMEGA, K], significance([OMEGA, K])) is None
 
 
-@pytest.mark.parametrize("split", ["per_seed", "fixed"])
-def test_each_seed_trains_and_tests_on_its_own_split(split: str) -> None:
-    """per_seed (published): seed s's row entries equal a run of that seed alone on the
-    split drawn with s; fixed: on the seed-0 split."""
+@pytest.mark.parametrize(
+    ("split", "draws"), [("per_seed", "published"), ("fixed", "published"), ("per_seed", "own")]
+)
+def test_each_seed_trains_and_tests_on_its_own_split(split: str, draws: str) -> None:
+    """per_seed (published): seed s's row entries equal a run of that seed alone (its
+    network drawn under ``draws``) on the split drawn with s; fixed: on the seed-0 split."""
     from phasegrad_hw.device.presets import builder
     from phasegrad_hw.engine.ensemble import train_seeds
     from phasegrad_hw.engine.members import TrainConfig
@@ -103,12 +105,19 @@ def test_each_seed_trains_and_tests_on_its_own_split(split: str) -> None:
     from phasegrad_hw.studies.vowels import VowelStudyOptions, load_study_data, run_vowel_study
 
     o = VowelStudyOptions(
-        seeds=3, epochs=2, setups=["published"], params=["omega"], inits=["random"], split=split
+        seeds=3,
+        epochs=2,
+        setups=["published"],
+        params=["omega"],
+        inits=["random"],
+        split=split,
+        draws=draws,
     )
     res = run_vowel_study(o)
     row = next(r for r in res["rows"] if r["readout"] == "argmax_cos")
     assert res["split"] == row["split"] == split
-    cfg = TrainConfig(epochs=2, rule=EPRule(params="omega"))
+    assert res["draws"] == row["draws"] == draws
+    cfg = TrainConfig(epochs=2, rule=EPRule(params="omega"), draws=draws)
     readout = Encoding(readout="argmax_cos")
     splits = set()
     for s in range(3):
