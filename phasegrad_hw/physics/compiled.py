@@ -37,16 +37,17 @@ def _compiled_kernel() -> Callable[..., Any] | None:
 
 
 def _policy(tol: float, max_iter: int) -> Any:
-    """The kernel's :class:`~phasegrad_hw.physics._kernels.Newton` (the policy in
-    :data:`~phasegrad_hw.physics.policy.NEWTON` with this solve's tol and max_iter)."""
+    """The kernel's policy array (:func:`~phasegrad_hw.physics._kernels.policy_array` of the
+    policy :data:`~phasegrad_hw.physics.policy.NEWTON` with this solve's tol and max_iter)."""
     key = (tol, max_iter)
     pol = _policies.get(key)
     if pol is None:
-        from phasegrad_hw.physics._kernels import newton_policy
+        from phasegrad_hw.physics._kernels import newton_policy, policy_array
 
         if len(_policies) > 64:
             _policies.clear()
-        pol = _policies[key] = newton_policy(NEWTON, tol, max_iter)
+        pol = _policies[key] = policy_array(newton_policy(NEWTON, tol, max_iter))
+        pol.flags.writeable = False
     return pol
 
 

@@ -113,6 +113,23 @@ def test_every_path_reads_the_policy(method: str) -> None:
     np.testing.assert_allclose(small.theta, base.theta, rtol=0, atol=1e-10)
 
 
+def test_compiled_kernel_policy_round_trips_through_its_array() -> None:
+    """The compiled path hands the kernel its policy as an array; unpacked in the kernel it is
+    the same :class:`Newton` field by field (a new field without a slot would fail here), and
+    a solve's tol/max_iter reach the kernel (fewer iterations allowed: not converged)."""
+    kern = pytest.importorskip("phasegrad_hw.physics._kernels")
+    pol = kern.Newton(1e-11, 37, 0.7, 1e-3, 9, 64.0, 1e-9, 6, 1e-13)
+    back = kern.policy_from_array(kern.policy_array(pol))
+    assert tuple(back) == tuple(pol)
+    assert [type(v) for v in back] == [type(v) for v in pol]
+    rng = np.random.default_rng(5)
+    K = nw.erdos_renyi(9, rng, p=0.6, k_scale=0.5)
+    w = nw.random_frequencies(9, rng, sigma=0.3)
+    full = ph.solve_equilibrium(w, K, method="compiled")
+    short = ph.solve_equilibrium(w, K, method="compiled", max_iter=1)
+    assert full.ok and int(full.iterations) > 1 and not bool(short.converged)
+
+
 def test_method_errors() -> None:
     w, K, _, _ = _case(1, 9)
     with pytest.raises(ValueError, match="method"):
