@@ -446,12 +446,14 @@ class EPController:
         if one:
             n_unlocked, n_jump = int(upd.unlocked[0, 0]), int(upd.basin_jump[0, 0])
             t = readings[0].targets
-            targets = (self._no_targets if t is None else t)[None].copy()
+            targets = np.array(self._no_targets if t is None else t, np.float64, ndmin=2)
         else:
             n_unlocked = int(np.count_nonzero(upd.unlocked))
             n_jump = int(np.count_nonzero(upd.basin_jump))
             nan = self._no_targets
-            targets = np.array([nan if r.targets is None else r.targets for r in readings])
+            targets = np.array(
+                [nan if r.targets is None else r.targets for r in readings], np.float64
+            )
         if n_jump:
             for i in np.flatnonzero(upd.basin_jump[0]):
                 log.debug("sample %d skipped: basin jump", i)
