@@ -21,29 +21,14 @@ import numpy as np
 from phasegrad_hw.backends.optical import OpticalSubstrate
 from phasegrad_hw.calibration.transfer import calibrate_transfer
 from phasegrad_hw.device.frequency_map import transfer_path
-from phasegrad_hw.device.presets import layered_chip
 from phasegrad_hw.device.registry import open_substrate
-from phasegrad_hw.engine.layered import layered_couplings
-from phasegrad_hw.physics import centred
+from phasegrad_hw.testing.calibration import detuning_rms, layered_optical
 
 SIZES = (16, 16, 4)
 
 
-async def detuning_rms(chip: OpticalSubstrate, seed: int = 0, points: int = 8) -> float:
-    """rms of the chip's true centred ω minus the requested one, ω ~ U(−1, 1) model units."""
-    rng = np.random.default_rng(seed)
-    sq = []
-    for _ in range(points):
-        w = rng.uniform(-1.0, 1.0, chip.model.n)
-        await chip.set_frequencies(w)
-        await chip.read_frequencies()  # thermal transients settle
-        sq.append((centred(chip.true_frequencies()) - centred(w)) ** 2)
-    return float(np.sqrt(np.mean(sq)))
-
-
 async def main() -> None:
-    K = layered_couplings(SIZES, 2, 0)
-    model = layered_chip("optical", SIZES, [0.0, 0.5 * np.pi], K.tolist(), seed=4)
+    model = layered_optical(SIZES)
     device = Path(tempfile.mkdtemp(prefix="phasegrad-optical-")) / "optical-16-16-4.toml"
     model.save(device)
 

@@ -1,7 +1,9 @@
 """Device variants and ground truths for testing the calibration routines (tests and the
-calibration acceptance benchmark): the 2+5+2 example chips of ``examples/devices`` with a
-chosen coupling asymmetry or phase lag, the emulator's true per-edge asymmetry, and the
-error of a fitted transfer map against the emulator's true bias → frequency curves.
+calibration acceptance benchmark, the optical crosstalk example): the 2+5+2 example chips of
+``examples/devices`` with a chosen coupling asymmetry or phase lag, a layered optical chip
+with heater crosstalk, the emulator's true per-edge asymmetry, the error of a fitted
+transfer map against the emulator's true bias → frequency curves, and the rings' true
+detuning under a frequency map.
 
 The example device files are read from the source checkout this package sits in
 (``examples/devices`` next to the package; :func:`example_device`).
@@ -18,8 +20,10 @@ from phasegrad_hw.backends.cmos import CMOSSubstrate
 from phasegrad_hw.backends.optical import OpticalSubstrate
 from phasegrad_hw.calibration.transfer import TransferMap
 from phasegrad_hw.device.model import DeviceModel
+from phasegrad_hw.device.presets import layered_chip
 from phasegrad_hw.device.registry import load_device_model
-from phasegrad_hw.physics import Array
+from phasegrad_hw.engine.layered import layered_couplings
+from phasegrad_hw.physics import Array, centred
 
 VTH_3PCT = 0.03 * 0.45
 """3 % threshold-voltage mismatch of the CMOS chip (rms, V): the transfer-calibration case."""
@@ -70,6 +74,26 @@ def simulated_model(**over: Any) -> DeviceModel:
     d = _dump("simulated-2-5-2.toml")
     d.update(over)
     return DeviceModel.from_dict(d)
+
+
+def layered_optical(sizes: tuple[int, int, int] = (16, 16, 4)) -> DeviceModel:
+    """A layered optical chip (held inputs, 2 bias oscillators; 38 heaters at 16-16-4) with
+    the default heaters: neighbour crosstalk 0.1, each entry off by 10 % rms, ambient drift."""
+    K = layered_couplings(sizes, 2, 0)
+    return layered_chip("optical", sizes, [0.0, 0.5 * np.pi], K.tolist(), seed=4)
+
+
+async def detuning_rms(chip: OpticalSubstrate, seed: int = 0, points: int = 8) -> float:
+    """rms over random settings ω ~ U(−1, 1) (model units) of the chip's true centred ω minus
+    the requested one (what the rings see: the common part moves only the frame)."""
+    rng = np.random.default_rng(seed)
+    sq = []
+    for _ in range(points):
+        w = rng.uniform(-1.0, 1.0, chip.model.n)
+        await chip.set_frequencies(w)
+        await chip.read_frequencies()  # thermal transients settle
+        sq.append((centred(chip.true_frequencies()) - centred(w)) ** 2)
+    return float(np.sqrt(np.mean(sq)))
 
 
 def true_edge_asymmetry(K: Array, edges: np.ndarray) -> dict[tuple[int, int], float]:

@@ -24,7 +24,14 @@ from phasegrad_hw.device.substrate import PhaseReading
 from phasegrad_hw.errors import DeviceError, LimitError
 from phasegrad_hw.learning.ep import EPRule
 from phasegrad_hw.physics import centred
-from phasegrad_hw.testing.calibration import VTH_3PCT, cmos_model, optical_model, true_curve_error
+from phasegrad_hw.testing.calibration import (
+    VTH_3PCT,
+    cmos_model,
+    detuning_rms,
+    layered_optical,
+    optical_model,
+    true_curve_error,
+)
 from tests.unit.test_calibration_common import is_safe, pty_board
 
 
@@ -214,7 +221,6 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
     trained on one chip through its calibrated map (true model units) are loaded onto three
     other chips with 3 % threshold mismatch and fine-tuned one EP epoch there — through the
     calibrated maps they work at once, through the nominal curves they do not."""
-    from phasegrad_hw.device.model import DeviceModel
     from phasegrad_hw.learning.controller import EPConfig
     from phasegrad_hw.learning.loop import LoopOptions, train_on_substrates
     from phasegrad_hw.learning.tasks import Encoding, load_vowels
@@ -255,29 +261,6 @@ async def test_calibrated_map_carries_a_trained_network_to_other_chips(vowels_cs
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "transfer-map-v1"
 
 
-def layered_optical(sizes: tuple[int, int, int] = (16, 16, 4)) -> DeviceModel:
-    """A layered optical chip (held inputs, 2 bias oscillators; 38 heaters at 16-16-4) with
-    the default heaters: neighbour crosstalk 0.1, each entry off by 10 % rms, ambient drift."""
-    from phasegrad_hw.device.presets import layered_chip
-    from phasegrad_hw.engine.layered import layered_couplings
-
-    K = layered_couplings(sizes, 2, 0)
-    return layered_chip("optical", sizes, [0.0, 0.5 * np.pi], K.tolist(), seed=4)
-
-
-async def _detuning_rms(chip: OpticalSubstrate, seed: int, points: int = 8) -> float:
-    """rms over random settings ω ~ U(−1, 1) of the chip's true centred ω minus the requested
-    one (what the rings see: the common part moves only the frame)."""
-    rng = np.random.default_rng(seed)
-    sq = []
-    for _ in range(points):
-        w = rng.uniform(-1.0, 1.0, chip.model.n)
-        await chip.set_frequencies(w)
-        await chip.read_frequencies()  # thermal transients settle
-        sq.append((centred(chip.true_frequencies()) - centred(w)) ** 2)
-    return float(np.sqrt(np.mean(sq)))
-
-
 async def test_thermal_crosstalk_matrix_is_recovered_one_heater_at_a_time() -> None:
     """The matrix X̂_ij = ∂ω_i/∂y_j (y_j the own shift of ring j, ∝ its heater power) equals
     the chip's thermal crosstalk X_ij/X_jj with its 10 % per-entry mismatch, although the
@@ -285,9 +268,9 @@ async def test_thermal_crosstalk_matrix_is_recovered_one_heater_at_a_time() -> N
     then leaves a detuning far below the lock margin, and bias(frequency(b)) = b."""
     chip = OpticalSubstrate(layered_optical(), 1)
     async with chip:
-        before = await _detuning_rms(chip, 5)
+        before = await detuning_rms(chip, 5)
         res = await calibrate_transfer(chip)
-        after = await _detuning_rms(chip, 5)
+        after = await detuning_rms(chip, 5)
     assert res.passed and res.map.crosstalk_matrix is not None
     X = np.asarray(res.map.crosstalk_matrix)
     true = chip.crosstalk / np.diag(chip.crosstalk)[None, :]
