@@ -1,6 +1,7 @@
 """Emulated benches and commands in their own processes, for tests, examples and benchmarks
 that drive them from outside — the one way to start an emulated bench process:
-:func:`child_process` (any command, stopped at exit), :func:`emulated_bench` (``phasegrad-hw
+:func:`run_cli` (one ``phasegrad-hw`` command to its end), :func:`child_process` (any
+command, stopped at exit), :func:`emulated_bench` (``phasegrad-hw
 emulate bench`` and its instruments' TCP ports) and :func:`scpi_query` (SCPI queries to one
 of those instruments).
 """
@@ -19,6 +20,16 @@ from phasegrad_hw.testing.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 """The ``phasegrad-hw`` command of this interpreter (prefix of a child's argument list)."""
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout_s: float = 300.0
+) -> subprocess.CompletedProcess[str]:
+    """``phasegrad-hw ARGS`` run to its end in a child importing this same ``phasegrad_hw``
+    (:func:`child_env`), output captured as text; the caller checks the return code."""
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, cwd=cwd, env=child_env(), timeout=timeout_s
+    )
 
 
 @contextmanager

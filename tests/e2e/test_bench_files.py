@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ import pytest
 from phasegrad_hw.device.registry import load_device_model
 from phasegrad_hw.engine.layered import phase_data
 from phasegrad_hw.learning.tasks import load_task
-from phasegrad_hw.testing.benches import CLI, emulated_bench, scpi_query
+from phasegrad_hw.testing.benches import emulated_bench, run_cli, scpi_query
 from phasegrad_hw.testing.networks import model_layered_small
 from tests.conftest import REPO
-from tests.mosquitto import child_env
 
 BENCHES = REPO / "examples" / "benches"
 
@@ -56,13 +54,7 @@ def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
         scpi_query(ports["smu"], set_cmd + ";*OPC?")
         queries = [f":SOUR{c}:VOLT?" for c in range(1, 10)] + [":OUTP1?"]
         before = scpi_query(ports["smu"], *queries)
-        res = subprocess.run(
-            [*CLI, "bench", "check", str(bench_file)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=120,
-        )
+        res = run_cli("bench", "check", str(bench_file), timeout_s=120)
         assert res.returncode == 0, res.stdout + res.stderr
         out = res.stdout
         assert "nothing was changed" in out
@@ -79,9 +71,7 @@ def test_bench_check_mistakes(tmp_path: Path) -> None:
         ([str(tmp_path / "nope.toml")], "does not exist"),
         ([str(REPO / "examples" / "devices" / "cmos-2-5-2.toml")], "not a bench"),
     ):
-        res = subprocess.run(
-            [*CLI, "bench", "check", *args], capture_output=True, text=True, env=child_env()
-        )
+        res = run_cli("bench", "check", *args)
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
 
@@ -101,13 +91,7 @@ def test_held_chip_trains_behind_an_emulated_bench(tmp_path: Path) -> None:
         assert bench.input_source is not None and bench.input_source.channels == [1, 2]  # type: ignore[attr-defined]
         assert scpi_query(ports["input_source"], "*IDN?")[0].split(",")[1] == "EMU-INPUTS"
         args = ["train", "--device", str(bench_file), "--task", "vowels:a,i", "--epochs", "1"]
-        res = subprocess.run(
-            [*CLI, *args, "--no-store", "--json", str(out)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=300,
-        )
+        res = run_cli(*args, "--no-store", "--json", str(out))
         assert res.returncode == 0, res.stdout + res.stderr
         assert "params: omega (this device cannot set couplings)" in res.stdout
         r = json.loads(out.read_text())
@@ -130,12 +114,6 @@ def test_held_chip_trains_behind_an_emulated_bench(tmp_path: Path) -> None:
         assert err.min() < 1e-9 and np.any(deg != 0.0), (deg, err.min())
         assert scpi_query(ports["input_source"], ":SYST:ERR?") == ['0,"No error"']
         # bench check reads the input source too
-        chk = subprocess.run(
-            [*CLI, "bench", "check", str(bench_file)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=120,
-        )
+        chk = run_cli("bench", "check", str(bench_file), timeout_s=120)
         assert chk.returncode == 0, chk.stdout + chk.stderr
         assert chk.stdout.count("  input_source ch") == 2 and "(held input 1)" in chk.stdout

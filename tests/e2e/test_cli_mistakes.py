@@ -10,29 +10,20 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from phasegrad_hw.store import RunStore
+from phasegrad_hw.testing.benches import run_cli
 from tests.conftest import REPO
-from tests.mosquitto import child_env
 
-CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 SIM = REPO / "examples" / "devices" / "simulated-2-5-2.toml"
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        env=child_env(),
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd or REPO)
 
 
 def assert_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
