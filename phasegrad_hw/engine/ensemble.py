@@ -334,7 +334,6 @@ class Ensemble:
                 for a in range(0, n, m):
                     fo[:, a : a + m], solved[:, a : a + m] = self.step(order[:, a : a + m])
             # each sample once per epoch: back to the split's order, unsolved samples NaN
-            train_out = np.full((B, n, n_out), np.nan)
             train_out[members, order] = np.where(solved[..., None], fo, np.nan)
             train = train_accuracy_from_outputs(train_out, self.data.y_train, self.enc)
             test = None

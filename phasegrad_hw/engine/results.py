@@ -56,11 +56,19 @@ class EnsembleResult:
         return train_accuracy_from_outputs(self.train_out, y_train, encoding)
 
 
+def _correct(
+    out: Array, y: NDArray[np.int64], encoding: Encoding
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(classified correctly, locked) per sample; a row with a NaN phase is not locked and
+    not correct."""
+    ok = np.all(np.isfinite(out), axis=-1)
+    pred = encoding.predict(np.where(ok[..., None], out, 0.0))
+    return (pred == y) & ok, ok
+
+
 def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
     """Accuracy per member; unlocked samples (NaN phases) count as wrong."""
-    bad = ~np.all(np.isfinite(out), axis=-1)
-    pred = encoding.predict(np.where(bad[..., None], 0.0, out))
-    right = (pred == y) & ~bad
+    right, _ = _correct(out, y, encoding)
     return np.asarray(right.mean(axis=-1), dtype=np.float64)
 
 
@@ -69,7 +77,5 @@ def train_accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Enco
     convergence criterion): among an epoch's online samples whose free and nudged states
     both locked (finite rows of ``out``, the free output phases just before the sample's
     update), the fraction the free state classifies correctly; 0 when none locked."""
-    ok = np.all(np.isfinite(out), axis=-1)
-    pred = encoding.predict(np.where(ok[..., None], out, 0.0))
-    right = ((pred == y) & ok).sum(axis=-1)
-    return np.asarray(right / np.maximum(ok.sum(axis=-1), 1), dtype=np.float64)
+    right, ok = _correct(out, y, encoding)
+    return np.asarray(right.sum(axis=-1) / np.maximum(ok.sum(axis=-1), 1), dtype=np.float64)
