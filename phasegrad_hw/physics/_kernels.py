@@ -335,56 +335,66 @@ def _cholesky_solve(L, x):
 
 
 @njit(cache=True)
-def _lu_solve(A, x, L):
-    """x ← A⁻¹ x for symmetric A (lower triangle) that is not positive definite: LU with
-    partial pivoting (L holds the factors), else least squares."""
-    m = A.shape[0]
+def lu_solve(M, x, LU):
+    """x ← M⁻¹ x for a square M (not modified): LU with partial pivoting (factors in LU), least
+    squares when M is singular or the solution is not finite."""
+    m = M.shape[0]
     b = x.copy()
     for i in range(m):
         for j in range(m):
-            L[i, j] = A[i, j] if j <= i else A[j, i]
-    full = L.copy()
+            LU[i, j] = M[i, j]
     singular = False
     for k in range(m):
         p = k
-        big = abs(L[k, k])
+        big = abs(LU[k, k])
         for i in range(k + 1, m):
-            if abs(L[i, k]) > big:
-                big = abs(L[i, k])
+            if abs(LU[i, k]) > big:
+                big = abs(LU[i, k])
                 p = i
         if big == 0.0:
             singular = True
             break
         if p != k:
             for j in range(m):
-                t = L[k, j]
-                L[k, j] = L[p, j]
-                L[p, j] = t
+                t = LU[k, j]
+                LU[k, j] = LU[p, j]
+                LU[p, j] = t
             t = x[k]
             x[k] = x[p]
             x[p] = t
-        piv = L[k, k]
+        piv = LU[k, k]
         for i in range(k + 1, m):
-            f = L[i, k] / piv
-            L[i, k] = f
+            f = LU[i, k] / piv
+            LU[i, k] = f
             for j in range(k + 1, m):
-                L[i, j] -= f * L[k, j]
+                LU[i, j] -= f * LU[k, j]
             x[i] -= f * x[k]
     if not singular:
         for i in range(m - 1, -1, -1):
             t = x[i]
             for j in range(i + 1, m):
-                t -= L[i, j] * x[j]
-            x[i] = t / L[i, i]
+                t -= LU[i, j] * x[j]
+            x[i] = t / LU[i, i]
         finite = True
         for i in range(m):
             if not math.isfinite(x[i]):
                 finite = False
         if finite:
             return
-    sol = np.linalg.lstsq(full, b, rcond=EPS * m)[0]
+    sol = np.linalg.lstsq(M, b, rcond=EPS * m)[0]
     for i in range(m):
         x[i] = sol[i]
+
+
+@njit(cache=True)
+def _lu_solve(A, x, L):
+    """x ← A⁻¹ x for symmetric A (lower triangle; mirrored into the upper one here) that is not
+    positive definite: :func:`lu_solve`."""
+    m = A.shape[0]
+    for i in range(m):
+        for j in range(i + 1, m):
+            A[i, j] = A[j, i]
+    lu_solve(A, x, L)
 
 
 @njit(cache=True, inline="always")

@@ -1,16 +1,21 @@
 """The compiled (numba) path of :func:`~phasegrad_hw.physics.solve_equilibrium`: validation
-that is cheap in Python, then the kernel in :mod:`phasegrad_hw.physics._kernels`."""
+that is cheap in Python, then a kernel — :func:`~phasegrad_hw.physics._kernels.solve_small`
+(edge list; H = a·sin, symmetric K, pinned frame: the ideal chip and the simulated device)
+or :func:`~phasegrad_hw.physics._dense_kernel.solve_dense_small` (any H and K, either frame:
+the emulated CMOS and optical chips)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from phasegrad_hw.physics.coupling import Array, CouplingFunction, NudgeKind
+from phasegrad_hw.physics.dense import lazy_stability
 from phasegrad_hw.physics.policy import NEWTON
 from phasegrad_hw.physics.result import Equilibrium
 
@@ -20,20 +25,39 @@ log = logging.getLogger(__name__)
 _F64 = np.dtype(np.float64)
 _EMPTY = np.zeros(0)
 _NUDGE_CODE = {"linear": 1, "injection": 2}
-_compiled_state: list[Callable[..., Any] | None] = []
 _policies: dict[tuple[float, int], Any] = {}
 
 
-def _compiled_kernel() -> Callable[..., Any] | None:
-    """The numba kernel for one small network (imported on first use), or None without numba."""
+class _Kernels(NamedTuple):
+    small: Callable[..., Any]  # _kernels.solve_small
+    dense: Callable[..., Any]  # _dense_kernel.solve_dense_small
+
+
+_compiled_state: list[_Kernels | None] = []
+
+
+def _compiled_kernels() -> _Kernels | None:
+    """The numba kernels (imported on first use), or None without numba."""
     if not _compiled_state:
         try:
+            from phasegrad_hw.physics._dense_kernel import solve_dense_small
             from phasegrad_hw.physics._kernels import solve_small
         except ImportError:  # numba is the optional extra "fast"
             _compiled_state.append(None)
         else:
-            _compiled_state.append(solve_small)
+            _compiled_state.append(_Kernels(solve_small, solve_dense_small))
     return _compiled_state[0]
+
+
+@lru_cache(maxsize=64)
+def _coupling_terms(coupling: CouplingFunction) -> Any:
+    """The dense kernel's :class:`~phasegrad_hw.physics._dense_kernel.Coupling` of H."""
+    from phasegrad_hw.physics._dense_kernel import coupling_terms
+
+    h0 = float(coupling.value(np.zeros(1))[0])
+    return coupling_terms(
+        coupling.harmonics, coupling.phase_lag, coupling.offset, coupling.cos_offset, h0
+    )
 
 
 def _policy(tol: float, max_iter: int) -> Any:
@@ -75,11 +99,13 @@ def _solve_compiled(
     direction: int,
     tol: float,
     max_iter: int,
+    free: bool,
 ) -> Equilibrium | None:
-    """One small dense network with H = a·sin and symmetric K through the numba kernel, with
-    only the validation that is cheap in Python (types, dtypes, shapes, ref); the kernel checks
-    finite entries, β >= 0 and symmetry. None: not this case (or numba missing, or a check
-    failed) — the caller takes the numpy path, which raises the usual errors for bad input."""
+    """One small dense network through a numba kernel, with only the validation that is cheap
+    in Python (types, dtypes, shapes, ref); the kernels check finite entries and β >= 0.
+    H = a·sin with symmetric K in the pinned frame takes the edge kernel, anything else (or
+    an asymmetric K there) the dense kernel. None: numba missing or a check failed — the
+    caller takes the numpy path, which raises the usual errors for bad input."""
     n = omega.shape[0]
     if not (
         2 <= n <= 64
@@ -91,12 +117,10 @@ def _solve_compiled(
         and type(max_iter) is int
         and (type(ref) is int or type(ref) is np.int64)
         and 0 <= ref < n
-        and len(coupling.harmonics) == 1
-        and coupling.is_odd
     ):
         return None
-    kernel = _compiled_kernel()
-    if kernel is None:
+    kernels = _compiled_kernels()
+    if kernels is None:
         return None
     th0 = _EMPTY if theta0 is None else _fast_vector(theta0, n)
     bet: Array | None = _EMPTY
@@ -108,33 +132,32 @@ def _solve_compiled(
         kind = _NUDGE_CODE[nudge]
     if th0 is None or bet is None or tgt is None:
         return None
-    status, th, A, res, it, conv, chol_ok, shift = kernel(
-        omega,
-        K,
-        float(coupling.harmonics[0]),
-        th0,
-        theta0 is not None,
-        bet,
-        tgt,
-        kind,
-        float(direction),
-        int(ref),
-        _policy(float(tol), max_iter),
-    )
+    pol = _policy(float(tol), max_iter)
+    if not free and len(coupling.harmonics) == 1 and coupling.is_odd:
+        status, th, A, res, it, conv, chol_ok, shift = kernels.small(
+            omega, K, float(coupling.harmonics[0]), th0, theta0 is not None, bet, tgt, kind,
+            float(direction), int(ref), pol,
+        )  # fmt: skip
+        if status == 0:
+            A = np.asarray(A, dtype=np.float64)
+            stable = bool(chol_ok) or bool(np.linalg.eigvalsh(A)[0] > shift)
+
+            def margin() -> Array:
+                return np.asarray(np.linalg.eigvalsh(A)[0])
+
+            return Equilibrium(
+                np.asarray(th, dtype=np.float64), np.asarray(res), np.asarray(it),
+                np.asarray(conv), np.asarray(stable), margin, path="compiled",
+            )  # fmt: skip
+    status, th, S, res, it, conv, sym = kernels.dense(
+        omega, K, _coupling_terms(coupling), th0, theta0 is not None, bet, tgt, kind,
+        float(direction), int(ref), free, pol,
+    )  # fmt: skip
     if status != 0:
         return None
-    A = np.asarray(A, dtype=np.float64)
-    stable = bool(chol_ok) or bool(np.linalg.eigvalsh(A)[0] > shift)
-
-    def margin() -> Array:
-        return np.asarray(np.linalg.eigvalsh(A)[0])
-
+    S = np.asarray(S, dtype=np.float64)[None]
+    judge, mg = lazy_stability(lambda: S, bool(sym), NEWTON)
     return Equilibrium(
-        np.asarray(th, dtype=np.float64),
-        np.asarray(res),
-        np.asarray(it),
-        np.asarray(conv),
-        np.asarray(stable),
-        margin,
-        path="compiled",
-    )
+        np.asarray(th, dtype=np.float64), np.asarray(res), np.asarray(it), np.asarray(conv),
+        lambda: judge()[0], lambda: mg()[0], path="compiled",
+    )  # fmt: skip

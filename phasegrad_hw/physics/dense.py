@@ -328,16 +328,26 @@ def _finish(
     converged = res <= np.maximum(tol, model.floor)
     x = th.copy()  # the state the stability check reads (θ_0 slot: Ω in free mode)
     th[:, 0] = 0.0
+    stable, margin = lazy_stability(
+        lambda: model.stability_matrix(x, cache), symmetric and not model.free, policy
+    )
+    return Equilibrium(th, res, iters, converged, stable, margin, path="dense")
+
+
+def lazy_stability(
+    matrices: Callable[[], Array], symmetric: bool, policy: NewtonPolicy = NEWTON
+) -> tuple[Callable[[], NDArray[np.bool_]], Callable[[], Array]]:
+    """(stable, margin) of the stability matrices ``matrices()`` (B, n, n) as callables that
+    decide on first access (:func:`stability`, once for both)."""
     judged: list[tuple[NDArray[np.bool_], Array | Callable[[], Array]]] = []
 
     def decide() -> tuple[NDArray[np.bool_], Array | Callable[[], Array]]:
         if not judged:
-            A = model.stability_matrix(x, cache)
-            judged.append(stability(A, symmetric and not model.free, policy))
+            judged.append(stability(matrices(), symmetric, policy))
         return judged[0]
 
     def margin() -> Array:
         mg = decide()[1]
         return np.asarray(mg() if callable(mg) else mg, dtype=np.float64)
 
-    return Equilibrium(th, res, iters, converged, lambda: decide()[0], margin, path="dense")
+    return (lambda: decide()[0]), margin

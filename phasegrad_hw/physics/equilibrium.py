@@ -75,19 +75,21 @@ def solve_equilibrium(
     ``method`` picks the path (``Equilibrium.path`` records the one that ran): ``"dense"``
     (one network or a batch, any K and H); ``"edge"`` (the edge list of a symmetric K, odd
     H: trigonometry on the edges only, batched); ``"sparse"`` (one large network, iterative
-    linear algebra); ``"compiled"`` (numba kernel: one network, N <= 64, H = a·sin, symmetric
-    K, float64 arrays, default policy; ValueError if not available); ``"auto"`` (compiled
+    linear algebra); ``"compiled"`` (numba kernels: one network, N <= 64, float64 arrays,
+    the default policy, any H and K, either frame — an edge kernel for H = a·sin with
+    symmetric K, a dense one otherwise; ValueError if not available); ``"auto"`` (compiled
     when eligible, sparse for a scipy.sparse K, dense otherwise).
     """
     _check_options(direction, frame, nudge, tol, max_iter, method)
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
-    arrays = _compiled_inputs(omega, K, method, policy, frame)
+    arrays = _compiled_inputs(omega, K, method, policy)
     if arrays is not None:
         fast = _solve_compiled(
-            *arrays, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter
-        )
+            *arrays, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter,
+            frame == "free",
+        )  # fmt: skip
         if fast is not None:
             return fast
     nud = (beta, target, nudge, direction)
@@ -95,7 +97,7 @@ def solve_equilibrium(
         _Problem.build(omega, K, theta0, ref, nud)  # bad input raises its usual error
         raise ValueError(
             "method: 'compiled' needs numba and one small network (2 <= N <= 64, float64 "
-            "arrays) with H = a·sin, symmetric K and the default policy"
+            "arrays) with the default policy"
         )
     if method == "sparse" or (method == "auto" and sp.issparse(K)):
         if frame == "free":
@@ -110,18 +112,16 @@ def solve_equilibrium(
 
 
 def _compiled_inputs(
-    omega: ArrayLike, K: object, method: Method, policy: NewtonPolicy, frame: str
+    omega: ArrayLike, K: object, method: Method, policy: NewtonPolicy
 ) -> tuple[Array, Array] | None:
-    """(ω, K) when the compiled path may take the call — one network as arrays (the kernel
-    checks the rest), method auto or compiled, the default policy, the pinned frame — else
-    None."""
+    """(ω, K) when the compiled path may take the call — one network as arrays (the kernels
+    check the rest), method auto or compiled, the default policy — else None."""
     if (
         type(omega) is np.ndarray
         and type(K) is np.ndarray
         and omega.ndim == 1
         and (method == "auto" or method == "compiled")
         and policy is NEWTON
-        and frame == "pinned"
     ):
         return omega, K
     return None

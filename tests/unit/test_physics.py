@@ -348,13 +348,13 @@ def test_equilibrium_margin_is_lazy_and_ok_combines_flags() -> None:
 
 def _numpy_path(monkeypatch: pytest.MonkeyPatch, **kw: object) -> ph.Equilibrium:
     with monkeypatch.context() as m:
-        m.setattr(compiled, "_compiled_kernel", lambda: None)
+        m.setattr(compiled, "_compiled_kernels", lambda: None)
         return ph.solve_equilibrium(**kw)  # type: ignore[arg-type]
 
 
 def test_compiled_small_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("numba")
-    assert compiled._compiled_kernel() is not None
+    assert compiled._compiled_kernels() is not None
     rng = np.random.default_rng(2024)
     checked = unlocked = 0
     for trial in range(40):
@@ -421,6 +421,61 @@ def test_compiled_small_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) 
     assert checked >= 60 and unlocked >= 3
 
 
+def _general_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, ph.CouplingFunction]:
+    """A random network with asymmetric K (half the time) and a non-odd H (harmonics, lag,
+    offsets: what the emulated CMOS and optical chips solve)."""
+    n = int(rng.integers(2, 18))
+    K = nw.erdos_renyi(n, rng, p=float(rng.uniform(0.4, 1.0)))
+    if rng.random() < 0.5:
+        K = K * rng.uniform(0.5, 1.5, K.shape)
+    if rng.random() < 0.2:
+        K[np.diag_indices(n)] = 0.3  # a self-coupling adds K_ii·H(0)
+    nh = int(rng.integers(1, 4))
+    H = ph.CouplingFunction(
+        harmonics=tuple(float(a) for a in rng.uniform(-0.3, 1.0, nh)),
+        phase_lag=float(rng.choice([0.0, 0.3])),
+        offset=float(rng.choice([0.0, 0.05])),
+        cos_offset=float(rng.choice([0.0, 0.1])),
+    )
+    return nw.random_frequencies(n, rng, sigma=float(rng.choice([0.1, 0.5, 2.0]))), K, H
+
+
+def test_compiled_dense_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any H, any K, both frames, both nudges, any reference: the dense kernel finds the numpy
+    dense path's state (converged, stable, θ, margin, iterations)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(77)
+    checked = unlocked = free_frames = 0
+    for _ in range(160):
+        w, K, H = _general_case(rng)
+        n = len(w)
+        kw: dict[str, object] = dict(omega=w, K=K, coupling=H, ref=int(rng.integers(0, n)))
+        kw["frame"] = str(rng.choice(["pinned", "free"]))
+        if rng.random() < 0.5:
+            kw["theta0"] = rng.normal(0.0, 0.5, n)
+        if rng.random() < 0.6:
+            b = np.zeros(n)
+            b[rng.choice(n, size=min(2, n), replace=False)] = float(rng.uniform(0.05, 0.5))
+            kw.update(beta=b, target=rng.normal(0.0, 0.5, n))
+            kw.update(nudge=str(rng.choice(["linear", "injection"])))
+            kw.update(direction=int(rng.choice([1, -1])))
+        got = ph.solve_equilibrium(**kw)  # type: ignore[arg-type]
+        want = _numpy_path(monkeypatch, **kw)
+        assert got.path == "compiled" and want.path == "dense"
+        unlocked += not want.converged
+        assert bool(got.converged) == bool(want.converged)
+        if want.converged:
+            free_frames += kw["frame"] == "free" and not H.is_odd
+            assert bool(got.stable) == bool(want.stable)
+            np.testing.assert_allclose(got.theta, want.theta, rtol=0, atol=1e-12)
+            assert float(got.residual) <= max(1e-12, 10 * float(want.residual))
+            assert abs(float(got.margin) - float(want.margin)) <= 1e-9
+            assert abs(int(got.iterations) - int(want.iterations)) <= 1
+        assert got.theta[int(kw["ref"])] == 0.0  # type: ignore[call-overload]
+        checked += 1
+    assert checked == 160 and unlocked >= 3 and free_frames >= 20
+
+
 def test_compiled_small_path_unlocked_network_is_not_ok() -> None:
     pytest.importorskip("numba")
     n = 9
@@ -449,9 +504,14 @@ def test_compiled_small_path_keeps_bad_input_errors(kwargs: dict) -> None:
         ph.solve_equilibrium(**kwargs)
 
 
-def test_compiled_small_path_asymmetric_k_takes_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_asymmetric_sine_network_takes_the_dense_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """H = sin with an asymmetric K: the edge kernel declines, the dense kernel solves it."""
+    pytest.importorskip("numba")
     w, K = _net(7, seed=4)
     K[1, 2] *= 1.3
     got = ph.solve_equilibrium(w, K)
     want = _numpy_path(monkeypatch, omega=w, K=K)
-    np.testing.assert_array_equal(got.theta, want.theta)
+    assert got.path == "compiled" and want.path == "dense" and bool(got.ok) and bool(want.ok)
+    np.testing.assert_allclose(got.theta, want.theta, rtol=0, atol=1e-12)
