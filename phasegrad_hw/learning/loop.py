@@ -264,10 +264,12 @@ def _training_samples(
     y: NDArray[np.int64],
 ) -> list[Sample]:
     """The training set as controller samples, made once per run (a sample's settings and
-    targets do not change between epochs). Clamp targets: fixed templates of its class (a
-    remote substrate then measures the whole step in one round trip; one vectorised call,
-    read-only rows), or a function of the free phases (``difference`` readout, the phase
-    encoding's cross-entropy clamp)."""
+    targets do not change between epochs): input frequencies ``w`` (n, n_inputs) model
+    units, held phases (n, n_held) rad or drive amplitudes (n, n_drive) model units (drive
+    phase 0), classes ``y``. Clamp targets (rad): the fixed templates of the sample's class
+    (a remote substrate then measures the whole step in one round trip; one vectorised call,
+    read-only rows), or a function of the free output phases (``difference`` readout, the
+    phase encoding's cross-entropy clamp)."""
     n = len(y)
     if isinstance(encoding, PhaseEncoding):
         assert held is not None
