@@ -45,6 +45,7 @@ from phasegrad_hw.device.substrate import (
 from phasegrad_hw.errors import ConfigError, LimitError
 from phasegrad_hw.learning.chip import ChipScale
 from phasegrad_hw.learning.ep import (
+    SAMPLE_FLAGS,
     EPNetwork,
     EPReadings,
     EPState,
@@ -76,15 +77,6 @@ __all__ = [
     "Sample",
     "StepReport",
 ]
-
-
-def _flag_row(v: bool) -> NDArray[np.bool_]:
-    a = np.array([v])
-    a.flags.writeable = False
-    return a
-
-
-_FLAG_ROWS = {False: _flag_row(False), True: _flag_row(True)}  # one sample's lock flag (1,)
 
 
 @dataclass
@@ -429,7 +421,7 @@ class EPController:
         )
         one = len(readings) == 1
         if one:  # (a single device's step: no list-to-array conversions)
-            free_locked = _FLAG_ROWS[readings[0].free.locked]
+            free_locked = SAMPLE_FLAGS[bool(readings[0].free.locked)][0]
         else:
             free_locked = np.array([r.free.locked for r in readings], dtype=bool)
         p = self.params

@@ -154,7 +154,9 @@ def _flag(v: bool) -> Mask:
     return a
 
 
-_FLAGS = {False: _flag(False), True: _flag(True)}
+SAMPLE_FLAGS = {False: _flag(False), True: _flag(True)}
+"""One sample's lock/validity flag by value, read-only (1, 1) (one member, one sample); its
+row ``SAMPLE_FLAGS[v][0]`` (1,) is a read-only view (the controller's one-sample report)."""
 
 
 def stack_readings(
@@ -174,7 +176,7 @@ def stack_readings(
         if centred:
             minus = np.asarray((f if mi is None else mi).phases, np.float64).reshape(1, 1, n)
         ok = f.locked and p is not None and p.locked and (mi is None or mi.locked)
-        return free, plus, minus, _FLAGS[bool(ok)]
+        return free, plus, minus, SAMPLE_FLAGS[bool(ok)]
     else:
         free = np.stack([f.phases for f, _, _ in readings]).reshape(m, n)
         plus = np.stack([(f if p is None else p).phases for f, p, _ in readings])[None]
@@ -335,7 +337,7 @@ def _update_one(
         coupling = np.where(learn, new, coupling)
     else:
         g_k = np.zeros(coupling.shape)
-    flags = _FLAGS
+    flags = SAMPLE_FLAGS
     return EPUpdate(
         omega, coupling, flags[valid], flags[not ok], flags[jump], flags[valid][0], g_w, g_k
     )

@@ -28,6 +28,7 @@ import asyncio
 import copy
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -254,16 +255,44 @@ def _initial_state(substrate: OscillatorSubstrate, options: LoopOptions) -> Loop
     return LoopState(0, params.copy(), [], 0)
 
 
+def _training_samples(
+    encoding: Encoding | PhaseEncoding,
+    n_out: int,
+    w: Array,
+    held: Array | None,
+    drive: Array | None,
+    y: NDArray[np.int64],
+) -> list[Sample]:
+    """The training set as controller samples, made once per run (a sample's settings and
+    targets do not change between epochs): input frequencies ``w`` (n, n_inputs) model
+    units, held phases (n, n_held) rad or drive amplitudes (n, n_drive) model units (drive
+    phase 0), classes ``y``. Clamp targets (rad): the fixed templates of the sample's class
+    (a remote substrate then measures the whole step in one round trip; one vectorised call,
+    read-only rows), or a function of the free output phases (``difference`` readout, the
+    phase encoding's cross-entropy clamp)."""
+    n = len(y)
+    if isinstance(encoding, PhaseEncoding):
+        assert held is not None
+        return [Sample(w[i], partial(encoding.clamp, int(y[i])), held[i]) for i in range(n)]
+    targets: list[Array | Callable[[Array], Array]]
+    if encoding.readout == "difference":
+        targets = [partial(encoding.clamp_targets, int(c)) for c in y]
+    else:
+        table = encoding.clamp_targets(y, np.zeros((n, n_out)))
+        table.flags.writeable = False
+        targets = list(table)
+    drives = [None] * n if drive is None else [(drive[i], 0.0) for i in range(n)]
+    return [Sample(w[i], targets[i], drive=drives[i]) for i in range(n)]
+
+
 @dataclass
 class _Epoch:
-    """One epoch's training pass over a fixed training set (inputs already encoded)."""
+    """One epoch's training pass over a fixed training set (samples made once per run)."""
 
     ctl: EPController
     encoding: Encoding | PhaseEncoding
     substrates: Sequence[OscillatorSubstrate]
-    w_train: Array
-    held_train: Array | None  # held input phases per sample (a held-input device), or None
-    f_train: Array | None  # drive amplitudes per sample (a driven device's inputs), or None
+    samples: list[Sample]
     y_train: NDArray[np.int64]
     observers: Sequence[LoopObserver]
     check_every: int = 0
@@ -280,14 +309,6 @@ class _Epoch:
         self.cosines.append(cos)
         log.info("gradient check at step %d: cosine(EP, implicit) = %.6f", step + 1, cos)
 
-    def _sample(self, i: int) -> Sample:
-        enc, y = self.encoding, int(self.y_train[i])
-        if isinstance(enc, PhaseEncoding):
-            assert self.held_train is not None
-            return Sample(self.w_train[i], partial(enc.clamp, y), self.held_train[i])
-        drive = None if self.f_train is None else (self.f_train[i], 0.0)
-        return Sample(self.w_train[i], self._targets(y), drive=drive)
-
     def _loss(self, rep: StepReport, idx: NDArray[np.int64]) -> float:
         """The step's loss at the free state: the clamp's (frequency encodings) or the
         cross-entropy over the valid samples (phase encoding)."""
@@ -299,9 +320,9 @@ class _Epoch:
         return float(np.mean(self.encoding.loss(self.y_train[idx][rep.valid], out)))
 
     async def run(self, seed: int, e: int, online: bool) -> tuple[int, int, float | None]:
-        """Train epoch ``e``; returns (skipped samples, correct online predictions, mean loss
-        of the steps with a valid sample, rad² or nats). The epoch's gradient checks land in
-        ``cosines``."""
+        """Train epoch ``e``; returns (skipped samples, correct online predictions — the free
+        reads of the epoch classified together at its end, mean loss of the steps with a
+        valid sample, rad² or nats). The epoch's gradient checks land in ``cosines``."""
         n_train = len(self.y_train)
         size = self.ctl.config.batch_size or len(self.substrates)
         steps_per_epoch = -(-n_train // size)
@@ -311,31 +332,26 @@ class _Epoch:
         self.ctl.forget_writes()  # a reseed returns an emulator to its power-on settings
         self.ctl.chip.epoch = e
         order = np.random.default_rng([seed, e]).permutation(n_train)
-        skipped = correct = 0
+        free_out = np.empty((n_train if online else 0, len(outputs)))  # in `order`
+        skipped = 0
         losses: list[float] = []
         for b in range(0, n_train, size):
             await _checkpoint()  # a cancellation point per step, on every backend
             idx = order[b : b + size]
-            rep = await self.ctl.step([self._sample(int(i)) for i in idx])
+            rep = await self.ctl.step([self.samples[i] for i in idx])
             self._check(e * steps_per_epoch + b // size, rep)
             skipped += rep.skipped_unlocked + rep.skipped_basin_jump
             loss = self._loss(rep, idx)
-            if np.isfinite(loss):
+            if math.isfinite(loss):
                 losses.append(loss)
             if online:
-                pred = self.encoding.predict(rep.free_phases[:, outputs])
-                correct += int(np.sum(pred == self.y_train[idx]))
+                free_out[b : b + len(idx)] = rep.free_phases[:, outputs]
             for obs in self.observers:
                 obs.on_step(rep)
+        correct = 0
+        if online:
+            correct = int(np.count_nonzero(self.encoding.predict(free_out) == self.y_train[order]))
         return skipped, correct, float(np.mean(losses)) if losses else None
-
-    def _targets(self, y: int) -> Array | Callable[[Array], Array]:
-        """Clamp targets of class ``y``: fixed templates (a remote substrate then measures the
-        whole step in one round trip), or a function of the free phases (``difference``)."""
-        assert not isinstance(self.encoding, PhaseEncoding)
-        if self.encoding.readout == "difference":
-            return partial(self.encoding.clamp_targets, y)
-        return self.encoding.clamp_targets(y, np.zeros(len(self.ctl.model.outputs)))
 
 
 async def _checkpoint() -> None:
@@ -420,21 +436,11 @@ async def train_on_substrates(
     ctl.chip.load_optimizer_state(state.optimizer)
     x_train = np.asarray(dataset.x_train, dtype=np.float64)
     y_train = np.asarray(dataset.y_train, dtype=np.int64)
-    w_train, held_train, f_train = _inputs(encoding, x_train)
-    n_train = len(x_train)
+    n_train, n_out = len(x_train), len(ctl.model.outputs)
     if options.check_gradients:
         check_exact_gradient(substrates)  # before anything is sent
-    epoch = _Epoch(
-        ctl,
-        encoding,
-        substrates,
-        w_train,
-        held_train,
-        f_train,
-        y_train,
-        observers,
-        options.check_gradients,
-    )
+    samples = _training_samples(encoding, n_out, *_inputs(encoding, x_train), y_train)
+    epoch = _Epoch(ctl, encoding, substrates, samples, y_train, observers, options.check_gradients)
     plan = RunPlan(state.epoch, options.epochs, n_train, len(substrates))
     for obs in observers:
         obs.on_run_start(plan)

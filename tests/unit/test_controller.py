@@ -161,6 +161,24 @@ async def test_unlocked_and_basin_jump_samples_are_skipped_and_counted() -> None
     assert not np.array_equal(ctl.params.omega, p0.omega)
 
 
+async def test_one_sample_lock_flags_are_shared_read_only_rows() -> None:
+    """A single device's step reports its free lock flag as a read-only (1,) row of the
+    rule's shared one-sample flags (an observer cannot corrupt them), with the values and
+    dtype of the general path's per-sample flags."""
+    m = model_2_5_2(0)
+    sub = ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={1})
+    ctl = EPController([sub], EPConfig(), _params(m))
+    reps = [await ctl.step([_sample()]) for _ in range(2)]
+    assert [r.free_locked.tolist() for r in reps] == [[False], [True]]
+    for r in reps:
+        assert r.free_locked.shape == (1,) and r.free_locked.dtype == np.bool_
+        with pytest.raises(ValueError, match="read-only"):
+            r.free_locked[0] = not r.free_locked[0]
+    subs = [ScriptedSubstrate(SimulatedSubstrate(m), unlocked_reads={1}), SimulatedSubstrate(m)]
+    both = await EPController(subs, EPConfig(), _params(m)).step([_sample(), _sample()])
+    assert both.free_locked.tolist() == [False, True] and both.free_locked.dtype == np.bool_
+
+
 async def test_basin_jump_threshold() -> None:
     m = model_2_5_2(0)
     below = ScriptedSubstrate(SimulatedSubstrate(m), jump_reads={2: 0.9})

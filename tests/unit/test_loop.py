@@ -144,6 +144,54 @@ async def test_sample_order_and_reseed_follow_the_seed() -> None:
     assert [c[1] for c in sub.calls if c[0] == "reseed"] == [seed_for(seed, e, 0) for e in range(2)]
 
 
+@pytest.mark.parametrize(
+    ("readout", "chips", "batch"),
+    [
+        ("template", 1, None),
+        ("argmax_cos", 1, None),
+        ("mean_phase", 1, None),
+        ("difference", 1, None),
+        ("template", 2, 3),
+    ],
+)
+async def test_online_accuracy_and_targets_follow_each_samples_own_reads(
+    readout: str, chips: int, batch: int | None
+) -> None:
+    """The loop makes its samples once per run and classifies an epoch's free reads together
+    at its end; both equal the per-sample definitions: the online train accuracy is the share
+    of samples whose own free read (in the epoch's order) predicts its class, and each locked
+    sample is nudged toward ``clamp_targets`` of its class at its own free output phases."""
+    m = model_tiny(readout_noise_rad=0.02)
+    enc = Encoding(readout=readout)  # type: ignore[arg-type]
+    seed, n, out = 4, len(DATA.x_train), m.outputs
+    reports: list[StepReport] = []
+    subs = [SimulatedSubstrate(m)] if chips == 1 else list(SimulatedBatch(m, chips).chips)
+    res = await train_on_substrates(
+        subs,
+        DATA,
+        enc,
+        EPConfig(rule=EPRule(lr_omega=0.05), batch_size=batch),
+        LoopOptions(epochs=2, seed=seed, params=_p0(m), train_eval="online"),
+        [Hooks(on_step=reports.append)],
+    )
+    steps = -(-n // (batch or chips))
+    assert len(reports) == 2 * steps
+    accuracies = []
+    for e in range(2):
+        y = DATA.y_train[np.random.default_rng([seed, e]).permutation(n)]
+        reps = reports[e * steps : (e + 1) * steps]
+        free = [r.free_phases[j, out] for r in reps for j in range(len(r.free_phases))]
+        locked = [bool(f) for r in reps for f in r.free_locked]
+        targets = [t for r in reps for t in r.targets]  # type: ignore[union-attr]
+        correct = sum(int(enc.predict(f)) == int(c) for f, c in zip(free, y, strict=True))
+        assert res.state.history[e].train_accuracy == correct / n
+        accuracies.append(correct / n)
+        for f, c, ok, t in zip(free, y, locked, targets, strict=True):
+            ref = f if readout == "difference" else np.zeros(len(out))
+            assert np.array_equal(t, enc.clamp_targets(int(c), ref)) if ok else np.isnan(t).all()
+    assert any(0.0 < a < 1.0 for a in accuracies)  # a mix of right and wrong reads
+
+
 async def test_skipped_samples_are_counted_per_epoch() -> None:
     m = model_tiny()
     opts = LoopOptions(epochs=2, seed=0, train_eval="online", params=_p0(m))
