@@ -7,6 +7,16 @@ phase, which is what the input actually moves) succeeds for every seed. Success 
 published criterion (final-epoch training accuracy > 0.6, as in phasegrad_hw.studies.vowels);
 test accuracies are printed alongside.
 Uses the Hillenbrand CSV next to the repository if present, else synthetic formants.
+
+12 seeds × 10 epochs per readout, on the ensemble's numpy path (``compiled=False``): the
+compiled kernels print the same numbers, but numba compiles them on first use — ~35 s of
+CPU whenever its on-disk cache is cold (a fresh checkout, a changed kernel file), which is
+what made this example take 81 s under load. Measured at load ≈ 5 on 2 cores: numpy path
+4.1–4.7 s whatever the cache; compiled 55–57 s on a cold cache, 2.4 s on a warm one. The
+full study (100 seeds × 200 epochs, every set-up, parameter set and initialisation, with
+significance tests and figures) is
+
+    phasegrad-hw reproduce vowels --data hillenbrand_vowels.csv --json vowels.json --plot figs
 """
 
 from pathlib import Path
@@ -26,8 +36,8 @@ def main() -> None:
     data = load_vowels(CSV, ("a", "i")) if CSV.exists() else synthetic_vowels(("a", "i"))
     seeds = list(range(12))
     cfg = TrainConfig(epochs=10, test_every=10)  # published hyper-parameters, fewer epochs
-    pub = train_seeds(vowel_2_5_2, seeds, data, Encoding(readout="argmax_cos"), cfg)
-    fix = train_seeds(vowel_2_5_2, seeds, data, Encoding(readout="mean_phase"), cfg)
+    pub = train_seeds(vowel_2_5_2, seeds, data, Encoding(readout="argmax_cos"), cfg, compiled=False)
+    fix = train_seeds(vowel_2_5_2, seeds, data, Encoding(readout="mean_phase"), cfg, compiled=False)
     # success as the project and the paper count it: final-epoch TRAINING accuracy > 0.6
     a, b = pub.train_accuracy, fix.train_accuracy
     print(f"data: {data.name}, {len(seeds)} seeds, {cfg.epochs} epochs, {pub.seconds:.1f} s")

@@ -2,7 +2,7 @@
 skipped (or failed under ``PHASEGRAD_HW_REQUIRE_ALL``) when mosquitto is not installed, and
 the two ways tests run a device agent on it: :func:`agent_process` (the ``phasegrad-hw agent``
 command in its own process; from :mod:`phasegrad_hw.testing.mosquitto`, with
-:func:`child_env`) and :func:`local_agent` (in this event loop).
+:func:`~phasegrad_hw.testing.benches.child_env`) and :func:`local_agent` (in this event loop).
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from phasegrad_hw.testing import mosquitto as _lib
-from phasegrad_hw.testing.mosquitto import (
-    agent_args,
-    agent_process,
-    child_env,
-    free_port,
-    password,
-)
+from phasegrad_hw.testing.benches import child_env
+from phasegrad_hw.testing.mosquitto import agent_args, agent_process, free_port, password
 from tests.conftest import require
 
 if TYPE_CHECKING:

@@ -2,11 +2,14 @@
 :func:`phasegrad_hw.studies.run_demo`, :func:`~phasegrad_hw.studies.training.train_device` and
 :func:`~phasegrad_hw.studies.training.evaluate_run`.
 
-``train`` prints one line saying what it runs before it starts, keeps every run in the run
-store (default :func:`phasegrad_hw.store.default_store_path`; ``--store`` to choose,
-``--no-store`` to opt out), shows a live curve on a terminal and one line per epoch off one
-(and in ``--log-file``), and stops cleanly on SIGINT, SIGTERM and SIGHUP
-(:mod:`phasegrad_hw.cli.signals`): device safe, run ``interrupted``, how to resume printed.
+``train`` prints one line saying what it runs once the device model is known (the set-up
+of the path taken — a held-input chip's phase encoding, cross-entropy and gain, not the
+options of frequency inputs; :func:`~phasegrad_hw.studies.training.run_banner`), keeps
+every run in the run store (default :func:`phasegrad_hw.store.default_store_path`;
+``--store`` to choose, ``--no-store`` to opt out), shows a live curve on a terminal and one
+line per epoch off one (and in ``--log-file``), and stops cleanly on SIGINT, SIGTERM and
+SIGHUP (:mod:`phasegrad_hw.cli.signals`): device safe, run ``interrupted``, how to resume
+printed.
 """
 
 from __future__ import annotations
@@ -304,27 +307,6 @@ def register(groups: Groups) -> None:
                 check_resumed_maps(setup, saved, allow_changes)
         except ConfigError as exc:
             fail(f"train: {exc}")
-        r = setup.options
-        what = f"data {data}" if data is not None else "synthetic data"
-        if r.task.startswith("vowels") and data is None:
-            what = "synthetic formants"
-        elif r.task.split(":")[0] == "fm":
-            what = "FM signals through a driven sensor bank"
-        elif r.task.split(":")[0] == "sensor-bank":
-            what = "quasi-static signals, one drive per sample"
-        con.print(
-            f"train {r.task} ({what}) on {r.device}: readout {r.readout}, "
-            f"params {r.params or 'both (omega if no couplings)'}, "
-            f"lr {r.lr:g}, β {r.beta:g} {r.mode} × {r.averages} avg, margin {r.margin:g} rad, "
-            f"{r.epochs} epochs, seed {r.seed}; store "
-            f"{store_path if store_path is not None else 'none (--no-store)'}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        for note in setup.notes:
-            con.print(note, highlight=False, soft_wrap=True)
-        if changes:
-            con.print(f"resume with changes (recorded): {changes}", highlight=False)
         session = TrainSession()
         log_stream = None
         try:
@@ -371,8 +353,6 @@ def register(groups: Groups) -> None:
             if log_stream is not None:
                 log_stream.close()
         _write_json(json_path, res)
-        if "summary" in res:
-            con.print(res["summary"])
         con.print(
             f"final test accuracy: [bold]{100 * res['final_test_accuracy']:.1f} %[/] after "
             f"{res['epochs']} epochs in {res['seconds']:.1f} s ({res['skipped_samples']} skipped)"
@@ -385,6 +365,7 @@ def register(groups: Groups) -> None:
             from phasegrad_hw.cli.runs import draw_curve
 
             try:
+                r = setup.options
                 draw_curve(res["history"], plot, f"{r.task} on {Path(r.device).name}")
             except ImportError:
                 fail("--plot: needs matplotlib (pip install 'phasegrad-hw[plots]')")

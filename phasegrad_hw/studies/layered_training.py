@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +44,7 @@ from phasegrad_hw.learning.tasks import Dataset, TaskError, load_task
 
 if TYPE_CHECKING:
     from phasegrad_hw.calibration.noise import TaskSamples
+    from phasegrad_hw.engine.layered import LayeredConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,12 @@ def train_held_inputs(
     resume: str | None = None,
     telemetry: str | None = None,
     notify: Callable[[str], None] = log.info,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train a held-input layered device (module doc); ``options`` a
-    :class:`phasegrad_hw.studies.training.TrainOptions`. Returns the result JSON:
+    :class:`phasegrad_hw.studies.training.TrainOptions`. ``notify`` receives the banner
+    (:func:`~phasegrad_hw.studies.training.run_banner` with :func:`engine_banner`), then
+    ``notes``, then the summary. Returns the result JSON:
     ``final_test_accuracy`` (at the kept, best-validation epoch), ``best_test_accuracy``,
     ``last_epoch_test_accuracy``, ``best_epoch``, ``epochs``, ``seconds``, ``seconds_per_epoch``,
     ``skipped_samples`` (unlocked training samples, all epochs), ``engine``, ``summary``,
@@ -103,7 +107,7 @@ def train_held_inputs(
         phase_data,
         train_layered,
     )
-    from phasegrad_hw.studies.training import DEFAULT_EPOCHS, TrainOptions, prepare
+    from phasegrad_hw.studies.training import DEFAULT_EPOCHS, TrainOptions, prepare, run_banner
 
     o: TrainOptions = options
     t0 = time.perf_counter()
@@ -140,6 +144,9 @@ def train_held_inputs(
         o.task, data, seed=o.seed, label_column=o.label_column, val_fraction=cfg.val_fraction
     )
     check_task_fits(dataset, model)
+    how = engine_banner(model, cfg)
+    for line in (run_banner(o, data=data, store=store, how=how, epochs=cfg.epochs), *notes):
+        notify(line)
     splits = phase_data(dataset, model.input_phase_range_rad)
     rs = run_id = None
     if store is not None:
@@ -198,6 +205,41 @@ def train_held_inputs(
     finally:
         if rs is not None:
             rs.close()
+
+
+def _held_inputs(model: DeviceModel) -> str:
+    lo, hi = model.input_phase_range_rad
+    return f"held inputs (phase encoding {lo:.3g}…{hi:.3g} rad)"
+
+
+def _learning(params: str, optimizer: str, lr: float, decay: float) -> str:
+    return f"params {params}, {optimizer} lr {lr:g} × {decay:g} per epoch"
+
+
+def engine_banner(model: DeviceModel, cfg: LayeredConfig) -> str:
+    """``train``'s banner set-up for a held-input device on the layered engine: phase
+    encoding, softmax cross-entropy nudge on sin θ_out, what learns and how, β."""
+    params = "both" if cfg.lr_omega > 0 else "K"
+    return (
+        f"{_held_inputs(model)}, softmax cross-entropy (scale {cfg.loss_scale:g}) "
+        f"{cfg.nudge} nudge, {_learning(params, cfg.optimizer, cfg.lr_k, cfg.lr_decay)}, "
+        f"batch {cfg.batch_size}, β {cfg.beta:g} {cfg.mode}, exact reads, {ENGINE_NAME}, "
+        "kept at the best validation epoch"
+    )
+
+
+def controller_banner(model: DeviceModel, ep: EPConfig, enc: PhaseEncoding) -> str:
+    """``train``'s banner set-up for a held-input device through the hardware loop
+    (:func:`controller_setup`): phase encoding, softmax cross-entropy clamp targets with a
+    gain κ per sample, what learns and how, β and averages."""
+    r = ep.rule
+    lr = r.lr_k if r.params != "omega" else r.lr_omega
+    return (
+        f"{_held_inputs(model)}, softmax cross-entropy (scale {enc.loss_scale:g}) clamp "
+        f"targets with gain κ per sample ({enc.nudge} nudge), "
+        f"{_learning(r.params, r.optimizer, lr, r.lr_decay)}, batch {ep.batch_size}, "
+        f"β {r.beta:g} {r.mode} × {r.averages} avg, hardware loop"
+    )
 
 
 def uses_engine(model: DeviceModel | None) -> bool:

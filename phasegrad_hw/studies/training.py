@@ -49,10 +49,12 @@ __all__ = [
     "TrainSetup",
     "check_resumed_maps",
     "choices",
+    "data_description",
     "evaluate_run",
     "prepare",
     "provenance",
     "resume_options",
+    "run_banner",
     "train_device",
 ]
 
@@ -202,6 +204,53 @@ def prepare(o: TrainOptions) -> TrainSetup:
         None if npath is None else MapRecord.read(npath),
         tuple(notes),
     )
+
+
+def data_description(task: str, data: Path | None) -> str:
+    """What feeds the task, in words (``train``'s banner): the CSV, synthetic formants,
+    FM signals through a driven bank or one quasi-static drive per sample."""
+    kind = task.split(":")[0]
+    if kind == "fm":
+        return "FM signals through a driven sensor bank"
+    if kind == "sensor-bank":
+        return "quasi-static signals, one drive per sample"
+    if data is not None:
+        return f"data {data}"
+    return "synthetic formants" if kind == "vowels" else "synthetic data"
+
+
+def run_banner(
+    o: TrainOptions, *, data: Path | None, store: Path | None, how: str, epochs: int
+) -> str:
+    """``train``'s one line saying what really runs, written once the device model is known:
+    task and data, device, ``how`` (encoding, loss, rule and learning rates of the path
+    taken), ``epochs`` (those that will run), seed and store."""
+    where = store if store is not None else "none (--no-store)"
+    return (
+        f"train {o.task} ({data_description(o.task, data)}) on {o.device}: {how}, "
+        f"{epochs} epochs, seed {o.seed}; store {where}"
+    )
+
+
+def _frequency_inputs(o: TrainOptions) -> str:
+    """The banner's set-up for a device with frequency inputs (the options as given)."""
+    return (
+        f"frequency inputs, readout {o.readout}, margin {o.margin:g} rad, params {o.params}, "
+        f"lr {o.lr:g}, β {o.beta:g} {o.mode} × {o.averages} avg"
+    )
+
+
+def _announce(
+    notify: Callable[[str], None],
+    banner: str,
+    setup: TrainSetup,
+    changes: dict[str, Any] | None,
+) -> None:
+    notify(banner)
+    for note in setup.notes:
+        notify(note)
+    if changes:
+        notify(f"resume with changes (recorded): {changes}")
 
 
 def _git_revision() -> str | None:
@@ -398,6 +447,11 @@ async def train_device(
     epochs, seconds, skipped samples, device, final parameters, per-epoch history, and
     ``run_id`` when recorded).
 
+    The first messages to ``notify`` are the banner (:func:`run_banner`: what really runs,
+    once the device model is known — for a held-input device the phase encoding,
+    cross-entropy and gain of the layered set-up, not the options of frequency inputs), the
+    setup's notes and the ``changes`` of a resumed run.
+
     ``store``: record the run and checkpoint every epoch (``resume``: continue that run);
     ``init_from``: start from the final parameters of that run (in ``init_store``, default
     ``store``); ``telemetry``: an ``mqtt://…`` URI to publish status, epoch metrics and step
@@ -423,7 +477,14 @@ async def train_device(
     if lt.uses_engine(model):
         assert model is not None
         return lt.train_held_inputs(
-            o, model, data=data, store=store, resume=resume, telemetry=telemetry, notify=notify
+            o,
+            model,
+            data=data,
+            store=store,
+            resume=resume,
+            telemetry=telemetry,
+            notify=notify,
+            notes=setup.notes,
         )
     beta, averages, mode = o.beta, o.averages, o.mode
     assert beta is not None and averages is not None and mode is not None
@@ -467,11 +528,12 @@ async def train_device(
                 if sub.model.roles.held:
                     raise ConfigError(_NO_HELD_CHECK)
                 check_exact_gradient([sub])
+            no_k = None
             if o.params is None:  # a remote device declares its abilities once connected
                 can_k = Capability.COUPLINGS in sub.capabilities
                 o = o.model_copy(update={"params": "both" if can_k else "omega"})
                 if not can_k:
-                    notify("params: omega (this device cannot set couplings)")
+                    no_k = "params: omega (this device cannot set couplings)"
             assert o.params is not None
             ep = EPConfig(
                 rule=EPRule(
@@ -493,6 +555,13 @@ async def train_device(
                     couplings=Capability.COUPLINGS in sub.capabilities,
                 )
                 start_params = start_params or held_params
+                how = lt.controller_banner(sub.model, ep, enc)
+            else:
+                how = _frequency_inputs(o)
+            banner = run_banner(o, data=data, store=store, how=how, epochs=o.epochs)
+            _announce(notify, banner, setup, changes)
+            if no_k is not None:
+                notify(no_k)
             if rs is not None:
                 if resume is not None and start is not None:
                     if changes:

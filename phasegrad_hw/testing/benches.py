@@ -1,25 +1,36 @@
 """Emulated benches and commands in their own processes, for tests, examples and benchmarks
-that drive them from outside — the one way to start an emulated bench process:
-:func:`run_cli` (one ``phasegrad-hw`` command to its end), :func:`child_process` (any
-command, stopped at exit), :func:`emulated_bench` (``phasegrad-hw
+that drive them from outside — the one way to start a child process: :func:`run_cli` (one
+``phasegrad-hw`` command to its end), :func:`child_process` (any command, stopped at exit,
+its remaining output collected on request; also behind
+:func:`phasegrad_hw.testing.mosquitto.agent_process`), :func:`emulated_bench` (``phasegrad-hw
 emulate bench`` and its instruments' TCP ports) and :func:`scpi_query` (SCPI queries to one
-of those instruments).
+of those instruments). Every child imports this same ``phasegrad_hw`` (:func:`child_env`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-
-from phasegrad_hw.testing.mosquitto import child_env
 
 CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 """The ``phasegrad-hw`` command of this interpreter (prefix of a child's argument list)."""
+
+
+def child_env() -> dict[str, str]:
+    """Environment for a child Python process that imports this same ``phasegrad_hw`` (the
+    directory it was imported from first on ``PYTHONPATH``, the rest kept)."""
+    import phasegrad_hw
+
+    root = str(Path(phasegrad_hw.__file__).resolve().parents[1])
+    parts = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts)}
 
 
 def run_cli(
@@ -32,26 +43,49 @@ def run_cli(
     )
 
 
+@dataclass
+class ChildProcess:
+    """A process of :func:`child_process`: ``p`` while it runs; after the ``with`` block,
+    with ``collect``, ``stdout_text`` and ``stderr_text`` hold the output it had not read."""
+
+    p: subprocess.Popen[str]
+    stdout_text: str = ""
+    stderr_text: str = ""
+
+
 @contextmanager
 def child_process(
-    args: list[str], *, stdout: int = subprocess.PIPE, cwd: Path | None = None
-) -> Iterator[subprocess.Popen[str]]:
+    args: list[str],
+    *,
+    stdout: int = subprocess.PIPE,
+    cwd: Path | None = None,
+    collect: bool = False,
+    stop_s: float = 15.0,
+) -> Iterator[ChildProcess]:
     """``args`` in a child process importing this same ``phasegrad_hw`` (:func:`child_env`;
-    stderr piped, text mode). At exit: SIGTERM if it still runs, up to 15 s to stop, then
-    SIGKILL."""
+    stderr piped, text mode). At exit: SIGTERM if it still runs, up to ``stop_s`` s to stop,
+    then SIGKILL; ``collect``: its remaining output read to the end meanwhile (no pipe can
+    fill and block its shutdown) and kept in :class:`ChildProcess`."""
     proc = subprocess.Popen(
         args, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env()
     )
+    child = ChildProcess(proc)
     try:
-        yield proc
+        yield child
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            if collect:
+                child.stdout_text, child.stderr_text = proc.communicate(timeout=stop_s)
+            else:
+                proc.wait(stop_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            if collect:
+                child.stdout_text, child.stderr_text = proc.communicate(timeout=5)
+            else:
+                proc.wait()
 
 
 @contextmanager
@@ -64,7 +98,8 @@ def emulated_bench(
     injection[, input_source]) once it printed them all and ``bench <bench_file>``; checks
     that output's format. Stopped at exit (:func:`child_process`)."""
     args = [*CLI, "emulate", "bench", "--device", str(device), "--tcp", "0"]
-    with child_process([*args, "--out", str(bench_file), *extra], cwd=cwd) as proc:
+    with child_process([*args, "--out", str(bench_file), *extra], cwd=cwd) as child:
+        proc = child.p
         assert proc.stdout is not None
         ports: dict[str, int] = {}
         name = res = line = ""

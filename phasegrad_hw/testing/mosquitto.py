@@ -16,7 +16,8 @@ leaves out ``set_tcp_nodelay true`` (mosquitto's default configuration). Without
 mosquitto binaries :class:`Mosquitto` raises :class:`MissingBroker`.
 
 :func:`agent_process` runs ``phasegrad-hw agent`` serving a device on such a broker in its
-own Python process (:func:`child_env`: the child imports this same ``phasegrad_hw``).
+own Python process (:func:`phasegrad_hw.testing.benches.child_process`: the child imports this
+same ``phasegrad_hw``, its output is collected when it stops).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from phasegrad_hw.testing.benches import ChildProcess, child_process
 
 
 class MissingBroker(RuntimeError):
@@ -257,25 +260,26 @@ class Mosquitto:
 
 
 # --------------------------------------------------------------------------- agent process
-def child_env() -> dict[str, str]:
-    """Environment for a child Python process that imports this same ``phasegrad_hw`` (the
-    directory it was imported from first on ``PYTHONPATH``, the rest kept)."""
-    import phasegrad_hw
-
-    root = str(Path(phasegrad_hw.__file__).resolve().parents[1])
-    parts = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts)}
-
-
 @dataclass
 class AgentProcess:
-    """A ``phasegrad-hw agent`` process; after the ``with`` block ``stdout_text`` and
-    ``stderr_text`` hold its output and ``stats`` its ``agent stats`` line (parsed), if any."""
+    """A ``phasegrad-hw agent`` process (``child``: its :class:`~phasegrad_hw.testing.benches.
+    ChildProcess`); after the ``with`` block ``stdout_text`` and ``stderr_text`` hold its
+    output and ``stats`` its ``agent stats`` line (parsed), if any."""
 
-    p: subprocess.Popen[str]
-    stdout_text: str = ""
-    stderr_text: str = ""
+    child: ChildProcess
     stats: dict[str, Any] | None = None
+
+    @property
+    def p(self) -> subprocess.Popen[str]:
+        return self.child.p
+
+    @property
+    def stdout_text(self) -> str:
+        return self.child.stdout_text
+
+    @property
+    def stderr_text(self) -> str:
+        return self.child.stderr_text
 
     def device_state(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """The served device's state as the agent process sees it now, asked by SIGUSR1
@@ -338,36 +342,26 @@ def agent_process(
     probe: bool = False,
     cwd: Path | None = None,
 ) -> Iterator[AgentProcess]:
-    """The agent command (INFO log on stderr) in its own process (:func:`child_env`); returns
-    once it prints ``agent NAME ready``. ``probe``: :meth:`AgentProcess.device_state` works.
-    At exit: SIGTERM if still running, output collected."""
+    """The agent command (INFO log on stderr) in its own process (:func:`~phasegrad_hw.
+    testing.benches.child_process`, :func:`child_env`); returns once it prints ``agent NAME
+    ready``. ``probe``: :meth:`AgentProcess.device_state` works. At exit: SIGTERM if still
+    running, output collected."""
     code = (PROBE_CODE + "\n" if probe else "") + AGENT_CODE
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *agent_args(broker_uri, device, name, *extra)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-        env=child_env(),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    ready, _, _ = select.select([proc.stdout], [], [], ready_s)
-    line = proc.stdout.readline() if ready else ""
-    if line.strip() != f"agent {name} ready":
-        proc.kill()
-        raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
-    out = AgentProcess(proc)
+    args = [sys.executable, "-c", code, *agent_args(broker_uri, device, name, *extra)]
+    out: AgentProcess | None = None
     try:
-        yield out
+        with child_process(args, cwd=cwd, collect=True, stop_s=10.0) as child:
+            proc = child.p
+            assert proc.stdout is not None and proc.stderr is not None
+            ready, _, _ = select.select([proc.stdout], [], [], ready_s)
+            line = proc.stdout.readline() if ready else ""
+            if line.strip() != f"agent {name} ready":
+                proc.kill()
+                raise AssertionError(f"agent did not start: {line!r} {proc.stderr.read()[-2000:]}")
+            out = AgentProcess(child)
+            yield out
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            o, e = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            o, e = proc.communicate(timeout=5)
-        out.stdout_text, out.stderr_text = o, e
-        for ln in o.splitlines():
-            if ln.startswith("agent stats "):
-                out.stats = json.loads(ln.removeprefix("agent stats "))
+        if out is not None:
+            for ln in out.stdout_text.splitlines():
+                if ln.startswith("agent stats "):
+                    out.stats = json.loads(ln.removeprefix("agent stats "))

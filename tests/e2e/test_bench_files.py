@@ -42,6 +42,45 @@ def test_scpi_template_shows_the_input_source_commented() -> None:
     assert load_device_model(BENCHES / "scpi-bench.toml").input_source is None  # type: ignore[attr-defined]
 
 
+def test_daqmx_template_shows_held_and_drive_commented() -> None:
+    """Like the SCPI template's input source: the DAQ bench's held-input and drive fields are
+    documented (with units) but not configured, every such field of the bench model is there
+    at its default, and uncommented they pass the bench model's own checks for a chip with
+    held inputs and a drive (and are refused, by name, for the template's 2+5+2 chip)."""
+    import tomllib
+
+    from phasegrad_hw.backends.daqmx import DaqmxBenchModel, daqmx_bench_for_chip
+    from phasegrad_hw.device.model import DeviceModel
+    from phasegrad_hw.errors import ConfigError
+    from tests.protocol.test_board_held import held_drive_model
+
+    path = BENCHES / "ni-daqmx-bench.toml"
+    lines = path.read_text().splitlines()
+    start = next(k for k, ln in enumerate(lines) if ln.startswith("# held_channels ="))
+    end = next(k for k in range(start, len(lines)) if not lines[k].startswith("# "))
+    block = [ln[2:] for ln in lines[start:end]]
+    fragment = tomllib.loads("\n".join(block))
+    fields = DaqmxBenchModel.model_fields
+    bench_only = set(fields) - set(DeviceModel.model_fields)  # the wiring, not the chip
+    wanted = {f for f in bench_only if f.startswith(("held_", "drive_", "phase_"))}
+    assert set(fragment) == wanted
+    for name in wanted - {"held_channels", "drive_channels", "drive_phase_channel"}:
+        assert fragment[name] == fields[name].default, name
+    units = {ln.split("=")[0].strip(): ln for ln in block}
+    assert "(V/rad)" in units["phase_v_per_rad"] and "(V)" in units["drive_v_per_unit"]
+    assert "(V)" in units["phase_range_v"] and "(V)" in units["drive_range_v"]
+    shipped = load_device_model(path)
+    assert shipped.held_channels == [] and shipped.drive_phase_channel is None  # type: ignore[attr-defined]
+    # uncommented, for a chip with two held inputs and three driven oscillators
+    chip = held_drive_model()
+    assert (len(chip.roles.held), len(chip.roles.drive)) == (2, 3)
+    data = {**daqmx_bench_for_chip(chip).model_dump(mode="json"), **fragment}
+    bench = DaqmxBenchModel.from_dict(data)
+    assert {k: getattr(bench, k) for k in fragment} == fragment
+    with pytest.raises(ConfigError, match="held_channels: 2 entries — need 0"):
+        DaqmxBenchModel.from_dict({**tomllib.loads(path.read_text()), **fragment})
+
+
 def test_bench_check_reports_without_moving_anything(tmp_path: Path) -> None:
     pytest.importorskip("pyvisa")
     dev = REPO / "examples" / "devices" / "cmos-2-5-2.toml"

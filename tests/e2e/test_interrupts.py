@@ -90,7 +90,8 @@ def interrupt(
     args: list[str], store: Path, sig: signal.Signals, *, twice: bool = False
 ) -> tuple[str, str]:
     """Start ``args``, signal it mid-epoch 2, check the exit; returns (run id, stderr)."""
-    with child_process(args, stdout=subprocess.DEVNULL) as proc:
+    with child_process(args, stdout=subprocess.DEVNULL) as child:
+        proc = child.p
         epoch_s = wait_for_checkpoint(proc, store)
         time.sleep(min(0.3 * epoch_s, 1.0))
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -191,7 +192,8 @@ def board(tmp_path: Path) -> Iterator[tuple[str, Any]]:
 
     dev = copy_device(tmp_path, "cmos-2-5-2.toml")
     args = [*CLI, "emulate", "board", "--device", str(dev), "--pty", "--seed", "2"]
-    with child_process(args) as proc:
+    with child_process(args) as child:
+        proc = child.p
         assert proc.stdout is not None
         kind, _, path = proc.stdout.readline().strip().partition(" ")
         assert kind == "board", proc.stderr.read() if proc.stderr else ""

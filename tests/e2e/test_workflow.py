@@ -8,23 +8,21 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from phasegrad_hw.store import RunStore
+from phasegrad_hw.testing.benches import run_cli
 from tests.conftest import REPO
-from tests.mosquitto import child_env
 
-CLI = [sys.executable, "-m", "phasegrad_hw.cli"]
 DEVICES = REPO / "examples" / "devices"
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, cwd=cwd, env=child_env(), timeout=600
-    )
+    """``phasegrad-hw ARGS`` (:func:`~phasegrad_hw.testing.benches.run_cli`), checked to
+    succeed."""
+    proc = run_cli(*args, cwd=cwd, timeout_s=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
 

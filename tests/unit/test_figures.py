@@ -74,3 +74,40 @@ def test_single_figure_functions(results: dict[str, Any], tmp_path: Path) -> Non
     _nontrivial(p)
     p = fg.ablation_figure(results["vowels"], tmp_path / "abl.png")
     _nontrivial(p)
+
+
+def _clipped(fig: Any, margin_px: float = 2.0) -> list[str]:
+    """The axes whose drawn labels, title, tick labels or legend come closer than
+    ``margin_px`` (at 100 dpi) to the figure's edge, named by their y label (the layout keeps
+    a 3 pt ≈ 4.2 px pad; a label longer than the axes is centred on it and runs past it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox.padded(-margin_px)
+    out = []
+    for ax in fig.axes:
+        e = ax.get_tightbbox(renderer)  # everything the axes drew
+        if e.x0 < box.x0 or e.y0 < box.y0 or e.x1 > box.x1 or e.y1 > box.y1:
+            out.append(ax.get_ylabel())
+    return out
+
+
+def test_no_label_is_clipped_at_the_figure_edge(
+    results: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every label, title and tick label of every figure lies inside the canvas (the
+    ablation figure's left label once ran past the top and bottom edges)."""
+    drawn: list[tuple[str, Any]] = []
+    save = fg._save
+
+    def keep(fig: Any, path: Path | str) -> Path:
+        drawn.append((Path(path).name, fig))
+        return save(fig, path)
+
+    monkeypatch.setattr(fg, "_save", keep)
+    fg.write_figures(results, tmp_path)
+    assert len(drawn) == 6
+    for name, fig in drawn:
+        assert _clipped(fig) == [], name
