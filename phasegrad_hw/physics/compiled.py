@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 _F64 = np.dtype(np.float64)
 _EMPTY = np.zeros(0)
 _NUDGE_CODE = {"linear": 1, "injection": 2}
-_policies: dict[tuple[float, int], Any] = {}
 
 
 class _Kernels(NamedTuple):
@@ -60,18 +59,14 @@ def _coupling_terms(coupling: CouplingFunction) -> Any:
     )
 
 
+@lru_cache(maxsize=64)
 def _policy(tol: float, max_iter: int) -> Any:
     """The kernel's policy array (:func:`~phasegrad_hw.physics._kernels.policy_array` of the
     policy :data:`~phasegrad_hw.physics.policy.NEWTON` with this solve's tol and max_iter)."""
-    key = (tol, max_iter)
-    pol = _policies.get(key)
-    if pol is None:
-        from phasegrad_hw.physics._kernels import newton_policy, policy_array
+    from phasegrad_hw.physics._kernels import newton_policy, policy_array
 
-        if len(_policies) > 64:
-            _policies.clear()
-        pol = _policies[key] = policy_array(newton_policy(NEWTON, tol, max_iter))
-        pol.flags.writeable = False
+    pol = policy_array(newton_policy(NEWTON, tol, max_iter))
+    pol.flags.writeable = False
     return pol
 
 
@@ -88,8 +83,8 @@ def _fast_vector(x: ArrayLike | None, n: int) -> Array | None:
 
 
 def _solve_compiled(
-    omega: Array,
-    K: Array,
+    omega: ArrayLike,
+    K: object,
     coupling: CouplingFunction,
     theta0: ArrayLike | None,
     ref: int,
@@ -106,6 +101,8 @@ def _solve_compiled(
     H = a·sin with symmetric K in the pinned frame takes the edge kernel, anything else (or
     an asymmetric K there) the dense kernel. None: numba missing or a check failed — the
     caller takes the numpy path, which raises the usual errors for bad input."""
+    if type(omega) is not np.ndarray or type(K) is not np.ndarray or omega.ndim != 1:
+        return None
     n = omega.shape[0]
     if not (
         2 <= n <= 64
@@ -132,21 +129,20 @@ def _solve_compiled(
         kind = _NUDGE_CODE[nudge]
     if th0 is None or bet is None or tgt is None:
         return None
-    pol = _policy(float(tol), max_iter)
+    pol = _policy(tol, max_iter)
     if not free and len(coupling.harmonics) == 1 and coupling.is_odd:
         status, th, A, res, it, conv, chol_ok, shift = kernels.small(
             omega, K, float(coupling.harmonics[0]), th0, theta0 is not None, bet, tgt, kind,
             float(direction), int(ref), pol,
         )  # fmt: skip
         if status == 0:
-            A = np.asarray(A, dtype=np.float64)
             stable = bool(chol_ok) or bool(np.linalg.eigvalsh(A)[0] > shift)
 
             def margin() -> Array:
                 return np.asarray(np.linalg.eigvalsh(A)[0])
 
             return Equilibrium(
-                np.asarray(th, dtype=np.float64), np.asarray(res), np.asarray(it),
+                th, np.asarray(res), np.asarray(it),
                 np.asarray(conv), np.asarray(stable), margin, path="compiled",
             )  # fmt: skip
     status, th, S, res, it, conv, sym = kernels.dense(
@@ -155,9 +151,9 @@ def _solve_compiled(
     )  # fmt: skip
     if status != 0:
         return None
-    S = np.asarray(S, dtype=np.float64)[None]
+    S = S[None]
     judge, mg = lazy_stability(lambda: S, bool(sym), NEWTON)
     return Equilibrium(
-        np.asarray(th, dtype=np.float64), np.asarray(res), np.asarray(it), np.asarray(conv),
+        th, np.asarray(res), np.asarray(it), np.asarray(conv),
         lambda: judge()[0], lambda: mg()[0], path="compiled",
     )  # fmt: skip

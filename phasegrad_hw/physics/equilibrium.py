@@ -84,10 +84,9 @@ def solve_equilibrium(
     if frame == "free" and _is_symmetric(K, coupling):
         omega = _centred_copy(omega)  # Ω = mean(ω): the pinned state at centred frequencies
         frame = "pinned"
-    arrays = _compiled_inputs(omega, K, method, policy)
-    if arrays is not None:
+    if (method == "auto" or method == "compiled") and policy is NEWTON:
         fast = _solve_compiled(
-            *arrays, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter,
+            omega, K, coupling, theta0, ref, beta, target, nudge, direction, tol, max_iter,
             frame == "free",
         )  # fmt: skip
         if fast is not None:
@@ -109,22 +108,6 @@ def solve_equilibrium(
     return prob.solve_dense(
         coupling, tol=tol, max_iter=max_iter, free=frame == "free", policy=policy
     )
-
-
-def _compiled_inputs(
-    omega: ArrayLike, K: object, method: Method, policy: NewtonPolicy
-) -> tuple[Array, Array] | None:
-    """(ω, K) when the compiled path may take the call — one network as arrays (the kernels
-    check the rest), method auto or compiled, the default policy — else None."""
-    if (
-        type(omega) is np.ndarray
-        and type(K) is np.ndarray
-        and omega.ndim == 1
-        and (method == "auto" or method == "compiled")
-        and policy is NEWTON
-    ):
-        return omega, K
-    return None
 
 
 def _sparse_path(
