@@ -485,3 +485,24 @@ async def test_ep_training_on_the_cmos_chip_learns_and_resumes_exactly() -> None
     assert [h.test_accuracy for h in resumed.state.history] == [
         h.test_accuracy for h in full.state.history
     ]
+
+
+def test_an_emulated_chip_loads_the_solver_kernels_when_it_is_made() -> None:
+    """The compiled kernels are loaded at construction (numba's first use costs ~0.5 s in a
+    fresh process), not inside the first read, where a board or bench link times out."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    code = (
+        "import sys; from phasegrad_hw.device.registry import open_substrate; "
+        "from phasegrad_hw.physics import _dense_kernel as d, _kernels as k; "
+        "before = len(d.solve_dense_small.signatures) + len(k.solve_small.signatures); "
+        f"open_substrate({str(CMOS)!r}, seed=1); "
+        "print(before, len(d.solve_dense_small.signatures), len(k.solve_small.signatures))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    before, dense, small = (int(v) for v in out.stdout.split())
+    assert before == 0 and dense >= 1 and small >= 1
