@@ -103,7 +103,7 @@ async def _port_io(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker thread. A cancelled caller still waits for the thread to
     finish before the cancellation propagates, so the port lock is never released while an
     exchange is still running on the port (the next exchange, or a close, would race it)."""
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
