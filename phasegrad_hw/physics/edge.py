@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,7 +55,6 @@ class EdgeNetwork:
     S: Array = field(init=False, repr=False, compare=False)
     keep: NDArray[np.intp] = field(init=False, repr=False, compare=False)
     Sk: Array = field(init=False, repr=False, compare=False)
-    connected: bool = field(init=False, repr=False, compare=False)
     rows: slice | NDArray[np.intp] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,8 +68,12 @@ class EdgeNetwork:
         # the reduced rows as a slice when the reference is oscillator 0 (views, no copies)
         object.__setattr__(self, "rows", slice(1, None) if self.ref == 0 else keep)
         object.__setattr__(self, "Sk", S[keep])
-        adj = sp.coo_matrix((np.ones(m), (self.ei, self.ej)), shape=(self.n, self.n))
-        object.__setattr__(self, "connected", connected_components(adj, directed=False)[0] == 1)
+
+    @cached_property
+    def connected(self) -> bool:
+        """One connected graph (decided on first use: most solves never ask)."""
+        adj = sp.coo_matrix((np.ones(len(self.ei)), (self.ei, self.ej)), shape=(self.n, self.n))
+        return bool(connected_components(adj, directed=False)[0] == 1)
 
     @classmethod
     def from_matrix(
