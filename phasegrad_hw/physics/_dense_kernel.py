@@ -33,6 +33,7 @@ from phasegrad_hw.physics._kernels import (
     _cholesky_solve,
     _sincos,
     cholesky,
+    inputs_ok,
     lu_solve,
     policy_from_array,
     wrap,
@@ -202,23 +203,6 @@ def _newton_step(x, pr, R, Wd, A, M, L, step):
 
 
 @njit(cache=True)
-def _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
-    n = w.shape[0]
-    for i in range(n):
-        if not math.isfinite(w[i]):
-            return False
-        for j in range(n):
-            if not math.isfinite(K[i, j]):
-                return False
-        if has_th0 and not math.isfinite(th0[i]):
-            return False
-        if kind != NUDGE_NONE:
-            if not (math.isfinite(beta[i]) and math.isfinite(tgt[i])) or beta[i] < 0:
-                return False
-    return True
-
-
-@njit(cache=True)
 def _move(w, K, H, th0, has_th0, beta, tgt, kind, sign, ref, free):
     """(order p with the reference first, the :class:`Moved` problem, start x (N,) with
     x_0 = 0)."""
@@ -337,7 +321,7 @@ def solve_dense_small(w, K, H, th0, has_th0, beta, tgt, kind, sign, ref, free, p
     m = n - 1
     out = np.zeros(n)
     S = np.zeros((m, m))
-    if not _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
+    if not inputs_ok(w, K, th0, has_th0, beta, tgt, kind, False):
         return STATUS_FALLBACK, out, S, 0.0, 0, False, False
     p, pr, x = _move(w, K, H, th0, has_th0, beta, tgt, kind, sign, ref, free)
     floor = _floor(pr, pol)

@@ -523,13 +523,15 @@ def _dense_graph(n, K, a, ref):
 
 
 @njit(cache=True)
-def _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
+def inputs_ok(w, K, th0, has_th0, beta, tgt, kind, symmetric):
+    """Finite ω, K, θ0 (when given), β and targets (when nudged), β >= 0, and K symmetric
+    when ``symmetric``: the checks a kernel makes before it solves (else the numpy path)."""
     n = w.shape[0]
     for i in range(n):
         if not math.isfinite(w[i]):
             return False
         for j in range(n):
-            if not math.isfinite(K[i, j]) or K[i, j] != K[j, i]:
+            if not math.isfinite(K[i, j]) or (symmetric and K[i, j] != K[j, i]):
                 return False
         if has_th0 and not math.isfinite(th0[i]):
             return False
@@ -553,7 +555,7 @@ def solve_small(w, K, a, th0, has_th0, beta, tgt, kind, sign, ref, pol_array):
     n = w.shape[0]
     m = n - 1
     th = np.zeros(n)
-    if not _inputs_ok(w, K, th0, has_th0, beta, tgt, kind):
+    if not inputs_ok(w, K, th0, has_th0, beta, tgt, kind, True):
         return STATUS_FALLBACK, th, np.empty((m, m)), 0.0, 0, False, False, 0.0
     g, kk = _dense_graph(n, K, a, ref)
     bet = np.zeros(n)

@@ -147,7 +147,7 @@ def _solve_compiled(
         kind = _NUDGE_CODE[nudge]
     if th0 is None or bet is None or tgt is None:
         return None
-    pol = _policy(tol, max_iter)
+    pol = _policy(float(tol), max_iter)
     if not free and len(coupling.harmonics) == 1 and coupling.is_odd:
         status, th, A, res, it, conv, chol_ok, shift = kernels.small(
             omega, K, float(coupling.harmonics[0]), th0, theta0 is not None, bet, tgt, kind,

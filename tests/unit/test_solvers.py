@@ -225,3 +225,14 @@ def test_sparse_jacobian_pattern_matches_the_dense_jacobian(shuffled: bool) -> N
         want = ph.jacobian(theta, K, beta=-b, target=t, nudge="injection")[np.ix_(keep, keep)]
         np.testing.assert_allclose(J.toarray(), want, rtol=0, atol=1e-12)
         np.testing.assert_allclose((-sys.jacobian(theta, -1.0)[0]).toarray(), want, atol=1e-12)
+
+
+def test_compiled_path_takes_numpy_number_tolerances() -> None:
+    """tol as a numpy scalar or 0-d array (what a config or a computation hands over) runs the
+    same compiled solve as a float."""
+    w, K, _, _ = _case(3, 9)
+    want = ph.solve_equilibrium(w, K, tol=1e-11)
+    for tol in (np.float64(1e-11), np.array(1e-11)):
+        got = ph.solve_equilibrium(w, K, tol=tol)  # type: ignore[arg-type]
+        assert got.path == want.path == "compiled"
+        np.testing.assert_array_equal(got.theta, want.theta)
