@@ -6,8 +6,8 @@ network of N <= 64 oscillators: H(φ) = Σ_k a_k sin(kφ − ψ) + b0 + b1 cos �
 asymmetric), the pinned frame or the free one (the collective frequency Ω solved with the
 phases, in the reference's slot), a linear or injection nudge. It runs the dense path's
 iteration with the policy's numbers — trust region, Armijo backtracking on ‖F̃‖², the stall
-test at the rounding floor, wrap at the end — so the two agree to rounding (the solver
-equivalence test pins 1e-10). This is what an emulated chip solves on every read.
+test at the rounding floor, wrap at the end — so the two agree to rounding (the equivalence
+test pins θ to 1e-12). This is what an emulated chip solves on every read.
 
 H and H' on each pair come from per-oscillator sin kθ, cos kθ (N·n_h trigonometric calls,
 not N²): sin(kΔ) = s_j c_i − c_j s_i, cos(kΔ) = c_j c_i + s_j s_i, Δ = θ_j − θ_i; with the
