@@ -240,17 +240,13 @@ def _frequency_inputs(o: TrainOptions) -> str:
     )
 
 
-def _announce(
-    notify: Callable[[str], None],
-    banner: str,
-    setup: TrainSetup,
-    changes: dict[str, Any] | None,
-) -> None:
-    notify(banner)
-    for note in setup.notes:
-        notify(note)
+def _notes(setup: TrainSetup, changes: dict[str, Any] | None) -> list[str]:
+    """What follows the banner on every path: the setup's notes, then a resumed run's
+    ``changes``."""
+    out = list(setup.notes)
     if changes:
-        notify(f"resume with changes (recorded): {changes}")
+        out.append(f"resume with changes (recorded): {changes}")
+    return out
 
 
 def _git_revision() -> str | None:
@@ -484,7 +480,7 @@ async def train_device(
             resume=resume,
             telemetry=telemetry,
             notify=notify,
-            notes=setup.notes,
+            notes=_notes(setup, changes),
         )
     beta, averages, mode = o.beta, o.averages, o.mode
     assert beta is not None and averages is not None and mode is not None
@@ -559,7 +555,8 @@ async def train_device(
             else:
                 how = _frequency_inputs(o)
             banner = run_banner(o, data=data, store=store, how=how, epochs=o.epochs)
-            _announce(notify, banner, setup, changes)
+            for line in (banner, *_notes(setup, changes)):
+                notify(line)
             if no_k is not None:
                 notify(no_k)
             if rs is not None:
