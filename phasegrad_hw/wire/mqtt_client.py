@@ -24,6 +24,11 @@ exchange itself. :class:`Client` removes it without changing what goes over the 
   "unraisable exception" warning), and the broken connection's exception was never retrieved
   ("Future exception was never retrieved"). The exit closes the socket while the loop runs and
   takes that exception (it was reported by :meth:`receive`, or concerns no one any more).
+* **Clean failed entry.** An entry that fails after the TCP connection is made — no CONNACK
+  within the timeout, a refused CONNECT, or a cancellation (an outer timeout, a stopping agent)
+  — left the socket open and its housekeeping task pending, for paho's ``__del__`` to close on
+  a closed loop. The failed entry waits for the connecting thread, closes the socket while the
+  loop runs and releases the client for another attempt.
 
 Only this module knows aiomqtt's and paho's internals (aiomqtt ``>=2.5,<3``, paho-mqtt 2);
 ``tests/e2e/test_mqtt_client.py`` pins the behaviour relied on.
@@ -32,12 +37,17 @@ Only this module knows aiomqtt's and paho's internals (aiomqtt ``>=2.5,<3``, pah
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
+
+_CONNECT_WAIT_S = 30.0
+"""Longest wait, in s, for a connect() thread left by a cancelled entry (paho's TCP connect
+has its own 5 s timeout)."""
 
 Intercept = Callable[[str, bytes, bool], bool]
 """``(topic, payload, retain) -> taken``: called on the event loop for every incoming message."""
@@ -52,6 +62,30 @@ class Client(aiomqtt.Client):
         self.intercept = intercept
         self.direct_writes = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._connecting = threading.Event()  # set while no connect() runs in a thread
+        self._connecting.set()
+
+    def _client_connect(self) -> None:  # runs in an executor thread
+        self._connecting.clear()
+        try:
+            super()._client_connect()
+        finally:
+            self._connecting.set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # a cancelled entry may have left connect() running in its thread: let it finish
+            # (its socket callbacks are queued on this loop before it returns), then close
+            await asyncio.shield(
+                self._loop.run_in_executor(None, self._connecting.wait, _CONNECT_WAIT_S)
+            )
+            if self._client.socket() is not None:
+                self._client._sock_close()  # noqa: SLF001  (its callbacks need this loop)
+            if self._lock.locked():
+                self._lock.release()
+            raise
 
     async def __aexit__(
         self,

@@ -69,10 +69,7 @@ def test_a_broken_connection_closes_cleanly(
     closed loop (an "unraisable exception" warning), and the broken connection's exception
     does not end up "never retrieved"."""
     agent, _, _ = BrokerConfig.parse(broker.uri("agent"))
-    unraisable: list[str] = []
-    monkeypatch.setattr(
-        sys, "unraisablehook", lambda u: unraisable.append(f"{u.exc_type}: {u.exc_value}")
-    )
+    unraisable = _unraisable(monkeypatch)
     kept: list[Client] = []
 
     def failing_write() -> None:
@@ -94,6 +91,60 @@ def test_a_broken_connection_closes_cleanly(
         gc.collect()
     assert unraisable == []
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def _unraisable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Unraisable exceptions from here on (what earlier tests left for the collector is
+    collected first, so only this test's objects are counted)."""
+    gc.collect()
+    caught: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook", lambda u: caught.append(f"{u.exc_type}: {u.exc_value}")
+    )
+    return caught
+
+
+@pytest.mark.parametrize("how", ["connect timeout", "cancelled"])
+def test_a_connection_that_never_completes_is_closed(
+    how: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that accepts the TCP connection but never answers the CONNECT: the client's
+    entry fails (its timeout) or is cancelled (an outer timeout, a stopping agent) with the
+    socket open. The failed entry closes that socket while the loop runs — the server sees the
+    connection end before the loop closes — and leaves no task behind and nothing for paho's
+    ``__del__`` to close on a closed loop."""
+    unraisable = _unraisable(monkeypatch)
+    ended: list[bool] = []
+
+    async def run() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1 << 16)  # the CONNECT packet; no CONNACK is ever sent
+            ended.append(await reader.read(1 << 16) == b"")
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg, _, _ = BrokerConfig.parse(f"mqtt://127.0.0.1:{port}/lab/chip")
+        async with server:
+            c = cfg.client("ctl", timeout_s=0.3 if how == "connect timeout" else 10.0)
+            if how == "connect timeout":
+                with pytest.raises(aiomqtt.MqttError, match="timed out"):
+                    await c.__aenter__()
+            else:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(c.__aenter__(), 0.3)
+            assert c._client.socket() is None
+            for _ in range(100):
+                if ended:
+                    break
+                await asyncio.sleep(0.01)
+        assert ended == [True]
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+        gc.collect()
+    assert unraisable == []
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
 
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
