@@ -311,67 +311,59 @@ def _set_targets(tg, outputs, fth, yy, gout, tgt):
 
 
 @njit(cache=True, inline="always")
-def _member_step(b, net, rule, tg, pol, mem, warm, xin, yy, free_out, ws):
-    """One online step of member b from one sample; warm (N,) is the warm start and receives
-    the free state. Returns a :class:`Status` (FAST_FAILED: member untouched)."""
-    g = net.graph
-    inputs, outputs = net.inputs, net.outputs
-    omega, coupling = mem.omega, mem.coupling
-    nw, nudge = ws.nw, ws.nudge
-    w, wc, fth, pth = ws.w, ws.wc, ws.fth, ws.pth
-    n = warm.shape[0]
-    kk = coupling[b]
-    for i in range(n):
-        w[i] = omega[b, i]
-    for a in range(inputs.shape[0]):
-        w[inputs[a]] = xin[a]
-    _centre(w, wc)
-    for i in range(n):
-        fth[i] = warm[i]
-    stop = _stop(wc, kk, pol)
-    if not _solve_fast(g, nw, wc, kk, fth, nudge, NUDGE_NONE, pol, stop, False):
-        return Status.FAST_FAILED
-    for o in range(outputs.shape[0]):
-        free_out[o] = fth[outputs[o]]
-    _set_targets(tg, outputs, fth, yy, ws.gout, nudge.tgt)
-    for i in range(n):
-        pth[i] = fth[i]
-    # the nudged solve starts where the free one ended: its node sines/cosines are known
-    if not _solve_fast(g, nw, wc, kk, pth, nudge, NUDGE_LINEAR, pol, stop, True):
-        return Status.FAST_FAILED
-    for i in range(n):
-        warm[i] = fth[i]
-    return rule_step(rule, g, fth, pth, ws.dth, b, omega, coupling, mem.learn_w, mem.learn_k)
-
-
-@njit(cache=True, inline="always")
 def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
     """One member's online epoch: samples ep.order[b, t] in turn, warm-started from
     ``cache[b, sample]`` (its free state for that sample last epoch) or else its last free
-    state. On a fast-path failure the member stops (out.stop[b] = t, member untouched from
-    that step on) so the engine finishes its epoch on the robust path."""
-    n = mem.omega.shape[1]
-    warm = np.empty(n)
-    ws = _workspace(net, rule.beta)
+    state. Each step: the free state, the clamp targets, the nudged state (started where the
+    free one ended: its node sines/cosines are known), then :func:`rule_step`. On a fast-path
+    failure the member stops (out.stop[b] = t, member untouched from that step on) so the
+    engine finishes its epoch on the robust path.
+
+    The groups are taken apart once, before the sample loop, and the step is written out in
+    it: every array handed to an inlined function per sample costs a reference-count update."""
+    g = net.graph
+    inputs, outputs = net.inputs, net.outputs
+    omega, coupling, learn_w, learn_k = mem
     xin, y, order, theta_prev, cache = ep
     free_out, status, stop = out
+    n = omega.shape[1]
+    ws = _workspace(net, rule.beta)
+    nw, nudge = ws.nw, ws.nudge
+    tgt = nudge.tgt
+    w, wc, fth, pth, gout, dth = ws.w, ws.wc, ws.fth, ws.pth, ws.gout, ws.dth
+    kk = coupling[b]
     stop[b] = -1
     for t in range(order.shape[1]):
         smp = order[b, t]
         if math.isnan(cache[b, smp, 0]):
             for i in range(n):
-                warm[i] = theta_prev[b, i]
+                fth[i] = theta_prev[b, i]
         else:
             for i in range(n):
-                warm[i] = cache[b, smp, i]
-        st = _member_step(b, net, rule, tg, pol, mem, warm, xin[smp], y[smp], free_out[b, t], ws)
-        status[b, t] = st
-        if st == Status.FAST_FAILED:
+                fth[i] = cache[b, smp, i]
+        for i in range(n):
+            w[i] = omega[b, i]
+        for a in range(inputs.shape[0]):
+            w[inputs[a]] = xin[smp, a]
+        _centre(w, wc)
+        lim = _stop(wc, kk, pol)
+        if not _solve_fast(g, nw, wc, kk, fth, nudge, NUDGE_NONE, pol, lim, False):
+            status[b, t] = Status.FAST_FAILED
             stop[b] = t
             break
+        for o in range(outputs.shape[0]):
+            free_out[b, t, o] = fth[outputs[o]]
+        _set_targets(tg, outputs, fth, y[smp], gout, tgt)
         for i in range(n):
-            theta_prev[b, i] = warm[i]
-            cache[b, smp, i] = warm[i]
+            pth[i] = fth[i]
+        if not _solve_fast(g, nw, wc, kk, pth, nudge, NUDGE_LINEAR, pol, lim, True):
+            status[b, t] = Status.FAST_FAILED
+            stop[b] = t
+            break
+        status[b, t] = rule_step(rule, g, fth, pth, dth, b, omega, coupling, learn_w, learn_k)
+        for i in range(n):
+            theta_prev[b, i] = fth[i]
+            cache[b, smp, i] = fth[i]
 
 
 class Kernels(NamedTuple):
@@ -381,17 +373,13 @@ class Kernels(NamedTuple):
     recompiles).
 
     ``solve_many(graph, W, k, theta0)``: free states (M, N) and ok flags for frequencies
-    W (M, N), couplings k (M, E). ``train_step(net, rule, targets, members, warm, xin, y,
-    free_out, status)``: one online step for every member (row b uses sample xin[b], y[b];
-    warm[b] is its warm start and receives its free state; status[b] a :class:`Status`).
-    ``train_epoch(net, rule, targets, members, epoch, out)``: a whole online epoch of every
-    member (:class:`Epoch` in, :class:`EpochOut` out); ``train_epoch_parallel`` the same with
-    members spread over threads (identical results: members are independent and each runs
-    sequentially)."""
+    W (M, N), couplings k (M, E). ``train_epoch(net, rule, targets, members, epoch, out)``: a
+    whole online epoch of every member (:class:`Epoch` in, :class:`EpochOut` out; one online
+    step is a one-sample epoch); ``train_epoch_parallel`` the same with members spread over
+    threads (identical results: members are independent and each runs sequentially)."""
 
     policy: Newton
     solve_many: Callable[..., Any]
-    train_step: Callable[..., Any]
     train_epoch: Callable[..., Any]
     train_epoch_parallel: Callable[..., Any]
 
@@ -456,18 +444,9 @@ def compiled_for(pol: Newton) -> Kernels:
             ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
         return th, ok
 
-    @njit(cache=True)
-    def train_step(net, rule, tg, mem, warm, xin, y, free_out, status):
-        ws = _workspace(net, rule.beta)
-        for b in range(mem.omega.shape[0]):
-            status[b] = _member_step(
-                b, net, rule, tg, pol, mem, warm[b], xin[b], y[b], free_out[b], ws
-            )
-
     return Kernels(
         pol,
         solve_many,
-        train_step,
         _make_train_epoch(pol, False),
         _make_train_epoch(pol, True),
     )

@@ -186,36 +186,11 @@ class Ensemble:
         Returns the free output phases (B, m, n_out) and the solved mask (B, m): the free
         and the nudged states locked (the samples the training accuracy counts).
         """
-        self.steps += 1
         B, m = idx.shape
-        if self._kernels is None or m != 1:
-            return self._step_rows(idx, np.arange(B))
-        K, ka = self._kernels, self._k
-        x = self.enc.input_frequencies(self.data.x_train[idx[:, 0]])
-        y = self.data.y_train[idx[:, 0]]
-        free_out = np.full((B, len(self.outputs)), np.nan)
-        status = np.full(B, int(K.Status.NOT_RUN), dtype=np.int64)
-        members = np.arange(B)
-        warm = self._cache[members, idx[:, 0]]
-        miss = np.isnan(warm[:, 0])
-        warm[miss] = self.theta_prev[miss]
-        ka.kernels.train_step(
-            ka.net, ka.rule, ka.targets, self._members(), warm, x, y, free_out, status
-        )
-        jump = status == int(K.Status.BASIN_JUMP)
-        self.jumps += jump
-        seen = status != int(K.Status.FAST_FAILED)
-        self.theta_prev[seen] = warm[seen]
-        self._cache[members[seen], idx[seen, 0]] = warm[seen]
-        solved = (status == int(K.Status.UPDATED)) | jump
-        redo = np.flatnonzero(~seen)
-        fo = free_out[:, None, :]
-        smask = solved[:, None].copy()
-        if redo.size:
-            f2, s2 = self._step_rows(idx[redo], redo)
-            fo[redo] = f2
-            smask[redo] = s2
-        return fo, smask
+        if self._kernels is not None and m == 1:
+            return self._epoch_compiled(idx)  # one online step: a one-sample epoch
+        self.steps += 1
+        return self._step_rows(idx, np.arange(B))
 
     def _step_rows(
         self, idx: NDArray[np.int64], rows: NDArray[np.int64]

@@ -74,6 +74,31 @@ def test_compiled_kernels_match_the_numpy_path(readout: str) -> None:
     np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
 
 
+def test_compiled_single_steps_match_the_numpy_path() -> None:
+    """``Ensemble.step`` one sample at a time (the compiled path runs it as a one-sample epoch,
+    warm starts and all) moves the parameters as the numpy path does, and returns the same
+    outputs and solved mask."""
+    from tests.conftest import require
+
+    require(HAVE_NUMBA, "numba (the compiled training kernels, extra 'fast')")
+    cfg = TrainConfig(epochs=1, rule=EPRule(params="both", lr_omega=0.02, lr_k=0.02))
+    enc = Encoding(readout="argmax_cos")
+    template, members = members_from_builder(vowel_2_5_2, [0, 1, 2], cfg)
+    a = Ensemble(template, members, SMALL, enc, cfg, compiled=True)
+    b = Ensemble(template, members, SMALL, enc, cfg, compiled=False)
+    rng = np.random.default_rng(4)
+    for _ in range(25):
+        idx = rng.integers(0, len(SMALL.y_train), size=(3, 1))
+        fa, sa = a.step(idx)
+        fb, sb = b.step(idx)
+        np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_allclose(a.omega, b.omega, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.coupling, b.coupling, rtol=0, atol=1e-10)
+    assert a.steps == b.steps == 25
+    assert not np.allclose(a.omega, np.stack([m.omega for m in members]))  # it trained
+
+
 def test_parallel_compiled_engine_is_identical() -> None:
     from tests.conftest import require
 
