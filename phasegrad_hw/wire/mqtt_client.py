@@ -73,6 +73,8 @@ class Client(aiomqtt.Client):
             self._connecting.set()
 
     async def __aenter__(self) -> Self:
+        if self._lock.locked():  # in use: aiomqtt refuses, and that connection is left alone
+            return await super().__aenter__()
         try:
             return await super().__aenter__()
         except BaseException:

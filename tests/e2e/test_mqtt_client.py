@@ -147,6 +147,23 @@ def test_a_connection_that_never_completes_is_closed(
     assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
 
 
+async def test_entering_a_client_in_use_leaves_its_connection_alone(
+    broker: Mosquitto,  # noqa: F811
+) -> None:
+    """A second entry of a connected client is refused (aiomqtt's reentrancy error) without
+    the failed-entry cleanup touching the connection in use: it still publishes and receives."""
+    cfg, _, _ = BrokerConfig.parse(broker.uri("agent"))
+    topic = "phasegrad/lab/chip/agent"
+    async with cfg.client("agt") as c:
+        await c.subscribe(topic, qos=0)
+        with pytest.raises(aiomqtt.MqttReentrantError):
+            await c.__aenter__()
+        assert c._client.socket() is not None
+        await c.publish(topic, b"still here", qos=0)
+        m = await asyncio.wait_for(c.receive(), 5)
+        assert m.payload == b"still here"
+
+
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 
 
