@@ -62,27 +62,44 @@ class Client(aiomqtt.Client):
         self.intercept = intercept
         self.direct_writes = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._connecting = threading.Event()  # set while no connect() runs in a thread
-        self._connecting.set()
+        # the connect() of an entry, run in an executor thread: "queued" until it starts,
+        # "running", "done"; "abandoned" when the entry failed before it started (it then
+        # does nothing)
+        self._connect_state = "done"
+        self._connect_mutex = threading.Lock()
+        self._connect_done = threading.Event()
 
     def _client_connect(self) -> None:  # runs in an executor thread
-        self._connecting.clear()
+        with self._connect_mutex:
+            if self._connect_state == "abandoned":
+                return
+            self._connect_state = "running"
         try:
             super()._client_connect()
         finally:
-            self._connecting.set()
+            with self._connect_mutex:
+                self._connect_state = "done"
+            self._connect_done.set()
 
     async def __aenter__(self) -> Self:
         if self._lock.locked():  # in use: aiomqtt refuses, and that connection is left alone
             return await super().__aenter__()
+        with self._connect_mutex:
+            self._connect_state = "queued"
+            self._connect_done.clear()
         try:
             return await super().__aenter__()
         except BaseException:
-            # a cancelled entry may have left connect() running in its thread: let it finish
-            # (its socket callbacks are queued on this loop before it returns), then close
-            await asyncio.shield(
-                self._loop.run_in_executor(None, self._connecting.wait, _CONNECT_WAIT_S)
-            )
+            with self._connect_mutex:
+                running = self._connect_state == "running"
+                if self._connect_state == "queued":
+                    self._connect_state = "abandoned"
+            if running:
+                # a cancelled entry left connect() running in its thread: let it finish (its
+                # socket callbacks are queued on this loop before it returns), then close
+                await asyncio.shield(
+                    self._loop.run_in_executor(None, self._connect_done.wait, _CONNECT_WAIT_S)
+                )
             if self._client.socket() is not None:
                 self._client._sock_close()  # noqa: SLF001  (its callbacks need this loop)
             if self._lock.locked():
