@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,38 +32,30 @@ class _Kernels(NamedTuple):
     dense: Callable[..., Any]  # _dense_kernel.solve_dense_small
 
 
-_compiled_state: list[_Kernels | None] = []
-
-
+@cache
 def _compiled_kernels() -> _Kernels | None:
     """The numba kernels (imported on first use), or None without numba."""
-    if not _compiled_state:
-        try:
-            from phasegrad_hw.physics._dense_kernel import solve_dense_small
-            from phasegrad_hw.physics._kernels import solve_small
-        except ImportError:  # numba is the optional extra "fast"
-            _compiled_state.append(None)
-        else:
-            _compiled_state.append(_Kernels(solve_small, solve_dense_small))
-    return _compiled_state[0]
+    try:
+        from phasegrad_hw.physics._dense_kernel import solve_dense_small
+        from phasegrad_hw.physics._kernels import solve_small
+    except ImportError:  # numba is the optional extra "fast"
+        return None
+    return _Kernels(solve_small, solve_dense_small)
 
 
+@cache
 def warm_up() -> None:
-    """Load both kernels now. numba's first use in a process costs about 0.3–0.6 s (its typing
-    registries and the cached machine code); an emulated device calls this when it is made,
-    so that cost does not land inside its first timed exchange. No-op without numba, and
-    after the first call."""
-    if _warmed or _compiled_kernels() is None:
+    """Load both kernels now (once per process). numba's first use in a process costs about
+    0.3–0.6 s (its typing registries and the cached machine code); an emulated device calls
+    this when it is made, so that cost does not land inside its first timed exchange. No-op
+    without numba."""
+    if _compiled_kernels() is None:
         return
-    _warmed.append(True)
     w = np.array([0.1, -0.1])
     K = np.array([[0.0, 1.0], [1.0, 0.0]])
     b = np.array([0.0, 0.1])
     for H, free in ((SIN, False), (CouplingFunction(cos_offset=0.1), True)):
         _solve_compiled(w, K, H, w, 0, b, w, "linear", 1, NEWTON.tol, NEWTON.max_iter, free)
-
-
-_warmed: list[bool] = []
 
 
 @lru_cache(maxsize=64)
