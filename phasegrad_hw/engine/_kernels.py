@@ -18,7 +18,8 @@ Arguments are grouped in NamedTuples (:class:`Net`, :class:`Rule`, :class:`Targe
 :class:`Members`, :class:`Epoch`, :class:`EpochOut`). The Newton policy (``NEWTON``) is not an
 argument: the entry points are compiled for it (:func:`compiled_for`), so its numbers are
 constants the compiler folds, and the hot path takes arrays out of their groups once, outside
-its loops (each extraction is a reference-count update).
+its loops (each extraction is a reference-count update), and hands arrays, not groups, to what
+it calls once per solve. Python passes the groups as plain tuples (:func:`plain`).
 """
 
 from __future__ import annotations
@@ -123,13 +124,23 @@ class EpochOut(NamedTuple):
 
 
 class Fixed(NamedTuple):
-    """The argument groups that stay fixed over a training run, and the kernels compiled for
-    the Newton policy."""
+    """The argument groups that stay fixed over a training run, the kernels compiled for the
+    Newton policy, and ``plain``: (net, rule, targets) as the entry points take them
+    (:func:`plain`)."""
 
     net: Net
     rule: Rule
     targets: Targets
     kernels: Kernels
+    plain: tuple[Any, ...]
+
+
+def plain(group: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A group (a NamedTuple, nested ones too) as plain tuples in field order: how the entry
+    points take their groups from Python. numba resolves a plain tuple's type in C and a
+    NamedTuple's in Python (~5 µs per call for the engine's six groups); the kernels rebuild
+    the NamedTuples (:func:`_named`), so their code reads fields by name."""
+    return tuple(plain(x) if isinstance(x, tuple) else x for x in group)
 
 
 def fixed_args(model, rule, encoding) -> Fixed:
@@ -142,7 +153,7 @@ def fixed_args(model, rule, encoding) -> Fixed:
     outputs = np.asarray(roles.outputs, dtype=np.int64)
     lim = model.limits
     diff = encoding.readout == "difference"
-    return Fixed(
+    groups = (
         Net(
             make_graph(model.n, edges[:, 0], edges[:, 1], roles.reference),
             np.asarray(roles.inputs, dtype=np.int64),
@@ -164,8 +175,8 @@ def fixed_args(model, rule, encoding) -> Fixed:
             np.ascontiguousarray(encoding.templates(len(outputs)), dtype=np.float64),
             float(encoding.margin),
         ),
-        compiled_for(newton_policy(NEWTON)),
     )
+    return Fixed(*groups, compiled_for(newton_policy(NEWTON)), plain(groups))
 
 
 class _Work(NamedTuple):
@@ -216,13 +227,12 @@ def _stop(wc, kk, pol):
 
 
 @njit(cache=True, inline="always")
-def _solve_fast(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse):
-    """Undamped Newton; True when converged with every edge at cos Δθ > 0. θ is wrapped."""
-    done, _ = newton(g, nw, wc, kk, th, nudge, kind, pol, stop, reuse, False)
-    # stability from the last evaluated sines/cosines: exact at θ when the residual test
-    # ended the run, within step_done_rad of θ when a tiny step did
-    stable = edges_stable(g, nw)
-    ref = g.ref
+def _accept(done, ei, ej, sn, cs, th, ref):
+    """The fast path's verdict on an undamped :func:`newton` run that returned ``done``: True
+    when it converged with every edge at cos Δθ > 0, judged from the last evaluated node
+    sines/cosines ``sn``/``cs`` (exact at θ when the residual test ended the run, within
+    ``step_done_rad`` of θ when a tiny step did). θ (N,) is wrapped either way."""
+    stable = edges_stable(ei, ej, sn, cs)
     for i in range(th.shape[0]):
         if i != ref:
             th[i] = wrap(th[i])
@@ -329,6 +339,8 @@ def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
     n = omega.shape[1]
     ws = _workspace(net, rule.beta)
     nw, nudge = ws.nw, ws.nudge
+    ei, ej, ref = g.ei, g.ej, g.ref
+    sn, cs = nw.sn, nw.cs
     tgt = nudge.tgt
     w, wc, fth, pth, gout, dth = ws.w, ws.wc, ws.fth, ws.pth, ws.gout, ws.dth
     kk = coupling[b]
@@ -347,7 +359,8 @@ def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
             w[inputs[a]] = xin[smp, a]
         _centre(w, wc)
         lim = _stop(wc, kk, pol)
-        if not _solve_fast(g, nw, wc, kk, fth, nudge, NUDGE_NONE, pol, lim, False):
+        done, _ = newton(g, nw, wc, kk, fth, nudge, NUDGE_NONE, pol, lim, False, False)
+        if not _accept(done, ei, ej, sn, cs, fth, ref):
             status[b, t] = Status.FAST_FAILED
             stop[b] = t
             break
@@ -356,7 +369,8 @@ def _member_epoch(b, net, rule, tg, pol, mem, ep, out):
         _set_targets(tg, outputs, fth, y[smp], gout, tgt)
         for i in range(n):
             pth[i] = fth[i]
-        if not _solve_fast(g, nw, wc, kk, pth, nudge, NUDGE_LINEAR, pol, lim, True):
+        done, _ = newton(g, nw, wc, kk, pth, nudge, NUDGE_LINEAR, pol, lim, True, False)
+        if not _accept(done, ei, ej, sn, cs, pth, ref):
             status[b, t] = Status.FAST_FAILED
             stop[b] = t
             break
@@ -372,16 +386,31 @@ class Kernels(NamedTuple):
     kernels' closure contents, so a changed :data:`~phasegrad_hw.physics.policy.NEWTON`
     recompiles).
 
-    ``solve_many(graph, W, k, theta0)``: free states (M, N) and ok flags for frequencies
+    ``solve_many(net, W, k, theta0)``: free states (M, N) and ok flags for frequencies
     W (M, N), couplings k (M, E). ``train_epoch(net, rule, targets, members, epoch, out)``: a
     whole online epoch of every member (:class:`Epoch` in, :class:`EpochOut` out; one online
     step is a one-sample epoch); ``train_epoch_parallel`` the same with members spread over
-    threads (identical results: members are independent and each runs sequentially)."""
+    threads (identical results: members are independent and each runs sequentially). Every
+    group is passed as :func:`plain` makes it."""
 
     policy: Newton
     solve_many: Callable[..., Any]
     train_epoch: Callable[..., Any]
     train_epoch_parallel: Callable[..., Any]
+
+
+@njit(cache=True, inline="always")
+def _named(net, rule, tg, mem, ep, out):
+    """The groups an entry point took as plain tuples (:func:`plain`) as NamedTuples again (no
+    copies)."""
+    return (
+        Net(Graph(*net[0]), net[1], net[2]),
+        Rule(*rule),
+        Targets(*tg),
+        Members(*mem),
+        Epoch(*ep),
+        EpochOut(*out),
+    )
 
 
 @njit(cache=True)
@@ -398,8 +427,8 @@ def _make_train_epoch(pol: Newton, parallel: bool) -> Callable[..., Any]:
         def train_epoch_parallel(net, rule, tg, mem, ep, out):
             # a parallel loop body takes arrays and scalars, not tuples holding arrays: the
             # groups are taken apart here and rebuilt inside the loop (no copies)
-            ei, ej, red, elo, ehi, ref = net.graph
-            inputs, outputs = net.inputs, net.outputs
+            ei, ej, red, elo, ehi, ref = net[0]
+            inputs, outputs = net[1], net[2]
             tmode, table, margin = tg
             omega, coupling, learn_w, learn_k = mem
             xin, y, order, theta_prev, cache = ep
@@ -408,7 +437,7 @@ def _make_train_epoch(pol: Newton, parallel: bool) -> Callable[..., Any]:
                 _member_epoch_call(
                     b,
                     Net(Graph(ei, ej, red, elo, ehi, ref), inputs, outputs),
-                    rule,
+                    Rule(*rule),
                     Targets(tmode, table, margin),
                     pol,
                     Members(omega, coupling, learn_w, learn_k),
@@ -419,7 +448,8 @@ def _make_train_epoch(pol: Newton, parallel: bool) -> Callable[..., Any]:
         return train_epoch_parallel
 
     @njit(cache=True)
-    def train_epoch(net, rule, tg, mem, ep, out):
+    def train_epoch(net_t, rule_t, tg_t, mem_t, ep_t, out_t):
+        net, rule, tg, mem, ep, out = _named(net_t, rule_t, tg_t, mem_t, ep_t, out_t)
         for b in range(mem.omega.shape[0]):
             _member_epoch(b, net, rule, tg, pol, mem, ep, out)
 
@@ -431,7 +461,8 @@ def compiled_for(pol: Newton) -> Kernels:
     """The :class:`Kernels` for policy ``pol`` (one set per policy and process)."""
 
     @njit(cache=True)
-    def solve_many(g, W, k, theta0):
+    def solve_many(net, W, k, theta0):
+        g = Graph(*net[0])
         M, n = W.shape
         th = theta0.copy()
         ok = np.zeros(M, dtype=np.bool_)
@@ -441,7 +472,8 @@ def compiled_for(pol: Newton) -> Kernels:
         for r in range(M):
             _centre(W[r], wc)
             stop = _stop(wc, k[r], pol)
-            ok[r] = _solve_fast(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False)
+            done, _ = newton(g, nw, wc, k[r], th[r], free, NUDGE_NONE, pol, stop, False, False)
+            ok[r] = _accept(done, g.ei, g.ej, nw.sn, nw.cs, th[r], g.ref)
         return th, ok
 
     return Kernels(

@@ -24,6 +24,7 @@ locked; the compiled and the numpy paths hand the same (free outputs, locked) pa
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -111,11 +112,9 @@ class Ensemble:
         # previous epoch (parameters move little per epoch), else from the last free state
         self._cache = np.full((B, len(dataset.y_train), self.n), np.nan)
         self._xin: Array | None = None
-        self._edges = EdgeNetwork(self.n, self.edges[:, 0], self.edges[:, 1], self.ref)
         self.unlocked = np.zeros(B, dtype=np.int64)
         self.jumps = np.zeros(B, dtype=np.int64)
         self.steps = 0
-        self._net = EPNetwork(self.edges, self.ref, self.H, template.limits)
         # compiled kernels (numba, optional) for the plain-sine, one-sided online case
         self._kernels: Any = None
         eligible = self.H.harmonics == (1.0,) and self.H.is_odd and config.rule.mode == "one_sided"
@@ -127,6 +126,16 @@ class Ensemble:
             self._k = self._kernels.fixed_args(template, config.rule, encoding)
 
     # -- physics helpers ------------------------------------------------------------
+    @functools.cached_property
+    def _edges(self) -> EdgeNetwork:
+        """The edge list for the numpy/physics path (built when first needed)."""
+        return EdgeNetwork(self.n, self.edges[:, 0], self.edges[:, 1], self.ref)
+
+    @functools.cached_property
+    def _net(self) -> EPNetwork:
+        """The EP rule's view of the network, for the numpy path (built when first needed)."""
+        return EPNetwork(self.edges, self.ref, self.H, self.model.limits)
+
     def K_matrix(self, coupling: Array) -> Array:
         """(B, N, N) symmetric coupling matrices from (B, E) edge values."""
         return self._edges.dense(coupling)
@@ -165,7 +174,8 @@ class Ensemble:
         k = np.repeat(self.coupling, m, axis=0)
         th0 = np.zeros((B * m, self.n)) if theta0 is None else np.repeat(theta0, m, axis=0)
         if self._kernels is not None:
-            th, ok = self._k.kernels.solve_many(self._k.net.graph, W, k, th0)
+            net = self._k.plain[0]  # the kernels' Net as a plain tuple
+            th, ok = self._k.kernels.solve_many(net, W, k, th0)
             bad = np.flatnonzero(~ok)
             if bad.size:
                 th[bad], ok[bad] = self.solve(W[bad], k[bad], th0[bad])
@@ -272,10 +282,10 @@ class Ensemble:
             self._cache,
         )
         fn = ka.kernels.train_epoch_parallel if self.cfg.parallel else ka.kernels.train_epoch
-        fn(ka.net, ka.rule, ka.targets, self._members(), epoch, out)
+        fn(*ka.plain, K.plain(self._members()), K.plain(epoch), K.plain(out))
         # plain ints: numpy compares an array with an IntEnum member ~4x slower
         jump = out.status == int(K.Status.BASIN_JUMP)
-        self.jumps += np.count_nonzero(jump, axis=1)
+        self.jumps += jump.sum(axis=1)
         self.steps += n
         free_out: Array = out.free_out
         solved = (out.status == int(K.Status.UPDATED)) | jump
@@ -302,7 +312,9 @@ class Ensemble:
         members = np.arange(B)[:, None]
         for e in range(cfg.epochs):
             te = time.perf_counter()
-            order = np.stack([np.random.default_rng([s, e]).permutation(n) for s in self.seeds])
+            order = np.empty((B, n), dtype=np.int64)
+            for b, s in enumerate(self.seeds):
+                order[b] = np.random.default_rng([s, e]).permutation(n)
             skipped0 = self.unlocked + self.jumps
             if self._kernels is not None and m == 1:
                 fo, solved = self._epoch_compiled(order)
@@ -311,9 +323,10 @@ class Ensemble:
                 solved = np.zeros((B, n), dtype=bool)
                 for a in range(0, n, m):
                     fo[:, a : a + m], solved[:, a : a + m] = self.step(order[:, a : a + m])
-            # each sample once per epoch: back to the split's order, unsolved samples NaN
-            train_out[members, order] = np.where(solved[..., None], fo, np.nan)
-            train = train_accuracy_from_outputs(train_out, self.data.y_train, self.enc)
+            # in epoch order (a solved sample's free outputs are finite)
+            train = train_accuracy_from_outputs(fo, self.data.y_train[order], self.enc, solved)
+            if e + 1 == cfg.epochs:  # each sample once per epoch: back to the split's order
+                train_out[members, order] = np.where(solved[..., None], fo, np.nan)
             test = None
             if (e + 1) % cfg.test_every == 0 or e + 1 == cfg.epochs:
                 test, final = self.test_accuracy()
@@ -325,12 +338,13 @@ class Ensemble:
                 time.perf_counter() - te,
             )
             history.append(summ)
-            log.debug(
-                "epoch %d: train %.3f test %s",
-                e + 1,
-                float(np.mean(summ.train_accuracy)),
-                None if test is None else float(np.mean(test)),
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "epoch %d: train %.3f test %s",
+                    e + 1,
+                    float(np.mean(summ.train_accuracy)),
+                    None if test is None else float(np.mean(test)),
+                )
             if on_epoch is not None:
                 on_epoch(summ)
         if history and history[-1].test_accuracy is not None:

@@ -57,13 +57,13 @@ class EnsembleResult:
 
 
 def _correct(
-    out: Array, y: NDArray[np.int64], encoding: Encoding
+    out: Array, y: NDArray[np.int64], encoding: Encoding, ok: NDArray[np.bool_] | None = None
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """(classified correctly, locked) per sample; a row with a NaN phase is not locked and
-    not correct."""
-    ok = np.all(np.isfinite(out), axis=-1)
-    pred = encoding.predict(np.where(ok[..., None], out, 0.0))
-    return (pred == y) & ok, ok
+    not correct. ``ok``: the locked mask when the caller knows it (its rows finite)."""
+    locked = np.all(np.isfinite(out), axis=-1) if ok is None else ok
+    pred = encoding.predict(out if locked.all() else np.where(locked[..., None], out, 0.0))
+    return (pred == y) & locked, locked
 
 
 def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
@@ -72,10 +72,16 @@ def accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) 
     return np.asarray(right.mean(axis=-1), dtype=np.float64)
 
 
-def train_accuracy_from_outputs(out: Array, y: NDArray[np.int64], encoding: Encoding) -> Array:
+def train_accuracy_from_outputs(
+    out: Array,
+    y: NDArray[np.int64],
+    encoding: Encoding,
+    locked: NDArray[np.bool_] | None = None,
+) -> Array:
     """Training accuracy per member, the published definition (arXiv 2604.10272, its
     convergence criterion): among an epoch's online samples whose free and nudged states
     both locked (finite rows of ``out``, the free output phases just before the sample's
-    update), the fraction the free state classifies correctly; 0 when none locked."""
-    right, ok = _correct(out, y, encoding)
+    update; or the mask ``locked`` when given, whose rows of ``out`` are finite), the
+    fraction the free state classifies correctly; 0 when none locked."""
+    right, ok = _correct(out, y, encoding, locked)
     return np.asarray(right.sum(axis=-1) / np.maximum(ok.sum(axis=-1), 1), dtype=np.float64)

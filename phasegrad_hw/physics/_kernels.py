@@ -478,11 +478,11 @@ def newton(g, ws, w, kk, th, nudge, kind, pol, stop, reuse, damped):
 
 
 @njit(cache=True, inline="always")
-def edges_stable(g, ws):
-    """Every edge has cos Δθ > 0 at the last evaluated sines/cosines (with a connected graph,
-    positive K and a non-negative nudge: −J̃ positive definite, the state is stable)."""
-    sn, cs = ws.sn, ws.cs
-    ei, ej = g.ei, g.ej
+def edges_stable(ei, ej, sn, cs):
+    """Every edge (ei, ej) has cos Δθ > 0 at the node sines/cosines ``sn``/``cs`` (with a
+    connected graph, positive K and a non-negative nudge: −J̃ positive definite, the state is
+    stable). Takes arrays, not the Graph and Work groups: it runs once per solve, and each
+    array taken out of a group there costs a reference-count update."""
     unstable = False
     for e in range(ei.shape[0]):  # no early exit: the loop vectorises
         i, j = ei[e], ej[e]

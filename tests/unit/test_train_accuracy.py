@@ -141,3 +141,16 @@ def test_train_accuracy_from_outputs_counts_only_locked_samples() -> None:
     np.testing.assert_allclose(train_accuracy_from_outputs(out, y, enc), [2 / 3])
     none = np.full((1, 4, 2), np.nan)
     np.testing.assert_array_equal(train_accuracy_from_outputs(none, y, enc), [0.0])
+
+
+def test_train_accuracy_from_outputs_takes_a_locked_mask() -> None:
+    """With the mask (the engine's solved samples), a finite row whose nudged state did not lock
+    is not counted."""
+    enc = Encoding(readout="argmax_cos")
+    out = np.array([[[0.0, 2.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]])  # predicts 0, 1, 0, 0
+    y = np.array([0, 1, 0, 1])
+    locked = np.array([[True, True, False, True]])
+    np.testing.assert_allclose(train_accuracy_from_outputs(out, y, enc), [3 / 4])
+    np.testing.assert_allclose(train_accuracy_from_outputs(out, y, enc, locked), [2 / 3])
+    none = np.zeros((1, 4), dtype=bool)
+    np.testing.assert_array_equal(train_accuracy_from_outputs(out, y, enc, none), [0.0])
