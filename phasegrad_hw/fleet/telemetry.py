@@ -15,6 +15,7 @@ reconnect (at-least-once, as QoS 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -90,7 +91,8 @@ class Telemetry:
     It is a :class:`~phasegrad_hw.learning.loop.LoopObserver`: pass it to
     :func:`phasegrad_hw.learning.loop.train_on_substrates` in ``observers``.
     ``step_interval_s`` s between step messages; ``ack_timeout_s`` s to wait for a PUBACK
-    before the connection is considered lost; ``backoff_s`` (first, max) reconnect delays.
+    before the connection is considered lost; ``backoff_s`` (first, max) reconnect delays;
+    ``connect_wait_s`` the longest :meth:`start` waits for the first connection attempt.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Telemetry:
         backoff_s: tuple[float, float] = (0.05, 5.0),
         flush_s: float = 2.0,
         ack_timeout_s: float = 2.0,
+        connect_wait_s: float = 2.0,
     ) -> None:
         bench, device = parse_name(name)
         self.topics = Topics(bench, device, check_segment("--prefix", prefix))
@@ -114,9 +117,11 @@ class Telemetry:
         self.backoff_s = backoff_s
         self.flush_s = flush_s
         self.ack_timeout_s = ack_timeout_s
+        self.connect_wait_s = connect_wait_s
         self.client_id = client_id or f"telemetry-{bench}-{device}-{id(self) & 0xFFFFFF:06x}"
         self.stats = TelemetryStats()
         self.connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # the first connection attempt has ended
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_step = -math.inf
@@ -177,10 +182,18 @@ class Telemetry:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the sender and queue ``online``; return once the first connection attempt
+        has ended (connected or failed, at most ``connect_wait_s`` s). The caller's work then
+        does not share the event loop with the handshake (paho connects in an executor thread,
+        which competes for the GIL with a CPU-bound training loop), and a broker that refuses
+        is logged before it starts; later reconnects run in the background."""
         if self._task is None:
             self._closing = False
+            self._attempted.clear()
             self.publish_status("online")
             self._task = asyncio.create_task(self._run(), name=f"telemetry-{self.client_id}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._attempted.wait(), self.connect_wait_s)
 
     async def stop(self) -> None:
         """Flush (bounded by ``flush_s``), publish ``offline``, disconnect."""
@@ -245,6 +258,7 @@ class Telemetry:
                 async with self.broker.client(self.client_id, will=will) as client:
                     self.stats.connects += 1
                     self.connected.set()
+                    self._attempted.set()
                     delay = self.backoff_s[0]
                     if self.stats.connects > 1:  # status is retained: re-assert after a restart
                         self.publish_status("online", reconnected=True)
@@ -257,6 +271,7 @@ class Telemetry:
                         lost.cancel()
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
+                self._attempted.set()
                 self.stats.disconnects += 1
                 log.warning(
                     "telemetry %s: broker unavailable (%s); retrying in %.2f s",

@@ -101,6 +101,22 @@ async def test_queue_is_bounded_and_off_the_control_path(tmp_path: Path) -> None
     assert tm._task is None
 
 
+async def test_start_returns_after_the_first_connection_attempt(broker: Mosquitto) -> None:  # noqa: F811
+    """start() returns connected when the broker is up (the handshake is not left to compete
+    with the caller's first steps), and at once, not after connect_wait_s, when it refuses."""
+    cfg, _, _ = BrokerConfig.parse(broker.uri("controller"))
+    tm = Telemetry(cfg, NAME, connect_wait_s=10.0)
+    await tm.start()
+    assert tm.connected.is_set() and tm.stats.connects == 1
+    await tm.stop()
+    refused = Telemetry(BrokerConfig(host="127.0.0.1", port=free_port()), NAME, flush_s=0.1)
+    t0 = asyncio.get_running_loop().time()
+    await refused.start()
+    assert asyncio.get_running_loop().time() - t0 < 2.0  # connect_wait_s is 2 s
+    assert not refused.connected.is_set() and refused.stats.disconnects == 1
+    await refused.stop()
+
+
 WILL_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from phasegrad_hw.wire.mqtt import BrokerConfig
