@@ -124,15 +124,14 @@ class EpochOut(NamedTuple):
 
 
 class Fixed(NamedTuple):
-    """The argument groups that stay fixed over a training run, the kernels compiled for the
-    Newton policy, and ``plain``: (net, rule, targets) as the entry points take them
-    (:func:`plain`)."""
+    """The argument groups that stay fixed over a training run (:class:`Net`, :class:`Rule`,
+    :class:`Targets`), as the entry points take them (:func:`plain`), and the kernels
+    compiled for the Newton policy."""
 
-    net: Net
-    rule: Rule
-    targets: Targets
+    net: tuple[Any, ...]
+    rule: tuple[Any, ...]
+    targets: tuple[Any, ...]
     kernels: Kernels
-    plain: tuple[Any, ...]
 
 
 def plain(group: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -176,7 +175,8 @@ def fixed_args(model, rule, encoding) -> Fixed:
             float(encoding.margin),
         ),
     )
-    return Fixed(*groups, compiled_for(newton_policy(NEWTON)), plain(groups))
+    net, rule_t, targets = plain(groups)
+    return Fixed(net, rule_t, targets, compiled_for(newton_policy(NEWTON)))
 
 
 class _Work(NamedTuple):

@@ -174,8 +174,7 @@ class Ensemble:
         k = np.repeat(self.coupling, m, axis=0)
         th0 = np.zeros((B * m, self.n)) if theta0 is None else np.repeat(theta0, m, axis=0)
         if self._kernels is not None:
-            net = self._k.plain[0]  # the kernels' Net as a plain tuple
-            th, ok = self._k.kernels.solve_many(net, W, k, th0)
+            th, ok = self._k.kernels.solve_many(self._k.net, W, k, th0)
             bad = np.flatnonzero(~ok)
             if bad.size:
                 th[bad], ok[bad] = self.solve(W[bad], k[bad], th0[bad])
@@ -282,7 +281,7 @@ class Ensemble:
             self._cache,
         )
         fn = ka.kernels.train_epoch_parallel if self.cfg.parallel else ka.kernels.train_epoch
-        fn(*ka.plain, K.plain(self._members()), K.plain(epoch), K.plain(out))
+        fn(ka.net, ka.rule, ka.targets, K.plain(self._members()), K.plain(epoch), K.plain(out))
         # plain ints: numpy compares an array with an IntEnum member ~4x slower
         jump = out.status == int(K.Status.BASIN_JUMP)
         self.jumps += jump.sum(axis=1)

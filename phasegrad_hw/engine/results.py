@@ -57,11 +57,15 @@ class EnsembleResult:
 
 
 def _correct(
-    out: Array, y: NDArray[np.int64], encoding: Encoding, ok: NDArray[np.bool_] | None = None
+    out: Array,
+    y: NDArray[np.int64],
+    encoding: Encoding,
+    locked: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """(classified correctly, locked) per sample; a row with a NaN phase is not locked and
-    not correct. ``ok``: the locked mask when the caller knows it (its rows finite)."""
-    locked = np.all(np.isfinite(out), axis=-1) if ok is None else ok
+    not correct. ``locked``: the mask when the caller knows it (its rows finite)."""
+    if locked is None:
+        locked = np.all(np.isfinite(out), axis=-1)
     pred = encoding.predict(out if locked.all() else np.where(locked[..., None], out, 0.0))
     return (pred == y) & locked, locked
 
